@@ -1,0 +1,803 @@
+//! The io_uring datapath: one worker thread owns the switch, a ring, and
+//! every port's buffers.
+//!
+//! Each port keeps `bufs_per_port` reads posted on its TAP fd. A completed
+//! read is decided by [`Switch::decide`] and written, from the same buffer,
+//! to the egress port(s); when the last write of a buffer completes, the
+//! read is posted again. One `io_uring_enter` submits every write and read
+//! queued while draining a batch of completions, so there is no syscall per
+//! frame, and buffers are allocated once per port, never per frame.
+//!
+//! The control plane talks to the worker through a channel plus an eventfd
+//! that the worker reads through the ring; commands are applied between
+//! batches, and the worker never waits for the control plane.
+
+use crate::mac::Mac;
+use crate::router;
+use crate::switch::{Decision, DropReason, NetConfig, PortCounters, Switch};
+use crate::table::{NetIdx, PortIdx};
+use crate::vnet::VNET_HDR_LEN;
+use io_uring::{opcode, squeue, types, IoUring};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Large enough for a 64 KiB GSO frame, its Ethernet/VLAN header and the
+/// vnet header.
+pub const BUF_SIZE: usize = 65536 + 256;
+
+/// Identifies a port for the control plane (never reused by one datapath).
+pub type PortId = u64;
+
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    pub aging: Duration,
+    pub max_macs: usize,
+    pub bufs_per_port: usize,
+    pub ring_entries: u32,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            aging: Duration::from_secs(300),
+            max_macs: 65536,
+            bufs_per_port: 32,
+            ring_entries: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("io_uring setup failed: {0}")]
+    Setup(io::Error),
+    #[error("the datapath worker has stopped")]
+    Stopped,
+    #[error("the datapath did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PortState {
+    Up,
+    /// The fd returned an error; the port no longer reads.
+    Failed,
+    Closing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PortSnapshot {
+    pub id: PortId,
+    pub name: String,
+    pub net: NetIdx,
+    pub state: PortState,
+    pub counters: PortCounters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MacSnapshot {
+    pub net: NetIdx,
+    pub mac: Mac,
+    pub port: PortId,
+    pub age_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Snapshot {
+    pub ports: Vec<PortSnapshot>,
+    pub macs: Vec<MacSnapshot>,
+    pub mac_moves: u64,
+    pub mac_table_full: u64,
+    pub aging_ms: u64,
+}
+
+enum Cmd {
+    AddNetwork(NetIdx, NetConfig),
+    RemoveNetwork(NetIdx),
+    AddPort {
+        id: PortId,
+        name: String,
+        net: NetIdx,
+        mtu: u32,
+        fd: OwnedFd,
+    },
+    RemovePort {
+        id: PortId,
+        delete_device: bool,
+        done: mpsc::SyncSender<()>,
+    },
+    Snapshot(mpsc::SyncSender<Snapshot>),
+    SetAging(Duration),
+    Shutdown,
+}
+
+/// Handle to a running datapath worker.
+pub struct Datapath {
+    tx: mpsc::Sender<Cmd>,
+    efd: Arc<OwnedFd>,
+    next_port: AtomicU64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Datapath {
+    /// Starts the worker thread (named `tapnet-dp`).
+    pub fn start(cfg: DatapathConfig) -> Result<Datapath, DatapathError> {
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(DatapathError::Setup(io::Error::last_os_error()));
+        }
+        let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let wefd = efd.clone();
+        let thread = std::thread::Builder::new()
+            .name("tapnet-dp".into())
+            .spawn(move || {
+                let ring = match make_ring(cfg.ring_entries) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let mut w = Worker::new(cfg, ring, rx, wefd);
+                w.run();
+            })
+            .map_err(DatapathError::Setup)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(DatapathError::Setup(e)),
+            Err(_) => return Err(DatapathError::Stopped),
+        }
+        Ok(Datapath {
+            tx,
+            efd,
+            next_port: AtomicU64::new(1),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, c: Cmd) -> Result<(), DatapathError> {
+        self.tx.send(c).map_err(|_| DatapathError::Stopped)?;
+        let one: u64 = 1;
+        let r = unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        if r != 8 {
+            return Err(DatapathError::Stopped);
+        }
+        Ok(())
+    }
+
+    /// Adds or updates a network.
+    pub fn add_network(&self, net: NetIdx, cfg: NetConfig) -> Result<(), DatapathError> {
+        self.send(Cmd::AddNetwork(net, cfg))
+    }
+
+    pub fn remove_network(&self, net: NetIdx) -> Result<(), DatapathError> {
+        self.send(Cmd::RemoveNetwork(net))
+    }
+
+    /// Hands a TAP fd (opened with `IFF_VNET_HDR`) to the switch as a port
+    /// of network `net`.
+    pub fn add_port(
+        &self,
+        name: &str,
+        net: NetIdx,
+        mtu: u32,
+        fd: OwnedFd,
+    ) -> Result<PortId, DatapathError> {
+        let id = self.next_port.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::AddPort {
+            id,
+            name: name.to_string(),
+            net,
+            mtu,
+            fd,
+        })?;
+        Ok(id)
+    }
+
+    /// Removes a port: its pending I/O is cancelled and its fd closed. With
+    /// `delete_device` the (persistent) TAP device is deleted too. Returns
+    /// once the fd is closed, or after `timeout`.
+    pub fn remove_port(
+        &self,
+        id: PortId,
+        delete_device: bool,
+        timeout: Duration,
+    ) -> Result<(), DatapathError> {
+        let (done, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::RemovePort {
+            id,
+            delete_device,
+            done,
+        })?;
+        match rx.recv_timeout(timeout) {
+            Ok(()) => Ok(()),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(DatapathError::Timeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(DatapathError::Stopped),
+        }
+    }
+
+    /// Counters of every port and the live MAC table.
+    pub fn snapshot(&self, timeout: Duration) -> Result<Snapshot, DatapathError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::Snapshot(tx))?;
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => DatapathError::Timeout(timeout),
+            mpsc::RecvTimeoutError::Disconnected => DatapathError::Stopped,
+        })
+    }
+
+    pub fn set_aging(&self, aging: Duration) -> Result<(), DatapathError> {
+        self.send(Cmd::SetAging(aging))
+    }
+
+    /// Stops the worker; ports are closed but their (persistent) devices kept.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.send(Cmd::Shutdown);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn make_ring(entries: u32) -> io::Result<IoUring> {
+    // DEFER_TASKRUN + SINGLE_ISSUER: completions are processed only when this
+    // thread enters the ring, which is exactly the batch loop below.
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(entries * 8)
+        .build(entries)
+        .or_else(|_| IoUring::builder().setup_cqsize(entries * 8).build(entries))
+}
+
+// user_data layout: kind (4 bits) | a (20 bits) | b (20 bits) | buf (20 bits)
+const K_READ: u64 = 1;
+const K_WRITE: u64 = 2;
+const K_EVENT: u64 = 3;
+const K_TICK: u64 = 4;
+const K_CANCEL: u64 = 5;
+
+#[inline]
+fn ud(kind: u64, a: PortIdx, b: PortIdx, buf: usize) -> u64 {
+    kind << 60 | (a as u64 & 0xfffff) << 40 | (b as u64 & 0xfffff) << 20 | (buf as u64 & 0xfffff)
+}
+
+#[inline]
+fn ud_parts(u: u64) -> (u64, PortIdx, PortIdx, usize) {
+    (
+        u >> 60,
+        ((u >> 40) & 0xfffff) as PortIdx,
+        ((u >> 20) & 0xfffff) as PortIdx,
+        (u & 0xfffff) as usize,
+    )
+}
+
+struct IoPort {
+    id: PortId,
+    name: String,
+    fd: OwnedFd,
+    bufs: Box<[u8]>,
+    lens: Box<[u32]>,
+    refs: Box<[u16]>,
+    /// Operations that reference this port's fd or buffers.
+    inflight: u32,
+    state: PortState,
+    delete_device: bool,
+    done: Vec<mpsc::SyncSender<()>>,
+}
+
+impl IoPort {
+    #[inline]
+    fn buf_ptr(&mut self, b: usize) -> *mut u8 {
+        self.bufs[b * BUF_SIZE..].as_mut_ptr()
+    }
+}
+
+struct Worker {
+    ring: IoUring,
+    st: State,
+}
+
+struct State {
+    cfg: DatapathConfig,
+    sw: Switch,
+    ports: Vec<Option<IoPort>>,
+    ids: FxHashMap<PortId, PortIdx>,
+    rx: mpsc::Receiver<Cmd>,
+    efd: Arc<OwnedFd>,
+    efd_buf: Box<u64>,
+    tick: Box<types::Timespec>,
+    last_age: u64,
+    exiting: bool,
+    sqes: Vec<squeue::Entry>,
+}
+
+fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+impl Worker {
+    fn new(
+        cfg: DatapathConfig,
+        ring: IoUring,
+        rx: mpsc::Receiver<Cmd>,
+        efd: Arc<OwnedFd>,
+    ) -> Worker {
+        let sw = Switch::new(cfg.aging.as_millis() as u64, cfg.max_macs);
+        Worker {
+            ring,
+            st: State {
+                cfg,
+                sw,
+                ports: Vec::new(),
+                ids: FxHashMap::default(),
+                rx,
+                efd,
+                efd_buf: Box::new(0),
+                tick: Box::new(types::Timespec::new().sec(1)),
+                last_age: now_ms(),
+                exiting: false,
+                sqes: Vec::with_capacity(4096),
+            },
+        }
+    }
+
+    fn run(&mut self) {
+        self.st.post_event_read();
+        self.st.post_tick();
+        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(8192);
+        loop {
+            if let Err(e) = self.flush() {
+                eprintln!("tapnet datapath: submit failed: {e}");
+                break;
+            }
+            if self.st.exiting && self.st.ports.iter().all(|p| p.is_none()) {
+                break;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    eprintln!("tapnet datapath: io_uring_enter failed: {e}");
+                    break;
+                }
+            }
+            cqes.clear();
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            let now = now_ms();
+            for &(u, res) in &cqes {
+                self.st.complete(u, res, now);
+            }
+        }
+    }
+
+    /// Moves queued SQEs into the ring, submitting whenever it is full.
+    fn flush(&mut self) -> io::Result<()> {
+        let (submitter, mut sq, _) = self.ring.split();
+        for e in self.st.sqes.drain(..) {
+            // SAFETY: every buffer an entry points at (port buffers, the
+            // eventfd word, the timespec) lives until its completion is seen.
+            while unsafe { sq.push(&e) }.is_err() {
+                sq.sync();
+                submitter.submit()?;
+                sq.sync();
+            }
+        }
+        sq.sync();
+        Ok(())
+    }
+}
+
+impl State {
+    fn post_event_read(&mut self) {
+        let e = opcode::Read::new(
+            types::Fd(self.efd.as_raw_fd()),
+            &mut *self.efd_buf as *mut u64 as *mut u8,
+            8,
+        )
+        .build()
+        .user_data(ud(K_EVENT, 0, 0, 0));
+        self.sqes.push(e);
+    }
+
+    fn post_tick(&mut self) {
+        let e = opcode::Timeout::new(&*self.tick as *const types::Timespec)
+            .build()
+            .user_data(ud(K_TICK, 0, 0, 0));
+        self.sqes.push(e);
+    }
+
+    #[inline]
+    fn post_read(&mut self, slot: PortIdx, b: usize) {
+        let Some(p) = self.ports[slot as usize].as_mut() else {
+            return;
+        };
+        if p.state != PortState::Up {
+            return;
+        }
+        let e = opcode::Read::new(types::Fd(p.fd.as_raw_fd()), p.buf_ptr(b), BUF_SIZE as u32)
+            .build()
+            .user_data(ud(K_READ, slot, slot, b));
+        p.inflight += 1;
+        self.sqes.push(e);
+    }
+
+    /// Queues a write of `src`'s buffer `b` to port `dst`; false if `dst`
+    /// cannot take it.
+    #[inline]
+    fn post_write(&mut self, src: PortIdx, b: usize, dst: PortIdx) -> bool {
+        let (ptr, len) = {
+            let Some(p) = self.ports[src as usize].as_mut() else {
+                return false;
+            };
+            (p.buf_ptr(b), p.lens[b])
+        };
+        let Some(d) = self.ports.get_mut(dst as usize).and_then(|d| d.as_mut()) else {
+            return false;
+        };
+        if d.state != PortState::Up {
+            return false;
+        }
+        d.inflight += 1;
+        let e = opcode::Write::new(types::Fd(d.fd.as_raw_fd()), ptr, len)
+            .build()
+            .user_data(ud(K_WRITE, src, dst, b));
+        self.sqes.push(e);
+        let p = self.ports[src as usize].as_mut().expect("checked");
+        p.inflight += 1;
+        p.refs[b] += 1;
+        true
+    }
+
+    fn complete(&mut self, u: u64, res: i32, now: u64) {
+        let (kind, a, b, buf) = ud_parts(u);
+        match kind {
+            K_READ => self.read_done(a, buf, res, now),
+            K_WRITE => self.write_done(a, b, buf, res),
+            K_EVENT => {
+                self.apply_commands();
+                if !self.exiting {
+                    self.post_event_read();
+                }
+            }
+            K_TICK => {
+                if now.saturating_sub(self.last_age) >= 1000 {
+                    self.sw.table.age(now);
+                    self.last_age = now;
+                }
+                if !self.exiting {
+                    self.post_tick();
+                }
+            }
+            K_CANCEL => {
+                if let Some(p) = self.ports[a as usize].as_mut() {
+                    p.inflight -= 1;
+                }
+                self.maybe_free(a);
+            }
+            _ => {}
+        }
+    }
+
+    #[inline]
+    fn read_done(&mut self, slot: PortIdx, b: usize, res: i32, now: u64) {
+        let Some(p) = self.ports[slot as usize].as_mut() else {
+            return;
+        };
+        p.inflight -= 1;
+        if p.state != PortState::Up {
+            self.maybe_free(slot);
+            return;
+        }
+        if res < 0 {
+            match -res {
+                libc::EAGAIN | libc::EINTR => self.post_read(slot, b),
+                libc::ECANCELED => {}
+                _ => {
+                    // EBADFD and friends: the device is gone or detached.
+                    p.state = PortState::Failed;
+                }
+            }
+            return;
+        }
+        let len = res as usize;
+        p.lens[b] = len as u32;
+        let base = b * BUF_SIZE;
+        let frame = &p.bufs[base..base + len];
+        match self.sw.decide(slot, frame, now) {
+            Decision::Drop(_) => self.post_read(slot, b),
+            Decision::Unicast(dst) => {
+                if !self.post_write(slot, b, dst) {
+                    self.post_read(slot, b);
+                }
+            }
+            Decision::Flood(net) => {
+                let mut sent = false;
+                let n = self.sw.network(net).map(|n| n.ports.len()).unwrap_or(0);
+                for i in 0..n {
+                    let dst = self.sw.network(net).expect("checked").ports[i];
+                    if dst != slot {
+                        sent |= self.post_write(slot, b, dst);
+                    }
+                }
+                if !sent {
+                    self.post_read(slot, b);
+                }
+            }
+            Decision::Gateway(net) => {
+                let cfg = self.sw.network(net).expect("decided on it").cfg;
+                let p = self.ports[slot as usize].as_mut().expect("checked");
+                match router::answer(&cfg, &mut p.bufs[base..base + BUF_SIZE], len) {
+                    Ok(n) => {
+                        p.lens[b] = n as u32;
+                        if let Some(sp) = self.sw.port_mut(slot) {
+                            sp.counters.gateway_replies += 1;
+                        }
+                        if !self.post_write(slot, b, slot) {
+                            self.post_read(slot, b);
+                        }
+                    }
+                    Err(r) => {
+                        self.sw.count_drop(slot, r);
+                        self.post_read(slot, b);
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn write_done(&mut self, src: PortIdx, dst: PortIdx, b: usize, res: i32) {
+        if let Some(d) = self.ports[dst as usize].as_mut() {
+            d.inflight -= 1;
+            if res >= 0 {
+                self.sw
+                    .count_tx(dst, (res as usize).saturating_sub(VNET_HDR_LEN));
+            } else if res != -libc::ECANCELED {
+                self.sw.count_drop(dst, DropReason::TxError);
+            }
+        }
+        let mut repost = false;
+        if let Some(p) = self.ports[src as usize].as_mut() {
+            p.inflight -= 1;
+            p.refs[b] -= 1;
+            repost = p.refs[b] == 0;
+        }
+        if repost {
+            self.post_read(src, b);
+        }
+        self.maybe_free(dst);
+        if src != dst {
+            self.maybe_free(src);
+        }
+    }
+
+    fn maybe_free(&mut self, slot: PortIdx) {
+        let Some(p) = self.ports[slot as usize].as_mut() else {
+            return;
+        };
+        if p.state != PortState::Closing || p.inflight != 0 {
+            return;
+        }
+        let p = self.ports[slot as usize].take().expect("checked");
+        self.sw.free_port(slot);
+        self.ids.remove(&p.id);
+        if p.delete_device {
+            let _ = crate::tap::set_persist(&p.fd, false);
+        }
+        drop(p.fd);
+        for d in p.done {
+            let _ = d.send(());
+        }
+    }
+
+    fn start_close(
+        &mut self,
+        slot: PortIdx,
+        delete_device: bool,
+        done: Option<mpsc::SyncSender<()>>,
+    ) {
+        let Some(p) = self.ports[slot as usize].as_mut() else {
+            return;
+        };
+        p.delete_device |= delete_device;
+        p.done.extend(done);
+        if p.state == PortState::Closing {
+            return;
+        }
+        p.state = PortState::Closing;
+        self.sw.detach_port(slot);
+        let e =
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(p.fd.as_raw_fd())).all())
+                .build()
+                .user_data(ud(K_CANCEL, slot, 0, 0));
+        p.inflight += 1;
+        self.sqes.push(e);
+    }
+
+    fn apply_commands(&mut self) {
+        while let Ok(c) = self.rx.try_recv() {
+            match c {
+                Cmd::AddNetwork(n, cfg) => self.sw.add_network(n, cfg),
+                Cmd::RemoveNetwork(n) => self.sw.remove_network(n),
+                Cmd::AddPort {
+                    id,
+                    name,
+                    net,
+                    mtu,
+                    fd,
+                } => {
+                    let slot = self.sw.add_port(net, mtu);
+                    let nb = self.cfg.bufs_per_port.clamp(1, 4096);
+                    let port = IoPort {
+                        id,
+                        name,
+                        fd,
+                        bufs: vec![0u8; nb * BUF_SIZE].into_boxed_slice(),
+                        lens: vec![0; nb].into_boxed_slice(),
+                        refs: vec![0; nb].into_boxed_slice(),
+                        inflight: 0,
+                        state: PortState::Up,
+                        delete_device: false,
+                        done: Vec::new(),
+                    };
+                    if self.ports.len() <= slot as usize {
+                        self.ports.resize_with(slot as usize + 1, || None);
+                    }
+                    self.ports[slot as usize] = Some(port);
+                    self.ids.insert(id, slot);
+                    for b in 0..nb {
+                        self.post_read(slot, b);
+                    }
+                }
+                Cmd::RemovePort {
+                    id,
+                    delete_device,
+                    done,
+                } => match self.ids.get(&id) {
+                    Some(&slot) => self.start_close(slot, delete_device, Some(done)),
+                    None => {
+                        let _ = done.send(());
+                    }
+                },
+                Cmd::Snapshot(reply) => {
+                    let _ = reply.send(self.snapshot());
+                }
+                Cmd::SetAging(d) => self.sw.table.set_aging_ms(d.as_millis() as u64),
+                Cmd::Shutdown => {
+                    self.exiting = true;
+                    for slot in 0..self.ports.len() {
+                        self.start_close(slot as PortIdx, false, None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let now = now_ms();
+        let id_of = |slot: PortIdx| {
+            self.ports
+                .get(slot as usize)
+                .and_then(|p| p.as_ref())
+                .map(|p| p.id)
+        };
+        let mut s = Snapshot {
+            mac_moves: self.sw.table.moves,
+            mac_table_full: self.sw.table.full_drops,
+            aging_ms: self.sw.table.aging_ms(),
+            ..Default::default()
+        };
+        for (slot, p) in self.ports.iter().enumerate() {
+            let (Some(p), Some(sp)) = (p, self.sw.port(slot as PortIdx)) else {
+                continue;
+            };
+            s.ports.push(PortSnapshot {
+                id: p.id,
+                name: p.name.clone(),
+                net: sp.net,
+                state: p.state,
+                counters: sp.counters,
+            });
+        }
+        for (net, mac, e) in self.sw.table.entries(now) {
+            if let Some(id) = id_of(e.port) {
+                s.macs.push(MacSnapshot {
+                    net,
+                    mac,
+                    port: id,
+                    age_ms: now.saturating_sub(e.last_seen),
+                });
+            }
+        }
+        s.macs.sort_by_key(|m| (m.net, m.mac));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_roundtrip() {
+        let u = ud(K_WRITE, 0xabcde, 7, 4095);
+        assert_eq!(ud_parts(u), (K_WRITE, 0xabcde, 7, 4095));
+    }
+
+    /// Two socketpair "ports" stand in for TAPs: a frame written into one
+    /// end comes out of the other port's peer.
+    #[test]
+    fn forwards_between_socketpairs() {
+        use std::os::unix::net::UnixDatagram;
+        let dp = Datapath::start(DatapathConfig {
+            bufs_per_port: 4,
+            ..Default::default()
+        })
+        .unwrap();
+        dp.add_network(
+            0,
+            NetConfig {
+                gateway_ip: "10.1.0.1".parse().unwrap(),
+                gateway_mac: Mac([2, 0x42, 10, 1, 0, 1]),
+            },
+        )
+        .unwrap();
+        let (a_sw, a) = UnixDatagram::pair().unwrap();
+        let (b_sw, b) = UnixDatagram::pair().unwrap();
+        let pa = dp.add_port("a", 0, 1500, a_sw.into()).unwrap();
+        let pb = dp.add_port("b", 0, 1500, b_sw.into()).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let ma = Mac([2, 0, 0, 0, 0, 0xa]);
+        let mb = Mac([2, 0, 0, 0, 0, 0xb]);
+        let f = crate::switch::tests::frame(mb, ma, 0x0800, 46);
+        // malformed frames first: counted, switch keeps going
+        a.send(&[1, 2, 3]).unwrap();
+        a.send(&f).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &f[..]);
+        let g = crate::switch::tests::frame(ma, mb, 0x0800, 46);
+        b.send(&g).unwrap();
+        let n = a.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &g[..]);
+        let s = dp.snapshot(Duration::from_secs(5)).unwrap();
+        let sa = s.ports.iter().find(|p| p.id == pa).unwrap();
+        assert_eq!(sa.counters.drops.runt, 1);
+        assert_eq!(sa.counters.rx_frames, 1);
+        assert_eq!(sa.counters.tx_frames, 1);
+        assert_eq!(s.macs.len(), 2);
+        dp.remove_port(pb, false, Duration::from_secs(5)).unwrap();
+        let s = dp.snapshot(Duration::from_secs(5)).unwrap();
+        assert_eq!(s.ports.len(), 1);
+        assert_eq!(s.macs.len(), 1);
+        dp.shutdown();
+    }
+}

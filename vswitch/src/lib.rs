@@ -1,0 +1,22 @@
+//! tapnet's userspace L2 switch.
+//!
+//! - [`tap`]: TAP ports created inside a container's network namespace
+//!   (`IFF_VNET_HDR`, checksum/TSO offloads).
+//! - [`table`]: the (network, MAC) -> port learning table with aging.
+//! - [`switch`]: the per-frame decision and counters, free of I/O.
+//! - [`router`]: each network's gateway (ARP, ICMP echo), inside the switch.
+//! - [`datapath`]: the io_uring worker that moves frames between ports.
+
+pub mod datapath;
+pub mod mac;
+pub mod router;
+pub mod switch;
+pub mod table;
+pub mod tap;
+pub mod vnet;
+
+pub use datapath::{Datapath, DatapathConfig, DatapathError, PortId, PortState, Snapshot};
+pub use mac::Mac;
+pub use switch::{DropCounters, NetConfig, PortCounters};
+pub use table::NetIdx;
+pub use tap::{in_netns, open_tap, NetnsRef, TapOptions};

@@ -1,0 +1,200 @@
+//! The router port: each network's gateway lives inside the switch. It owns
+//! the gateway MAC and IP and answers ARP requests and ICMP echo requests
+//! for that IP by rewriting the received frame in place (no allocation), so
+//! the reply can be written back to the ingress port from the same buffer.
+
+use crate::switch::{DropReason, NetConfig, ETH_HDR_LEN};
+use crate::vnet::{VnetHdr, VNET_HDR_LEN};
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+const IPPROTO_ICMP: u8 = 1;
+
+/// RFC 1071 Internet checksum of `data` (the complemented ones' complement sum).
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [last] = chunks.remainder() {
+        sum += (*last as u32) << 8;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Answers a frame addressed to the gateway. `buf` holds the vnet header and
+/// the frame (`len` bytes in all); on success the reply has been written in
+/// place and its total length (vnet header included) is returned.
+pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+    if len < VNET_HDR_LEN + ETH_HDR_LEN || len > buf.len() {
+        return Err(DropReason::Runt);
+    }
+    let vh = VnetHdr::parse(buf);
+    if vh.is_gso() {
+        return Err(DropReason::GatewayUnsupported);
+    }
+    let frame = &mut buf[VNET_HDR_LEN..len];
+    let reply_len = match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETHERTYPE_ARP => arp_reply(cfg, frame)?,
+        ETHERTYPE_IPV4 => icmp_echo_reply(cfg, frame, vh.flags)?,
+        _ => return Err(DropReason::GatewayUnsupported),
+    };
+    // Ethernet: back to the sender, from the gateway.
+    let (dst, src) = frame.split_at_mut(6);
+    dst.copy_from_slice(&src[..6]);
+    src[..6].copy_from_slice(&cfg.gateway_mac.0);
+    // The reply carries complete checksums: no offload flags.
+    VnetHdr::default().write(&mut buf[..VNET_HDR_LEN]);
+    Ok(VNET_HDR_LEN + reply_len)
+}
+
+fn arp_reply(cfg: &NetConfig, f: &mut [u8]) -> Result<usize, DropReason> {
+    const A: usize = ETH_HDR_LEN;
+    if f.len() < A + 28 {
+        return Err(DropReason::Runt);
+    }
+    // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4, op 1 (request)
+    if f[A..A + 8] != [0, 1, 8, 0, 6, 4, 0, 1] || f[A + 24..A + 28] != cfg.gateway_ip.octets() {
+        return Err(DropReason::GatewayUnsupported);
+    }
+    f[A + 7] = 2; // reply
+                  // target <- sender; sender <- gateway
+    let mut sender = [0u8; 10];
+    sender.copy_from_slice(&f[A + 8..A + 18]);
+    f[A + 18..A + 28].copy_from_slice(&sender);
+    f[A + 8..A + 14].copy_from_slice(&cfg.gateway_mac.0);
+    f[A + 14..A + 18].copy_from_slice(&cfg.gateway_ip.octets());
+    // same length as the request (its padding kept)
+    Ok(f.len())
+}
+
+fn icmp_echo_reply(cfg: &NetConfig, f: &mut [u8], vnet_flags: u8) -> Result<usize, DropReason> {
+    const I: usize = ETH_HDR_LEN;
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[I..])
+        .map_err(|_| DropReason::GatewayUnsupported)?;
+    let ihl = ip.slice().len();
+    let total = ip.total_len() as usize;
+    if ip.destination() != cfg.gateway_ip.octets()
+        || ip.protocol() != etherparse::IpNumber::ICMP
+        || ip.more_fragments()
+        || ip.fragments_offset().value() != 0
+        || total < ihl + 8
+        || I + total > f.len()
+        || vnet_flags & crate::vnet::F_NEEDS_CSUM != 0
+    {
+        return Err(DropReason::GatewayUnsupported);
+    }
+    debug_assert_eq!(IPPROTO_ICMP, 1);
+    let icmp = &mut f[I + ihl..I + total];
+    if icmp[0] != 8 || icmp[1] != 0 || checksum(icmp) != 0 {
+        return Err(DropReason::GatewayUnsupported);
+    }
+    icmp[0] = 0; // echo reply
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let c = checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    // IP: swap addresses, fresh TTL, new header checksum
+    let h = &mut f[I..I + ihl];
+    let mut src = [0u8; 4];
+    src.copy_from_slice(&h[12..16]);
+    h.copy_within(16..20, 12);
+    h[16..20].copy_from_slice(&src);
+    h[8] = 64;
+    h[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    Ok(I + total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mac::Mac;
+
+    fn cfg() -> NetConfig {
+        NetConfig {
+            gateway_ip: "10.88.0.1".parse().unwrap(),
+            gateway_mac: Mac([2, 0x42, 10, 88, 0, 1]),
+        }
+    }
+
+    const C: Mac = Mac([2, 0x42, 10, 88, 0, 2]);
+
+    #[test]
+    fn arp() {
+        let mut b = vec![0u8; VNET_HDR_LEN];
+        b.extend_from_slice(&Mac::BROADCAST.0);
+        b.extend_from_slice(&C.0);
+        b.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        b.extend_from_slice(&C.0);
+        b.extend_from_slice(&[10, 88, 0, 2]);
+        b.extend_from_slice(&[0; 6]);
+        b.extend_from_slice(&[10, 88, 0, 1]);
+        b.resize(VNET_HDR_LEN + 60, 0);
+        let n = answer(&cfg(), &mut b, VNET_HDR_LEN + 60).unwrap();
+        assert_eq!(n, VNET_HDR_LEN + 60);
+        {
+            let pkt = etherparse::SlicedPacket::from_ethernet(&b[VNET_HDR_LEN..n]).unwrap();
+            let etherparse::LinkSlice::Ethernet2(eth) = pkt.link.unwrap() else {
+                panic!()
+            };
+            assert_eq!(eth.destination(), C.0);
+            assert_eq!(eth.source(), cfg().gateway_mac.0);
+        }
+        let e = VNET_HDR_LEN + 14;
+        assert_eq!(&b[e + 6..e + 8], &[0, 2]);
+        assert_eq!(&b[e + 8..e + 14], &cfg().gateway_mac.0);
+        assert_eq!(&b[e + 14..e + 18], &[10, 88, 0, 1]);
+        assert_eq!(&b[e + 18..e + 24], &C.0);
+        assert_eq!(&b[e + 24..e + 28], &[10, 88, 0, 2]);
+        // ARP for another address is not answered
+        b[e + 7] = 1;
+        b[e + 27] = 9;
+        assert!(answer(&cfg(), &mut b, VNET_HDR_LEN + 60).is_err());
+    }
+
+    #[test]
+    fn ping() {
+        let payload = [0xabu8; 56];
+        let builder = etherparse::PacketBuilder::ethernet2(C.0, cfg().gateway_mac.0)
+            .ipv4([10, 88, 0, 2], [10, 88, 0, 1], 64)
+            .icmpv4_echo_request(0x1234, 7);
+        let mut f = Vec::new();
+        builder.write(&mut f, &payload).unwrap();
+        let mut b = vec![0u8; VNET_HDR_LEN];
+        b.extend_from_slice(&f);
+        let len = b.len();
+        let n = answer(&cfg(), &mut b, len).unwrap();
+        let pkt = etherparse::SlicedPacket::from_ethernet(&b[VNET_HDR_LEN..n]).unwrap();
+        let etherparse::NetSlice::Ipv4(ip) = pkt.net.unwrap() else {
+            panic!()
+        };
+        assert_eq!(ip.header().source(), [10, 88, 0, 1]);
+        assert_eq!(ip.header().destination(), [10, 88, 0, 2]);
+        assert_eq!(checksum(ip.header().slice()), 0);
+        let etherparse::TransportSlice::Icmpv4(icmp) = pkt.transport.unwrap() else {
+            panic!()
+        };
+        match icmp.icmp_type() {
+            etherparse::Icmpv4Type::EchoReply(e) => assert_eq!((e.id, e.seq), (0x1234, 7)),
+            t => panic!("{t:?}"),
+        }
+        assert_eq!(icmp.payload(), &payload);
+        assert_eq!(checksum(icmp.slice()), 0);
+        // a corrupted request is not answered
+        let mut b2 = vec![0u8; VNET_HDR_LEN];
+        b2.extend_from_slice(&f);
+        let last = b2.len() - 1;
+        b2[last] ^= 1;
+        assert_eq!(
+            answer(&cfg(), &mut b2, len),
+            Err(DropReason::GatewayUnsupported)
+        );
+        // truncated: no panic
+        assert!(answer(&cfg(), &mut b2, VNET_HDR_LEN + 20).is_err());
+    }
+}

@@ -1,0 +1,475 @@
+//! The switching core: ports, networks, counters, and the per-frame decision
+//! (learn the source, find where the frame goes). Pure logic with no I/O, so
+//! it is unit-tested and benchmarked in-process; the io_uring datapath
+//! ([`crate::datapath`]) drives it.
+
+use crate::mac::Mac;
+use crate::table::{Learned, MacTable, NetIdx, PortIdx};
+use crate::vnet::{VnetHdr, VNET_HDR_LEN};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+
+pub const ETH_HDR_LEN: usize = 14;
+const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// Per-network settings the datapath needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: Mac,
+}
+
+/// Why a frame was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header.
+    Runt,
+    /// Inconsistent `virtio_net_hdr`.
+    BadVnetHdr,
+    /// Multicast, all-zero or gateway-owned source MAC.
+    BadSrcMac,
+    /// Larger than the port's MTU without GSO.
+    Oversize,
+    /// Destination learned on the port the frame came from.
+    SamePort,
+    /// Addressed to the gateway but nothing the gateway answers (yet).
+    GatewayUnsupported,
+    /// Ingress port not attached to a network (being removed).
+    NoNetwork,
+    /// The kernel refused the write to the egress port.
+    TxError,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct DropCounters {
+    pub runt: u64,
+    pub bad_vnet_hdr: u64,
+    pub bad_src_mac: u64,
+    pub oversize: u64,
+    pub same_port: u64,
+    pub gateway_unsupported: u64,
+    pub no_network: u64,
+    pub tx_error: u64,
+}
+
+impl DropCounters {
+    #[inline]
+    pub fn count(&mut self, r: DropReason) {
+        let c = match r {
+            DropReason::Runt => &mut self.runt,
+            DropReason::BadVnetHdr => &mut self.bad_vnet_hdr,
+            DropReason::BadSrcMac => &mut self.bad_src_mac,
+            DropReason::Oversize => &mut self.oversize,
+            DropReason::SamePort => &mut self.same_port,
+            DropReason::GatewayUnsupported => &mut self.gateway_unsupported,
+            DropReason::NoNetwork => &mut self.no_network,
+            DropReason::TxError => &mut self.tx_error,
+        };
+        *c += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.runt
+            + self.bad_vnet_hdr
+            + self.bad_src_mac
+            + self.oversize
+            + self.same_port
+            + self.gateway_unsupported
+            + self.no_network
+            + self.tx_error
+    }
+}
+
+/// Per-port counters. Bytes are Ethernet bytes (without the vnet header);
+/// a GSO super-frame counts as one frame.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PortCounters {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Frames received that went to every other port of the network.
+    pub rx_flooded: u64,
+    /// Frames answered by the gateway (ARP, ICMP echo).
+    pub gateway_replies: u64,
+    /// MACs first seen on this port.
+    pub macs_learned: u64,
+    /// MACs that moved to this port from another one.
+    pub macs_moved_in: u64,
+    pub drops: DropCounters,
+}
+
+#[derive(Debug, Clone)]
+pub struct SwPort {
+    pub net: NetIdx,
+    /// IP MTU of the port; non-GSO frames above MTU + 18 are dropped.
+    pub mtu: u32,
+    pub counters: PortCounters,
+}
+
+#[derive(Debug, Clone)]
+pub struct SwNet {
+    pub cfg: NetConfig,
+    /// Ports of this network, flooding targets.
+    pub ports: Vec<PortIdx>,
+}
+
+/// Where a received frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Drop(DropReason),
+    Unicast(PortIdx),
+    /// To every other port of the ingress port's network.
+    Flood(NetIdx),
+    /// To the network's router port (gateway).
+    Gateway(NetIdx),
+}
+
+pub struct Switch {
+    pub table: MacTable,
+    ports: Vec<Option<SwPort>>,
+    nets: Vec<Option<SwNet>>,
+}
+
+impl Switch {
+    pub fn new(aging_ms: u64, max_macs: usize) -> Self {
+        Switch {
+            table: MacTable::new(aging_ms, max_macs),
+            ports: Vec::new(),
+            nets: Vec::new(),
+        }
+    }
+
+    pub fn add_network(&mut self, net: NetIdx, cfg: NetConfig) {
+        let i = net as usize;
+        if self.nets.len() <= i {
+            self.nets.resize(i + 1, None);
+        }
+        match &mut self.nets[i] {
+            Some(n) => n.cfg = cfg,
+            slot @ None => {
+                *slot = Some(SwNet {
+                    cfg,
+                    ports: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Removes a network; its ports stay but are detached (their frames are
+    /// dropped as `no_network`).
+    pub fn remove_network(&mut self, net: NetIdx) {
+        if let Some(slot) = self.nets.get_mut(net as usize) {
+            *slot = None;
+        }
+        self.table.remove_net(net);
+    }
+
+    pub fn network(&self, net: NetIdx) -> Option<&SwNet> {
+        self.nets.get(net as usize).and_then(|n| n.as_ref())
+    }
+
+    /// Adds a port in the first free slot and returns its index.
+    pub fn add_port(&mut self, net: NetIdx, mtu: u32) -> PortIdx {
+        let p = SwPort {
+            net,
+            mtu,
+            counters: PortCounters::default(),
+        };
+        let idx = match self.ports.iter().position(|p| p.is_none()) {
+            Some(i) => {
+                self.ports[i] = Some(p);
+                i
+            }
+            None => {
+                self.ports.push(Some(p));
+                self.ports.len() - 1
+            }
+        } as PortIdx;
+        if let Some(Some(n)) = self.nets.get_mut(net as usize) {
+            n.ports.push(idx);
+        }
+        idx
+    }
+
+    /// Takes the port out of its network's flood list and forgets its MACs;
+    /// the slot stays allocated (counters readable) until [`Self::free_port`].
+    pub fn detach_port(&mut self, port: PortIdx) {
+        if let Some(Some(p)) = self.ports.get(port as usize) {
+            let net = p.net;
+            if let Some(Some(n)) = self.nets.get_mut(net as usize) {
+                n.ports.retain(|&q| q != port);
+            }
+        }
+        self.table.remove_port(port);
+    }
+
+    pub fn free_port(&mut self, port: PortIdx) -> Option<SwPort> {
+        self.detach_port(port);
+        self.ports.get_mut(port as usize).and_then(|p| p.take())
+    }
+
+    #[inline]
+    pub fn port(&self, port: PortIdx) -> Option<&SwPort> {
+        self.ports.get(port as usize).and_then(|p| p.as_ref())
+    }
+
+    #[inline]
+    pub fn port_mut(&mut self, port: PortIdx) -> Option<&mut SwPort> {
+        self.ports.get_mut(port as usize).and_then(|p| p.as_mut())
+    }
+
+    #[inline]
+    pub fn count_drop(&mut self, port: PortIdx, r: DropReason) {
+        if let Some(p) = self.port_mut(port) {
+            p.counters.drops.count(r);
+        }
+    }
+
+    #[inline]
+    pub fn count_tx(&mut self, port: PortIdx, bytes: usize) {
+        if let Some(p) = self.port_mut(port) {
+            p.counters.tx_frames += 1;
+            p.counters.tx_bytes += bytes as u64;
+        }
+    }
+
+    /// Decides where a frame received on `in_port` goes. `buf` is the vnet
+    /// header followed by the Ethernet frame. Learns the source MAC and
+    /// updates the ingress port's rx and drop counters.
+    #[inline]
+    pub fn decide(&mut self, in_port: PortIdx, buf: &[u8], now: u64) -> Decision {
+        let Some(p) = self
+            .ports
+            .get_mut(in_port as usize)
+            .and_then(|p| p.as_mut())
+        else {
+            return Decision::Drop(DropReason::NoNetwork);
+        };
+        let d = decide_inner(p, in_port, &mut self.table, &self.nets, buf, now);
+        match d {
+            Decision::Drop(r) => p.counters.drops.count(r),
+            Decision::Flood(_) => p.counters.rx_flooded += 1,
+            _ => {}
+        }
+        d
+    }
+}
+
+#[inline]
+fn decide_inner(
+    p: &mut SwPort,
+    in_port: PortIdx,
+    table: &mut MacTable,
+    nets: &[Option<SwNet>],
+    buf: &[u8],
+    now: u64,
+) -> Decision {
+    if buf.len() < VNET_HDR_LEN + ETH_HDR_LEN {
+        return Decision::Drop(DropReason::Runt);
+    }
+    let frame = &buf[VNET_HDR_LEN..];
+    p.counters.rx_frames += 1;
+    p.counters.rx_bytes += frame.len() as u64;
+    let vh = VnetHdr::parse(buf);
+    if !vh.is_valid(frame.len()) {
+        return Decision::Drop(DropReason::BadVnetHdr);
+    }
+    if !vh.is_gso() && frame.len() > p.mtu as usize + ETH_HDR_LEN + 4 {
+        return Decision::Drop(DropReason::Oversize);
+    }
+    let Some(Some(net)) = nets.get(p.net as usize) else {
+        return Decision::Drop(DropReason::NoNetwork);
+    };
+    let dst = Mac::from_slice(frame);
+    let src = Mac::from_slice(&frame[6..]);
+    if src.is_multicast() || src.is_zero() || src == net.cfg.gateway_mac {
+        return Decision::Drop(DropReason::BadSrcMac);
+    }
+    match table.learn(p.net, &src, in_port, now) {
+        Learned::New => p.counters.macs_learned += 1,
+        Learned::Moved { .. } => p.counters.macs_moved_in += 1,
+        Learned::Refreshed | Learned::Full => {}
+    }
+    if dst.is_multicast() {
+        if is_arp_request_for(frame, net.cfg.gateway_ip) {
+            return Decision::Gateway(p.net);
+        }
+        return Decision::Flood(p.net);
+    }
+    if dst == net.cfg.gateway_mac {
+        return Decision::Gateway(p.net);
+    }
+    match table.lookup(p.net, &dst, now) {
+        Some(out) if out == in_port => Decision::Drop(DropReason::SamePort),
+        Some(out) => Decision::Unicast(out),
+        None => Decision::Flood(p.net),
+    }
+}
+
+/// An ARP request (Ethernet/IPv4) whose target protocol address is `ip`.
+#[inline]
+fn is_arp_request_for(frame: &[u8], ip: Ipv4Addr) -> bool {
+    frame.len() >= ETH_HDR_LEN + 28
+        && u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP
+        && frame[20..22] == [0, 1]
+        && frame[38..42] == ip.octets()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn frame(dst: Mac, src: Mac, ethertype: u16, payload_len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; VNET_HDR_LEN];
+        b.extend_from_slice(&dst.0);
+        b.extend_from_slice(&src.0);
+        b.extend_from_slice(&ethertype.to_be_bytes());
+        b.resize(b.len() + payload_len, 0);
+        b
+    }
+
+    fn m(x: u8) -> Mac {
+        Mac([2, 0, 0, 0, 0, x])
+    }
+
+    fn setup() -> (Switch, PortIdx, PortIdx, PortIdx, PortIdx) {
+        let mut sw = Switch::new(300_000, 1000);
+        let gw = Mac([2, 0x42, 10, 88, 0, 1]);
+        sw.add_network(
+            0,
+            NetConfig {
+                gateway_ip: "10.88.0.1".parse().unwrap(),
+                gateway_mac: gw,
+            },
+        );
+        sw.add_network(
+            1,
+            NetConfig {
+                gateway_ip: "10.89.0.1".parse().unwrap(),
+                gateway_mac: gw,
+            },
+        );
+        let a = sw.add_port(0, 1500);
+        let b = sw.add_port(0, 1500);
+        let c = sw.add_port(0, 1500);
+        let d = sw.add_port(1, 1500);
+        (sw, a, b, c, d)
+    }
+
+    #[test]
+    fn learn_then_unicast() {
+        let (mut sw, a, b, _c, _d) = setup();
+        // unknown destination floods, source learned
+        assert_eq!(
+            sw.decide(a, &frame(m(2), m(1), 0x0800, 46), 0),
+            Decision::Flood(0)
+        );
+        // reply goes straight back
+        assert_eq!(
+            sw.decide(b, &frame(m(1), m(2), 0x0800, 46), 1),
+            Decision::Unicast(a)
+        );
+        assert_eq!(
+            sw.decide(a, &frame(m(2), m(1), 0x0800, 46), 2),
+            Decision::Unicast(b)
+        );
+        let pa = sw.port(a).unwrap().counters;
+        assert_eq!((pa.rx_frames, pa.rx_flooded, pa.macs_learned), (2, 1, 1));
+    }
+
+    #[test]
+    fn networks_isolated() {
+        let (mut sw, a, _b, _c, d) = setup();
+        sw.decide(a, &frame(m(2), m(1), 0x0800, 46), 0);
+        // the same MAC seen on net 1 does not point into net 0
+        assert_eq!(
+            sw.decide(d, &frame(m(1), m(9), 0x0800, 46), 0),
+            Decision::Flood(1)
+        );
+        assert_eq!(sw.network(1).unwrap().ports, vec![d]);
+        assert!(!sw.network(0).unwrap().ports.contains(&d));
+    }
+
+    #[test]
+    fn bad_frames_dropped() {
+        let (mut sw, a, _b, _c, _d) = setup();
+        assert_eq!(
+            sw.decide(a, &[0u8; 20], 0),
+            Decision::Drop(DropReason::Runt)
+        );
+        let mut f = frame(m(2), Mac([3, 0, 0, 0, 0, 1]), 0x0800, 46);
+        assert_eq!(sw.decide(a, &f, 0), Decision::Drop(DropReason::BadSrcMac));
+        f = frame(m(2), m(1), 0x0800, 46);
+        f[1] = 77; // gso_type nonsense
+        assert_eq!(sw.decide(a, &f, 0), Decision::Drop(DropReason::BadVnetHdr));
+        f = frame(m(2), m(1), 0x0800, 1600);
+        assert_eq!(sw.decide(a, &f, 0), Decision::Drop(DropReason::Oversize));
+        let c = sw.port(a).unwrap().counters.drops;
+        assert_eq!(
+            (c.runt, c.bad_src_mac, c.bad_vnet_hdr, c.oversize),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(sw.table.len(), 0, "nothing learned from bad frames");
+    }
+
+    #[test]
+    fn move_and_same_port() {
+        let (mut sw, a, b, c, _d) = setup();
+        sw.decide(a, &frame(m(2), m(1), 0x0800, 46), 0);
+        sw.decide(c, &frame(m(1), m(1 + 10), 0x0800, 46), 0);
+        // m(1) now appears on b: moved
+        sw.decide(b, &frame(m(11), m(1), 0x0800, 46), 1);
+        assert_eq!(sw.port(b).unwrap().counters.macs_moved_in, 1);
+        assert_eq!(
+            sw.decide(c, &frame(m(1), m(11), 0x0800, 46), 2),
+            Decision::Unicast(b)
+        );
+        // a frame from b to a MAC on b is not sent back
+        sw.decide(b, &frame(m(12), m(12), 0x0800, 46), 3);
+        assert_eq!(
+            sw.decide(b, &frame(m(12), m(1), 0x0800, 46), 3),
+            Decision::Drop(DropReason::SamePort)
+        );
+    }
+
+    #[test]
+    fn detach_forgets() {
+        let (mut sw, a, b, _c, _d) = setup();
+        sw.decide(a, &frame(m(2), m(1), 0x0800, 46), 0);
+        sw.detach_port(a);
+        assert_eq!(
+            sw.decide(b, &frame(m(1), m(2), 0x0800, 46), 1),
+            Decision::Flood(0)
+        );
+        assert!(sw.free_port(a).is_some());
+        assert_eq!(
+            sw.decide(a, &frame(m(1), m(2), 0x0800, 46), 1),
+            Decision::Drop(DropReason::NoNetwork)
+        );
+        // slot reused
+        assert_eq!(sw.add_port(0, 1500), a);
+    }
+
+    #[test]
+    fn gateway_frames() {
+        let (mut sw, a, _b, _c, _d) = setup();
+        let gw = sw.network(0).unwrap().cfg.gateway_mac;
+        assert_eq!(
+            sw.decide(a, &frame(gw, m(1), 0x0800, 46), 0),
+            Decision::Gateway(0)
+        );
+        let mut arp = frame(Mac::BROADCAST, m(1), 0x0806, 46);
+        let e = VNET_HDR_LEN + ETH_HDR_LEN;
+        arp[e + 6..e + 8].copy_from_slice(&[0, 1]);
+        arp[e + 24..e + 28].copy_from_slice(&[10, 88, 0, 1]);
+        assert_eq!(sw.decide(a, &arp, 0), Decision::Gateway(0));
+        arp[e + 27] = 5; // ARP for someone else: flooded
+        assert_eq!(sw.decide(a, &arp, 0), Decision::Flood(0));
+        // nobody may claim the gateway's MAC
+        assert_eq!(
+            sw.decide(a, &frame(m(1), gw, 0x0800, 46), 0),
+            Decision::Drop(DropReason::BadSrcMac)
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The L2 learning table: (network, MAC) -> port, with aging and move
+//! detection.
+//!
+//! The table is owned by the datapath worker that uses it, so lookups take no
+//! lock and never contend. Time is passed in by the caller (one clock read
+//! per batch), and an entry older than the aging time counts as absent even
+//! before the periodic [`MacTable::age`] sweep removes it.
+
+use crate::mac::Mac;
+use rustc_hash::FxHashMap;
+
+pub type NetIdx = u16;
+pub type PortIdx = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub port: PortIdx,
+    /// Milliseconds on the caller's monotonic clock.
+    pub last_seen: u64,
+}
+
+/// What [`MacTable::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// The MAC was not known (or had aged out).
+    New,
+    /// Known on the same port; timestamp refreshed.
+    Refreshed,
+    /// Known on another port: the station moved.
+    Moved { from: PortIdx },
+    /// Table full: not learned (frames to it will be flooded).
+    Full,
+}
+
+#[inline]
+fn key(net: NetIdx, mac: &Mac) -> u64 {
+    (net as u64) << 48 | mac.as_u64()
+}
+
+#[derive(Debug)]
+pub struct MacTable {
+    map: FxHashMap<u64, Entry>,
+    aging_ms: u64,
+    max_entries: usize,
+    pub moves: u64,
+    pub full_drops: u64,
+}
+
+impl MacTable {
+    pub fn new(aging_ms: u64, max_entries: usize) -> Self {
+        let mut map = FxHashMap::default();
+        map.reserve(max_entries.min(4096));
+        MacTable {
+            map,
+            aging_ms,
+            max_entries,
+            moves: 0,
+            full_drops: 0,
+        }
+    }
+
+    pub fn aging_ms(&self) -> u64 {
+        self.aging_ms
+    }
+
+    pub fn set_aging_ms(&mut self, ms: u64) {
+        self.aging_ms = ms;
+    }
+
+    #[inline]
+    pub fn learn(&mut self, net: NetIdx, mac: &Mac, port: PortIdx, now: u64) -> Learned {
+        let k = key(net, mac);
+        if let Some(e) = self.map.get_mut(&k) {
+            let expired = now.saturating_sub(e.last_seen) > self.aging_ms;
+            let old = e.port;
+            e.last_seen = now;
+            if old == port {
+                return if expired {
+                    Learned::New
+                } else {
+                    Learned::Refreshed
+                };
+            }
+            e.port = port;
+            if expired {
+                return Learned::New;
+            }
+            self.moves += 1;
+            return Learned::Moved { from: old };
+        }
+        if self.map.len() >= self.max_entries {
+            self.full_drops += 1;
+            return Learned::Full;
+        }
+        self.map.insert(
+            k,
+            Entry {
+                port,
+                last_seen: now,
+            },
+        );
+        Learned::New
+    }
+
+    #[inline]
+    pub fn lookup(&self, net: NetIdx, mac: &Mac, now: u64) -> Option<PortIdx> {
+        match self.map.get(&key(net, mac)) {
+            Some(e) if now.saturating_sub(e.last_seen) <= self.aging_ms => Some(e.port),
+            _ => None,
+        }
+    }
+
+    /// Removes entries not seen for longer than the aging time; returns how
+    /// many were removed.
+    pub fn age(&mut self, now: u64) -> usize {
+        let before = self.map.len();
+        let aging = self.aging_ms;
+        self.map
+            .retain(|_, e| now.saturating_sub(e.last_seen) <= aging);
+        before - self.map.len()
+    }
+
+    /// Forgets every MAC learned on `port` (the port is going away).
+    pub fn remove_port(&mut self, port: PortIdx) {
+        self.map.retain(|_, e| e.port != port);
+    }
+
+    /// Forgets every MAC of network `net`.
+    pub fn remove_net(&mut self, net: NetIdx) {
+        self.map.retain(|k, _| (k >> 48) as NetIdx != net);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// All live entries as (network, MAC, entry).
+    pub fn entries(&self, now: u64) -> impl Iterator<Item = (NetIdx, Mac, Entry)> + '_ {
+        let aging = self.aging_ms;
+        self.map.iter().filter_map(move |(k, e)| {
+            if now.saturating_sub(e.last_seen) > aging {
+                return None;
+            }
+            let b = k.to_be_bytes();
+            Some((
+                (k >> 48) as NetIdx,
+                Mac([b[2], b[3], b[4], b[5], b[6], b[7]]),
+                *e,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(x: u8) -> Mac {
+        Mac([2, 0, 0, 0, 0, x])
+    }
+
+    #[test]
+    fn learn_lookup_refresh() {
+        let mut t = MacTable::new(1000, 100);
+        assert_eq!(t.lookup(1, &m(1), 0), None);
+        assert_eq!(t.learn(1, &m(1), 7, 0), Learned::New);
+        assert_eq!(t.lookup(1, &m(1), 10), Some(7));
+        assert_eq!(t.learn(1, &m(1), 7, 500), Learned::Refreshed);
+        assert_eq!(t.lookup(1, &m(1), 1400), Some(7));
+    }
+
+    #[test]
+    fn networks_are_separate_keys() {
+        let mut t = MacTable::new(1000, 100);
+        t.learn(1, &m(1), 7, 0);
+        assert_eq!(t.lookup(2, &m(1), 0), None);
+        t.learn(2, &m(1), 9, 0);
+        assert_eq!(t.lookup(1, &m(1), 0), Some(7));
+        assert_eq!(t.lookup(2, &m(1), 0), Some(9));
+        t.remove_net(1);
+        assert_eq!(t.lookup(1, &m(1), 0), None);
+        assert_eq!(t.lookup(2, &m(1), 0), Some(9));
+        let all: Vec<_> = t.entries(0).collect();
+        assert_eq!(
+            all,
+            vec![(
+                2,
+                m(1),
+                Entry {
+                    port: 9,
+                    last_seen: 0
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn aging() {
+        let mut t = MacTable::new(1000, 100);
+        t.learn(1, &m(1), 7, 0);
+        t.learn(1, &m(2), 8, 900);
+        // expired entries are invisible before the sweep ...
+        assert_eq!(t.lookup(1, &m(1), 1001), None);
+        assert_eq!(t.lookup(1, &m(2), 1001), Some(8));
+        // ... and gone after it
+        assert_eq!(t.age(1001), 1);
+        assert_eq!(t.len(), 1);
+        // re-learning an expired-but-not-swept entry counts as new
+        t.learn(1, &m(2), 8, 900);
+        assert_eq!(t.learn(1, &m(2), 9, 5000), Learned::New);
+        assert_eq!(t.moves, 0);
+    }
+
+    #[test]
+    fn moves() {
+        let mut t = MacTable::new(1000, 100);
+        t.learn(1, &m(1), 7, 0);
+        assert_eq!(t.learn(1, &m(1), 8, 10), Learned::Moved { from: 7 });
+        assert_eq!(t.lookup(1, &m(1), 10), Some(8));
+        assert_eq!(t.moves, 1);
+    }
+
+    #[test]
+    fn full_and_remove_port() {
+        let mut t = MacTable::new(1000, 2);
+        t.learn(1, &m(1), 7, 0);
+        t.learn(1, &m(2), 8, 0);
+        assert_eq!(t.learn(1, &m(3), 8, 0), Learned::Full);
+        assert_eq!(t.full_drops, 1);
+        // known entries still refresh and move when full
+        assert_eq!(t.learn(1, &m(1), 7, 1), Learned::Refreshed);
+        t.remove_port(8);
+        assert_eq!(t.lookup(1, &m(2), 1), None);
+        assert_eq!(t.learn(1, &m(3), 8, 1), Learned::New);
+    }
+}
