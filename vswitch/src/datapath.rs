@@ -19,7 +19,7 @@ use crate::table::{NetIdx, PortIdx};
 use crate::vnet::VNET_HDR_LEN;
 use io_uring::{opcode, squeue, types, IoUring};
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +63,7 @@ pub enum DatapathError {
     Timeout(Duration),
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PortState {
     Up,

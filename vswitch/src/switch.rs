@@ -6,7 +6,7 @@
 use crate::mac::Mac;
 use crate::table::{Learned, MacTable, NetIdx, PortIdx};
 use crate::vnet::{VnetHdr, VNET_HDR_LEN};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
 pub const ETH_HDR_LEN: usize = 14;
@@ -40,7 +40,7 @@ pub enum DropReason {
     TxError,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DropCounters {
     pub runt: u64,
     pub bad_vnet_hdr: u64,
@@ -82,7 +82,7 @@ impl DropCounters {
 
 /// Per-port counters. Bytes are Ethernet bytes (without the vnet header);
 /// a GSO super-frame counts as one frame.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PortCounters {
     pub rx_frames: u64,
     pub rx_bytes: u64,

@@ -1,0 +1,112 @@
+//! Request and response bodies of the control API (JSON over HTTP/1.1 on a
+//! Unix socket), shared by the daemon and the CLI.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use vswitch::{PortCounters, PortState};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CreateNetwork {
+    pub name: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Connect {
+    pub container: String,
+    /// Namespace to attach: a name under /run/netns, a path, or a PID.
+    pub netns: Option<String>,
+    pub ip: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Disconnect {
+    pub container: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CreateContainer {
+    pub name: Option<String>,
+    pub network: String,
+    pub ip: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkSummary {
+    pub name: String,
+    pub id: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub ip_range: Option<String>,
+    pub mtu: u32,
+    pub builtin: bool,
+    pub endpoints: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointInfo {
+    pub container: String,
+    pub network: String,
+    pub netns: String,
+    pub ifname: String,
+    /// Address with prefix length, e.g. 10.88.0.2/24.
+    pub ip: String,
+    pub mac: String,
+    pub gateway: String,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointInspect {
+    #[serde(flatten)]
+    pub info: EndpointInfo,
+    pub port_id: Option<u64>,
+    pub state: Option<PortState>,
+    pub counters: Option<PortCounters>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MacEntry {
+    pub mac: String,
+    /// Container whose port the MAC was learned on.
+    pub endpoint: String,
+    pub port_id: u64,
+    pub age_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkInspect {
+    #[serde(flatten)]
+    pub summary: NetworkSummary,
+    pub created: u64,
+    pub gateway_mac: String,
+    pub endpoints: BTreeMap<String, EndpointInspect>,
+    pub mac_table: Vec<MacEntry>,
+    pub mac_aging_secs: u64,
+    /// Sum over the network's ports.
+    pub counters: PortCounters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub netns: String,
+    /// Created by tapnet (`run`), deleted with the container.
+    pub owned: bool,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pruned {
+    pub removed: Vec<String>,
+}

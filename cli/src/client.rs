@@ -1,0 +1,107 @@
+//! The CLI's side of the control API: one HTTP/1.1 request per connection
+//! over the daemon's Unix socket.
+
+use crate::api::ErrorBody;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Client {
+        Client {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Vec<u8>)> {
+        let mut s = UnixStream::connect(&self.socket).map_err(|e| {
+            anyhow!(
+                "cannot reach the tapnet daemon at {}: {e} (is `tapnet daemon` running? use --socket or TAPNET_SOCKET for another socket)",
+                self.socket.display()
+            )
+        })?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let body = body.unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: tapnet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())?;
+        s.write_all(&body)?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp)
+            .context("reading the daemon's answer")?;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        let off = match r.parse(&resp).context("malformed answer from the daemon")? {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => bail!("truncated answer from the daemon"),
+        };
+        let code = r.code.unwrap_or(500);
+        let chunked = r.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("transfer-encoding")
+                && String::from_utf8_lossy(h.value).contains("chunked")
+        });
+        let mut b = resp[off..].to_vec();
+        if chunked {
+            b = dechunk(&b)?;
+        }
+        Ok((code, b))
+    }
+
+    /// Sends a request and decodes the JSON answer; an error status becomes
+    /// an error carrying the daemon's message.
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        let b = body.map(serde_json::to_vec).transpose()?;
+        let (code, resp) = self.request(method, path, b)?;
+        if !(200..300).contains(&code) {
+            let msg = serde_json::from_slice::<ErrorBody>(&resp)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&resp).into_owned());
+            bail!("{msg}");
+        }
+        serde_json::from_slice(&resp)
+            .with_context(|| format!("decoding the daemon's answer to {method} {path}"))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(method_get(), path, None::<&()>)
+    }
+}
+
+fn method_get() -> &'static str {
+    "GET"
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let (len, used) =
+            match httparse::parse_chunk_size(b).map_err(|_| anyhow!("bad chunked encoding"))? {
+                httparse::Status::Complete(x) => (x.1 as usize, x.0),
+                httparse::Status::Partial => bail!("truncated chunked answer"),
+            };
+        b = &b[used..];
+        if len == 0 {
+            return Ok(out);
+        }
+        if b.len() < len + 2 {
+            bail!("truncated chunked answer");
+        }
+        out.extend_from_slice(&b[..len]);
+        b = &b[len + 2..];
+    }
+}

@@ -1,0 +1,245 @@
+//! Network namespace set-up: creating and deleting named namespaces (as
+//! `ip netns add/del` do, without shelling out) and configuring a
+//! container's interface over rtnetlink from inside its namespace.
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::TryStreamExt;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use vswitch::{in_netns, open_tap, Mac, NetnsRef, TapOptions};
+
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Makes `/run/netns` a shared mount point (like iproute2) so namespace
+/// bind mounts made here are visible in every mount namespace.
+fn prepare_netns_dir() -> Result<()> {
+    std::fs::create_dir_all(NETNS_DIR).context("creating /run/netns")?;
+    let flags = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    if mount(None::<&str>, NETNS_DIR, Some("none"), flags, None::<&str>).is_ok() {
+        return Ok(());
+    }
+    mount(
+        Some(NETNS_DIR),
+        NETNS_DIR,
+        Some("none"),
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .context("bind-mounting /run/netns")?;
+    mount(None::<&str>, NETNS_DIR, Some("none"), flags, None::<&str>)
+        .context("making /run/netns a shared mount")?;
+    Ok(())
+}
+
+/// Creates a new, empty network namespace pinned at `/run/netns/NAME`.
+pub fn create_netns(name: &str) -> Result<PathBuf> {
+    prepare_netns_dir()?;
+    let path = Path::new(NETNS_DIR).join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                anyhow!("network namespace {} already exists", path.display())
+            }
+            _ => anyhow!("creating {}: {e}", path.display()),
+        })?;
+    let p2 = path.clone();
+    let r = std::thread::spawn(move || -> Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("unshare(CLONE_NEWNET)")?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &p2,
+            Some("none"),
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting the new namespace on {}", p2.display()))?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow!("namespace thread panicked"))?;
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    // lo up, as every container expects
+    if let Err(e) = in_netns(&NetnsRef(path.clone()), || {
+        netlink(|h| async move { link_up(&h, "lo").await })
+    }) {
+        let _ = delete_netns(&path);
+        bail!("{e}");
+    }
+    Ok(path)
+}
+
+/// Unmounts and removes a namespace created by [`create_netns`].
+pub fn delete_netns(path: &Path) -> Result<()> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => bail!("unmounting {}: {e}", path.display()),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow!("removing {}: {e}", path.display())),
+    }
+}
+
+/// True if `path` still refers to a live network namespace.
+pub fn netns_alive(path: &Path) -> bool {
+    NetnsRef(path.to_path_buf()).open().is_ok()
+}
+
+/// The interface tapnet puts into a container namespace.
+#[derive(Debug, Clone)]
+pub struct IfSpec {
+    pub ifname: String,
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub mtu: u32,
+    /// Install a default route via this gateway.
+    pub default_gw: Option<Ipv4Addr>,
+}
+
+/// Opens (creating, or re-attaching to an existing persistent one) the TAP
+/// device inside `ns` and configures it: MAC, MTU, address, up, default
+/// route. Idempotent, so a restarted daemon can call it on a live endpoint.
+pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec) -> Result<OwnedFd> {
+    let spec = spec.clone();
+    in_netns(ns, move || -> Result<OwnedFd> {
+        let mut fds = open_tap(&TapOptions {
+            name: spec.ifname.clone(),
+            offload: true,
+            persist: true,
+            queues: 1,
+        })?;
+        let fd = fds.pop().expect("one queue");
+        let r = netlink(|h| {
+            let spec = spec.clone();
+            async move { configure(&h, &spec).await }
+        });
+        if let Err(e) = r {
+            // don't leave a half-configured device behind
+            let _ = vswitch::tap::set_persist(&fd, false);
+            return Err(e);
+        }
+        Ok(fd)
+    })?
+}
+
+/// The lowest `ethN` that neither `used` (our other endpoints of the
+/// container) nor an existing interface of the namespace has.
+pub fn free_ifname(ns: &NetnsRef, used: &[String]) -> Result<String> {
+    let existing = in_netns(ns, || -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        netlink(|h| {
+            let names = &mut names;
+            async move {
+                let mut links = h.link().get().execute();
+                while let Some(l) = links.try_next().await.context("listing interfaces")? {
+                    for a in l.attributes {
+                        if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = a {
+                            names.push(n);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        })?;
+        Ok(names)
+    })??;
+    (0..1000)
+        .map(|i| format!("eth{i}"))
+        .find(|n| !used.contains(n) && !existing.contains(n))
+        .context("no free interface name")
+}
+
+/// Runs an rtnetlink session on a private current-thread runtime; the
+/// netlink socket is opened in the calling thread's network namespace.
+fn netlink<F, Fut>(f: F) -> Result<()>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    rt.block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink socket")?;
+        let task = tokio::spawn(conn);
+        let r = f(handle).await;
+        task.abort();
+        r
+    })
+}
+
+async fn link_index(h: &rtnetlink::Handle, name: &str) -> Result<u32> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(l.header.index),
+        Ok(None) => bail!("interface {name} not found"),
+        Err(e) => bail!("looking up interface {name}: {e}"),
+    }
+}
+
+async fn link_up(h: &rtnetlink::Handle, name: &str) -> Result<()> {
+    let idx = link_index(h, name).await?;
+    h.link()
+        .set(rtnetlink::LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("setting {name} up"))
+}
+
+fn is_eexist(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+}
+
+async fn configure(h: &rtnetlink::Handle, s: &IfSpec) -> Result<()> {
+    link_up(h, "lo").await?;
+    let idx = link_index(h, &s.ifname).await?;
+    h.link()
+        .set(
+            rtnetlink::LinkUnspec::new_with_index(idx)
+                .address(s.mac.0.to_vec())
+                .mtu(s.mtu)
+                .build(),
+        )
+        .execute()
+        .await
+        .with_context(|| format!("setting MAC {} and MTU {} on {}", s.mac, s.mtu, s.ifname))?;
+    if let Err(e) = h
+        .address()
+        .add(idx, IpAddr::V4(s.ip), s.prefix)
+        .execute()
+        .await
+    {
+        if !is_eexist(&e) {
+            bail!("adding address {}/{} to {}: {e}", s.ip, s.prefix, s.ifname);
+        }
+    }
+    h.link()
+        .set(rtnetlink::LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("setting {} up", s.ifname))?;
+    if let Some(gw) = s.default_gw {
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .output_interface(idx)
+            .build();
+        if let Err(e) = h.route().add(route).execute().await {
+            if !is_eexist(&e) {
+                bail!("adding default route via {gw}: {e}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Persistent state: one JSON document per network under
+//! `<state-dir>/networks/`, written with write + fsync + rename + fsync(dir)
+//! so a crash leaves either the old or the new document, never a torn one.
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use vswitch::Mac;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointRecord {
+    /// Network namespace file of the container.
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub mtu: u32,
+    /// Whether this endpoint owns the container's default route.
+    pub default_route: bool,
+    /// Whether tapnet created the namespace (`tapnet run`) and deletes it.
+    pub owned_netns: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkRecord {
+    pub name: String,
+    pub id: String,
+    pub created: u64,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub ip_range: Option<Ipv4Net>,
+    pub mtu: u32,
+    /// Pre-defined (`bridge`): cannot be removed.
+    #[serde(default)]
+    pub builtin: bool,
+    /// Container name -> endpoint.
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+}
+
+/// A container: a network namespace known by name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerRecord {
+    pub netns: PathBuf,
+    /// Created by tapnet (`tapnet run`); deleted with the container.
+    pub owned: bool,
+    pub created: u64,
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, &path).with_context(|| format!("renaming onto {}", path.display()))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        let dir = state_dir.join("networks");
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        Ok(Store { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Every network document; unreadable ones are reported and skipped
+    /// (left on disk for inspection), never deleted.
+    pub fn load_all(&self) -> Result<(Vec<NetworkRecord>, Vec<String>)> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for e in
+            fs::read_dir(&self.dir).with_context(|| format!("reading {}", self.dir.display()))?
+        {
+            let p = e?.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            match fs::read(&p)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| serde_json::from_slice::<NetworkRecord>(&b).map_err(Into::into))
+            {
+                Ok(r) => out.push(r),
+                Err(e) => errors.push(format!("{}: {e}", p.display())),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((out, errors))
+    }
+
+    pub fn save(&self, rec: &NetworkRecord) -> Result<()> {
+        write_atomic(
+            &self.dir,
+            &format!("{}.json", rec.name),
+            &serde_json::to_vec_pretty(rec)?,
+        )
+    }
+
+    fn containers_dir(&self) -> &Path {
+        self.dir.parent().expect("networks/ has a parent")
+    }
+
+    pub fn load_containers(&self) -> Result<BTreeMap<String, ContainerRecord>> {
+        let p = self.containers_dir().join("containers.json");
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    pub fn save_containers(&self, c: &BTreeMap<String, ContainerRecord>) -> Result<()> {
+        write_atomic(
+            self.containers_dir(),
+            "containers.json",
+            &serde_json::to_vec_pretty(c)?,
+        )
+    }
+
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let p = self.path(name);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+        fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_remove() {
+        let d = std::env::temp_dir().join(format!("tapnet-store-test-{}", std::process::id()));
+        let s = Store::open(&d).unwrap();
+        let mut r = NetworkRecord {
+            name: "n1".into(),
+            id: "abc".into(),
+            created: 1,
+            subnet: "10.88.0.0/24".parse().unwrap(),
+            gateway: "10.88.0.1".parse().unwrap(),
+            ip_range: None,
+            mtu: 1500,
+            builtin: false,
+            endpoints: BTreeMap::new(),
+        };
+        r.endpoints.insert(
+            "c1".into(),
+            EndpointRecord {
+                netns: "/run/netns/x".into(),
+                ifname: "eth0".into(),
+                ip: "10.88.0.2".parse().unwrap(),
+                mac: Mac([2, 0x42, 10, 88, 0, 2]),
+                mtu: 1500,
+                default_route: true,
+                owned_netns: true,
+            },
+        );
+        s.save(&r).unwrap();
+        fs::write(d.join("networks/broken.json"), b"{not json").unwrap();
+        let (all, errs) = s.load_all().unwrap();
+        assert_eq!(all, vec![r]);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            d.join("networks/broken.json").exists(),
+            "broken state is kept"
+        );
+        let mut c = BTreeMap::new();
+        c.insert(
+            "c1".to_string(),
+            ContainerRecord {
+                netns: "/run/netns/x".into(),
+                owned: true,
+                created: 5,
+            },
+        );
+        s.save_containers(&c).unwrap();
+        assert_eq!(s.load_containers().unwrap(), c);
+        s.remove("n1").unwrap();
+        assert!(s.load_all().unwrap().0.is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

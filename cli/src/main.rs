@@ -1,0 +1,352 @@
+//! `tapnet`: daemon, control API and CLI.
+
+mod api;
+mod client;
+mod daemon;
+mod run;
+
+use anyhow::Result;
+use api::*;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::Client;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "tapnet",
+    version,
+    about = "Userspace virtual switch and NAT router for containers"
+)]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(
+        long,
+        global = true,
+        env = "TAPNET_SOCKET",
+        default_value = "/run/tapnet/tapnet.sock"
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: the switch, IPAM, state and the control API.
+    Daemon(DaemonArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetCmd),
+    /// Run a command in a new container namespace attached to a network.
+    Run(RunCli),
+    /// List containers and their endpoints.
+    Ps {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove containers (detach them; delete namespaces tapnet created).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Directory for the persistent state.
+    #[arg(long, default_value = "/var/lib/tapnet")]
+    state_dir: PathBuf,
+    /// Seconds a learned MAC stays in the table without traffic.
+    #[arg(long, default_value_t = 300)]
+    mac_aging: u64,
+    /// Prefix of the namespaces `tapnet run` creates under /run/netns.
+    #[arg(long, default_value = "tapnet-")]
+    netns_prefix: String,
+    /// Receive buffers (64 KiB each) per port.
+    #[arg(long, default_value_t = 32)]
+    bufs_per_port: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum NetCmd {
+    /// Create a network.
+    Create {
+        name: String,
+        /// IPv4 subnet in CIDR form; picked automatically when omitted.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address (default: the subnet's first host address).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Allocate container addresses from this sub-range.
+        #[arg(long)]
+        ip_range: Option<String>,
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show a network as JSON: subnet, gateway, endpoints, MACs, counters.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Connect a container (or, with --netns, any network namespace) to a network.
+    Connect {
+        network: String,
+        container: String,
+        /// Namespace to attach under the container name: a name in /run/netns, a path, or a PID.
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// Disconnect a container from a network.
+    Disconnect { network: String, container: String },
+    /// Remove every network without endpoints.
+    Prune,
+}
+
+#[derive(Args)]
+struct RunCli {
+    #[arg(long)]
+    network: Option<String>,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    ip: Option<String>,
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    cmd: Vec<String>,
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = w[i]))
+            .collect();
+        println!("{}", s.join("   ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn json_out<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<i32> {
+    let c = Client::new(&cli.socket);
+    match cli.cmd {
+        Cmd::Daemon(a) => {
+            daemon::server::run(daemon::DaemonConfig {
+                socket: cli.socket,
+                state_dir: a.state_dir,
+                mac_aging: Duration::from_secs(a.mac_aging),
+                netns_prefix: a.netns_prefix,
+                bufs_per_port: a.bufs_per_port,
+            })?;
+        }
+        Cmd::Network(n) => network(&c, n)?,
+        Cmd::Run(a) => {
+            return run::run(
+                &c,
+                run::RunArgs {
+                    network: a.network.unwrap_or_else(|| daemon::BRIDGE.to_string()),
+                    name: a.name,
+                    ip: a.ip,
+                    mtu: a.mtu,
+                    cmd: a.cmd,
+                },
+            )
+        }
+        Cmd::Ps { format } => {
+            let cs: Vec<ContainerInfo> = c.get("/containers")?;
+            if format == Format::Json {
+                json_out(&cs)?;
+            } else {
+                let mut rows = Vec::new();
+                for ct in cs {
+                    if ct.endpoints.is_empty() {
+                        rows.push(vec![
+                            ct.name.clone(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            ct.netns.clone(),
+                        ]);
+                    }
+                    for e in ct.endpoints {
+                        rows.push(vec![
+                            ct.name.clone(),
+                            e.network,
+                            e.ifname,
+                            e.ip,
+                            e.mac,
+                            ct.netns.clone(),
+                        ]);
+                    }
+                }
+                print_table(&["NAME", "NETWORK", "IFACE", "IP", "MAC", "NETNS"], rows);
+            }
+        }
+        Cmd::Rm { names } => {
+            for n in names {
+                c.call::<serde_json::Value>("DELETE", &format!("/containers/{n}"), None::<&()>)?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn network(c: &Client, cmd: NetCmd) -> Result<()> {
+    match cmd {
+        NetCmd::Create {
+            name,
+            subnet,
+            gateway,
+            ip_range,
+            mtu,
+        } => {
+            let s: NetworkSummary = c.call(
+                "POST",
+                "/networks",
+                Some(&CreateNetwork {
+                    name,
+                    subnet,
+                    gateway,
+                    ip_range,
+                    mtu,
+                }),
+            )?;
+            println!("{}", s.id);
+        }
+        NetCmd::Ls { format, quiet } => {
+            let ns: Vec<NetworkSummary> = c.get("/networks")?;
+            if format == Format::Json {
+                json_out(&ns)?;
+            } else if quiet {
+                ns.iter().for_each(|n| println!("{}", n.name));
+            } else {
+                let rows = ns
+                    .into_iter()
+                    .map(|n| {
+                        vec![
+                            n.id[..12.min(n.id.len())].to_string(),
+                            n.name,
+                            n.subnet,
+                            n.gateway,
+                            n.mtu.to_string(),
+                            n.endpoints.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "NETWORK ID",
+                        "NAME",
+                        "SUBNET",
+                        "GATEWAY",
+                        "MTU",
+                        "ENDPOINTS",
+                    ],
+                    rows,
+                );
+            }
+        }
+        NetCmd::Inspect { names } => {
+            let mut out = Vec::new();
+            for n in names {
+                out.push(c.get::<serde_json::Value>(&format!("/networks/{n}"))?);
+            }
+            json_out(&out)?;
+        }
+        NetCmd::Rm { names } => {
+            for n in names {
+                c.call::<serde_json::Value>("DELETE", &format!("/networks/{n}"), None::<&()>)?;
+                println!("{n}");
+            }
+        }
+        NetCmd::Connect {
+            network,
+            container,
+            netns,
+            ip,
+            mtu,
+        } => {
+            let e: EndpointInfo = c.call(
+                "POST",
+                &format!("/networks/{network}/connect"),
+                Some(&Connect {
+                    container,
+                    netns,
+                    ip,
+                    mtu,
+                }),
+            )?;
+            println!("{} {} {}", e.ifname, e.ip, e.mac);
+        }
+        NetCmd::Disconnect { network, container } => {
+            c.call::<serde_json::Value>(
+                "POST",
+                &format!("/networks/{network}/disconnect"),
+                Some(&Disconnect { container }),
+            )?;
+        }
+        NetCmd::Prune => {
+            let p: Pruned = c.call("POST", "/networks/prune", None::<&()>)?;
+            for n in p.removed {
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
