@@ -55,7 +55,7 @@ pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<usize, Drop
 fn arp_reply(cfg: &NetConfig, f: &mut [u8]) -> Result<usize, DropReason> {
     const A: usize = ETH_HDR_LEN;
     if f.len() < A + 28 {
-        return Err(DropReason::Runt);
+        return Err(DropReason::Malformed);
     }
     // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4, op 1 (request)
     if f[A..A + 8] != [0, 1, 8, 0, 6, 4, 0, 1] || f[A + 24..A + 28] != cfg.gateway_ip.octets() {
@@ -74,10 +74,12 @@ fn arp_reply(cfg: &NetConfig, f: &mut [u8]) -> Result<usize, DropReason> {
 
 fn icmp_echo_reply(cfg: &NetConfig, f: &mut [u8], vnet_flags: u8) -> Result<usize, DropReason> {
     const I: usize = ETH_HDR_LEN;
-    let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[I..])
-        .map_err(|_| DropReason::GatewayUnsupported)?;
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[I..]).map_err(|_| DropReason::Malformed)?;
     let ihl = ip.slice().len();
     let total = ip.total_len() as usize;
+    if total < ihl || I + total > f.len() {
+        return Err(DropReason::Malformed);
+    }
     if ip.destination() != cfg.gateway_ip.octets()
         || ip.protocol() != etherparse::IpNumber::ICMP
         || ip.more_fragments()
@@ -123,6 +125,21 @@ mod tests {
     }
 
     const C: Mac = Mac([2, 0x42, 10, 88, 0, 2]);
+
+    #[test]
+    fn truncated_headers_are_malformed() {
+        let mut b = vec![0u8; VNET_HDR_LEN];
+        b.extend_from_slice(&Mac::BROADCAST.0);
+        b.extend_from_slice(&C.0);
+        b.extend_from_slice(&[8, 6, 0, 1, 8, 0]); // ARP cut after 4 bytes
+        let n = b.len();
+        assert_eq!(answer(&cfg(), &mut b, n), Err(DropReason::Malformed));
+        b.truncate(VNET_HDR_LEN + 12);
+        b.extend_from_slice(&[8, 0, 0x45, 0, 0, 200]); // IPv4, 4 bytes of header
+        let n = b.len();
+        assert_eq!(answer(&cfg(), &mut b, n), Err(DropReason::Malformed));
+        assert_eq!(answer(&cfg(), &mut b, n + 100), Err(DropReason::Runt));
+    }
 
     #[test]
     fn arp() {

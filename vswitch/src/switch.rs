@@ -34,6 +34,9 @@ pub enum DropReason {
     SamePort,
     /// Addressed to the gateway but nothing the gateway answers (yet).
     GatewayUnsupported,
+    /// Addressed to the gateway with an ARP or IPv4 header that is
+    /// truncated or invalid.
+    Malformed,
     /// Ingress port not attached to a network (being removed).
     NoNetwork,
     /// The kernel refused the write to the egress port.
@@ -48,6 +51,7 @@ pub struct DropCounters {
     pub oversize: u64,
     pub same_port: u64,
     pub gateway_unsupported: u64,
+    pub malformed: u64,
     pub no_network: u64,
     pub tx_error: u64,
 }
@@ -62,6 +66,7 @@ impl DropCounters {
             DropReason::Oversize => &mut self.oversize,
             DropReason::SamePort => &mut self.same_port,
             DropReason::GatewayUnsupported => &mut self.gateway_unsupported,
+            DropReason::Malformed => &mut self.malformed,
             DropReason::NoNetwork => &mut self.no_network,
             DropReason::TxError => &mut self.tx_error,
         };
@@ -75,6 +80,7 @@ impl DropCounters {
             + self.oversize
             + self.same_port
             + self.gateway_unsupported
+            + self.malformed
             + self.no_network
             + self.tx_error
     }

@@ -285,6 +285,13 @@ impl Core {
                         log(format!("re-attached {c} to {n} ({})", e.ip));
                         self.nets.get_mut(&n).expect("exists").ports.insert(c, port);
                     }
+                    Err(err) if alive => {
+                        // keep what is stored: the namespace is still there
+                        log(format!(
+                            "could not re-attach {c} to {n}: {err:#} (endpoint kept; \
+                             disconnect it or restart the daemon to retry)"
+                        ));
+                    }
                     Err(err) => {
                         log(format!("removing stale endpoint {c} on {n}: {err:#}"));
                         let net = self.nets.get_mut(&n).expect("exists");
@@ -768,6 +775,7 @@ fn add_counters(t: &mut vswitch::PortCounters, c: &vswitch::PortCounters) {
     d.oversize += s.oversize;
     d.same_port += s.same_port;
     d.gateway_unsupported += s.gateway_unsupported;
+    d.malformed += s.malformed;
     d.no_network += s.no_network;
     d.tx_error += s.tx_error;
 }

@@ -113,13 +113,42 @@ pub struct IfSpec {
 pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec) -> Result<OwnedFd> {
     let spec = spec.clone();
     in_netns(ns, move || -> Result<OwnedFd> {
-        let mut fds = open_tap(&TapOptions {
+        let opts = TapOptions {
             name: spec.ifname.clone(),
             offload: true,
             persist: true,
             queues: 1,
-        })?;
+        };
+        // EBUSY: the device's queue is still held by a previous daemon
+        // that just died (its io_uring is torn down asynchronously and
+        // releases the TAP file a moment after the process is gone).
+        let t0 = std::time::Instant::now();
+        let mut fds = loop {
+            match open_tap(&opts) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ResourceBusy
+                        && t0.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => break r?,
+            }
+        };
+        if t0.elapsed() > std::time::Duration::from_millis(100) {
+            eprintln!(
+                "tapnet: waited {} ms for the previous holder of {} to let go",
+                t0.elapsed().as_millis(),
+                spec.ifname
+            );
+        }
         let fd = fds.pop().expect("one queue");
+        // Like Docker on an IPv4-only network: no IPv6 on the container
+        // interface (no SLAAC, DAD, MLD or router solicitations to flood).
+        // This is the container's namespace, the host's sysctls are untouched.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.ifname),
+            "1",
+        );
         let r = netlink(|h| {
             let spec = spec.clone();
             async move { configure(&h, &spec).await }

@@ -1,0 +1,497 @@
+//! Test harness: a private tapnet daemon and the network namespaces a test
+//! uses, all named `tn_<id>_*`, all removed when the [`Env`] is dropped
+//! (also when the test panics). Processes are stopped by the PIDs the
+//! harness started, never by name.
+//!
+//! Tests need root. Without it they are skipped, except under `CI=true`,
+//! where they fail.
+
+use serde_json::Value;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the `tapnet` binary: `$TAPNET_BIN`, or the one cargo built next
+/// to this test binary (`target/<profile>/tapnet`).
+pub fn tapnet_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TAPNET_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("tapnet");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --release -p tapnet) or set TAPNET_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// True when the test may run; false (after saying so) when it must be
+/// skipped. Panics under CI=true when it cannot run.
+pub fn can_run(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let tun = Path::new("/dev/net/tun").exists();
+    if root && tun {
+        return true;
+    }
+    let why = if !root {
+        "needs root"
+    } else {
+        "needs /dev/net/tun"
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} {why}, and CI=true: failing instead of skipping");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+/// A container started with `tapnet run ... -- sleep`.
+#[derive(Debug, Clone)]
+pub struct Ctr {
+    pub name: String,
+    /// Namespace name under /run/netns.
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+}
+
+pub struct Env {
+    pub id: String,
+    /// `tn_<id>_`: every namespace of this test starts with it.
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    pub bin: PathBuf,
+    pub daemon_args: Vec<String>,
+    daemon: Option<Child>,
+    bg: Vec<Child>,
+}
+
+impl Env {
+    /// A fresh daemon with its own socket, state directory and namespace
+    /// prefix. `None` when the test is skipped (see [`can_run`]).
+    pub fn new(test: &str, daemon_args: &[&str]) -> Option<Env> {
+        if !can_run(test) {
+            return None;
+        }
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let id = format!(
+            "{:05x}",
+            (std::process::id() ^ nanos.rotate_left(7) ^ (seq << 16)) & 0xfffff
+        );
+        let prefix = format!("tn_{id}_");
+        let dir = std::env::temp_dir().join(format!("tn_{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut env = Env {
+            sock: dir.join("tapnet.sock"),
+            id,
+            prefix,
+            dir,
+            bin: tapnet_bin(),
+            daemon_args: daemon_args.iter().map(|s| s.to_string()).collect(),
+            daemon: None,
+            bg: Vec::new(),
+        };
+        env.start_daemon();
+        Some(env)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .arg("--socket")
+            .arg(&self.sock)
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--netns-prefix")
+            .arg(&self.prefix)
+            .args(&self.daemon_args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting tapnet daemon");
+        self.daemon = Some(child);
+        let ok = wait_until(Duration::from_secs(10), || {
+            self.tapnet(&["network", "ls", "-q"]).status.success()
+        });
+        if !ok {
+            panic!("daemon did not come up; log:\n{}", self.daemon_log());
+        }
+    }
+
+    /// Stops the daemon with `sig` (SIGTERM: clean shutdown; SIGKILL: crash).
+    pub fn stop_daemon(&mut self, sig: i32) {
+        if let Some(mut c) = self.daemon.take() {
+            unsafe { libc::kill(c.id() as i32, sig) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn tapnet(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .env("TAPNET_SOCKET", &self.sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running tapnet")
+    }
+
+    /// Runs the CLI, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.tapnet(args);
+        assert!(
+            o.status.success(),
+            "tapnet {args:?} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs the CLI, asserts a non-zero exit and a one-line error, returns
+    /// the error line.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let o = self.tapnet(args);
+        assert!(
+            !o.status.success(),
+            "tapnet {args:?} should have failed; stdout: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).trim().to_string()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let s = self.ok(args);
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{s}"))
+    }
+
+    pub fn inspect(&self, net: &str) -> Value {
+        let v = self.json(&["network", "inspect", net]);
+        v[0].clone()
+    }
+
+    /// Counters of `container`'s port on `net`.
+    pub fn counters(&self, net: &str, container: &str) -> Value {
+        let v = self.inspect(net);
+        let c = v["endpoints"][container]["counters"].clone();
+        assert!(c.is_object(), "no counters for {container} in {v:#}");
+        c
+    }
+
+    /// Starts `tapnet run --network NET --name NAME [extra] -- sleep 3600`
+    /// in the background and waits until it is attached.
+    pub fn container(&mut self, net: &str, name: &str, extra: &[&str]) -> Ctr {
+        let mut args = vec!["run", "--network", net, "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sleep", "3600"]);
+        let log = File::create(self.dir.join(format!("run-{name}.log"))).unwrap();
+        let child = Command::new(&self.bin)
+            .env("TAPNET_SOCKET", &self.sock)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.bg.push(child);
+        let mut found = None;
+        wait_until(Duration::from_secs(10), || {
+            found = self.ctr(name);
+            found.is_some()
+        });
+        let c = found.unwrap_or_else(|| {
+            panic!(
+                "container {name} did not come up: {}",
+                std::fs::read_to_string(self.dir.join(format!("run-{name}.log"))).unwrap()
+            )
+        });
+        // the command runs once the namespace is configured
+        c
+    }
+
+    /// A container as `ps` shows it (first endpoint).
+    pub fn ctr(&self, name: &str) -> Option<Ctr> {
+        let v = self.json(&["ps", "--format", "json"]);
+        let c = v.as_array()?.iter().find(|c| c["name"] == name)?;
+        let ep = c["endpoints"].get(0)?;
+        let ip = ep["ip"].as_str()?.split('/').next()?.parse().ok()?;
+        let ns = Path::new(c["netns"].as_str()?)
+            .file_name()?
+            .to_string_lossy()
+            .into_owned();
+        Some(Ctr {
+            name: name.to_string(),
+            ns,
+            ip,
+            mac: ep["mac"].as_str()?.to_string(),
+        })
+    }
+
+    /// Creates a bare namespace `tn_<id>_x<short>` (not through tapnet).
+    pub fn netns(&self, short: &str) -> String {
+        let name = format!("{}x{short}", self.prefix);
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        name
+    }
+
+    /// Runs `argv` inside namespace `ns`.
+    pub fn exec(&self, ns: &str, argv: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn exec_ok(&self, ns: &str, argv: &[&str]) -> String {
+        let o = self.exec(ns, argv);
+        assert!(
+            o.status.success(),
+            "{argv:?} in {ns} failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Starts `argv` in namespace `ns` in the background; it is killed (by
+    /// PID) when the Env is dropped if it is still running.
+    pub fn spawn_in(&mut self, ns: &str, argv: &[&str], stdin: Stdio, stdout: Stdio) -> usize {
+        let c = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.bg.push(c);
+        self.bg.len() - 1
+    }
+
+    /// Waits for a background process started with [`Env::spawn_in`].
+    pub fn wait_bg(&mut self, idx: usize, timeout: Duration) -> std::process::ExitStatus {
+        let c = &mut self.bg[idx];
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if t0.elapsed() > timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("background process {idx} did not finish in {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops a background process (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop_bg(&mut self, idx: usize) {
+        stop_child(&mut self.bg[idx]);
+    }
+
+    /// Creates a file of `len` random bytes in the test directory.
+    pub fn random_file(&self, name: &str, len: u64) -> PathBuf {
+        let p = self.dir.join(name);
+        let mut f = File::create(&p).unwrap();
+        let mut src = File::open("/dev/urandom").unwrap().take(len);
+        std::io::copy(&mut src, &mut f).unwrap();
+        f.flush().unwrap();
+        p
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for c in self.bg.iter_mut() {
+            stop_child(c);
+        }
+        self.stop_daemon(libc::SIGTERM);
+        // Namespaces left behind (by a failed test or a crashed daemon).
+        if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or("");
+                if name.starts_with(&self.prefix) {
+                    delete_netns(name);
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ({}):\n{}", self.prefix, self.daemon_log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kills the processes still inside `name` (only ever one of ours: the
+/// namespace is ours) and deletes it.
+pub fn delete_netns(name: &str) {
+    if let Ok(o) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+}
+
+fn stop_child(c: &mut Child) {
+    if c.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if c.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn sha256(p: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(p));
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (sockets it
+/// opens live there).
+pub fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let file = File::open(format!("/run/netns/{ns}")).expect("open netns");
+    std::thread::spawn(move || {
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// Sends raw Ethernet frames out of `ifname` with an AF_PACKET socket (call
+/// inside [`in_ns`]). Returns per-frame results.
+pub fn send_raw(ifname: &str, frames: &[Vec<u8>]) -> Vec<std::io::Result<usize>> {
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let name = std::ffi::CString::new(ifname).unwrap();
+        let idx = libc::if_nametoindex(name.as_ptr());
+        assert!(idx > 0, "no interface {ifname}");
+        let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_ifindex = idx as i32;
+        sa.sll_halen = 6;
+        let res = frames
+            .iter()
+            .map(|f| {
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+            .collect();
+        libc::close(fd);
+        res
+    }
+}
+
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (i, p) in s.split(':').enumerate() {
+        m[i] = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
+
+/// Counter value at a JSON path like `drops.oversize`.
+pub fn ctr(v: &Value, path: &str) -> u64 {
+    let mut x = v;
+    for k in path.split('.') {
+        x = &x[k];
+    }
+    x.as_u64()
+        .unwrap_or_else(|| panic!("no counter {path} in {v}"))
+}
+
+/// `ping -c N -W 1 -i 0.2 dst` from namespace `ns`; true when all replies came.
+pub fn ping(env: &Env, ns: &str, dst: &str, n: u32) -> bool {
+    env.exec(
+        ns,
+        &["ping", "-c", &n.to_string(), "-W", "1", "-i", "0.2", dst],
+    )
+    .status
+    .success()
+}

@@ -1,0 +1,231 @@
+//! IPAM and CLI errors: a clear one-line message, a non-zero exit, and the
+//! state unchanged.
+
+use tapnet_tests::*;
+
+fn state(env: &Env) -> (String, String) {
+    (
+        env.ok(&["network", "ls", "--format", "json"]),
+        env.ok(&["ps", "--format", "json"]),
+    )
+}
+
+fn expect(env: &Env, args: &[&str], msg: &str) {
+    let before = state(env);
+    let e = env.fail(args);
+    assert!(
+        e.contains(msg),
+        "tapnet {args:?}: expected {msg:?}, got {e:?}"
+    );
+    assert_eq!(e.lines().count(), 1, "not one line: {e:?}");
+    assert_eq!(state(env), before, "state changed by failing {args:?}");
+}
+
+#[test]
+fn ipam_and_cli_errors() {
+    let Some(mut env) = Env::new("ipam_and_cli_errors", &[]) else {
+        return;
+    };
+    // the default network exists without being created
+    let ls = env.ok(&["network", "ls"]);
+    assert!(
+        ls.contains("bridge") && ls.contains("172.17.0.0/16"),
+        "{ls}"
+    );
+    env.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "10.70.0.0/24",
+        "--ip-range",
+        "10.70.0.128/30",
+    ]);
+    let c = env.container("n", "c", &[]);
+    assert_eq!(
+        c.ip.to_string(),
+        "10.70.0.128",
+        "first address of --ip-range"
+    );
+
+    expect(
+        &env,
+        &["network", "create", "n", "--subnet", "10.71.0.0/24"],
+        "network with name n already exists",
+    );
+    expect(
+        &env,
+        &["network", "create", "o", "--subnet", "10.70.0.0/16"],
+        "overlaps with network n",
+    );
+    expect(
+        &env,
+        &["network", "create", "o", "--subnet", "172.17.5.0/24"],
+        "overlaps with network bridge",
+    );
+    expect(
+        &env,
+        &["network", "create", "o", "--subnet", "10.72.0.1/24"],
+        "host bits are set",
+    );
+    expect(
+        &env,
+        &["network", "create", "o", "--subnet", "banana"],
+        "invalid subnet",
+    );
+    expect(
+        &env,
+        &[
+            "network",
+            "create",
+            "o",
+            "--subnet",
+            "10.72.0.0/24",
+            "--gateway",
+            "10.73.0.1",
+        ],
+        "outside subnet",
+    );
+    expect(
+        &env,
+        &[
+            "network",
+            "create",
+            "o",
+            "--subnet",
+            "10.72.0.0/24",
+            "--ip-range",
+            "10.74.0.0/28",
+        ],
+        "",
+    );
+    expect(&env, &["network", "create", "bad/name"], "");
+    expect(
+        &env,
+        &["network", "inspect", "nope"],
+        "network nope not found",
+    );
+    expect(&env, &["network", "rm", "nope"], "network nope not found");
+    expect(&env, &["network", "rm", "bridge"], "");
+    expect(&env, &["network", "rm", "n"], "has active endpoints");
+    expect(
+        &env,
+        &["network", "connect", "nope", "x"],
+        "network nope not found",
+    );
+    expect(
+        &env,
+        &["run", "--network", "nope", "--", "true"],
+        "network nope not found",
+    );
+    expect(
+        &env,
+        &["run", "--network", "n", "--ip", "10.70.0.128", "--", "true"],
+        "10.70.0.128 is already in use",
+    );
+    expect(
+        &env,
+        &["run", "--network", "n", "--ip", "10.99.0.5", "--", "true"],
+        "outside subnet 10.70.0.0/24",
+    );
+    expect(
+        &env,
+        &["run", "--network", "n", "--ip", "10.70.0.1", "--", "true"],
+        "",
+    );
+    expect(
+        &env,
+        &["run", "--network", "n", "--name", "c", "--", "true"],
+        "name c is already in use",
+    );
+    expect(
+        &env,
+        &["network", "connect", "n", "x", "--netns", "tn_no_such_ns"],
+        "does not exist",
+    );
+    expect(
+        &env,
+        &["network", "disconnect", "n", "ghost"],
+        "not connected",
+    );
+    expect(&env, &["rm", "ghost"], "");
+    // wrong arguments (clap) and no daemon
+    let e = env.fail(&["network", "create"]);
+    assert!(e.contains("required"), "{e}");
+    let e = env.fail(&["run", "--network", "n", "--mtu", "big", "--", "true"]);
+    assert!(e.contains("invalid value"), "{e}");
+    let e = env.fail(&["run", "--network", "n", "--mtu", "40", "--", "true"]);
+    assert!(e.to_lowercase().contains("mtu"), "{e}");
+    let o = std::process::Command::new(&env.bin)
+        .args(["--socket", "/tmp/tn_nowhere.sock", "network", "ls"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("cannot reach the tapnet daemon"), "{e}");
+
+    // pool exhausted: a /30 range has 4 addresses
+    env.container("n", "c2", &[]);
+    env.container("n", "c3", &[]);
+    env.container("n", "c4", &[]);
+    expect(&env, &["run", "--network", "n", "--", "true"], "exhausted");
+    // disconnect releases the address, the next container gets it
+    env.ok(&["network", "disconnect", "n", "c3"]);
+    let o = env.ok(&[
+        "run",
+        "--network",
+        "n",
+        "--",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(o.contains("10.70.0.130/24"), "{o}");
+
+    // connect by PID (/proc/PID/ns/net), and auto subnets do not overlap
+    env.ok(&["network", "create", "auto1"]);
+    env.ok(&["network", "create", "auto2"]);
+    let nets = env.json(&["network", "ls", "--format", "json"]);
+    let subnets: Vec<&str> = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["subnet"].as_str().unwrap())
+        .collect();
+    let mut sorted = subnets.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), subnets.len(), "{subnets:?}");
+    let ns = env.netns("bypid");
+    let idx = env.spawn_in(
+        &ns,
+        &["sleep", "600"],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    let _ = idx;
+    let pid = std::process::Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    env.ok(&["network", "connect", "auto1", "bypid", "--netns", &pid]);
+    let gw = env.inspect("auto1")["gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ping(&env, &ns, &gw, 1));
+    // prune removes unused networks only
+    let pruned = env.ok(&["network", "prune"]);
+    assert!(
+        pruned.contains("auto2") && !pruned.contains("auto1"),
+        "{pruned}"
+    );
+}

@@ -1,0 +1,119 @@
+//! Daemon restart (after a crash): networks and live endpoints survive and
+//! traffic resumes; endpoints whose namespace died meanwhile are cleaned up
+//! and their addresses released.
+
+use std::process::Stdio;
+use std::time::Duration;
+use tapnet_tests::*;
+
+#[test]
+fn restart_keeps_networks_and_live_endpoints() {
+    let Some(mut env) = Env::new("restart_keeps_networks_and_live_endpoints", &[]) else {
+        return;
+    };
+    env.ok(&["network", "create", "keep", "--subnet", "10.60.0.0/24"]);
+    env.ok(&["network", "create", "empty"]);
+    let c1 = env.container("keep", "c1", &[]);
+    let c2 = env.container("keep", "c2", &[]);
+    let gone = env.netns("gone");
+    env.ok(&[
+        "network",
+        "connect",
+        "keep",
+        "gone",
+        "--netns",
+        &gone,
+        "--ip",
+        "10.60.0.50",
+    ]);
+    assert!(ping(&env, &c1.ns, &c2.ip.to_string(), 1));
+    let nets_before = env.ok(&["network", "ls", "--format", "json"]);
+
+    // a listener, and a TCP connection established before the crash
+    let lis = env.spawn_in(&c2.ns, &["nc", "-l", "5002"], Stdio::null(), Stdio::piped());
+    assert!(wait_until(Duration::from_secs(5), || env
+        .exec_ok(&c2.ns, &["ss", "-ltn"])
+        .contains(":5002")));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(&c2.ns, move || {
+        let l = std::net::TcpListener::bind("0.0.0.0:5003").unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+        got
+    });
+    ready_rx.recv().unwrap();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
+    let c2ip = c2.ip;
+    let client = in_ns(&c1.ns, move || {
+        let mut s = std::net::TcpStream::connect((c2ip, 5003)).unwrap();
+        std::io::Write::write_all(&mut s, b"before;").unwrap();
+        up_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        std::io::Write::write_all(&mut s, b"after").unwrap();
+    });
+
+    up_rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    env.stop_daemon(libc::SIGKILL);
+    // while tapnet is down, one endpoint's namespace goes away
+    delete_netns(&gone);
+    // the other endpoints keep their interface (persistent TAP, no carrier)
+    let link = env.exec_ok(&c1.ns, &["ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains(&c1.mac));
+
+    env.start_daemon();
+    // the connection from before the crash carries on
+    go_tx.send(()).unwrap();
+    client.join().unwrap();
+    assert_eq!(server.join().unwrap(), "before;after");
+    let nets_after = env.ok(&["network", "ls", "--format", "json"]);
+    assert_eq!(
+        nets_before.replace("\"endpoints\": 3", "\"endpoints\": 2"),
+        nets_after
+    );
+    let ps = env.json(&["ps", "--format", "json"]);
+    let names: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c1", "c2"], "{ps}");
+    // traffic resumes, both ping and a fresh TCP transfer
+    assert!(
+        ping(&env, &c1.ns, &c2.ip.to_string(), 2),
+        "no traffic after restart"
+    );
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo resumed | ip netns exec {} nc -N {} 5002",
+            c1.ns, c2.ip
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(env.wait_bg(lis, Duration::from_secs(10)).success());
+    // the stale endpoint's address is free again
+    let again = env.netns("again");
+    env.ok(&[
+        "network",
+        "connect",
+        "keep",
+        "again",
+        "--netns",
+        &again,
+        "--ip",
+        "10.60.0.50",
+    ]);
+    assert!(ping(&env, &again, &c1.ip.to_string(), 1));
+    // a clean restart (SIGTERM) too
+    env.stop_daemon(libc::SIGTERM);
+    env.start_daemon();
+    assert!(ping(&env, &again, &c2.ip.to_string(), 1));
+    assert!(env.daemon_log().contains("re-attached c1"));
+}
