@@ -44,6 +44,9 @@ enum Cmd {
     Ps {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Remove containers (detach them; delete namespaces tapnet created).
     Rm {
@@ -66,6 +69,10 @@ struct DaemonArgs {
     /// Receive buffers (64 KiB each) per port.
     #[arg(long, default_value_t = 32)]
     bufs_per_port: usize,
+    /// Use one plain read per port instead of multishot reads with a
+    /// buffer ring (automatic on kernels older than 6.7).
+    #[arg(long)]
+    single_read: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -191,6 +198,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 mac_aging: Duration::from_secs(a.mac_aging),
                 netns_prefix: a.netns_prefix,
                 bufs_per_port: a.bufs_per_port,
+                multishot: !a.single_read,
             })?;
         }
         Cmd::Network(n) => network(&c, n)?,
@@ -206,9 +214,11 @@ fn real_main(cli: Cli) -> Result<i32> {
                 },
             )
         }
-        Cmd::Ps { format } => {
+        Cmd::Ps { format, quiet } => {
             let cs: Vec<ContainerInfo> = c.get("/containers")?;
-            if format == Format::Json {
+            if quiet {
+                cs.iter().for_each(|c| println!("{}", c.name));
+            } else if format == Format::Json {
                 json_out(&cs)?;
             } else {
                 let mut rows = Vec::new();

@@ -131,6 +131,12 @@ impl Env {
             .arg("--netns-prefix")
             .arg(&self.prefix)
             .args(&self.daemon_args)
+            // extra daemon flags for a whole run, e.g. --single-read
+            .args(
+                std::env::var("TAPNET_DAEMON_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

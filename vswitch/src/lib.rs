@@ -7,6 +7,7 @@
 //! - [`router`]: each network's gateway (ARP, ICMP echo), inside the switch.
 //! - [`datapath`]: the io_uring worker that moves frames between ports.
 
+pub mod bufring;
 pub mod datapath;
 pub mod mac;
 pub mod router;

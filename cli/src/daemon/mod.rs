@@ -29,6 +29,7 @@ pub struct DaemonConfig {
     /// Prefix of the namespaces `tapnet run` creates under /run/netns.
     pub netns_prefix: String,
     pub bufs_per_port: usize,
+    pub multishot: bool,
 }
 
 /// An error for the API client: HTTP status and one clear line.
@@ -193,9 +194,17 @@ impl Core {
         let dp = Datapath::start(DatapathConfig {
             aging: cfg.mac_aging,
             bufs_per_port: cfg.bufs_per_port,
+            multishot: cfg.multishot,
             ..Default::default()
         })
         .context("starting the datapath")?;
+        if let Ok(snap) = dp.snapshot(DP_TIMEOUT) {
+            log(format!(
+                "datapath: io_uring, {} reads, {} buffers per port",
+                snap.read_mode,
+                cfg.bufs_per_port.clamp(1, 4096).next_power_of_two()
+            ));
+        }
         let (records, errors) = store.load_all()?;
         for e in errors {
             log(format!("skipping unreadable network state {e}"));

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# e2e.sh - container-to-container through tapnet, measured the way
+# ../shared/anchors/ measures the kernel bridge, veth, pasta and slirp4netns
+# (same tools, same options, medians of REPS runs), so the row stands in
+# that table:
+#   TCP 1-/4-stream  iperf3 -t DUR [-P 4], receiver rate
+#   UDP 64 B         iperf3 -u -l 64 -b 0, datagrams received per second
+#   ping             ping -c 200 -i 0.01, min/avg us
+#   TCP RR           sockperf ping-pong --tcp -m 64 --full-rtt, p50 us
+# Everything runs in namespaces named tn_e2e_* created here; processes are
+# stopped by PID and the namespaces deleted on exit. Run as root.
+#   DUR=10 REPS=3 SP_DUR=5 MTU=1500 benches/e2e.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DUR="${DUR:-10}" REPS="${REPS:-3}" SP_DUR="${SP_DUR:-5}" MTU="${MTU:-1500}"
+PING_COUNT="${PING_COUNT:-200}" PING_INTERVAL="${PING_INTERVAL:-0.01}"
+[ "$(id -u)" = 0 ] || { echo "e2e.sh: run as root" >&2; exit 1; }
+for t in iperf3 sockperf ping python3 timeout; do
+	command -v $t >/dev/null || { echo "e2e.sh: missing $t (scripts/deps.sh installs it)" >&2; exit 1; }
+done
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release -p tapnet -q || exit 1
+T="$PWD/target/release/tapnet"
+OUT="${OUT:-$(mktemp -d /tmp/tn_e2e.XXXXXX)}"
+export TAPNET_SOCKET="$OUT/tapnet.sock"
+PIDS=()
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+cleanup() {
+	local i
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		kill "${PIDS[i]}" 2>/dev/null
+		wait "${PIDS[i]}" 2>/dev/null
+	done
+	for ns in $(ip netns list | awk '/^tn_e2e_/ {print $1}'); do ip netns del "$ns"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
+"$T" network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
+for c in cli srv; do
+	"$T" run --network bench --name $c -- sleep 100000 >"$OUT/$c.log" 2>&1 &
+	PIDS+=($!)
+done
+for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
+SRV_IP=$("$T" ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
+C=tn_e2e_cli S=tn_e2e_srv
+ip netns exec $C ping -c 1 -W 2 -q "$SRV_IP" >/dev/null || { echo "no connectivity" >&2; exit 1; }
+
+bg() { # NS LOG CMD...
+	local ns=$1 lg=$2; shift 2
+	ip netns exec "$ns" timeout -k 5 3600 "$@" >"$lg" 2>&1 &
+	BG=$!
+	PIDS+=($BG)
+}
+stop() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
+listening() { # NS PORT
+	for _ in $(seq 200); do ip netns exec "$1" ss -Hltn "sport = :$2" | grep -q . && return 0; sleep 0.05; done
+	return 1
+}
+median() { printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "NA"; else if (NR%2) print a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
+iperf() { # TAG ARGS... -> R
+	local tag=$1; shift
+	bg $S "$OUT/$tag.srv.log" iperf3 -s -1 -B "$SRV_IP" -p 5201
+	local srv=$BG
+	listening $S 5201
+	ip netns exec $C timeout -k 5 $((DUR + 30)) iperf3 -c "$SRV_IP" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
+	sleep 0.2; stop $srv
+	R=$(python3 - "$OUT/$tag.json" <<'PY'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1])); e = d["end"]
+    if "sum_received" in e and e["sum_sent"].get("retransmits") is not None:
+        print("%.3f %s" % (e["sum_received"]["bits_per_second"] / 1e9, e["sum_sent"]["retransmits"]))
+    else:
+        s, r = e["sum_sent"], e["sum_received"] if "sum_received" in e else e["sum"]
+        print("%.0f %.2f" % ((r["packets"] - r["lost_packets"]) / r["seconds"], r["lost_percent"]))
+except Exception as ex:
+    print("NA NA")
+PY
+)
+}
+
+bg $S "$OUT/sockperf-srv.log" sockperf server --tcp -i "$SRV_IP" -p 5301
+SP=$BG
+listening $S 5301
+t1=() t4=() u=() ul=() pm=() pa=() sp=() r1=() r4=()
+for rep in $(seq "$REPS"); do
+	iperf tcp1.$rep; t1+=("${R% *}"); r1+=("${R#* }"); log "rep $rep tcp1: ${R% *} Gbps (retrans ${R#* })"
+	iperf tcp4.$rep -P 4; t4+=("${R% *}"); r4+=("${R#* }"); log "rep $rep tcp4: ${R% *} Gbps (retrans ${R#* })"
+	iperf udp.$rep -u -l 64 -b 0; u+=("${R% *}"); ul+=("${R#* }"); log "rep $rep udp64: ${R% *} pps (loss ${R#* }%)"
+	ip netns exec $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$SRV_IP" >"$OUT/ping.$rep" 2>&1
+	read -r a b < <(awk '/^rtt/ {split($4, v, "/"); printf "%.1f %.1f\n", v[1]*1000, v[2]*1000}' "$OUT/ping.$rep")
+	pm+=("$a"); pa+=("$b"); log "rep $rep ping: min $a us avg $b us"
+	ip netns exec $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$SRV_IP" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
+	p50=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/sockperf.$rep" | awk '/percentile 50.000 =/ {print $NF}')
+	sp+=("$p50"); log "rep $rep sockperf p50: $p50 us"
+done
+stop $SP
+row=$(printf '| tapnet (tap-io_uring switch-tap) | %s | %.2f | %.2f | %.0f | %.1f | - | %.0f / %.0f | %.0f | %s |' \
+	"$MTU" "$(median "${t1[@]}")" "$(median "${t4[@]}")" "$(median "${u[@]}")" "$(median "${ul[@]}")" \
+	"$(median "${pm[@]}")" "$(median "${pa[@]}")" "$(median "${sp[@]}")" \
+	"DUR=$DUR REPS=$REPS; retrans1=${r1[*]} retrans4=${r4[*]}")
+echo
+echo "| path | MTU | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps (iperf3) | UDP loss % | L2 64B rx pps (trafgen) | ping min / avg RTT us | TCP RR RTT p50 us (sockperf) | notes |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "$row"
+echo
+"$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("switch drops:", n["counters"]["drops"])'
+log "logs in $OUT"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# deps.sh - install what building, testing and demoing tapnet needs on a
+# Debian machine (idempotent). Run as root.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "deps.sh: run as root (sudo)" >&2; exit 1; }
+pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils
+      ca-certificates curl gcc libc6-dev pkg-config python3)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+	echo "deps.sh: installing ${missing[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >/dev/null
+	apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Rust: the machine's toolchain if it is recent enough, else rustup's stable.
+need="1.85"
+have=$(cargo --version 2>/dev/null | awk '{print $2}' || true)
+if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
+	[ -x "$HOME/.cargo/bin/cargo" ] || {
+		echo "deps.sh: installing Rust (rustup, stable)" >&2
+		curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null
+	}
+	echo "deps.sh: using $HOME/.cargo/bin/cargo" >&2
+fi
+[ -e /dev/net/tun ] || { echo "deps.sh: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# test.sh - the whole test suite: unit tests and the integration tests that
+# run real traffic between network namespaces (tn_*) through tapnet.
+# Run as root. Under CI=true a test that cannot run fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --workspace --bins
+cargo test --release --workspace "$@"
+# the datapath's fallback for kernels without multishot reads, end to end
+TAPNET_DAEMON_ARGS=--single-read cargo test --release -p tapnet-tests --test l2 --test malformed "$@"
