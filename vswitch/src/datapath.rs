@@ -52,6 +52,8 @@ pub struct DatapathConfig {
     pub ring_entries: u32,
     /// Use multishot reads with a buffer ring where the kernel has them.
     pub multishot: bool,
+    /// After traffic, poll the ring this long before sleeping (0: never).
+    pub busy_poll_us: u32,
 }
 
 impl Default for DatapathConfig {
@@ -62,6 +64,7 @@ impl Default for DatapathConfig {
             bufs_per_port: 32,
             ring_entries: 1024,
             multishot: true,
+            busy_poll_us: 0,
         }
     }
 }
@@ -408,6 +411,9 @@ impl Worker {
         self.st.post_event_read();
         self.st.post_tick();
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(8192);
+        let spin = self.st.cfg.busy_poll_us;
+        let spin_for = Duration::from_micros(spin as u64);
+        let mut had_work = false;
         loop {
             if let Err(e) = self.flush() {
                 eprintln!("tapnet datapath: submit failed: {e}");
@@ -415,6 +421,20 @@ impl Worker {
             }
             if self.st.exiting && self.st.ports.iter().all(|p| p.is_none()) {
                 break;
+            }
+            if spin > 0 && had_work {
+                // Busy-poll briefly before sleeping: a reply is often only
+                // microseconds away, and waking a sleeping thread costs more.
+                let t0 = std::time::Instant::now();
+                let _ = self.ring.submit();
+                while self.ring.completion().is_empty() && t0.elapsed() < spin_for {
+                    // run deferred completions without sleeping
+                    let _ = unsafe {
+                        self.ring
+                            .submitter()
+                            .enter::<libc::sigset_t>(0, 0, 1 /* GETEVENTS */, None)
+                    };
+                }
             }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -431,6 +451,9 @@ impl Worker {
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
+            had_work = cqes
+                .iter()
+                .any(|&(u, _, _)| matches!(u >> 60, K_READ | K_WRITE));
             let now = now_ms();
             for &(u, res, flags) in &cqes {
                 self.st.complete(u, res, flags, now);

@@ -30,6 +30,7 @@ pub struct DaemonConfig {
     pub netns_prefix: String,
     pub bufs_per_port: usize,
     pub multishot: bool,
+    pub busy_poll_us: u32,
 }
 
 /// An error for the API client: HTTP status and one clear line.
@@ -195,6 +196,7 @@ impl Core {
             aging: cfg.mac_aging,
             bufs_per_port: cfg.bufs_per_port,
             multishot: cfg.multishot,
+            busy_poll_us: cfg.busy_poll_us,
             ..Default::default()
         })
         .context("starting the datapath")?;
