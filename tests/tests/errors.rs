@@ -48,107 +48,96 @@ fn ipam_and_cli_errors() {
         "first address of --ip-range"
     );
 
-    expect(
-        &env,
-        &["network", "create", "n", "--subnet", "10.71.0.0/24"],
-        "network with name n already exists",
-    );
-    expect(
-        &env,
-        &["network", "create", "o", "--subnet", "10.70.0.0/16"],
-        "overlaps with network n",
-    );
-    expect(
-        &env,
-        &["network", "create", "o", "--subnet", "172.17.5.0/24"],
-        "overlaps with network bridge",
-    );
-    expect(
-        &env,
-        &["network", "create", "o", "--subnet", "10.72.0.1/24"],
-        "host bits are set",
-    );
-    expect(
-        &env,
-        &["network", "create", "o", "--subnet", "banana"],
-        "invalid subnet",
-    );
-    expect(
-        &env,
-        &[
-            "network",
-            "create",
-            "o",
-            "--subnet",
-            "10.72.0.0/24",
-            "--gateway",
-            "10.73.0.1",
-        ],
-        "outside subnet",
-    );
-    expect(
-        &env,
-        &[
-            "network",
-            "create",
-            "o",
-            "--subnet",
-            "10.72.0.0/24",
-            "--ip-range",
-            "10.74.0.0/28",
-        ],
-        "",
-    );
-    expect(&env, &["network", "create", "bad/name"], "");
-    expect(
-        &env,
-        &["network", "inspect", "nope"],
-        "network nope not found",
-    );
-    expect(&env, &["network", "rm", "nope"], "network nope not found");
-    expect(&env, &["network", "rm", "bridge"], "");
-    expect(&env, &["network", "rm", "n"], "has active endpoints");
-    expect(
-        &env,
-        &["network", "connect", "nope", "x"],
-        "network nope not found",
-    );
-    expect(
-        &env,
-        &["run", "--network", "nope", "--", "true"],
-        "network nope not found",
-    );
-    expect(
-        &env,
-        &["run", "--network", "n", "--ip", "10.70.0.128", "--", "true"],
-        "10.70.0.128 is already in use",
-    );
-    expect(
-        &env,
-        &["run", "--network", "n", "--ip", "10.99.0.5", "--", "true"],
-        "outside subnet 10.70.0.0/24",
-    );
-    expect(
-        &env,
-        &["run", "--network", "n", "--ip", "10.70.0.1", "--", "true"],
-        "",
-    );
-    expect(
-        &env,
-        &["run", "--network", "n", "--name", "c", "--", "true"],
-        "name c is already in use",
-    );
-    expect(
-        &env,
-        &["network", "connect", "n", "x", "--netns", "tn_no_such_ns"],
-        "does not exist",
-    );
-    expect(
-        &env,
-        &["network", "disconnect", "n", "ghost"],
-        "not connected",
-    );
-    expect(&env, &["rm", "ghost"], "");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["network", "create", "n", "--subnet", "10.71.0.0/24"][..],
+            "network with name n already exists",
+        ),
+        (
+            &["network", "create", "o", "--subnet", "10.70.0.0/16"][..],
+            "overlaps with network n",
+        ),
+        (
+            &["network", "create", "o", "--subnet", "172.17.5.0/24"][..],
+            "overlaps with network bridge",
+        ),
+        (
+            &["network", "create", "o", "--subnet", "10.72.0.1/24"][..],
+            "host bits are set",
+        ),
+        (
+            &["network", "create", "o", "--subnet", "banana"][..],
+            "invalid subnet",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "o",
+                "--subnet",
+                "10.72.0.0/24",
+                "--gateway",
+                "10.73.0.1",
+            ][..],
+            "outside subnet",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "o",
+                "--subnet",
+                "10.72.0.0/24",
+                "--ip-range",
+                "10.74.0.0/28",
+            ][..],
+            "",
+        ),
+        (&["network", "create", "bad/name"][..], ""),
+        (
+            &["network", "inspect", "nope"][..],
+            "network nope not found",
+        ),
+        (&["network", "rm", "nope"][..], "network nope not found"),
+        (&["network", "rm", "bridge"][..], ""),
+        (&["network", "rm", "n"][..], "has active endpoints"),
+        (
+            &["network", "connect", "nope", "x"][..],
+            "network nope not found",
+        ),
+        (
+            &["run", "--network", "nope", "--", "true"][..],
+            "network nope not found",
+        ),
+        (
+            &["run", "--network", "n", "--ip", "10.70.0.128", "--", "true"][..],
+            "10.70.0.128 is already in use",
+        ),
+        (
+            &["run", "--network", "n", "--ip", "10.99.0.5", "--", "true"][..],
+            "outside subnet 10.70.0.0/24",
+        ),
+        (
+            &["run", "--network", "n", "--ip", "10.70.0.1", "--", "true"][..],
+            "",
+        ),
+        (
+            &["run", "--network", "n", "--name", "c", "--", "true"][..],
+            "name c is already in use",
+        ),
+        (
+            &["network", "connect", "n", "x", "--netns", "tn_no_such_ns"][..],
+            "does not exist",
+        ),
+        (
+            &["network", "disconnect", "n", "ghost"][..],
+            "not connected",
+        ),
+        (&["rm", "ghost"][..], ""),
+    ];
+    for (args, msg) in cases {
+        expect(&env, args, msg);
+    }
     // wrong arguments (clap) and no daemon
     let e = env.fail(&["network", "create"]);
     assert!(e.contains("required"), "{e}");
@@ -170,7 +159,11 @@ fn ipam_and_cli_errors() {
     env.container("n", "c4", &[]);
     expect(&env, &["run", "--network", "n", "--", "true"], "exhausted");
     // disconnect releases the address, the next container gets it
+    let c3 = env.ctr("c3").unwrap();
     env.ok(&["network", "disconnect", "n", "c3"]);
+    // the device died with the endpoint; the namespace (still running) stays
+    let o = env.exec(&c3.ns, &["ip", "link", "show", "eth0"]);
+    assert!(!o.status.success(), "eth0 still exists after disconnect");
     let o = env.ok(&[
         "run",
         "--network",

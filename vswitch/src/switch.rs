@@ -86,6 +86,20 @@ impl DropCounters {
     }
 }
 
+impl std::ops::AddAssign for DropCounters {
+    fn add_assign(&mut self, o: DropCounters) {
+        self.runt += o.runt;
+        self.bad_vnet_hdr += o.bad_vnet_hdr;
+        self.bad_src_mac += o.bad_src_mac;
+        self.oversize += o.oversize;
+        self.same_port += o.same_port;
+        self.gateway_unsupported += o.gateway_unsupported;
+        self.malformed += o.malformed;
+        self.no_network += o.no_network;
+        self.tx_error += o.tx_error;
+    }
+}
+
 /// Per-port counters. Bytes are Ethernet bytes (without the vnet header);
 /// a GSO super-frame counts as one frame.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,6 +117,21 @@ pub struct PortCounters {
     /// MACs that moved to this port from another one.
     pub macs_moved_in: u64,
     pub drops: DropCounters,
+}
+
+impl std::ops::AddAssign for PortCounters {
+    /// Sums counters (e.g. over a network's ports).
+    fn add_assign(&mut self, o: PortCounters) {
+        self.rx_frames += o.rx_frames;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_frames += o.tx_frames;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_flooded += o.rx_flooded;
+        self.gateway_replies += o.gateway_replies;
+        self.macs_learned += o.macs_learned;
+        self.macs_moved_in += o.macs_moved_in;
+        self.drops += o.drops;
+    }
 }
 
 #[derive(Debug, Clone)]

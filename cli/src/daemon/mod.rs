@@ -771,24 +771,7 @@ impl Core {
 }
 
 fn add_counters(t: &mut vswitch::PortCounters, c: &vswitch::PortCounters) {
-    t.rx_frames += c.rx_frames;
-    t.rx_bytes += c.rx_bytes;
-    t.tx_frames += c.tx_frames;
-    t.tx_bytes += c.tx_bytes;
-    t.rx_flooded += c.rx_flooded;
-    t.gateway_replies += c.gateway_replies;
-    t.macs_learned += c.macs_learned;
-    t.macs_moved_in += c.macs_moved_in;
-    let (d, s) = (&mut t.drops, &c.drops);
-    d.runt += s.runt;
-    d.bad_vnet_hdr += s.bad_vnet_hdr;
-    d.bad_src_mac += s.bad_src_mac;
-    d.oversize += s.oversize;
-    d.same_port += s.same_port;
-    d.gateway_unsupported += s.gateway_unsupported;
-    d.malformed += s.malformed;
-    d.no_network += s.no_network;
-    d.tx_error += s.tx_error;
+    *t += *c;
 }
 
 #[cfg(test)]
