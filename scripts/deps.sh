@@ -16,7 +16,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Rust: the machine's toolchain if it is recent enough, else rustup's stable.
-need="1.85"
+need="1.91"
 have=$(cargo --version 2>/dev/null | awk '{print $2}' || true)
 if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
 	[ -x "$HOME/.cargo/bin/cargo" ] || {
