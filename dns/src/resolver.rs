@@ -201,7 +201,7 @@ impl Resolver {
             let mut ours = Edns::new();
             ours.set_max_payload(OUR_EDNS_PAYLOAD);
             r.set_edns(ours);
-            limit = (e.max_payload().max(512)).min(OUR_EDNS_PAYLOAD) as usize;
+            limit = e.max_payload().clamp(512, OUR_EDNS_PAYLOAD) as usize;
         }
         let bytes = match r.to_vec() {
             Ok(b) => b,

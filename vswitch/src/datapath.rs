@@ -43,6 +43,18 @@ pub const BUF_SIZE: usize = 65536 + 256;
 /// Identifies a port for the control plane (never reused by one datapath).
 pub type PortId = u64;
 
+/// Receives frames the gateway punts (vnet header + Ethernet frame, for
+/// network `net`); returns false when it cannot take one (counted as a
+/// `service_busy` drop). Called on the datapath thread: it must not block.
+#[derive(Clone)]
+pub struct PuntHook(pub Arc<dyn Fn(NetIdx, &[u8]) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for PuntHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PuntHook")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
     pub aging: Duration,
@@ -54,6 +66,9 @@ pub struct DatapathConfig {
     pub multishot: bool,
     /// After traffic, poll the ring this long before sleeping (0: never).
     pub busy_poll_us: u32,
+    /// Where punted gateway frames go (none: they are dropped as
+    /// `gateway_unsupported`).
+    pub punt: Option<PuntHook>,
 }
 
 impl Default for DatapathConfig {
@@ -65,6 +80,7 @@ impl Default for DatapathConfig {
             ring_entries: 1024,
             multishot: true,
             busy_poll_us: 0,
+            punt: None,
         }
     }
 }
@@ -133,6 +149,7 @@ enum Cmd {
     },
     Snapshot(mpsc::SyncSender<Snapshot>),
     SetAging(Duration),
+    Inject(NetIdx, Vec<Vec<u8>>),
     Shutdown,
 }
 
@@ -254,6 +271,17 @@ impl Datapath {
         })
     }
 
+    /// Sends frames into network `net` as if from its gateway: each frame
+    /// is a vnet header (zeroed unless offloads are meant) followed by an
+    /// Ethernet frame, delivered to the port its destination MAC was
+    /// learned on, or flooded to the network.
+    pub fn inject(&self, net: NetIdx, frames: Vec<Vec<u8>>) -> Result<(), DatapathError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.send(Cmd::Inject(net, frames))
+    }
+
     pub fn set_aging(&self, aging: Duration) -> Result<(), DatapathError> {
         self.send(Cmd::SetAging(aging))
     }
@@ -294,6 +322,7 @@ const K_WRITE: u64 = 2;
 const K_EVENT: u64 = 3;
 const K_TICK: u64 = 4;
 const K_CANCEL: u64 = 5;
+const K_INJECT: u64 = 6;
 
 #[inline]
 fn ud(kind: u64, a: PortIdx, b: PortIdx, buf: usize) -> u64 {
@@ -362,6 +391,9 @@ struct State {
     last_age: u64,
     exiting: bool,
     sqes: Vec<squeue::Entry>,
+    /// Injected frames in flight: (frame, writes outstanding).
+    injects: Vec<Option<(Vec<u8>, u32)>>,
+    inject_free: Vec<usize>,
 }
 
 fn now_ms() -> u64 {
@@ -403,6 +435,8 @@ impl Worker {
                 last_age: now_ms(),
                 exiting: false,
                 sqes: Vec::with_capacity(4096),
+                injects: Vec::new(),
+                inject_free: Vec::new(),
             },
         }
     }
@@ -637,6 +671,7 @@ impl State {
                     self.post_tick();
                 }
             }
+            K_INJECT => self.inject_done(a, buf, res),
             K_CANCEL => {
                 if let Some(p) = self.ports[a as usize].as_mut() {
                     p.inflight -= 1;
@@ -721,7 +756,23 @@ impl State {
                 let cfg = self.sw.network(net).expect("decided on it").cfg;
                 let p = self.ports[slot as usize].as_mut().expect("checked");
                 match router::answer(&cfg, &mut p.bufs[base..base + BUF_SIZE], len) {
-                    Ok(n) => {
+                    Ok(router::GwAction::Punt) => {
+                        let taken = match &self.cfg.punt {
+                            Some(h) => (h.0)(net, &p.bufs[base..base + len]),
+                            None => false,
+                        };
+                        if let Some(sp) = self.sw.port_mut(slot) {
+                            if taken {
+                                sp.counters.punted += 1;
+                            } else if self.cfg.punt.is_some() {
+                                sp.counters.drops.count(DropReason::ServiceBusy);
+                            } else {
+                                sp.counters.drops.count(DropReason::GatewayUnsupported);
+                            }
+                        }
+                        self.recycle(slot, b);
+                    }
+                    Ok(router::GwAction::Reply(n)) => {
                         p.lens[b] = n as u32;
                         if let Some(sp) = self.sw.port_mut(slot) {
                             sp.counters.gateway_replies += 1;
@@ -763,6 +814,72 @@ impl State {
         if src != dst {
             self.maybe_free(src);
         }
+    }
+
+    /// Writes a frame from the gateway to its destination port(s).
+    fn inject(&mut self, net: NetIdx, frame: Vec<u8>) {
+        if frame.len() < VNET_HDR_LEN + 14 {
+            return;
+        }
+        let Some(n) = self.sw.network(net) else {
+            return;
+        };
+        let dst = Mac::from_slice(&frame[VNET_HDR_LEN..]);
+        let now = now_ms();
+        let targets: Vec<PortIdx> = match (!dst.is_multicast())
+            .then(|| self.sw.table.lookup(net, &dst, now))
+            .flatten()
+        {
+            Some(p) => vec![p],
+            None => n.ports.clone(),
+        };
+        let idx = self.inject_free.pop().unwrap_or_else(|| {
+            self.injects.push(None);
+            self.injects.len() - 1
+        });
+        let ptr = frame.as_ptr();
+        let len = frame.len() as u32;
+        let mut writes = 0;
+        for t in targets {
+            let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
+                continue;
+            };
+            if d.state != PortState::Up {
+                continue;
+            }
+            d.inflight += 1;
+            writes += 1;
+            // the Vec's heap buffer does not move while it sits in `injects`
+            let e = opcode::Write::new(types::Fd(d.fd.as_raw_fd()), ptr, len)
+                .build()
+                .user_data(ud(K_INJECT, t, 0, idx));
+            self.sqes.push(e);
+        }
+        if writes == 0 {
+            self.inject_free.push(idx);
+        } else {
+            self.injects[idx] = Some((frame, writes));
+        }
+    }
+
+    fn inject_done(&mut self, dst: PortIdx, idx: usize, res: i32) {
+        if let Some(d) = self.ports[dst as usize].as_mut() {
+            d.inflight -= 1;
+            if res >= 0 {
+                self.sw
+                    .count_tx(dst, (res as usize).saturating_sub(VNET_HDR_LEN));
+            } else if res != -libc::ECANCELED {
+                self.sw.count_drop(dst, DropReason::TxError);
+            }
+        }
+        if let Some(Some((_, w))) = self.injects.get_mut(idx) {
+            *w -= 1;
+            if *w == 0 {
+                self.injects[idx] = None;
+                self.inject_free.push(idx);
+            }
+        }
+        self.maybe_free(dst);
     }
 
     fn maybe_free(&mut self, slot: PortIdx) {
@@ -883,6 +1000,11 @@ impl State {
                     let _ = reply.send(self.snapshot());
                 }
                 Cmd::SetAging(d) => self.sw.table.set_aging_ms(d.as_millis() as u64),
+                Cmd::Inject(net, frames) => {
+                    for f in frames {
+                        self.inject(net, f);
+                    }
+                }
                 Cmd::Shutdown => {
                     self.exiting = true;
                     for slot in 0..self.ports.len() {
@@ -1021,6 +1143,54 @@ mod tests {
         let s = dp.snapshot(Duration::from_secs(5)).unwrap();
         assert_eq!(s.ports.len(), 1);
         assert_eq!(s.macs.len(), 1);
+        dp.shutdown();
+    }
+
+    #[test]
+    fn punts_to_the_hook_and_injects() {
+        use std::os::unix::net::UnixDatagram;
+        let (tx, rx) = mpsc::channel::<(NetIdx, Vec<u8>)>();
+        let tx = std::sync::Mutex::new(tx);
+        let dp = Datapath::start(DatapathConfig {
+            bufs_per_port: 4,
+            punt: Some(PuntHook(Arc::new(move |net, f: &[u8]| {
+                tx.lock().unwrap().send((net, f.to_vec())).is_ok()
+            }))),
+            ..Default::default()
+        })
+        .unwrap();
+        let gw = Mac([2, 0x42, 10, 1, 0, 1]);
+        dp.add_network(
+            3,
+            NetConfig {
+                gateway_ip: "10.1.0.1".parse().unwrap(),
+                gateway_mac: gw,
+            },
+        )
+        .unwrap();
+        let (a_sw, a) = UnixDatagram::pair().unwrap();
+        let pa = dp.add_port("a", 3, 1500, a_sw.into()).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let ma = Mac([2, 0, 0, 0, 0, 0xa]);
+        // UDP 10.1.0.2 -> 10.1.0.1:53
+        let mut f = crate::switch::tests::frame(gw, ma, 0x0800, 0);
+        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[10, 1, 0, 2, 10, 1, 0, 1, 0x9c, 0x40, 0, 53, 0, 20, 0, 0]);
+        f.resize(f.len() + 12, 0);
+        a.send(&f).unwrap();
+        let (net, got) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(net, 3);
+        assert_eq!(got, f);
+        // a frame from the gateway to a's (learned) MAC comes out of a
+        let reply = crate::switch::tests::frame(ma, gw, 0x0800, 50);
+        dp.inject(3, vec![reply.clone()]).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = a.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &reply[..]);
+        let s = dp.snapshot(Duration::from_secs(5)).unwrap();
+        let sa = s.ports.iter().find(|p| p.id == pa).unwrap();
+        assert_eq!(sa.counters.punted, 1);
+        assert_eq!(sa.counters.tx_frames, 1);
         dp.shutdown();
     }
 }

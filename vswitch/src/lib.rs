@@ -16,7 +16,9 @@ pub mod table;
 pub mod tap;
 pub mod vnet;
 
-pub use datapath::{Datapath, DatapathConfig, DatapathError, PortId, PortState, Snapshot};
+pub use datapath::{
+    Datapath, DatapathConfig, DatapathError, PortId, PortState, PuntHook, Snapshot,
+};
 pub use mac::Mac;
 pub use switch::{DropCounters, NetConfig, PortCounters};
 pub use table::NetIdx;

@@ -2,6 +2,9 @@
 //! the gateway MAC and IP and answers ARP requests and ICMP echo requests
 //! for that IP by rewriting the received frame in place (no allocation), so
 //! the reply can be written back to the ingress port from the same buffer.
+//! What it does not answer itself but a service behind it does (DNS on UDP
+//! and TCP port 53, and ARP replies that service's stack needs) is *punted*:
+//! handed to the datapath's punt hook as a copy.
 
 use crate::switch::{DropReason, NetConfig, ETH_HDR_LEN};
 use crate::vnet::{VnetHdr, VNET_HDR_LEN};
@@ -9,6 +12,20 @@ use crate::vnet::{VnetHdr, VNET_HDR_LEN};
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
 const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// UDP/TCP ports on the gateway address served behind the router.
+pub const PUNT_PORTS: [u16; 1] = [53];
+
+/// What the gateway does with a frame addressed to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GwAction {
+    /// Answered in place; the reply (vnet header included) is this long.
+    Reply(usize),
+    /// For the service behind the gateway (see [`PUNT_PORTS`]).
+    Punt,
+}
 
 /// RFC 1071 Internet checksum of `data` (the complemented ones' complement sum).
 pub fn checksum(data: &[u8]) -> u16 {
@@ -29,7 +46,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// Answers a frame addressed to the gateway. `buf` holds the vnet header and
 /// the frame (`len` bytes in all); on success the reply has been written in
 /// place and its total length (vnet header included) is returned.
-pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, DropReason> {
     if len < VNET_HDR_LEN + ETH_HDR_LEN || len > buf.len() {
         return Err(DropReason::Runt);
     }
@@ -39,8 +56,16 @@ pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<usize, Drop
     }
     let frame = &mut buf[VNET_HDR_LEN..len];
     let reply_len = match u16::from_be_bytes([frame[12], frame[13]]) {
-        ETHERTYPE_ARP => arp_reply(cfg, frame)?,
-        ETHERTYPE_IPV4 => icmp_echo_reply(cfg, frame, vh.flags)?,
+        ETHERTYPE_ARP => match arp_reply(cfg, frame)? {
+            GwAction::Reply(n) => n,
+            GwAction::Punt => return Ok(GwAction::Punt),
+        },
+        ETHERTYPE_IPV4 => {
+            if is_punted(cfg, frame)? {
+                return Ok(GwAction::Punt);
+            }
+            icmp_echo_reply(cfg, frame, vh.flags)?
+        }
         _ => return Err(DropReason::GatewayUnsupported),
     };
     // Ethernet: back to the sender, from the gateway.
@@ -49,17 +74,42 @@ pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<usize, Drop
     src[..6].copy_from_slice(&cfg.gateway_mac.0);
     // The reply carries complete checksums: no offload flags.
     VnetHdr::default().write(&mut buf[..VNET_HDR_LEN]);
-    Ok(VNET_HDR_LEN + reply_len)
+    Ok(GwAction::Reply(VNET_HDR_LEN + reply_len))
 }
 
-fn arp_reply(cfg: &NetConfig, f: &mut [u8]) -> Result<usize, DropReason> {
+/// UDP or TCP to the gateway address on a [`PUNT_PORTS`] port (first
+/// fragment or unfragmented).
+fn is_punted(cfg: &NetConfig, f: &[u8]) -> Result<bool, DropReason> {
+    const I: usize = ETH_HDR_LEN;
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[I..]).map_err(|_| DropReason::Malformed)?;
+    let proto = ip.protocol().0;
+    if ip.destination() != cfg.gateway_ip.octets()
+        || (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+        || ip.fragments_offset().value() != 0
+    {
+        return Ok(false);
+    }
+    let l4 = I + ip.slice().len();
+    if f.len() < l4 + 4 {
+        return Err(DropReason::Malformed);
+    }
+    let port = u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]);
+    Ok(PUNT_PORTS.contains(&port))
+}
+
+fn arp_reply(cfg: &NetConfig, f: &mut [u8]) -> Result<GwAction, DropReason> {
     const A: usize = ETH_HDR_LEN;
     if f.len() < A + 28 {
         return Err(DropReason::Malformed);
     }
-    // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4, op 1 (request)
-    if f[A..A + 8] != [0, 1, 8, 0, 6, 4, 0, 1] || f[A + 24..A + 28] != cfg.gateway_ip.octets() {
+    // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4, for the gateway's IP
+    if f[A..A + 6] != [0, 1, 8, 0, 6, 4] || f[A + 24..A + 28] != cfg.gateway_ip.octets() {
         return Err(DropReason::GatewayUnsupported);
+    }
+    match f[A + 6..A + 8] {
+        [0, 1] => {}                         // request: answered here
+        [0, 2] => return Ok(GwAction::Punt), // reply to the service's own request
+        _ => return Err(DropReason::GatewayUnsupported),
     }
     f[A + 7] = 2; // reply
                   // target <- sender; sender <- gateway
@@ -69,7 +119,7 @@ fn arp_reply(cfg: &NetConfig, f: &mut [u8]) -> Result<usize, DropReason> {
     f[A + 8..A + 14].copy_from_slice(&cfg.gateway_mac.0);
     f[A + 14..A + 18].copy_from_slice(&cfg.gateway_ip.octets());
     // same length as the request (its padding kept)
-    Ok(f.len())
+    Ok(GwAction::Reply(f.len()))
 }
 
 fn icmp_echo_reply(cfg: &NetConfig, f: &mut [u8], vnet_flags: u8) -> Result<usize, DropReason> {
@@ -126,6 +176,44 @@ mod tests {
 
     const C: Mac = Mac([2, 0x42, 10, 88, 0, 2]);
 
+    fn rl(r: Result<GwAction, DropReason>) -> usize {
+        match r {
+            Ok(GwAction::Reply(n)) => n,
+            o => panic!("expected a reply, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn dns_and_arp_replies_are_punted() {
+        // UDP 10.88.0.2:40000 -> 10.88.0.1:53
+        let mut b = vec![0u8; VNET_HDR_LEN];
+        b.extend_from_slice(&cfg().gateway_mac.0);
+        b.extend_from_slice(&C.0);
+        b.extend_from_slice(&[8, 0, 0x45, 0, 0, 40, 0, 0, 0, 0, 64, 17, 0, 0]);
+        b.extend_from_slice(&[10, 88, 0, 2, 10, 88, 0, 1]);
+        b.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 20, 0, 0]);
+        b.resize(VNET_HDR_LEN + 14 + 40, 0);
+        let n = b.len();
+        assert_eq!(answer(&cfg(), &mut b, n), Ok(GwAction::Punt));
+        // same to port 54: not served
+        b[VNET_HDR_LEN + 14 + 20 + 3] = 54;
+        assert_eq!(
+            answer(&cfg(), &mut b, n),
+            Err(DropReason::GatewayUnsupported)
+        );
+        // ARP reply for the gateway's address
+        let mut a = vec![0u8; VNET_HDR_LEN];
+        a.extend_from_slice(&cfg().gateway_mac.0);
+        a.extend_from_slice(&C.0);
+        a.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 2]);
+        a.extend_from_slice(&C.0);
+        a.extend_from_slice(&[10, 88, 0, 2]);
+        a.extend_from_slice(&cfg().gateway_mac.0);
+        a.extend_from_slice(&[10, 88, 0, 1]);
+        let n = a.len();
+        assert_eq!(answer(&cfg(), &mut a, n), Ok(GwAction::Punt));
+    }
+
     #[test]
     fn truncated_headers_are_malformed() {
         let mut b = vec![0u8; VNET_HDR_LEN];
@@ -152,7 +240,7 @@ mod tests {
         b.extend_from_slice(&[0; 6]);
         b.extend_from_slice(&[10, 88, 0, 1]);
         b.resize(VNET_HDR_LEN + 60, 0);
-        let n = answer(&cfg(), &mut b, VNET_HDR_LEN + 60).unwrap();
+        let n = rl(answer(&cfg(), &mut b, VNET_HDR_LEN + 60));
         assert_eq!(n, VNET_HDR_LEN + 60);
         {
             let pkt = etherparse::SlicedPacket::from_ethernet(&b[VNET_HDR_LEN..n]).unwrap();
@@ -185,7 +273,7 @@ mod tests {
         let mut b = vec![0u8; VNET_HDR_LEN];
         b.extend_from_slice(&f);
         let len = b.len();
-        let n = answer(&cfg(), &mut b, len).unwrap();
+        let n = rl(answer(&cfg(), &mut b, len));
         let pkt = etherparse::SlicedPacket::from_ethernet(&b[VNET_HDR_LEN..n]).unwrap();
         let etherparse::NetSlice::Ipv4(ip) = pkt.net.unwrap() else {
             panic!()

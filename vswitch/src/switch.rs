@@ -37,6 +37,8 @@ pub enum DropReason {
     /// Addressed to the gateway with an ARP or IPv4 header that is
     /// truncated or invalid.
     Malformed,
+    /// For a service behind the gateway (DNS) that could not take it.
+    ServiceBusy,
     /// Ingress port not attached to a network (being removed).
     NoNetwork,
     /// The kernel refused the write to the egress port.
@@ -52,6 +54,7 @@ pub struct DropCounters {
     pub same_port: u64,
     pub gateway_unsupported: u64,
     pub malformed: u64,
+    pub service_busy: u64,
     pub no_network: u64,
     pub tx_error: u64,
 }
@@ -67,6 +70,7 @@ impl DropCounters {
             DropReason::SamePort => &mut self.same_port,
             DropReason::GatewayUnsupported => &mut self.gateway_unsupported,
             DropReason::Malformed => &mut self.malformed,
+            DropReason::ServiceBusy => &mut self.service_busy,
             DropReason::NoNetwork => &mut self.no_network,
             DropReason::TxError => &mut self.tx_error,
         };
@@ -81,6 +85,7 @@ impl DropCounters {
             + self.same_port
             + self.gateway_unsupported
             + self.malformed
+            + self.service_busy
             + self.no_network
             + self.tx_error
     }
@@ -95,6 +100,7 @@ impl std::ops::AddAssign for DropCounters {
         self.same_port += o.same_port;
         self.gateway_unsupported += o.gateway_unsupported;
         self.malformed += o.malformed;
+        self.service_busy += o.service_busy;
         self.no_network += o.no_network;
         self.tx_error += o.tx_error;
     }
@@ -112,6 +118,8 @@ pub struct PortCounters {
     pub rx_flooded: u64,
     /// Frames answered by the gateway (ARP, ICMP echo).
     pub gateway_replies: u64,
+    /// Frames handed to the service behind the gateway (DNS).
+    pub punted: u64,
     /// MACs first seen on this port.
     pub macs_learned: u64,
     /// MACs that moved to this port from another one.
@@ -128,6 +136,7 @@ impl std::ops::AddAssign for PortCounters {
         self.tx_bytes += o.tx_bytes;
         self.rx_flooded += o.rx_flooded;
         self.gateway_replies += o.gateway_replies;
+        self.punted += o.punted;
         self.macs_learned += o.macs_learned;
         self.macs_moved_in += o.macs_moved_in;
         self.drops += o.drops;
