@@ -36,7 +36,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
+# the daemon runs in a namespace of its own (only loopback)
+ip netns add tn_e2e_host && ip -n tn_e2e_host link set lo up
+nsenter --net=/run/netns/tn_e2e_host "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
+	--dns 127.0.0.1 ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 "$T" network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1

@@ -2,7 +2,9 @@
 # demo.sh - the main job end to end: a tapnet daemon, a network, two
 # containers, ping and a TCP transfer through the userspace switch, and the
 # switch's counters. Everything lives in namespaces named tn_demo_* and a
-# temporary state directory, removed on exit. Run as root.
+# temporary state directory, removed on exit; the daemon itself runs in
+# tn_demo_host (only loopback), so nothing it forwards (DNS) leaves the
+# machine. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -25,7 +27,9 @@ cleanup() {
 trap cleanup EXIT
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
-"$T" daemon --state-dir "$DIR/state" --netns-prefix tn_demo_ >"$DIR/daemon.log" 2>&1 &
+ip netns add tn_demo_host && ip -n tn_demo_host link set lo up
+nsenter --net=/run/netns/tn_demo_host "$T" daemon --state-dir "$DIR/state" \
+	--netns-prefix tn_demo_ --dns 127.0.0.1 >"$DIR/daemon.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -39,10 +43,10 @@ for _ in $(seq 100); do [ "$("$T" ps -q 2>/dev/null | wc -l)" = 2 ] && break; sl
 sleep 0.5
 say tapnet ps
 "$T" ps
-say tapnet run --network mynet -- ping -c 3 10.88.0.2
-"$T" run --network mynet -- ping -c 3 10.88.0.2
-say "ip netns exec tn_demo_c1 ping -c 3 10.88.0.1    # the gateway, answered inside the switch"
-ip netns exec tn_demo_c1 ping -c 3 10.88.0.1
+say "tapnet run --network mynet -- ping -c 3 c1    # c1 by name: the embedded DNS"
+"$T" run --network mynet -- ping -n -c 3 c1
+say "ip netns exec tn_demo_c1 ping -n -c 3 10.88.0.1    # the gateway, answered inside the switch"
+ip netns exec tn_demo_c1 ping -n -c 3 10.88.0.1
 say "ip netns exec tn_demo_c1 iperf3 -c 10.88.0.3 -t 5    # TCP c1 -> c2"
 ip netns exec tn_demo_c1 iperf3 -c 10.88.0.3 -t 5
 say "tapnet network inspect mynet    # endpoints, learned MACs, per-port counters"

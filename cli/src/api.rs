@@ -12,6 +12,12 @@ pub struct CreateNetwork {
     pub gateway: Option<String>,
     pub ip_range: Option<String>,
     pub mtu: Option<u32>,
+    /// Upstream DNS servers for the network.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Resolve container names (default: yes).
+    #[serde(default)]
+    pub dns_names: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -21,6 +27,9 @@ pub struct Connect {
     pub netns: Option<String>,
     pub ip: Option<String>,
     pub mtu: Option<u32>,
+    /// Network-scoped DNS aliases.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -34,6 +43,16 @@ pub struct CreateContainer {
     pub network: String,
     pub ip: Option<String>,
     pub mtu: Option<u32>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Upstream DNS servers for this container.
+    #[serde(default)]
+    pub dns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Rename {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +65,8 @@ pub struct NetworkSummary {
     pub mtu: u32,
     pub builtin: bool,
     pub endpoints: usize,
+    /// Containers resolve each other's names.
+    pub dns_names: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,6 +80,8 @@ pub struct EndpointInfo {
     pub mac: String,
     pub gateway: String,
     pub mtu: u32,
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +113,17 @@ pub struct NetworkInspect {
     pub mac_aging_secs: u64,
     /// Sum over the network's ports.
     pub counters: PortCounters,
+    pub dns: DnsInspect,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DnsInspect {
+    /// Container names resolve on this network.
+    pub names: bool,
+    /// Where other names go (this network's, else the daemon's servers).
+    pub upstreams: Vec<String>,
+    /// The resolver's counters (all networks).
+    pub stats: dns::StatsSnapshot,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +133,9 @@ pub struct ContainerInfo {
     /// Created by tapnet (`run`), deleted with the container.
     pub owned: bool,
     pub endpoints: Vec<EndpointInfo>,
+    /// For the container's resolv.conf.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

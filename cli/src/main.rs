@@ -53,6 +53,8 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Rename a container (its DNS name changes at once).
+    Rename { old: String, new: String },
 }
 
 #[derive(Args)]
@@ -77,6 +79,14 @@ struct DaemonArgs {
     /// sleeping: lower request/response latency for some CPU (0: off).
     #[arg(long, default_value_t = 0)]
     busy_poll_us: u32,
+    /// Upstream DNS server (IP or IP:PORT) for names that are not local;
+    /// repeatable. Default: the nameservers of the host's /etc/resolv.conf.
+    #[arg(long = "dns", value_name = "SERVER")]
+    dns: Vec<String>,
+    /// Resolve container names on the default `bridge` network too (off,
+    /// as in Docker).
+    #[arg(long)]
+    bridge_dns_names: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -101,6 +111,13 @@ enum NetCmd {
         ip_range: Option<String>,
         #[arg(long)]
         mtu: Option<u32>,
+        /// Upstream DNS server for names that are not local (IP or IP:PORT,
+        /// repeatable); default: the daemon's.
+        #[arg(long, value_name = "SERVER")]
+        dns: Vec<String>,
+        /// Do not resolve container names on this network.
+        #[arg(long)]
+        no_dns_names: bool,
     },
     /// List networks.
     #[command(alias = "list")]
@@ -133,6 +150,9 @@ enum NetCmd {
         ip: Option<String>,
         #[arg(long)]
         mtu: Option<u32>,
+        /// A network-scoped DNS alias (repeatable).
+        #[arg(long)]
+        alias: Vec<String>,
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
@@ -150,6 +170,18 @@ struct RunCli {
     ip: Option<String>,
     #[arg(long)]
     mtu: Option<u32>,
+    /// A network-scoped DNS alias (repeatable).
+    #[arg(long)]
+    alias: Vec<String>,
+    /// Upstream DNS server for this container (IP or IP:PORT, repeatable).
+    #[arg(long, value_name = "SERVER")]
+    dns: Vec<String>,
+    /// A search domain for the container's resolv.conf (repeatable).
+    #[arg(long)]
+    dns_search: Vec<String>,
+    /// An `options` entry for the container's resolv.conf (repeatable).
+    #[arg(long)]
+    dns_option: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     cmd: Vec<String>,
@@ -204,6 +236,8 @@ fn real_main(cli: Cli) -> Result<i32> {
                 bufs_per_port: a.bufs_per_port,
                 multishot: !a.single_read,
                 busy_poll_us: a.busy_poll_us,
+                dns: a.dns,
+                bridge_dns_names: a.bridge_dns_names,
             })?;
         }
         Cmd::Network(n) => network(&c, n)?,
@@ -215,6 +249,10 @@ fn real_main(cli: Cli) -> Result<i32> {
                     name: a.name,
                     ip: a.ip,
                     mtu: a.mtu,
+                    aliases: a.alias,
+                    dns: a.dns,
+                    dns_search: a.dns_search,
+                    dns_option: a.dns_option,
                     cmd: a.cmd,
                 },
             )
@@ -258,6 +296,13 @@ fn real_main(cli: Cli) -> Result<i32> {
                 println!("{n}");
             }
         }
+        Cmd::Rename { old, new } => {
+            c.call::<serde_json::Value>(
+                "POST",
+                &format!("/containers/{old}/rename"),
+                Some(&Rename { name: new }),
+            )?;
+        }
     }
     Ok(0)
 }
@@ -270,6 +315,8 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
             gateway,
             ip_range,
             mtu,
+            dns,
+            no_dns_names,
         } => {
             let s: NetworkSummary = c.call(
                 "POST",
@@ -280,6 +327,8 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     gateway,
                     ip_range,
                     mtu,
+                    dns,
+                    dns_names: Some(!no_dns_names),
                 }),
             )?;
             println!("{}", s.id);
@@ -336,6 +385,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
             netns,
             ip,
             mtu,
+            alias,
         } => {
             let e: EndpointInfo = c.call(
                 "POST",
@@ -345,6 +395,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     netns,
                     ip,
                     mtu,
+                    aliases: alias,
                 }),
             )?;
             println!("{} {} {}", e.ifname, e.ip, e.mac);

@@ -4,8 +4,10 @@
 use crate::api::{ContainerInfo, CreateContainer};
 use crate::client::Client;
 use anyhow::{Context, Result};
+use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -22,6 +24,10 @@ pub struct RunArgs {
     pub name: Option<String>,
     pub ip: Option<String>,
     pub mtu: Option<u32>,
+    pub aliases: Vec<String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_option: Vec<String>,
     pub cmd: Vec<String>,
 }
 
@@ -35,14 +41,24 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
             network: a.network.clone(),
             ip: a.ip.clone(),
             mtu: a.mtu,
+            aliases: a.aliases.clone(),
+            dns: a.dns.clone(),
         }),
     )?;
-    let code = run_in(&info, &a.cmd);
-    let cleanup = client.call::<serde_json::Value>(
-        "DELETE",
-        &format!("/containers/{}", info.name),
-        None::<&()>,
-    );
+    let resolv = write_resolv_conf(&info, &a);
+    let code = run_in(&info, &a.cmd, resolv.as_deref());
+    if let Some(p) = &resolv {
+        let _ = std::fs::remove_file(p);
+    }
+    // by namespace, not name: the container may have been renamed meanwhile
+    let name = client
+        .get::<Vec<ContainerInfo>>("/containers")
+        .ok()
+        .and_then(|cs| cs.into_iter().find(|c| c.netns == info.netns))
+        .map(|c| c.name)
+        .unwrap_or_else(|| info.name.clone());
+    let cleanup =
+        client.call::<serde_json::Value>("DELETE", &format!("/containers/{name}"), None::<&()>);
     let code = code?;
     if let Err(e) = cleanup {
         eprintln!("tapnet: removing container {}: {e:#}", info.name);
@@ -50,7 +66,38 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
     Ok(code)
 }
 
-fn run_in(info: &ContainerInfo, argv: &[String]) -> Result<i32> {
+/// The container's resolv.conf (bind-mounted over /etc/resolv.conf in its
+/// private mount namespace; the host's file is untouched).
+fn write_resolv_conf(info: &ContainerInfo, a: &RunArgs) -> Option<PathBuf> {
+    let mut text = String::from("# written by tapnet\n");
+    for n in &info.nameservers {
+        text += &format!("nameserver {n}\n");
+    }
+    if !a.dns_search.is_empty() {
+        text += &format!("search {}\n", a.dns_search.join(" "));
+    }
+    if !a.dns_option.is_empty() {
+        text += &format!("options {}\n", a.dns_option.join(" "));
+    }
+    let p = std::env::temp_dir().join(format!(
+        "tapnet-resolv-{}-{}.conf",
+        info.name,
+        std::process::id()
+    ));
+    match std::fs::write(&p, text) {
+        Ok(()) => Some(p),
+        Err(e) => {
+            eprintln!(
+                "tapnet: writing {}: {e} (the container keeps the host's resolv.conf)",
+                p.display()
+            );
+            None
+        }
+    }
+}
+
+fn run_in(info: &ContainerInfo, argv: &[String], resolv: Option<&std::path::Path>) -> Result<i32> {
+    let resolv = resolv.and_then(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok());
     let ns = std::fs::File::open(&info.netns)
         .with_context(|| format!("opening namespace {}", info.netns))?;
     let nsfd = ns.as_raw_fd();
@@ -78,6 +125,15 @@ fn run_in(info: &ContainerInfo, argv: &[String]) -> Result<i32> {
                         c"/sys".as_ptr(),
                         c"sysfs".as_ptr(),
                         0,
+                        std::ptr::null(),
+                    );
+                }
+                if let Some(src) = &resolv {
+                    libc::mount(
+                        src.as_ptr(),
+                        c"/etc/resolv.conf".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
                         std::ptr::null(),
                     );
                 }

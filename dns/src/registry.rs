@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
-pub type NetId = u32;
+pub type NetId = u16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -66,6 +66,26 @@ impl Registry {
         n.name = name.to_string();
         n.resolve = resolve;
         n.dns = dns;
+    }
+
+    /// Sets a network and all its endpoints at once.
+    pub fn replace_network(
+        &mut self,
+        id: NetId,
+        name: &str,
+        resolve: bool,
+        dns: Vec<SocketAddr>,
+        endpoints: Vec<Endpoint>,
+    ) {
+        self.nets.insert(
+            id,
+            Net {
+                name: name.to_string(),
+                resolve,
+                dns,
+                endpoints,
+            },
+        );
     }
 
     pub fn remove_network(&mut self, id: NetId) {

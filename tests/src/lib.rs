@@ -3,8 +3,15 @@
 //! (also when the test panics). Processes are stopped by the PIDs the
 //! harness started, never by name.
 //!
+//! The daemon itself runs in a namespace of the test too (`tn_<id>_host`,
+//! only loopback), entered with `nsenter --net`: whatever it sends on its
+//! own (DNS forwarding) stays inside; its default upstream DNS server is
+//! that namespace's 127.0.0.1, where a test may run a fake resolver.
+//!
 //! Tests need root. Without it they are skipped, except under `CI=true`,
 //! where they fail.
+
+pub mod dnsutil;
 
 use serde_json::Value;
 use std::fs::File;
@@ -74,6 +81,8 @@ pub struct Env {
     pub sock: PathBuf,
     pub bin: PathBuf,
     pub daemon_args: Vec<String>,
+    /// The namespace the daemon runs in.
+    pub host_ns: String,
     daemon: Option<Child>,
     bg: Vec<Child>,
 }
@@ -97,7 +106,11 @@ impl Env {
         let prefix = format!("tn_{id}_");
         let dir = std::env::temp_dir().join(format!("tn_{id}"));
         std::fs::create_dir_all(&dir).unwrap();
+        let host_ns = format!("{prefix}host");
+        run_ok(Command::new("ip").args(["netns", "add", &host_ns]));
+        run_ok(Command::new("ip").args(["-n", &host_ns, "link", "set", "lo", "up"]));
         let mut env = Env {
+            host_ns,
             sock: dir.join("tapnet.sock"),
             id,
             prefix,
@@ -122,7 +135,9 @@ impl Env {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new(&self.bin)
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host_ns))
+            .arg(&self.bin)
             .arg("--socket")
             .arg(&self.sock)
             .arg("daemon")
@@ -130,6 +145,7 @@ impl Env {
             .arg(self.state_dir())
             .arg("--netns-prefix")
             .arg(&self.prefix)
+            .args(["--dns", "127.0.0.1"])
             .args(&self.daemon_args)
             // extra daemon flags for a whole run, e.g. --single-read
             .args(

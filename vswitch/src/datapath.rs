@@ -47,7 +47,9 @@ pub type PortId = u64;
 /// network `net`); returns false when it cannot take one (counted as a
 /// `service_busy` drop). Called on the datapath thread: it must not block.
 #[derive(Clone)]
-pub struct PuntHook(pub Arc<dyn Fn(NetIdx, &[u8]) -> bool + Send + Sync>);
+pub struct PuntHook(pub Arc<PuntFn>);
+
+pub type PuntFn = dyn Fn(NetIdx, &[u8]) -> bool + Send + Sync;
 
 impl std::fmt::Debug for PuntHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,6 +153,30 @@ enum Cmd {
     SetAging(Duration),
     Inject(NetIdx, Vec<Vec<u8>>),
     Shutdown,
+}
+
+/// See [`Datapath::injector`].
+#[derive(Clone)]
+pub struct Injector {
+    tx: mpsc::Sender<Cmd>,
+    efd: Arc<OwnedFd>,
+}
+
+impl Injector {
+    pub fn inject(&self, net: NetIdx, frames: Vec<Vec<u8>>) -> Result<(), DatapathError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Cmd::Inject(net, frames))
+            .map_err(|_| DatapathError::Stopped)?;
+        let one: u64 = 1;
+        let r = unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        if r != 8 {
+            return Err(DatapathError::Stopped);
+        }
+        Ok(())
+    }
 }
 
 /// Handle to a running datapath worker.
@@ -276,10 +302,16 @@ impl Datapath {
     /// Ethernet frame, delivered to the port its destination MAC was
     /// learned on, or flooded to the network.
     pub fn inject(&self, net: NetIdx, frames: Vec<Vec<u8>>) -> Result<(), DatapathError> {
-        if frames.is_empty() {
-            return Ok(());
+        self.injector().inject(net, frames)
+    }
+
+    /// A handle that can only inject frames, for services behind the
+    /// gateway (it does not keep the datapath alive).
+    pub fn injector(&self) -> Injector {
+        Injector {
+            tx: self.tx.clone(),
+            efd: self.efd.clone(),
         }
-        self.send(Cmd::Inject(net, frames))
     }
 
     pub fn set_aging(&self, aging: Duration) -> Result<(), DatapathError> {

@@ -17,7 +17,7 @@ pub mod tap;
 pub mod vnet;
 
 pub use datapath::{
-    Datapath, DatapathConfig, DatapathError, PortId, PortState, PuntHook, Snapshot,
+    Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook, Snapshot,
 };
 pub use mac::Mac;
 pub use switch::{DropCounters, NetConfig, PortCounters};

@@ -1,6 +1,7 @@
 //! `tapnet daemon`: owns the datapath, the IPAM and the persistent state, and
 //! serves the control API.
 
+pub mod dnsd;
 pub mod ipam;
 pub mod netns;
 pub mod server;
@@ -11,7 +12,9 @@ use anyhow::{Context, Result};
 use ipam::{IpamError, Pool};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use store::{ContainerRecord, EndpointRecord, NetworkRecord, Store};
 use vswitch::{Datapath, DatapathConfig, Mac, NetConfig, NetIdx, NetnsRef, PortId};
@@ -31,6 +34,10 @@ pub struct DaemonConfig {
     pub bufs_per_port: usize,
     pub multishot: bool,
     pub busy_poll_us: u32,
+    /// Upstream DNS servers (empty: the host's /etc/resolv.conf).
+    pub dns: Vec<String>,
+    /// Resolve container names on the default bridge too.
+    pub bridge_dns_names: bool,
 }
 
 /// An error for the API client: HTTP status and one clear line.
@@ -107,6 +114,7 @@ impl Net {
             mtu: self.rec.mtu,
             builtin: self.rec.builtin,
             endpoints: self.rec.endpoints.len(),
+            dns_names: self.rec.dns_names,
         }
     }
 
@@ -120,6 +128,7 @@ impl Net {
             mac: e.mac.to_string(),
             gateway: self.rec.gateway.to_string(),
             mtu: e.mtu,
+            aliases: e.aliases.clone(),
         }
     }
 
@@ -135,6 +144,10 @@ pub struct Core {
     cfg: DaemonConfig,
     store: Store,
     dp: Datapath,
+    resolver: Arc<dns::Resolver>,
+    dns_svc: dnsd::DnsService,
+    /// The daemon's upstream servers, for networks without their own.
+    dns_defaults: Vec<SocketAddr>,
     nets: BTreeMap<String, Net>,
     containers: BTreeMap<String, ContainerRecord>,
 }
@@ -192,14 +205,41 @@ impl Core {
     /// whose namespace still exists (stale ones are removed).
     pub fn start(cfg: DaemonConfig) -> Result<Core> {
         let store = Store::open(&cfg.state_dir)?;
+        let dns_defaults = if cfg.dns.is_empty() {
+            dns::upstream::from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
+        } else {
+            parse_servers(&cfg.dns).map_err(|e| anyhow::anyhow!(e.message))?
+        };
+        let (dns_svc, dns_rx) = dnsd::channel();
         let dp = Datapath::start(DatapathConfig {
             aging: cfg.mac_aging,
             bufs_per_port: cfg.bufs_per_port,
             multishot: cfg.multishot,
             busy_poll_us: cfg.busy_poll_us,
+            punt: Some(dns_svc.hook()),
             ..Default::default()
         })
         .context("starting the datapath")?;
+        let resolver = Arc::new(dns::Resolver::new());
+        tokio::runtime::Handle::current().spawn(dnsd::run(
+            dns_rx,
+            dns_svc.tx.clone(),
+            dp.injector(),
+            resolver.clone(),
+            dns_defaults.clone(),
+        ));
+        log(format!(
+            "dns: upstream servers {}",
+            if dns_defaults.is_empty() {
+                "none (non-local names get SERVFAIL)".to_string()
+            } else {
+                dns_defaults
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ));
         if let Ok(snap) = dp.snapshot(DP_TIMEOUT) {
             log(format!(
                 "datapath: io_uring, {} reads, {} buffers per port",
@@ -216,6 +256,9 @@ impl Core {
             cfg,
             store,
             dp,
+            resolver,
+            dns_svc,
+            dns_defaults,
             nets: BTreeMap::new(),
             containers,
         };
@@ -230,6 +273,8 @@ impl Core {
                 ip_range: None,
                 mtu: 1500,
                 builtin: true,
+                dns_names: false,
+                dns: vec![],
                 endpoints: BTreeMap::new(),
             };
             core.store.save(&rec)?;
@@ -242,6 +287,10 @@ impl Core {
             }
         }
         core.restore_endpoints()?;
+        let names: Vec<String> = core.nets.keys().cloned().collect();
+        for n in names {
+            core.dns_sync(&n);
+        }
         Ok(core)
     }
 
@@ -270,8 +319,52 @@ impl Core {
             rec,
         };
         self.dp.add_network(idx, net.net_config())?;
-        self.nets.insert(net.rec.name.clone(), net);
+        self.dns_svc.send(dnsd::Event::AddNet {
+            net: idx,
+            ip: net.rec.gateway,
+            prefix: net.rec.subnet.prefix_len(),
+            mac: net.gateway_mac,
+            mtu: net.rec.mtu,
+        });
+        let name = net.rec.name.clone();
+        self.nets.insert(name.clone(), net);
+        self.dns_sync(&name);
         Ok(())
+    }
+
+    /// Brings the resolver's view of network `name` up to date (names,
+    /// aliases, addresses, upstreams): called after every change.
+    fn dns_sync(&self, name: &str) {
+        let Some(n) = self.nets.get(name) else {
+            return;
+        };
+        let resolve = n.rec.dns_names || (n.rec.builtin && self.cfg.bridge_dns_names);
+        let endpoints = n
+            .rec
+            .endpoints
+            .iter()
+            .map(|(c, e)| dns::Endpoint {
+                container: c.clone(),
+                aliases: e.aliases.clone(),
+                ip: e.ip,
+                dns: self
+                    .containers
+                    .get(c)
+                    .map(|r| parse_servers(&r.dns).unwrap_or_default())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let ups = parse_servers(&n.rec.dns).unwrap_or_default();
+        let mut reg = self
+            .resolver
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        reg.replace_network(n.idx, &n.rec.name, resolve, ups, endpoints);
+    }
+
+    fn dns_names(&self, n: &Net) -> bool {
+        n.rec.dns_names || (n.rec.builtin && self.cfg.bridge_dns_names)
     }
 
     fn restore_endpoints(&mut self) -> Result<()> {
@@ -415,6 +508,7 @@ impl Core {
             .transpose()?;
         let pool = Pool::new(subnet, gateway, range)?;
         let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
+        parse_servers(&req.dns)?;
         let rec = NetworkRecord {
             name: req.name.clone(),
             id: random_hex(32),
@@ -424,6 +518,8 @@ impl Core {
             ip_range: range,
             mtu,
             builtin: false,
+            dns_names: req.dns_names.unwrap_or(true),
+            dns: req.dns.clone(),
             endpoints: BTreeMap::new(),
         };
         self.store.save(&rec)?;
@@ -485,6 +581,15 @@ impl Core {
             mac_table,
             mac_aging_secs: snap.aging_ms / 1000,
             counters: total,
+            dns: DnsInspect {
+                names: self.dns_names(n),
+                upstreams: if n.rec.dns.is_empty() {
+                    self.dns_defaults.iter().map(|s| s.to_string()).collect()
+                } else {
+                    n.rec.dns.clone()
+                },
+                stats: self.resolver.stats.snapshot(),
+            },
         })
     }
 
@@ -505,6 +610,12 @@ impl Core {
         let idx = n.idx;
         self.store.remove(name)?;
         self.dp.remove_network(idx).map_err(ApiError::internal)?;
+        self.dns_svc.send(dnsd::Event::RemoveNet(idx));
+        self.resolver
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove_network(idx);
         self.nets.remove(name);
         log(format!("removed network {name}"));
         Ok(())
@@ -527,6 +638,9 @@ impl Core {
 
     pub fn connect(&mut self, network: &str, req: Connect) -> ApiResult<EndpointInfo> {
         check_name("container", &req.container)?;
+        for a in &req.aliases {
+            check_name("alias", a)?;
+        }
         let n = self.net(network)?;
         if n.rec.endpoints.contains_key(&req.container) {
             return Err(ApiError::conflict(format!(
@@ -556,6 +670,7 @@ impl Core {
                     netns: path,
                     owned: false,
                     created: now_secs(),
+                    dns: vec![],
                 })
             }
             (None, None) => {
@@ -606,6 +721,7 @@ impl Core {
             mtu,
             default_route: !has_default,
             owned_netns: crec.owned,
+            aliases: req.aliases.clone(),
         };
         let port = match self.attach(network, &req.container, &rec) {
             Ok(p) => p,
@@ -629,7 +745,9 @@ impl Core {
             return Err(e.into());
         }
         log(format!("connected {} to {network} as {ip}", req.container));
-        Ok(n.endpoint_info(&req.container, &rec))
+        let info = n.endpoint_info(&req.container, &rec);
+        self.dns_sync(network);
+        Ok(info)
     }
 
     pub fn disconnect(&mut self, network: &str, container: &str) -> ApiResult<()> {
@@ -652,6 +770,7 @@ impl Core {
             }
         }
         log(format!("disconnected {container} from {network}"));
+        self.dns_sync(network);
         // an attached (not owned) namespace with no endpoint left is forgotten
         if self.endpoints_of(container).is_empty()
             && self.containers.get(container).is_some_and(|c| !c.owned)
@@ -676,6 +795,10 @@ impl Core {
         if let Some(m) = req.mtu {
             check_mtu(m)?;
         }
+        parse_servers(&req.dns)?;
+        for a in &req.aliases {
+            check_name("alias", a)?;
+        }
         if let Some(ip) = &req.ip {
             let ip = ipam::parse_addr(ip)?;
             let n = self.net(&req.network)?;
@@ -690,6 +813,7 @@ impl Core {
                 netns: path.clone(),
                 owned: true,
                 created: now_secs(),
+                dns: req.dns.clone(),
             },
         );
         let r = self
@@ -704,6 +828,7 @@ impl Core {
                         netns: None,
                         ip: req.ip.clone(),
                         mtu: req.mtu,
+                        aliases: req.aliases.clone(),
                     },
                 )
             });
@@ -721,16 +846,78 @@ impl Core {
             .containers
             .get(name)
             .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
+        let eps = self.endpoints_of(name);
+        // resolv.conf: the gateway's resolver when the first network
+        // resolves names (it forwards the rest), else the upstream servers
+        // themselves, minus loopback ones the container cannot reach
+        let nameservers = match eps.first() {
+            Some((n, _)) if self.dns_names(n) => vec![n.rec.gateway.to_string()],
+            first => {
+                let mut s = parse_servers(&c.dns).unwrap_or_default();
+                if s.is_empty() {
+                    s = first
+                        .map(|(n, _)| parse_servers(&n.rec.dns).unwrap_or_default())
+                        .unwrap_or_default();
+                }
+                if s.is_empty() {
+                    s = self.dns_defaults.clone();
+                }
+                s.iter()
+                    .filter(|a| !a.ip().is_loopback() && a.port() == 53)
+                    .map(|a| a.ip().to_string())
+                    .collect()
+            }
+        };
         Ok(ContainerInfo {
             name: name.to_string(),
             netns: c.netns.display().to_string(),
             owned: c.owned,
-            endpoints: self
-                .endpoints_of(name)
+            endpoints: eps
                 .into_iter()
                 .map(|(n, e)| n.endpoint_info(name, e))
                 .collect(),
+            nameservers,
         })
+    }
+
+    /// Renames a container everywhere; DNS answers the new name at once.
+    pub fn rename_container(&mut self, old: &str, new: &str) -> ApiResult<()> {
+        check_name("container", new)?;
+        if !self.containers.contains_key(old) {
+            return Err(ApiError::not_found(format!("no such container: {old}")));
+        }
+        if self.containers.contains_key(new) {
+            return Err(ApiError::conflict(format!(
+                "container name {new} is already in use"
+            )));
+        }
+        let nets: Vec<String> = self
+            .endpoints_of(old)
+            .iter()
+            .map(|(n, _)| n.rec.name.clone())
+            .collect();
+        let before = self.containers.clone();
+        let c = self.containers.remove(old).expect("checked");
+        self.containers.insert(new.to_string(), c);
+        if let Err(e) = self.store.save_containers(&self.containers) {
+            self.containers = before;
+            return Err(e.into());
+        }
+        for name in &nets {
+            let n = self.nets.get_mut(name).expect("listed");
+            if let Some(e) = n.rec.endpoints.remove(old) {
+                n.rec.endpoints.insert(new.to_string(), e);
+            }
+            if let Some(p) = n.ports.remove(old) {
+                n.ports.insert(new.to_string(), p);
+            }
+            if let Err(e) = self.store.save(&n.rec) {
+                log(format!("saving network {name} after rename: {e:#}"));
+            }
+            self.dns_sync(name);
+        }
+        log(format!("renamed container {old} to {new}"));
+        Ok(())
     }
 
     pub fn list_containers(&self) -> Vec<ContainerInfo> {
@@ -768,6 +955,12 @@ impl Core {
     pub fn shutdown(self) {
         self.dp.shutdown();
     }
+}
+
+fn parse_servers(list: &[String]) -> ApiResult<Vec<SocketAddr>> {
+    list.iter()
+        .map(|s| dns::upstream::parse_server(s).map_err(ApiError::bad_request))
+        .collect()
 }
 
 fn add_counters(t: &mut vswitch::PortCounters, c: &vswitch::PortCounters) {

@@ -103,6 +103,13 @@ fn router(s: Shared) -> Router {
                 }),
         )
         .route(
+            "/containers/{name}/rename",
+            post(|State(s): State<Shared>, Path(n): Path<String>, b: Bytes| async move {
+                let req: Rename = body(&b)?;
+                with_core(s, move |c| c.rename_container(&n, &req.name)).await
+            }),
+        )
+        .route(
             "/containers/{name}",
             delete(|State(s): State<Shared>, Path(n): Path<String>| async move {
                 with_core(s, move |c| c.remove_container(&n)).await

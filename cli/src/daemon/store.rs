@@ -24,6 +24,13 @@ pub struct EndpointRecord {
     pub default_route: bool,
     /// Whether tapnet created the namespace (`tapnet run`) and deletes it.
     pub owned_netns: bool,
+    /// Network-scoped DNS aliases.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,6 +45,12 @@ pub struct NetworkRecord {
     /// Pre-defined (`bridge`): cannot be removed.
     #[serde(default)]
     pub builtin: bool,
+    /// Containers resolve each other's names (off on the default bridge).
+    #[serde(default = "yes")]
+    pub dns_names: bool,
+    /// Upstream DNS servers for this network (IP or IP:PORT).
+    #[serde(default)]
+    pub dns: Vec<String>,
     /// Container name -> endpoint.
     pub endpoints: BTreeMap<String, EndpointRecord>,
 }
@@ -49,6 +62,9 @@ pub struct ContainerRecord {
     /// Created by tapnet (`tapnet run`); deleted with the container.
     pub owned: bool,
     pub created: u64,
+    /// Upstream DNS servers for this container (`run --dns`).
+    #[serde(default)]
+    pub dns: Vec<String>,
 }
 
 pub struct Store {
@@ -162,6 +178,8 @@ mod tests {
             ip_range: None,
             mtu: 1500,
             builtin: false,
+            dns_names: true,
+            dns: vec![],
             endpoints: BTreeMap::new(),
         };
         r.endpoints.insert(
@@ -174,6 +192,7 @@ mod tests {
                 mtu: 1500,
                 default_route: true,
                 owned_netns: true,
+                aliases: vec![],
             },
         );
         s.save(&r).unwrap();
@@ -192,6 +211,7 @@ mod tests {
                 netns: "/run/netns/x".into(),
                 owned: true,
                 created: 5,
+                dns: vec![],
             },
         );
         s.save_containers(&c).unwrap();

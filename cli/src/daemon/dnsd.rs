@@ -1,0 +1,444 @@
+//! The service behind each network's gateway: a small IP stack (smoltcp)
+//! per network that terminates UDP and TCP port 53 on the gateway address
+//! and hands the DNS messages to the `dns` crate.
+//!
+//! Frames arrive from the datapath's punt hook through a bounded channel
+//! (the datapath never waits: a full channel is a counted drop) and leave
+//! through `Datapath::inject`. Queries that are not local are forwarded by
+//! their own tasks, so a slow upstream never holds up anything else.
+
+use dns::resolver::Transport;
+use dns::{Outcome, Resolver};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant as SInstant;
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use vswitch::vnet::VNET_HDR_LEN;
+use vswitch::{Injector, Mac, NetIdx, PuntHook};
+
+/// Punted frames waiting for the service, at most.
+const QUEUE: usize = 4096;
+/// TCP connections per network served at once.
+const TCP_CONNS: usize = 16;
+const DNS_PORT: u16 = 53;
+
+pub enum Event {
+    Frame(NetIdx, Vec<u8>),
+    AddNet {
+        net: NetIdx,
+        ip: Ipv4Addr,
+        prefix: u8,
+        mac: Mac,
+        mtu: u32,
+    },
+    RemoveNet(NetIdx),
+    Answer {
+        net: NetIdx,
+        to: Dest,
+        bytes: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Dest {
+    Udp(IpEndpoint),
+    /// Connection index and its generation (a reused slot never gets the
+    /// answer meant for its previous client).
+    Tcp(usize, u64),
+}
+
+/// Handle for the daemon: where to send events, and the punt hook to give
+/// the datapath.
+#[derive(Clone)]
+pub struct DnsService {
+    pub tx: mpsc::Sender<Event>,
+}
+
+impl DnsService {
+    /// The hook the datapath calls for punted frames.
+    pub fn hook(&self) -> PuntHook {
+        let tx = self.tx.clone();
+        PuntHook(Arc::new(move |net, f: &[u8]| {
+            tx.try_send(Event::Frame(net, f.to_vec())).is_ok()
+        }))
+    }
+
+    pub fn send(&self, ev: Event) {
+        // control events are rare; a full queue only delays them
+        let tx = self.tx.clone();
+        if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
+            tokio::spawn(async move {
+                let _ = tx.send(ev).await;
+            });
+        }
+    }
+}
+
+/// Creates the channel; `run` consumes the receiver.
+pub fn channel() -> (DnsService, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (DnsService { tx }, rx)
+}
+
+/// smoltcp's view of the network: frames in from the punt queue, frames
+/// out to the datapath.
+struct Queue {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+    mtu: usize,
+}
+
+struct RxTok(Vec<u8>);
+struct TxTok<'a>(&'a mut Vec<Vec<u8>>);
+
+impl phy::RxToken for RxTok {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0[VNET_HDR_LEN..])
+    }
+}
+
+impl phy::TxToken for TxTok<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut b = vec![0u8; VNET_HDR_LEN + len];
+        let r = f(&mut b[VNET_HDR_LEN..]);
+        // ARP replies: containers never ask the service (the switch answers
+        // ARP for the gateway); they answer the synthetic requests below.
+        let arp_reply = len >= 22
+            && b[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == [8, 6]
+            && b[VNET_HDR_LEN + 20..VNET_HDR_LEN + 22] == [0, 2];
+        if !arp_reply {
+            self.0.push(b);
+        }
+        r
+    }
+}
+
+impl phy::Device for Queue {
+    type RxToken<'a> = RxTok;
+    type TxToken<'a> = TxTok<'a>;
+
+    fn receive(&mut self, _: SInstant) -> Option<(RxTok, TxTok<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((RxTok(f), TxTok(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: SInstant) -> Option<TxTok<'_>> {
+        Some(TxTok(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = self.mtu;
+        // Containers hand over partial (offloaded) checksums: never verify
+        // on receive, always compute on send.
+        let mut cs = ChecksumCapabilities::default();
+        cs.ipv4 = Checksum::Tx;
+        cs.udp = Checksum::Tx;
+        cs.tcp = Checksum::Tx;
+        cs.icmpv4 = Checksum::Tx;
+        c.checksum = cs;
+        c
+    }
+}
+
+struct TcpConn {
+    handle: SocketHandle,
+    gen: u64,
+    inbuf: Vec<u8>,
+    pending: usize,
+}
+
+struct NetStack {
+    iface: Interface,
+    dev: Queue,
+    sockets: SocketSet<'static>,
+    udp: SocketHandle,
+    tcp: Vec<TcpConn>,
+    gw: Ipv4Addr,
+    mac: Mac,
+}
+
+impl NetStack {
+    fn new(ip: Ipv4Addr, prefix: u8, mac: Mac, mtu: u32, now: SInstant) -> NetStack {
+        let mut dev = Queue {
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            mtu: mtu as usize + 14,
+        };
+        let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
+        cfg.random_seed = rand::random();
+        let mut iface = Interface::new(cfg, &mut dev, now);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
+        });
+        let mut sockets = SocketSet::new(Vec::new());
+        let mut u = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1024]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1024]),
+        );
+        let _ = u.bind(IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(ip)),
+            port: DNS_PORT,
+        });
+        let udp = sockets.add(u);
+        let tcp = (0..TCP_CONNS)
+            .map(|_| {
+                let mut t = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; 65536 + 2]),
+                    tcp::SocketBuffer::new(vec![0; 4 * 65538]),
+                );
+                let _ = t.listen(DNS_PORT);
+                TcpConn {
+                    handle: sockets.add(t),
+                    gen: 0,
+                    inbuf: Vec::new(),
+                    pending: 0,
+                }
+            })
+            .collect();
+        NetStack {
+            iface,
+            dev,
+            sockets,
+            udp,
+            tcp,
+            gw: ip,
+            mac,
+        }
+    }
+
+    /// Queues a punted frame. Before an IPv4 frame, a synthetic ARP request
+    /// from its sender teaches smoltcp the sender's MAC, so the answer needs
+    /// no ARP round trip (smoltcp learns neighbours from ARP only).
+    fn push(&mut self, f: Vec<u8>) {
+        let e = VNET_HDR_LEN;
+        if f.len() >= e + 14 + 20 && f[e + 12..e + 14] == [8, 0] {
+            let mut a = vec![0u8; e];
+            a.extend_from_slice(&[0xff; 6]);
+            a.extend_from_slice(&f[e + 6..e + 12]); // sender MAC
+            a.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+            a.extend_from_slice(&f[e + 6..e + 12]);
+            a.extend_from_slice(&f[e + 14 + 12..e + 14 + 16]); // sender IP
+            a.extend_from_slice(&[0; 6]);
+            a.extend_from_slice(&self.gw.octets());
+            self.dev.rx.push_back(a);
+        }
+        self.dev.rx.push_back(f);
+    }
+
+    fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        // UDP queries
+        loop {
+            let sock = self.sockets.get_mut::<udp::Socket>(self.udp);
+            let (q, from) = match sock.recv() {
+                Ok((d, meta)) => (d.to_vec(), meta.endpoint),
+                Err(_) => break,
+            };
+            let IpAddress::Ipv4(client) = from.addr;
+            match svc.resolver.handle(net, client, &q, Transport::Udp) {
+                Outcome::Reply(b) => {
+                    let _ = sock.send_slice(&b, from);
+                }
+                Outcome::Forward => svc.forward(net, client, q, Dest::Udp(from)),
+                Outcome::Drop => {}
+            }
+        }
+        // TCP connections: 2-byte length-prefixed messages
+        for (i, c) in self.tcp.iter_mut().enumerate() {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            if !s.is_open() {
+                // closed (or never used): serve the next client
+                c.gen += 1;
+                c.inbuf.clear();
+                c.pending = 0;
+                let _ = s.listen(DNS_PORT);
+                continue;
+            }
+            while s.can_recv() {
+                let mut buf = [0u8; 4096];
+                match s.recv_slice(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                }
+            }
+            let client = match s.remote_endpoint() {
+                Some(IpEndpoint {
+                    addr: IpAddress::Ipv4(a),
+                    ..
+                }) => a,
+                _ => Ipv4Addr::UNSPECIFIED,
+            };
+            while c.inbuf.len() >= 2 {
+                let n = u16::from_be_bytes([c.inbuf[0], c.inbuf[1]]) as usize;
+                if c.inbuf.len() < 2 + n {
+                    break;
+                }
+                let q: Vec<u8> = c.inbuf.drain(..2 + n).skip(2).collect();
+                match svc.resolver.handle(net, client, &q, Transport::Tcp) {
+                    Outcome::Reply(b) => send_framed(s, &b),
+                    Outcome::Forward => {
+                        c.pending += 1;
+                        svc.forward(net, client, q, Dest::Tcp(i, c.gen));
+                    }
+                    Outcome::Drop => {}
+                }
+            }
+            // the client is done sending and has all its answers
+            if s.state() == tcp::State::CloseWait && c.pending == 0 && s.send_queue() == 0 {
+                s.close();
+            }
+        }
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+    }
+
+    fn answer(&mut self, to: Dest, bytes: &[u8]) {
+        match to {
+            Dest::Udp(ep) => {
+                let s = self.sockets.get_mut::<udp::Socket>(self.udp);
+                let _ = s.send_slice(bytes, ep);
+            }
+            Dest::Tcp(i, gen) => {
+                let Some(c) = self.tcp.get_mut(i) else {
+                    return;
+                };
+                if c.gen != gen {
+                    return;
+                }
+                c.pending = c.pending.saturating_sub(1);
+                let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+                if s.may_send() {
+                    send_framed(s, bytes);
+                }
+            }
+        }
+    }
+}
+
+fn send_framed(s: &mut tcp::Socket, b: &[u8]) {
+    let Ok(len) = u16::try_from(b.len()) else {
+        return;
+    };
+    if s.send_capacity() - s.send_queue() < b.len() + 2 {
+        return; // the client is not reading; it will time out
+    }
+    let _ = s.send_slice(&len.to_be_bytes());
+    let _ = s.send_slice(b);
+}
+
+/// What the service loop shares with forwarding tasks.
+struct Svc {
+    resolver: Arc<Resolver>,
+    /// The daemon's upstream servers (its --dns, else the host's resolv.conf).
+    defaults: Vec<SocketAddr>,
+    tx: mpsc::Sender<Event>,
+}
+
+impl Svc {
+    fn forward(&self, net: NetIdx, client: Ipv4Addr, q: Vec<u8>, to: Dest) {
+        let mut servers = self
+            .resolver
+            .registry
+            .read()
+            .map(|r| r.upstreams(net, client))
+            .unwrap_or_default();
+        if servers.is_empty() {
+            servers = self.defaults.clone();
+        }
+        let resolver = self.resolver.clone();
+        let tx = self.tx.clone();
+        let t = match to {
+            Dest::Udp(_) => Transport::Udp,
+            Dest::Tcp(..) => Transport::Tcp,
+        };
+        tokio::spawn(async move {
+            let a = dns::upstream::forward(&servers, &q, t == Transport::Tcp).await;
+            let bytes = a.unwrap_or_else(|| resolver.servfail(&q, t));
+            let _ = tx.send(Event::Answer { net, to, bytes }).await;
+        });
+    }
+}
+
+/// The service loop: owns every network's stack.
+pub async fn run(
+    mut rx: mpsc::Receiver<Event>,
+    tx: mpsc::Sender<Event>,
+    dp: Injector,
+    resolver: Arc<Resolver>,
+    defaults: Vec<SocketAddr>,
+) {
+    let svc = Svc {
+        resolver,
+        defaults,
+        tx,
+    };
+    let t0 = Instant::now();
+    let now = || SInstant::from_micros(t0.elapsed().as_micros() as i64);
+    let mut nets: HashMap<NetIdx, NetStack> = HashMap::new();
+    loop {
+        let delay = nets
+            .values_mut()
+            .filter_map(|n| n.iface.poll_delay(now(), &n.sockets))
+            .map(|d| Duration::from_micros(d.total_micros()))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let first = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => Some(ev),
+                None => return,
+            },
+            _ = tokio::time::sleep(delay) => None,
+        };
+        let handle = |ev: Event, nets: &mut HashMap<NetIdx, NetStack>| match ev {
+            Event::Frame(net, f) => {
+                if let Some(n) = nets.get_mut(&net) {
+                    n.push(f);
+                }
+            }
+            Event::AddNet {
+                net,
+                ip,
+                prefix,
+                mac,
+                mtu,
+            } => {
+                let same = nets.get(&net).is_some_and(|n| n.gw == ip && n.mac == mac);
+                if !same {
+                    nets.insert(net, NetStack::new(ip, prefix, mac, mtu, now()));
+                }
+            }
+            Event::RemoveNet(net) => {
+                nets.remove(&net);
+            }
+            Event::Answer { net, to, bytes } => {
+                if let Some(n) = nets.get_mut(&net) {
+                    n.answer(to, &bytes);
+                }
+            }
+        };
+        if let Some(ev) = first {
+            handle(ev, &mut nets);
+        }
+        while let Ok(ev) = rx.try_recv() {
+            handle(ev, &mut nets);
+        }
+        let ts = now();
+        for (net, n) in nets.iter_mut() {
+            n.poll(ts, *net, &svc);
+            if !n.dev.tx.is_empty() {
+                let frames = std::mem::take(&mut n.dev.tx);
+                let _ = dp.inject(*net, frames);
+            }
+        }
+    }
+}
