@@ -15,6 +15,11 @@ pub use dns::resolver::make_query;
 /// `up.example` -> 192.0.2.10 (TTL 1234), `slow.example` -> no answer,
 /// anything else -> NXDOMAIN.
 pub fn upstream_answer(query: &[u8]) -> Option<Vec<u8>> {
+    upstream_answer_with(query, Ipv4Addr::new(192, 0, 2, 10))
+}
+
+/// [`upstream_answer`] with another address for `up.example`.
+pub fn upstream_answer_with(query: &[u8], up: Ipv4Addr) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
     let name = q.queries.first()?.name().to_ascii().to_lowercase();
     let mut r = Message::response(q.metadata.id, q.metadata.op_code);
@@ -27,7 +32,7 @@ pub fn upstream_answer(query: &[u8]) -> Option<Vec<u8>> {
             r.add_answer(Record::from_rdata(
                 q.queries[0].name().clone(),
                 1234,
-                RData::A(A(Ipv4Addr::new(192, 0, 2, 10))),
+                RData::A(A(up)),
             ));
         }
         "up.example." => {}
@@ -40,15 +45,20 @@ pub fn upstream_answer(query: &[u8]) -> Option<Vec<u8>> {
 /// thread's network namespace, on background threads; returns a counter of
 /// queries seen. Call inside [`crate::in_ns`].
 pub fn fake_upstream() -> Arc<AtomicU64> {
+    fake_upstream_on(53, Ipv4Addr::new(192, 0, 2, 10))
+}
+
+/// A fake upstream on 127.0.0.1:`port` answering `up.example` with `up`.
+pub fn fake_upstream_on(port: u16, up: Ipv4Addr) -> Arc<AtomicU64> {
     let seen = Arc::new(AtomicU64::new(0));
-    let udp = UdpSocket::bind("127.0.0.1:53").expect("bind udp 53");
-    let tcp = TcpListener::bind("127.0.0.1:53").expect("bind tcp 53");
+    let udp = UdpSocket::bind(("127.0.0.1", port)).expect("bind udp");
+    let tcp = TcpListener::bind(("127.0.0.1", port)).expect("bind tcp");
     let s1 = seen.clone();
     std::thread::spawn(move || {
         let mut b = [0u8; 4096];
         while let Ok((n, from)) = udp.recv_from(&mut b) {
             s1.fetch_add(1, Ordering::Relaxed);
-            if let Some(r) = upstream_answer(&b[..n]) {
+            if let Some(r) = upstream_answer_with(&b[..n], up) {
                 let _ = udp.send_to(&r, from);
             }
         }
@@ -65,7 +75,7 @@ pub fn fake_upstream() -> Arc<AtomicU64> {
                     if c.read_exact(&mut q).is_err() {
                         return;
                     }
-                    if let Some(r) = upstream_answer(&q) {
+                    if let Some(r) = upstream_answer_with(&q, up) {
                         let mut out = (r.len() as u16).to_be_bytes().to_vec();
                         out.extend_from_slice(&r);
                         let _ = c.write_all(&out);

@@ -144,7 +144,38 @@ fn containers_resolve_each_other() {
     assert!(o.contains("192.0.2.10"), "{o}");
     assert_eq!(std::fs::read("/etc/resolv.conf").ok(), host_resolv);
 
-    // changes take effect at once: rename, disconnect, exit
+    // upstreams per network and per container
+    in_ns(&env.host_ns, || {
+        fake_upstream_on(5353, "192.0.2.20".parse().unwrap());
+        fake_upstream_on(5454, "192.0.2.30".parse().unwrap());
+    })
+    .join()
+    .unwrap();
+    env.ok(&["network", "create", "own", "--subnet", "10.53.1.0/24", "--dns", "127.0.0.1:5353"]);
+    let o1 = env.container("own", "o1", &[]);
+    let o2 = env.container("own", "o2", &["--dns", "127.0.0.1:5454"]);
+    let ogw: Ipv4Addr = "10.53.1.1".parse().unwrap();
+    assert_eq!(a(&o1.ns, ogw, "up.example").1, vec!["192.0.2.20".parse::<Ipv4Addr>().unwrap()]);
+    assert_eq!(a(&o2.ns, ogw, "up.example").1, vec!["192.0.2.30".parse::<Ipv4Addr>().unwrap()]);
+    assert_eq!(a(&c.ns, gw, "up.example").1, vec!["192.0.2.10".parse::<Ipv4Addr>().unwrap()]);
+
+    // a container that exits is gone from DNS at once
+    let (host, bin, sock) = (
+        env.host_ns.clone(),
+        env.bin.to_str().unwrap().to_string(),
+        env.sock.to_str().unwrap().to_string(),
+    );
+    let brief = env.spawn_in(
+        &host,
+        &[&bin, "--socket", &sock, "run", "--network", "app", "--name", "brief", "--", "sleep", "1.5"],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    assert!(wait_until(T, || a(&c.ns, gw, "brief").0 == ResponseCode::NoError));
+    assert!(env.wait_bg(brief, T).success());
+    assert_eq!(a(&c.ns, gw, "brief").0, ResponseCode::NXDomain);
+
+    // changes take effect at once: rename, disconnect, rm
     env.ok(&["rename", "web2", "web3"]);
     assert_eq!(a(&c.ns, gw, "web3"), (ResponseCode::NoError, vec![web2.ip]));
     assert_eq!(a(&c.ns, gw, "web2").0, ResponseCode::NXDomain); // now upstream's
