@@ -295,6 +295,10 @@ impl Core {
     }
 
     fn add_net(&mut self, mut rec: NetworkRecord) -> Result<()> {
+        if rec.builtin {
+            // the default bridge resolves names only when the daemon says so
+            rec.dns_names = self.cfg.bridge_dns_names;
+        }
         let idx = (0..=NetIdx::MAX)
             .find(|i| self.nets.values().all(|n| n.idx != *i))
             .context("too many networks")?;
@@ -338,7 +342,7 @@ impl Core {
         let Some(n) = self.nets.get(name) else {
             return;
         };
-        let resolve = n.rec.dns_names || (n.rec.builtin && self.cfg.bridge_dns_names);
+        let resolve = n.rec.dns_names;
         let endpoints = n
             .rec
             .endpoints
@@ -364,7 +368,7 @@ impl Core {
     }
 
     fn dns_names(&self, n: &Net) -> bool {
-        n.rec.dns_names || (n.rec.builtin && self.cfg.bridge_dns_names)
+        n.rec.dns_names
     }
 
     fn restore_endpoints(&mut self) -> Result<()> {
