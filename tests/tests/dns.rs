@@ -323,3 +323,18 @@ fn scopes_bridge_truncation_and_hostile_queries() {
     env.start_daemon();
     assert_eq!(a(&api.ns, gw, "db"), (ResponseCode::NoError, vec![db.ip]));
 }
+
+#[test]
+fn bridge_names_when_the_daemon_says_so() {
+    let Some(mut env) = Env::new("bridge_names_when_the_daemon_says_so", &["--bridge-dns-names"])
+    else {
+        return;
+    };
+    let b1 = env.container("bridge", "b1", &[]);
+    let b2 = env.container("bridge", "b2", &[]);
+    let gw: Ipv4Addr = "172.17.0.1".parse().unwrap();
+    assert_eq!(a(&b2.ns, gw, "b1"), (ResponseCode::NoError, vec![b1.ip]));
+    assert_eq!(env.inspect("bridge")["dns"]["names"], true);
+    let o = env.ok(&["run", "--", "cat", "/etc/resolv.conf"]);
+    assert!(o.contains("nameserver 172.17.0.1"), "{o}");
+}
