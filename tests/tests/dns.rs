@@ -151,13 +151,30 @@ fn containers_resolve_each_other() {
     })
     .join()
     .unwrap();
-    env.ok(&["network", "create", "own", "--subnet", "10.53.1.0/24", "--dns", "127.0.0.1:5353"]);
+    env.ok(&[
+        "network",
+        "create",
+        "own",
+        "--subnet",
+        "10.53.1.0/24",
+        "--dns",
+        "127.0.0.1:5353",
+    ]);
     let o1 = env.container("own", "o1", &[]);
     let o2 = env.container("own", "o2", &["--dns", "127.0.0.1:5454"]);
     let ogw: Ipv4Addr = "10.53.1.1".parse().unwrap();
-    assert_eq!(a(&o1.ns, ogw, "up.example").1, vec!["192.0.2.20".parse::<Ipv4Addr>().unwrap()]);
-    assert_eq!(a(&o2.ns, ogw, "up.example").1, vec!["192.0.2.30".parse::<Ipv4Addr>().unwrap()]);
-    assert_eq!(a(&c.ns, gw, "up.example").1, vec!["192.0.2.10".parse::<Ipv4Addr>().unwrap()]);
+    assert_eq!(
+        a(&o1.ns, ogw, "up.example").1,
+        vec!["192.0.2.20".parse::<Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(
+        a(&o2.ns, ogw, "up.example").1,
+        vec!["192.0.2.30".parse::<Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(
+        a(&c.ns, gw, "up.example").1,
+        vec!["192.0.2.10".parse::<Ipv4Addr>().unwrap()]
+    );
 
     // a container that exits is gone from DNS at once
     let (host, bin, sock) = (
@@ -167,7 +184,19 @@ fn containers_resolve_each_other() {
     );
     let brief = env.spawn_in(
         &host,
-        &[&bin, "--socket", &sock, "run", "--network", "app", "--name", "brief", "--", "sleep", "1.5"],
+        &[
+            &bin,
+            "--socket",
+            &sock,
+            "run",
+            "--network",
+            "app",
+            "--name",
+            "brief",
+            "--",
+            "sleep",
+            "1.5",
+        ],
         std::process::Stdio::null(),
         std::process::Stdio::null(),
     );
@@ -326,8 +355,10 @@ fn scopes_bridge_truncation_and_hostile_queries() {
 
 #[test]
 fn bridge_names_when_the_daemon_says_so() {
-    let Some(mut env) = Env::new("bridge_names_when_the_daemon_says_so", &["--bridge-dns-names"])
-    else {
+    let Some(mut env) = Env::new(
+        "bridge_names_when_the_daemon_says_so",
+        &["--bridge-dns-names"],
+    ) else {
         return;
     };
     let b1 = env.container("bridge", "b1", &[]);

@@ -1,0 +1,639 @@
+//! tapnet's masquerade (source NAT) for IPv4 TCP, UDP and ICMP echo.
+//!
+//! Frames are rewritten in place, in the datapath's receive buffers: a
+//! 10-byte `virtio_net_hdr`, then Ethernet, then IPv4. Outbound, the source
+//! address becomes the external address and the source port (ICMP echo
+//! identifier) one allocated from a range; inbound, answers are mapped back,
+//! ICMP errors included (their embedded header too). Checksums are fixed
+//! incrementally, and correctly for offloaded frames whose L4 checksum is
+//! partial (pseudo-header only, `NEEDS_CSUM`), GSO super-frames included.
+//!
+//! One `Nat` is owned by the datapath thread: no locks.
+
+pub mod csum;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+const VNET: usize = 10;
+const ETH: usize = 14;
+const IP: usize = VNET + ETH;
+const F_NEEDS_CSUM: u8 = 1;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+#[derive(Debug, Clone)]
+pub struct NatConfig {
+    /// The address outbound traffic is masqueraded to.
+    pub external: Ipv4Addr,
+    /// Source ports (TCP, UDP) and ICMP identifiers handed out.
+    pub ports: (u16, u16),
+    pub max_conns: usize,
+    pub timeouts: Timeouts,
+}
+
+/// Idle timeouts, milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Timeouts {
+    pub tcp_syn: u64,
+    pub tcp_established: u64,
+    pub tcp_closing: u64,
+    pub tcp_rst: u64,
+    /// UDP seen in one direction only.
+    pub udp: u64,
+    /// UDP with traffic both ways (a "stream").
+    pub udp_stream: u64,
+    pub icmp: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn: 120_000,
+            tcp_established: 7_440_000, // RFC 5382: at least 2 h 4 min
+            tcp_closing: 120_000,
+            tcp_rst: 10_000,
+            udp: 30_000,
+            udp_stream: 120_000,
+            icmp: 30_000,
+        }
+    }
+}
+
+impl NatConfig {
+    pub fn new(external: Ipv4Addr) -> NatConfig {
+        NatConfig {
+            external,
+            ports: (32768, 60999),
+            max_conns: 1 << 18,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Why a frame was not translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatDrop {
+    /// Not IPv4 TCP/UDP/ICMP-echo we can translate, or truncated.
+    Unsupported,
+    /// A fragment (we translate whole datagrams only).
+    Fragment,
+    /// Every port of the range is in use for this protocol.
+    PortsExhausted,
+    /// The connection table is full.
+    TableFull,
+    /// Inbound with no connection it belongs to.
+    NoConnection,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NatStats {
+    pub translated_out: u64,
+    pub translated_in: u64,
+    pub icmp_errors_in: u64,
+    pub created: u64,
+    pub expired: u64,
+    pub unsupported: u64,
+    pub fragments: u64,
+    pub ports_exhausted: u64,
+    pub table_full: u64,
+    pub no_connection: u64,
+}
+
+impl NatStats {
+    fn count(&mut self, d: NatDrop) {
+        match d {
+            NatDrop::Unsupported => self.unsupported += 1,
+            NatDrop::Fragment => self.fragments += 1,
+            NatDrop::PortsExhausted => self.ports_exhausted += 1,
+            NatDrop::TableFull => self.table_full += 1,
+            NatDrop::NoConnection => self.no_connection += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpState {
+    SynSent,
+    Established,
+    Closing,
+    Closed,
+}
+
+/// Where an inbound frame goes: the inside network and host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inside {
+    pub net: u16,
+    pub mac: [u8; 6],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct OutKey {
+    proto: u8,
+    net: u16,
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct InKey {
+    proto: u8,
+    remote: Ipv4Addr,
+    rport: u16,
+    nport: u16,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    out: OutKey,
+    nport: u16,
+    mac: [u8; 6],
+    last: u64,
+    tcp: TcpState,
+    fin_out: bool,
+    fin_in: bool,
+    replied: bool,
+}
+
+/// A connection as `tapnet nat ls` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnInfo {
+    pub proto: String,
+    pub net: u16,
+    pub inside: String,
+    pub outside: String,
+    pub remote: String,
+    pub state: String,
+    pub idle_ms: u64,
+    pub expires_in_ms: u64,
+}
+
+pub struct Nat {
+    cfg: NatConfig,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    by_out: FxHashMap<OutKey, u32>,
+    by_in: FxHashMap<InKey, u32>,
+    /// Ports in use, per protocol index (0 TCP, 1 UDP, 2 ICMP).
+    used: [FxHashMap<u16, u32>; 3],
+    cursor: [u16; 3],
+    pub stats: NatStats,
+}
+
+fn pidx(proto: u8) -> usize {
+    match proto {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        _ => 2,
+    }
+}
+
+fn rd16(b: &[u8], o: usize) -> u16 {
+    u16::from_be_bytes([b[o], b[o + 1]])
+}
+
+fn wr16(b: &mut [u8], o: usize, v: u16) {
+    b[o..o + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+fn ip4(b: &[u8], o: usize) -> [u8; 4] {
+    [b[o], b[o + 1], b[o + 2], b[o + 3]]
+}
+
+/// The parts of an IPv4 packet NAT needs.
+struct Parsed {
+    proto: u8,
+    /// Offset of the L4 header in the buffer.
+    l4: usize,
+    /// Bytes of L4 present.
+    l4_len: usize,
+}
+
+fn parse(b: &[u8]) -> Result<Parsed, NatDrop> {
+    if b.len() < IP + 20 || b[VNET + 12..VNET + 14] != [8, 0] || b[IP] >> 4 != 4 {
+        return Err(NatDrop::Unsupported);
+    }
+    let ihl = (b[IP] & 0xf) as usize * 4;
+    let total = rd16(b, IP + 2) as usize;
+    if ihl < 20 || total < ihl || b.len() < IP + ihl {
+        return Err(NatDrop::Unsupported);
+    }
+    let frag = rd16(b, IP + 6);
+    if frag & 0x3fff != 0 {
+        // MF set or an offset: a fragment
+        return Err(NatDrop::Fragment);
+    }
+    // GSO super-frames may be longer than their (per-segment) total length
+    let end = if b[1] != 0 {
+        b.len()
+    } else {
+        (IP + total).min(b.len())
+    };
+    Ok(Parsed {
+        proto: b[IP + 9],
+        l4: IP + ihl,
+        l4_len: end.saturating_sub(IP + ihl),
+    })
+}
+
+impl Nat {
+    pub fn new(cfg: NatConfig) -> Nat {
+        let lo = cfg.ports.0;
+        Nat {
+            cfg,
+            conns: Vec::new(),
+            free: Vec::new(),
+            by_out: FxHashMap::default(),
+            by_in: FxHashMap::default(),
+            used: Default::default(),
+            cursor: [lo; 3],
+            stats: NatStats::default(),
+        }
+    }
+
+    pub fn external(&self) -> Ipv4Addr {
+        self.cfg.external
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_out.is_empty()
+    }
+
+    fn alloc_port(&mut self, proto: u8, want: u16) -> Option<u16> {
+        let i = pidx(proto);
+        let (lo, hi) = self.cfg.ports;
+        // keep the inside port when it is free and in range (like Linux)
+        if (lo..=hi).contains(&want) && !self.used[i].contains_key(&want) {
+            return Some(want);
+        }
+        let n = hi as u32 - lo as u32 + 1;
+        if self.used[i].len() as u32 >= n {
+            return None;
+        }
+        let mut p = self.cursor[i];
+        for _ in 0..n {
+            p = if p >= hi || p < lo { lo } else { p + 1 };
+            if !self.used[i].contains_key(&p) {
+                self.cursor[i] = p;
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn timeout(&self, c: &Conn) -> u64 {
+        let t = &self.cfg.timeouts;
+        match c.out.proto {
+            PROTO_TCP => match c.tcp {
+                TcpState::SynSent => t.tcp_syn,
+                TcpState::Established => t.tcp_established,
+                TcpState::Closing => t.tcp_closing,
+                TcpState::Closed => t.tcp_rst,
+            },
+            PROTO_UDP if c.replied => t.udp_stream,
+            PROTO_UDP => t.udp,
+            _ => t.icmp,
+        }
+    }
+
+    fn tcp_track(c: &mut Conn, flags: u8, outbound: bool) {
+        const FIN: u8 = 1;
+        const SYN: u8 = 2;
+        const RST: u8 = 4;
+        const ACK: u8 = 16;
+        if flags & RST != 0 {
+            c.tcp = TcpState::Closed;
+            return;
+        }
+        if flags & FIN != 0 {
+            if outbound {
+                c.fin_out = true;
+            } else {
+                c.fin_in = true;
+            }
+        }
+        c.tcp = if c.fin_out || c.fin_in {
+            TcpState::Closing
+        } else if !outbound && flags & (SYN | ACK) != 0 {
+            TcpState::Established
+        } else if outbound && flags & SYN != 0 && c.tcp == TcpState::Closed {
+            TcpState::SynSent // a port re-used for a new connection
+        } else {
+            c.tcp
+        };
+    }
+
+    /// Translates a frame from `net` (container `src_mac`) going out:
+    /// source address and port become the external ones.
+    pub fn outbound(
+        &mut self,
+        net: u16,
+        src_mac: [u8; 6],
+        b: &mut [u8],
+        now: u64,
+    ) -> Result<(), NatDrop> {
+        let r = self.outbound_inner(net, src_mac, b, now);
+        match r {
+            Ok(()) => self.stats.translated_out += 1,
+            Err(d) => self.stats.count(d),
+        }
+        r
+    }
+
+    fn outbound_inner(
+        &mut self,
+        net: u16,
+        src_mac: [u8; 6],
+        b: &mut [u8],
+        now: u64,
+    ) -> Result<(), NatDrop> {
+        let p = parse(b)?;
+        let (sport, dport) = match p.proto {
+            PROTO_TCP | PROTO_UDP if p.l4_len >= 8 => (rd16(b, p.l4), rd16(b, p.l4 + 2)),
+            // echo request: the identifier plays the port
+            PROTO_ICMP if p.l4_len >= 8 && b[p.l4] == 8 => (rd16(b, p.l4 + 4), 0),
+            _ => return Err(NatDrop::Unsupported),
+        };
+        if p.proto == PROTO_TCP && p.l4_len < 20 {
+            return Err(NatDrop::Unsupported);
+        }
+        let key = OutKey {
+            proto: p.proto,
+            net,
+            src: ip4(b, IP + 12).into(),
+            sport,
+            dst: ip4(b, IP + 16).into(),
+            dport,
+        };
+        let id = match self.by_out.get(&key) {
+            Some(&id) => id,
+            None => self.create(key, src_mac)?,
+        };
+        let c = self.conns[id as usize].as_mut().expect("indexed");
+        c.last = now;
+        if p.proto == PROTO_TCP {
+            Self::tcp_track(c, b[p.l4 + 13], true);
+        }
+        let nport = c.nport;
+        let ext = self.cfg.external.octets();
+        rewrite(b, &p, ext, true, nport);
+        Ok(())
+    }
+
+    fn create(&mut self, key: OutKey, mac: [u8; 6]) -> Result<u32, NatDrop> {
+        if self.by_out.len() >= self.cfg.max_conns {
+            return Err(NatDrop::TableFull);
+        }
+        let nport = self
+            .alloc_port(key.proto, key.sport)
+            .ok_or(NatDrop::PortsExhausted)?;
+        let c = Conn {
+            out: key,
+            nport,
+            mac,
+            last: 0,
+            tcp: TcpState::SynSent,
+            fin_out: false,
+            fin_in: false,
+            replied: false,
+        };
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.conns[i as usize] = Some(c);
+                i
+            }
+            None => {
+                self.conns.push(Some(c));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.by_out.insert(key, id);
+        self.by_in.insert(
+            InKey {
+                proto: key.proto,
+                remote: key.dst,
+                rport: key.dport,
+                nport,
+            },
+            id,
+        );
+        self.used[pidx(key.proto)].insert(nport, id);
+        self.stats.created += 1;
+        Ok(id)
+    }
+
+    /// Translates a frame arriving for the external address back to the
+    /// inside host it belongs to. The caller sets the Ethernet addresses.
+    pub fn inbound(&mut self, b: &mut [u8], now: u64) -> Result<Inside, NatDrop> {
+        let r = self.inbound_inner(b, now);
+        match r {
+            Ok(_) => self.stats.translated_in += 1,
+            Err(d) => self.stats.count(d),
+        }
+        r
+    }
+
+    fn inbound_inner(&mut self, b: &mut [u8], now: u64) -> Result<Inside, NatDrop> {
+        let p = parse(b)?;
+        if ip4(b, IP + 16) != self.cfg.external.octets() {
+            return Err(NatDrop::NoConnection);
+        }
+        let remote: Ipv4Addr = ip4(b, IP + 12).into();
+        let (rport, nport) = match p.proto {
+            PROTO_TCP | PROTO_UDP if p.l4_len >= 8 => (rd16(b, p.l4), rd16(b, p.l4 + 2)),
+            PROTO_ICMP if p.l4_len >= 8 && b[p.l4] == 0 => (0, rd16(b, p.l4 + 4)),
+            PROTO_ICMP if p.l4_len >= 8 && matches!(b[p.l4], 3 | 11 | 12) => {
+                return self.icmp_error_in(b, &p, now);
+            }
+            _ => return Err(NatDrop::Unsupported),
+        };
+        if p.proto == PROTO_TCP && p.l4_len < 20 {
+            return Err(NatDrop::Unsupported);
+        }
+        let key = InKey {
+            proto: p.proto,
+            remote,
+            rport,
+            nport,
+        };
+        let &id = self.by_in.get(&key).ok_or(NatDrop::NoConnection)?;
+        let c = self.conns[id as usize].as_mut().expect("indexed");
+        c.last = now;
+        c.replied = true;
+        if p.proto == PROTO_TCP {
+            Self::tcp_track(c, b[p.l4 + 13], false);
+        }
+        let (inside, sport, net, mac) = (c.out.src.octets(), c.out.sport, c.out.net, c.mac);
+        rewrite(b, &p, inside, false, sport);
+        Ok(Inside { net, mac })
+    }
+
+    /// An ICMP error about a packet we sent out: map the embedded header
+    /// back, then the outer destination.
+    fn icmp_error_in(&mut self, b: &mut [u8], p: &Parsed, now: u64) -> Result<Inside, NatDrop> {
+        let e = p.l4 + 8; // embedded IP header
+        let end = p.l4 + p.l4_len;
+        if end < e + 20 || b[e] >> 4 != 4 {
+            return Err(NatDrop::Unsupported);
+        }
+        let eihl = (b[e] & 0xf) as usize * 4;
+        let el4 = e + eihl;
+        if eihl < 20 || end < el4 + 8 || ip4(b, e + 12) != self.cfg.external.octets() {
+            return Err(NatDrop::Unsupported);
+        }
+        let eproto = b[e + 9];
+        let remote: Ipv4Addr = ip4(b, e + 16).into();
+        let (rport, nport) = match eproto {
+            PROTO_TCP | PROTO_UDP => (rd16(b, el4 + 2), rd16(b, el4)),
+            PROTO_ICMP if b[el4] == 8 => (0, rd16(b, el4 + 4)),
+            _ => return Err(NatDrop::Unsupported),
+        };
+        let key = InKey {
+            proto: eproto,
+            remote,
+            rport,
+            nport,
+        };
+        let &id = self.by_in.get(&key).ok_or(NatDrop::NoConnection)?;
+        let c = self.conns[id as usize].as_mut().expect("indexed");
+        c.last = now;
+        let inside = c.out.src.octets();
+        let (sport, net, mac) = (c.out.sport, c.out.net, c.mac);
+        // embedded: source address and port back to the inside ones
+        let old = ip4(b, e + 12);
+        b[e + 12..e + 16].copy_from_slice(&inside);
+        let ec = csum::update32(rd16(b, e + 10), old, inside);
+        wr16(b, e + 10, ec);
+        match eproto {
+            PROTO_TCP | PROTO_UDP => wr16(b, el4, sport),
+            _ => wr16(b, el4 + 4, sport),
+        }
+        // outer destination
+        let old = ip4(b, IP + 16);
+        b[IP + 16..IP + 20].copy_from_slice(&inside);
+        let hc = csum::update32(rd16(b, IP + 10), old, inside);
+        wr16(b, IP + 10, hc);
+        // the ICMP checksum covers the embedded packet: recompute (small)
+        wr16(b, p.l4 + 2, 0);
+        let ic = csum::checksum(&b[p.l4..end]);
+        wr16(b, p.l4 + 2, ic);
+        self.stats.icmp_errors_in += 1;
+        Ok(Inside { net, mac })
+    }
+
+    /// Drops idle connections; returns how many.
+    pub fn expire(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        for i in 0..self.conns.len() {
+            let dead = match &self.conns[i] {
+                Some(c) => now.saturating_sub(c.last) > self.timeout(c),
+                None => false,
+            };
+            if dead {
+                let c = self.conns[i].take().expect("checked");
+                self.by_out.remove(&c.out);
+                self.by_in.remove(&InKey {
+                    proto: c.out.proto,
+                    remote: c.out.dst,
+                    rport: c.out.dport,
+                    nport: c.nport,
+                });
+                self.used[pidx(c.out.proto)].remove(&c.nport);
+                self.free.push(i as u32);
+                n += 1;
+            }
+        }
+        self.stats.expired += n as u64;
+        n
+    }
+
+    /// The connection table, for inspection.
+    pub fn entries(&self, now: u64) -> Vec<ConnInfo> {
+        let ext = self.cfg.external;
+        self.conns
+            .iter()
+            .flatten()
+            .map(|c| {
+                let idle = now.saturating_sub(c.last);
+                let proto = match c.out.proto {
+                    PROTO_TCP => "tcp",
+                    PROTO_UDP => "udp",
+                    _ => "icmp",
+                };
+                let state = match c.out.proto {
+                    PROTO_TCP => format!("{:?}", c.tcp).to_lowercase(),
+                    _ if c.replied => "replied".into(),
+                    _ => "unreplied".into(),
+                };
+                ConnInfo {
+                    proto: proto.into(),
+                    net: c.out.net,
+                    inside: format!("{}:{}", c.out.src, c.out.sport),
+                    outside: format!("{ext}:{}", c.nport),
+                    remote: format!("{}:{}", c.out.dst, c.out.dport),
+                    state,
+                    idle_ms: idle,
+                    expires_in_ms: self.timeout(c).saturating_sub(idle),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Rewrites the source (outbound) or destination (inbound) address and
+/// port/identifier, fixing the IP header checksum and the L4 checksum
+/// (partial or full).
+fn rewrite(b: &mut [u8], p: &Parsed, addr: [u8; 4], source: bool, port: u16) {
+    let ao = if source { IP + 12 } else { IP + 16 };
+    let old = ip4(b, ao);
+    b[ao..ao + 4].copy_from_slice(&addr);
+    let hc = csum::update32(rd16(b, IP + 10), old, addr);
+    wr16(b, IP + 10, hc);
+    let partial = b[0] & F_NEEDS_CSUM != 0;
+    match p.proto {
+        PROTO_TCP | PROTO_UDP => {
+            let po = if source { p.l4 } else { p.l4 + 2 };
+            let old_port = rd16(b, po);
+            wr16(b, po, port);
+            let co = p.l4 + if p.proto == PROTO_TCP { 16 } else { 6 };
+            let c = rd16(b, co);
+            if p.proto == PROTO_UDP && c == 0 && !partial {
+                return; // UDP without a checksum
+            }
+            let c = if partial {
+                // only the pseudo-header is summed yet: the port is not
+                csum::partial_update32(c, old, addr)
+            } else {
+                let c = csum::update32(c, old, addr);
+                let c = csum::update16(c, old_port, port);
+                if p.proto == PROTO_UDP && c == 0 {
+                    0xffff
+                } else {
+                    c
+                }
+            };
+            wr16(b, co, c);
+        }
+        PROTO_ICMP => {
+            let io = p.l4 + 4;
+            let old_id = rd16(b, io);
+            wr16(b, io, port);
+            let c = csum::update16(rd16(b, p.l4 + 2), old_id, port);
+            wr16(b, p.l4 + 2, c);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use super::*;
+
+const C: [u8; 4] = [10, 88, 0, 2];
+const R: [u8; 4] = [198, 51, 100, 7];
+const EXT: [u8; 4] = [192, 0, 2, 2];
+const MAC: [u8; 6] = [2, 0x42, 10, 88, 0, 2];
+
+/// vnet + Ethernet + IPv4 + L4 (`l4` bytes, checksums complete).
+fn frame(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; VNET];
+    b.extend_from_slice(&[0xaa; 12]);
+    b.extend_from_slice(&[8, 0]);
+    let total = 20 + l4.len();
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        proto,
+        0,
+        0,
+    ];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    b.extend_from_slice(&ip);
+    b.extend_from_slice(l4);
+    fix_l4(&mut b);
+    b
+}
+
+fn pseudo_sum(b: &[u8]) -> u32 {
+    let proto = b[IP + 9];
+    let len = (rd16(b, IP + 2) as usize - 20) as u16;
+    let mut ph = Vec::new();
+    ph.extend_from_slice(&b[IP + 12..IP + 20]);
+    ph.extend_from_slice(&[0, proto]);
+    ph.extend_from_slice(&len.to_be_bytes());
+    csum::sum(&ph)
+}
+
+/// Recomputes the L4 checksum from scratch.
+fn fix_l4(b: &mut [u8]) {
+    let proto = b[IP + 9];
+    let l4 = IP + 20;
+    match proto {
+        PROTO_TCP | PROTO_UDP => {
+            let co = l4 + if proto == PROTO_TCP { 16 } else { 6 };
+            wr16(b, co, 0);
+            let s = pseudo_sum(b) + csum::sum(&b[l4..]);
+            let mut s = s;
+            while s >> 16 != 0 {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            wr16(b, co, !(s as u16));
+        }
+        PROTO_ICMP => {
+            wr16(b, l4 + 2, 0);
+            let c = csum::checksum(&b[l4..]);
+            wr16(b, l4 + 2, c);
+        }
+        _ => {}
+    }
+}
+
+/// Asserts every checksum of the frame is right.
+fn valid(b: &[u8]) {
+    assert_eq!(csum::checksum(&b[IP..IP + 20]), 0, "IP header checksum");
+    let mut c = b.to_vec();
+    let proto = b[IP + 9];
+    let co = IP
+        + 20
+        + if proto == PROTO_TCP {
+            16
+        } else if proto == PROTO_UDP {
+            6
+        } else {
+            2
+        };
+    fix_l4(&mut c);
+    let (x, y) = (rd16(b, co), rd16(&c, co));
+    assert!(
+        x == y || (x == 0xffff && y == 0) || (x == 0 && y == 0xffff),
+        "L4 checksum {x:#x} != {y:#x}"
+    );
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    wr16(&mut t, 0, sport);
+    wr16(&mut t, 2, dport);
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t.extend_from_slice(b"hello, world");
+    t
+}
+
+fn nat() -> Nat {
+    Nat::new(NatConfig::new(EXT.into()))
+}
+
+#[test]
+fn tcp_round_trip_with_full_checksums() {
+    let mut n = nat();
+    let mut b = frame(C, R, PROTO_TCP, &tcp(40000, 80, 2));
+    n.outbound(1, MAC, &mut b, 0).unwrap();
+    assert_eq!(ip4(&b, IP + 12), EXT);
+    assert_eq!(rd16(&b, IP + 20), 40000, "inside port kept when free");
+    valid(&b);
+    let mut r = frame(R, EXT, PROTO_TCP, &tcp(80, 40000, 0x12));
+    let inside = n.inbound(&mut r, 1).unwrap();
+    assert_eq!(inside, Inside { net: 1, mac: MAC });
+    assert_eq!(ip4(&r, IP + 16), C);
+    assert_eq!(rd16(&r, IP + 22), 40000);
+    valid(&r);
+    assert_eq!(n.entries(1)[0].state, "established");
+    // a second inside host with the same port gets another outside port
+    let mut b2 = frame([10, 88, 0, 3], R, PROTO_TCP, &tcp(40000, 80, 2));
+    n.outbound(1, MAC, &mut b2, 2).unwrap();
+    assert_ne!(rd16(&b2, IP + 20), 40000);
+    valid(&b2);
+}
+
+#[test]
+fn partial_checksums_stay_partial_and_right() {
+    let mut n = nat();
+    let mut b = frame(C, R, PROTO_TCP, &tcp(40001, 443, 0x18));
+    // as an offloaded frame: NEEDS_CSUM, the field holds the pseudo sum
+    b[0] = F_NEEDS_CSUM;
+    let ps = {
+        let mut s = pseudo_sum(&b);
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    };
+    wr16(&mut b, IP + 20 + 16, ps);
+    n.outbound(1, MAC, &mut b, 0).unwrap();
+    let mut want = pseudo_sum(&b);
+    while want >> 16 != 0 {
+        want = (want & 0xffff) + (want >> 16);
+    }
+    assert_eq!(
+        rd16(&b, IP + 20 + 16),
+        want as u16,
+        "pseudo-header sum for the new address"
+    );
+}
+
+#[test]
+fn udp_icmp_echo_and_errors() {
+    let mut n = nat();
+    let mut u = vec![0u8; 8];
+    wr16(&mut u, 0, 5353);
+    wr16(&mut u, 2, 53);
+    u.extend_from_slice(b"query");
+    wr16(&mut u, 4, 13);
+    let mut b = frame(C, R, PROTO_UDP, &u);
+    n.outbound(2, MAC, &mut b, 0).unwrap();
+    valid(&b);
+    let nport = rd16(&b, IP + 20);
+    // port unreachable from the remote, quoting our packet
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&b[IP..]);
+    let mut e = frame(R, EXT, PROTO_ICMP, &icmp);
+    let inside = n.inbound(&mut e, 1).unwrap();
+    assert_eq!(inside.net, 2);
+    assert_eq!(ip4(&e, IP + 16), C);
+    let emb = IP + 28;
+    assert_eq!(ip4(&e, emb + 12), C, "embedded source mapped back");
+    assert_eq!(rd16(&e, emb + 20), 5353);
+    assert_eq!(
+        csum::checksum(&e[emb..emb + 20]),
+        0,
+        "embedded header checksum"
+    );
+    valid(&e);
+    assert_eq!(n.stats.icmp_errors_in, 1);
+    let _ = nport;
+    // ping: identifier translated both ways
+    let mut p = frame(C, R, PROTO_ICMP, &[8, 0, 0, 0, 0x12, 0x34, 0, 1, 1, 2, 3]);
+    n.outbound(2, MAC, &mut p, 0).unwrap();
+    valid(&p);
+    let id = rd16(&p, IP + 24);
+    let mut rep = frame(
+        R,
+        EXT,
+        PROTO_ICMP,
+        &[0, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1, 1, 2, 3],
+    );
+    n.inbound(&mut rep, 1).unwrap();
+    assert_eq!(rd16(&rep, IP + 24), 0x1234);
+    valid(&rep);
+}
+
+#[test]
+fn unsolicited_fragments_exhaustion_expiry() {
+    let mut n = Nat::new(NatConfig {
+        ports: (50000, 50001),
+        ..NatConfig::new(EXT.into())
+    });
+    let mut r = frame(R, EXT, PROTO_TCP, &tcp(80, 50000, 2));
+    assert_eq!(n.inbound(&mut r, 0), Err(NatDrop::NoConnection));
+    let mut f = frame(C, R, PROTO_UDP, &[0; 16]);
+    f[IP + 6] = 0x20; // MF
+    assert_eq!(n.outbound(1, MAC, &mut f, 0), Err(NatDrop::Fragment));
+    for (i, sport) in [1000u16, 1001].into_iter().enumerate() {
+        let mut b = frame(C, R, PROTO_TCP, &tcp(sport, 80, 2));
+        n.outbound(1, MAC, &mut b, i as u64).unwrap();
+    }
+    let mut b = frame(C, R, PROTO_TCP, &tcp(1002, 80, 2));
+    assert_eq!(n.outbound(1, MAC, &mut b, 2), Err(NatDrop::PortsExhausted));
+    assert_eq!(n.stats.ports_exhausted, 1);
+    // SYN_SENT times out after 120 s; then the port is free again
+    assert_eq!(n.expire(60_000), 0);
+    assert_eq!(n.expire(200_000), 2);
+    assert!(n.is_empty());
+    let mut b = frame(C, R, PROTO_TCP, &tcp(1002, 80, 2));
+    n.outbound(1, MAC, &mut b, 200_001).unwrap();
+    // garbage never panics
+    for len in 0..80 {
+        let mut g = vec![0x45u8; len];
+        let _ = n.outbound(1, MAC, &mut g, 0);
+        let _ = n.inbound(&mut g, 0);
+    }
+}
