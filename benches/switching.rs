@@ -26,6 +26,8 @@ fn setup(ports: u32, hosts: u32, bcast_every: usize) -> Setup {
         NetConfig {
             gateway_ip: "10.88.0.1".parse().unwrap(),
             gateway_mac: Mac([2, 0x42, 10, 88, 0, 1]),
+            prefix: 24,
+            routed: false,
         },
     );
     let ids: Vec<u32> = (0..ports).map(|_| sw.add_port(0, 1500)).collect();

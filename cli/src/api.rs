@@ -18,6 +18,9 @@ pub struct CreateNetwork {
     /// Resolve container names (default: yes).
     #[serde(default)]
     pub dns_names: Option<bool>,
+    /// No routing beyond the network.
+    #[serde(default)]
+    pub internal: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -67,6 +70,9 @@ pub struct NetworkSummary {
     pub endpoints: usize,
     /// Containers resolve each other's names.
     pub dns_names: bool,
+    /// No routing beyond the network.
+    #[serde(default)]
+    pub internal: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

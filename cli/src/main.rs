@@ -55,6 +55,19 @@ enum Cmd {
     },
     /// Rename a container (its DNS name changes at once).
     Rename { old: String, new: String },
+    /// Show the NAT: uplink, counters, connection table.
+    #[command(subcommand)]
+    Nat(NatCmd),
+}
+
+#[derive(Subcommand)]
+enum NatCmd {
+    /// The uplink, the NAT counters and every connection.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 #[derive(Args)]
@@ -87,6 +100,25 @@ struct DaemonArgs {
     /// as in Docker).
     #[arg(long)]
     bridge_dns_names: bool,
+    /// Host interface for outbound NAT (root mode): tapnet sends and
+    /// receives on it with a packet socket, as --uplink-ip.
+    #[arg(long, requires_all = ["uplink_ip", "uplink_gateway"])]
+    uplink: Option<String>,
+    /// The address (CIDR) tapnet owns on the uplink; containers are
+    /// masqueraded to it. Not configured on the interface in the kernel.
+    #[arg(long, requires = "uplink")]
+    uplink_ip: Option<String>,
+    /// The next hop for everything outside the uplink's subnet.
+    #[arg(long, requires = "uplink")]
+    uplink_gateway: Option<std::net::Ipv4Addr>,
+    /// Ports (and ICMP identifiers) the NAT hands out.
+    #[arg(long, default_value = "32768-60999")]
+    nat_ports: String,
+    /// An idle timeout of NAT connections, KIND=SECONDS (repeatable); kinds:
+    /// tcp_syn (120), tcp_established (7440), tcp_closing (120), tcp_rst
+    /// (10), udp (30), udp_stream (120), icmp (30).
+    #[arg(long, value_name = "KIND=SECS")]
+    nat_timeout: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -118,6 +150,9 @@ enum NetCmd {
         /// Do not resolve container names on this network.
         #[arg(long)]
         no_dns_names: bool,
+        /// No routing beyond the network: no outbound NAT, no published ports.
+        #[arg(long)]
+        internal: bool,
     },
     /// List networks.
     #[command(alias = "list")]
@@ -187,6 +222,48 @@ struct RunCli {
     cmd: Vec<String>,
 }
 
+fn uplink_args(a: &DaemonArgs) -> Result<Option<daemon::UplinkArgs>> {
+    let Some(iface) = &a.uplink else {
+        return Ok(None);
+    };
+    let ip_s = a.uplink_ip.as_deref().unwrap_or_default();
+    let ip: ipnet::Ipv4Net = ip_s.parse().map_err(|_| {
+        anyhow::anyhow!("invalid --uplink-ip {ip_s:?}: expected an IPv4 CIDR like 192.0.2.2/24")
+    })?;
+    let (lo, hi) = a
+        .nat_ports
+        .split_once('-')
+        .and_then(|(l, h)| Some((l.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
+        .filter(|(l, h)| l <= h && *l > 0)
+        .ok_or_else(|| {
+            anyhow::anyhow!("invalid --nat-ports {:?}: expected LOW-HIGH", a.nat_ports)
+        })?;
+    let mut t = nat::Timeouts::default();
+    for kv in &a.nat_timeout {
+        let bad = || anyhow::anyhow!("invalid --nat-timeout {kv:?}: expected KIND=SECONDS");
+        let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+        let ms = v.parse::<u64>().map_err(|_| bad())? * 1000;
+        let slot = match k {
+            "tcp_syn" => &mut t.tcp_syn,
+            "tcp_established" => &mut t.tcp_established,
+            "tcp_closing" => &mut t.tcp_closing,
+            "tcp_rst" => &mut t.tcp_rst,
+            "udp" => &mut t.udp,
+            "udp_stream" => &mut t.udp_stream,
+            "icmp" => &mut t.icmp,
+            _ => anyhow::bail!("unknown NAT timeout kind {k:?}"),
+        };
+        *slot = ms;
+    }
+    Ok(Some(daemon::UplinkArgs {
+        iface: iface.clone(),
+        ip,
+        gateway: a.uplink_gateway.expect("clap requires it"),
+        ports: (lo, hi),
+        timeouts: t,
+    }))
+}
+
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -228,6 +305,7 @@ fn real_main(cli: Cli) -> Result<i32> {
     let c = Client::new(&cli.socket);
     match cli.cmd {
         Cmd::Daemon(a) => {
+            let uplink = uplink_args(&a)?;
             daemon::server::run(daemon::DaemonConfig {
                 socket: cli.socket,
                 state_dir: a.state_dir,
@@ -238,6 +316,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 busy_poll_us: a.busy_poll_us,
                 dns: a.dns,
                 bridge_dns_names: a.bridge_dns_names,
+                uplink,
             })?;
         }
         Cmd::Network(n) => network(&c, n)?,
@@ -296,6 +375,61 @@ fn real_main(cli: Cli) -> Result<i32> {
                 println!("{n}");
             }
         }
+        Cmd::Nat(NatCmd::Ls { format }) => {
+            let v: serde_json::Value = c.get("/nat")?;
+            if format == Format::Json {
+                json_out(&v)?;
+            } else if v["uplink"].is_null() {
+                println!("no uplink (start the daemon with --uplink IFACE --uplink-ip CIDR --uplink-gateway IP)");
+            } else {
+                let u = &v["uplink"];
+                println!(
+                    "uplink {} {} ({}) via {} ({})",
+                    u["name"].as_str().unwrap_or(""),
+                    u["ip"].as_str().unwrap_or(""),
+                    u["mac"].as_str().unwrap_or(""),
+                    u["gateway"].as_str().unwrap_or(""),
+                    u["gateway_mac"].as_str().unwrap_or("unresolved")
+                );
+                println!("counters {}", u["nat"]);
+                let rows = u["connections"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| {
+                                [
+                                    "proto",
+                                    "network",
+                                    "inside",
+                                    "outside",
+                                    "remote",
+                                    "state",
+                                    "expires_in_ms",
+                                ]
+                                .iter()
+                                .map(|k| match &c[*k] {
+                                    serde_json::Value::String(s) => s.clone(),
+                                    x => x.to_string(),
+                                })
+                                .collect()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                print_table(
+                    &[
+                        "PROTO",
+                        "NETWORK",
+                        "INSIDE",
+                        "OUTSIDE",
+                        "REMOTE",
+                        "STATE",
+                        "EXPIRES_MS",
+                    ],
+                    rows,
+                );
+            }
+        }
         Cmd::Rename { old, new } => {
             c.call::<serde_json::Value>(
                 "POST",
@@ -317,6 +451,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
             mtu,
             dns,
             no_dns_names,
+            internal,
         } => {
             let s: NetworkSummary = c.call(
                 "POST",
@@ -329,6 +464,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     mtu,
                     dns,
                     dns_names: Some(!no_dns_names),
+                    internal,
                 }),
             )?;
             println!("{}", s.id);

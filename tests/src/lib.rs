@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The server address in the "internet" namespace of [`Env::with_uplink`].
+pub const INET_IP: &str = "203.0.113.1";
+/// The address containers are masqueraded to there.
+pub const UPLINK_IP: &str = "203.0.113.2";
+
 /// Path of the `tapnet` binary: `$TAPNET_BIN`, or the one cargo built next
 /// to this test binary (`target/<profile>/tapnet`).
 pub fn tapnet_bin() -> PathBuf {
@@ -91,6 +96,23 @@ impl Env {
     /// A fresh daemon with its own socket, state directory and namespace
     /// prefix. `None` when the test is skipped (see [`can_run`]).
     pub fn new(test: &str, daemon_args: &[&str]) -> Option<Env> {
+        Self::build(test, daemon_args, false)
+    }
+
+    /// Like [`Env::new`], with "the internet": a namespace `tn_<id>_inet`
+    /// (inet0, 203.0.113.1/24) reachable only through the veth `up0` in the
+    /// daemon's namespace, which the daemon uses as its uplink with
+    /// 203.0.113.2/24. See [`INET_IP`], [`UPLINK_IP`].
+    pub fn with_uplink(test: &str, daemon_args: &[&str]) -> Option<Env> {
+        Self::build(test, daemon_args, true)
+    }
+
+    /// The "internet" namespace of [`Env::with_uplink`].
+    pub fn inet_ns(&self) -> String {
+        format!("{}inet", self.prefix)
+    }
+
+    fn build(test: &str, daemon_args: &[&str], uplink: bool) -> Option<Env> {
         if !can_run(test) {
             return None;
         }
@@ -109,6 +131,37 @@ impl Env {
         let host_ns = format!("{prefix}host");
         run_ok(Command::new("ip").args(["netns", "add", &host_ns]));
         run_ok(Command::new("ip").args(["-n", &host_ns, "link", "set", "lo", "up"]));
+        let mut daemon_args: Vec<String> = daemon_args.iter().map(|s| s.to_string()).collect();
+        if uplink {
+            let inet = format!("{prefix}inet");
+            run_ok(Command::new("ip").args(["netns", "add", &inet]));
+            run_ok(Command::new("ip").args(["-n", &inet, "link", "set", "lo", "up"]));
+            run_ok(Command::new("ip").args([
+                "-n", &host_ns, "link", "add", "up0", "type", "veth", "peer", "name", "inet0",
+                "netns", &inet,
+            ]));
+            run_ok(Command::new("ip").args(["-n", &host_ns, "link", "set", "up0", "up"]));
+            run_ok(Command::new("ip").args([
+                "-n",
+                &inet,
+                "addr",
+                "add",
+                "203.0.113.1/24",
+                "dev",
+                "inet0",
+            ]));
+            run_ok(Command::new("ip").args(["-n", &inet, "link", "set", "inet0", "up"]));
+            for a in [
+                "--uplink",
+                "up0",
+                "--uplink-ip",
+                "203.0.113.2/24",
+                "--uplink-gateway",
+                INET_IP,
+            ] {
+                daemon_args.push(a.to_string());
+            }
+        }
         let mut env = Env {
             host_ns,
             sock: dir.join("tapnet.sock"),
@@ -116,7 +169,7 @@ impl Env {
             prefix,
             dir,
             bin: tapnet_bin(),
-            daemon_args: daemon_args.iter().map(|s| s.to_string()).collect(),
+            daemon_args,
             daemon: None,
             bg: Vec::new(),
         };

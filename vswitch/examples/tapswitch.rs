@@ -11,6 +11,8 @@ fn main() {
         NetConfig {
             gateway_ip: "10.99.0.1".parse().unwrap(),
             gateway_mac: Mac([2, 0x42, 10, 99, 0, 1]),
+            prefix: 24,
+            routed: false,
         },
     )
     .unwrap();

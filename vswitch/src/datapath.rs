@@ -30,6 +30,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -132,6 +133,7 @@ pub struct Snapshot {
     pub aging_ms: u64,
     /// "multishot" (buffer ring) or "single" (one plain read per port).
     pub read_mode: &'static str,
+    pub uplink: Option<UplinkSnapshot>,
 }
 
 enum Cmd {
@@ -152,7 +154,37 @@ enum Cmd {
     Snapshot(mpsc::SyncSender<Snapshot>),
     SetAging(Duration),
     Inject(NetIdx, Vec<Vec<u8>>),
+    SetUplink(Box<UplinkConfig>, PortId),
     Shutdown,
+}
+
+/// The uplink: a packet socket (`AF_PACKET`, `PACKET_VNET_HDR`) on a host
+/// interface and the address tapnet owns there; routed frames leave
+/// through it masqueraded to that address.
+pub struct UplinkConfig {
+    pub name: String,
+    pub fd: OwnedFd,
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub nat: nat::NatConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UplinkSnapshot {
+    pub name: String,
+    pub port: PortId,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub gateway: Ipv4Addr,
+    /// The gateway's MAC, once ARP found it.
+    pub gateway_mac: Option<Mac>,
+    pub nat: nat::NatStats,
+    pub connections: Vec<nat::ConnInfo>,
+    /// Routed frames dropped because the next hop's MAC is unknown.
+    pub no_neighbor: u64,
 }
 
 /// See [`Datapath::injector`].
@@ -305,6 +337,13 @@ impl Datapath {
         self.injector().inject(net, frames)
     }
 
+    /// Sets the uplink (once): routed frames are masqueraded out of it.
+    pub fn set_uplink(&self, u: UplinkConfig) -> Result<PortId, DatapathError> {
+        let id = self.next_port.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::SetUplink(Box::new(u), id))?;
+        Ok(id)
+    }
+
     /// A handle that can only inject frames, for services behind the
     /// gateway (it does not keep the datapath alive).
     pub fn injector(&self) -> Injector {
@@ -426,6 +465,57 @@ struct State {
     /// Injected frames in flight: (frame, writes outstanding).
     injects: Vec<Option<(Vec<u8>, u32)>>,
     inject_free: Vec<usize>,
+    uplink: Option<Uplink>,
+}
+
+/// The NAT pseudo-network the uplink port sits in (no flooding, no MACs).
+const UPLINK_NET: NetIdx = NetIdx::MAX;
+
+struct Uplink {
+    slot: PortIdx,
+    name: String,
+    mac: Mac,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    nat: nat::Nat,
+    /// IP -> (MAC, learned at ms).
+    arp: FxHashMap<Ipv4Addr, (Mac, u64)>,
+    last_arp_request: u64,
+    no_neighbor: u64,
+}
+
+impl Uplink {
+    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        let m = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix.min(32))
+        };
+        u32::from(ip) & m == u32::from(self.ip) & m
+    }
+
+    fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
+        if self.in_subnet(dst) {
+            dst
+        } else {
+            self.gateway
+        }
+    }
+
+    /// An ARP request for `ip` from the uplink address.
+    fn arp_request(&self, ip: Ipv4Addr) -> Vec<u8> {
+        let mut f = vec![0u8; VNET_HDR_LEN];
+        f.extend_from_slice(&[0xff; 6]);
+        f.extend_from_slice(&self.mac.0);
+        f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&self.mac.0);
+        f.extend_from_slice(&self.ip.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&ip.octets());
+        f.resize(VNET_HDR_LEN + 60, 0);
+        f
+    }
 }
 
 fn now_ms() -> u64 {
@@ -469,6 +559,7 @@ impl Worker {
                 sqes: Vec::with_capacity(4096),
                 injects: Vec::new(),
                 inject_free: Vec::new(),
+                uplink: None,
             },
         }
     }
@@ -698,6 +789,7 @@ impl State {
                 if now.saturating_sub(self.last_age) >= 1000 {
                     self.sw.table.age(now);
                     self.last_age = now;
+                    self.uplink_tick(now);
                 }
                 if !self.exiting {
                     self.post_tick();
@@ -759,6 +851,10 @@ impl State {
         let b = buf.expect("checked");
         // keep the port reading while this frame is switched
         self.arm(slot);
+        if self.uplink.as_ref().is_some_and(|u| u.slot == slot) {
+            self.uplink_rx(slot, b, res as usize, now);
+            return;
+        }
         let p = self.ports[slot as usize].as_mut().expect("checked");
         let len = res as usize;
         p.lens[b] = len as u32;
@@ -804,6 +900,7 @@ impl State {
                         }
                         self.recycle(slot, b);
                     }
+                    Ok(router::GwAction::Route) => self.route_out(slot, net, b, len, now),
                     Ok(router::GwAction::Reply(n)) => {
                         p.lens[b] = n as u32;
                         if let Some(sp) = self.sw.port_mut(slot) {
@@ -894,6 +991,216 @@ impl State {
         }
     }
 
+    /// Writes an owned frame (vnet header + Ethernet) to port `t`.
+    fn send_owned(&mut self, t: PortIdx, frame: Vec<u8>) {
+        let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
+            return;
+        };
+        if d.state != PortState::Up {
+            return;
+        }
+        let idx = self.inject_free.pop().unwrap_or_else(|| {
+            self.injects.push(None);
+            self.injects.len() - 1
+        });
+        d.inflight += 1;
+        let e = opcode::Write::new(
+            types::Fd(d.fd.as_raw_fd()),
+            frame.as_ptr(),
+            frame.len() as u32,
+        )
+        .build()
+        .user_data(ud(K_INJECT, t, 0, idx));
+        self.sqes.push(e);
+        self.injects[idx] = Some((frame, 1));
+    }
+
+    fn set_uplink(&mut self, u: UplinkConfig, id: PortId) {
+        if self.uplink.is_some() {
+            return;
+        }
+        let slot = self.add_io_port(id, u.name.clone(), UPLINK_NET, u.mtu, u.fd);
+        self.uplink = Some(Uplink {
+            slot,
+            name: u.name,
+            mac: u.mac,
+            ip: u.ip,
+            prefix: u.prefix,
+            gateway: u.gateway,
+            nat: nat::Nat::new(u.nat),
+            arp: FxHashMap::default(),
+            last_arp_request: 0,
+            no_neighbor: 0,
+        });
+        self.uplink_tick(now_ms());
+    }
+
+    /// Once a second: expire NAT entries, keep the gateway's MAC fresh.
+    fn uplink_tick(&mut self, now: u64) {
+        let Some(u) = self.uplink.as_mut() else {
+            return;
+        };
+        u.nat.expire(now);
+        u.arp.retain(|_, (_, t)| now.saturating_sub(*t) < 300_000);
+        let stale = u
+            .arp
+            .get(&u.gateway)
+            .is_none_or(|(_, t)| now.saturating_sub(*t) > 60_000);
+        if stale {
+            let (slot, f) = (u.slot, u.arp_request(u.gateway));
+            u.last_arp_request = now;
+            self.send_owned(slot, f);
+        }
+    }
+
+    /// A routed frame from network `net` (in `slot`'s buffer `b`): NAT it
+    /// and send it out of the uplink, or answer with an ICMP error.
+    fn route_out(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize, now: u64) {
+        let base = b * BUF_SIZE;
+        let cfg = self.sw.network(net).expect("decided on it").cfg;
+        const I: usize = VNET_HDR_LEN + 14;
+        let dst = {
+            let p = self.ports[slot as usize].as_ref().expect("checked");
+            let f = &p.bufs[base..base + len];
+            Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19])
+        };
+        // other tapnet networks are never reachable from here
+        if self.sw.networks().any(|(_, n)| n.cfg.contains(dst)) {
+            self.sw.count_drop(slot, DropReason::NoRoute);
+            self.recycle(slot, b);
+            return;
+        }
+        if self.uplink.is_none() || !cfg.routed {
+            // a router without a route: network unreachable
+            let p = self.ports[slot as usize].as_mut().expect("checked");
+            match router::icmp_error(&cfg, &mut p.bufs[base..base + BUF_SIZE], len, 3, 0) {
+                Ok(n) => {
+                    p.lens[b] = n as u32;
+                    self.sw.count_drop(slot, DropReason::NoRoute);
+                    if !self.post_write(slot, b, slot) {
+                        self.recycle(slot, b);
+                    }
+                }
+                Err(r) => {
+                    self.sw.count_drop(slot, r);
+                    self.recycle(slot, b);
+                }
+            }
+            return;
+        }
+        let u = self.uplink.as_mut().expect("checked");
+        let p = self.ports[slot as usize].as_mut().expect("checked");
+        let f = &mut p.bufs[base..base + len];
+        let src_mac: [u8; 6] = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
+            .try_into()
+            .expect("6");
+        if u.nat.outbound(net, src_mac, f, now).is_err() {
+            self.sw.count_drop(slot, DropReason::NatFailed);
+            self.recycle(slot, b);
+            return;
+        }
+        let hop = u.next_hop(dst);
+        let Some(&(mac, _)) = u.arp.get(&hop) else {
+            u.no_neighbor += 1;
+            let up = u.slot;
+            let req = (now.saturating_sub(u.last_arp_request) >= 100).then(|| {
+                u.last_arp_request = now;
+                u.arp_request(hop)
+            });
+            self.sw.count_drop(slot, DropReason::NoRoute);
+            self.recycle(slot, b);
+            if let Some(f) = req {
+                self.send_owned(up, f);
+            }
+            return;
+        };
+        f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac.0);
+        f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&u.mac.0);
+        let up = u.slot;
+        if !self.post_write(slot, b, up) {
+            self.recycle(slot, b);
+        }
+    }
+
+    /// A frame from the uplink: ARP for our address, or an answer to
+    /// translate back to the container it belongs to.
+    fn uplink_rx(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
+        let base = b * BUF_SIZE;
+        if let Some(sp) = self.sw.port_mut(slot) {
+            sp.counters.rx_frames += 1;
+            sp.counters.rx_bytes += len.saturating_sub(VNET_HDR_LEN) as u64;
+        }
+        const E: usize = VNET_HDR_LEN;
+        if len < E + 14 + 20 {
+            self.recycle(slot, b);
+            return;
+        }
+        if let Some(p) = self.ports[slot as usize].as_mut() {
+            p.lens[b] = len as u32;
+        }
+        let u = self.uplink.as_mut().expect("checked");
+        let p = self.ports[slot as usize].as_mut().expect("checked");
+        let f = &mut p.bufs[base..base + len];
+        match [f[E + 12], f[E + 13]] {
+            [8, 6] if len >= E + 42 && f[E + 14..E + 20] == [0, 1, 8, 0, 6, 4] => {
+                const A: usize = E + 14;
+                let sha = Mac::from_slice(&f[A + 8..]);
+                let spa = Ipv4Addr::new(f[A + 14], f[A + 15], f[A + 16], f[A + 17]);
+                let tpa = Ipv4Addr::new(f[A + 24], f[A + 25], f[A + 26], f[A + 27]);
+                if !sha.is_multicast()
+                    && u.in_subnet(spa)
+                    && (tpa == u.ip || u.arp.contains_key(&spa))
+                {
+                    u.arp.insert(spa, (sha, now));
+                }
+                if f[A + 6..A + 8] == [0, 1] && tpa == u.ip {
+                    // who has our address: we do
+                    f[A + 7] = 2;
+                    f.copy_within(A + 8..A + 18, A + 18);
+                    f[A + 8..A + 14].copy_from_slice(&u.mac.0);
+                    f[A + 14..A + 18].copy_from_slice(&u.ip.octets());
+                    f[E..E + 6].copy_from_slice(&sha.0);
+                    f[E + 6..E + 12].copy_from_slice(&u.mac.0);
+                    if !self.post_write(slot, b, slot) {
+                        self.recycle(slot, b);
+                    }
+                    return;
+                }
+                self.recycle(slot, b);
+            }
+            [8, 0] if f[E + 14 + 16..E + 14 + 20] == u.ip.octets() => {
+                let Ok(inside) = u.nat.inbound(f, now) else {
+                    self.recycle(slot, b);
+                    return;
+                };
+                const I: usize = E + 14;
+                if f[I + 8] <= 1 {
+                    self.recycle(slot, b);
+                    return;
+                }
+                router::dec_ttl(f, I);
+                let dst_mac = Mac(inside.mac);
+                let Some(gw_mac) = self.sw.network(inside.net).map(|n| n.cfg.gateway_mac) else {
+                    self.recycle(slot, b);
+                    return;
+                };
+                let Some(dst) = self.sw.table.lookup(inside.net, &dst_mac, now) else {
+                    // the container is gone (or silent long enough to age out)
+                    self.recycle(slot, b);
+                    return;
+                };
+                let p = self.ports[slot as usize].as_mut().expect("checked");
+                let f = &mut p.bufs[base..base + len];
+                f[E..E + 6].copy_from_slice(&dst_mac.0);
+                f[E + 6..E + 12].copy_from_slice(&gw_mac.0);
+                if !self.post_write(slot, b, dst) {
+                    self.recycle(slot, b);
+                }
+            }
+            _ => self.recycle(slot, b),
+        }
+    }
+
     fn inject_done(&mut self, dst: PortIdx, idx: usize, res: i32) {
         if let Some(d) = self.ports[dst as usize].as_mut() {
             d.inflight -= 1;
@@ -960,6 +1267,63 @@ impl State {
         self.sqes.push(e);
     }
 
+    /// Adds a port (a TAP, or the uplink's packet socket) and starts reading.
+    fn add_io_port(
+        &mut self,
+        id: PortId,
+        name: String,
+        net: NetIdx,
+        mtu: u32,
+        fd: OwnedFd,
+    ) -> PortIdx {
+        let slot = self.sw.add_port(net, mtu);
+        let nb = self.cfg.bufs_per_port.clamp(1, 4096).next_power_of_two();
+        let mut ring = None;
+        if self.multishot {
+            match BufRing::new(nb as u16) {
+                Ok(r) => ring = Some(r),
+                Err(e) => eprintln!("tapnet datapath: port {name}: {e}"),
+            }
+        }
+        let mut port = IoPort {
+            id,
+            name,
+            fd,
+            bufs: vec![0u8; nb * BUF_SIZE].into_boxed_slice(),
+            lens: vec![0; nb].into_boxed_slice(),
+            refs: vec![0; nb].into_boxed_slice(),
+            ring,
+            free: Vec::new(),
+            in_use: 0,
+            armed: false,
+            inflight: 0,
+            state: PortState::Up,
+            delete_device: false,
+            done: Vec::new(),
+        };
+        if self.ports.len() <= slot as usize {
+            self.ports.resize_with(slot as usize + 1, || None);
+        }
+        match port.ring.as_mut() {
+            Some(r) => {
+                for b in 0..nb {
+                    let ptr = port.bufs[b * BUF_SIZE..].as_mut_ptr();
+                    r.push(ptr, BUF_SIZE as u32, b as u16);
+                }
+            }
+            None => port.free = (0..nb as u16).rev().collect(),
+        }
+        let registered_later = port.ring.is_some();
+        self.ports[slot as usize] = Some(port);
+        self.ids.insert(id, slot);
+        if registered_later {
+            self.to_register.push(slot);
+        } else {
+            self.arm(slot);
+        }
+        slot
+    }
+
     fn apply_commands(&mut self) {
         while let Ok(c) = self.rx.try_recv() {
             match c {
@@ -972,51 +1336,7 @@ impl State {
                     mtu,
                     fd,
                 } => {
-                    let slot = self.sw.add_port(net, mtu);
-                    let nb = self.cfg.bufs_per_port.clamp(1, 4096).next_power_of_two();
-                    let mut ring = None;
-                    if self.multishot {
-                        match BufRing::new(nb as u16) {
-                            Ok(r) => ring = Some(r),
-                            Err(e) => eprintln!("tapnet datapath: port {name}: {e}"),
-                        }
-                    }
-                    let mut port = IoPort {
-                        id,
-                        name,
-                        fd,
-                        bufs: vec![0u8; nb * BUF_SIZE].into_boxed_slice(),
-                        lens: vec![0; nb].into_boxed_slice(),
-                        refs: vec![0; nb].into_boxed_slice(),
-                        ring,
-                        free: Vec::new(),
-                        in_use: 0,
-                        armed: false,
-                        inflight: 0,
-                        state: PortState::Up,
-                        delete_device: false,
-                        done: Vec::new(),
-                    };
-                    if self.ports.len() <= slot as usize {
-                        self.ports.resize_with(slot as usize + 1, || None);
-                    }
-                    match port.ring.as_mut() {
-                        Some(r) => {
-                            for b in 0..nb {
-                                let ptr = port.bufs[b * BUF_SIZE..].as_mut_ptr();
-                                r.push(ptr, BUF_SIZE as u32, b as u16);
-                            }
-                        }
-                        None => port.free = (0..nb as u16).rev().collect(),
-                    }
-                    let registered_later = port.ring.is_some();
-                    self.ports[slot as usize] = Some(port);
-                    self.ids.insert(id, slot);
-                    if registered_later {
-                        self.to_register.push(slot);
-                    } else {
-                        self.arm(slot);
-                    }
+                    self.add_io_port(id, name, net, mtu, fd);
                 }
                 Cmd::RemovePort {
                     id,
@@ -1032,6 +1352,7 @@ impl State {
                     let _ = reply.send(self.snapshot());
                 }
                 Cmd::SetAging(d) => self.sw.table.set_aging_ms(d.as_millis() as u64),
+                Cmd::SetUplink(u, id) => self.set_uplink(*u, id),
                 Cmd::Inject(net, frames) => {
                     for f in frames {
                         self.inject(net, f);
@@ -1064,6 +1385,17 @@ impl State {
             } else {
                 "single"
             },
+            uplink: self.uplink.as_ref().map(|u| UplinkSnapshot {
+                name: u.name.clone(),
+                port: id_of(u.slot).unwrap_or(0),
+                ip: u.ip,
+                mac: u.mac,
+                gateway: u.gateway,
+                gateway_mac: u.arp.get(&u.gateway).map(|e| e.0),
+                nat: u.nat.stats,
+                connections: u.nat.entries(now),
+                no_neighbor: u.no_neighbor,
+            }),
             ..Default::default()
         };
         for (slot, p) in self.ports.iter().enumerate() {
@@ -1128,6 +1460,8 @@ mod tests {
             NetConfig {
                 gateway_ip: "10.1.0.1".parse().unwrap(),
                 gateway_mac: Mac([2, 0x42, 10, 1, 0, 1]),
+                prefix: 24,
+                routed: false,
             },
         )
         .unwrap();
@@ -1197,6 +1531,8 @@ mod tests {
             NetConfig {
                 gateway_ip: "10.1.0.1".parse().unwrap(),
                 gateway_mac: gw,
+                prefix: 24,
+                routed: false,
             },
         )
         .unwrap();

@@ -14,10 +14,12 @@ pub mod router;
 pub mod switch;
 pub mod table;
 pub mod tap;
+pub mod uplink;
 pub mod vnet;
 
 pub use datapath::{
     Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook, Snapshot,
+    UplinkConfig, UplinkSnapshot,
 };
 pub use mac::Mac;
 pub use switch::{DropCounters, NetConfig, PortCounters};

@@ -25,6 +25,8 @@ pub enum GwAction {
     Reply(usize),
     /// For the service behind the gateway (see [`PUNT_PORTS`]).
     Punt,
+    /// IPv4 for another network: route it (TTL already decremented).
+    Route,
 }
 
 /// RFC 1071 Internet checksum of `data` (the complemented ones' complement sum).
@@ -51,6 +53,13 @@ pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, D
         return Err(DropReason::Runt);
     }
     let vh = VnetHdr::parse(buf);
+    if u16::from_be_bytes([buf[VNET_HDR_LEN + 12], buf[VNET_HDR_LEN + 13]]) == ETHERTYPE_IPV4
+        && len >= VNET_HDR_LEN + ETH_HDR_LEN + 20
+        && buf[VNET_HDR_LEN + ETH_HDR_LEN + 16..VNET_HDR_LEN + ETH_HDR_LEN + 20]
+            != cfg.gateway_ip.octets()
+    {
+        return route(cfg, buf, len);
+    }
     if vh.is_gso() {
         return Err(DropReason::GatewayUnsupported);
     }
@@ -58,7 +67,7 @@ pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, D
     let reply_len = match u16::from_be_bytes([frame[12], frame[13]]) {
         ETHERTYPE_ARP => match arp_reply(cfg, frame)? {
             GwAction::Reply(n) => n,
-            GwAction::Punt => return Ok(GwAction::Punt),
+            _ => return Ok(GwAction::Punt),
         },
         ETHERTYPE_IPV4 => {
             if is_punted(cfg, frame)? {
@@ -75,6 +84,106 @@ pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, D
     // The reply carries complete checksums: no offload flags.
     VnetHdr::default().write(&mut buf[..VNET_HDR_LEN]);
     Ok(GwAction::Reply(VNET_HDR_LEN + reply_len))
+}
+
+/// A frame for another network: TTL decremented (checksum fixed), or an
+/// ICMP time-exceeded in its place when the TTL runs out.
+fn route(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, DropReason> {
+    const I: usize = VNET_HDR_LEN + ETH_HDR_LEN;
+    if buf[I] >> 4 != 4 || (buf[I] & 0xf) < 5 {
+        return Err(DropReason::Malformed);
+    }
+    let ttl = buf[I + 8];
+    if ttl <= 1 {
+        return icmp_error(cfg, buf, len, 11, 0).map(GwAction::Reply);
+    }
+    dec_ttl(buf, I);
+    Ok(GwAction::Route)
+}
+
+/// Decrements the TTL of the IPv4 header at `ip`, fixing its checksum
+/// (RFC 1624: the TTL is the high byte of a 16-bit word).
+pub fn dec_ttl(buf: &mut [u8], ip: usize) {
+    let old = u16::from_be_bytes([buf[ip + 8], buf[ip + 9]]);
+    buf[ip + 8] -= 1;
+    let new = u16::from_be_bytes([buf[ip + 8], buf[ip + 9]]);
+    let c = u16::from_be_bytes([buf[ip + 10], buf[ip + 11]]);
+    let mut s = (!c as u32) + (!old as u32 & 0xffff) + new as u32;
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    buf[ip + 10..ip + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+}
+
+/// Replaces the IPv4 frame in `buf` (vnet header, Ethernet, IP) with an
+/// ICMP error (`typ`/`code`) about it from the gateway back to its sender,
+/// quoting its IP header and first 8 payload bytes. Never about an ICMP
+/// error. Returns the new length (vnet header included).
+pub fn icmp_error(
+    cfg: &NetConfig,
+    buf: &mut [u8],
+    len: usize,
+    typ: u8,
+    code: u8,
+) -> Result<usize, DropReason> {
+    const I: usize = VNET_HDR_LEN + ETH_HDR_LEN;
+    if len < I + 20 {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = (buf[I] & 0xf) as usize * 4;
+    if ihl < 20 || len < I + ihl {
+        return Err(DropReason::Malformed);
+    }
+    if buf[I + 9] == IPPROTO_ICMP && len > I + ihl && !matches!(buf[I + ihl], 0 | 8) {
+        return Err(DropReason::GatewayUnsupported);
+    }
+    let q = (ihl + 8).min(len - I);
+    let mut quote = [0u8; 68];
+    quote[..q].copy_from_slice(&buf[I..I + q]);
+    let sender_mac: [u8; 6] = buf[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
+        .try_into()
+        .expect("6");
+    let sender_ip: [u8; 4] = buf[I + 12..I + 16].try_into().expect("4");
+    VnetHdr::default().write(&mut buf[..VNET_HDR_LEN]);
+    let e = VNET_HDR_LEN;
+    buf[e..e + 6].copy_from_slice(&sender_mac);
+    buf[e + 6..e + 12].copy_from_slice(&cfg.gateway_mac.0);
+    buf[e + 12..e + 14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    let total = 20 + 8 + q;
+    let h = &mut buf[I..I + 20];
+    h.copy_from_slice(&[
+        0x45,
+        0xc0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        64,
+        IPPROTO_ICMP,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    h[12..16].copy_from_slice(&cfg.gateway_ip.octets());
+    h[16..20].copy_from_slice(&sender_ip);
+    let c = checksum(h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    let m = &mut buf[I + 20..I + total];
+    m[..8].copy_from_slice(&[typ, code, 0, 0, 0, 0, 0, 0]);
+    m[8..].copy_from_slice(&quote[..q]);
+    let c = checksum(m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    Ok(I + total)
 }
 
 /// UDP or TCP to the gateway address on a [`PUNT_PORTS`] port (first
@@ -171,6 +280,8 @@ mod tests {
         NetConfig {
             gateway_ip: "10.88.0.1".parse().unwrap(),
             gateway_mac: Mac([2, 0x42, 10, 88, 0, 1]),
+            prefix: 24,
+            routed: false,
         }
     }
 

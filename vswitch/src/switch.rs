@@ -17,6 +17,23 @@ const ETHERTYPE_ARP: u16 = 0x0806;
 pub struct NetConfig {
     pub gateway_ip: Ipv4Addr,
     pub gateway_mac: Mac,
+    /// Prefix length of the network's subnet (gateway_ip/prefix).
+    pub prefix: u8,
+    /// Frames for other networks are routed (masqueraded out the uplink);
+    /// false for `--internal` networks.
+    pub routed: bool,
+}
+
+impl NetConfig {
+    /// Whether `ip` is inside this network's subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix.min(32))
+        };
+        u32::from(ip) & mask == u32::from(self.gateway_ip) & mask
+    }
 }
 
 /// Why a frame was dropped.
@@ -39,6 +56,11 @@ pub enum DropReason {
     Malformed,
     /// For a service behind the gateway (DNS) that could not take it.
     ServiceBusy,
+    /// Routed, but nowhere to go: another tapnet network, an internal
+    /// network, no uplink, or the next hop's MAC not known yet.
+    NoRoute,
+    /// Routed, but the NAT refused it (see the uplink's NAT counters).
+    NatFailed,
     /// Ingress port not attached to a network (being removed).
     NoNetwork,
     /// The kernel refused the write to the egress port.
@@ -55,6 +77,8 @@ pub struct DropCounters {
     pub gateway_unsupported: u64,
     pub malformed: u64,
     pub service_busy: u64,
+    pub no_route: u64,
+    pub nat_failed: u64,
     pub no_network: u64,
     pub tx_error: u64,
 }
@@ -71,6 +95,8 @@ impl DropCounters {
             DropReason::GatewayUnsupported => &mut self.gateway_unsupported,
             DropReason::Malformed => &mut self.malformed,
             DropReason::ServiceBusy => &mut self.service_busy,
+            DropReason::NoRoute => &mut self.no_route,
+            DropReason::NatFailed => &mut self.nat_failed,
             DropReason::NoNetwork => &mut self.no_network,
             DropReason::TxError => &mut self.tx_error,
         };
@@ -86,6 +112,8 @@ impl DropCounters {
             + self.gateway_unsupported
             + self.malformed
             + self.service_busy
+            + self.no_route
+            + self.nat_failed
             + self.no_network
             + self.tx_error
     }
@@ -101,6 +129,8 @@ impl std::ops::AddAssign for DropCounters {
         self.gateway_unsupported += o.gateway_unsupported;
         self.malformed += o.malformed;
         self.service_busy += o.service_busy;
+        self.no_route += o.no_route;
+        self.nat_failed += o.nat_failed;
         self.no_network += o.no_network;
         self.tx_error += o.tx_error;
     }
@@ -207,6 +237,14 @@ impl Switch {
             *slot = None;
         }
         self.table.remove_net(net);
+    }
+
+    /// Every network.
+    pub fn networks(&self) -> impl Iterator<Item = (NetIdx, &SwNet)> {
+        self.nets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i as NetIdx, n)))
     }
 
     pub fn network(&self, net: NetIdx) -> Option<&SwNet> {
@@ -385,6 +423,8 @@ pub(crate) mod tests {
             NetConfig {
                 gateway_ip: "10.88.0.1".parse().unwrap(),
                 gateway_mac: gw,
+                prefix: 24,
+                routed: false,
             },
         );
         sw.add_network(
@@ -392,6 +432,8 @@ pub(crate) mod tests {
             NetConfig {
                 gateway_ip: "10.89.0.1".parse().unwrap(),
                 gateway_mac: gw,
+                prefix: 24,
+                routed: false,
             },
         );
         let a = sw.add_port(0, 1500);

@@ -38,6 +38,17 @@ pub struct DaemonConfig {
     pub dns: Vec<String>,
     /// Resolve container names on the default bridge too.
     pub bridge_dns_names: bool,
+    pub uplink: Option<UplinkArgs>,
+}
+
+/// Root-mode NAT: the host interface and the address tapnet owns on it.
+#[derive(Debug, Clone)]
+pub struct UplinkArgs {
+    pub iface: String,
+    pub ip: Ipv4Net,
+    pub gateway: std::net::Ipv4Addr,
+    pub ports: (u16, u16),
+    pub timeouts: nat::Timeouts,
 }
 
 /// An error for the API client: HTTP status and one clear line.
@@ -115,6 +126,7 @@ impl Net {
             builtin: self.rec.builtin,
             endpoints: self.rec.endpoints.len(),
             dns_names: self.rec.dns_names,
+            internal: self.rec.internal,
         }
     }
 
@@ -136,6 +148,8 @@ impl Net {
         NetConfig {
             gateway_ip: self.rec.gateway,
             gateway_mac: self.gateway_mac,
+            prefix: self.rec.subnet.prefix_len(),
+            routed: !self.rec.internal,
         }
     }
 }
@@ -220,6 +234,27 @@ impl Core {
             ..Default::default()
         })
         .context("starting the datapath")?;
+        if let Some(u) = &cfg.uplink {
+            let (fd, mac, mtu) = vswitch::uplink::open_packet_socket(&u.iface)
+                .with_context(|| format!("opening the uplink {}", u.iface))?;
+            let mut nat = nat::NatConfig::new(u.ip.addr());
+            nat.ports = u.ports;
+            nat.timeouts = u.timeouts;
+            dp.set_uplink(vswitch::UplinkConfig {
+                name: u.iface.clone(),
+                fd,
+                mac,
+                ip: u.ip.addr(),
+                prefix: u.ip.prefix_len(),
+                gateway: u.gateway,
+                mtu,
+                nat,
+            })?;
+            log(format!(
+                "uplink: {} ({mac}), masquerading to {} via {}, ports {}-{}",
+                u.iface, u.ip, u.gateway, u.ports.0, u.ports.1
+            ));
+        }
         let resolver = Arc::new(dns::Resolver::new());
         tokio::runtime::Handle::current().spawn(dnsd::run(
             dns_rx,
@@ -275,6 +310,7 @@ impl Core {
                 builtin: true,
                 dns_names: false,
                 dns: vec![],
+                internal: false,
                 endpoints: BTreeMap::new(),
             };
             core.store.save(&rec)?;
@@ -524,6 +560,7 @@ impl Core {
             builtin: false,
             dns_names: req.dns_names.unwrap_or(true),
             dns: req.dns.clone(),
+            internal: req.internal,
             endpoints: BTreeMap::new(),
         };
         self.store.save(&rec)?;
@@ -882,6 +919,32 @@ impl Core {
                 .collect(),
             nameservers,
         })
+    }
+
+    /// The uplink, its NAT counters and connection table.
+    pub fn nat_info(&self) -> ApiResult<serde_json::Value> {
+        let snap = self.dp.snapshot(DP_TIMEOUT).map_err(ApiError::internal)?;
+        let port = snap
+            .uplink
+            .as_ref()
+            .and_then(|u| snap.ports.iter().find(|p| p.id == u.port))
+            .map(|p| p.counters);
+        let idx_name: BTreeMap<NetIdx, String> = self
+            .nets
+            .values()
+            .map(|n| (n.idx, n.rec.name.clone()))
+            .collect();
+        let mut v = serde_json::json!({
+            "uplink": snap.uplink,
+            "uplink_counters": port,
+        });
+        if let Some(conns) = v["uplink"]["connections"].as_array_mut() {
+            for c in conns {
+                let net = c["net"].as_u64().unwrap_or(0) as NetIdx;
+                c["network"] = serde_json::json!(idx_name.get(&net));
+            }
+        }
+        Ok(v)
     }
 
     /// Renames a container everywhere; DNS answers the new name at once.

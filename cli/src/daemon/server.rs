@@ -103,6 +103,10 @@ fn router(s: Shared) -> Router {
                 }),
         )
         .route(
+            "/nat",
+            get(|State(s): State<Shared>| async move { with_core(s, |c| c.nat_info()).await }),
+        )
+        .route(
             "/containers/{name}/rename",
             post(|State(s): State<Shared>, Path(n): Path<String>, b: Bytes| async move {
                 let req: Rename = body(&b)?;

@@ -51,6 +51,9 @@ pub struct NetworkRecord {
     /// Upstream DNS servers for this network (IP or IP:PORT).
     #[serde(default)]
     pub dns: Vec<String>,
+    /// No routing beyond the network (no NAT, no published ports).
+    #[serde(default)]
+    pub internal: bool,
     /// Container name -> endpoint.
     pub endpoints: BTreeMap<String, EndpointRecord>,
 }
@@ -180,6 +183,7 @@ mod tests {
             builtin: false,
             dns_names: true,
             dns: vec![],
+            internal: false,
             endpoints: BTreeMap::new(),
         };
         r.endpoints.insert(

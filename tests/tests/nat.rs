@@ -1,0 +1,237 @@
+//! Routing and masquerade out of the uplink (root mode): containers reach
+//! "the internet", a namespace reachable only through the daemon's uplink,
+//! and the servers there see the uplink address.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::Stdio;
+use std::time::Duration;
+use tapnet_tests::*;
+
+fn nat(env: &Env) -> serde_json::Value {
+    env.json(&["nat", "ls", "--format", "json"])
+}
+
+#[test]
+fn outbound_tcp_udp_ping_and_many_connections() {
+    let Some(mut env) = Env::with_uplink("outbound_tcp_udp_ping_and_many_connections", &[]) else {
+        return;
+    };
+    let inet = env.inet_ns();
+    env.ok(&["network", "create", "app", "--subnet", "10.61.0.0/24"]);
+    let c = env.container("app", "c", &[]);
+
+    // ping: routed (TTL 63 on the way back) and translated both ways
+    let o = env.exec_ok(&c.ns, &["ping", "-n", "-c", "3", "-W", "1", INET_IP]);
+    assert!(o.contains("ttl=63") && o.contains(" 0% packet loss"), "{o}");
+    // traceroute-style: TTL 1 gets time-exceeded from the gateway
+    let o = env.exec(
+        &c.ns,
+        &["ping", "-n", "-c", "1", "-W", "1", "-t", "1", INET_IP],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("10.61.0.1") && out.contains("Time to live exceeded"),
+        "{out}"
+    );
+
+    // a 128 MiB download whose checksum matches; the server sees the uplink address
+    let blob = env.random_file("blob", 128 << 20);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let b2 = blob.clone();
+    let server = in_ns(&inet, move || {
+        let l = TcpListener::bind((INET_IP, 7000)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, peer) = l.accept().unwrap();
+        let mut f = std::fs::File::open(&b2).unwrap();
+        std::io::copy(&mut f, &mut s).unwrap();
+        peer
+    });
+    ready_rx.recv().unwrap();
+    let recv_path = env.dir.join("recv");
+    let recv = std::fs::File::create(&recv_path).unwrap();
+    let dl = env.spawn_in(
+        &c.ns,
+        &["nc", "-d", INET_IP, "7000"],
+        Stdio::null(),
+        recv.into(),
+    );
+    let peer = server.join().unwrap();
+    assert!(env.wait_bg(dl, Duration::from_secs(60)).success());
+    assert_eq!(peer.ip().to_string(), UPLINK_IP, "server saw {peer}");
+    assert_eq!(sha256(&blob), sha256(&recv_path), "downloaded data differs");
+
+    // UDP request/response; the server sees the uplink address
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(&inet, move || {
+        let s = UdpSocket::bind((INET_IP, 7001)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut peers = Vec::new();
+        let mut b = [0u8; 2048];
+        for _ in 0..50 {
+            let (n, from) = s.recv_from(&mut b).unwrap();
+            let mut r = b"re:".to_vec();
+            r.extend_from_slice(&b[..n]);
+            s.send_to(&r, from).unwrap();
+            peers.push(from.ip().to_string());
+        }
+        peers
+    });
+    ready_rx.recv().unwrap();
+    let client = in_ns(&c.ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.connect((INET_IP, 7001)).unwrap();
+        let mut b = [0u8; 2048];
+        for i in 0..50 {
+            let m = format!("q{i}:{}", "x".repeat(i * 20));
+            s.send(m.as_bytes()).unwrap();
+            let n = s.recv(&mut b).unwrap();
+            assert_eq!(&b[..n], format!("re:{m}").as_bytes());
+        }
+    });
+    client.join().expect("UDP client");
+    assert!(server.join().unwrap().iter().all(|p| p == UPLINK_IP));
+
+    // 1,000 concurrent TCP connections, each with its own data
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(&inet, move || {
+        let l = TcpListener::bind((INET_IP, 7002)).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut hs = Vec::new();
+        for _ in 0..1000 {
+            let (mut s, _) = l.accept().unwrap();
+            hs.push(std::thread::spawn(move || {
+                let mut b = [0u8; 16];
+                s.read_exact(&mut b).unwrap();
+                b.reverse();
+                s.write_all(&b).unwrap();
+            }));
+        }
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    ready_rx.recv().unwrap();
+    let client = in_ns(&c.ns, move || {
+        let mut socks: Vec<TcpStream> = (0..1000)
+            .map(|_| TcpStream::connect((INET_IP, 7002)).expect("connect"))
+            .collect();
+        for (i, s) in socks.iter_mut().enumerate() {
+            s.write_all(format!("{i:016}").as_bytes()).unwrap();
+        }
+        for (i, s) in socks.iter_mut().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 16];
+            s.read_exact(&mut b).unwrap();
+            let mut want = format!("{i:016}").into_bytes();
+            want.reverse();
+            assert_eq!(&b[..], &want[..], "connection {i}");
+        }
+        socks.len()
+    });
+    assert_eq!(client.join().expect("1000 connections"), 1000);
+    server.join().unwrap();
+    let n = nat(&env);
+    let conns = n["uplink"]["connections"].as_array().unwrap();
+    assert!(
+        conns.len() >= 1000,
+        "{} connections in the table",
+        conns.len()
+    );
+    assert!(conns
+        .iter()
+        .any(|c| c["network"] == "app" && c["proto"] == "tcp"));
+    assert_eq!(ctr(&n["uplink"]["nat"], "ports_exhausted"), 0);
+}
+
+#[test]
+fn expiry_exhaustion_and_internal_networks() {
+    let Some(mut env) = Env::with_uplink(
+        "expiry_exhaustion_and_internal_networks",
+        &[
+            "--nat-ports",
+            "40000-40001",
+            "--nat-timeout",
+            "udp=2",
+            "--nat-timeout",
+            "udp_stream=2",
+            "--nat-timeout",
+            "icmp=2",
+        ],
+    ) else {
+        return;
+    };
+    let inet = env.inet_ns();
+    env.ok(&["network", "create", "app", "--subnet", "10.62.0.0/24"]);
+    let c = env.container("app", "c", &[]);
+    // a UDP sink in the internet
+    in_ns(&inet, || {
+        let s = UdpSocket::bind((INET_IP, 7100)).unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while let Ok((n, from)) = s.recv_from(&mut b) {
+                let _ = s.send_to(&b[..n], from);
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let send_from = |env: &Env, port: u16| -> bool {
+        in_ns(&c.ns.clone(), move || {
+            let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(700)))
+                .unwrap();
+            s.send_to(b"hi", (INET_IP, 7100)).unwrap();
+            let mut b = [0u8; 8];
+            s.recv(&mut b).is_ok()
+        })
+        .join()
+        .unwrap()
+            && env.tapnet(&["nat", "ls"]).status.success()
+    };
+    // two ports in the range: the third flow is refused and counted
+    assert!(send_from(&env, 5001));
+    assert!(send_from(&env, 5002));
+    assert!(!send_from(&env, 5003), "a third flow got through two ports");
+    let n = nat(&env);
+    assert_eq!(n["uplink"]["connections"].as_array().unwrap().len(), 2);
+    assert!(ctr(&n["uplink"]["nat"], "ports_exhausted") >= 1, "{n}");
+    assert!(ctr(&env.counters("app", "c"), "drops.nat_failed") >= 1);
+    // entries expire (udp 2 s), then the ports are free again
+    assert!(
+        wait_until(Duration::from_secs(6), || nat(&env)["uplink"]
+            ["connections"]
+            .as_array()
+            .unwrap()
+            .is_empty()),
+        "connections did not expire: {}",
+        nat(&env)
+    );
+    assert!(ctr(&nat(&env)["uplink"]["nat"], "expired") >= 2);
+    assert!(send_from(&env, 5003), "ports not reusable after expiry");
+
+    // an internal network routes nowhere: net unreachable from the gateway
+    env.ok(&[
+        "network",
+        "create",
+        "closed",
+        "--subnet",
+        "10.63.0.0/24",
+        "--internal",
+    ]);
+    let i = env.container("closed", "i", &[]);
+    let o = env.exec(&i.ns, &["ping", "-n", "-c", "1", "-W", "1", INET_IP]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success() && out.contains("Unreachable"), "{out}");
+    let o = env.exec(&i.ns, &["nc", "-z", "-w", "2", INET_IP, "22"]);
+    assert!(!o.status.success());
+    // and one network never routes into another
+    let o = env.exec(
+        &c.ns,
+        &["ping", "-n", "-c", "1", "-W", "1", &i.ip.to_string()],
+    );
+    assert!(!o.status.success());
+    assert!(ctr(&env.counters("app", "c"), "drops.no_route") >= 1);
+}
