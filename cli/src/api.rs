@@ -33,6 +33,9 @@ pub struct Connect {
     /// Network-scoped DNS aliases.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Published ports, `[HOST_IP:]HOST_PORT:CTR_PORT[/proto]`, ranges allowed.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -51,6 +54,8 @@ pub struct CreateContainer {
     /// Upstream DNS servers for this container.
     #[serde(default)]
     pub dns: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -88,6 +93,9 @@ pub struct EndpointInfo {
     pub mtu: u32,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Published ports, e.g. `0.0.0.0:8080->80/tcp`.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -188,6 +188,9 @@ enum NetCmd {
         /// A network-scoped DNS alias (repeatable).
         #[arg(long)]
         alias: Vec<String>,
+        /// Publish a port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp].
+        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+        publish: Vec<String>,
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
@@ -208,6 +211,10 @@ struct RunCli {
     /// A network-scoped DNS alias (repeatable).
     #[arg(long)]
     alias: Vec<String>,
+    /// Publish a port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp],
+    /// ranges like 8000-8010:8000-8010 (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
     /// Upstream DNS server for this container (IP or IP:PORT, repeatable).
     #[arg(long, value_name = "SERVER")]
     dns: Vec<String>,
@@ -329,6 +336,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                     ip: a.ip,
                     mtu: a.mtu,
                     aliases: a.alias,
+                    ports: a.publish,
                     dns: a.dns,
                     dns_search: a.dns_search,
                     dns_option: a.dns_option,
@@ -353,6 +361,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                             "-".into(),
                             "-".into(),
                             ct.netns.clone(),
+                            "".into(),
                         ]);
                     }
                     for e in ct.endpoints {
@@ -363,10 +372,14 @@ fn real_main(cli: Cli) -> Result<i32> {
                             e.ip,
                             e.mac,
                             ct.netns.clone(),
+                            e.ports.join(","),
                         ]);
                     }
                 }
-                print_table(&["NAME", "NETWORK", "IFACE", "IP", "MAC", "NETNS"], rows);
+                print_table(
+                    &["NAME", "NETWORK", "IFACE", "IP", "MAC", "NETNS", "PORTS"],
+                    rows,
+                );
             }
         }
         Cmd::Rm { names } => {
@@ -377,6 +390,28 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Cmd::Nat(NatCmd::Ls { format }) => {
             let v: serde_json::Value = c.get("/nat")?;
+            let str_of = |x: &serde_json::Value| match x {
+                serde_json::Value::String(s) => s.clone(),
+                x => x.to_string(),
+            };
+            if format != Format::Json {
+                let rows: Vec<Vec<String>> = v["published"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| {
+                                ["proto", "host", "container", "network", "container_addr"]
+                                    .iter()
+                                    .map(|k| str_of(&p[*k]))
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!("published ports:");
+                print_table(&["PROTO", "HOST", "CONTAINER", "NETWORK", "TARGET"], rows);
+                println!();
+            }
             if format == Format::Json {
                 json_out(&v)?;
             } else if v["uplink"].is_null() {
@@ -522,6 +557,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
             ip,
             mtu,
             alias,
+            publish,
         } => {
             let e: EndpointInfo = c.call(
                 "POST",
@@ -532,6 +568,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     ip,
                     mtu,
                     aliases: alias,
+                    ports: publish,
                 }),
             )?;
             println!("{} {} {}", e.ifname, e.ip, e.mac);

@@ -10,11 +10,12 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+/// The command's PID, or minus its process group (signals go to all of it).
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn forward(sig: libc::c_int) {
     let pid = CHILD.load(Ordering::SeqCst);
-    if pid > 0 {
+    if pid != 0 {
         unsafe { libc::kill(pid, sig) };
     }
 }
@@ -25,6 +26,7 @@ pub struct RunArgs {
     pub ip: Option<String>,
     pub mtu: Option<u32>,
     pub aliases: Vec<String>,
+    pub ports: Vec<String>,
     pub dns: Vec<String>,
     pub dns_search: Vec<String>,
     pub dns_option: Vec<String>,
@@ -43,6 +45,7 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
             mtu: a.mtu,
             aliases: a.aliases.clone(),
             dns: a.dns.clone(),
+            ports: a.ports.clone(),
         }),
     )?;
     let resolv = write_resolv_conf(&info, &a);
@@ -102,6 +105,13 @@ fn run_in(info: &ContainerInfo, argv: &[String], resolv: Option<&std::path::Path
         .with_context(|| format!("opening namespace {}", info.netns))?;
     let nsfd = ns.as_raw_fd();
     let mut cmd = std::process::Command::new(&argv[0]);
+    // Its own process group, so signals and the clean-up at exit reach
+    // everything it started; not for an interactive terminal, which must
+    // stay in the foreground group.
+    let own_group = unsafe { libc::isatty(0) } == 0;
+    if own_group {
+        cmd.process_group(0);
+    }
     cmd.args(&argv[1..]);
     cmd.env("TAPNET_CONTAINER", &info.name);
     unsafe {
@@ -155,9 +165,14 @@ fn run_in(info: &ContainerInfo, argv: &[String], resolv: Option<&std::path::Path
             });
         }
     };
-    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    let pid = child.id() as i32;
+    CHILD.store(if own_group { -pid } else { pid }, Ordering::SeqCst);
     let status = child.wait().context("waiting for the command")?;
     CHILD.store(0, Ordering::SeqCst);
+    if own_group {
+        // like a container's end: whatever the command left running goes too
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))

@@ -4,6 +4,7 @@
 pub mod dnsd;
 pub mod ipam;
 pub mod netns;
+pub mod publish;
 pub mod server;
 pub mod store;
 
@@ -112,6 +113,8 @@ struct Net {
     gateway_mac: Mac,
     /// Container -> datapath port of its endpoint.
     ports: BTreeMap<String, PortId>,
+    /// Container -> its published ports' listeners.
+    published: BTreeMap<String, publish::Published>,
 }
 
 impl Net {
@@ -141,6 +144,7 @@ impl Net {
             gateway: self.rec.gateway.to_string(),
             mtu: e.mtu,
             aliases: e.aliases.clone(),
+            ports: e.ports.iter().map(|m| m.to_string()).collect(),
         }
     }
 
@@ -356,6 +360,7 @@ impl Core {
             pool,
             gateway_mac: Mac::from_ipv4(rec.gateway),
             ports: BTreeMap::new(),
+            published: BTreeMap::new(),
             rec,
         };
         self.dp.add_network(idx, net.net_config())?;
@@ -427,7 +432,16 @@ impl Core {
                 match r {
                     Ok(port) => {
                         log(format!("re-attached {c} to {n} ({})", e.ip));
-                        self.nets.get_mut(&n).expect("exists").ports.insert(c, port);
+                        let net = self.nets.get_mut(&n).expect("exists");
+                        if !e.ports.is_empty() {
+                            match publish::publish(&e.netns, e.ip, &e.ports) {
+                                Ok(p) => {
+                                    net.published.insert(c.clone(), p);
+                                }
+                                Err(err) => log(format!("{c}: {err}")),
+                            }
+                        }
+                        net.ports.insert(c, port);
                     }
                     Err(err) if alive => {
                         // keep what is stored: the namespace is still there
@@ -751,9 +765,30 @@ impl Core {
         let used: Vec<String> = others.iter().map(|(_, e)| e.ifname.clone()).collect();
         let ifname = netns::free_ifname(&NetnsRef(crec.netns.clone()), &used)?;
         let want = req.ip.as_deref().map(ipam::parse_addr).transpose()?;
+        let mut maps = Vec::new();
+        for spec in &req.ports {
+            maps.extend(publish::parse(spec).map_err(ApiError::bad_request)?);
+        }
         let n = self.nets.get_mut(network).expect("checked");
+        if !maps.is_empty() && n.rec.internal {
+            return Err(ApiError::bad_request(format!(
+                "network {network} is internal: ports cannot be published"
+            )));
+        }
         let mtu = check_mtu(req.mtu.unwrap_or(n.rec.mtu))?;
         let ip = n.pool.allocate(want)?;
+        // bind the host ports first: a busy one fails before anything exists
+        let published = if maps.is_empty() {
+            None
+        } else {
+            match publish::publish(&crec.netns, ip, &maps) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    n.pool.release(ip);
+                    return Err(ApiError::conflict(e));
+                }
+            }
+        };
         let rec = EndpointRecord {
             netns: crec.netns.clone(),
             ifname,
@@ -763,6 +798,7 @@ impl Core {
             default_route: !has_default,
             owned_netns: crec.owned,
             aliases: req.aliases.clone(),
+            ports: maps,
         };
         let port = match self.attach(network, &req.container, &rec) {
             Ok(p) => p,
@@ -778,9 +814,13 @@ impl Core {
         let n = self.nets.get_mut(network).expect("checked");
         n.rec.endpoints.insert(req.container.clone(), rec.clone());
         n.ports.insert(req.container.clone(), port);
+        if let Some(p) = published {
+            n.published.insert(req.container.clone(), p);
+        }
         if let Err(e) = self.store.save(&n.rec) {
             n.rec.endpoints.remove(&req.container);
             n.ports.remove(&req.container);
+            n.published.remove(&req.container);
             n.pool.release(ip);
             let _ = self.dp.remove_port(port, true, DP_TIMEOUT);
             return Err(e.into());
@@ -805,6 +845,7 @@ impl Core {
             return Err(err.into());
         }
         n.pool.release(e.ip);
+        n.published.remove(container);
         if let Some(port) = n.ports.remove(container) {
             if let Err(err) = self.dp.remove_port(port, true, DP_TIMEOUT) {
                 log(format!("removing port of {container}: {err}"));
@@ -870,6 +911,7 @@ impl Core {
                         ip: req.ip.clone(),
                         mtu: req.mtu,
                         aliases: req.aliases.clone(),
+                        ports: req.ports.clone(),
                     },
                 )
             });
@@ -934,11 +976,34 @@ impl Core {
             .values()
             .map(|n| (n.idx, n.rec.name.clone()))
             .collect();
+        let published: Vec<serde_json::Value> = self
+            .nets
+            .values()
+            .flat_map(|n| {
+                n.rec.endpoints.iter().flat_map(move |(c, e)| {
+                    e.ports.iter().map(move |m| {
+                        serde_json::json!({
+                            "container": c,
+                            "network": n.rec.name,
+                            "proto": m.proto,
+                            "host": format!("{}:{}", m.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), m.host_port),
+                            "container_addr": format!("{}:{}", e.ip, m.ctr_port),
+                            "listening": n.published.contains_key(c),
+                        })
+                    })
+                })
+            })
+            .collect();
         let mut v = serde_json::json!({
             "uplink": snap.uplink,
             "uplink_counters": port,
+            "published": published,
         });
-        if let Some(conns) = v["uplink"]["connections"].as_array_mut() {
+        if let Some(conns) = v
+            .get_mut("uplink")
+            .and_then(|u| u.get_mut("connections"))
+            .and_then(|c| c.as_array_mut())
+        {
             for c in conns {
                 let net = c["net"].as_u64().unwrap_or(0) as NetIdx;
                 c["network"] = serde_json::json!(idx_name.get(&net));
@@ -977,6 +1042,9 @@ impl Core {
             }
             if let Some(p) = n.ports.remove(old) {
                 n.ports.insert(new.to_string(), p);
+            }
+            if let Some(p) = n.published.remove(old) {
+                n.published.insert(new.to_string(), p);
             }
             if let Err(e) = self.store.save(&n.rec) {
                 log(format!("saving network {name} after rename: {e:#}"));

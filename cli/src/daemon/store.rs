@@ -27,6 +27,9 @@ pub struct EndpointRecord {
     /// Network-scoped DNS aliases.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Published ports (one entry per port).
+    #[serde(default)]
+    pub ports: Vec<super::publish::PortMap>,
 }
 
 fn yes() -> bool {
@@ -197,6 +200,7 @@ mod tests {
                 default_route: true,
                 owned_netns: true,
                 aliases: vec![],
+                ports: vec![],
             },
         );
         s.save(&r).unwrap();

@@ -1,0 +1,365 @@
+//! Port publishing (`-p`): listeners in the daemon's (host) network
+//! namespace relay into the container. The socket towards the container is
+//! created *inside* the container's namespace (a thread that entered it),
+//! connected to the container's own address; bytes move between the two
+//! TCP sockets with splice(2) through a pipe, never through a userspace
+//! buffer. UDP is relayed per client with an idle timeout.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+const UDP_IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMap {
+    /// Host address to listen on (None: all).
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub ctr_port: u16,
+    pub proto: Proto,
+}
+
+impl std::fmt::Display for PortMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(ip) => write!(
+                f,
+                "{ip}:{}->{}/{}",
+                self.host_port, self.ctr_port, self.proto
+            ),
+            None => write!(
+                f,
+                "0.0.0.0:{}->{}/{}",
+                self.host_port, self.ctr_port, self.proto
+            ),
+        }
+    }
+}
+
+fn range(s: &str, what: &str, spec: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("invalid port mapping {spec:?}: bad {what} {s:?}");
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a, b),
+        None => (s, s),
+    };
+    let a: u16 = a.parse().map_err(|_| bad())?;
+    let b: u16 = b.parse().map_err(|_| bad())?;
+    if a == 0 || b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// Parses `[HOST_IP:]HOST_PORT[-END]:CTR_PORT[-END][/tcp|/udp]` into one
+/// mapping per port.
+pub fn parse(spec: &str) -> Result<Vec<PortMap>, String> {
+    let (addr, proto) = match spec.rsplit_once('/') {
+        Some((a, "tcp")) => (a, Proto::Tcp),
+        Some((a, "udp")) => (a, Proto::Udp),
+        Some((_, p)) => {
+            return Err(format!(
+                "invalid port mapping {spec:?}: unknown protocol {p:?} (tcp or udp)"
+            ))
+        }
+        None => (spec, Proto::Tcp),
+    };
+    let parts: Vec<&str> = addr.split(':').collect();
+    let (host_ip, hp, cp) = match parts.as_slice() {
+        [h, c] => (None, *h, *c),
+        [ip, h, c] => {
+            let ip: Ipv4Addr = ip
+                .parse()
+                .map_err(|_| format!("invalid port mapping {spec:?}: bad host address {ip:?}"))?;
+            (Some(ip).filter(|i| !i.is_unspecified()), *h, *c)
+        }
+        _ => return Err(format!(
+            "invalid port mapping {spec:?}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]"
+        )),
+    };
+    let (h0, h1) = range(hp, "host port", spec)?;
+    let (c0, c1) = range(cp, "container port", spec)?;
+    if h1 - h0 != c1 - c0 {
+        return Err(format!(
+            "invalid port mapping {spec:?}: the host and container ranges differ in size"
+        ));
+    }
+    Ok((0..=(h1 - h0))
+        .map(|i| PortMap {
+            host_ip,
+            host_port: h0 + i,
+            ctr_port: c0 + i,
+            proto,
+        })
+        .collect())
+}
+
+/// Open listeners of one endpoint; dropping it stops them.
+pub struct Published {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds every mapping (all or nothing) and starts relaying to
+/// `ctr_ip` in namespace `netns`.
+pub fn publish(netns: &Path, ctr_ip: Ipv4Addr, maps: &[PortMap]) -> Result<Published, String> {
+    let mut tcp = Vec::new();
+    let mut udp = Vec::new();
+    for m in maps {
+        let addr = SocketAddr::from((m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), m.host_port));
+        match m.proto {
+            Proto::Tcp => match std::net::TcpListener::bind(addr) {
+                Ok(l) => tcp.push((*m, l)),
+                Err(e) => return Err(format!("cannot publish {m}: {addr}/tcp: {e}")),
+            },
+            Proto::Udp => match UdpSocket::bind(addr) {
+                Ok(s) => udp.push((*m, s)),
+                Err(e) => return Err(format!("cannot publish {m}: {addr}/udp: {e}")),
+            },
+        }
+    }
+    let rt = tokio::runtime::Handle::current();
+    let ns: Arc<PathBuf> = Arc::new(netns.to_path_buf());
+    let mut tasks = Vec::new();
+    for (m, l) in tcp {
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let ns = ns.clone();
+        tasks.push(rt.spawn(async move {
+            let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+                return;
+            };
+            loop {
+                let Ok((client, _)) = l.accept().await else {
+                    continue;
+                };
+                let ns = ns.clone();
+                let Ok(client) = client.into_std() else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    if let Err(e) = relay_tcp(client, &ns, (ctr_ip, m.ctr_port).into()) {
+                        eprintln!("tapnet: publish {m}: {e:#}");
+                    }
+                });
+            }
+        }));
+    }
+    for (m, s) in udp {
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let ns = ns.clone();
+        tasks.push(rt.spawn(async move {
+            if let Ok(s) = tokio::net::UdpSocket::from_std(s) {
+                relay_udp(Arc::new(s), ns, (ctr_ip, m.ctr_port).into()).await;
+            }
+        }));
+    }
+    Ok(Published { tasks })
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+    std::thread::spawn(move || {
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow::anyhow!(
+                "entering the container's namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
+fn relay_tcp(client: std::net::TcpStream, ns: &Path, to: SocketAddr) -> Result<()> {
+    client.set_nonblocking(false)?;
+    let inner = in_ns(ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(5))
+    })?
+    .with_context(|| format!("connecting to {to} in the container"))?;
+    let _ = client.set_nodelay(true);
+    let _ = inner.set_nodelay(true);
+    let (c2, i2) = (client.try_clone()?, inner.try_clone()?);
+    let up = std::thread::spawn(move || pump(&c2, &i2));
+    let down = pump(&inner, &client);
+    let up = up
+        .join()
+        .map_err(|_| anyhow::anyhow!("relay thread panicked"))?;
+    down.and(up).map(|_| ()).map_err(Into::into)
+}
+
+/// Moves bytes from `from` to `to` with splice(2) until EOF, then shuts
+/// down `to`'s write side.
+fn pump(from: &TcpStream, to: &TcpStream) -> std::io::Result<u64> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (pr, pw) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    let mut total = 0u64;
+    let r = loop {
+        let n = unsafe {
+            libc::splice(
+                from.as_raw_fd(),
+                std::ptr::null_mut(),
+                pw.as_raw_fd(),
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::SPLICE_F_MOVE,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break Err(e);
+        }
+        if n == 0 {
+            break Ok(total);
+        }
+        let mut left = n as usize;
+        while left > 0 {
+            let m = unsafe {
+                libc::splice(
+                    pr.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    to.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    left,
+                    libc::SPLICE_F_MOVE,
+                )
+            };
+            if m < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                return Err(e);
+            }
+            left -= m as usize;
+        }
+        total += n as u64;
+    };
+    let _ = to.shutdown(std::net::Shutdown::Write);
+    // a peer that reset the connection is the normal end of a relay
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(total),
+        r => r,
+    }
+}
+
+/// One socket inside the container per client address, dropped after
+/// [`UDP_IDLE`] without traffic.
+async fn relay_udp(host: Arc<tokio::net::UdpSocket>, ns: Arc<PathBuf>, to: SocketAddr) {
+    let mut clients: HashMap<SocketAddr, (Arc<tokio::net::UdpSocket>, JoinHandle<()>)> =
+        HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, from)) = host.recv_from(&mut buf).await else {
+            continue;
+        };
+        clients.retain(|_, (_, t)| !t.is_finished());
+        let inner = match clients.get(&from) {
+            Some((s, _)) => s.clone(),
+            None => {
+                let ns2 = ns.clone();
+                let sock = tokio::task::spawn_blocking(move || {
+                    in_ns(&ns2, move || -> std::io::Result<UdpSocket> {
+                        let s = UdpSocket::bind("0.0.0.0:0")?;
+                        s.connect(to)?;
+                        s.set_nonblocking(true)?;
+                        Ok(s)
+                    })
+                })
+                .await;
+                let Ok(Ok(Ok(s))) = sock else {
+                    continue;
+                };
+                let Ok(s) = tokio::net::UdpSocket::from_std(s) else {
+                    continue;
+                };
+                let s = Arc::new(s);
+                let (s2, h2) = (s.clone(), host.clone());
+                let t = tokio::spawn(async move {
+                    let mut b = vec![0u8; 65536];
+                    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, s2.recv(&mut b)).await {
+                        let _ = h2.send_to(&b[..n], from).await;
+                    }
+                });
+                clients.insert(from, (s.clone(), t));
+                s
+            }
+        };
+        let _ = inner.send(&buf[..n]).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_syntax() {
+        let m = parse("8080:80").unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            (m[0].host_port, m[0].ctr_port, m[0].proto),
+            (8080, 80, Proto::Tcp)
+        );
+        let m = parse("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(m[0].host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(m[0].proto, Proto::Udp);
+        let m = parse("8000-8002:9000-9002").unwrap();
+        assert_eq!(
+            m.iter()
+                .map(|x| (x.host_port, x.ctr_port))
+                .collect::<Vec<_>>(),
+            vec![(8000, 9000), (8001, 9001), (8002, 9002)]
+        );
+        for bad in [
+            "80",
+            "a:80",
+            "8080:80/sctp",
+            "8000-8002:9000",
+            "0:80",
+            "1.2.3:80:80",
+            "9-8:9-8",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
