@@ -10,9 +10,14 @@
 # Everything runs in namespaces named tn_e2e_* created here; processes are
 # stopped by PID and the namespaces deleted on exit. Run as root.
 #   DUR=10 REPS=3 SP_DUR=5 MTU=1500 benches/e2e.sh
+# MODE selects the path:
+#   c2c      container -> container on one network (default)
+#   nat      container -> "internet" namespace through the root-mode NAT
+#            (uplink: a veth from the daemon's namespace, tn_e2e_inet)
+#   publish  host namespace (127.0.0.1) -> a container's published ports
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DUR="${DUR:-10}" REPS="${REPS:-3}" SP_DUR="${SP_DUR:-5}" MTU="${MTU:-1500}"
+DUR="${DUR:-10}" REPS="${REPS:-3}" SP_DUR="${SP_DUR:-5}" MTU="${MTU:-1500}" MODE="${MODE:-c2c}"
 PING_COUNT="${PING_COUNT:-200}" PING_INTERVAL="${PING_INTERVAL:-0.01}"
 [ "$(id -u)" = 0 ] || { echo "e2e.sh: run as root" >&2; exit 1; }
 for t in iperf3 sockperf ping python3 timeout; do
@@ -38,19 +43,43 @@ trap 'exit 130' INT TERM
 
 # the daemon runs in a namespace of its own (only loopback)
 ip netns add tn_e2e_host && ip -n tn_e2e_host link set lo up
+UPLINK=()
+if [ "$MODE" = nat ]; then
+	ip netns add tn_e2e_inet && ip -n tn_e2e_inet link set lo up
+	ip -n tn_e2e_host link add up0 type veth peer name inet0 netns tn_e2e_inet
+	ip -n tn_e2e_host link set up0 up
+	ip -n tn_e2e_inet addr add 203.0.113.1/24 dev inet0
+	ip -n tn_e2e_inet link set inet0 up
+	UPLINK=(--uplink up0 --uplink-ip 203.0.113.2/24 --uplink-gateway 203.0.113.1)
+fi
 nsenter --net=/run/netns/tn_e2e_host "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
-	--dns 127.0.0.1 ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
+	--dns 127.0.0.1 "${UPLINK[@]}" ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 "$T" network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
-for c in cli srv; do
-	"$T" run --network bench --name $c -- sleep 100000 >"$OUT/$c.log" 2>&1 &
-	PIDS+=($!)
-done
+PUB=()
+[ "$MODE" = publish ] && PUB=(-p 5201:5201 -p 5201:5201/udp -p 5301:5301)
+"$T" run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
+PIDS+=($!)
+"$T" run --network bench --name srv "${PUB[@]}" -- sleep 100000 >"$OUT/srv.log" 2>&1 &
+PIDS+=($!)
 for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
 SRV_IP=$("$T" ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
-C=tn_e2e_cli S=tn_e2e_srv
-ip netns exec $C ping -c 1 -W 2 -q "$SRV_IP" >/dev/null || { echo "no connectivity" >&2; exit 1; }
+C=tn_e2e_cli S=tn_e2e_srv SB=$SRV_IP TGT=$SRV_IP
+LABEL="tapnet (tap-io_uring switch-tap)"
+case "$MODE" in
+c2c) ;;
+nat)
+	S=tn_e2e_inet SB=203.0.113.1 TGT=203.0.113.1
+	LABEL="tapnet NAT out (container -> uplink, root mode)"
+	;;
+publish)
+	C=tn_e2e_host TGT=127.0.0.1
+	LABEL="tapnet published port (host 127.0.0.1 -> container, splice relay)"
+	;;
+*) echo "unknown MODE $MODE" >&2; exit 1 ;;
+esac
+for _ in $(seq 20); do ip netns exec $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
 
 bg() { # NS LOG CMD...
 	local ns=$1 lg=$2; shift 2
@@ -67,10 +96,10 @@ median() { printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} 
 
 iperf() { # TAG ARGS... -> R
 	local tag=$1; shift
-	bg $S "$OUT/$tag.srv.log" iperf3 -s -1 -B "$SRV_IP" -p 5201
+	bg $S "$OUT/$tag.srv.log" iperf3 -s -1 -B "$SB" -p 5201
 	local srv=$BG
 	listening $S 5201
-	ip netns exec $C timeout -k 5 $((DUR + 30)) iperf3 -c "$SRV_IP" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
+	ip netns exec $C timeout -k 5 $((DUR + 30)) iperf3 -c "$TGT" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
 	sleep 0.2; stop $srv
 	R=$(python3 - "$OUT/$tag.json" <<'PY'
 import json, sys
@@ -87,7 +116,7 @@ PY
 )
 }
 
-bg $S "$OUT/sockperf-srv.log" sockperf server --tcp -i "$SRV_IP" -p 5301
+bg $S "$OUT/sockperf-srv.log" sockperf server --tcp -i "$SB" -p 5301
 SP=$BG
 listening $S 5301
 t1=() t4=() u=() ul=() pm=() pa=() sp=() r1=() r4=()
@@ -95,17 +124,19 @@ for rep in $(seq "$REPS"); do
 	iperf tcp1.$rep; t1+=("${R% *}"); r1+=("${R#* }"); log "rep $rep tcp1: ${R% *} Gbps (retrans ${R#* })"
 	iperf tcp4.$rep -P 4; t4+=("${R% *}"); r4+=("${R#* }"); log "rep $rep tcp4: ${R% *} Gbps (retrans ${R#* })"
 	iperf udp.$rep -u -l 64 -b 0; u+=("${R% *}"); ul+=("${R#* }"); log "rep $rep udp64: ${R% *} pps (loss ${R#* }%)"
-	ip netns exec $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$SRV_IP" >"$OUT/ping.$rep" 2>&1
+	[ "$MODE" = publish ] || ip netns exec $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$TGT" >"$OUT/ping.$rep" 2>&1
 	read -r a b < <(awk '/^rtt/ {split($4, v, "/"); printf "%.1f %.1f\n", v[1]*1000, v[2]*1000}' "$OUT/ping.$rep")
 	pm+=("$a"); pa+=("$b"); log "rep $rep ping: min $a us avg $b us"
-	ip netns exec $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$SRV_IP" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
+	ip netns exec $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$TGT" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
 	p50=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/sockperf.$rep" | awk '/percentile 50.000 =/ {print $NF}')
 	sp+=("$p50"); log "rep $rep sockperf p50: $p50 us"
 done
 stop $SP
-row=$(printf '| tapnet (tap-io_uring switch-tap) | %s | %.2f | %.2f | %.0f | %.1f | - | %.0f / %.0f | %.0f | %s |' \
-	"$MTU" "$(median "${t1[@]}")" "$(median "${t4[@]}")" "$(median "${u[@]}")" "$(median "${ul[@]}")" \
-	"$(median "${pm[@]}")" "$(median "${pa[@]}")" "$(median "${sp[@]}")" \
+PING="-"
+[ "$MODE" = publish ] || PING=$(printf '%.0f / %.0f' "$(median "${pm[@]}")" "$(median "${pa[@]}")")
+row=$(printf '| %s | %s | %.2f | %.2f | %.0f | %.1f | - | %s | %.0f | %s |' \
+	"$LABEL" "$MTU" "$(median "${t1[@]}")" "$(median "${t4[@]}")" "$(median "${u[@]}")" "$(median "${ul[@]}")" \
+	"$PING" "$(median "${sp[@]}")" \
 	"DUR=$DUR REPS=$REPS; retrans1=${r1[*]} retrans4=${r4[*]}")
 echo
 echo "| path | MTU | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps (iperf3) | UDP loss % | L2 64B rx pps (trafgen) | ping min / avg RTT us | TCP RR RTT p50 us (sockperf) | notes |"

@@ -149,11 +149,22 @@ struct InKey {
     nport: u16,
 }
 
+/// A published port on the external address (destination NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub net: u16,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub mac: [u8; 6],
+}
+
 #[derive(Debug, Clone)]
 struct Conn {
     out: OutKey,
     nport: u16,
     mac: [u8; 6],
+    /// Created by an inbound connection to a published port.
+    forwarded: bool,
     last: u64,
     tcp: TcpState,
     fin_out: bool,
@@ -183,6 +194,8 @@ pub struct Nat {
     /// Ports in use, per protocol index (0 TCP, 1 UDP, 2 ICMP).
     used: [FxHashMap<u16, u32>; 3],
     cursor: [u16; 3],
+    /// (proto, external port) -> where it is published.
+    forwards: FxHashMap<(u8, u16), Forward>,
     pub stats: NatStats,
 }
 
@@ -253,8 +266,29 @@ impl Nat {
             by_in: FxHashMap::default(),
             used: Default::default(),
             cursor: [lo; 3],
+            forwards: FxHashMap::default(),
             stats: NatStats::default(),
         }
+    }
+
+    /// Publishes `proto`/`port` of the external address to `to`; the port
+    /// is never handed out for masquerading while published.
+    pub fn add_forward(&mut self, proto: u8, port: u16, to: Forward) {
+        self.forwards.insert((proto, port), to);
+        self.used[pidx(proto)].insert(port, u32::MAX);
+    }
+
+    pub fn remove_forward(&mut self, proto: u8, port: u16) {
+        if self.forwards.remove(&(proto, port)).is_some() {
+            let i = pidx(proto);
+            if self.used[i].get(&port) == Some(&u32::MAX) {
+                self.used[i].remove(&port);
+            }
+        }
+    }
+
+    pub fn forwards(&self) -> impl Iterator<Item = (u8, u16, Forward)> + '_ {
+        self.forwards.iter().map(|((p, port), f)| (*p, *port, *f))
     }
 
     pub fn external(&self) -> Ipv4Addr {
@@ -401,6 +435,7 @@ impl Nat {
             out: key,
             nport,
             mac,
+            forwarded: false,
             last: 0,
             tcp: TcpState::SynSent,
             fin_out: false,
@@ -466,7 +501,10 @@ impl Nat {
             rport,
             nport,
         };
-        let &id = self.by_in.get(&key).ok_or(NatDrop::NoConnection)?;
+        let id = match self.by_in.get(&key) {
+            Some(&id) => id,
+            None => self.forwarded(&key, &p, b)?,
+        };
         let c = self.conns[id as usize].as_mut().expect("indexed");
         c.last = now;
         c.replied = true;
@@ -476,6 +514,55 @@ impl Nat {
         let (inside, sport, net, mac) = (c.out.src.octets(), c.out.sport, c.out.net, c.mac);
         rewrite(b, &p, inside, false, sport);
         Ok(Inside { net, mac })
+    }
+
+    /// A new inbound connection to a published port: a connection whose
+    /// inside end is the published container, the client's address kept.
+    fn forwarded(&mut self, key: &InKey, p: &Parsed, b: &[u8]) -> Result<u32, NatDrop> {
+        let f = *self
+            .forwards
+            .get(&(key.proto, key.nport))
+            .ok_or(NatDrop::NoConnection)?;
+        // TCP: only a SYN opens one
+        if key.proto == PROTO_TCP && b[p.l4 + 13] & 0x12 != 0x02 {
+            return Err(NatDrop::NoConnection);
+        }
+        if self.by_out.len() >= self.cfg.max_conns {
+            return Err(NatDrop::TableFull);
+        }
+        let out = OutKey {
+            proto: key.proto,
+            net: f.net,
+            src: f.ip,
+            sport: f.port,
+            dst: key.remote,
+            dport: key.rport,
+        };
+        let c = Conn {
+            out,
+            nport: key.nport,
+            mac: f.mac,
+            forwarded: true,
+            last: 0,
+            tcp: TcpState::SynSent,
+            fin_out: false,
+            fin_in: false,
+            replied: false,
+        };
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.conns[i as usize] = Some(c);
+                i
+            }
+            None => {
+                self.conns.push(Some(c));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.by_out.insert(out, id);
+        self.by_in.insert(*key, id);
+        self.stats.created += 1;
+        Ok(id)
     }
 
     /// An ICMP error about a packet we sent out: map the embedded header
@@ -548,7 +635,10 @@ impl Nat {
                     rport: c.out.dport,
                     nport: c.nport,
                 });
-                self.used[pidx(c.out.proto)].remove(&c.nport);
+                let u = &mut self.used[pidx(c.out.proto)];
+                if !c.forwarded && u.get(&c.nport) == Some(&(i as u32)) {
+                    u.remove(&c.nport);
+                }
                 self.free.push(i as u32);
                 n += 1;
             }

@@ -230,3 +230,46 @@ fn unsolicited_fragments_exhaustion_expiry() {
         let _ = n.inbound(&mut g, 0);
     }
 }
+
+#[test]
+fn published_port_keeps_the_client_address() {
+    let mut n = nat();
+    let to = Forward {
+        net: 3,
+        ip: C.into(),
+        port: 80,
+        mac: MAC,
+    };
+    n.add_forward(PROTO_TCP, 8080, to);
+    // a stray ACK opens nothing
+    let mut ack = frame(R, EXT, PROTO_TCP, &tcp(55000, 8080, 0x10));
+    assert_eq!(n.inbound(&mut ack, 0), Err(NatDrop::NoConnection));
+    let mut syn = frame(R, EXT, PROTO_TCP, &tcp(55000, 8080, 0x02));
+    assert_eq!(n.inbound(&mut syn, 0).unwrap(), Inside { net: 3, mac: MAC });
+    assert_eq!(
+        ip4(&syn, IP + 12),
+        R,
+        "the client's address reaches the container"
+    );
+    assert_eq!(ip4(&syn, IP + 16), C);
+    assert_eq!(rd16(&syn, IP + 22), 80);
+    valid(&syn);
+    // the answer leaves from the published port
+    let mut synack = frame(C, R, PROTO_TCP, &tcp(80, 55000, 0x12));
+    n.outbound(3, MAC, &mut synack, 1).unwrap();
+    assert_eq!(ip4(&synack, IP + 12), EXT);
+    assert_eq!(rd16(&synack, IP + 20), 8080);
+    valid(&synack);
+    // the published port is never handed out for masquerading
+    let mut b = frame([10, 88, 0, 9], R, PROTO_TCP, &tcp(8080, 80, 2));
+    n.outbound(1, MAC, &mut b, 2).unwrap();
+    assert_ne!(rd16(&b, IP + 20), 8080);
+    // expiry keeps the reservation
+    n.expire(10_000_000);
+    let mut b = frame([10, 88, 0, 9], R, PROTO_TCP, &tcp(8080, 81, 2));
+    n.outbound(1, MAC, &mut b, 10_000_001).unwrap();
+    assert_ne!(rd16(&b, IP + 20), 8080);
+    n.remove_forward(PROTO_TCP, 8080);
+    let mut syn = frame(R, EXT, PROTO_TCP, &tcp(55001, 8080, 0x02));
+    assert_eq!(n.inbound(&mut syn, 10_000_002), Err(NatDrop::NoConnection));
+}

@@ -235,3 +235,59 @@ fn expiry_exhaustion_and_internal_networks() {
     assert!(!o.status.success());
     assert!(ctr(&env.counters("app", "c"), "drops.no_route") >= 1);
 }
+
+#[test]
+fn published_on_the_uplink_keeps_sources_and_hairpins() {
+    let Some(mut env) = Env::with_uplink("published_on_the_uplink_keeps_sources_and_hairpins", &[])
+    else {
+        return;
+    };
+    let inet = env.inet_ns();
+    env.ok(&["network", "create", "app", "--subnet", "10.65.0.0/24"]);
+    let web = env.container("app", "web", &["-p", "8080:80"]);
+    let c = env.container("app", "c", &[]);
+    // the server answers with the address it sees
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(&web.ns, move || {
+        let l = TcpListener::bind("0.0.0.0:80").unwrap();
+        tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let peer = s.peer_addr().unwrap().ip().to_string();
+                let _ = s.write_all(peer.as_bytes());
+            }
+        });
+    });
+    rx.recv().unwrap();
+    let ask = |ns: &str| -> String {
+        in_ns(ns, || {
+            let mut s = TcpStream::connect_timeout(
+                &(UPLINK_IP.parse::<std::net::Ipv4Addr>().unwrap(), 8080).into(),
+                Duration::from_secs(3),
+            )
+            .expect("connect to the published port");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = String::new();
+            s.read_to_string(&mut b).unwrap();
+            b
+        })
+        .join()
+        .unwrap()
+    };
+    // from the internet: the client's own address reaches the container
+    assert_eq!(ask(&inet), INET_IP);
+    // hairpin: a container of the same network through the uplink address
+    assert_eq!(ask(&c.ns), UPLINK_IP);
+    // gone with the endpoint
+    env.ok(&["rm", "web"]);
+    let r = in_ns(&inet, || {
+        TcpStream::connect_timeout(
+            &(UPLINK_IP.parse::<std::net::Ipv4Addr>().unwrap(), 8080).into(),
+            Duration::from_secs(2),
+        )
+    })
+    .join()
+    .unwrap();
+    assert!(r.is_err(), "port still published");
+}

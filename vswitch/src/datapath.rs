@@ -155,6 +155,8 @@ enum Cmd {
     SetAging(Duration),
     Inject(NetIdx, Vec<Vec<u8>>),
     SetUplink(Box<UplinkConfig>, PortId),
+    AddForward(u8, u16, nat::Forward),
+    RemoveForward(u8, u16),
     Shutdown,
 }
 
@@ -342,6 +344,16 @@ impl Datapath {
         let id = self.next_port.fetch_add(1, Ordering::Relaxed);
         self.send(Cmd::SetUplink(Box::new(u), id))?;
         Ok(id)
+    }
+
+    /// Publishes `proto`/`port` of the uplink address to a container
+    /// (destination NAT: the client's address reaches the container).
+    pub fn add_forward(&self, proto: u8, port: u16, to: nat::Forward) -> Result<(), DatapathError> {
+        self.send(Cmd::AddForward(proto, port, to))
+    }
+
+    pub fn remove_forward(&self, proto: u8, port: u16) -> Result<(), DatapathError> {
+        self.send(Cmd::RemoveForward(proto, port))
     }
 
     /// A handle that can only inject frames, for services behind the
@@ -1099,6 +1111,11 @@ impl State {
             self.recycle(slot, b);
             return;
         }
+        if dst == u.ip {
+            // hairpin: to our own address (a published port): back in
+            self.deliver_in(slot, b, len, now);
+            return;
+        }
         let hop = u.next_hop(dst);
         let Some(&(mac, _)) = u.arp.get(&hop) else {
             u.no_neighbor += 1;
@@ -1169,35 +1186,48 @@ impl State {
                 self.recycle(slot, b);
             }
             [8, 0] if f[E + 14 + 16..E + 14 + 20] == u.ip.octets() => {
-                let Ok(inside) = u.nat.inbound(f, now) else {
-                    self.recycle(slot, b);
-                    return;
-                };
-                const I: usize = E + 14;
-                if f[I + 8] <= 1 {
-                    self.recycle(slot, b);
-                    return;
-                }
-                router::dec_ttl(f, I);
-                let dst_mac = Mac(inside.mac);
-                let Some(gw_mac) = self.sw.network(inside.net).map(|n| n.cfg.gateway_mac) else {
-                    self.recycle(slot, b);
-                    return;
-                };
-                let Some(dst) = self.sw.table.lookup(inside.net, &dst_mac, now) else {
-                    // the container is gone (or silent long enough to age out)
-                    self.recycle(slot, b);
-                    return;
-                };
-                let p = self.ports[slot as usize].as_mut().expect("checked");
-                let f = &mut p.bufs[base..base + len];
-                f[E..E + 6].copy_from_slice(&dst_mac.0);
-                f[E + 6..E + 12].copy_from_slice(&gw_mac.0);
-                if !self.post_write(slot, b, dst) {
-                    self.recycle(slot, b);
-                }
+                self.deliver_in(slot, b, len, now);
             }
             _ => self.recycle(slot, b),
+        }
+    }
+
+    /// Translates a frame for the uplink address (from the wire, or a
+    /// hairpin from inside) back to its container and sends it there.
+    fn deliver_in(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
+        const E: usize = VNET_HDR_LEN;
+        const I: usize = E + 14;
+        let base = b * BUF_SIZE;
+        let u = self.uplink.as_mut().expect("an uplink");
+        let p = self.ports[slot as usize].as_mut().expect("checked");
+        let f = &mut p.bufs[base..base + len];
+        let Ok(inside) = u.nat.inbound(f, now) else {
+            self.recycle(slot, b);
+            return;
+        };
+        if f[I + 8] <= 1 {
+            self.recycle(slot, b);
+            return;
+        }
+        router::dec_ttl(f, I);
+        let dst_mac = Mac(inside.mac);
+        let Some(n) = self.sw.network(inside.net) else {
+            self.recycle(slot, b);
+            return;
+        };
+        f[E..E + 6].copy_from_slice(&dst_mac.0);
+        f[E + 6..E + 12].copy_from_slice(&n.cfg.gateway_mac.0);
+        let targets: Vec<PortIdx> = match self.sw.table.lookup(inside.net, &dst_mac, now) {
+            Some(d) => vec![d],
+            // aged out of the table (a quiet server): flood like unknown unicast
+            None => n.ports.clone(),
+        };
+        let mut sent = false;
+        for t in targets {
+            sent |= self.post_write(slot, b, t);
+        }
+        if !sent {
+            self.recycle(slot, b);
         }
     }
 
@@ -1353,6 +1383,16 @@ impl State {
                 }
                 Cmd::SetAging(d) => self.sw.table.set_aging_ms(d.as_millis() as u64),
                 Cmd::SetUplink(u, id) => self.set_uplink(*u, id),
+                Cmd::AddForward(proto, port, to) => {
+                    if let Some(u) = self.uplink.as_mut() {
+                        u.nat.add_forward(proto, port, to);
+                    }
+                }
+                Cmd::RemoveForward(proto, port) => {
+                    if let Some(u) = self.uplink.as_mut() {
+                        u.nat.remove_forward(proto, port);
+                    }
+                }
                 Cmd::Inject(net, frames) => {
                     for f in frames {
                         self.inject(net, f);

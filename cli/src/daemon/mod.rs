@@ -442,6 +442,8 @@ impl Core {
                             }
                         }
                         net.ports.insert(c, port);
+                        let idx = net.idx;
+                        self.uplink_forwards(idx, &e, true);
                     }
                     Err(err) if alive => {
                         // keep what is stored: the namespace is still there
@@ -817,6 +819,9 @@ impl Core {
         if let Some(p) = published {
             n.published.insert(req.container.clone(), p);
         }
+        let idx = n.idx;
+        self.uplink_forwards(idx, &rec, true);
+        let n = self.nets.get_mut(network).expect("checked");
         if let Err(e) = self.store.save(&n.rec) {
             n.rec.endpoints.remove(&req.container);
             n.ports.remove(&req.container);
@@ -846,6 +851,9 @@ impl Core {
         }
         n.pool.release(e.ip);
         n.published.remove(container);
+        let idx = n.idx;
+        self.uplink_forwards(idx, &e, false);
+        let n = self.nets.get_mut(network).expect("checked");
         if let Some(port) = n.ports.remove(container) {
             if let Err(err) = self.dp.remove_port(port, true, DP_TIMEOUT) {
                 log(format!("removing port of {container}: {err}"));
@@ -961,6 +969,40 @@ impl Core {
                 .collect(),
             nameservers,
         })
+    }
+
+    /// Publishes (or withdraws) an endpoint's ports on the uplink address,
+    /// as destination NAT in the datapath: clients keep their address.
+    fn uplink_forwards(&self, net: NetIdx, e: &EndpointRecord, add: bool) {
+        let Some(u) = &self.cfg.uplink else {
+            return;
+        };
+        for m in &e.ports {
+            if m.host_ip.is_some_and(|ip| ip != u.ip.addr()) {
+                continue;
+            }
+            let proto = match m.proto {
+                publish::Proto::Tcp => nat::PROTO_TCP,
+                publish::Proto::Udp => nat::PROTO_UDP,
+            };
+            let r = if add {
+                self.dp.add_forward(
+                    proto,
+                    m.host_port,
+                    nat::Forward {
+                        net,
+                        ip: e.ip,
+                        port: m.ctr_port,
+                        mac: e.mac.0,
+                    },
+                )
+            } else {
+                self.dp.remove_forward(proto, m.host_port)
+            };
+            if let Err(err) = r {
+                log(format!("uplink port {m}: {err}"));
+            }
+        }
     }
 
     /// The uplink, its NAT counters and connection table.

@@ -96,9 +96,11 @@ pub fn parse(spec: &str) -> Result<Vec<PortMap>, String> {
                 .map_err(|_| format!("invalid port mapping {spec:?}: bad host address {ip:?}"))?;
             (Some(ip).filter(|i| !i.is_unspecified()), *h, *c)
         }
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "invalid port mapping {spec:?}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]"
-        )),
+        ))
+        }
     };
     let (h0, h1) = range(hp, "host port", spec)?;
     let (c0, c1) = range(cp, "container port", spec)?;
