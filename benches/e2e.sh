@@ -14,6 +14,8 @@
 #   c2c      container -> container on one network (default)
 #   nat      container -> "internet" namespace through the root-mode NAT
 #            (uplink: a veth from the daemon's namespace, tn_e2e_inet)
+#   socknat  the same without an uplink: the socket NAT (host sockets,
+#            the rootless back-end); the daemon's namespace has 203.0.113.254
 #   publish  host namespace (127.0.0.1) -> a container's published ports
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,13 +46,17 @@ trap 'exit 130' INT TERM
 # the daemon runs in a namespace of its own (only loopback)
 ip netns add tn_e2e_host && ip -n tn_e2e_host link set lo up
 UPLINK=()
-if [ "$MODE" = nat ]; then
+if [ "$MODE" = nat ] || [ "$MODE" = socknat ]; then
 	ip netns add tn_e2e_inet && ip -n tn_e2e_inet link set lo up
 	ip -n tn_e2e_host link add up0 type veth peer name inet0 netns tn_e2e_inet
 	ip -n tn_e2e_host link set up0 up
 	ip -n tn_e2e_inet addr add 203.0.113.1/24 dev inet0
 	ip -n tn_e2e_inet link set inet0 up
-	UPLINK=(--uplink up0 --uplink-ip 203.0.113.2/24 --uplink-gateway 203.0.113.1)
+	if [ "$MODE" = nat ]; then
+		UPLINK=(--uplink up0 --uplink-ip 203.0.113.2/24 --uplink-gateway 203.0.113.1)
+	else
+		ip -n tn_e2e_host addr add 203.0.113.254/24 dev up0
+	fi
 fi
 nsenter --net=/run/netns/tn_e2e_host "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
 	--dns 127.0.0.1 "${UPLINK[@]}" ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
@@ -72,6 +78,10 @@ c2c) ;;
 nat)
 	S=tn_e2e_inet SB=203.0.113.1 TGT=203.0.113.1
 	LABEL="tapnet NAT out (container -> uplink, root mode)"
+	;;
+socknat)
+	S=tn_e2e_inet SB=203.0.113.1 TGT=203.0.113.1
+	LABEL="tapnet socket NAT out (container -> host sockets)"
 	;;
 publish)
 	C=tn_e2e_host TGT=127.0.0.1
@@ -124,7 +134,7 @@ for rep in $(seq "$REPS"); do
 	iperf tcp1.$rep; t1+=("${R% *}"); r1+=("${R#* }"); log "rep $rep tcp1: ${R% *} Gbps (retrans ${R#* })"
 	iperf tcp4.$rep -P 4; t4+=("${R% *}"); r4+=("${R#* }"); log "rep $rep tcp4: ${R% *} Gbps (retrans ${R#* })"
 	iperf udp.$rep -u -l 64 -b 0; u+=("${R% *}"); ul+=("${R#* }"); log "rep $rep udp64: ${R% *} pps (loss ${R#* }%)"
-	[ "$MODE" = publish ] || ip netns exec $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$TGT" >"$OUT/ping.$rep" 2>&1
+	[ "$MODE" = publish ] || [ "$MODE" = socknat ] || ip netns exec $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$TGT" >"$OUT/ping.$rep" 2>&1
 	read -r a b < <(awk '/^rtt/ {split($4, v, "/"); printf "%.1f %.1f\n", v[1]*1000, v[2]*1000}' "$OUT/ping.$rep")
 	pm+=("$a"); pa+=("$b"); log "rep $rep ping: min $a us avg $b us"
 	ip netns exec $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$TGT" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
@@ -133,7 +143,7 @@ for rep in $(seq "$REPS"); do
 done
 stop $SP
 PING="-"
-[ "$MODE" = publish ] || PING=$(printf '%.0f / %.0f' "$(median "${pm[@]}")" "$(median "${pa[@]}")")
+[ "$MODE" = publish ] || [ "$MODE" = socknat ] || PING=$(printf '%.0f / %.0f' "$(median "${pm[@]}")" "$(median "${pa[@]}")")
 row=$(printf '| %s | %s | %.2f | %.2f | %.0f | %.1f | - | %s | %.0f | %s |' \
 	"$LABEL" "$MTU" "$(median "${t1[@]}")" "$(median "${t4[@]}")" "$(median "${u[@]}")" "$(median "${ul[@]}")" \
 	"$PING" "$(median "${sp[@]}")" \

@@ -29,6 +29,8 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 pub const INET_IP: &str = "203.0.113.1";
 /// The address containers are masqueraded to there.
 pub const UPLINK_IP: &str = "203.0.113.2";
+/// The host namespace's own address in [`Env::with_host_link`].
+pub const HOST_IP: &str = "203.0.113.254";
 
 /// Path of the `tapnet` binary: `$TAPNET_BIN`, or the one cargo built next
 /// to this test binary (`target/<profile>/tapnet`).
@@ -96,7 +98,7 @@ impl Env {
     /// A fresh daemon with its own socket, state directory and namespace
     /// prefix. `None` when the test is skipped (see [`can_run`]).
     pub fn new(test: &str, daemon_args: &[&str]) -> Option<Env> {
-        Self::build(test, daemon_args, false)
+        Self::build(test, daemon_args, None)
     }
 
     /// Like [`Env::new`], with "the internet": a namespace `tn_<id>_inet`
@@ -104,7 +106,15 @@ impl Env {
     /// daemon's namespace, which the daemon uses as its uplink with
     /// 203.0.113.2/24. See [`INET_IP`], [`UPLINK_IP`].
     pub fn with_uplink(test: &str, daemon_args: &[&str]) -> Option<Env> {
-        Self::build(test, daemon_args, true)
+        Self::build(test, daemon_args, Some(true))
+    }
+
+    /// Like [`Env::with_uplink`] but the daemon's namespace itself is on
+    /// that link (`up0` = [`HOST_IP`]/24 in the kernel) and the daemon has
+    /// no uplink: containers go out through the socket NAT, with the
+    /// host's address.
+    pub fn with_host_link(test: &str, daemon_args: &[&str]) -> Option<Env> {
+        Self::build(test, daemon_args, Some(false))
     }
 
     /// The "internet" namespace of [`Env::with_uplink`].
@@ -112,7 +122,9 @@ impl Env {
         format!("{}inet", self.prefix)
     }
 
-    fn build(test: &str, daemon_args: &[&str], uplink: bool) -> Option<Env> {
+    /// `link`: None, no "internet"; Some(true) an uplink for the daemon;
+    /// Some(false) a plain link of the host namespace.
+    fn build(test: &str, daemon_args: &[&str], link: Option<bool>) -> Option<Env> {
         if !can_run(test) {
             return None;
         }
@@ -132,7 +144,7 @@ impl Env {
         run_ok(Command::new("ip").args(["netns", "add", &host_ns]));
         run_ok(Command::new("ip").args(["-n", &host_ns, "link", "set", "lo", "up"]));
         let mut daemon_args: Vec<String> = daemon_args.iter().map(|s| s.to_string()).collect();
-        if uplink {
+        if let Some(uplink) = link {
             let inet = format!("{prefix}inet");
             run_ok(Command::new("ip").args(["netns", "add", &inet]));
             run_ok(Command::new("ip").args(["-n", &inet, "link", "set", "lo", "up"]));
@@ -151,15 +163,27 @@ impl Env {
                 "inet0",
             ]));
             run_ok(Command::new("ip").args(["-n", &inet, "link", "set", "inet0", "up"]));
-            for a in [
-                "--uplink",
-                "up0",
-                "--uplink-ip",
-                "203.0.113.2/24",
-                "--uplink-gateway",
-                INET_IP,
-            ] {
-                daemon_args.push(a.to_string());
+            if uplink {
+                for a in [
+                    "--uplink",
+                    "up0",
+                    "--uplink-ip",
+                    "203.0.113.2/24",
+                    "--uplink-gateway",
+                    INET_IP,
+                ] {
+                    daemon_args.push(a.to_string());
+                }
+            } else {
+                run_ok(Command::new("ip").args([
+                    "-n",
+                    &host_ns,
+                    "addr",
+                    "add",
+                    "203.0.113.254/24",
+                    "dev",
+                    "up0",
+                ]));
             }
         }
         let mut env = Env {

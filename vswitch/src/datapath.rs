@@ -72,6 +72,9 @@ pub struct DatapathConfig {
     /// Where punted gateway frames go (none: they are dropped as
     /// `gateway_unsupported`).
     pub punt: Option<PuntHook>,
+    /// Where routed frames go when there is no uplink: the socket NAT
+    /// (none: ICMP net-unreachable).
+    pub route: Option<PuntHook>,
 }
 
 impl Default for DatapathConfig {
@@ -84,6 +87,7 @@ impl Default for DatapathConfig {
             multishot: true,
             busy_poll_us: 0,
             punt: None,
+            route: None,
         }
     }
 }
@@ -1081,6 +1085,22 @@ impl State {
             self.sw.count_drop(slot, DropReason::NoRoute);
             self.recycle(slot, b);
             return;
+        }
+        if self.uplink.is_none() && cfg.routed {
+            if let Some(h) = &self.cfg.route {
+                // the socket NAT behind the gateway takes it
+                let p = self.ports[slot as usize].as_ref().expect("checked");
+                let taken = (h.0)(net, &p.bufs[base..base + len]);
+                if let Some(sp) = self.sw.port_mut(slot) {
+                    if taken {
+                        sp.counters.punted += 1;
+                    } else {
+                        sp.counters.drops.count(DropReason::ServiceBusy);
+                    }
+                }
+                self.recycle(slot, b);
+                return;
+            }
         }
         if self.uplink.is_none() || !cfg.routed {
             // a router without a route: network unreachable

@@ -90,7 +90,17 @@ pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, D
 /// ICMP time-exceeded in its place when the TTL runs out.
 fn route(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, DropReason> {
     const I: usize = VNET_HDR_LEN + ETH_HDR_LEN;
-    if buf[I] >> 4 != 4 || (buf[I] & 0xf) < 5 {
+    // a router forwards well-formed IPv4 only
+    let ihl = (buf[I] & 0xf) as usize * 4;
+    let total = u16::from_be_bytes([buf[I + 2], buf[I + 3]]) as usize;
+    let gso = VnetHdr::parse(buf).is_gso();
+    if buf[I] >> 4 != 4
+        || ihl < 20
+        || I + ihl > len
+        || total < ihl
+        || (!gso && I + total > len)
+        || checksum(&buf[I..I + ihl]) != 0
+    {
         return Err(DropReason::Malformed);
     }
     let ttl = buf[I + 8];

@@ -90,14 +90,14 @@ pub fn channel() -> (DnsService, mpsc::Receiver<Event>) {
 
 /// smoltcp's view of the network: frames in from the punt queue, frames
 /// out to the datapath.
-struct Queue {
-    rx: VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
-    mtu: usize,
+pub(super) struct Queue {
+    pub(super) rx: VecDeque<Vec<u8>>,
+    pub(super) tx: Vec<Vec<u8>>,
+    pub(super) mtu: usize,
 }
 
-struct RxTok(Vec<u8>);
-struct TxTok<'a>(&'a mut Vec<Vec<u8>>);
+pub(super) struct RxTok(Vec<u8>);
+pub(super) struct TxTok<'a>(&'a mut Vec<Vec<u8>>);
 
 impl phy::RxToken for RxTok {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -216,23 +216,9 @@ impl NetStack {
         }
     }
 
-    /// Queues a punted frame. Before an IPv4 frame, a synthetic ARP request
-    /// from its sender teaches smoltcp the sender's MAC, so the answer needs
-    /// no ARP round trip (smoltcp learns neighbours from ARP only).
+    /// Queues a punted frame (see [`push_with_arp`]).
     fn push(&mut self, f: Vec<u8>) {
-        let e = VNET_HDR_LEN;
-        if f.len() >= e + 14 + 20 && f[e + 12..e + 14] == [8, 0] {
-            let mut a = vec![0u8; e];
-            a.extend_from_slice(&[0xff; 6]);
-            a.extend_from_slice(&f[e + 6..e + 12]); // sender MAC
-            a.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
-            a.extend_from_slice(&f[e + 6..e + 12]);
-            a.extend_from_slice(&f[e + 14 + 12..e + 14 + 16]); // sender IP
-            a.extend_from_slice(&[0; 6]);
-            a.extend_from_slice(&self.gw.octets());
-            self.dev.rx.push_back(a);
-        }
-        self.dev.rx.push_back(f);
+        push_with_arp(&mut self.dev, self.gw, f);
     }
 
     fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
@@ -322,6 +308,25 @@ impl NetStack {
             }
         }
     }
+}
+
+/// Queues a frame for smoltcp. Before an IPv4 frame, a synthetic ARP
+/// request from its sender teaches smoltcp the sender's MAC, so the answer
+/// needs no ARP round trip (smoltcp learns neighbours from ARP only).
+pub(super) fn push_with_arp(dev: &mut Queue, gw: Ipv4Addr, f: Vec<u8>) {
+    let e = VNET_HDR_LEN;
+    if f.len() >= e + 14 + 20 && f[e + 12..e + 14] == [8, 0] {
+        let mut a = vec![0u8; e];
+        a.extend_from_slice(&[0xff; 6]);
+        a.extend_from_slice(&f[e + 6..e + 12]); // sender MAC
+        a.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        a.extend_from_slice(&f[e + 6..e + 12]);
+        a.extend_from_slice(&f[e + 14 + 12..e + 14 + 16]); // sender IP
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&gw.octets());
+        dev.rx.push_back(a);
+    }
+    dev.rx.push_back(f);
 }
 
 fn send_framed(s: &mut tcp::Socket, b: &[u8]) {

@@ -6,6 +6,7 @@ pub mod ipam;
 pub mod netns;
 pub mod publish;
 pub mod server;
+pub mod socknat;
 pub mod store;
 
 use crate::api::*;
@@ -164,6 +165,8 @@ pub struct Core {
     dp: Datapath,
     resolver: Arc<dns::Resolver>,
     dns_svc: dnsd::DnsService,
+    /// Outbound through host sockets, when there is no uplink.
+    socknat: Option<socknat::SockNat>,
     /// The daemon's upstream servers, for networks without their own.
     dns_defaults: Vec<SocketAddr>,
     nets: BTreeMap<String, Net>,
@@ -229,15 +232,22 @@ impl Core {
             parse_servers(&cfg.dns).map_err(|e| anyhow::anyhow!(e.message))?
         };
         let (dns_svc, dns_rx) = dnsd::channel();
+        let sock = cfg.uplink.is_none().then(socknat::channel);
         let dp = Datapath::start(DatapathConfig {
             aging: cfg.mac_aging,
             bufs_per_port: cfg.bufs_per_port,
             multishot: cfg.multishot,
             busy_poll_us: cfg.busy_poll_us,
             punt: Some(dns_svc.hook()),
+            route: sock.as_ref().map(|(s, _)| s.hook()),
             ..Default::default()
         })
         .context("starting the datapath")?;
+        let socknat = sock.map(|(s, rx)| {
+            tokio::runtime::Handle::current().spawn(socknat::run(rx, s.clone(), dp.injector()));
+            log("outbound: socket NAT through the host's own sockets (no --uplink)");
+            s
+        });
         if let Some(u) = &cfg.uplink {
             let (fd, mac, mtu) = vswitch::uplink::open_packet_socket(&u.iface)
                 .with_context(|| format!("opening the uplink {}", u.iface))?;
@@ -297,6 +307,7 @@ impl Core {
             dp,
             resolver,
             dns_svc,
+            socknat,
             dns_defaults,
             nets: BTreeMap::new(),
             containers,
@@ -371,6 +382,15 @@ impl Core {
             mac: net.gateway_mac,
             mtu: net.rec.mtu,
         });
+        if let Some(s) = &self.socknat {
+            s.send(socknat::Event::AddNet {
+                net: idx,
+                ip: net.rec.gateway,
+                prefix: net.rec.subnet.prefix_len(),
+                mac: net.gateway_mac,
+                mtu: net.rec.mtu,
+            });
+        }
         let name = net.rec.name.clone();
         self.nets.insert(name.clone(), net);
         self.dns_sync(&name);
@@ -668,6 +688,9 @@ impl Core {
         self.store.remove(name)?;
         self.dp.remove_network(idx).map_err(ApiError::internal)?;
         self.dns_svc.send(dnsd::Event::RemoveNet(idx));
+        if let Some(s) = &self.socknat {
+            s.send(socknat::Event::RemoveNet(idx));
+        }
         self.resolver
             .registry
             .write()
@@ -1036,7 +1059,17 @@ impl Core {
                 })
             })
             .collect();
+        let sock = self.socknat.as_ref().map(|s| {
+            let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            serde_json::json!({
+                "tcp_opened": g(&s.stats.tcp_opened),
+                "tcp_refused": g(&s.stats.tcp_refused),
+                "udp_flows": g(&s.stats.udp_flows),
+                "dropped": g(&s.stats.dropped),
+            })
+        });
         let mut v = serde_json::json!({
+            "socket_nat": sock,
             "uplink": snap.uplink,
             "uplink_counters": port,
             "published": published,

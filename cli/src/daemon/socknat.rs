@@ -1,0 +1,552 @@
+//! Socket NAT: outbound traffic without an uplink, through ordinary host
+//! sockets, like slirp4netns and pasta. Routed frames (the datapath's route
+//! hook) reach one smoltcp stack per network that accepts any destination
+//! address ("any-IP"): a container's TCP connection to X:P is terminated
+//! there (only once the host's own connection to X:P succeeded, else the
+//! container gets a reset) and relayed to a host socket; UDP datagrams to
+//! X:P go out of a host UDP socket per flow and the answers come back from
+//! X:P. Everything leaves with the host's own address and needs no
+//! privileges on the host: this is also the rootless back-end.
+
+use super::dnsd::{push_with_arp, Queue};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant as SInstant;
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+use vswitch::vnet::VNET_HDR_LEN;
+use vswitch::{Injector, Mac, NetIdx, PuntHook};
+
+const QUEUE: usize = 8192;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const UDP_IDLE: Duration = Duration::from_secs(60);
+/// Bytes a host connection may have in flight towards a container.
+const CREDIT: usize = 1 << 20;
+/// smoltcp buffers per direction (calloc: untouched pages cost nothing).
+const TCP_BUF: usize = 1024 * 1024;
+
+/// (container address, port, remote address, port)
+type Flow = (Ipv4Addr, u16, Ipv4Addr, u16);
+
+pub enum Event {
+    Frame(NetIdx, Vec<u8>),
+    AddNet {
+        net: NetIdx,
+        ip: Ipv4Addr,
+        prefix: u8,
+        mac: Mac,
+        mtu: u32,
+    },
+    RemoveNet(NetIdx),
+    Connected(NetIdx, Flow, Option<tokio::net::TcpStream>),
+    HostData(NetIdx, Flow, u64, Vec<u8>),
+    HostEof(NetIdx, Flow, u64),
+    UdpReply(NetIdx, Flow, Vec<u8>),
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub tcp_opened: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    pub udp_flows: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct SockNat {
+    pub tx: mpsc::Sender<Event>,
+    pub stats: Arc<Stats>,
+}
+
+impl SockNat {
+    pub fn hook(&self) -> PuntHook {
+        let tx = self.tx.clone();
+        PuntHook(Arc::new(move |net, f: &[u8]| {
+            tx.try_send(Event::Frame(net, f.to_vec())).is_ok()
+        }))
+    }
+
+    pub fn send(&self, ev: Event) {
+        let tx = self.tx.clone();
+        if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
+            tokio::spawn(async move {
+                let _ = tx.send(ev).await;
+            });
+        }
+    }
+}
+
+pub fn channel() -> (SockNat, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (
+        SockNat {
+            tx,
+            stats: Arc::new(Stats::default()),
+        },
+        rx,
+    )
+}
+
+struct Conn {
+    handle: SocketHandle,
+    gen: u64,
+    to_host: Option<mpsc::Sender<Vec<u8>>>,
+    pending: VecDeque<u8>,
+    host_eof: bool,
+    closed: bool,
+    credit: Arc<Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct UdpFlow {
+    out: mpsc::Sender<Vec<u8>>,
+    last: Instant,
+}
+
+struct Net {
+    iface: Interface,
+    dev: Queue,
+    sockets: SocketSet<'static>,
+    gw: Ipv4Addr,
+    mac: Mac,
+    /// SYNs waiting for the host's connection.
+    syn: HashMap<Flow, Vec<u8>>,
+    tcp: HashMap<Flow, Conn>,
+    /// One smoltcp UDP socket per remote endpoint the containers talk to.
+    udp_sock: HashMap<(Ipv4Addr, u16), (SocketHandle, Instant)>,
+    udp: HashMap<Flow, UdpFlow>,
+}
+
+fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
+    const I: usize = VNET_HDR_LEN + 14;
+    if f.len() < I + 20 || f[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] != [8, 0] {
+        return None;
+    }
+    let ihl = (f[I] & 0xf) as usize * 4;
+    if ihl < 20 || f.len() < I + ihl + 8 {
+        return None;
+    }
+    let src = Ipv4Addr::new(f[I + 12], f[I + 13], f[I + 14], f[I + 15]);
+    let dst = Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19]);
+    Some((f[I + 9], src, dst, I + ihl))
+}
+
+impl Net {
+    fn new(ip: Ipv4Addr, prefix: u8, mac: Mac, mtu: u32, now: SInstant) -> Net {
+        let mut dev = Queue {
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            mtu: mtu as usize + 14,
+        };
+        let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
+        cfg.random_seed = rand::random();
+        let mut iface = Interface::new(cfg, &mut dev, now);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
+        });
+        // any-IP: accept every destination, as a router would
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(ip);
+        Net {
+            iface,
+            dev,
+            sockets: SocketSet::new(Vec::new()),
+            gw: ip,
+            mac,
+            syn: HashMap::new(),
+            tcp: HashMap::new(),
+            udp_sock: HashMap::new(),
+            udp: HashMap::new(),
+        }
+    }
+
+    /// A routed frame from a container.
+    fn frame(&mut self, net: NetIdx, f: Vec<u8>, svc: &Svc) {
+        let Some((proto, src, dst, l4)) = ipv4_l4(&f) else {
+            svc.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let sport = u16::from_be_bytes([f[l4], f[l4 + 1]]);
+        let dport = u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]);
+        let flow = (src, sport, dst, dport);
+        match proto {
+            6 if f.len() >= l4 + 14 => {
+                let flags = f[l4 + 13];
+                let syn_only = flags & 0x12 == 0x02;
+                if syn_only && !self.tcp.contains_key(&flow) {
+                    // hold the SYN until the host's connection is up
+                    if self.syn.insert(flow, f).is_none() {
+                        let tx = svc.tx.clone();
+                        tokio::spawn(async move {
+                            let to = SocketAddr::from((dst, dport));
+                            let s = tokio::time::timeout(
+                                CONNECT_TIMEOUT,
+                                tokio::net::TcpStream::connect(to),
+                            )
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok());
+                            let _ = tx.send(Event::Connected(net, flow, s)).await;
+                        });
+                    }
+                    return;
+                }
+                push_with_arp(&mut self.dev, self.gw, f);
+            }
+            17 => {
+                // a smoltcp socket for the remote endpoint, a host socket for the flow
+                let ep = (dst, dport);
+                let now = Instant::now();
+                if let Some((_, last)) = self.udp_sock.get_mut(&ep) {
+                    *last = now;
+                } else {
+                    let mut u = udp::Socket::new(
+                        udp::PacketBuffer::new(
+                            vec![udp::PacketMetadata::EMPTY; 64],
+                            vec![0; 256 * 1024],
+                        ),
+                        udp::PacketBuffer::new(
+                            vec![udp::PacketMetadata::EMPTY; 64],
+                            vec![0; 256 * 1024],
+                        ),
+                    );
+                    let _ = u.bind(IpListenEndpoint {
+                        addr: Some(IpAddress::Ipv4(dst)),
+                        port: dport,
+                    });
+                    self.udp_sock.insert(ep, (self.sockets.add(u), now));
+                }
+                push_with_arp(&mut self.dev, self.gw, f);
+            }
+            _ => {
+                svc.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn connected(&mut self, net: NetIdx, flow: Flow, s: Option<tokio::net::TcpStream>, svc: &Svc) {
+        let Some(syn) = self.syn.remove(&flow) else {
+            return;
+        };
+        let Some(stream) = s else {
+            // no listener: smoltcp answers the SYN with a reset
+            svc.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            push_with_arp(&mut self.dev, self.gw, syn);
+            return;
+        };
+        svc.stats.tcp_opened.fetch_add(1, Ordering::Relaxed);
+        let mut t = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+            tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+        );
+        let _ = t.listen(IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(flow.2)),
+            port: flow.3,
+        });
+        let handle = self.sockets.add(t);
+        let gen = rand::random();
+        let (to_host, mut rx) = mpsc::channel::<Vec<u8>>(16);
+        let credit = Arc::new(Semaphore::new(CREDIT));
+        let (tx, c2) = (svc.tx.clone(), credit.clone());
+        let task = tokio::spawn(async move {
+            let (mut rd, mut wr) = stream.into_split();
+            let up = async move {
+                while let Some(d) = rx.recv().await {
+                    if wr.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            };
+            let tx2 = tx.clone();
+            let down = async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = rd.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        let _ = tx2.send(Event::HostEof(net, flow, gen)).await;
+                        break;
+                    }
+                    match c2.acquire_many(n as u32).await {
+                        Ok(p) => p.forget(),
+                        Err(_) => break,
+                    }
+                    if tx2
+                        .send(Event::HostData(net, flow, gen, buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            };
+            tokio::join!(up, down);
+        });
+        self.tcp.insert(
+            flow,
+            Conn {
+                handle,
+                gen,
+                to_host: Some(to_host),
+                pending: VecDeque::new(),
+                host_eof: false,
+                closed: false,
+                credit,
+                task,
+            },
+        );
+        push_with_arp(&mut self.dev, self.gw, syn);
+    }
+
+    fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        // UDP: datagrams from containers go out of their flow's host socket
+        for (&(rip, rport), &(h, _)) in self.udp_sock.iter() {
+            let s = self.sockets.get_mut::<udp::Socket>(h);
+            while let Ok((d, meta)) = s.recv() {
+                let IpAddress::Ipv4(cip) = meta.endpoint.addr;
+                let flow = (cip, meta.endpoint.port, rip, rport);
+                let data = d.to_vec();
+                let f = self.udp.entry(flow).or_insert_with(|| {
+                    svc.stats.udp_flows.fetch_add(1, Ordering::Relaxed);
+                    UdpFlow {
+                        out: udp_flow(net, flow, svc.tx.clone()),
+                        last: Instant::now(),
+                    }
+                });
+                f.last = Instant::now();
+                let _ = f.out.try_send(data);
+            }
+        }
+        // TCP relays
+        let mut gone = Vec::new();
+        for (flow, c) in self.tcp.iter_mut() {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            // container -> host, while the host side keeps up
+            if let Some(to) = &c.to_host {
+                while s.can_recv() {
+                    let Ok(permit) = to.try_reserve() else {
+                        break;
+                    };
+                    let mut buf = vec![0u8; 65536];
+                    match s.recv_slice(&mut buf) {
+                        Ok(n) if n > 0 => {
+                            buf.truncate(n);
+                            permit.send(buf);
+                        }
+                        _ => break,
+                    }
+                }
+                if !s.may_recv()
+                    && s.state() != tcp::State::Listen
+                    && s.state() != tcp::State::SynReceived
+                {
+                    c.to_host = None; // the container closed: FIN to the host
+                }
+            }
+            // host -> container, as far as the window allows
+            while !c.pending.is_empty() && s.can_send() {
+                let (a, _) = c.pending.as_slices();
+                match s.send_slice(a) {
+                    Ok(n) if n > 0 => {
+                        c.pending.drain(..n);
+                        c.credit.add_permits(n);
+                    }
+                    _ => break,
+                }
+            }
+            if c.host_eof && c.pending.is_empty() && !c.closed {
+                s.close();
+                c.closed = true;
+            }
+            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                gone.push(*flow);
+            }
+        }
+        for flow in gone {
+            if let Some(c) = self.tcp.remove(&flow) {
+                c.task.abort();
+                self.sockets.remove(c.handle);
+            }
+        }
+        // idle UDP
+        let now_i = Instant::now();
+        self.udp
+            .retain(|_, f| now_i.duration_since(f.last) < UDP_IDLE);
+        let mut idle = Vec::new();
+        for (ep, (h, last)) in &self.udp_sock {
+            if now_i.duration_since(*last) >= UDP_IDLE {
+                idle.push((*ep, *h));
+            }
+        }
+        for (ep, h) in idle {
+            self.udp_sock.remove(&ep);
+            self.sockets.remove(h);
+        }
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+    }
+
+    fn host_data(&mut self, flow: Flow, gen: u64, d: Vec<u8>) {
+        if let Some(c) = self.tcp.get_mut(&flow).filter(|c| c.gen == gen) {
+            c.pending.extend(d);
+        }
+    }
+
+    fn host_eof(&mut self, flow: Flow, gen: u64) {
+        if let Some(c) = self.tcp.get_mut(&flow).filter(|c| c.gen == gen) {
+            c.host_eof = true;
+        }
+    }
+
+    fn udp_reply(&mut self, flow: Flow, d: Vec<u8>) {
+        if let Some((h, last)) = self.udp_sock.get_mut(&(flow.2, flow.3)) {
+            *last = Instant::now();
+            let s = self.sockets.get_mut::<udp::Socket>(*h);
+            let _ = s.send_slice(
+                &d,
+                IpEndpoint {
+                    addr: IpAddress::Ipv4(flow.0),
+                    port: flow.1,
+                },
+            );
+        }
+    }
+}
+
+/// A host UDP socket for one flow; datagrams sent on the returned channel
+/// go to the remote, answers come back as events. Ends after [`UDP_IDLE`].
+fn udp_flow(net: NetIdx, flow: Flow, tx: mpsc::Sender<Event>) -> mpsc::Sender<Vec<u8>> {
+    let (out, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    tokio::spawn(async move {
+        let Ok(s) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+            return;
+        };
+        if s.connect((flow.2, flow.3)).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 65536];
+        loop {
+            tokio::select! {
+                d = rx.recv() => match d {
+                    Some(d) => { let _ = s.send(&d).await; }
+                    None => return,
+                },
+                r = tokio::time::timeout(UDP_IDLE, s.recv(&mut buf)) => match r {
+                    Ok(Ok(n)) => {
+                        if tx.send(Event::UdpReply(net, flow, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) => return,
+                },
+            }
+        }
+    });
+    out
+}
+
+struct Svc {
+    tx: mpsc::Sender<Event>,
+    stats: Arc<Stats>,
+}
+
+/// The service loop: owns every network's stack.
+pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector) {
+    let svc = Svc {
+        tx: nat.tx.clone(),
+        stats: nat.stats.clone(),
+    };
+    let t0 = Instant::now();
+    let now = || SInstant::from_micros(t0.elapsed().as_micros() as i64);
+    let mut nets: HashMap<NetIdx, Net> = HashMap::new();
+    loop {
+        let delay = nets
+            .values_mut()
+            .filter_map(|n| n.iface.poll_delay(now(), &n.sockets))
+            .map(|d| Duration::from_micros(d.total_micros()))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let first = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => Some(ev),
+                None => return,
+            },
+            _ = tokio::time::sleep(delay) => None,
+        };
+        let handle = |ev: Event, nets: &mut HashMap<NetIdx, Net>| match ev {
+            Event::Frame(net, f) => {
+                if let Some(n) = nets.get_mut(&net) {
+                    n.frame(net, f, &svc);
+                }
+            }
+            Event::AddNet {
+                net,
+                ip,
+                prefix,
+                mac,
+                mtu,
+            } => {
+                let same = nets.get(&net).is_some_and(|n| n.gw == ip && n.mac == mac);
+                if !same {
+                    nets.insert(net, Net::new(ip, prefix, mac, mtu, now()));
+                }
+            }
+            Event::RemoveNet(net) => {
+                if let Some(n) = nets.remove(&net) {
+                    for c in n.tcp.into_values() {
+                        c.task.abort();
+                    }
+                }
+            }
+            Event::Connected(net, flow, s) => {
+                if let Some(n) = nets.get_mut(&net) {
+                    n.connected(net, flow, s, &svc);
+                }
+            }
+            Event::HostData(net, flow, gen, d) => {
+                if let Some(n) = nets.get_mut(&net) {
+                    n.host_data(flow, gen, d);
+                }
+            }
+            Event::HostEof(net, flow, gen) => {
+                if let Some(n) = nets.get_mut(&net) {
+                    n.host_eof(flow, gen);
+                }
+            }
+            Event::UdpReply(net, flow, d) => {
+                if let Some(n) = nets.get_mut(&net) {
+                    n.udp_reply(flow, d);
+                }
+            }
+        };
+        if let Some(ev) = first {
+            handle(ev, &mut nets);
+        }
+        let mut budget = 4096;
+        while budget > 0 {
+            match rx.try_recv() {
+                Ok(ev) => handle(ev, &mut nets),
+                Err(_) => break,
+            }
+            budget -= 1;
+        }
+        let ts = now();
+        for (net, n) in nets.iter_mut() {
+            n.poll(ts, *net, &svc);
+            if !n.dev.tx.is_empty() {
+                let frames = std::mem::take(&mut n.dev.tx);
+                let _ = dp.inject(*net, frames);
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Outbound without an uplink: the socket NAT terminates containers' TCP
+//! and UDP in a userspace stack and relays through the host's own sockets
+//! (the rootless back-end). "The internet" is a namespace on a link of the
+//! daemon's namespace, which has an address of its own there.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tapnet_tests::*;
+
+#[test]
+fn socket_nat_tcp_udp_and_many_connections() {
+    let Some(mut env) = Env::with_host_link("socket_nat_tcp_udp_and_many_connections", &[]) else {
+        return;
+    };
+    let inet = env.inet_ns();
+    env.ok(&["network", "create", "app", "--subnet", "10.66.0.0/24"]);
+    let c = env.container("app", "c", &[]);
+
+    // a 64 MiB download with a matching checksum; the server sees the host
+    let blob = env.random_file("blob", 64 << 20);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let b2 = blob.clone();
+    let server = in_ns(&inet, move || {
+        let l = TcpListener::bind((INET_IP, 7000)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, peer) = l.accept().unwrap();
+        std::io::copy(&mut std::fs::File::open(&b2).unwrap(), &mut s).unwrap();
+        peer
+    });
+    ready_rx.recv().unwrap();
+    let recv_path = env.dir.join("recv");
+    let recv = std::fs::File::create(&recv_path).unwrap();
+    let dl = env.spawn_in(
+        &c.ns,
+        &["nc", "-d", INET_IP, "7000"],
+        Stdio::null(),
+        recv.into(),
+    );
+    let peer = server.join().unwrap();
+    assert!(env.wait_bg(dl, Duration::from_secs(60)).success());
+    assert_eq!(peer.ip().to_string(), HOST_IP, "server saw {peer}");
+    assert_eq!(sha256(&blob), sha256(&recv_path), "downloaded data differs");
+
+    // an upload the other way, 16 MiB, echoed back
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    in_ns(&inet, move || {
+        let l = TcpListener::bind((INET_IP, 7003)).unwrap();
+        ready_tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut r = s.try_clone().unwrap();
+            std::io::copy(&mut r, &mut s).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+    });
+    ready_rx.recv().unwrap();
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i * 7 + (i >> 11)) as u8)
+        .collect();
+    let d2 = data.clone();
+    let back = in_ns(&c.ns, move || {
+        let mut s = TcpStream::connect((INET_IP, 7003)).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let t = std::thread::spawn(move || {
+            w.write_all(&d2).unwrap();
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let mut b = Vec::new();
+        s.read_to_end(&mut b).unwrap();
+        t.join().unwrap();
+        b
+    })
+    .join()
+    .unwrap();
+    assert!(
+        back == data,
+        "echoed upload differs ({} bytes back)",
+        back.len()
+    );
+
+    // nobody listening: refused, promptly
+    let t0 = Instant::now();
+    let r = in_ns(&c.ns, || {
+        TcpStream::connect_timeout(
+            &(INET_IP.parse::<std::net::Ipv4Addr>().unwrap(), 7999).into(),
+            Duration::from_secs(5),
+        )
+    })
+    .join()
+    .unwrap();
+    assert!(
+        r.is_err() && t0.elapsed() < Duration::from_secs(3),
+        "{r:?} after {:?}",
+        t0.elapsed()
+    );
+
+    // UDP request/response, the server sees the host address
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(&inet, move || {
+        let s = UdpSocket::bind((INET_IP, 7001)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut b = [0u8; 2048];
+        let mut peers = Vec::new();
+        for _ in 0..50 {
+            let (n, from) = s.recv_from(&mut b).unwrap();
+            let mut r = b"re:".to_vec();
+            r.extend_from_slice(&b[..n]);
+            s.send_to(&r, from).unwrap();
+            peers.push(from.ip().to_string());
+        }
+        peers
+    });
+    ready_rx.recv().unwrap();
+    in_ns(&c.ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.connect((INET_IP, 7001)).unwrap();
+        let mut b = [0u8; 2048];
+        for i in 0..50 {
+            let m = format!("q{i}:{}", "y".repeat(i * 25));
+            s.send(m.as_bytes()).unwrap();
+            let n = s.recv(&mut b).unwrap();
+            assert_eq!(&b[..n], format!("re:{m}").as_bytes());
+        }
+    })
+    .join()
+    .expect("UDP client");
+    assert!(server.join().unwrap().iter().all(|p| p == HOST_IP));
+
+    // 1,000 concurrent TCP connections, each with its own data
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(&inet, move || {
+        let l = TcpListener::bind((INET_IP, 7002)).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut hs = Vec::new();
+        for _ in 0..1000 {
+            let (mut s, _) = l.accept().unwrap();
+            hs.push(std::thread::spawn(move || {
+                let mut b = [0u8; 16];
+                s.read_exact(&mut b).unwrap();
+                b.reverse();
+                s.write_all(&b).unwrap();
+            }));
+        }
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    ready_rx.recv().unwrap();
+    let n = in_ns(&c.ns, move || {
+        let mut socks: Vec<TcpStream> = (0..1000)
+            .map(|_| TcpStream::connect((INET_IP, 7002)).expect("connect"))
+            .collect();
+        for (i, s) in socks.iter_mut().enumerate() {
+            s.write_all(format!("{i:016}").as_bytes()).unwrap();
+        }
+        for (i, s) in socks.iter_mut().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut b = [0u8; 16];
+            s.read_exact(&mut b).unwrap();
+            let mut want = format!("{i:016}").into_bytes();
+            want.reverse();
+            assert_eq!(&b[..], &want[..], "connection {i}");
+        }
+        socks.len()
+    })
+    .join()
+    .expect("1000 connections");
+    assert_eq!(n, 1000);
+    server.join().unwrap();
+    let v = env.json(&["nat", "ls", "--format", "json"]);
+    assert!(ctr(&v["socket_nat"], "tcp_opened") >= 1002, "{v}");
+    assert!(ctr(&v["socket_nat"], "tcp_refused") >= 1, "{v}");
+}
