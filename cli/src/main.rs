@@ -19,14 +19,11 @@ use std::time::Duration;
     about = "Userspace virtual switch and NAT router for containers"
 )]
 struct Cli {
-    /// The daemon's API socket.
-    #[arg(
-        long,
-        global = true,
-        env = "TAPNET_SOCKET",
-        default_value = "/run/tapnet/tapnet.sock"
-    )]
-    socket: PathBuf,
+    /// The daemon's API socket [default: /run/tapnet/tapnet.sock as root,
+    /// $XDG_RUNTIME_DIR/tapnet/tapnet.sock (or /tmp/tapnet-UID/tapnet.sock)
+    /// otherwise].
+    #[arg(long, global = true, env = "TAPNET_SOCKET")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -72,9 +69,13 @@ enum NatCmd {
 
 #[derive(Args)]
 struct DaemonArgs {
-    /// Directory for the persistent state.
-    #[arg(long, default_value = "/var/lib/tapnet")]
-    state_dir: PathBuf,
+    /// Directory for the persistent state [default: /var/lib/tapnet as
+    /// root, $XDG_DATA_HOME/tapnet (or ~/.local/share/tapnet) otherwise].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The TUN/TAP clone device (default /dev/net/tun).
+    #[arg(long)]
+    tun_device: Option<PathBuf>,
     /// Seconds a learned MAC stays in the table without traffic.
     #[arg(long, default_value_t = 300)]
     mac_aging: u64,
@@ -229,6 +230,35 @@ struct RunCli {
     cmd: Vec<String>,
 }
 
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn default_socket() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/run/tapnet/tapnet.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("tapnet/tapnet.sock"),
+        None => PathBuf::from(format!("/tmp/tapnet-{}/tapnet.sock", unsafe {
+            libc::getuid()
+        })),
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/tapnet");
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("tapnet");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/tapnet"),
+        None => PathBuf::from(format!("/tmp/tapnet-{}/state", unsafe { libc::getuid() })),
+    }
+}
+
 fn uplink_args(a: &DaemonArgs) -> Result<Option<daemon::UplinkArgs>> {
     let Some(iface) = &a.uplink else {
         return Ok(None);
@@ -309,13 +339,15 @@ fn main() {
 }
 
 fn real_main(cli: Cli) -> Result<i32> {
-    let c = Client::new(&cli.socket);
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let c = Client::new(&socket);
     match cli.cmd {
         Cmd::Daemon(a) => {
             let uplink = uplink_args(&a)?;
             daemon::server::run(daemon::DaemonConfig {
-                socket: cli.socket,
-                state_dir: a.state_dir,
+                socket,
+                state_dir: a.state_dir.clone().unwrap_or_else(default_state_dir),
+                tun_device: a.tun_device.clone(),
                 mac_aging: Duration::from_secs(a.mac_aging),
                 netns_prefix: a.netns_prefix,
                 bufs_per_port: a.bufs_per_port,

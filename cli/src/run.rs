@@ -49,7 +49,7 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
         }),
     )?;
     let resolv = write_resolv_conf(&info, &a);
-    let code = run_in(&info, &a.cmd, resolv.as_deref());
+    let code = join_rootless(client).and_then(|_| run_in(&info, &a.cmd, resolv.as_deref()));
     if let Some(p) = &resolv {
         let _ = std::fs::remove_file(p);
     }
@@ -67,6 +67,30 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
         eprintln!("tapnet: removing container {}: {e:#}", info.name);
     }
     Ok(code)
+}
+
+/// A rootless daemon keeps its namespaces in its own user and mount
+/// namespaces: join them (as their owner, we are root there) so the
+/// container's network namespace can be entered.
+fn join_rootless(client: &Client) -> Result<()> {
+    let ping: serde_json::Value = client.get("/_ping")?;
+    if ping["rootless"] != true {
+        return Ok(());
+    }
+    let pid = ping["pid"]
+        .as_u64()
+        .context("the daemon did not say its PID")?;
+    for (ns, flag) in [("user", libc::CLONE_NEWUSER), ("mnt", libc::CLONE_NEWNS)] {
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
+            .with_context(|| format!("opening the rootless daemon's {ns} namespace"))?;
+        if unsafe { libc::setns(f.as_raw_fd(), flag) } != 0 {
+            anyhow::bail!(
+                "joining the rootless daemon's {ns} namespace: {} (is it another user's daemon?)",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The container's resolv.conf (bind-mounted over /etc/resolv.conf in its

@@ -90,6 +90,9 @@ pub struct Env {
     pub daemon_args: Vec<String>,
     /// The namespace the daemon runs in.
     pub host_ns: String,
+    /// Rootless: the unprivileged user (uid, gid) the daemon and the CLI
+    /// run as.
+    pub user: Option<(u32, u32)>,
     daemon: Option<Child>,
     bg: Vec<Child>,
 }
@@ -117,6 +120,56 @@ impl Env {
         Self::build(test, daemon_args, Some(false))
     }
 
+    /// Rootless: the daemon and every CLI call run as the unprivileged
+    /// user `tn_rootless` (created if missing), with a copy of the TUN
+    /// device node it may open (this machine's /dev/net/tun may be 0600);
+    /// "the internet" as in [`Env::with_host_link`].
+    pub fn rootless(test: &str, daemon_args: &[&str]) -> Option<Env> {
+        if !can_run(test) {
+            return None;
+        }
+        if !Command::new("id")
+            .arg("tn_rootless")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            run_ok(Command::new("useradd").args([
+                "-M",
+                "-r",
+                "-s",
+                "/usr/sbin/nologin",
+                "tn_rootless",
+            ]));
+        }
+        let id = |f: &str| -> u32 {
+            run_ok(Command::new("id").args([f, "tn_rootless"]))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        // the directory first (the daemon runs as the user there)
+        let probe = std::env::temp_dir().join(format!(
+            "tn_rl_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&probe).unwrap();
+        let tun = probe.join("tun");
+        run_ok(Command::new("mknod").arg(&tun).args(["c", "10", "200"]));
+        run_ok(Command::new("chmod").arg("666").arg(&tun));
+        run_ok(
+            Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(&probe),
+        );
+        let mut args: Vec<&str> = daemon_args.to_vec();
+        let tun_s = tun.to_string_lossy().into_owned();
+        args.extend_from_slice(&["--tun-device", &tun_s]);
+        Self::build_as(test, &args, Some(false), Some((uid, gid)), Some(probe))
+    }
+
     /// The "internet" namespace of [`Env::with_uplink`].
     pub fn inet_ns(&self) -> String {
         format!("{}inet", self.prefix)
@@ -125,6 +178,16 @@ impl Env {
     /// `link`: None, no "internet"; Some(true) an uplink for the daemon;
     /// Some(false) a plain link of the host namespace.
     fn build(test: &str, daemon_args: &[&str], link: Option<bool>) -> Option<Env> {
+        Self::build_as(test, daemon_args, link, None, None)
+    }
+
+    fn build_as(
+        test: &str,
+        daemon_args: &[&str],
+        link: Option<bool>,
+        user: Option<(u32, u32)>,
+        dir: Option<PathBuf>,
+    ) -> Option<Env> {
         if !can_run(test) {
             return None;
         }
@@ -138,7 +201,7 @@ impl Env {
             (std::process::id() ^ nanos.rotate_left(7) ^ (seq << 16)) & 0xfffff
         );
         let prefix = format!("tn_{id}_");
-        let dir = std::env::temp_dir().join(format!("tn_{id}"));
+        let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("tn_{id}")));
         std::fs::create_dir_all(&dir).unwrap();
         let host_ns = format!("{prefix}host");
         run_ok(Command::new("ip").args(["netns", "add", &host_ns]));
@@ -187,6 +250,7 @@ impl Env {
             }
         }
         let mut env = Env {
+            user,
             host_ns,
             sock: dir.join("tapnet.sock"),
             id,
@@ -212,8 +276,20 @@ impl Env {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.host_ns))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.host_ns));
+        if let Some((u, g)) = self.user {
+            cmd.args([
+                "setpriv",
+                "--reuid",
+                &u.to_string(),
+                "--regid",
+                &g.to_string(),
+            ])
+            .arg("--clear-groups")
+            .env("HOME", &self.dir);
+        }
+        let child = cmd
             .arg(&self.bin)
             .arg("--socket")
             .arg(&self.sock)
@@ -243,6 +319,26 @@ impl Env {
         }
     }
 
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// Starts `tapnet ARGS` (as the test's user when rootless) in the
+    /// background; stopped by PID when the Env is dropped.
+    pub fn spawn_tapnet(&mut self, args: &[&str]) -> usize {
+        let c = self
+            .tapnet_cmd()
+            .env("TAPNET_SOCKET", &self.sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.bg.push(c);
+        self.bg.len() - 1
+    }
+
     /// Stops the daemon with `sig` (SIGTERM: clean shutdown; SIGKILL: crash).
     pub fn stop_daemon(&mut self, sig: i32) {
         if let Some(mut c) = self.daemon.take() {
@@ -256,8 +352,29 @@ impl Env {
     }
 
     /// Runs the CLI against this daemon.
+    /// A command that runs `tapnet` (as the test's unprivileged user when
+    /// rootless).
+    fn tapnet_cmd(&self) -> Command {
+        match self.user {
+            None => Command::new(&self.bin),
+            Some((u, g)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid",
+                    &u.to_string(),
+                    "--regid",
+                    &g.to_string(),
+                    "--clear-groups",
+                ])
+                .arg(&self.bin)
+                .env("HOME", &self.dir);
+                c
+            }
+        }
+    }
+
     pub fn tapnet(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
+        self.tapnet_cmd()
             .env("TAPNET_SOCKET", &self.sock)
             .args(args)
             .stdin(Stdio::null())
@@ -314,7 +431,8 @@ impl Env {
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", "sleep", "3600"]);
         let log = File::create(self.dir.join(format!("run-{name}.log"))).unwrap();
-        let child = Command::new(&self.bin)
+        let child = self
+            .tapnet_cmd()
             .env("TAPNET_SOCKET", &self.sock)
             .args(&args)
             .stdin(Stdio::null())

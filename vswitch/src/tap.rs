@@ -90,6 +90,23 @@ pub fn in_netns<T: Send>(ns: &NetnsRef, f: impl FnOnce() -> T + Send) -> io::Res
     })
 }
 
+static TUN_DEVICE: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+/// Uses another TUN/TAP clone device than `/dev/net/tun` (a copy of the
+/// node a rootless user may open). Call once, before opening TAPs.
+pub fn set_tun_device(path: &Path) {
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+        let _ = TUN_DEVICE.set(c);
+    }
+}
+
+fn tun_device() -> &'static std::ffi::CStr {
+    TUN_DEVICE
+        .get()
+        .map(|c| c.as_c_str())
+        .unwrap_or(c"/dev/net/tun")
+}
+
 /// How to open a TAP device.
 #[derive(Debug, Clone)]
 pub struct TapOptions {
@@ -128,12 +145,13 @@ pub fn open_tap(opts: &TapOptions) -> io::Result<Vec<OwnedFd>> {
     let queues = opts.queues.max(1);
     let mut fds = Vec::with_capacity(queues);
     for q in 0..queues {
-        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        let dev = tun_device();
+        let fd = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if fd < 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(
                 e.kind(),
-                format!("opening /dev/net/tun: {e}"),
+                format!("opening {}: {e}", dev.to_string_lossy()),
             ));
         }
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };

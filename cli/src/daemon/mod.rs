@@ -30,6 +30,7 @@ const DP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DaemonConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    pub tun_device: Option<PathBuf>,
     pub mac_aging: Duration,
     /// Prefix of the namespaces `tapnet run` creates under /run/netns.
     pub netns_prefix: String,

@@ -10,33 +10,47 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use vswitch::{in_netns, open_tap, Mac, NetnsRef, TapOptions};
 
-pub const NETNS_DIR: &str = "/run/netns";
+/// Where namespaces are bind-mounted: /run/netns, or (rootless) a
+/// directory of the daemon's own mount namespace.
+static NETNS_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+pub fn set_netns_dir(p: PathBuf) {
+    let _ = NETNS_DIR.set(p);
+}
+
+fn netns_dir() -> &'static Path {
+    NETNS_DIR
+        .get()
+        .map(|p| p.as_path())
+        .unwrap_or(Path::new("/run/netns"))
+}
 
 /// Makes `/run/netns` a shared mount point (like iproute2) so namespace
 /// bind mounts made here are visible in every mount namespace.
 fn prepare_netns_dir() -> Result<()> {
-    std::fs::create_dir_all(NETNS_DIR).context("creating /run/netns")?;
+    let dir = netns_dir();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let flags = MsFlags::MS_SHARED | MsFlags::MS_REC;
-    if mount(None::<&str>, NETNS_DIR, Some("none"), flags, None::<&str>).is_ok() {
+    if mount(None::<&str>, dir, Some("none"), flags, None::<&str>).is_ok() {
         return Ok(());
     }
     mount(
-        Some(NETNS_DIR),
-        NETNS_DIR,
+        Some(dir),
+        dir,
         Some("none"),
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
     .context("bind-mounting /run/netns")?;
-    mount(None::<&str>, NETNS_DIR, Some("none"), flags, None::<&str>)
-        .context("making /run/netns a shared mount")?;
+    mount(None::<&str>, dir, Some("none"), flags, None::<&str>)
+        .with_context(|| format!("making {} a shared mount", dir.display()))?;
     Ok(())
 }
 
 /// Creates a new, empty network namespace pinned at `/run/netns/NAME`.
 pub fn create_netns(name: &str) -> Result<PathBuf> {
     prepare_netns_dir()?;
-    let path = Path::new(NETNS_DIR).join(name);
+    let path = netns_dir().join(name);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -58,7 +58,17 @@ fn body<T: DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
 
 fn router(s: Shared) -> Router {
     Router::new()
-        .route("/_ping", get(|| async { Json(serde_json::json!({"ok": true, "version": env!("CARGO_PKG_VERSION")})) }))
+        .route("/_ping", get(|| async {
+            Json(serde_json::json!({
+                "ok": true,
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "rootless": !nix::unistd::geteuid().is_root()
+                    || std::fs::read_to_string("/proc/self/uid_map")
+                        .map(|m| !m.split_whitespace().eq(["0", "0", "4294967295"]))
+                        .unwrap_or(false),
+            }))
+        }))
         .route(
             "/networks",
             get(|State(s): State<Shared>| async move { with_core(s, |c| Ok(c.list_networks())).await })
@@ -125,14 +135,60 @@ fn router(s: Shared) -> Router {
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(cfg: DaemonConfig) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("tapnet daemon must run as root (it creates TAP devices and network namespaces)");
+    let rootless = !nix::unistd::geteuid().is_root();
+    if rootless {
+        // before any thread exists: unshare(CLONE_NEWUSER) needs that
+        enter_rootless(&cfg)?;
+        if cfg.uplink.is_some() {
+            bail!("--uplink needs root (a packet socket on a host interface); rootless mode goes out through the host's sockets");
+        }
+    }
+    if let Some(t) = &cfg.tun_device {
+        vswitch::tap::set_tun_device(t);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(serve(cfg))
+}
+
+/// Rootless mode: a user namespace where this user is root (mapped to
+/// itself outside), and a private mount namespace for the namespaces'
+/// bind mounts. The daemon stays in the host's network namespace, so its
+/// sockets (NAT, DNS, published ports) are ordinary sockets of the user.
+fn enter_rootless(cfg: &DaemonConfig) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).context(
+        "creating a user namespace (rootless mode; are unprivileged user namespaces allowed?)",
+    )?;
+    std::fs::write("/proc/self/setgroups", "deny").context("writing setgroups")?;
+    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).context("writing uid_map")?;
+    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).context("writing gid_map")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making mounts private")?;
+    // namespaces are bind-mounted on a tmpfs that lives and dies with us
+    let dir = cfg.state_dir.join("netns");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", dir.display()))?;
+    super::netns::set_netns_dir(dir);
+    eprintln!("tapnet: rootless mode (uid {uid}); outbound through the host's sockets");
+    Ok(())
 }
 
 async fn serve(cfg: DaemonConfig) -> Result<()> {

@@ -1,0 +1,145 @@
+//! Rootless mode: the daemon and the CLI run as an unprivileged user the
+//! test creates (no capability on the host); containers talk by name
+//! through the switch, go out through the socket NAT with the host's
+//! address, resolve external names through the upstream, and publish ports
+//! on the host.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+use tapnet_tests::dnsutil::fake_upstream;
+use tapnet_tests::*;
+
+#[test]
+fn rootless_daemon_and_containers() {
+    let Some(mut env) = Env::rootless("rootless_daemon_and_containers", &[]) else {
+        return;
+    };
+    let inet = env.inet_ns();
+    // the daemon really is unprivileged on the host
+    let pid = env.daemon_pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    let (uid, _) = env.user.unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == uid.to_string()),
+        "{uid_line}"
+    );
+    assert!(env.daemon_log().contains("rootless mode"));
+    in_ns(&env.host_ns, fake_upstream).join().unwrap();
+
+    env.ok(&["network", "create", "app", "--subnet", "10.67.0.0/24"]);
+    env.spawn_tapnet(&[
+        "run",
+        "--network",
+        "app",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo hello-rootless | nc -l -N 80; done",
+    ]);
+    assert!(wait_until(Duration::from_secs(10), || env
+        .ctr("web")
+        .is_some()));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // by name through the switch (as root of the user namespace inside)
+    let o = env.ok(&[
+        "run",
+        "--network",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        "id -u; ping -c 2 -W 1 web",
+    ]);
+    assert!(o.starts_with("0\n") && o.contains(" 0% packet loss"), "{o}");
+
+    // published on the host
+    let got = in_ns(&env.host_ns, || {
+        let mut s = TcpStream::connect("127.0.0.1:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = String::new();
+        s.read_to_string(&mut b).unwrap();
+        b
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got.trim(), "hello-rootless");
+
+    // outbound TCP through the socket NAT: 8 MiB, checksum, host address
+    let blob = env.random_file("blob", 8 << 20);
+    let want = sha256(&blob);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b2 = blob.clone();
+    let server = in_ns(&inet, move || {
+        let l = TcpListener::bind((INET_IP, 7000)).unwrap();
+        tx.send(()).unwrap();
+        let (mut s, peer) = l.accept().unwrap();
+        std::io::copy(&mut std::fs::File::open(&b2).unwrap(), &mut s).unwrap();
+        peer
+    });
+    rx.recv().unwrap();
+    let o = env.ok(&[
+        "run",
+        "--network",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        &format!("nc -d {INET_IP} 7000 | sha256sum"),
+    ]);
+    assert!(o.starts_with(&want), "{o} vs {want}");
+    assert_eq!(server.join().unwrap().ip().to_string(), HOST_IP);
+
+    // outbound UDP
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = in_ns(&inet, move || {
+        let s = UdpSocket::bind((INET_IP, 7001)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tx.send(()).unwrap();
+        let mut b = [0u8; 64];
+        let (n, from) = s.recv_from(&mut b).unwrap();
+        s.send_to(b"pong\n", from).unwrap();
+        (
+            String::from_utf8_lossy(&b[..n]).to_string(),
+            from.ip().to_string(),
+        )
+    });
+    rx.recv().unwrap();
+    let o = env.ok(&[
+        "run",
+        "--network",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo ping | nc -u -w 2 {INET_IP} 7001"),
+    ]);
+    let (msg, from) = server.join().unwrap();
+    assert_eq!((msg.as_str(), from.as_str()), ("ping\n", HOST_IP));
+    assert!(o.contains("pong"), "{o}");
+
+    // external names through the upstream, local ones at the gateway
+    let o = env.ok(&[
+        "run",
+        "--network",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        "getent hosts up.example; getent hosts web",
+    ]);
+    assert!(o.contains("192.0.2.10") && o.contains("10.67.0.2"), "{o}");
+}
