@@ -247,6 +247,16 @@ impl Env {
                     "dev",
                     "up0",
                 ]));
+                // ICMP datagram sockets for everyone, in this namespace only
+                run_ok(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &host_ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.ping_group_range=0 2147483647",
+                ]));
             }
         }
         let mut env = Env {

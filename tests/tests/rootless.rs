@@ -66,6 +66,10 @@ fn rootless_daemon_and_containers() {
     ]);
     assert!(o.starts_with("0\n") && o.contains(" 0% packet loss"), "{o}");
 
+    // ping out, unprivileged (ICMP datagram sockets)
+    let o = env.ok(&["run", "--network", "app", "--", "ping", "-c", "2", "-W", "2", INET_IP]);
+    assert!(o.contains(" 0% packet loss"), "{o}");
+
     // published on the host
     let got = in_ns(&env.host_ns, || {
         let mut s = TcpStream::connect("127.0.0.1:8080").unwrap();

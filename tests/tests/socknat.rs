@@ -80,6 +80,10 @@ fn socket_nat_tcp_udp_and_many_connections() {
         back.len()
     );
 
+    // ping through ICMP datagram sockets of the host
+    let o = env.exec_ok(&c.ns, &["ping", "-n", "-c", "3", "-W", "2", INET_IP]);
+    assert!(o.contains(" 0% packet loss"), "{o}");
+
     // nobody listening: refused, promptly
     let t0 = Instant::now();
     let r = in_ns(&c.ns, || {

@@ -1066,6 +1066,8 @@ impl Core {
                 "tcp_opened": g(&s.stats.tcp_opened),
                 "tcp_refused": g(&s.stats.tcp_refused),
                 "udp_flows": g(&s.stats.udp_flows),
+                "ping_flows": g(&s.stats.ping_flows),
+                "ping_refused": g(&s.stats.ping_refused),
                 "dropped": g(&s.stats.dropped),
             })
         });

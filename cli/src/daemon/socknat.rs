@@ -50,6 +50,8 @@ pub enum Event {
     HostData(NetIdx, Flow, u64, Vec<u8>),
     HostEof(NetIdx, Flow, u64),
     UdpReply(NetIdx, Flow, Vec<u8>),
+    /// An ICMP echo reply (ICMP header + data) for (container, id, remote).
+    PingReply(NetIdx, Flow, Vec<u8>),
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +59,9 @@ pub struct Stats {
     pub tcp_opened: AtomicU64,
     pub tcp_refused: AtomicU64,
     pub udp_flows: AtomicU64,
+    pub ping_flows: AtomicU64,
+    /// Echo requests that could not go out (no ICMP socket allowed).
+    pub ping_refused: AtomicU64,
     pub dropped: AtomicU64,
 }
 
@@ -123,6 +128,8 @@ struct Net {
     /// One smoltcp UDP socket per remote endpoint the containers talk to.
     udp_sock: HashMap<(Ipv4Addr, u16), (SocketHandle, Instant)>,
     udp: HashMap<Flow, UdpFlow>,
+    /// Echo flows: (container, identifier, remote, 0) -> sender, MAC.
+    ping: HashMap<Flow, (UdpFlow, [u8; 6])>,
 }
 
 fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
@@ -165,6 +172,7 @@ impl Net {
             tcp: HashMap::new(),
             udp_sock: HashMap::new(),
             udp: HashMap::new(),
+            ping: HashMap::new(),
         }
     }
 
@@ -226,10 +234,60 @@ impl Net {
                 }
                 push_with_arp(&mut self.dev, self.gw, f);
             }
+            1 if f[l4] == 8 => {
+                // echo request: an ICMP datagram ("ping") socket per flow
+                const I: usize = VNET_HDR_LEN + 14;
+                let total = u16::from_be_bytes([f[I + 2], f[I + 3]]) as usize;
+                let end = (I + total).min(f.len());
+                let id = u16::from_be_bytes([f[l4 + 4], f[l4 + 5]]);
+                let key = (src, id, dst, 0);
+                let mac: [u8; 6] = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].try_into().expect("6");
+                let e = self.ping.entry(key).or_insert_with(|| {
+                    svc.stats.ping_flows.fetch_add(1, Ordering::Relaxed);
+                    (
+                        UdpFlow {
+                            out: ping_flow(net, key, svc.tx.clone(), svc.stats.clone()),
+                            last: Instant::now(),
+                        },
+                        mac,
+                    )
+                });
+                e.0.last = Instant::now();
+                let _ = e.0.out.try_send(f[l4..end].to_vec());
+            }
             _ => {
                 svc.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// An echo reply from the host's ICMP socket, as a frame to the
+    /// container (the identifier restored, checksums computed).
+    fn ping_reply(&mut self, flow: Flow, icmp: Vec<u8>) {
+        let Some((_, mac)) = self.ping.get(&flow) else {
+            return;
+        };
+        if icmp.len() < 8 || icmp[0] != 0 {
+            return;
+        }
+        let mut m = icmp;
+        m[4..6].copy_from_slice(&flow.1.to_be_bytes());
+        m[2..4].copy_from_slice(&[0, 0]);
+        let c = vswitch::router::checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        let total = 20 + m.len();
+        let mut f = vec![0u8; VNET_HDR_LEN];
+        f.extend_from_slice(mac);
+        f.extend_from_slice(&self.mac.0);
+        f.extend_from_slice(&[8, 0]);
+        let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 1, 0, 0];
+        ip.extend_from_slice(&flow.2.octets());
+        ip.extend_from_slice(&flow.0.octets());
+        let c = vswitch::router::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&m);
+        self.dev.tx.push(f);
     }
 
     fn connected(&mut self, net: NetIdx, flow: Flow, s: Option<tokio::net::TcpStream>, svc: &Svc) {
@@ -377,10 +435,10 @@ impl Net {
                 self.sockets.remove(c.handle);
             }
         }
-        // idle UDP
+        // idle UDP and ping flows
         let now_i = Instant::now();
-        self.udp
-            .retain(|_, f| now_i.duration_since(f.last) < UDP_IDLE);
+        self.udp.retain(|_, f| now_i.duration_since(f.last) < UDP_IDLE);
+        self.ping.retain(|_, (f, _)| now_i.duration_since(f.last) < UDP_IDLE);
         let mut idle = Vec::new();
         for (ep, (h, last)) in &self.udp_sock {
             if now_i.duration_since(*last) >= UDP_IDLE {
@@ -442,6 +500,61 @@ fn udp_flow(net: NetIdx, flow: Flow, tx: mpsc::Sender<Event>) -> mpsc::Sender<Ve
                 r = tokio::time::timeout(UDP_IDLE, s.recv(&mut buf)) => match r {
                     Ok(Ok(n)) => {
                         if tx.send(Event::UdpReply(net, flow, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) => return,
+                },
+            }
+        }
+    });
+    out
+}
+
+/// An ICMP datagram socket (`IPPROTO_ICMP`, what unprivileged ping uses,
+/// if net.ipv4.ping_group_range allows) for one echo flow.
+fn ping_flow(
+    net: NetIdx,
+    flow: Flow,
+    tx: mpsc::Sender<Event>,
+    stats: Arc<Stats>,
+) -> mpsc::Sender<Vec<u8>> {
+    let (out, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_ICMP,
+            )
+        };
+        if fd < 0 {
+            stats.ping_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // a datagram socket: tokio's UDP type drives it (send/recv only)
+        let std_sock = unsafe { <std::net::UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let Ok(s) = tokio::net::UdpSocket::from_std(std_sock) else {
+            return;
+        };
+        if s.connect((flow.2, 0)).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 65536];
+        loop {
+            tokio::select! {
+                d = rx.recv() => match d {
+                    Some(d) => {
+                        if s.send(&d).await.is_err() {
+                            stats.ping_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None => return,
+                },
+                r = tokio::time::timeout(UDP_IDLE, s.recv(&mut buf)) => match r {
+                    Ok(Ok(n)) => {
+                        if tx.send(Event::PingReply(net, flow, buf[..n].to_vec())).await.is_err() {
                             return;
                         }
                     }
@@ -526,6 +639,11 @@ pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector) {
             Event::UdpReply(net, flow, d) => {
                 if let Some(n) = nets.get_mut(&net) {
                     n.udp_reply(flow, d);
+                }
+            }
+            Event::PingReply(net, flow, d) => {
+                if let Some(n) = nets.get_mut(&net) {
+                    n.ping_reply(flow, d);
                 }
             }
         };
