@@ -329,6 +329,23 @@ impl Env {
         }
     }
 
+    /// A path to container `name`'s network namespace that this (root)
+    /// process can open: a rootless daemon's namespaces are bind-mounted in
+    /// its own mount namespace, reached through /proc/PID/root.
+    pub fn ns_path(&self, name: &str) -> String {
+        let v = self.json(&["ps", "--format", "json"]);
+        let p = v
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["netns"].as_str())
+            .unwrap_or_else(|| panic!("no container {name}"))
+            .to_string();
+        match (self.user, self.daemon_pid()) {
+            (Some(_), Some(pid)) => format!("/proc/{pid}/root{p}"),
+            _ => p,
+        }
+    }
+
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(|c| c.id())
     }
@@ -642,12 +659,17 @@ pub fn sha256(p: &Path) -> String {
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns` (sockets it
-/// opens live there).
+/// opens live there): a name under /run/netns, or a path.
 pub fn in_ns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
-    let file = File::open(format!("/run/netns/{ns}")).expect("open netns");
+    let path = if ns.starts_with('/') {
+        ns.to_string()
+    } else {
+        format!("/run/netns/{ns}")
+    };
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open netns {path}: {e}"));
     std::thread::spawn(move || {
         let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());

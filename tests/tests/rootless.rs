@@ -67,7 +67,18 @@ fn rootless_daemon_and_containers() {
     assert!(o.starts_with("0\n") && o.contains(" 0% packet loss"), "{o}");
 
     // ping out, unprivileged (ICMP datagram sockets)
-    let o = env.ok(&["run", "--network", "app", "--", "ping", "-c", "2", "-W", "2", INET_IP]);
+    let o = env.ok(&[
+        "run",
+        "--network",
+        "app",
+        "--",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        INET_IP,
+    ]);
     assert!(o.contains(" 0% packet loss"), "{o}");
 
     // published on the host
@@ -82,8 +93,8 @@ fn rootless_daemon_and_containers() {
     .unwrap();
     assert_eq!(got.trim(), "hello-rootless");
 
-    // outbound TCP through the socket NAT: 8 MiB, checksum, host address
-    let blob = env.random_file("blob", 8 << 20);
+    // outbound TCP through the socket NAT: 128 MiB, checksum, host address
+    let blob = env.random_file("blob", 128 << 20);
     let want = sha256(&blob);
     let (tx, rx) = std::sync::mpsc::channel();
     let b2 = blob.clone();
@@ -134,6 +145,78 @@ fn rootless_daemon_and_containers() {
     let (msg, from) = server.join().unwrap();
     assert_eq!((msg.as_str(), from.as_str()), ("ping\n", HOST_IP));
     assert!(o.contains("pong"), "{o}");
+
+    // hairpin: a container reaches its network's published port through
+    // the host's address (out through the socket NAT, in through the relay)
+    let o = env.ok(&[
+        "run",
+        "--network",
+        "app",
+        "--",
+        "nc",
+        "-d",
+        "-w",
+        "3",
+        HOST_IP,
+        "8080",
+    ]);
+    assert_eq!(o.trim(), "hello-rootless");
+
+    // 1,000 concurrent TCP connections from one rootless container
+    env.spawn_tapnet(&[
+        "run",
+        "--network",
+        "app",
+        "--name",
+        "many",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert!(wait_until(Duration::from_secs(10), || env
+        .ctr("many")
+        .is_some()));
+    let ns = env.ns_path("many");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = in_ns(&inet, move || {
+        let l = TcpListener::bind((INET_IP, 7002)).unwrap();
+        tx.send(()).unwrap();
+        let mut hs = Vec::new();
+        for _ in 0..1000 {
+            let (mut s, _) = l.accept().unwrap();
+            hs.push(std::thread::spawn(move || {
+                let mut b = [0u8; 16];
+                s.read_exact(&mut b).unwrap();
+                b.reverse();
+                std::io::Write::write_all(&mut s, &b).unwrap();
+            }));
+        }
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    rx.recv().unwrap();
+    let n = in_ns(&ns, || {
+        let mut socks: Vec<TcpStream> = (0..1000)
+            .map(|_| TcpStream::connect((INET_IP, 7002)).expect("connect"))
+            .collect();
+        for (i, s) in socks.iter_mut().enumerate() {
+            std::io::Write::write_all(s, format!("{i:016}").as_bytes()).unwrap();
+        }
+        for (i, s) in socks.iter_mut().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut b = [0u8; 16];
+            s.read_exact(&mut b).unwrap();
+            let mut want = format!("{i:016}").into_bytes();
+            want.reverse();
+            assert_eq!(&b[..], &want[..], "connection {i}");
+        }
+        socks.len()
+    })
+    .join()
+    .expect("1000 connections");
+    assert_eq!(n, 1000);
+    server.join().unwrap();
 
     // external names through the upstream, local ones at the gateway
     let o = env.ok(&[

@@ -18,8 +18,8 @@ fn socket_nat_tcp_udp_and_many_connections() {
     env.ok(&["network", "create", "app", "--subnet", "10.66.0.0/24"]);
     let c = env.container("app", "c", &[]);
 
-    // a 64 MiB download with a matching checksum; the server sees the host
-    let blob = env.random_file("blob", 64 << 20);
+    // a 128 MiB download with a matching checksum; the server sees the host
+    let blob = env.random_file("blob", 128 << 20);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let b2 = blob.clone();
     let server = in_ns(&inet, move || {

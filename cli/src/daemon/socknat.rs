@@ -241,7 +241,9 @@ impl Net {
                 let end = (I + total).min(f.len());
                 let id = u16::from_be_bytes([f[l4 + 4], f[l4 + 5]]);
                 let key = (src, id, dst, 0);
-                let mac: [u8; 6] = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].try_into().expect("6");
+                let mac: [u8; 6] = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
+                    .try_into()
+                    .expect("6");
                 let e = self.ping.entry(key).or_insert_with(|| {
                     svc.stats.ping_flows.fetch_add(1, Ordering::Relaxed);
                     (
@@ -280,7 +282,20 @@ impl Net {
         f.extend_from_slice(mac);
         f.extend_from_slice(&self.mac.0);
         f.extend_from_slice(&[8, 0]);
-        let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 1, 0, 0];
+        let mut ip = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            1,
+            0,
+            0,
+        ];
         ip.extend_from_slice(&flow.2.octets());
         ip.extend_from_slice(&flow.0.octets());
         let c = vswitch::router::checksum(&ip);
@@ -437,8 +452,10 @@ impl Net {
         }
         // idle UDP and ping flows
         let now_i = Instant::now();
-        self.udp.retain(|_, f| now_i.duration_since(f.last) < UDP_IDLE);
-        self.ping.retain(|_, (f, _)| now_i.duration_since(f.last) < UDP_IDLE);
+        self.udp
+            .retain(|_, f| now_i.duration_since(f.last) < UDP_IDLE);
+        self.ping
+            .retain(|_, (f, _)| now_i.duration_since(f.last) < UDP_IDLE);
         let mut idle = Vec::new();
         for (ep, (h, last)) in &self.udp_sock {
             if now_i.duration_since(*last) >= UDP_IDLE {
