@@ -93,6 +93,20 @@ fn outbound_tcp_udp_ping_and_many_connections() {
     });
     client.join().expect("UDP client");
     assert!(server.join().unwrap().iter().all(|p| p == UPLINK_IP));
+    // an ICMP error from the internet (port unreachable) comes back through
+    // the NAT, its embedded header translated: the socket sees "refused"
+    let refused = in_ns(&c.ns, || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.connect((INET_IP, 7999)).unwrap();
+        s.send(b"anyone?").unwrap();
+        let mut b = [0u8; 16];
+        s.recv(&mut b).unwrap_err().kind()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(refused, std::io::ErrorKind::ConnectionRefused);
+    assert!(ctr(&nat(&env)["uplink"]["nat"], "icmp_errors_in") >= 1);
 
     // 1,000 concurrent TCP connections, each with its own data
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

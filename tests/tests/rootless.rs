@@ -146,6 +146,32 @@ fn rootless_daemon_and_containers() {
     assert_eq!((msg.as_str(), from.as_str()), ("ping\n", HOST_IP));
     assert!(o.contains("pong"), "{o}");
 
+    // a published UDP port, via 127.0.0.1 and via the host's address
+    env.spawn_tapnet(&[
+        "run", "--network", "app", "--name", "udpsrv", "-p", "5354:53/udp", "--", "python3", "-c",
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',53))\nwhile True:\n d,a=s.recvfrom(2048); s.sendto(b'echo:'+d,a)",
+    ]);
+    assert!(wait_until(Duration::from_secs(10), || env
+        .ctr("udpsrv")
+        .is_some()));
+    for addr in ["127.0.0.1", HOST_IP] {
+        let ok = in_ns(&env.host_ns, move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut b = [0u8; 64];
+            // the server may still be starting: a few tries
+            (0..20).any(|i| {
+                let m = format!("u{i}");
+                s.send_to(m.as_bytes(), (addr, 5354)).unwrap();
+                matches!(s.recv(&mut b), Ok(n) if b[..n] == *format!("echo:{m}").as_bytes())
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(ok, "published UDP via {addr}");
+    }
+
     // hairpin: a container reaches its network's published port through
     // the host's address (out through the socket NAT, in through the relay)
     let o = env.ok(&[
