@@ -320,6 +320,10 @@ impl Net {
             tcp::SocketBuffer::new(vec![0; TCP_BUF]),
             tcp::SocketBuffer::new(vec![0; TCP_BUF]),
         );
+        // a relay: acknowledge at once (delayed ACKs stall big-MTU senders)
+        // and forward small writes at once
+        t.set_ack_delay(None);
+        t.set_nagle_enabled(false);
         let _ = t.listen(IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(flow.2)),
             port: flow.3,
