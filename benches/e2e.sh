@@ -16,6 +16,8 @@
 #            (uplink: a veth from the daemon's namespace, tn_e2e_inet)
 #   socknat  the same without an uplink: the socket NAT (host sockets,
 #            the rootless back-end); the daemon's namespace has 203.0.113.254
+#   rootless socknat with the daemon and CLI run as the unprivileged user
+#            tn_rootless (created if missing; a private copy of the TUN node)
 #   publish  host namespace (127.0.0.1) -> a container's published ports
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,10 +45,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# run in a container's namespace: a name under /run/netns, or a path
+nsx() {
+	local ns=$1; shift
+	case "$ns" in
+	/*) nsenter --net="$ns" "$@" ;;
+	*) ip netns exec "$ns" "$@" ;;
+	esac
+}
+AS=()
+if [ "$MODE" = rootless ]; then
+	id tn_rootless >/dev/null 2>&1 || useradd -M -r -s /usr/sbin/nologin tn_rootless
+	RU=$(id -u tn_rootless) RG=$(id -g tn_rootless)
+	mknod "$OUT/tun" c 10 200 && chmod 666 "$OUT/tun"
+	chown -R "$RU:$RG" "$OUT"
+	AS=(setpriv --reuid "$RU" --regid "$RG" --clear-groups env HOME="$OUT")
+	DAEMON_ARGS="${DAEMON_ARGS:-} --tun-device $OUT/tun"
+fi
+tn() { "${AS[@]}" "$T" "$@"; }
+
 # the daemon runs in a namespace of its own (only loopback)
 ip netns add tn_e2e_host && ip -n tn_e2e_host link set lo up
 UPLINK=()
-if [ "$MODE" = nat ] || [ "$MODE" = socknat ]; then
+if [ "$MODE" = nat ] || [ "$MODE" = socknat ] || [ "$MODE" = rootless ]; then
 	ip netns add tn_e2e_inet && ip -n tn_e2e_inet link set lo up
 	ip -n tn_e2e_host link add up0 type veth peer name inet0 netns tn_e2e_inet
 	ip -n tn_e2e_host link set up0 up
@@ -56,21 +77,22 @@ if [ "$MODE" = nat ] || [ "$MODE" = socknat ]; then
 		UPLINK=(--uplink up0 --uplink-ip 203.0.113.2/24 --uplink-gateway 203.0.113.1)
 	else
 		ip -n tn_e2e_host addr add 203.0.113.254/24 dev up0
+		ip netns exec tn_e2e_host sysctl -q -w net.ipv4.ping_group_range="0 2147483647"
 	fi
 fi
-nsenter --net=/run/netns/tn_e2e_host "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
+nsenter --net=/run/netns/tn_e2e_host "${AS[@]}" "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
 	--dns 127.0.0.1 "${UPLINK[@]}" ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
-"$T" network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
+for _ in $(seq 50); do tn network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
+tn network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
 PUB=()
 [ "$MODE" = publish ] && PUB=(-p 5201:5201 -p 5201:5201/udp -p 5301:5301)
-"$T" run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
+tn run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
 PIDS+=($!)
-"$T" run --network bench --name srv "${PUB[@]}" -- sleep 100000 >"$OUT/srv.log" 2>&1 &
+tn run --network bench --name srv "${PUB[@]}" -- sleep 100000 >"$OUT/srv.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
-SRV_IP=$("$T" ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
+for _ in $(seq 100); do [ "$(tn ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
+SRV_IP=$(tn ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
 C=tn_e2e_cli S=tn_e2e_srv SB=$SRV_IP TGT=$SRV_IP
 LABEL="tapnet (tap-io_uring switch-tap)"
 case "$MODE" in
@@ -83,23 +105,30 @@ socknat)
 	S=tn_e2e_inet SB=203.0.113.1 TGT=203.0.113.1
 	LABEL="tapnet socket NAT out (container -> host sockets)"
 	;;
+rootless)
+	S=tn_e2e_inet SB=203.0.113.1 TGT=203.0.113.1
+	DPID=${PIDS[0]} # nsenter, setpriv and env exec: the daemon itself
+	NSP=$(tn ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="cli"][0]["netns"])')
+	C="/proc/$DPID/root$NSP"
+	LABEL="tapnet rootless, socket NAT out (unprivileged daemon)"
+	;;
 publish)
 	C=tn_e2e_host TGT=127.0.0.1
 	LABEL="tapnet published port (host 127.0.0.1 -> container, splice relay)"
 	;;
 *) echo "unknown MODE $MODE" >&2; exit 1 ;;
 esac
-for _ in $(seq 20); do ip netns exec $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
 
 bg() { # NS LOG CMD...
 	local ns=$1 lg=$2; shift 2
-	ip netns exec "$ns" timeout -k 5 3600 "$@" >"$lg" 2>&1 &
+	nsx "$ns" timeout -k 5 3600 "$@" >"$lg" 2>&1 &
 	BG=$!
 	PIDS+=($BG)
 }
 stop() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 listening() { # NS PORT
-	for _ in $(seq 200); do ip netns exec "$1" ss -Hltn "sport = :$2" | grep -q . && return 0; sleep 0.05; done
+	for _ in $(seq 200); do nsx "$1" ss -Hltn "sport = :$2" | grep -q . && return 0; sleep 0.05; done
 	return 1
 }
 median() { printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "NA"; else if (NR%2) print a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2}'; }
@@ -109,7 +138,7 @@ iperf() { # TAG ARGS... -> R
 	bg $S "$OUT/$tag.srv.log" iperf3 -s -1 -B "$SB" -p 5201
 	local srv=$BG
 	listening $S 5201
-	ip netns exec $C timeout -k 5 $((DUR + 30)) iperf3 -c "$TGT" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
+	nsx $C timeout -k 5 $((DUR + 30)) iperf3 -c "$TGT" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
 	sleep 0.2; stop $srv
 	R=$(python3 - "$OUT/$tag.json" <<'PY'
 import json, sys
@@ -134,16 +163,16 @@ for rep in $(seq "$REPS"); do
 	iperf tcp1.$rep; t1+=("${R% *}"); r1+=("${R#* }"); log "rep $rep tcp1: ${R% *} Gbps (retrans ${R#* })"
 	iperf tcp4.$rep -P 4; t4+=("${R% *}"); r4+=("${R#* }"); log "rep $rep tcp4: ${R% *} Gbps (retrans ${R#* })"
 	iperf udp.$rep -u -l 64 -b 0; u+=("${R% *}"); ul+=("${R#* }"); log "rep $rep udp64: ${R% *} pps (loss ${R#* }%)"
-	[ "$MODE" = publish ] || [ "$MODE" = socknat ] || ip netns exec $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$TGT" >"$OUT/ping.$rep" 2>&1
+	[ "$MODE" = publish ] || nsx $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$TGT" >"$OUT/ping.$rep" 2>&1
 	read -r a b < <(awk '/^rtt/ {split($4, v, "/"); printf "%.1f %.1f\n", v[1]*1000, v[2]*1000}' "$OUT/ping.$rep")
 	pm+=("$a"); pa+=("$b"); log "rep $rep ping: min $a us avg $b us"
-	ip netns exec $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$TGT" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
+	nsx $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$TGT" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
 	p50=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/sockperf.$rep" | awk '/percentile 50.000 =/ {print $NF}')
 	sp+=("$p50"); log "rep $rep sockperf p50: $p50 us"
 done
 stop $SP
 PING="-"
-[ "$MODE" = publish ] || [ "$MODE" = socknat ] || PING=$(printf '%.0f / %.0f' "$(median "${pm[@]}")" "$(median "${pa[@]}")")
+[ "$MODE" = publish ] || PING=$(printf '%.0f / %.0f' "$(median "${pm[@]}")" "$(median "${pa[@]}")")
 row=$(printf '| %s | %s | %.2f | %.2f | %.0f | %.1f | - | %s | %.0f | %s |' \
 	"$LABEL" "$MTU" "$(median "${t1[@]}")" "$(median "${t4[@]}")" "$(median "${u[@]}")" "$(median "${ul[@]}")" \
 	"$PING" "$(median "${sp[@]}")" \
@@ -153,5 +182,5 @@ echo "| path | MTU | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps (ipe
 echo "|---|---|---|---|---|---|---|---|---|---|"
 echo "$row"
 echo
-"$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("switch drops:", n["counters"]["drops"])'
+tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("switch drops:", n["counters"]["drops"])'
 log "logs in $OUT"

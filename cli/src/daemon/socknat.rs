@@ -52,6 +52,9 @@ pub enum Event {
     UdpReply(NetIdx, Flow, Vec<u8>),
     /// An ICMP echo reply (ICMP header + data) for (container, id, remote).
     PingReply(NetIdx, Flow, Vec<u8>),
+    /// A host writer caught up after the loop found its queue full: poll
+    /// again (the container's data is waiting in the stack).
+    Wake,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +111,8 @@ struct Conn {
     host_eof: bool,
     closed: bool,
     credit: Arc<Semaphore>,
+    /// Set by the loop when the queue to the host was full.
+    blocked: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -333,12 +338,18 @@ impl Net {
         let (to_host, mut rx) = mpsc::channel::<Vec<u8>>(16);
         let credit = Arc::new(Semaphore::new(CREDIT));
         let (tx, c2) = (svc.tx.clone(), credit.clone());
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b2 = blocked.clone();
         let task = tokio::spawn(async move {
             let (mut rd, mut wr) = stream.into_split();
+            let tx1 = tx.clone();
             let up = async move {
                 while let Some(d) = rx.recv().await {
                     if wr.write_all(&d).await.is_err() {
                         break;
+                    }
+                    if b2.swap(false, Ordering::AcqRel) {
+                        let _ = tx1.send(Event::Wake).await;
                     }
                 }
                 let _ = wr.shutdown().await;
@@ -377,6 +388,7 @@ impl Net {
                 host_eof: false,
                 closed: false,
                 credit,
+                blocked,
                 task,
             },
         );
@@ -411,6 +423,7 @@ impl Net {
             if let Some(to) = &c.to_host {
                 while s.can_recv() {
                     let Ok(permit) = to.try_reserve() else {
+                        c.blocked.store(true, Ordering::Release);
                         break;
                     };
                     let mut buf = vec![0u8; 65536];
@@ -667,6 +680,7 @@ pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector) {
                     n.ping_reply(flow, d);
                 }
             }
+            Event::Wake => {}
         };
         if let Some(ev) = first {
             handle(ev, &mut nets);
