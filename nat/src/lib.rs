@@ -431,11 +431,18 @@ impl Nat {
         let nport = self
             .alloc_port(key.proto, key.sport)
             .ok_or(NatDrop::PortsExhausted)?;
+        let id = self.insert(key, nport, mac, false);
+        self.used[pidx(key.proto)].insert(nport, id);
+        Ok(id)
+    }
+
+    /// Adds a connection and indexes it both ways.
+    fn insert(&mut self, out: OutKey, nport: u16, mac: [u8; 6], forwarded: bool) -> u32 {
         let c = Conn {
-            out: key,
+            out,
             nport,
             mac,
-            forwarded: false,
+            forwarded,
             last: 0,
             tcp: TcpState::SynSent,
             fin_out: false,
@@ -452,19 +459,16 @@ impl Nat {
                 (self.conns.len() - 1) as u32
             }
         };
-        self.by_out.insert(key, id);
-        self.by_in.insert(
-            InKey {
-                proto: key.proto,
-                remote: key.dst,
-                rport: key.dport,
-                nport,
-            },
-            id,
-        );
-        self.used[pidx(key.proto)].insert(nport, id);
+        self.by_out.insert(out, id);
+        let inkey = InKey {
+            proto: out.proto,
+            remote: out.dst,
+            rport: out.dport,
+            nport,
+        };
+        self.by_in.insert(inkey, id);
         self.stats.created += 1;
-        Ok(id)
+        id
     }
 
     /// Translates a frame arriving for the external address back to the
@@ -538,31 +542,7 @@ impl Nat {
             dst: key.remote,
             dport: key.rport,
         };
-        let c = Conn {
-            out,
-            nport: key.nport,
-            mac: f.mac,
-            forwarded: true,
-            last: 0,
-            tcp: TcpState::SynSent,
-            fin_out: false,
-            fin_in: false,
-            replied: false,
-        };
-        let id = match self.free.pop() {
-            Some(i) => {
-                self.conns[i as usize] = Some(c);
-                i
-            }
-            None => {
-                self.conns.push(Some(c));
-                (self.conns.len() - 1) as u32
-            }
-        };
-        self.by_out.insert(out, id);
-        self.by_in.insert(*key, id);
-        self.stats.created += 1;
-        Ok(id)
+        Ok(self.insert(out, key.nport, f.mac, true))
     }
 
     /// An ICMP error about a packet we sent out: map the embedded header

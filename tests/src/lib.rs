@@ -744,3 +744,54 @@ pub fn ping(env: &Env, ns: &str, dst: &str, n: u32) -> bool {
     .status
     .success()
 }
+
+/// `n` concurrent TCP connections from namespace `client` (a name or a
+/// path) to a server this starts in `server` on `ip:port`: all are opened
+/// first, then each sends its own 16 bytes and must get them back reversed.
+/// Panics on any failure.
+pub fn many_connections(client: &str, server: &str, ip: &str, port: u16, n: usize) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let srv = in_ns(server, move || {
+        let l = TcpListener::bind((ip, port)).unwrap();
+        ready_tx.send(()).unwrap();
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                let (mut s, _) = l.accept().unwrap();
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 16];
+                    s.read_exact(&mut b).unwrap();
+                    b.reverse();
+                    s.write_all(&b).unwrap();
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    ready_rx.recv().unwrap();
+    let done = in_ns(client, move || {
+        let mut socks: Vec<TcpStream> = (0..n)
+            .map(|_| TcpStream::connect((ip, port)).expect("connect"))
+            .collect();
+        for (i, s) in socks.iter_mut().enumerate() {
+            s.write_all(format!("{i:016}").as_bytes()).unwrap();
+        }
+        for (i, s) in socks.iter_mut().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut b = [0u8; 16];
+            s.read_exact(&mut b).unwrap();
+            let mut want = format!("{i:016}").into_bytes();
+            want.reverse();
+            assert_eq!(&b[..], &want[..], "connection {i}");
+        }
+        socks.len()
+    })
+    .join()
+    .expect("client connections");
+    assert_eq!(done, n);
+    srv.join().expect("server");
+}

@@ -109,44 +109,7 @@ fn outbound_tcp_udp_ping_and_many_connections() {
     assert!(ctr(&nat(&env)["uplink"]["nat"], "icmp_errors_in") >= 1);
 
     // 1,000 concurrent TCP connections, each with its own data
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = in_ns(&inet, move || {
-        let l = TcpListener::bind((INET_IP, 7002)).unwrap();
-        ready_tx.send(()).unwrap();
-        let mut hs = Vec::new();
-        for _ in 0..1000 {
-            let (mut s, _) = l.accept().unwrap();
-            hs.push(std::thread::spawn(move || {
-                let mut b = [0u8; 16];
-                s.read_exact(&mut b).unwrap();
-                b.reverse();
-                s.write_all(&b).unwrap();
-            }));
-        }
-        for h in hs {
-            h.join().unwrap();
-        }
-    });
-    ready_rx.recv().unwrap();
-    let client = in_ns(&c.ns, move || {
-        let mut socks: Vec<TcpStream> = (0..1000)
-            .map(|_| TcpStream::connect((INET_IP, 7002)).expect("connect"))
-            .collect();
-        for (i, s) in socks.iter_mut().enumerate() {
-            s.write_all(format!("{i:016}").as_bytes()).unwrap();
-        }
-        for (i, s) in socks.iter_mut().enumerate() {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut b = [0u8; 16];
-            s.read_exact(&mut b).unwrap();
-            let mut want = format!("{i:016}").into_bytes();
-            want.reverse();
-            assert_eq!(&b[..], &want[..], "connection {i}");
-        }
-        socks.len()
-    });
-    assert_eq!(client.join().expect("1000 connections"), 1000);
-    server.join().unwrap();
+    many_connections(&c.ns, &inet, INET_IP, 7002, 1000);
     let n = nat(&env);
     let conns = n["uplink"]["connections"].as_array().unwrap();
     assert!(

@@ -203,46 +203,7 @@ fn rootless_daemon_and_containers() {
         .ctr("many")
         .is_some()));
     let ns = env.ns_path("many");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = in_ns(&inet, move || {
-        let l = TcpListener::bind((INET_IP, 7002)).unwrap();
-        tx.send(()).unwrap();
-        let mut hs = Vec::new();
-        for _ in 0..1000 {
-            let (mut s, _) = l.accept().unwrap();
-            hs.push(std::thread::spawn(move || {
-                let mut b = [0u8; 16];
-                s.read_exact(&mut b).unwrap();
-                b.reverse();
-                std::io::Write::write_all(&mut s, &b).unwrap();
-            }));
-        }
-        for h in hs {
-            h.join().unwrap();
-        }
-    });
-    rx.recv().unwrap();
-    let n = in_ns(&ns, || {
-        let mut socks: Vec<TcpStream> = (0..1000)
-            .map(|_| TcpStream::connect((INET_IP, 7002)).expect("connect"))
-            .collect();
-        for (i, s) in socks.iter_mut().enumerate() {
-            std::io::Write::write_all(s, format!("{i:016}").as_bytes()).unwrap();
-        }
-        for (i, s) in socks.iter_mut().enumerate() {
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            let mut b = [0u8; 16];
-            s.read_exact(&mut b).unwrap();
-            let mut want = format!("{i:016}").into_bytes();
-            want.reverse();
-            assert_eq!(&b[..], &want[..], "connection {i}");
-        }
-        socks.len()
-    })
-    .join()
-    .expect("1000 connections");
-    assert_eq!(n, 1000);
-    server.join().unwrap();
+    many_connections(&ns, &inet, INET_IP, 7002, 1000);
 
     // external names through the upstream, local ones at the gateway
     let o = env.ok(&[

@@ -135,46 +135,7 @@ fn socket_nat_tcp_udp_and_many_connections() {
     assert!(server.join().unwrap().iter().all(|p| p == HOST_IP));
 
     // 1,000 concurrent TCP connections, each with its own data
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = in_ns(&inet, move || {
-        let l = TcpListener::bind((INET_IP, 7002)).unwrap();
-        ready_tx.send(()).unwrap();
-        let mut hs = Vec::new();
-        for _ in 0..1000 {
-            let (mut s, _) = l.accept().unwrap();
-            hs.push(std::thread::spawn(move || {
-                let mut b = [0u8; 16];
-                s.read_exact(&mut b).unwrap();
-                b.reverse();
-                s.write_all(&b).unwrap();
-            }));
-        }
-        for h in hs {
-            h.join().unwrap();
-        }
-    });
-    ready_rx.recv().unwrap();
-    let n = in_ns(&c.ns, move || {
-        let mut socks: Vec<TcpStream> = (0..1000)
-            .map(|_| TcpStream::connect((INET_IP, 7002)).expect("connect"))
-            .collect();
-        for (i, s) in socks.iter_mut().enumerate() {
-            s.write_all(format!("{i:016}").as_bytes()).unwrap();
-        }
-        for (i, s) in socks.iter_mut().enumerate() {
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            let mut b = [0u8; 16];
-            s.read_exact(&mut b).unwrap();
-            let mut want = format!("{i:016}").into_bytes();
-            want.reverse();
-            assert_eq!(&b[..], &want[..], "connection {i}");
-        }
-        socks.len()
-    })
-    .join()
-    .expect("1000 connections");
-    assert_eq!(n, 1000);
-    server.join().unwrap();
+    many_connections(&c.ns, &inet, INET_IP, 7002, 1000);
     let v = env.json(&["nat", "ls", "--format", "json"]);
     assert!(ctr(&v["socket_nat"], "tcp_opened") >= 1002, "{v}");
     assert!(ctr(&v["socket_nat"], "tcp_refused") >= 1, "{v}");

@@ -65,20 +65,33 @@ pub struct DnsService {
 impl DnsService {
     /// The hook the datapath calls for punted frames.
     pub fn hook(&self) -> PuntHook {
-        let tx = self.tx.clone();
-        PuntHook(Arc::new(move |net, f: &[u8]| {
-            tx.try_send(Event::Frame(net, f.to_vec())).is_ok()
-        }))
+        frame_hook(self.tx.clone(), Event::Frame)
     }
 
     pub fn send(&self, ev: Event) {
-        // control events are rare; a full queue only delays them
-        let tx = self.tx.clone();
-        if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
-            tokio::spawn(async move {
-                let _ = tx.send(ev).await;
-            });
-        }
+        send_control(&self.tx, ev)
+    }
+}
+
+/// A datapath hook that queues a copy of each frame as `wrap(net, frame)`
+/// without ever blocking (a full queue refuses: a counted drop).
+pub(super) fn frame_hook<E: Send + 'static>(
+    tx: mpsc::Sender<E>,
+    wrap: fn(NetIdx, Vec<u8>) -> E,
+) -> PuntHook {
+    PuntHook(Arc::new(move |net, f: &[u8]| {
+        tx.try_send(wrap(net, f.to_vec())).is_ok()
+    }))
+}
+
+/// Sends a control event; control events are rare, so a full queue only
+/// delays them (never drops them).
+pub(super) fn send_control<E: Send + 'static>(tx: &mpsc::Sender<E>, ev: E) {
+    let tx = tx.clone();
+    if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
+        tokio::spawn(async move {
+            let _ = tx.send(ev).await;
+        });
     }
 }
 

@@ -8,7 +8,7 @@
 //! X:P. Everything leaves with the host's own address and needs no
 //! privileges on the host: this is also the rootless back-end.
 
-use super::dnsd::{push_with_arp, Queue};
+use super::dnsd::{frame_hook, push_with_arp, send_control, Queue};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SInstant;
@@ -76,19 +76,11 @@ pub struct SockNat {
 
 impl SockNat {
     pub fn hook(&self) -> PuntHook {
-        let tx = self.tx.clone();
-        PuntHook(Arc::new(move |net, f: &[u8]| {
-            tx.try_send(Event::Frame(net, f.to_vec())).is_ok()
-        }))
+        frame_hook(self.tx.clone(), Event::Frame)
     }
 
     pub fn send(&self, ev: Event) {
-        let tx = self.tx.clone();
-        if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
-            tokio::spawn(async move {
-                let _ = tx.send(ev).await;
-            });
-        }
+        send_control(&self.tx, ev)
     }
 }
 
