@@ -745,6 +745,46 @@ pub fn ping(env: &Env, ns: &str, dst: &str, n: u32) -> bool {
     .success()
 }
 
+/// A server in `server` on ip:port sends `blob`; `nc` in `client` (a
+/// namespace of this Env) downloads it. Asserts the data arrived intact and
+/// returns the address the server saw.
+pub fn download(
+    env: &mut Env,
+    client: &str,
+    server: &str,
+    ip: &str,
+    port: u16,
+    blob: &Path,
+) -> std::net::SocketAddr {
+    let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let b2 = blob.to_path_buf();
+    let srv = in_ns(server, move || {
+        let l = std::net::TcpListener::bind((addr, port)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, peer) = l.accept().unwrap();
+        std::io::copy(&mut File::open(&b2).unwrap(), &mut s).unwrap();
+        peer
+    });
+    ready_rx.recv().unwrap();
+    let recv_path = env.dir.join("recv");
+    let recv = File::create(&recv_path).unwrap();
+    let port_s = port.to_string();
+    let dl = env.spawn_in(
+        client,
+        &["nc", "-d", ip, &port_s],
+        Stdio::null(),
+        recv.into(),
+    );
+    let peer = srv.join().unwrap();
+    assert!(
+        env.wait_bg(dl, Duration::from_secs(60)).success(),
+        "nc failed"
+    );
+    assert_eq!(sha256(blob), sha256(&recv_path), "downloaded data differs");
+    peer
+}
+
 /// `n` concurrent TCP connections from namespace `client` (a name or a
 /// path) to a server this starts in `server` on `ip:port`: all are opened
 /// first, then each sends its own 16 bytes and must get them back reversed.

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::process::Stdio;
 use std::time::Duration;
 use tapnet_tests::*;
 
@@ -37,29 +36,8 @@ fn outbound_tcp_udp_ping_and_many_connections() {
 
     // a 128 MiB download whose checksum matches; the server sees the uplink address
     let blob = env.random_file("blob", 128 << 20);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let b2 = blob.clone();
-    let server = in_ns(&inet, move || {
-        let l = TcpListener::bind((INET_IP, 7000)).unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut s, peer) = l.accept().unwrap();
-        let mut f = std::fs::File::open(&b2).unwrap();
-        std::io::copy(&mut f, &mut s).unwrap();
-        peer
-    });
-    ready_rx.recv().unwrap();
-    let recv_path = env.dir.join("recv");
-    let recv = std::fs::File::create(&recv_path).unwrap();
-    let dl = env.spawn_in(
-        &c.ns,
-        &["nc", "-d", INET_IP, "7000"],
-        Stdio::null(),
-        recv.into(),
-    );
-    let peer = server.join().unwrap();
-    assert!(env.wait_bg(dl, Duration::from_secs(60)).success());
+    let peer = download(&mut env, &c.ns, &inet, INET_IP, 7000, &blob);
     assert_eq!(peer.ip().to_string(), UPLINK_IP, "server saw {peer}");
-    assert_eq!(sha256(&blob), sha256(&recv_path), "downloaded data differs");
 
     // UDP request/response; the server sees the uplink address
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

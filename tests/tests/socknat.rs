@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tapnet_tests::*;
 
@@ -20,28 +19,8 @@ fn socket_nat_tcp_udp_and_many_connections() {
 
     // a 128 MiB download with a matching checksum; the server sees the host
     let blob = env.random_file("blob", 128 << 20);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let b2 = blob.clone();
-    let server = in_ns(&inet, move || {
-        let l = TcpListener::bind((INET_IP, 7000)).unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut s, peer) = l.accept().unwrap();
-        std::io::copy(&mut std::fs::File::open(&b2).unwrap(), &mut s).unwrap();
-        peer
-    });
-    ready_rx.recv().unwrap();
-    let recv_path = env.dir.join("recv");
-    let recv = std::fs::File::create(&recv_path).unwrap();
-    let dl = env.spawn_in(
-        &c.ns,
-        &["nc", "-d", INET_IP, "7000"],
-        Stdio::null(),
-        recv.into(),
-    );
-    let peer = server.join().unwrap();
-    assert!(env.wait_bg(dl, Duration::from_secs(60)).success());
+    let peer = download(&mut env, &c.ns, &inet, INET_IP, 7000, &blob);
     assert_eq!(peer.ip().to_string(), HOST_IP, "server saw {peer}");
-    assert_eq!(sha256(&blob), sha256(&recv_path), "downloaded data differs");
 
     // an upload the other way, 16 MiB, echoed back
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -73,6 +73,24 @@ impl DnsService {
     }
 }
 
+/// Waits for the next event, or until the earliest smoltcp timer (at most
+/// a second). `None`: the channel is closed; `Some(None)`: a timer.
+pub(super) async fn next_event<E>(
+    rx: &mut mpsc::Receiver<E>,
+    delays: impl Iterator<Item = Option<smoltcp::time::Duration>>,
+) -> Option<Option<E>> {
+    let delay = delays
+        .flatten()
+        .map(|d| Duration::from_micros(d.total_micros()))
+        .min()
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    tokio::select! {
+        ev = rx.recv() => ev.map(Some),
+        _ = tokio::time::sleep(delay) => Some(None),
+    }
+}
+
 /// A datapath hook that queues a copy of each frame as `wrap(net, frame)`
 /// without ever blocking (a full queue refuses: a counted drop).
 pub(super) fn frame_hook<E: Send + 'static>(
@@ -403,19 +421,11 @@ pub async fn run(
     let now = || SInstant::from_micros(t0.elapsed().as_micros() as i64);
     let mut nets: HashMap<NetIdx, NetStack> = HashMap::new();
     loop {
-        let delay = nets
+        let delays = nets
             .values_mut()
-            .filter_map(|n| n.iface.poll_delay(now(), &n.sockets))
-            .map(|d| Duration::from_micros(d.total_micros()))
-            .min()
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
-        let first = tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => Some(ev),
-                None => return,
-            },
-            _ = tokio::time::sleep(delay) => None,
+            .map(|n| n.iface.poll_delay(now(), &n.sockets));
+        let Some(first) = next_event(&mut rx, delays).await else {
+            return;
         };
         let handle = |ev: Event, nets: &mut HashMap<NetIdx, NetStack>| match ev {
             Event::Frame(net, f) => {

@@ -8,7 +8,7 @@
 //! X:P. Everything leaves with the host's own address and needs no
 //! privileges on the host: this is also the rootless back-end.
 
-use super::dnsd::{frame_hook, push_with_arp, send_control, Queue};
+use super::dnsd::{frame_hook, next_event, push_with_arp, send_control, Queue};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SInstant;
@@ -608,19 +608,11 @@ pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector) {
     let now = || SInstant::from_micros(t0.elapsed().as_micros() as i64);
     let mut nets: HashMap<NetIdx, Net> = HashMap::new();
     loop {
-        let delay = nets
+        let delays = nets
             .values_mut()
-            .filter_map(|n| n.iface.poll_delay(now(), &n.sockets))
-            .map(|d| Duration::from_micros(d.total_micros()))
-            .min()
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
-        let first = tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => Some(ev),
-                None => return,
-            },
-            _ = tokio::time::sleep(delay) => None,
+            .map(|n| n.iface.poll_delay(now(), &n.sockets));
+        let Some(first) = next_event(&mut rx, delays).await else {
+            return;
         };
         let handle = |ev: Event, nets: &mut HashMap<NetIdx, Net>| match ev {
             Event::Frame(net, f) => {
