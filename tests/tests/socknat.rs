@@ -85,7 +85,7 @@ fn socket_nat_tcp_udp_and_many_connections() {
         let s = UdpSocket::bind((INET_IP, 7001)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         ready_tx.send(()).unwrap();
-        let mut b = [0u8; 2048];
+        let mut b = vec![0u8; 16384];
         let mut peers = Vec::new();
         for _ in 0..50 {
             let (n, from) = s.recv_from(&mut b).unwrap();
@@ -101,9 +101,11 @@ fn socket_nat_tcp_udp_and_many_connections() {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         s.connect((INET_IP, 7001)).unwrap();
-        let mut b = [0u8; 2048];
+        let mut b = vec![0u8; 16384];
         for i in 0..50 {
-            let m = format!("q{i}:{}", "y".repeat(i * 25));
+            // the last ones are larger than the MTU: fragmented both ways
+            let n = if i >= 46 { 2000 * (i - 44) } else { i * 25 };
+            let m = format!("q{i}:{}", "y".repeat(n));
             s.send(m.as_bytes()).unwrap();
             let n = s.recv(&mut b).unwrap();
             assert_eq!(&b[..n], format!("re:{m}").as_bytes());
