@@ -196,6 +196,10 @@ pub struct Nat {
     cursor: [u16; 3],
     /// (proto, external port) -> where it is published.
     forwards: FxHashMap<(u8, u16), Forward>,
+    /// Fragmented datagrams: (outbound?, proto, source, destination, IP ID)
+    /// of a first fragment -> its connection and when it was seen; the
+    /// later fragments (no ports) follow it.
+    frags: FxHashMap<(bool, u8, Ipv4Addr, Ipv4Addr, u16), (u32, u64)>,
     pub stats: NatStats,
 }
 
@@ -221,6 +225,8 @@ fn ip4(b: &[u8], o: usize) -> [u8; 4] {
 
 /// The parts of an IPv4 packet NAT needs.
 struct Parsed {
+    /// A first fragment (more follow).
+    first_frag: bool,
     proto: u8,
     /// Offset of the L4 header in the buffer.
     l4: usize,
@@ -238,8 +244,8 @@ fn parse(b: &[u8]) -> Result<Parsed, NatDrop> {
         return Err(NatDrop::Unsupported);
     }
     let frag = rd16(b, IP + 6);
-    if frag & 0x3fff != 0 {
-        // MF set or an offset: a fragment
+    if frag & 0x1fff != 0 {
+        // a later fragment: no L4 header (see Nat::fragment)
         return Err(NatDrop::Fragment);
     }
     // GSO super-frames may be longer than their (per-segment) total length
@@ -249,6 +255,7 @@ fn parse(b: &[u8]) -> Result<Parsed, NatDrop> {
         (IP + total).min(b.len())
     };
     Ok(Parsed {
+        first_frag: frag & 0x2000 != 0,
         proto: b[IP + 9],
         l4: IP + ihl,
         l4_len: end.saturating_sub(IP + ihl),
@@ -267,6 +274,7 @@ impl Nat {
             used: Default::default(),
             cursor: [lo; 3],
             forwards: FxHashMap::default(),
+            frags: FxHashMap::default(),
             stats: NatStats::default(),
         }
     }
@@ -391,7 +399,10 @@ impl Nat {
         b: &mut [u8],
         now: u64,
     ) -> Result<(), NatDrop> {
-        let p = parse(b)?;
+        let p = match parse(b) {
+            Err(NatDrop::Fragment) => return self.fragment(b, true, now).map(|_| ()),
+            r => r?,
+        };
         let (sport, dport) = match p.proto {
             PROTO_TCP | PROTO_UDP if p.l4_len >= 8 => (rd16(b, p.l4), rd16(b, p.l4 + 2)),
             // echo request: the identifier plays the port
@@ -420,6 +431,12 @@ impl Nat {
         }
         let nport = c.nport;
         let ext = self.cfg.external.octets();
+        if p.first_frag {
+            self.frags.insert(
+                (true, p.proto, key.src, key.dst, rd16(b, IP + 4)),
+                (id, now),
+            );
+        }
         rewrite(b, &p, ext, true, nport);
         Ok(())
     }
@@ -483,7 +500,15 @@ impl Nat {
     }
 
     fn inbound_inner(&mut self, b: &mut [u8], now: u64) -> Result<Inside, NatDrop> {
-        let p = parse(b)?;
+        let p = match parse(b) {
+            Err(NatDrop::Fragment) => {
+                if ip4(b, IP + 16) != self.cfg.external.octets() {
+                    return Err(NatDrop::NoConnection);
+                }
+                return self.fragment(b, false, now);
+            }
+            r => r?,
+        };
         if ip4(b, IP + 16) != self.cfg.external.octets() {
             return Err(NatDrop::NoConnection);
         }
@@ -516,6 +541,11 @@ impl Nat {
             Self::tcp_track(c, b[p.l4 + 13], false);
         }
         let (inside, sport, net, mac) = (c.out.src.octets(), c.out.sport, c.out.net, c.mac);
+        if p.first_frag {
+            let ext = self.cfg.external;
+            self.frags
+                .insert((false, p.proto, remote, ext, rd16(b, IP + 4)), (id, now));
+        }
         rewrite(b, &p, inside, false, sport);
         Ok(Inside { net, mac })
     }
@@ -598,6 +628,33 @@ impl Nat {
         Ok(Inside { net, mac })
     }
 
+    /// A later fragment (no ports): translated like the first fragment of
+    /// its datagram, which must have passed first; only the address
+    /// changes (and the IP header checksum; the L4 checksum is in the first).
+    fn fragment(&mut self, b: &mut [u8], outbound: bool, now: u64) -> Result<Inside, NatDrop> {
+        let src: Ipv4Addr = ip4(b, IP + 12).into();
+        let dst: Ipv4Addr = ip4(b, IP + 16).into();
+        let key = (outbound, b[IP + 9], src, dst, rd16(b, IP + 4));
+        let &(id, _) = self.frags.get(&key).ok_or(NatDrop::Fragment)?;
+        let Some(c) = self.conns[id as usize].as_mut() else {
+            return Err(NatDrop::Fragment);
+        };
+        c.last = now;
+        let (ao, addr) = if outbound {
+            (IP + 12, self.cfg.external.octets())
+        } else {
+            (IP + 16, c.out.src.octets())
+        };
+        let old = ip4(b, ao);
+        b[ao..ao + 4].copy_from_slice(&addr);
+        let hc = csum::update32(rd16(b, IP + 10), old, addr);
+        wr16(b, IP + 10, hc);
+        Ok(Inside {
+            net: c.out.net,
+            mac: c.mac,
+        })
+    }
+
     /// Drops idle connections; returns how many.
     pub fn expire(&mut self, now: u64) -> usize {
         let mut n = 0;
@@ -624,6 +681,10 @@ impl Nat {
             }
         }
         self.stats.expired += n as u64;
+        // a datagram's fragments arrive together; 30 s is plenty
+        self.frags.retain(|_, (id, t)| {
+            now.saturating_sub(*t) < 30_000 && self.conns[*id as usize].is_some()
+        });
         n
     }
 

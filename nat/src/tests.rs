@@ -207,8 +207,10 @@ fn unsolicited_fragments_exhaustion_expiry() {
     });
     let mut r = frame(R, EXT, PROTO_TCP, &tcp(80, 50000, 2));
     assert_eq!(n.inbound(&mut r, 0), Err(NatDrop::NoConnection));
+    // a later fragment of a datagram whose first fragment never passed
     let mut f = frame(C, R, PROTO_UDP, &[0; 16]);
-    f[IP + 6] = 0x20; // MF
+    f[IP + 6] = 0x20;
+    f[IP + 7] = 0x10; // offset 16 * 8
     assert_eq!(n.outbound(1, MAC, &mut f, 0), Err(NatDrop::Fragment));
     for (i, sport) in [1000u16, 1001].into_iter().enumerate() {
         let mut b = frame(C, R, PROTO_TCP, &tcp(sport, 80, 2));
@@ -272,4 +274,55 @@ fn published_port_keeps_the_client_address() {
     n.remove_forward(PROTO_TCP, 8080);
     let mut syn = frame(R, EXT, PROTO_TCP, &tcp(55001, 8080, 0x02));
     assert_eq!(n.inbound(&mut syn, 10_000_002), Err(NatDrop::NoConnection));
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let mut n = nat();
+    let mut udp = vec![0u8; 8];
+    wr16(&mut udp, 0, 4444);
+    wr16(&mut udp, 2, 53);
+    udp.extend_from_slice(&[7; 24]);
+    // first fragment: MF, offset 0, IP ID 0x0001 (frame() sets it)
+    let mut first = frame(C, R, PROTO_UDP, &udp);
+    first[IP + 6] = 0x20;
+    let c = csum::checksum(&{
+        let mut h = first[IP..IP + 20].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    wr16(&mut first, IP + 10, c);
+    n.outbound(1, MAC, &mut first, 0).unwrap();
+    assert_eq!(ip4(&first, IP + 12), EXT);
+    // the rest: offset 4 (32 bytes), no ports, same ID
+    let mut rest = frame(C, R, PROTO_UDP, &[9; 16]);
+    rest[IP + 6] = 0x00;
+    rest[IP + 7] = 0x04;
+    let c = csum::checksum(&{
+        let mut h = rest[IP..IP + 20].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    wr16(&mut rest, IP + 10, c);
+    n.outbound(1, MAC, &mut rest, 1).unwrap();
+    assert_eq!(ip4(&rest, IP + 12), EXT);
+    assert_eq!(csum::checksum(&rest[IP..IP + 20]), 0, "IP header checksum");
+    // the answer, fragmented too
+    let mut rfirst = frame(R, EXT, PROTO_UDP, &{
+        let mut u = vec![0u8; 8];
+        wr16(&mut u, 0, 53);
+        wr16(&mut u, 2, rd16(&first, IP + 20));
+        u.extend_from_slice(&[1; 24]);
+        u
+    });
+    rfirst[IP + 6] = 0x20;
+    wr16(&mut rfirst, IP + 4, 0x7777);
+    n.inbound(&mut rfirst, 2).unwrap();
+    let mut rrest = frame(R, EXT, PROTO_UDP, &[2; 16]);
+    rrest[IP + 7] = 0x04;
+    wr16(&mut rrest, IP + 4, 0x7777);
+    assert_eq!(n.inbound(&mut rrest, 3).unwrap().net, 1);
+    assert_eq!(ip4(&rrest, IP + 16), C);
 }

@@ -46,7 +46,7 @@ fn outbound_tcp_udp_ping_and_many_connections() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         ready_tx.send(()).unwrap();
         let mut peers = Vec::new();
-        let mut b = [0u8; 2048];
+        let mut b = vec![0u8; 16384];
         for _ in 0..50 {
             let (n, from) = s.recv_from(&mut b).unwrap();
             let mut r = b"re:".to_vec();
@@ -61,9 +61,11 @@ fn outbound_tcp_udp_ping_and_many_connections() {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         s.connect((INET_IP, 7001)).unwrap();
-        let mut b = [0u8; 2048];
+        let mut b = vec![0u8; 16384];
         for i in 0..50 {
-            let m = format!("q{i}:{}", "x".repeat(i * 20));
+            // the last ones are larger than the MTU: fragments both ways
+            let n = if i >= 46 { 2000 * (i - 44) } else { i * 20 };
+            let m = format!("q{i}:{}", "x".repeat(n));
             s.send(m.as_bytes()).unwrap();
             let n = s.recv(&mut b).unwrap();
             assert_eq!(&b[..n], format!("re:{m}").as_bytes());
