@@ -141,6 +141,9 @@ struct OutKey {
     dport: u16,
 }
 
+/// (outbound?, proto, source, destination, IP identification)
+type FragKey = (bool, u8, Ipv4Addr, Ipv4Addr, u16);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct InKey {
     proto: u8,
@@ -199,7 +202,7 @@ pub struct Nat {
     /// Fragmented datagrams: (outbound?, proto, source, destination, IP ID)
     /// of a first fragment -> its connection and when it was seen; the
     /// later fragments (no ports) follow it.
-    frags: FxHashMap<(bool, u8, Ipv4Addr, Ipv4Addr, u16), (u32, u64)>,
+    frags: FxHashMap<FragKey, (u32, u64)>,
     pub stats: NatStats,
 }
 
