@@ -3,7 +3,7 @@
 # Debian machine (idempotent). Run as root.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "deps.sh: run as root (sudo)" >&2; exit 1; }
-pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util-linux
+pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util-linux passwd
       ca-certificates curl gcc libc6-dev pkg-config python3)
 missing=()
 for p in "${pkgs[@]}"; do
