@@ -45,13 +45,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# run in a container's namespace: a name under /run/netns, or a path
-nsx() {
-	local ns=$1; shift
-	case "$ns" in
-	/*) nsenter --net="$ns" "$@" ;;
-	*) ip netns exec "$ns" "$@" ;;
+# the command prefix that runs in a container's namespace (a name under
+# /run/netns, or a path); a plain command, not a function, so that a
+# background job's $! is the process itself and cleanup can kill it
+nsp() {
+	case "$1" in
+	/*) NSP_CMD=(nsenter --net="$1") ;;
+	*) NSP_CMD=(ip netns exec "$1") ;;
 	esac
+}
+nsx() {
+	nsp "$1"; shift
+	"${NSP_CMD[@]}" "$@"
 }
 AS=()
 if [ "$MODE" = rootless ]; then
@@ -87,9 +92,9 @@ for _ in $(seq 50); do tn network ls -q >/dev/null 2>&1 && break; sleep 0.1; don
 tn network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
 PUB=()
 [ "$MODE" = publish ] && PUB=(-p 5201:5201 -p 5201:5201/udp -p 5301:5301)
-tn run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
+"${AS[@]}" "$T" run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
 PIDS+=($!)
-tn run --network bench --name srv "${PUB[@]}" -- sleep 100000 >"$OUT/srv.log" 2>&1 &
+"${AS[@]}" "$T" run --network bench --name srv "${PUB[@]}" -- sleep 100000 >"$OUT/srv.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do [ "$(tn ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
 SRV_IP=$(tn ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
@@ -122,7 +127,8 @@ for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; 
 
 bg() { # NS LOG CMD...
 	local ns=$1 lg=$2; shift 2
-	nsx "$ns" timeout -k 5 3600 "$@" >"$lg" 2>&1 &
+	nsp "$ns"
+	"${NSP_CMD[@]}" timeout -k 5 3600 "$@" >"$lg" 2>&1 &
 	BG=$!
 	PIDS+=($BG)
 }
