@@ -970,14 +970,10 @@ impl State {
             return;
         };
         let dst = Mac::from_slice(&frame[VNET_HDR_LEN..]);
-        let now = now_ms();
-        let targets: Vec<PortIdx> = match (!dst.is_multicast())
-            .then(|| self.sw.table.lookup(net, &dst, now))
-            .flatten()
-        {
-            Some(p) => vec![p],
-            None => n.ports.clone(),
-        };
+        let unicast = (!dst.is_multicast())
+            .then(|| self.sw.table.lookup(net, &dst, now_ms()))
+            .flatten();
+        let count = if unicast.is_some() { 1 } else { n.ports.len() };
         let idx = self.inject_free.pop().unwrap_or_else(|| {
             self.injects.push(None);
             self.injects.len() - 1
@@ -985,7 +981,12 @@ impl State {
         let ptr = frame.as_ptr();
         let len = frame.len() as u32;
         let mut writes = 0;
-        for t in targets {
+        // the target ports by index: no allocation per frame
+        for i in 0..count {
+            let t = match unicast {
+                Some(p) => p,
+                None => self.sw.network(net).expect("checked").ports[i],
+            };
             let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
                 continue;
             };
@@ -1237,15 +1238,20 @@ impl State {
         };
         f[E..E + 6].copy_from_slice(&dst_mac.0);
         f[E + 6..E + 12].copy_from_slice(&n.cfg.gateway_mac.0);
-        let targets: Vec<PortIdx> = match self.sw.table.lookup(inside.net, &dst_mac, now) {
-            Some(d) => vec![d],
-            // aged out of the table (a quiet server): flood like unknown unicast
-            None => n.ports.clone(),
+        let sent = match self.sw.table.lookup(inside.net, &dst_mac, now) {
+            Some(d) => self.post_write(slot, b, d),
+            None => {
+                // aged out of the table (a quiet server): flood like
+                // unknown unicast (by index: no allocation per frame)
+                let mut sent = false;
+                let count = n.ports.len();
+                for i in 0..count {
+                    let t = self.sw.network(inside.net).expect("checked").ports[i];
+                    sent |= self.post_write(slot, b, t);
+                }
+                sent
+            }
         };
-        let mut sent = false;
-        for t in targets {
-            sent |= self.post_write(slot, b, t);
-        }
         if !sent {
             self.recycle(slot, b);
         }
