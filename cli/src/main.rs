@@ -182,16 +182,8 @@ enum NetCmd {
         /// Namespace to attach under the container name: a name in /run/netns, a path, or a PID.
         #[arg(long)]
         netns: Option<String>,
-        #[arg(long)]
-        ip: Option<String>,
-        #[arg(long)]
-        mtu: Option<u32>,
-        /// A network-scoped DNS alias (repeatable).
-        #[arg(long)]
-        alias: Vec<String>,
-        /// Publish a port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp].
-        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-        publish: Vec<String>,
+        #[command(flatten)]
+        ep: EndpointOpts,
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
@@ -199,14 +191,13 @@ enum NetCmd {
     Prune,
 }
 
+/// What `run` and `network connect` both set on the endpoint.
 #[derive(Args)]
-struct RunCli {
-    #[arg(long)]
-    network: Option<String>,
-    #[arg(long)]
-    name: Option<String>,
+struct EndpointOpts {
+    /// A static address (default: the next free one).
     #[arg(long)]
     ip: Option<String>,
+    /// The interface's MTU (default: the network's).
     #[arg(long)]
     mtu: Option<u32>,
     /// A network-scoped DNS alias (repeatable).
@@ -216,6 +207,18 @@ struct RunCli {
     /// ranges like 8000-8010:8000-8010 (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     publish: Vec<String>,
+}
+
+#[derive(Args)]
+struct RunCli {
+    /// The network to attach to (default: bridge).
+    #[arg(long)]
+    network: Option<String>,
+    /// The container's name (default: random); its DNS name.
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    ep: EndpointOpts,
     /// Upstream DNS server for this container (IP or IP:PORT, repeatable).
     #[arg(long, value_name = "SERVER")]
     dns: Vec<String>,
@@ -365,10 +368,10 @@ fn real_main(cli: Cli) -> Result<i32> {
                 run::RunArgs {
                     network: a.network.unwrap_or_else(|| daemon::BRIDGE.to_string()),
                     name: a.name,
-                    ip: a.ip,
-                    mtu: a.mtu,
-                    aliases: a.alias,
-                    ports: a.publish,
+                    ip: a.ep.ip,
+                    mtu: a.ep.mtu,
+                    aliases: a.ep.alias,
+                    ports: a.ep.publish,
                     dns: a.dns,
                     dns_search: a.dns_search,
                     dns_option: a.dns_option,
@@ -586,10 +589,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
             network,
             container,
             netns,
-            ip,
-            mtu,
-            alias,
-            publish,
+            ep,
         } => {
             let e: EndpointInfo = c.call(
                 "POST",
@@ -597,10 +597,10 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                 Some(&Connect {
                     container,
                     netns,
-                    ip,
-                    mtu,
-                    aliases: alias,
-                    ports: publish,
+                    ip: ep.ip,
+                    mtu: ep.mtu,
+                    aliases: ep.alias,
+                    ports: ep.publish,
                 }),
             )?;
             println!("{} {} {}", e.ifname, e.ip, e.mac);

@@ -745,17 +745,15 @@ pub fn ping(env: &Env, ns: &str, dst: &str, n: u32) -> bool {
     .success()
 }
 
-/// A server in `server` on ip:port sends `blob`; `nc` in `client` (a
-/// namespace of this Env) downloads it. Asserts the data arrived intact and
-/// returns the address the server saw.
-pub fn download(
-    env: &mut Env,
-    client: &str,
+/// A one-shot TCP server in namespace `server` on ip:port that sends the
+/// file `blob` to its first client; listening when this returns; joins to
+/// the address the client came from.
+pub fn serve_file(
     server: &str,
     ip: &str,
     port: u16,
     blob: &Path,
-) -> std::net::SocketAddr {
+) -> std::thread::JoinHandle<std::net::SocketAddr> {
     let addr: std::net::Ipv4Addr = ip.parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let b2 = blob.to_path_buf();
@@ -767,6 +765,21 @@ pub fn download(
         peer
     });
     ready_rx.recv().unwrap();
+    srv
+}
+
+/// A server in `server` on ip:port sends `blob`; `nc` in `client` (a
+/// namespace of this Env) downloads it. Asserts the data arrived intact and
+/// returns the address the server saw.
+pub fn download(
+    env: &mut Env,
+    client: &str,
+    server: &str,
+    ip: &str,
+    port: u16,
+    blob: &Path,
+) -> std::net::SocketAddr {
+    let srv = serve_file(server, ip, port, blob);
     let recv_path = env.dir.join("recv");
     let recv = File::create(&recv_path).unwrap();
     let port_s = port.to_string();

@@ -5,7 +5,7 @@
 //! on the host.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 use tapnet_tests::dnsutil::fake_upstream;
 use tapnet_tests::*;
@@ -96,16 +96,7 @@ fn rootless_daemon_and_containers() {
     // outbound TCP through the socket NAT: 128 MiB, checksum, host address
     let blob = env.random_file("blob", 128 << 20);
     let want = sha256(&blob);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let b2 = blob.clone();
-    let server = in_ns(&inet, move || {
-        let l = TcpListener::bind((INET_IP, 7000)).unwrap();
-        tx.send(()).unwrap();
-        let (mut s, peer) = l.accept().unwrap();
-        std::io::copy(&mut std::fs::File::open(&b2).unwrap(), &mut s).unwrap();
-        peer
-    });
-    rx.recv().unwrap();
+    let server = serve_file(&inet, INET_IP, 7000, &blob);
     let o = env.ok(&[
         "run",
         "--network",

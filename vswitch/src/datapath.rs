@@ -935,8 +935,10 @@ impl State {
         }
     }
 
+    /// The egress side of a completed write: in-flight count, tx counters
+    /// or a tx_error drop.
     #[inline]
-    fn write_done(&mut self, src: PortIdx, dst: PortIdx, b: usize, res: i32) {
+    fn tx_done(&mut self, dst: PortIdx, res: i32) {
         if let Some(d) = self.ports[dst as usize].as_mut() {
             d.inflight -= 1;
             if res >= 0 {
@@ -946,6 +948,11 @@ impl State {
                 self.sw.count_drop(dst, DropReason::TxError);
             }
         }
+    }
+
+    #[inline]
+    fn write_done(&mut self, src: PortIdx, dst: PortIdx, b: usize, res: i32) {
+        self.tx_done(dst, res);
         let mut repost = false;
         if let Some(p) = self.ports[src as usize].as_mut() {
             p.inflight -= 1;
@@ -1258,15 +1265,7 @@ impl State {
     }
 
     fn inject_done(&mut self, dst: PortIdx, idx: usize, res: i32) {
-        if let Some(d) = self.ports[dst as usize].as_mut() {
-            d.inflight -= 1;
-            if res >= 0 {
-                self.sw
-                    .count_tx(dst, (res as usize).saturating_sub(VNET_HDR_LEN));
-            } else if res != -libc::ECANCELED {
-                self.sw.count_drop(dst, DropReason::TxError);
-            }
-        }
+        self.tx_done(dst, res);
         if let Some(Some((_, w))) = self.injects.get_mut(idx) {
             *w -= 1;
             if *w == 0 {

@@ -200,17 +200,7 @@ struct NetStack {
 
 impl NetStack {
     fn new(ip: Ipv4Addr, prefix: u8, mac: Mac, mtu: u32, now: SInstant) -> NetStack {
-        let mut dev = Queue {
-            rx: VecDeque::new(),
-            tx: Vec::new(),
-            mtu: mtu as usize + 14,
-        };
-        let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
-        cfg.random_seed = rand::random();
-        let mut iface = Interface::new(cfg, &mut dev, now);
-        iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
-        });
+        let (iface, dev) = gateway_iface(ip, prefix, mac, mtu, now);
         let mut sockets = SocketSet::new(Vec::new());
         let mut u = udp::Socket::new(
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1024]),
@@ -339,6 +329,29 @@ impl NetStack {
             }
         }
     }
+}
+
+/// A smoltcp interface with the gateway's MAC and address/prefix, and the
+/// queue device it reads punted frames from and writes frames to.
+pub(super) fn gateway_iface(
+    ip: Ipv4Addr,
+    prefix: u8,
+    mac: Mac,
+    mtu: u32,
+    now: SInstant,
+) -> (Interface, Queue) {
+    let mut dev = Queue {
+        rx: VecDeque::new(),
+        tx: Vec::new(),
+        mtu: mtu as usize + 14,
+    };
+    let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
+    cfg.random_seed = rand::random();
+    let mut iface = Interface::new(cfg, &mut dev, now);
+    iface.update_ip_addrs(|a| {
+        let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
+    });
+    (iface, dev)
 }
 
 /// Queues a frame for smoltcp. Before an IPv4 frame, a synthetic ARP

@@ -404,7 +404,6 @@ impl Core {
         let Some(n) = self.nets.get(name) else {
             return;
         };
-        let resolve = n.rec.dns_names;
         let endpoints = n
             .rec
             .endpoints
@@ -426,11 +425,7 @@ impl Core {
             .registry
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        reg.replace_network(n.idx, &n.rec.name, resolve, ups, endpoints);
-    }
-
-    fn dns_names(&self, n: &Net) -> bool {
-        n.rec.dns_names
+        reg.replace_network(n.idx, &n.rec.name, n.rec.dns_names, ups, endpoints);
     }
 
     fn restore_endpoints(&mut self) -> Result<()> {
@@ -660,7 +655,7 @@ impl Core {
             mac_aging_secs: snap.aging_ms / 1000,
             counters: total,
             dns: DnsInspect {
-                names: self.dns_names(n),
+                names: n.rec.dns_names,
                 upstreams: if n.rec.dns.is_empty() {
                     self.dns_defaults.iter().map(|s| s.to_string()).collect()
                 } else {
@@ -966,7 +961,7 @@ impl Core {
         // resolves names (it forwards the rest), else the upstream servers
         // themselves, minus loopback ones the container cannot reach
         let nameservers = match eps.first() {
-            Some((n, _)) if self.dns_names(n) => vec![n.rec.gateway.to_string()],
+            Some((n, _)) if n.rec.dns_names => vec![n.rec.gateway.to_string()],
             first => {
                 let mut s = parse_servers(&c.dns).unwrap_or_default();
                 if s.is_empty() {

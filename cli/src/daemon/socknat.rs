@@ -8,13 +8,11 @@
 //! X:P. Everything leaves with the host's own address and needs no
 //! privileges on the host: this is also the rootless back-end.
 
-use super::dnsd::{frame_hook, next_event, push_with_arp, send_control, Queue};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use super::dnsd::{frame_hook, gateway_iface, next_event, push_with_arp, send_control, Queue};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SInstant;
-use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint,
-};
+use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,17 +143,7 @@ fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
 
 impl Net {
     fn new(ip: Ipv4Addr, prefix: u8, mac: Mac, mtu: u32, now: SInstant) -> Net {
-        let mut dev = Queue {
-            rx: VecDeque::new(),
-            tx: Vec::new(),
-            mtu: mtu as usize + 14,
-        };
-        let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
-        cfg.random_seed = rand::random();
-        let mut iface = Interface::new(cfg, &mut dev, now);
-        iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
-        });
+        let (mut iface, dev) = gateway_iface(ip, prefix, mac, mtu, now);
         // any-IP: accept every destination, as a router would
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(ip);
