@@ -901,20 +901,8 @@ impl State {
                 let p = self.ports[slot as usize].as_mut().expect("checked");
                 match router::answer(&cfg, &mut p.bufs[base..base + BUF_SIZE], len) {
                     Ok(router::GwAction::Punt) => {
-                        let taken = match &self.cfg.punt {
-                            Some(h) => (h.0)(net, &p.bufs[base..base + len]),
-                            None => false,
-                        };
-                        if let Some(sp) = self.sw.port_mut(slot) {
-                            if taken {
-                                sp.counters.punted += 1;
-                            } else if self.cfg.punt.is_some() {
-                                sp.counters.drops.count(DropReason::ServiceBusy);
-                            } else {
-                                sp.counters.drops.count(DropReason::GatewayUnsupported);
-                            }
-                        }
-                        self.recycle(slot, b);
+                        let hook = self.cfg.punt.clone();
+                        self.punt(hook.as_ref(), slot, net, b, len);
                     }
                     Ok(router::GwAction::Route) => self.route_out(slot, net, b, len, now),
                     Ok(router::GwAction::Reply(n)) => {
@@ -1077,6 +1065,29 @@ impl State {
         }
     }
 
+    /// Hands a copy of the frame in `slot`'s buffer `b` to a service hook
+    /// (counted as punted, or as a drop: service_busy when it refused,
+    /// gateway_unsupported without a hook) and recycles the buffer.
+    fn punt(&mut self, hook: Option<&PuntHook>, slot: PortIdx, net: NetIdx, b: usize, len: usize) {
+        let reason = match hook {
+            Some(h) => {
+                let p = self.ports[slot as usize].as_ref().expect("checked");
+                let base = b * BUF_SIZE;
+                (!(h.0)(net, &p.bufs[base..base + len])).then_some(DropReason::ServiceBusy)
+            }
+            None => Some(DropReason::GatewayUnsupported),
+        };
+        match reason {
+            None => {
+                if let Some(sp) = self.sw.port_mut(slot) {
+                    sp.counters.punted += 1;
+                }
+            }
+            Some(r) => self.sw.count_drop(slot, r),
+        }
+        self.recycle(slot, b);
+    }
+
     /// A routed frame from network `net` (in `slot`'s buffer `b`): NAT it
     /// and send it out of the uplink, or answer with an ICMP error.
     fn route_out(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize, now: u64) {
@@ -1095,18 +1106,9 @@ impl State {
             return;
         }
         if self.uplink.is_none() && cfg.routed {
-            if let Some(h) = &self.cfg.route {
+            if let Some(h) = self.cfg.route.clone() {
                 // the socket NAT behind the gateway takes it
-                let p = self.ports[slot as usize].as_ref().expect("checked");
-                let taken = (h.0)(net, &p.bufs[base..base + len]);
-                if let Some(sp) = self.sw.port_mut(slot) {
-                    if taken {
-                        sp.counters.punted += 1;
-                    } else {
-                        sp.counters.drops.count(DropReason::ServiceBusy);
-                    }
-                }
-                self.recycle(slot, b);
+                self.punt(Some(&h), slot, net, b, len);
                 return;
             }
         }
