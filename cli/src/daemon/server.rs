@@ -146,6 +146,22 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
     if let Some(t) = &cfg.tun_device {
         vswitch::tap::set_tun_device(t);
     }
+    // fail at start, not at the first container, when TAPs cannot be made
+    let tun = cfg
+        .tun_device
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/dev/net/tun"));
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&tun) {
+        bail!(
+            "cannot open the TUN device {}: {e}; {}",
+            tun.display(),
+            if rootless {
+                "a rootless daemon needs one this user may read and write (Debian's /dev/net/tun is 0666), or --tun-device PATH"
+            } else {
+                "is the tun module loaded (modprobe tun)?"
+            }
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
