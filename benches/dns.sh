@@ -28,8 +28,8 @@ nsenter --net=/run/netns/tn_dnsb_host "$T" daemon --state-dir "$OUT/state" --net
 PIDS+=($!)
 for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 "$T" network create dnsb --subnet 10.98.0.0/24 >/dev/null || exit 1
-"$T" run --network dnsb --name target -- sleep 100000 >/dev/null 2>&1 & PIDS+=($!)
-"$T" run --network dnsb --name client -- sleep 100000 >/dev/null 2>&1 & PIDS+=($!)
+"$T" run --network dnsb --name target --ip 10.98.0.2 -- sleep 100000 >/dev/null 2>&1 & PIDS+=($!)
+"$T" run --network dnsb --name client --ip 10.98.0.3 -- sleep 100000 >/dev/null 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
 ip netns exec tn_dnsb_client python3 - "$N" <<'PY'
 import socket, struct, sys, time
