@@ -848,3 +848,45 @@ pub fn many_connections(client: &str, server: &str, ip: &str, port: u16, n: usiz
     assert_eq!(done, n);
     srv.join().expect("server");
 }
+
+/// 50 UDP request/responses from namespace `client` to an echo server this
+/// starts in `server` on ip:port; the last four are 4,000 to 10,000 bytes
+/// (larger than the MTU: fragmented both ways). Returns the addresses the
+/// server saw the requests from.
+pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<String> {
+    use std::net::UdpSocket;
+    let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let srv = in_ns(server, move || {
+        let s = UdpSocket::bind((addr, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut b = vec![0u8; 16384];
+        (0..50)
+            .map(|_| {
+                let (n, from) = s.recv_from(&mut b).unwrap();
+                let mut r = b"re:".to_vec();
+                r.extend_from_slice(&b[..n]);
+                s.send_to(&r, from).unwrap();
+                from.ip().to_string()
+            })
+            .collect()
+    });
+    ready_rx.recv().unwrap();
+    in_ns(client, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.connect((addr, port)).unwrap();
+        let mut b = vec![0u8; 16384];
+        for i in 0..50 {
+            let n = if i >= 46 { 2000 * (i - 44) } else { i * 25 };
+            let m = format!("q{i}:{}", "y".repeat(n));
+            s.send(m.as_bytes()).unwrap();
+            let n = s.recv(&mut b).unwrap();
+            assert_eq!(&b[..n], format!("re:{m}").as_bytes(), "datagram {i}");
+        }
+    })
+    .join()
+    .expect("UDP client");
+    srv.join().expect("UDP server")
+}

@@ -40,39 +40,8 @@ fn outbound_tcp_udp_ping_and_many_connections() {
     assert_eq!(peer.ip().to_string(), UPLINK_IP, "server saw {peer}");
 
     // UDP request/response; the server sees the uplink address
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = in_ns(&inet, move || {
-        let s = UdpSocket::bind((INET_IP, 7001)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        ready_tx.send(()).unwrap();
-        let mut peers = Vec::new();
-        let mut b = vec![0u8; 16384];
-        for _ in 0..50 {
-            let (n, from) = s.recv_from(&mut b).unwrap();
-            let mut r = b"re:".to_vec();
-            r.extend_from_slice(&b[..n]);
-            s.send_to(&r, from).unwrap();
-            peers.push(from.ip().to_string());
-        }
-        peers
-    });
-    ready_rx.recv().unwrap();
-    let client = in_ns(&c.ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.connect((INET_IP, 7001)).unwrap();
-        let mut b = vec![0u8; 16384];
-        for i in 0..50 {
-            // the last ones are larger than the MTU: fragments both ways
-            let n = if i >= 46 { 2000 * (i - 44) } else { i * 20 };
-            let m = format!("q{i}:{}", "x".repeat(n));
-            s.send(m.as_bytes()).unwrap();
-            let n = s.recv(&mut b).unwrap();
-            assert_eq!(&b[..n], format!("re:{m}").as_bytes());
-        }
-    });
-    client.join().expect("UDP client");
-    assert!(server.join().unwrap().iter().all(|p| p == UPLINK_IP));
+    let peers = udp_roundtrips(&c.ns, &inet, INET_IP, 7001);
+    assert!(peers.iter().all(|p| p == UPLINK_IP), "{peers:?}");
     // an ICMP error from the internet (port unreachable) comes back through
     // the NAT, its embedded header translated: the socket sees "refused"
     let refused = in_ns(&c.ns, || {

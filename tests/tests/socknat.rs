@@ -4,7 +4,7 @@
 //! daemon's namespace, which has an address of its own there.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use tapnet_tests::*;
 
@@ -80,40 +80,8 @@ fn socket_nat_tcp_udp_and_many_connections() {
     );
 
     // UDP request/response, the server sees the host address
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = in_ns(&inet, move || {
-        let s = UdpSocket::bind((INET_IP, 7001)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        ready_tx.send(()).unwrap();
-        let mut b = vec![0u8; 16384];
-        let mut peers = Vec::new();
-        for _ in 0..50 {
-            let (n, from) = s.recv_from(&mut b).unwrap();
-            let mut r = b"re:".to_vec();
-            r.extend_from_slice(&b[..n]);
-            s.send_to(&r, from).unwrap();
-            peers.push(from.ip().to_string());
-        }
-        peers
-    });
-    ready_rx.recv().unwrap();
-    in_ns(&c.ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.connect((INET_IP, 7001)).unwrap();
-        let mut b = vec![0u8; 16384];
-        for i in 0..50 {
-            // the last ones are larger than the MTU: fragmented both ways
-            let n = if i >= 46 { 2000 * (i - 44) } else { i * 25 };
-            let m = format!("q{i}:{}", "y".repeat(n));
-            s.send(m.as_bytes()).unwrap();
-            let n = s.recv(&mut b).unwrap();
-            assert_eq!(&b[..n], format!("re:{m}").as_bytes());
-        }
-    })
-    .join()
-    .expect("UDP client");
-    assert!(server.join().unwrap().iter().all(|p| p == HOST_IP));
+    let peers = udp_roundtrips(&c.ns, &inet, INET_IP, 7001);
+    assert!(peers.iter().all(|p| p == HOST_IP), "{peers:?}");
 
     // 1,000 concurrent TCP connections, each with its own data
     many_connections(&c.ns, &inet, INET_IP, 7002, 1000);

@@ -151,7 +151,11 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         .tun_device
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("/dev/net/tun"));
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&tun) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&tun)
+    {
         bail!(
             "cannot open the TUN device {}: {e}; {}",
             tun.display(),
