@@ -28,6 +28,7 @@ fn setup(ports: u32, hosts: u32, bcast_every: usize) -> Setup {
             gateway_mac: Mac([2, 0x42, 10, 88, 0, 1]),
             prefix: 24,
             routed: false,
+            gateway: true,
         },
     );
     let ids: Vec<u32> = (0..ports).map(|_| sw.add_port(0, 1500)).collect();

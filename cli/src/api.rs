@@ -8,6 +8,12 @@ use vswitch::{PortCounters, PortState};
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct CreateNetwork {
     pub name: String,
+    /// bridge (default), macvlan, ipvlan.
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// The driver's options (`-o KEY=VALUE`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     pub subnet: Option<String>,
     pub gateway: Option<String>,
     pub ip_range: Option<String>,
@@ -30,6 +36,9 @@ pub struct Connect {
     pub netns: Option<String>,
     pub ip: Option<String>,
     pub mtu: Option<u32>,
+    /// The interface's MAC (default: derived from the address).
+    #[serde(default)]
+    pub mac: Option<String>,
     /// Network-scoped DNS aliases.
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -46,9 +55,12 @@ pub struct Disconnect {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct CreateContainer {
     pub name: Option<String>,
+    /// A network's name, or `none`, `host`, `container:NAME`.
     pub network: String,
     pub ip: Option<String>,
     pub mtu: Option<u32>,
+    #[serde(default)]
+    pub mac: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
     /// Upstream DNS servers for this container.
@@ -67,6 +79,11 @@ pub struct Rename {
 pub struct NetworkSummary {
     pub name: String,
     pub id: String,
+    pub driver: String,
+    /// local, or global for networks shared by several hosts.
+    pub scope: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     pub subnet: String,
     pub gateway: String,
     pub ip_range: Option<String>,
@@ -128,6 +145,18 @@ pub struct NetworkInspect {
     /// Sum over the network's ports.
     pub counters: PortCounters,
     pub dns: DnsInspect,
+    /// macvlan, ipvlan: the port on the parent interface.
+    #[serde(default)]
+    pub trunk: Option<TrunkInspect>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrunkInspect {
+    pub parent: String,
+    pub vlan: Option<u16>,
+    pub port_id: Option<u64>,
+    pub state: Option<PortState>,
+    pub counters: Option<PortCounters>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,12 +173,18 @@ pub struct DnsInspect {
 pub struct ContainerInfo {
     pub name: String,
     pub netns: String,
+    /// Its own endpoints (empty), `none`, `host` or `container:NAME`.
+    #[serde(default)]
+    pub network_mode: String,
     /// Created by tapnet (`run`), deleted with the container.
     pub owned: bool,
     pub endpoints: Vec<EndpointInfo>,
     /// For the container's resolv.conf.
     #[serde(default)]
     pub nameservers: Vec<String>,
+    /// Things asked for that do not apply (e.g. `-p` with `host`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -133,6 +133,13 @@ enum NetCmd {
     /// Create a network.
     Create {
         name: String,
+        /// The network driver: bridge (default), macvlan, ipvlan.
+        #[arg(short = 'd', long, default_value = "bridge")]
+        driver: String,
+        /// A driver option KEY=VALUE (repeatable), e.g. parent=eth1.10,
+        /// macvlan_mode=private.
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+        opt: Vec<String>,
         /// IPv4 subnet in CIDR form; picked automatically when omitted.
         #[arg(long)]
         subnet: Option<String>,
@@ -200,6 +207,9 @@ struct EndpointOpts {
     /// The interface's MTU (default: the network's).
     #[arg(long)]
     mtu: Option<u32>,
+    /// The interface's MAC (default: 02:42 and the IPv4 address).
+    #[arg(long = "mac-address", value_name = "MAC")]
+    mac_address: Option<String>,
     /// A network-scoped DNS alias (repeatable).
     #[arg(long)]
     alias: Vec<String>,
@@ -211,7 +221,8 @@ struct EndpointOpts {
 
 #[derive(Args)]
 struct RunCli {
-    /// The network to attach to (default: bridge).
+    /// The network to attach to (default: bridge), or `none` (only lo),
+    /// `host` (the daemon's network namespace), `container:NAME` (NAME's).
     #[arg(long)]
     network: Option<String>,
     /// The container's name (default: random); its DNS name.
@@ -325,6 +336,16 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// `-o KEY=VALUE` options; a key given twice keeps the last value.
+fn parse_opts(opts: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    opts.iter()
+        .map(|o| match o.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => anyhow::bail!("invalid option {o:?}: use KEY=VALUE"),
+        })
+        .collect()
+}
+
 fn json_out<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -370,6 +391,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                     name: a.name,
                     ip: a.ep.ip,
                     mtu: a.ep.mtu,
+                    mac: a.ep.mac_address,
                     aliases: a.ep.alias,
                     ports: a.ep.publish,
                     dns: a.dns,
@@ -391,7 +413,11 @@ fn real_main(cli: Cli) -> Result<i32> {
                     if ct.endpoints.is_empty() {
                         rows.push(vec![
                             ct.name.clone(),
-                            "-".into(),
+                            if ct.network_mode.is_empty() {
+                                "-".into()
+                            } else {
+                                ct.network_mode.clone()
+                            },
                             "-".into(),
                             "-".into(),
                             "-".into(),
@@ -515,6 +541,8 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
     match cmd {
         NetCmd::Create {
             name,
+            driver,
+            opt,
             subnet,
             gateway,
             ip_range,
@@ -528,6 +556,8 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                 "/networks",
                 Some(&CreateNetwork {
                     name,
+                    driver: Some(driver),
+                    options: parse_opts(&opt)?,
                     subnet,
                     gateway,
                     ip_range,
@@ -552,6 +582,8 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                         vec![
                             n.id[..12.min(n.id.len())].to_string(),
                             n.name,
+                            n.driver,
+                            n.scope,
                             n.subnet,
                             n.gateway,
                             n.mtu.to_string(),
@@ -563,6 +595,8 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     &[
                         "NETWORK ID",
                         "NAME",
+                        "DRIVER",
+                        "SCOPE",
                         "SUBNET",
                         "GATEWAY",
                         "MTU",
@@ -599,6 +633,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     netns,
                     ip: ep.ip,
                     mtu: ep.mtu,
+                    mac: ep.mac_address,
                     aliases: ep.alias,
                     ports: ep.publish,
                 }),

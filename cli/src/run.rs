@@ -25,6 +25,7 @@ pub struct RunArgs {
     pub name: Option<String>,
     pub ip: Option<String>,
     pub mtu: Option<u32>,
+    pub mac: Option<String>,
     pub aliases: Vec<String>,
     pub ports: Vec<String>,
     pub dns: Vec<String>,
@@ -43,12 +44,20 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
             network: a.network.clone(),
             ip: a.ip.clone(),
             mtu: a.mtu,
+            mac: a.mac.clone(),
             aliases: a.aliases.clone(),
             dns: a.dns.clone(),
             ports: a.ports.clone(),
         }),
     )?;
-    let resolv = write_resolv_conf(&info, &a);
+    for w in &info.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    // a host container keeps the host's resolv.conf; one that shares
+    // another's namespace gets that one's servers
+    let resolv = (info.network_mode != "host")
+        .then(|| write_resolv_conf(&info, &a))
+        .flatten();
     let code = join_rootless(client).and_then(|_| run_in(&info, &a.cmd, resolv.as_deref()));
     if let Some(p) = &resolv {
         let _ = std::fs::remove_file(p);

@@ -13,6 +13,7 @@ fn main() {
             gateway_mac: Mac([2, 0x42, 10, 99, 0, 1]),
             prefix: 24,
             routed: false,
+            gateway: true,
         },
     )
     .unwrap();

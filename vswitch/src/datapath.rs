@@ -23,8 +23,9 @@
 use crate::bufring::BufRing;
 use crate::mac::Mac;
 use crate::router;
-use crate::switch::{Decision, DropReason, NetConfig, PortCounters, Switch};
+use crate::switch::{Decision, DropReason, NetConfig, PortCounters, PortKind, Switch, TrunkMode};
 use crate::table::{NetIdx, PortIdx};
+use crate::trunk::{self, TrunkXform};
 use crate::vnet::VNET_HDR_LEN;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustc_hash::FxHashMap;
@@ -115,6 +116,7 @@ pub enum PortState {
 pub struct PortSnapshot {
     pub id: PortId,
     pub name: String,
+    pub kind: PortKind,
     pub net: NetIdx,
     pub state: PortState,
     pub counters: PortCounters,
@@ -159,6 +161,8 @@ enum Cmd {
     SetAging(Duration),
     Inject(NetIdx, Vec<Vec<u8>>),
     SetUplink(Box<UplinkConfig>, PortId),
+    AddTrunk(NetIdx, Box<TrunkConfig>, PortId),
+    SetTrunkPolicy(NetIdx, TrunkMode, Vec<(Ipv4Addr, Mac)>),
     AddForward(u8, u16, nat::Forward),
     RemoveForward(u8, u16),
     Shutdown,
@@ -176,6 +180,21 @@ pub struct UplinkConfig {
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub nat: nat::NatConfig,
+}
+
+/// A trunk: a packet socket on a host interface (see [`crate::trunk`]),
+/// opened with [`crate::trunk::open_trunk`], that joins a network's flood
+/// list and brings the parent's segment into it.
+pub struct TrunkConfig {
+    pub name: String,
+    pub fd: OwnedFd,
+    /// The parent's MAC.
+    pub mac: Mac,
+    pub mtu: u32,
+    /// 802.1Q VLAN id on the parent.
+    pub vlan: Option<u16>,
+    /// ipvlan: containers share the parent's MAC on the wire.
+    pub shared_mac: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -343,6 +362,25 @@ impl Datapath {
         self.injector().inject(net, frames)
     }
 
+    /// Adds a trunk to network `net` (one per network).
+    pub fn add_trunk(&self, net: NetIdx, t: TrunkConfig) -> Result<PortId, DatapathError> {
+        let id = self.next_port.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::AddTrunk(net, Box::new(t), id))?;
+        Ok(id)
+    }
+
+    /// How the network's containers reach each other, and its endpoints
+    /// (address, MAC): the only unicast its trunk lets in, and, for a
+    /// shared-MAC trunk, where frames for an address go.
+    pub fn set_trunk_policy(
+        &self,
+        net: NetIdx,
+        mode: TrunkMode,
+        hosts: Vec<(Ipv4Addr, Mac)>,
+    ) -> Result<(), DatapathError> {
+        self.send(Cmd::SetTrunkPolicy(net, mode, hosts))
+    }
+
     /// Sets the uplink (once): routed frames are masqueraded out of it.
     pub fn set_uplink(&self, u: UplinkConfig) -> Result<PortId, DatapathError> {
         let id = self.next_port.fetch_add(1, Ordering::Relaxed);
@@ -429,6 +467,8 @@ fn ud_parts(u: u64) -> (u64, PortIdx, PortIdx, usize) {
 struct IoPort {
     id: PortId,
     name: String,
+    /// A trunk's frame rewriting (None for other ports).
+    xform: Option<Box<TrunkXform>>,
     fd: OwnedFd,
     bufs: Box<[u8]>,
     lens: Box<[u32]>,
@@ -763,8 +803,9 @@ impl State {
         }
     }
 
-    /// Queues a write of `src`'s buffer `b` to port `dst`; false if `dst`
-    /// cannot take it.
+    /// Queues a write of `src`'s buffer `b` to port `dst`; true if the
+    /// write holds the buffer (false: `dst` cannot take it, or took a
+    /// rewritten copy).
     #[inline]
     fn post_write(&mut self, src: PortIdx, b: usize, dst: PortIdx) -> bool {
         let (ptr, len) = {
@@ -777,6 +818,22 @@ impl State {
             return false;
         };
         if d.state != PortState::Up {
+            return false;
+        }
+        if d.xform.as_ref().is_some_and(|x| x.rewrites()) {
+            // a VLAN tag or the shared MAC: a copy, since a flooded
+            // buffer is written to other ports unchanged
+            let x = self.ports[dst as usize]
+                .as_ref()
+                .and_then(|d| d.xform.as_deref());
+            let p = self.ports[src as usize].as_ref();
+            let base = b * BUF_SIZE;
+            let copy = x
+                .zip(p)
+                .and_then(|(x, p)| trunk::egress_frame(x, &p.bufs[base..base + len as usize]));
+            if let Some(f) = copy {
+                self.send_owned(dst, f);
+            }
             return false;
         }
         d.inflight += 1;
@@ -875,6 +932,9 @@ impl State {
         let len = res as usize;
         p.lens[b] = len as u32;
         let base = b * BUF_SIZE;
+        if let Some(x) = p.xform.as_deref() {
+            trunk::ipvlan_ingress(x, &mut p.bufs[base..base + len]);
+        }
         let frame = &p.bufs[base..base + len];
         match self.sw.decide(slot, frame, now) {
             Decision::Drop(_) => self.recycle(slot, b),
@@ -985,7 +1045,8 @@ impl State {
             let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
                 continue;
             };
-            if d.state != PortState::Up {
+            // the gateway's services answer containers, not the segment
+            if d.state != PortState::Up || d.xform.is_some() {
                 continue;
             }
             d.inflight += 1;
@@ -1031,7 +1092,14 @@ impl State {
         if self.uplink.is_some() {
             return;
         }
-        let slot = self.add_io_port(id, u.name.clone(), UPLINK_NET, u.mtu, u.fd);
+        let slot = self.add_io_port(
+            PortKind::Uplink,
+            id,
+            u.name.clone(),
+            UPLINK_NET,
+            u.mtu,
+            u.fd,
+        );
         self.uplink = Some(Uplink {
             slot,
             name: u.name,
@@ -1327,13 +1395,14 @@ impl State {
     /// Adds a port (a TAP, or the uplink's packet socket) and starts reading.
     fn add_io_port(
         &mut self,
+        kind: PortKind,
         id: PortId,
         name: String,
         net: NetIdx,
         mtu: u32,
         fd: OwnedFd,
     ) -> PortIdx {
-        let slot = self.sw.add_port(net, mtu);
+        let slot = self.sw.add_port_kind(kind, net, mtu);
         let nb = self.cfg.bufs_per_port.clamp(1, 4096).next_power_of_two();
         let mut ring = None;
         if self.multishot {
@@ -1346,6 +1415,7 @@ impl State {
             id,
             name,
             fd,
+            xform: None,
             bufs: vec![0u8; nb * BUF_SIZE].into_boxed_slice(),
             lens: vec![0; nb].into_boxed_slice(),
             refs: vec![0; nb].into_boxed_slice(),
@@ -1393,7 +1463,7 @@ impl State {
                     mtu,
                     fd,
                 } => {
-                    self.add_io_port(id, name, net, mtu, fd);
+                    self.add_io_port(PortKind::Tap, id, name, net, mtu, fd);
                 }
                 Cmd::RemovePort {
                     id,
@@ -1410,6 +1480,30 @@ impl State {
                 }
                 Cmd::SetAging(d) => self.sw.table.set_aging_ms(d.as_millis() as u64),
                 Cmd::SetUplink(u, id) => self.set_uplink(*u, id),
+                Cmd::AddTrunk(net, t, id) => {
+                    let t = *t;
+                    let slot = self.add_io_port(PortKind::Trunk, id, t.name, net, t.mtu, t.fd);
+                    let x = TrunkXform {
+                        vlan: t.vlan,
+                        shared_mac: t.shared_mac.then_some(t.mac),
+                        hosts: Default::default(),
+                    };
+                    if let Some(p) = self.ports[slot as usize].as_mut() {
+                        p.xform = Some(Box::new(x));
+                    }
+                }
+                Cmd::SetTrunkPolicy(net, mode, hosts) => {
+                    let macs: Vec<Mac> = hosts.iter().map(|h| h.1).collect();
+                    self.sw.set_trunk_policy(net, mode, &macs);
+                    let trunk = self.sw.network(net).and_then(|n| n.trunk);
+                    if let Some(x) = trunk
+                        .and_then(|t| self.ports.get_mut(t as usize))
+                        .and_then(|p| p.as_mut())
+                        .and_then(|p| p.xform.as_mut())
+                    {
+                        x.hosts = hosts.into_iter().collect();
+                    }
+                }
                 Cmd::AddForward(proto, port, to) => {
                     if let Some(u) = self.uplink.as_mut() {
                         u.nat.add_forward(proto, port, to);
@@ -1472,6 +1566,7 @@ impl State {
             s.ports.push(PortSnapshot {
                 id: p.id,
                 name: p.name.clone(),
+                kind: sp.kind,
                 net: sp.net,
                 state: p.state,
                 counters: sp.counters,
@@ -1529,6 +1624,7 @@ mod tests {
                 gateway_mac: Mac([2, 0x42, 10, 1, 0, 1]),
                 prefix: 24,
                 routed: false,
+                gateway: true,
             },
         )
         .unwrap();
@@ -1600,6 +1696,7 @@ mod tests {
                 gateway_mac: gw,
                 prefix: 24,
                 routed: false,
+                gateway: true,
             },
         )
         .unwrap();

@@ -4,6 +4,8 @@
 //!   (`IFF_VNET_HDR`, checksum/TSO offloads).
 //! - [`table`]: the (network, MAC) -> port learning table with aging.
 //! - [`switch`]: the per-frame decision and counters, free of I/O.
+//! - [`trunk`]: packet-socket ports on a parent interface (macvlan,
+//!   ipvlan): VLAN tags, the shared MAC.
 //! - [`router`]: each network's gateway (ARP, ICMP echo), inside the switch.
 //! - [`datapath`]: the io_uring worker that moves frames between ports.
 
@@ -14,14 +16,15 @@ pub mod router;
 pub mod switch;
 pub mod table;
 pub mod tap;
+pub mod trunk;
 pub mod uplink;
 pub mod vnet;
 
 pub use datapath::{
     Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook, Snapshot,
-    UplinkConfig, UplinkSnapshot,
+    TrunkConfig, UplinkConfig, UplinkSnapshot,
 };
 pub use mac::Mac;
-pub use switch::{DropCounters, NetConfig, PortCounters};
+pub use switch::{DropCounters, NetConfig, PortCounters, PortKind, TrunkMode};
 pub use table::NetIdx;
 pub use tap::{in_netns, open_tap, NetnsRef, TapOptions};

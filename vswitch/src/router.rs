@@ -292,6 +292,7 @@ mod tests {
             gateway_mac: Mac([2, 0x42, 10, 88, 0, 1]),
             prefix: 24,
             routed: false,
+            gateway: true,
         }
     }
 

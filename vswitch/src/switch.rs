@@ -6,6 +6,7 @@
 use crate::mac::Mac;
 use crate::table::{Learned, MacTable, NetIdx, PortIdx};
 use crate::vnet::{VnetHdr, VNET_HDR_LEN};
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -22,6 +23,10 @@ pub struct NetConfig {
     /// Frames for other networks are routed (masqueraded out the uplink);
     /// false for `--internal` networks.
     pub routed: bool,
+    /// The switch answers for the gateway (ARP, ICMP, services behind
+    /// it). False where the gateway is an external router on a trunk's
+    /// segment (macvlan, ipvlan): frames for it are switched like any other.
+    pub gateway: bool,
 }
 
 impl NetConfig {
@@ -65,6 +70,12 @@ pub enum DropReason {
     NoNetwork,
     /// The kernel refused the write to the egress port.
     TxError,
+    /// From a trunk, for a MAC that is not on the network: counted as
+    /// `filtered`, not as a drop.
+    NotOurs,
+    /// Between two containers of a network whose trunk mode forbids it
+    /// (macvlan `private`).
+    Isolated,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -81,6 +92,8 @@ pub struct DropCounters {
     pub nat_failed: u64,
     pub no_network: u64,
     pub tx_error: u64,
+    #[serde(default)]
+    pub isolated: u64,
 }
 
 impl DropCounters {
@@ -99,6 +112,8 @@ impl DropCounters {
             DropReason::NatFailed => &mut self.nat_failed,
             DropReason::NoNetwork => &mut self.no_network,
             DropReason::TxError => &mut self.tx_error,
+            DropReason::Isolated => &mut self.isolated,
+            DropReason::NotOurs => return,
         };
         *c += 1;
     }
@@ -116,6 +131,7 @@ impl DropCounters {
             + self.nat_failed
             + self.no_network
             + self.tx_error
+            + self.isolated
     }
 }
 
@@ -133,6 +149,7 @@ impl std::ops::AddAssign for DropCounters {
         self.nat_failed += o.nat_failed;
         self.no_network += o.no_network;
         self.tx_error += o.tx_error;
+        self.isolated += o.isolated;
     }
 }
 
@@ -154,6 +171,10 @@ pub struct PortCounters {
     pub macs_learned: u64,
     /// MACs that moved to this port from another one.
     pub macs_moved_in: u64,
+    /// Frames from a trunk's segment not addressed to this network (the
+    /// parent interface sees the whole segment): ignored, not errors.
+    #[serde(default)]
+    pub filtered: u64,
     pub drops: DropCounters,
 }
 
@@ -169,12 +190,42 @@ impl std::ops::AddAssign for PortCounters {
         self.punted += o.punted;
         self.macs_learned += o.macs_learned;
         self.macs_moved_in += o.macs_moved_in;
+        self.filtered += o.filtered;
         self.drops += o.drops;
     }
 }
 
+/// A port's class: it decides how frames from and to the port are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// A container's TAP device.
+    Tap,
+    /// A packet socket on a host interface that carries one network's
+    /// frames to and from that interface's segment (macvlan, ipvlan).
+    Trunk,
+    /// The routed uplink (NAT); in no network's flood list.
+    Uplink,
+}
+
+/// How the TAP ports of a network with a trunk relate to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkMode {
+    /// Containers reach each other inside the switch (macvlan bridge and
+    /// passthru, ipvlan).
+    #[default]
+    Bridge,
+    /// Containers reach only the trunk, never each other (macvlan private).
+    Private,
+    /// Everything from a container leaves through the trunk; an external
+    /// switch may send it back (macvlan vepa).
+    Vepa,
+}
+
 #[derive(Debug, Clone)]
 pub struct SwPort {
+    pub kind: PortKind,
     pub net: NetIdx,
     /// IP MTU of the port; non-GSO frames above MTU + 18 are dropped.
     pub mtu: u32,
@@ -186,6 +237,13 @@ pub struct SwNet {
     pub cfg: NetConfig,
     /// Ports of this network, flooding targets.
     pub ports: Vec<PortIdx>,
+    /// The network's trunk port, if it has one.
+    pub trunk: Option<PortIdx>,
+    pub trunk_mode: TrunkMode,
+    /// The MACs of the network's endpoints: from the trunk, only frames
+    /// for these (and broadcast, multicast) come in, and these are never
+    /// learned on the trunk.
+    pub hosts: FxHashSet<Mac>,
 }
 
 /// Where a received frame goes.
@@ -225,6 +283,9 @@ impl Switch {
                 *slot = Some(SwNet {
                     cfg,
                     ports: Vec::new(),
+                    trunk: None,
+                    trunk_mode: TrunkMode::Bridge,
+                    hosts: FxHashSet::default(),
                 })
             }
         }
@@ -251,9 +312,26 @@ impl Switch {
         self.nets.get(net as usize).and_then(|n| n.as_ref())
     }
 
-    /// Adds a port in the first free slot and returns its index.
+    /// Adds a TAP port in the first free slot and returns its index.
     pub fn add_port(&mut self, net: NetIdx, mtu: u32) -> PortIdx {
+        self.add_port_kind(PortKind::Tap, net, mtu)
+    }
+
+    /// Sets how the network's TAP ports reach each other and which MACs
+    /// its trunk lets in.
+    pub fn set_trunk_policy(&mut self, net: NetIdx, mode: TrunkMode, hosts: &[Mac]) {
+        if let Some(Some(n)) = self.nets.get_mut(net as usize) {
+            n.trunk_mode = mode;
+            n.hosts = hosts.iter().copied().collect();
+        }
+    }
+
+    /// Adds a port of any class. A trunk becomes its network's trunk (one
+    /// per network: a second one replaces the first as the trunk); an
+    /// uplink joins no flood list.
+    pub fn add_port_kind(&mut self, kind: PortKind, net: NetIdx, mtu: u32) -> PortIdx {
         let p = SwPort {
+            kind,
             net,
             mtu,
             counters: PortCounters::default(),
@@ -268,8 +346,13 @@ impl Switch {
                 self.ports.len() - 1
             }
         } as PortIdx;
-        if let Some(Some(n)) = self.nets.get_mut(net as usize) {
-            n.ports.push(idx);
+        if kind != PortKind::Uplink {
+            if let Some(Some(n)) = self.nets.get_mut(net as usize) {
+                n.ports.push(idx);
+                if kind == PortKind::Trunk {
+                    n.trunk = Some(idx);
+                }
+            }
         }
         idx
     }
@@ -281,6 +364,9 @@ impl Switch {
             let net = p.net;
             if let Some(Some(n)) = self.nets.get_mut(net as usize) {
                 n.ports.retain(|&q| q != port);
+                if n.trunk == Some(port) {
+                    n.trunk = None;
+                }
             }
         }
         self.table.remove_port(port);
@@ -330,6 +416,7 @@ impl Switch {
         };
         let d = decide_inner(p, in_port, &mut self.table, &self.nets, buf, now);
         match d {
+            Decision::Drop(DropReason::NotOurs) => p.counters.filtered += 1,
             Decision::Drop(r) => p.counters.drops.count(r),
             Decision::Flood(_) => p.counters.rx_flooded += 1,
             _ => {}
@@ -365,27 +452,52 @@ fn decide_inner(
     };
     let dst = Mac::from_slice(frame);
     let src = Mac::from_slice(&frame[6..]);
-    if src.is_multicast() || src.is_zero() || src == net.cfg.gateway_mac {
+    if src.is_multicast() || src.is_zero() || (net.cfg.gateway && src == net.cfg.gateway_mac) {
         return Decision::Drop(DropReason::BadSrcMac);
     }
-    match table.learn(p.net, &src, in_port, now) {
-        Learned::New => p.counters.macs_learned += 1,
-        Learned::Moved { .. } => p.counters.macs_moved_in += 1,
-        Learned::Refreshed | Learned::Full => {}
+    let from_trunk = p.kind == PortKind::Trunk;
+    // an endpoint's MAC stays on its TAP: a frame from the segment that
+    // carries it (a hairpin, or a spoof) must not move it to the trunk
+    if !(from_trunk && net.hosts.contains(&src)) {
+        match table.learn(p.net, &src, in_port, now) {
+            Learned::New => p.counters.macs_learned += 1,
+            Learned::Moved { .. } => p.counters.macs_moved_in += 1,
+            Learned::Refreshed | Learned::Full => {}
+        }
     }
+    // frames from containers of a private or vepa network go to the trunk
+    // only (a private one never to another container)
+    let up_only = match (from_trunk, net.trunk, net.trunk_mode) {
+        (false, Some(t), TrunkMode::Private | TrunkMode::Vepa) => Some(t),
+        _ => None,
+    };
     if dst.is_multicast() {
-        if is_arp_request_for(frame, net.cfg.gateway_ip) {
+        if net.cfg.gateway && !from_trunk && is_arp_request_for(frame, net.cfg.gateway_ip) {
             return Decision::Gateway(p.net);
         }
-        return Decision::Flood(p.net);
+        return match up_only {
+            Some(t) => Decision::Unicast(t),
+            None => Decision::Flood(p.net),
+        };
     }
-    if dst == net.cfg.gateway_mac {
+    if net.cfg.gateway && dst == net.cfg.gateway_mac {
         return Decision::Gateway(p.net);
     }
     match table.lookup(p.net, &dst, now) {
         Some(out) if out == in_port => Decision::Drop(DropReason::SamePort),
-        Some(out) => Decision::Unicast(out),
-        None => Decision::Flood(p.net),
+        Some(out) => match up_only {
+            Some(t) if out != t && net.trunk_mode == TrunkMode::Private => {
+                Decision::Drop(DropReason::Isolated)
+            }
+            Some(t) => Decision::Unicast(t),
+            None => Decision::Unicast(out),
+        },
+        // the segment behind a trunk carries other hosts' unicast too
+        None if from_trunk && !net.hosts.contains(&dst) => Decision::Drop(DropReason::NotOurs),
+        None => match up_only {
+            Some(t) => Decision::Unicast(t),
+            None => Decision::Flood(p.net),
+        },
     }
 }
 
@@ -425,6 +537,7 @@ pub(crate) mod tests {
                 gateway_mac: gw,
                 prefix: 24,
                 routed: false,
+                gateway: true,
             },
         );
         sw.add_network(
@@ -434,6 +547,7 @@ pub(crate) mod tests {
                 gateway_mac: gw,
                 prefix: 24,
                 routed: false,
+                gateway: true,
             },
         );
         let a = sw.add_port(0, 1500);

@@ -36,10 +36,20 @@ fn yes() -> bool {
     true
 }
 
+fn bridge() -> String {
+    "bridge".into()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NetworkRecord {
     pub name: String,
     pub id: String,
+    /// The network driver (state written before drivers existed: bridge).
+    #[serde(default = "bridge")]
+    pub driver: String,
+    /// The driver's options, as given (`-o KEY=VALUE`) and completed.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     pub created: u64,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
@@ -71,6 +81,10 @@ pub struct ContainerRecord {
     /// Upstream DNS servers for this container (`run --dns`).
     #[serde(default)]
     pub dns: Vec<String>,
+    /// `none`, `host` or `container:NAME` (no endpoints of its own); empty
+    /// for a container with endpoints.
+    #[serde(default)]
+    pub mode: String,
 }
 
 pub struct Store {
@@ -178,6 +192,8 @@ mod tests {
         let mut r = NetworkRecord {
             name: "n1".into(),
             id: "abc".into(),
+            driver: "macvlan".into(),
+            options: [("parent".to_string(), "eth1.10".to_string())].into(),
             created: 1,
             subnet: "10.88.0.0/24".parse().unwrap(),
             gateway: "10.88.0.1".parse().unwrap(),
@@ -220,6 +236,7 @@ mod tests {
                 owned: true,
                 created: 5,
                 dns: vec![],
+                mode: String::new(),
             },
         );
         s.save_containers(&c).unwrap();
@@ -227,5 +244,18 @@ mod tests {
         s.remove("n1").unwrap();
         assert!(s.load_all().unwrap().0.is_empty());
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn old_state_loads_as_bridge() {
+        // a network document written before drivers existed
+        let old = r#"{"name":"n","id":"x","created":1,"subnet":"10.9.0.0/24",
+            "gateway":"10.9.0.1","ip_range":null,"mtu":1500,"endpoints":{}}"#;
+        let r: NetworkRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.driver, "bridge");
+        assert!(r.options.is_empty());
+        let c: ContainerRecord =
+            serde_json::from_str(r#"{"netns":"/run/netns/x","owned":true,"created":1}"#).unwrap();
+        assert_eq!(c.mode, "");
     }
 }

@@ -1,0 +1,300 @@
+//! Containers: network namespaces known by name.
+
+use super::*;
+
+impl Core {
+    // ---- containers ----
+
+    pub fn create_container(&mut self, req: CreateContainer) -> ApiResult<ContainerInfo> {
+        let name = req.name.clone().unwrap_or_else(|| random_hex(12));
+        check_name("container", &name)?;
+        if self.containers.contains_key(&name) {
+            return Err(ApiError::conflict(format!(
+                "container name {name} is already in use"
+            )));
+        }
+        if PSEUDO.contains(&req.network.as_str()) || req.network.starts_with("container:") {
+            return self.create_mode_container(name, req);
+        }
+        self.net(&req.network)?;
+        if let Some(m) = req.mtu {
+            check_mtu(m)?;
+        }
+        parse_servers(&req.dns)?;
+        for a in &req.aliases {
+            check_name("alias", a)?;
+        }
+        if let Some(ip) = &req.ip {
+            let ip = ipam::parse_addr(ip)?;
+            let n = self.net(&req.network)?;
+            // check before creating anything
+            n.pool.clone().allocate(Some(ip))?;
+        }
+        let nsname = format!("{}{name}", self.cfg.netns_prefix);
+        let path = netns::create_netns(&nsname)?;
+        self.containers.insert(
+            name.clone(),
+            ContainerRecord {
+                netns: path.clone(),
+                owned: true,
+                created: now_secs(),
+                dns: req.dns.clone(),
+                mode: String::new(),
+            },
+        );
+        let r = self
+            .store
+            .save_containers(&self.containers)
+            .map_err(ApiError::from)
+            .and_then(|_| {
+                self.connect(
+                    &req.network,
+                    Connect {
+                        container: name.clone(),
+                        netns: None,
+                        ip: req.ip.clone(),
+                        mtu: req.mtu,
+                        mac: req.mac.clone(),
+                        aliases: req.aliases.clone(),
+                        ports: req.ports.clone(),
+                    },
+                )
+            });
+        if let Err(e) = r {
+            self.containers.remove(&name);
+            let _ = self.store.save_containers(&self.containers);
+            let _ = netns::delete_netns(&path);
+            return Err(e);
+        }
+        self.container_info(&name)
+    }
+
+    /// A container without endpoints of its own: `none` (a namespace with
+    /// only `lo`), `host` (the daemon's namespace) or `container:NAME`
+    /// (NAME's namespace: same interfaces, addresses, ports and DNS).
+    fn create_mode_container(
+        &mut self,
+        name: String,
+        req: CreateContainer,
+    ) -> ApiResult<ContainerInfo> {
+        let mode = req.network.clone();
+        let mut warnings = Vec::new();
+        for (set, what) in [
+            (req.ip.is_some(), "--ip"),
+            (req.mac.is_some(), "--mac-address"),
+            (!req.aliases.is_empty(), "--alias"),
+        ] {
+            if set {
+                return Err(ApiError::bad_request(format!(
+                    "{what} applies to a container's own endpoints: not with --network {mode}"
+                )));
+            }
+        }
+        if req.mtu.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "--mtu applies to a container's own endpoints: not with --network {mode}"
+            )));
+        }
+        let (netns, owned) = if mode == NONE {
+            if !req.ports.is_empty() {
+                warnings.push("published ports are discarded when using the none network".into());
+            }
+            let nsname = format!("{}{name}", self.cfg.netns_prefix);
+            (netns::create_netns(&nsname)?, true)
+        } else if mode == HOST {
+            if !req.ports.is_empty() {
+                warnings.push("published ports are discarded when using host network mode".into());
+            }
+            (
+                PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
+                false,
+            )
+        } else {
+            let target = &mode["container:".len()..];
+            if !req.ports.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "-p cannot be used with --network {mode}: publish the ports on {target}"
+                )));
+            }
+            let t = self.containers.get(target).ok_or_else(|| {
+                ApiError::not_found(format!("no such container: {target} (in --network {mode})"))
+            })?;
+            if t.mode == HOST {
+                (t.netns.clone(), false)
+            } else {
+                if !netns::netns_alive(&t.netns) {
+                    return Err(ApiError::not_found(format!(
+                        "container {target}'s network namespace is gone"
+                    )));
+                }
+                (t.netns.clone(), false)
+            }
+        };
+        self.containers.insert(
+            name.clone(),
+            ContainerRecord {
+                netns: netns.clone(),
+                owned,
+                created: now_secs(),
+                dns: req.dns.clone(),
+                mode: mode.clone(),
+            },
+        );
+        if let Err(e) = self.store.save_containers(&self.containers) {
+            self.containers.remove(&name);
+            if owned {
+                let _ = netns::delete_netns(&netns);
+            }
+            return Err(e.into());
+        }
+        log(format!("created container {name} (network {mode})"));
+        let mut info = self.container_info(&name)?;
+        info.warnings = warnings;
+        Ok(info)
+    }
+
+    pub(super) fn container_info(&self, name: &str) -> ApiResult<ContainerInfo> {
+        let c = self
+            .containers
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
+        if let Some(target) = c.mode.strip_prefix("container:") {
+            // the namespace's DNS configuration is its owner's
+            if let Some(t) = (target != name)
+                .then(|| self.container_info(target).ok())
+                .flatten()
+            {
+                return Ok(ContainerInfo {
+                    name: name.to_string(),
+                    netns: c.netns.display().to_string(),
+                    network_mode: c.mode.clone(),
+                    owned: false,
+                    endpoints: vec![],
+                    nameservers: t.nameservers,
+                    warnings: vec![],
+                });
+            }
+        }
+        let eps = self.endpoints_of(name);
+        // resolv.conf: the gateway's resolver when the first network
+        // resolves names (it forwards the rest), else the upstream servers
+        // themselves, minus loopback ones the container cannot reach
+        let nameservers = match eps.first() {
+            Some((n, _)) if n.rec.dns_names => vec![n.rec.gateway.to_string()],
+            first => {
+                let mut s = parse_servers(&c.dns).unwrap_or_default();
+                if s.is_empty() {
+                    s = first
+                        .map(|(n, _)| parse_servers(&n.rec.dns).unwrap_or_default())
+                        .unwrap_or_default();
+                }
+                if s.is_empty() {
+                    s = self.dns_defaults.clone();
+                }
+                s.iter()
+                    .filter(|a| !a.ip().is_loopback() && a.port() == 53)
+                    .map(|a| a.ip().to_string())
+                    .collect()
+            }
+        };
+        Ok(ContainerInfo {
+            name: name.to_string(),
+            netns: c.netns.display().to_string(),
+            owned: c.owned,
+            network_mode: c.mode.clone(),
+            endpoints: eps
+                .into_iter()
+                .map(|(n, e)| n.endpoint_info(name, e))
+                .collect(),
+            // a host container keeps the host's resolv.conf
+            nameservers: if c.mode == HOST { vec![] } else { nameservers },
+            warnings: vec![],
+        })
+    }
+
+    /// Renames a container everywhere; DNS answers the new name at once.
+    pub fn rename_container(&mut self, old: &str, new: &str) -> ApiResult<()> {
+        check_name("container", new)?;
+        if !self.containers.contains_key(old) {
+            return Err(ApiError::not_found(format!("no such container: {old}")));
+        }
+        if self.containers.contains_key(new) {
+            return Err(ApiError::conflict(format!(
+                "container name {new} is already in use"
+            )));
+        }
+        let nets: Vec<String> = self
+            .endpoints_of(old)
+            .iter()
+            .map(|(n, _)| n.rec.name.clone())
+            .collect();
+        let before = self.containers.clone();
+        let c = self.containers.remove(old).expect("checked");
+        self.containers.insert(new.to_string(), c);
+        // containers sharing its namespace follow the new name
+        let old_mode = format!("container:{old}");
+        for c in self.containers.values_mut() {
+            if c.mode == old_mode {
+                c.mode = format!("container:{new}");
+            }
+        }
+        if let Err(e) = self.store.save_containers(&self.containers) {
+            self.containers = before;
+            return Err(e.into());
+        }
+        for name in &nets {
+            let n = self.nets.get_mut(name).expect("listed");
+            if let Some(e) = n.rec.endpoints.remove(old) {
+                n.rec.endpoints.insert(new.to_string(), e);
+            }
+            if let Some(p) = n.ports.remove(old) {
+                n.ports.insert(new.to_string(), p);
+            }
+            if let Some(p) = n.published.remove(old) {
+                n.published.insert(new.to_string(), p);
+            }
+            if let Err(e) = self.store.save(&n.rec) {
+                log(format!("saving network {name} after rename: {e:#}"));
+            }
+            self.dns_sync(name);
+        }
+        log(format!("renamed container {old} to {new}"));
+        Ok(())
+    }
+
+    pub fn list_containers(&self) -> Vec<ContainerInfo> {
+        self.containers
+            .keys()
+            .filter_map(|n| self.container_info(n).ok())
+            .collect()
+    }
+
+    pub fn remove_container(&mut self, name: &str) -> ApiResult<()> {
+        let c = self
+            .containers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
+        let nets: Vec<String> = self
+            .endpoints_of(name)
+            .iter()
+            .map(|(n, _)| n.rec.name.clone())
+            .collect();
+        for n in nets {
+            self.disconnect(&n, name)?;
+        }
+        if c.owned {
+            netns::delete_netns(&c.netns)?;
+        }
+        if self.containers.remove(name).is_some() {
+            self.store.save_containers(&self.containers)?;
+        }
+        log(format!("removed container {name}"));
+        Ok(())
+    }
+
+    /// Stops the datapath; TAP devices stay (persistent) for the next start.
+    pub fn shutdown(self) {
+        self.dp.shutdown();
+    }
+}

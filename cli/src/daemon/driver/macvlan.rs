@@ -1,0 +1,300 @@
+//! The macvlan and ipvlan drivers: the network's containers appear on a
+//! host interface's (the parent's) segment. Each container keeps a TAP on
+//! tapnet's datapath; the network's one trunk port, a packet socket on the
+//! parent, brings the segment into the switch (see `vswitch::trunk`).
+//!
+//! - macvlan: each container has its own MAC on the wire; the parent is put
+//!   in promiscuous mode while the trunk is open, so frames for those MACs
+//!   reach it. Modes: `bridge` (containers also reach each other inside the
+//!   switch), `private` (never), `vepa` (only through the segment: an
+//!   external switch must send frames back), `passthru` (one container).
+//! - ipvlan (`l2`): every container uses the parent's MAC on the wire; the
+//!   trunk rewrites it and finds the container by IP on the way in.
+//!
+//! The gateway is an external router on the segment: tapnet answers nothing
+//! for it, does no NAT and publishes no ports. `parent=IFACE.VID` puts the
+//! network on 802.1Q VLAN VID of IFACE, tagged and untagged by tapnet (no
+//! 8021q module needed). One network per parent and VLAN.
+
+use super::*;
+use vswitch::{Mac, NetConfig, TrunkConfig, TrunkMode};
+
+pub struct Macvlan;
+pub struct Ipvlan;
+
+/// A parent interface and the VLAN on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    pub iface: String,
+    pub vlan: Option<u16>,
+}
+
+impl std::fmt::Display for Parent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.vlan {
+            Some(v) => write!(f, "{} (VLAN {v})", self.iface),
+            None => write!(f, "{} (untagged)", self.iface),
+        }
+    }
+}
+
+fn iface_exists(name: &str) -> bool {
+    std::ffi::CString::new(name)
+        .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } != 0)
+        .unwrap_or(false)
+}
+
+/// The MTU of interface `name` in the daemon's network namespace (sysfs
+/// may show another namespace's interfaces, so ask the kernel directly).
+fn iface_mtu(name: &str) -> Option<u32> {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 || name.len() >= libc::IFNAMSIZ {
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
+        return None;
+    }
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, c) in name.bytes().enumerate() {
+        ifr.ifr_name[i] = c as libc::c_char;
+    }
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut ifr) };
+    unsafe { libc::close(fd) };
+    (r == 0).then(|| unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// Parses `parent=IFACE[.VID]` (an interface with the whole name is taken
+/// as it is; else `.VID` is a VLAN on IFACE).
+pub fn parse_parent(driver: &str, opts: &BTreeMap<String, String>) -> ApiResult<Parent> {
+    let Some(p) = opts.get("parent").filter(|p| !p.is_empty()) else {
+        return Err(ApiError::bad_request(format!(
+            "{driver} networks need a parent interface: -o parent=IFACE[.VLAN]"
+        )));
+    };
+    if iface_exists(p) {
+        return Ok(Parent {
+            iface: p.clone(),
+            vlan: None,
+        });
+    }
+    let (iface, vlan) = match p.rsplit_once('.') {
+        Some((i, v)) if !i.is_empty() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            let vid: u32 = v.parse().unwrap_or(u32::MAX);
+            if !(1..=4094).contains(&vid) {
+                return Err(ApiError::bad_request(format!(
+                    "VLAN id {v} in parent {p} is outside 1-4094"
+                )));
+            }
+            (i, Some(vid as u16))
+        }
+        _ => (p.as_str(), None),
+    };
+    if !iface_exists(iface) {
+        return Err(ApiError::bad_request(format!(
+            "parent interface {iface} does not exist in the daemon's network namespace"
+        )));
+    }
+    Ok(Parent {
+        iface: iface.to_string(),
+        vlan,
+    })
+}
+
+/// Common checks: options known, a mode among `modes` (the first is the
+/// default, written into the options), the parent free, the MTU within the
+/// parent's.
+fn check_trunked(
+    driver: &str,
+    mode_key: &str,
+    modes: &[&str],
+    rec: &mut NetworkRecord,
+    others: &[&NetworkRecord],
+) -> ApiResult<()> {
+    known_options(driver, &rec.options, &["parent", mode_key])?;
+    let parent = parse_parent(driver, &rec.options)?;
+    let mode = rec
+        .options
+        .entry(mode_key.to_string())
+        .or_insert_with(|| modes[0].to_string());
+    if !modes.contains(&mode.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "unknown {mode_key} {mode:?} (known: {})",
+            modes.join(", ")
+        )));
+    }
+    if let Some(o) = others.iter().find(|o| {
+        (o.driver == "macvlan" || o.driver == "ipvlan")
+            && parse_parent(&o.driver, &o.options).is_ok_and(|q| q == parent)
+    }) {
+        return Err(ApiError::conflict(format!(
+            "parent {parent} is already used by {} network {}",
+            o.driver, o.name
+        )));
+    }
+    if rec.internal {
+        return Err(ApiError::bad_request(format!(
+            "--internal does not apply to {driver} networks (their gateway is an external router)"
+        )));
+    }
+    if let Some(mtu) = iface_mtu(&parent.iface) {
+        let need = rec.mtu + if parent.vlan.is_some() { 4 } else { 0 };
+        if need > mtu {
+            return Err(ApiError::bad_request(format!(
+                "MTU {} is larger than the parent {}'s MTU {mtu}{}",
+                rec.mtu,
+                parent.iface,
+                if parent.vlan.is_some() {
+                    " less the VLAN tag"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    // names are answered by the gateway's resolver, and this gateway is not
+    // tapnet's: containers get the upstream servers themselves
+    rec.dns_names = false;
+    Ok(())
+}
+
+fn create_trunked(
+    p: &Plumbing,
+    idx: NetIdx,
+    rec: &NetworkRecord,
+    shared_mac: bool,
+    mode: TrunkMode,
+) -> Result<Made> {
+    let parent = parse_parent(&rec.driver, &rec.options).map_err(|e| anyhow::anyhow!(e.message))?;
+    let (fd, mac, mtu) = vswitch::trunk::open_trunk(&parent.iface, parent.vlan, !shared_mac)
+        .map_err(|e| anyhow::anyhow!("opening the trunk on {parent}: {e}"))?;
+    p.dp.add_network(
+        idx,
+        NetConfig {
+            gateway_ip: rec.gateway,
+            gateway_mac: Mac([0; 6]),
+            prefix: rec.subnet.prefix_len(),
+            routed: false,
+            gateway: false,
+        },
+    )?;
+    let name = match parent.vlan {
+        Some(v) => format!("{}.{v}", parent.iface),
+        None => parent.iface.clone(),
+    };
+    let trunk = p.dp.add_trunk(
+        idx,
+        TrunkConfig {
+            name,
+            fd,
+            mac,
+            mtu,
+            vlan: parent.vlan,
+            shared_mac,
+        },
+    )?;
+    let hosts = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+    p.dp.set_trunk_policy(idx, mode, hosts)?;
+    Ok(Made { trunk: Some(trunk) })
+}
+
+fn delete_trunked(p: &Plumbing, net: &Net) {
+    if let Some(t) = net.trunk {
+        if let Err(e) = p.dp.remove_port(t, false, super::super::DP_TIMEOUT) {
+            super::super::log(format!("network {}: removing its trunk: {e}", net.rec.name));
+        }
+    }
+    if let Err(e) = p.dp.remove_network(net.idx) {
+        super::super::log(format!("network {}: {e}", net.rec.name));
+    }
+}
+
+fn macvlan_mode(rec: &NetworkRecord) -> TrunkMode {
+    match rec.options.get("macvlan_mode").map(|s| s.as_str()) {
+        Some("private") => TrunkMode::Private,
+        Some("vepa") => TrunkMode::Vepa,
+        _ => TrunkMode::Bridge,
+    }
+}
+
+fn set_policy(p: &Plumbing, net: &Net, mode: TrunkMode) {
+    let hosts = net.rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+    if let Err(e) = p.dp.set_trunk_policy(net.idx, mode, hosts) {
+        super::super::log(format!("network {}: {e}", net.rec.name));
+    }
+}
+
+fn no_ports(driver: &str) -> String {
+    format!(
+        "ports cannot be published on a {driver} network: its containers are reachable directly on the parent's segment"
+    )
+}
+
+impl NetworkDriver for Macvlan {
+    fn name(&self) -> &'static str {
+        "macvlan"
+    }
+
+    fn check(&self, rec: &mut NetworkRecord, others: &[&NetworkRecord]) -> ApiResult<()> {
+        check_trunked(
+            "macvlan",
+            "macvlan_mode",
+            &["bridge", "private", "vepa", "passthru"],
+            rec,
+            others,
+        )
+    }
+
+    fn create(&self, p: &Plumbing, idx: NetIdx, rec: &NetworkRecord) -> Result<Made> {
+        create_trunked(p, idx, rec, false, macvlan_mode(rec))
+    }
+
+    fn delete(&self, p: &Plumbing, net: &Net) {
+        delete_trunked(p, net)
+    }
+
+    fn check_join(&self, net: &Net, req: &EndpointRequest) -> ApiResult<()> {
+        if net.rec.options.get("macvlan_mode").map(|s| s.as_str()) == Some("passthru") {
+            if let Some(other) = net.rec.endpoints.keys().find(|c| *c != req.container) {
+                return Err(ApiError::conflict(format!(
+                    "macvlan network {} is in passthru mode and already has its one endpoint ({other})",
+                    net.rec.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn publishes(&self, _rec: &NetworkRecord) -> std::result::Result<(), String> {
+        Err(no_ports("macvlan"))
+    }
+
+    fn endpoints_changed(&self, p: &Plumbing, net: &Net) {
+        set_policy(p, net, macvlan_mode(&net.rec))
+    }
+}
+
+impl NetworkDriver for Ipvlan {
+    fn name(&self) -> &'static str {
+        "ipvlan"
+    }
+
+    fn check(&self, rec: &mut NetworkRecord, others: &[&NetworkRecord]) -> ApiResult<()> {
+        check_trunked("ipvlan", "ipvlan_mode", &["l2"], rec, others)
+    }
+
+    fn create(&self, p: &Plumbing, idx: NetIdx, rec: &NetworkRecord) -> Result<Made> {
+        create_trunked(p, idx, rec, true, TrunkMode::Bridge)
+    }
+
+    fn delete(&self, p: &Plumbing, net: &Net) {
+        delete_trunked(p, net)
+    }
+
+    fn publishes(&self, _rec: &NetworkRecord) -> std::result::Result<(), String> {
+        Err(no_ports("ipvlan"))
+    }
+
+    fn endpoints_changed(&self, p: &Plumbing, net: &Net) {
+        set_policy(p, net, TrunkMode::Bridge)
+    }
+}

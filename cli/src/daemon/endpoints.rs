@@ -1,0 +1,352 @@
+//! Endpoints: a container on a network (connect, disconnect), the
+//! device behind it, and its published ports.
+
+use super::*;
+
+impl Core {
+    /// The endpoint's device and port, as its network's driver makes them.
+    pub(super) fn attach(&self, net: &str, container: &str, e: &EndpointRecord) -> Result<PortId> {
+        let n = &self.nets[net];
+        n.drv.join(&self.plumbing(), n, container, e)
+    }
+
+    /// Undoes the steps of a change that failed half-way, last first.
+    pub(super) fn undo(&mut self, list: UndoList) {
+        for step in list.0.into_iter().rev() {
+            match step {
+                Undo::ReleaseIp { net, ip } => {
+                    if let Some(n) = self.nets.get_mut(&net) {
+                        n.pool.release(ip);
+                    }
+                }
+                Undo::RemovePort(port) => {
+                    if let Err(e) = self.dp.remove_port(port, true, DP_TIMEOUT) {
+                        log(format!("undo: removing port {port}: {e}"));
+                    }
+                }
+                Undo::Endpoint { net, container } => {
+                    if let Some(n) = self.nets.get_mut(&net) {
+                        n.rec.endpoints.remove(&container);
+                        n.ports.remove(&container);
+                        n.published.remove(&container);
+                    }
+                }
+                Undo::UplinkForwards { net, e } => self.uplink_forwards(net, &e, false),
+            }
+        }
+    }
+
+    pub fn connect(&mut self, network: &str, req: Connect) -> ApiResult<EndpointInfo> {
+        check_name("container", &req.container)?;
+        for a in &req.aliases {
+            check_name("alias", a)?;
+        }
+        if PSEUDO.contains(&network) {
+            return Err(ApiError::bad_request(format!(
+                "a container cannot be connected to the {network} network: use run --network {network}"
+            )));
+        }
+        if let Some(c) = self
+            .containers
+            .get(&req.container)
+            .filter(|c| !c.mode.is_empty())
+        {
+            return Err(ApiError::conflict(format!(
+                "container {} uses network mode {}: it cannot be connected to other networks",
+                req.container, c.mode
+            )));
+        }
+        let n = self.net(network)?;
+        if n.rec.endpoints.contains_key(&req.container) {
+            return Err(ApiError::conflict(format!(
+                "container {} is already connected to network {network}",
+                req.container
+            )));
+        }
+        let known = self.containers.get(&req.container).cloned();
+        let new_container = match (&req.netns, &known) {
+            (Some(ns), Some(c)) if NetnsRef::parse(ns).0 != c.netns => {
+                return Err(ApiError::conflict(format!(
+                    "container name {} is already in use by namespace {}",
+                    req.container,
+                    c.netns.display()
+                )))
+            }
+            (_, Some(_)) => None,
+            (Some(ns), None) => {
+                let path = NetnsRef::parse(ns).0;
+                if let Some((name, _)) = self.containers.iter().find(|(_, c)| c.netns == path) {
+                    return Err(ApiError::conflict(format!(
+                        "namespace {} is already attached as container {name}",
+                        path.display()
+                    )));
+                }
+                Some(ContainerRecord {
+                    netns: path,
+                    owned: false,
+                    created: now_secs(),
+                    dns: vec![],
+                    mode: String::new(),
+                })
+            }
+            (None, None) => {
+                return Err(ApiError::not_found(format!(
+                    "no such container: {} (pass --netns to attach a network namespace)",
+                    req.container
+                )))
+            }
+        };
+        let crec = new_container.clone().or(known).expect("one of them");
+        if !netns::netns_alive(&crec.netns) {
+            return Err(ApiError::not_found(format!(
+                "network namespace {} does not exist",
+                crec.netns.display()
+            )));
+        }
+        if let Some(c) = new_container {
+            self.containers.insert(req.container.clone(), c);
+            self.store.save_containers(&self.containers)?;
+        }
+        let r = self.connect_inner(network, &req, &crec);
+        if r.is_err() && self.endpoints_of(&req.container).is_empty() && !crec.owned {
+            self.containers.remove(&req.container);
+            let _ = self.store.save_containers(&self.containers);
+        }
+        r
+    }
+
+    pub(super) fn connect_inner(
+        &mut self,
+        network: &str,
+        req: &Connect,
+        crec: &ContainerRecord,
+    ) -> ApiResult<EndpointInfo> {
+        let others = self.endpoints_of(&req.container);
+        let has_default = others.iter().any(|(_, e)| e.default_route);
+        let used: Vec<String> = others.iter().map(|(_, e)| e.ifname.clone()).collect();
+        let ifname = netns::free_ifname(&NetnsRef(crec.netns.clone()), &used)?;
+        let want = req.ip.as_deref().map(ipam::parse_addr).transpose()?;
+        let mut maps = Vec::new();
+        for spec in &req.ports {
+            maps.extend(publish::parse(spec).map_err(ApiError::bad_request)?);
+        }
+        let n = self.nets.get_mut(network).expect("checked");
+        n.drv.check_join(
+            n,
+            &driver::EndpointRequest {
+                container: &req.container,
+            },
+        )?;
+        if !maps.is_empty() {
+            n.drv.publishes(&n.rec).map_err(ApiError::bad_request)?;
+        }
+        let mtu = check_mtu(req.mtu.unwrap_or(n.rec.mtu))?;
+        let mac = req.mac.as_deref().map(parse_mac).transpose()?;
+        if let Some(m) = mac {
+            if let Some((c, _)) = n.rec.endpoints.iter().find(|(_, e)| e.mac == m) {
+                return Err(ApiError::conflict(format!(
+                    "MAC address {m} is already used by {c} on network {network}"
+                )));
+            }
+        }
+        let ip = n.pool.allocate(want)?;
+        let mut undo = UndoList::default();
+        undo.push(Undo::ReleaseIp {
+            net: network.to_string(),
+            ip,
+        });
+        // bind the host ports first: a busy one fails before anything exists
+        let published = if maps.is_empty() {
+            None
+        } else {
+            match publish::publish(&crec.netns, ip, &maps) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.undo(undo);
+                    return Err(ApiError::conflict(e));
+                }
+            }
+        };
+        let rec = EndpointRecord {
+            netns: crec.netns.clone(),
+            ifname,
+            ip,
+            mac: mac.unwrap_or_else(|| Mac::from_ipv4(ip)),
+            mtu,
+            default_route: !has_default,
+            owned_netns: crec.owned,
+            aliases: req.aliases.clone(),
+            ports: maps,
+        };
+        let port = match self.attach(network, &req.container, &rec) {
+            Ok(p) => p,
+            Err(e) => {
+                self.undo(undo);
+                return Err(e.into());
+            }
+        };
+        undo.push(Undo::RemovePort(port));
+        let n = self.nets.get_mut(network).expect("checked");
+        n.rec.endpoints.insert(req.container.clone(), rec.clone());
+        n.ports.insert(req.container.clone(), port);
+        if let Some(p) = published {
+            n.published.insert(req.container.clone(), p);
+        }
+        undo.push(Undo::Endpoint {
+            net: network.to_string(),
+            container: req.container.clone(),
+        });
+        let idx = n.idx;
+        self.uplink_forwards(idx, &rec, true);
+        undo.push(Undo::UplinkForwards {
+            net: idx,
+            e: rec.clone(),
+        });
+        let n = &self.nets[network];
+        if let Err(e) = self.store.save(&n.rec) {
+            self.undo(undo);
+            return Err(e.into());
+        }
+        n.drv.endpoints_changed(&self.plumbing(), n);
+        log(format!("connected {} to {network} as {ip}", req.container));
+        let info = n.endpoint_info(&req.container, &rec);
+        self.dns_sync(network);
+        Ok(info)
+    }
+
+    pub fn disconnect(&mut self, network: &str, container: &str) -> ApiResult<()> {
+        let n = self.net(network)?;
+        if !n.rec.endpoints.contains_key(container) {
+            return Err(ApiError::not_found(format!(
+                "container {container} is not connected to network {network}"
+            )));
+        }
+        let n = self.nets.get_mut(network).expect("checked");
+        let e = n.rec.endpoints.remove(container).expect("checked");
+        if let Err(err) = self.store.save(&n.rec) {
+            n.rec.endpoints.insert(container.to_string(), e);
+            return Err(err.into());
+        }
+        n.pool.release(e.ip);
+        n.published.remove(container);
+        let idx = n.idx;
+        self.uplink_forwards(idx, &e, false);
+        let n = self.nets.get_mut(network).expect("checked");
+        if let Some(port) = n.ports.remove(container) {
+            if let Err(err) = self.dp.remove_port(port, true, DP_TIMEOUT) {
+                log(format!("removing port of {container}: {err}"));
+            }
+        }
+        let n = &self.nets[network];
+        n.drv.endpoints_changed(&self.plumbing(), n);
+        log(format!("disconnected {container} from {network}"));
+        self.dns_sync(network);
+        // an attached (not owned) namespace with no endpoint left is forgotten
+        if self.endpoints_of(container).is_empty()
+            && self
+                .containers
+                .get(container)
+                .is_some_and(|c| !c.owned && c.mode.is_empty())
+        {
+            self.containers.remove(container);
+            self.store.save_containers(&self.containers)?;
+        }
+        Ok(())
+    }
+
+    /// as destination NAT in the datapath: clients keep their address.
+    /// Publishes (or withdraws) an endpoint's ports on the uplink address,
+    /// as destination NAT in the datapath: clients keep their address.
+    pub(super) fn uplink_forwards(&self, net: NetIdx, e: &EndpointRecord, add: bool) {
+        let Some(u) = &self.cfg.uplink else {
+            return;
+        };
+        for m in &e.ports {
+            if m.host_ip.is_some_and(|ip| ip != u.ip.addr()) {
+                continue;
+            }
+            let proto = match m.proto {
+                publish::Proto::Tcp => nat::PROTO_TCP,
+                publish::Proto::Udp => nat::PROTO_UDP,
+            };
+            let r = if add {
+                self.dp.add_forward(
+                    proto,
+                    m.host_port,
+                    nat::Forward {
+                        net,
+                        ip: e.ip,
+                        port: m.ctr_port,
+                        mac: e.mac.0,
+                    },
+                )
+            } else {
+                self.dp.remove_forward(proto, m.host_port)
+            };
+            if let Err(err) = r {
+                log(format!("uplink port {m}: {err}"));
+            }
+        }
+    }
+
+    /// The uplink, its NAT counters and connection table.
+    pub fn nat_info(&self) -> ApiResult<serde_json::Value> {
+        let snap = self.dp.snapshot(DP_TIMEOUT).map_err(ApiError::internal)?;
+        let port = snap
+            .uplink
+            .as_ref()
+            .and_then(|u| snap.ports.iter().find(|p| p.id == u.port))
+            .map(|p| p.counters);
+        let idx_name: BTreeMap<NetIdx, String> = self
+            .nets
+            .values()
+            .map(|n| (n.idx, n.rec.name.clone()))
+            .collect();
+        let published: Vec<serde_json::Value> = self
+            .nets
+            .values()
+            .flat_map(|n| {
+                n.rec.endpoints.iter().flat_map(move |(c, e)| {
+                    e.ports.iter().map(move |m| {
+                        serde_json::json!({
+                            "container": c,
+                            "network": n.rec.name,
+                            "proto": m.proto,
+                            "host": format!("{}:{}", m.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), m.host_port),
+                            "container_addr": format!("{}:{}", e.ip, m.ctr_port),
+                            "listening": n.published.contains_key(c),
+                        })
+                    })
+                })
+            })
+            .collect();
+        let sock = self.socknat.as_ref().map(|s| {
+            let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            serde_json::json!({
+                "tcp_opened": g(&s.stats.tcp_opened),
+                "tcp_refused": g(&s.stats.tcp_refused),
+                "udp_flows": g(&s.stats.udp_flows),
+                "ping_flows": g(&s.stats.ping_flows),
+                "ping_refused": g(&s.stats.ping_refused),
+                "dropped": g(&s.stats.dropped),
+            })
+        });
+        let mut v = serde_json::json!({
+            "socket_nat": sock,
+            "uplink": snap.uplink,
+            "uplink_counters": port,
+            "published": published,
+        });
+        if let Some(conns) = v
+            .get_mut("uplink")
+            .and_then(|u| u.get_mut("connections"))
+            .and_then(|c| c.as_array_mut())
+        {
+            for c in conns {
+                let net = c["net"].as_u64().unwrap_or(0) as NetIdx;
+                c["network"] = serde_json::json!(idx_name.get(&net));
+            }
+        }
+        Ok(v)
+    }
+}

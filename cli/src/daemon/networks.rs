@@ -1,0 +1,329 @@
+//! Networks: create, list, inspect, remove, prune.
+
+use super::*;
+
+impl Core {
+    pub(super) fn add_net(&mut self, mut rec: NetworkRecord) -> Result<()> {
+        if rec.builtin {
+            // the default bridge resolves names only when the daemon says so
+            rec.dns_names = self.cfg.bridge_dns_names;
+        }
+        let idx = (0..=NetIdx::MAX)
+            .find(|i| self.nets.values().all(|n| n.idx != *i))
+            .context("too many networks")?;
+        let mut pool = Pool::new(rec.subnet, Some(rec.gateway), rec.ip_range)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        rec.endpoints
+            .retain(|c, e| match pool.allocate(Some(e.ip)) {
+                Ok(_) => true,
+                Err(err) => {
+                    log(format!(
+                        "network {}: dropping endpoint {c}: {err}",
+                        rec.name
+                    ));
+                    false
+                }
+            });
+        let drv = driver::lookup(&rec.driver).map_err(|e| anyhow::anyhow!(e.message))?;
+        let made = drv.create(&self.plumbing(), idx, &rec)?;
+        let net = Net {
+            idx,
+            drv,
+            trunk: made.trunk,
+            pool,
+            gateway_mac: Mac::from_ipv4(rec.gateway),
+            ports: BTreeMap::new(),
+            published: BTreeMap::new(),
+            rec,
+        };
+        let name = net.rec.name.clone();
+        self.nets.insert(name.clone(), net);
+        self.dns_sync(&name);
+        Ok(())
+    }
+
+    /// Brings the resolver's view of network `name` up to date (names,
+    /// aliases, addresses, upstreams): called after every change.
+    pub(super) fn dns_sync(&self, name: &str) {
+        let Some(n) = self.nets.get(name) else {
+            return;
+        };
+        let endpoints = n
+            .rec
+            .endpoints
+            .iter()
+            .map(|(c, e)| dns::Endpoint {
+                container: c.clone(),
+                aliases: e.aliases.clone(),
+                ip: e.ip,
+                dns: self
+                    .containers
+                    .get(c)
+                    .map(|r| parse_servers(&r.dns).unwrap_or_default())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let ups = parse_servers(&n.rec.dns).unwrap_or_default();
+        let mut reg = self
+            .resolver
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        reg.replace_network(n.idx, &n.rec.name, n.rec.dns_names, ups, endpoints);
+    }
+
+    pub(super) fn net(&self, name: &str) -> ApiResult<&Net> {
+        self.nets
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("network {name} not found")))
+    }
+
+    pub(super) fn endpoints_of(&self, container: &str) -> Vec<(&Net, &EndpointRecord)> {
+        self.nets
+            .values()
+            .filter_map(|n| n.rec.endpoints.get(container).map(|e| (n, e)))
+            .collect()
+    }
+
+    // ---- networks ----
+
+    pub fn create_network(&mut self, req: CreateNetwork) -> ApiResult<NetworkSummary> {
+        check_name("network", &req.name)?;
+        if self.nets.contains_key(&req.name) || PSEUDO.contains(&req.name.as_str()) {
+            return Err(ApiError::conflict(format!(
+                "network with name {} already exists",
+                req.name
+            )));
+        }
+        let taken: Vec<Ipv4Net> = self.nets.values().map(|n| n.rec.subnet).collect();
+        let subnet = match &req.subnet {
+            Some(s) => {
+                let s = ipam::parse_subnet(s)?;
+                if let Some(o) = self
+                    .nets
+                    .values()
+                    .find(|n| ipam::overlaps(&n.rec.subnet, &s))
+                {
+                    return Err(IpamError::Overlap {
+                        subnet: s,
+                        network: o.rec.name.clone(),
+                        other: o.rec.subnet,
+                    }
+                    .into());
+                }
+                s
+            }
+            None => {
+                if req.gateway.is_some() || req.ip_range.is_some() {
+                    return Err(ApiError::bad_request(
+                        "--gateway and --ip-range need --subnet",
+                    ));
+                }
+                ipam::auto_subnet(&taken)?
+            }
+        };
+        let gateway = req.gateway.as_deref().map(ipam::parse_addr).transpose()?;
+        let range = req
+            .ip_range
+            .as_deref()
+            .map(|r| {
+                r.parse::<Ipv4Net>()
+                    .map_err(|_| IpamError::BadCidr(r.to_string()))
+            })
+            .transpose()?;
+        let pool = Pool::new(subnet, gateway, range)?;
+        let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
+        parse_servers(&req.dns)?;
+        let drv = driver::lookup(req.driver.as_deref().unwrap_or("bridge"))?;
+        let mut rec = NetworkRecord {
+            name: req.name.clone(),
+            id: random_hex(32),
+            driver: drv.name().to_string(),
+            options: req.options.clone(),
+            created: now_secs(),
+            subnet,
+            gateway: pool.gateway,
+            ip_range: range,
+            mtu,
+            builtin: false,
+            dns_names: req.dns_names.unwrap_or(true),
+            dns: req.dns.clone(),
+            internal: req.internal,
+            endpoints: BTreeMap::new(),
+        };
+        let others: Vec<&NetworkRecord> = self.nets.values().map(|n| &n.rec).collect();
+        drv.check(&mut rec, &others)?;
+        self.store.save(&rec)?;
+        if let Err(e) = self.add_net(rec) {
+            let _ = self.store.remove(&req.name);
+            return Err(e.into());
+        }
+        log(format!(
+            "created {} network {} ({subnet})",
+            drv.name(),
+            req.name
+        ));
+        Ok(self.nets[&req.name].summary())
+    }
+
+    pub fn list_networks(&self) -> Vec<NetworkSummary> {
+        let mut v: Vec<NetworkSummary> = self.nets.values().map(|n| n.summary()).collect();
+        v.extend(PSEUDO.iter().map(|p| self.pseudo_summary(p)));
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// `host` and `none`: pre-defined networks without a datapath side,
+    /// whose "endpoints" are the containers in that mode.
+    fn pseudo_summary(&self, name: &str) -> NetworkSummary {
+        NetworkSummary {
+            name: name.to_string(),
+            id: format!(
+                "{:0>32}",
+                name.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+            driver: if name == NONE { "null" } else { "host" }.to_string(),
+            scope: "local".to_string(),
+            options: BTreeMap::new(),
+            subnet: String::new(),
+            gateway: String::new(),
+            ip_range: None,
+            mtu: 0,
+            builtin: true,
+            endpoints: self.containers.values().filter(|c| c.mode == name).count(),
+            dns_names: false,
+            internal: false,
+        }
+    }
+
+    pub fn inspect_network(&self, name: &str) -> ApiResult<NetworkInspect> {
+        if PSEUDO.contains(&name) {
+            return Ok(NetworkInspect {
+                summary: self.pseudo_summary(name),
+                created: 0,
+                gateway_mac: String::new(),
+                endpoints: BTreeMap::new(),
+                mac_table: vec![],
+                mac_aging_secs: 0,
+                counters: Default::default(),
+                dns: DnsInspect {
+                    names: false,
+                    upstreams: vec![],
+                    stats: self.resolver.stats.snapshot(),
+                },
+                trunk: None,
+            });
+        }
+        let n = self.net(name)?;
+        let snap = self.dp.snapshot(DP_TIMEOUT).map_err(ApiError::internal)?;
+        let by_id: BTreeMap<u64, &vswitch::datapath::PortSnapshot> =
+            snap.ports.iter().map(|p| (p.id, p)).collect();
+        let mut total = vswitch::PortCounters::default();
+        let mut endpoints = BTreeMap::new();
+        for (c, e) in &n.rec.endpoints {
+            let port = n.ports.get(c).copied();
+            let ps = port.and_then(|p| by_id.get(&p));
+            if let Some(ps) = ps {
+                add_counters(&mut total, &ps.counters);
+            }
+            endpoints.insert(
+                c.clone(),
+                EndpointInspect {
+                    info: n.endpoint_info(c, e),
+                    port_id: port,
+                    state: ps.map(|p| p.state),
+                    counters: ps.map(|p| p.counters),
+                },
+            );
+        }
+        let name_of: BTreeMap<PortId, &String> = n.ports.iter().map(|(c, p)| (*p, c)).collect();
+        let mac_table = snap
+            .macs
+            .iter()
+            .filter(|m| m.net == n.idx)
+            .map(|m| MacEntry {
+                mac: m.mac.to_string(),
+                endpoint: name_of
+                    .get(&m.port)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                port_id: m.port,
+                age_ms: m.age_ms,
+            })
+            .collect();
+        Ok(NetworkInspect {
+            summary: n.summary(),
+            created: n.rec.created,
+            gateway_mac: n.gateway_mac.to_string(),
+            endpoints,
+            mac_table,
+            mac_aging_secs: snap.aging_ms / 1000,
+            counters: total,
+            dns: DnsInspect {
+                names: n.rec.dns_names,
+                upstreams: if n.rec.dns.is_empty() {
+                    self.dns_defaults.iter().map(|s| s.to_string()).collect()
+                } else {
+                    n.rec.dns.clone()
+                },
+                stats: self.resolver.stats.snapshot(),
+            },
+            trunk: n.trunk.map(|id| {
+                let ps = by_id.get(&id);
+                let parent = driver::parse_parent(&n.rec.driver, &n.rec.options).ok();
+                TrunkInspect {
+                    parent: n.rec.options.get("parent").cloned().unwrap_or_default(),
+                    vlan: parent.and_then(|p| p.vlan),
+                    port_id: Some(id),
+                    state: ps.map(|p| p.state),
+                    counters: ps.map(|p| p.counters),
+                }
+            }),
+        })
+    }
+
+    pub fn remove_network(&mut self, name: &str) -> ApiResult<()> {
+        if PSEUDO.contains(&name) {
+            return Err(ApiError::conflict(format!(
+                "{name} is a pre-defined network and cannot be removed"
+            )));
+        }
+        let n = self.net(name)?;
+        if n.rec.builtin {
+            return Err(ApiError::conflict(format!(
+                "{name} is a pre-defined network and cannot be removed"
+            )));
+        }
+        if !n.rec.endpoints.is_empty() {
+            let list: Vec<&str> = n.rec.endpoints.keys().map(|s| s.as_str()).collect();
+            return Err(ApiError::conflict(format!(
+                "network {name} has active endpoints ({}): disconnect them first",
+                list.join(", ")
+            )));
+        }
+        let idx = n.idx;
+        self.store.remove(name)?;
+        n.drv.delete(&self.plumbing(), n);
+        self.resolver
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove_network(idx);
+        self.nets.remove(name);
+        log(format!("removed network {name}"));
+        Ok(())
+    }
+
+    pub fn prune_networks(&mut self) -> ApiResult<Pruned> {
+        let unused: Vec<String> = self
+            .nets
+            .values()
+            .filter(|n| !n.rec.builtin && n.rec.endpoints.is_empty())
+            .map(|n| n.rec.name.clone())
+            .collect();
+        for n in &unused {
+            self.remove_network(n)?;
+        }
+        Ok(Pruned { removed: unused })
+    }
+}

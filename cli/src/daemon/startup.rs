@@ -1,0 +1,213 @@
+//! Start-up: the datapath, the gateway services, and what the state
+//! directory holds, re-attached.
+
+use super::*;
+
+impl Core {
+    /// Loads the state, starts the datapath, and re-attaches every endpoint
+    /// whose namespace still exists (stale ones are removed).
+    pub fn start(cfg: DaemonConfig) -> Result<Core> {
+        let store = Store::open(&cfg.state_dir)?;
+        let dns_defaults = if cfg.dns.is_empty() {
+            dns::upstream::from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
+        } else {
+            parse_servers(&cfg.dns).map_err(|e| anyhow::anyhow!(e.message))?
+        };
+        let (dns_svc, dns_rx) = dnsd::channel();
+        let sock = cfg.uplink.is_none().then(socknat::channel);
+        let dp = Datapath::start(DatapathConfig {
+            aging: cfg.mac_aging,
+            bufs_per_port: cfg.bufs_per_port,
+            multishot: cfg.multishot,
+            busy_poll_us: cfg.busy_poll_us,
+            punt: Some(dns_svc.hook()),
+            route: sock.as_ref().map(|(s, _)| s.hook()),
+            ..Default::default()
+        })
+        .context("starting the datapath")?;
+        let socknat = sock.map(|(s, rx)| {
+            tokio::runtime::Handle::current().spawn(socknat::run(rx, s.clone(), dp.injector()));
+            log("outbound: socket NAT through the host's own sockets (no --uplink)");
+            s
+        });
+        if let Some(u) = &cfg.uplink {
+            let (fd, mac, mtu) = vswitch::uplink::open_packet_socket(&u.iface)
+                .with_context(|| format!("opening the uplink {}", u.iface))?;
+            let mut nat = nat::NatConfig::new(u.ip.addr());
+            nat.ports = u.ports;
+            nat.timeouts = u.timeouts;
+            dp.set_uplink(vswitch::UplinkConfig {
+                name: u.iface.clone(),
+                fd,
+                mac,
+                ip: u.ip.addr(),
+                prefix: u.ip.prefix_len(),
+                gateway: u.gateway,
+                mtu,
+                nat,
+            })?;
+            log(format!(
+                "uplink: {} ({mac}), masquerading to {} via {}, ports {}-{}",
+                u.iface, u.ip, u.gateway, u.ports.0, u.ports.1
+            ));
+        }
+        let resolver = Arc::new(dns::Resolver::new());
+        tokio::runtime::Handle::current().spawn(dnsd::run(
+            dns_rx,
+            dns_svc.tx.clone(),
+            dp.injector(),
+            resolver.clone(),
+            dns_defaults.clone(),
+        ));
+        log(format!(
+            "dns: upstream servers {}",
+            if dns_defaults.is_empty() {
+                "none (non-local names get SERVFAIL)".to_string()
+            } else {
+                dns_defaults
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ));
+        if let Ok(snap) = dp.snapshot(DP_TIMEOUT) {
+            log(format!(
+                "datapath: io_uring, {} reads, {} buffers per port",
+                snap.read_mode,
+                cfg.bufs_per_port.clamp(1, 4096).next_power_of_two()
+            ));
+        }
+        let (records, errors) = store.load_all()?;
+        for e in errors {
+            log(format!("skipping unreadable network state {e}"));
+        }
+        let containers = store.load_containers()?;
+        let mut core = Core {
+            cfg,
+            store,
+            dp,
+            resolver,
+            dns_svc,
+            socknat,
+            dns_defaults,
+            nets: BTreeMap::new(),
+            containers,
+        };
+        if !records.iter().any(|r| r.name == BRIDGE) {
+            let subnet: Ipv4Net = "172.17.0.0/16".parse().expect("valid");
+            let rec = NetworkRecord {
+                name: BRIDGE.into(),
+                id: random_hex(32),
+                driver: "bridge".into(),
+                options: BTreeMap::new(),
+                created: now_secs(),
+                subnet,
+                gateway: ipam::first_host(&subnet),
+                ip_range: None,
+                mtu: 1500,
+                builtin: true,
+                dns_names: false,
+                dns: vec![],
+                internal: false,
+                endpoints: BTreeMap::new(),
+            };
+            core.store.save(&rec)?;
+            core.add_net(rec)?;
+        }
+        for rec in records {
+            let name = rec.name.clone();
+            if let Err(e) = core.add_net(rec) {
+                log(format!("network {name}: {e:#}"));
+            }
+        }
+        core.restore_endpoints()?;
+        let names: Vec<String> = core.nets.keys().cloned().collect();
+        for n in names {
+            core.dns_sync(&n);
+        }
+        Ok(core)
+    }
+
+    pub(super) fn restore_endpoints(&mut self) -> Result<()> {
+        let names: Vec<String> = self.nets.keys().cloned().collect();
+        for n in names {
+            let eps: Vec<(String, EndpointRecord)> = self.nets[&n]
+                .rec
+                .endpoints
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut changed = false;
+            for (c, e) in eps {
+                let alive = self.containers.contains_key(&c) && netns::netns_alive(&e.netns);
+                let r = if alive {
+                    self.attach(&n, &c, &e)
+                } else {
+                    Err(anyhow::anyhow!("namespace {} is gone", e.netns.display()))
+                };
+                match r {
+                    Ok(port) => {
+                        log(format!("re-attached {c} to {n} ({})", e.ip));
+                        let net = self.nets.get_mut(&n).expect("exists");
+                        if !e.ports.is_empty() {
+                            match publish::publish(&e.netns, e.ip, &e.ports) {
+                                Ok(p) => {
+                                    net.published.insert(c.clone(), p);
+                                }
+                                Err(err) => log(format!("{c}: {err}")),
+                            }
+                        }
+                        net.ports.insert(c, port);
+                        let idx = net.idx;
+                        self.uplink_forwards(idx, &e, true);
+                    }
+                    Err(err) if alive => {
+                        // keep what is stored: the namespace is still there
+                        log(format!(
+                            "could not re-attach {c} to {n}: {err:#} (endpoint kept; \
+                             disconnect it or restart the daemon to retry)"
+                        ));
+                    }
+                    Err(err) => {
+                        log(format!("removing stale endpoint {c} on {n}: {err:#}"));
+                        let net = self.nets.get_mut(&n).expect("exists");
+                        net.rec.endpoints.remove(&c);
+                        net.pool.release(e.ip);
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                self.store.save(&self.nets[&n].rec)?;
+            }
+            let net = &self.nets[&n];
+            net.drv.endpoints_changed(&self.plumbing(), net);
+        }
+        // containers whose namespace is gone, or attachments with no endpoint left
+        let stale: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|(name, c)| {
+                // a host container's namespace is the previous daemon's
+                // (/proc/PID/ns/net): gone with it
+                !netns::netns_alive(&c.netns)
+                    || c.mode == HOST
+                    || (!c.owned && c.mode.is_empty() && self.endpoints_of(name).is_empty())
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !stale.is_empty() {
+            for s in stale {
+                log(format!("removing stale container {s}"));
+                if let Some(c) = self.containers.remove(&s) {
+                    if c.owned {
+                        let _ = netns::delete_netns(&c.netns);
+                    }
+                }
+            }
+            self.store.save_containers(&self.containers)?;
+        }
+        Ok(())
+    }
+}

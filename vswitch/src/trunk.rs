@@ -1,0 +1,315 @@
+//! Trunk ports: a packet socket on a host interface (the *parent*) that
+//! carries one network's frames to and from the parent's segment, for the
+//! macvlan and ipvlan drivers.
+//!
+//! - VLAN (802.1Q): the kernel takes a received frame's tag out of the data
+//!   before packet sockets see it (`skb_vlan_untag`), so a classic BPF
+//!   filter on the socket lets in only frames of the network's VLAN (or
+//!   only untagged ones), and they arrive untagged. On the way out the tag
+//!   is inserted by [`egress_frame`]. No 8021q module is needed.
+//! - ipvlan: containers share the parent's MAC on the wire. Outbound frames
+//!   get the parent's MAC as source (and as ARP sender); inbound frames for
+//!   the parent's MAC are given back the container's MAC by destination IP
+//!   ([`ipvlan_ingress`]). The containers' own ARP answers, rewritten on
+//!   the way out, answer for their addresses on the parent.
+//!
+//! Frame functions take a vnet header followed by an Ethernet frame and
+//! never panic on short input.
+
+use crate::mac::Mac;
+use crate::switch::ETH_HDR_LEN;
+use crate::vnet::{VnetHdr, F_NEEDS_CSUM, VNET_HDR_LEN};
+use rustc_hash::FxHashMap;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+const ETHERTYPE_VLAN: [u8; 2] = [0x81, 0x00];
+const VLAN_TAG_LEN: usize = 4;
+/// Offsets inside an Ethernet/IPv4 ARP packet.
+const ARP_LEN: usize = 28;
+const ARP_SHA: usize = 8;
+const ARP_THA: usize = 18;
+const ARP_TPA: usize = 24;
+/// Offset of the destination address inside an IPv4 header.
+const IPV4_DST: usize = 16;
+const IPV4_MIN: usize = 20;
+
+/// How a trunk changes frames on their way to and from the wire.
+#[derive(Debug, Clone, Default)]
+pub struct TrunkXform {
+    /// 802.1Q VLAN id of the network on the parent (1-4094).
+    pub vlan: Option<u16>,
+    /// ipvlan: the parent's MAC, shared by every container on the wire.
+    pub shared_mac: Option<Mac>,
+    /// ipvlan: container address -> its own MAC (inside the switch).
+    pub hosts: FxHashMap<Ipv4Addr, Mac>,
+}
+
+impl TrunkXform {
+    /// Whether frames to the wire need [`egress_frame`] (else they go out
+    /// as they are, without a copy).
+    pub fn rewrites(&self) -> bool {
+        self.vlan.is_some() || self.shared_mac.is_some()
+    }
+}
+
+/// The frame to write to the trunk for `frame` (vnet header + Ethernet):
+/// VLAN tag inserted, ipvlan source MAC replaced. `None` for a runt.
+pub fn egress_frame(x: &TrunkXform, frame: &[u8]) -> Option<Vec<u8>> {
+    const E: usize = VNET_HDR_LEN;
+    if frame.len() < E + ETH_HDR_LEN {
+        return None;
+    }
+    let mut v = Vec::with_capacity(frame.len() + VLAN_TAG_LEN);
+    v.extend_from_slice(&frame[..E + 12]);
+    if let Some(vid) = x.vlan {
+        v.extend_from_slice(&ETHERTYPE_VLAN);
+        v.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        // offsets in the vnet header count from the frame's start: they
+        // move with the payload
+        let mut h = VnetHdr::parse(frame);
+        if h.flags & F_NEEDS_CSUM != 0 {
+            h.csum_start += VLAN_TAG_LEN as u16;
+        }
+        if h.hdr_len != 0 {
+            h.hdr_len += VLAN_TAG_LEN as u16;
+        }
+        h.write(&mut v[..E]);
+    }
+    let l3 = v.len() + 2;
+    v.extend_from_slice(&frame[E + 12..]);
+    if let Some(mac) = x.shared_mac {
+        v[E + 6..E + 12].copy_from_slice(&mac.0);
+        if v[l3 - 2..l3] == ETHERTYPE_ARP && v.len() >= l3 + ARP_LEN {
+            v[l3 + ARP_SHA..l3 + ARP_SHA + 6].copy_from_slice(&mac.0);
+        }
+    }
+    Some(v)
+}
+
+/// ipvlan, in place on a frame from the wire (untagged): a frame for the
+/// shared MAC gets the MAC of the container that owns its destination
+/// address (IPv4 by its destination, ARP by its target, whose hardware
+/// address is replaced too). Other frames are left alone.
+pub fn ipvlan_ingress(x: &TrunkXform, f: &mut [u8]) {
+    const E: usize = VNET_HDR_LEN;
+    const L3: usize = E + ETH_HDR_LEN;
+    let Some(shared) = x.shared_mac else {
+        return;
+    };
+    if f.len() < L3 || f[E..E + 6] != shared.0 {
+        return;
+    }
+    let ethertype = [f[E + 12], f[E + 13]];
+    let (ip_at, is_arp) = if ethertype == ETHERTYPE_IPV4 && f.len() >= L3 + IPV4_MIN {
+        (L3 + IPV4_DST, false)
+    } else if ethertype == ETHERTYPE_ARP && f.len() >= L3 + ARP_LEN {
+        (L3 + ARP_TPA, true)
+    } else {
+        return;
+    };
+    let ip = Ipv4Addr::new(f[ip_at], f[ip_at + 1], f[ip_at + 2], f[ip_at + 3]);
+    let Some(mac) = x.hosts.get(&ip) else {
+        return;
+    };
+    f[E..E + 6].copy_from_slice(&mac.0);
+    if is_arp {
+        f[L3 + ARP_THA..L3 + ARP_THA + 6].copy_from_slice(&mac.0);
+    }
+}
+
+// classic BPF, for the VLAN filter (linux/filter.h)
+const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+const BPF_ALU_AND_K: u16 = 0x04 | 0x50;
+const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
+const BPF_RET_K: u16 = 0x06;
+const SKF_AD_OFF: u32 = (-0x1000i32) as u32;
+const SKF_AD_VLAN_TAG: u32 = 44;
+const SKF_AD_VLAN_TAG_PRESENT: u32 = 48;
+const ACCEPT: u32 = 0x40000;
+
+fn ins(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// The filter that lets in only frames of VLAN `vlan`, or only untagged
+/// frames for `None`.
+fn vlan_filter(vlan: Option<u16>) -> Vec<libc::sock_filter> {
+    match vlan {
+        None => vec![
+            ins(BPF_LD_W_ABS, 0, 0, SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT),
+            ins(BPF_JMP_JEQ_K, 0, 1, 0),
+            ins(BPF_RET_K, 0, 0, ACCEPT),
+            ins(BPF_RET_K, 0, 0, 0),
+        ],
+        Some(vid) => vec![
+            ins(BPF_LD_W_ABS, 0, 0, SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT),
+            ins(BPF_JMP_JEQ_K, 0, 3, 1),
+            ins(BPF_LD_W_ABS, 0, 0, SKF_AD_OFF + SKF_AD_VLAN_TAG),
+            ins(BPF_ALU_AND_K, 0, 0, 0x0fff),
+            ins(BPF_JMP_JEQ_K, 1, 0, u32::from(vid)),
+            ins(BPF_RET_K, 0, 0, 0),
+            ins(BPF_RET_K, 0, 0, ACCEPT),
+        ],
+    }
+}
+
+/// Opens a trunk's packet socket on `parent` (in the calling thread's
+/// network namespace): vnet headers like the uplink's, only frames of
+/// `vlan` (untagged for `None`), and, with `promisc`, the parent in
+/// promiscuous mode for as long as the socket is open (macvlan: frames for
+/// the containers' own MACs must reach it). Returns the socket, the
+/// parent's MAC and MTU.
+pub fn open_trunk(
+    parent: &str,
+    vlan: Option<u16>,
+    promisc: bool,
+) -> io::Result<(OwnedFd, Mac, u32)> {
+    let (fd, mac, mtu) = crate::uplink::open_packet_socket(parent)?;
+    let prog = vlan_filter(vlan);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+        .map_err(|e| io::Error::new(e.kind(), format!("VLAN filter on {parent}: {e}")))?;
+    // frames queued before the filter was attached: drop them
+    let mut scratch = [0u8; 64];
+    while unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            scratch.as_mut_ptr() as *mut _,
+            scratch.len(),
+            libc::MSG_DONTWAIT,
+        )
+    } >= 0
+    {}
+    if promisc {
+        let cname = std::ffi::CString::new(parent)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
+        let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        mr.mr_ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
+        mr.mr_type = libc::PACKET_MR_PROMISC as u16;
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr)
+            .map_err(|e| io::Error::new(e.kind(), format!("promiscuous mode on {parent}: {e}")))?;
+    }
+    Ok((fd, mac, mtu))
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: i32, opt: i32, v: &T) -> io::Result<()> {
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            v as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: Mac = Mac([2, 0xaa, 0, 0, 0, 1]);
+    const CTR: Mac = Mac([2, 0x42, 10, 0, 0, 2]);
+
+    fn eth(dst: Mac, src: Mac, ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; VNET_HDR_LEN];
+        f.extend_from_slice(&dst.0);
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&ethertype);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn arp(op: u8, sha: Mac, spa: [u8; 4], tha: Mac, tpa: [u8; 4]) -> Vec<u8> {
+        let mut a = vec![0, 1, 8, 0, 6, 4, 0, op];
+        a.extend_from_slice(&sha.0);
+        a.extend_from_slice(&spa);
+        a.extend_from_slice(&tha.0);
+        a.extend_from_slice(&tpa);
+        a
+    }
+
+    #[test]
+    fn vlan_tag_inserted_and_offsets_moved() {
+        let mut f = eth(PARENT, CTR, ETHERTYPE_IPV4, &[0x45; 40]);
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            hdr_len: 54,
+            ..Default::default()
+        }
+        .write(&mut f);
+        let x = TrunkXform {
+            vlan: Some(10),
+            ..Default::default()
+        };
+        let out = egress_frame(&x, &f).unwrap();
+        assert_eq!(out.len(), f.len() + 4);
+        let e = VNET_HDR_LEN;
+        assert_eq!(&out[e + 12..e + 18], &[0x81, 0, 0, 10, 8, 0]);
+        assert_eq!(&out[e..e + 12], &f[e..e + 12]);
+        let h = VnetHdr::parse(&out);
+        assert_eq!((h.csum_start, h.hdr_len, h.csum_offset), (38, 58, 16));
+        assert!(egress_frame(&x, &f[..e + 5]).is_none());
+    }
+
+    #[test]
+    fn ipvlan_rewrites_both_ways() {
+        let mut x = TrunkXform {
+            shared_mac: Some(PARENT),
+            ..Default::default()
+        };
+        x.hosts.insert(Ipv4Addr::new(10, 0, 0, 2), CTR);
+        // out: an ARP reply from the container carries the parent's MAC
+        let peer = Mac([2, 0xbb, 0, 0, 0, 9]);
+        let reply = eth(
+            peer,
+            CTR,
+            ETHERTYPE_ARP,
+            &arp(2, CTR, [10, 0, 0, 2], peer, [10, 0, 0, 9]),
+        );
+        let out = egress_frame(&x, &reply).unwrap();
+        let e = VNET_HDR_LEN;
+        assert_eq!(&out[e + 6..e + 12], &PARENT.0);
+        assert_eq!(&out[e + 14 + 8..e + 14 + 14], &PARENT.0);
+        // in: an ARP reply to the parent's MAC for the container's address
+        let mut inb = eth(
+            PARENT,
+            peer,
+            ETHERTYPE_ARP,
+            &arp(2, peer, [10, 0, 0, 9], PARENT, [10, 0, 0, 2]),
+        );
+        ipvlan_ingress(&x, &mut inb);
+        assert_eq!(&inb[e..e + 6], &CTR.0);
+        assert_eq!(&inb[e + 14 + 18..e + 14 + 24], &CTR.0);
+        // in: IPv4 for an unknown address stays as it is
+        let mut ip = vec![0x45u8; 20];
+        ip[16..20].copy_from_slice(&[10, 0, 0, 77]);
+        let mut f = eth(PARENT, peer, ETHERTYPE_IPV4, &ip);
+        let before = f.clone();
+        ipvlan_ingress(&x, &mut f);
+        assert_eq!(f, before);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let mut f = eth(PARENT, peer, ETHERTYPE_IPV4, &ip);
+        ipvlan_ingress(&x, &mut f);
+        assert_eq!(&f[e..e + 6], &CTR.0);
+        // truncated input: no panic, no change
+        let mut short = f[..e + 15].to_vec();
+        let s2 = short.clone();
+        ipvlan_ingress(&x, &mut short);
+        assert_eq!(short, s2);
+    }
+}
