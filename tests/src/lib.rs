@@ -351,19 +351,26 @@ impl Env {
     }
 
     /// Starts `tapnet ARGS` (as the test's user when rootless) in the
-    /// background; stopped by PID when the Env is dropped.
+    /// background; stopped by PID when the Env is dropped. Its output goes
+    /// to [`Env::bg_log`].
     pub fn spawn_tapnet(&mut self, args: &[&str]) -> usize {
+        let log = File::create(self.bg_log(self.bg.len())).unwrap();
         let c = self
             .tapnet_cmd()
             .env("TAPNET_SOCKET", &self.sock)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap();
         self.bg.push(c);
         self.bg.len() - 1
+    }
+
+    /// Where the output of background process `idx` goes.
+    pub fn bg_log(&self, idx: usize) -> PathBuf {
+        self.dir.join(format!("bg-{idx}.log"))
     }
 
     /// Stops the daemon with `sig` (SIGTERM: clean shutdown; SIGKILL: crash).

@@ -136,20 +136,13 @@ fn check_trunked(
             "--internal does not apply to {driver} networks (their gateway is an external router)"
         )));
     }
-    if let Some(mtu) = iface_mtu(&parent.iface) {
-        let need = rec.mtu + if parent.vlan.is_some() { 4 } else { 0 };
-        if need > mtu {
-            return Err(ApiError::bad_request(format!(
-                "MTU {} is larger than the parent {}'s MTU {mtu}{}",
-                rec.mtu,
-                parent.iface,
-                if parent.vlan.is_some() {
-                    " less the VLAN tag"
-                } else {
-                    ""
-                }
-            )));
-        }
+    // a VLAN tag does not count against the MTU (802.1Q frames may be
+    // 4 bytes longer), as with the kernel's VLAN devices
+    if let Some(mtu) = iface_mtu(&parent.iface).filter(|m| rec.mtu > *m) {
+        return Err(ApiError::bad_request(format!(
+            "MTU {} is larger than the parent {}'s MTU {mtu}",
+            rec.mtu, parent.iface
+        )));
     }
     // names are answered by the gateway's resolver, and this gateway is not
     // tapnet's: containers get the upstream servers themselves
