@@ -19,6 +19,9 @@
 #   rootless socknat with the daemon and CLI run as the unprivileged user
 #            tn_rootless (created if missing; a private copy of the TUN node)
 #   publish  host namespace (127.0.0.1) -> a container's published ports
+#   macvlan  container on a macvlan network -> a peer on the parent's segment
+#            (namespace tn_e2e_lan behind a veth), and, in the same run, a
+#            kernel macvlan device on a second veth doing the same path
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DUR:-10}" REPS="${REPS:-3}" SP_DUR="${SP_DUR:-5}" MTU="${MTU:-1500}" MODE="${MODE:-c2c}"
@@ -85,11 +88,32 @@ if [ "$MODE" = nat ] || [ "$MODE" = socknat ] || [ "$MODE" = rootless ]; then
 		ip netns exec tn_e2e_host sysctl -q -w net.ipv4.ping_group_range="0 2147483647"
 	fi
 fi
+if [ "$MODE" = macvlan ]; then
+	# the segment: two veths from the daemon's namespace to tn_e2e_lan, one
+	# for tapnet's macvlan network, one for the kernel's macvlan device
+	ip netns add tn_e2e_lan && ip -n tn_e2e_lan link set lo up
+	ip netns add tn_e2e_kmv && ip -n tn_e2e_kmv link set lo up
+	for i in 0 1; do
+		ip -n tn_e2e_host link add lanp$i type veth peer name lan$i netns tn_e2e_lan
+		ip -n tn_e2e_host link set lanp$i up
+		ip -n tn_e2e_lan addr add 10.9$((8 - i)).0.1/24 dev lan$i
+		ip -n tn_e2e_lan link set lan$i up
+	done
+	ip -n tn_e2e_host link add kmv0 link lanp1 type macvlan mode bridge
+	ip -n tn_e2e_host link set kmv0 netns tn_e2e_kmv
+	ip -n tn_e2e_kmv addr add 10.97.0.2/24 dev kmv0
+	ip -n tn_e2e_kmv link set kmv0 mtu "$MTU" up
+fi
 nsenter --net=/run/netns/tn_e2e_host "${AS[@]}" "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
 	--dns 127.0.0.1 "${UPLINK[@]}" ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do tn network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
-tn network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
+if [ "$MODE" = macvlan ]; then
+	tn network create -d macvlan -o parent=lanp0 --subnet 10.98.0.0/24 --gateway 10.98.0.1 \
+		--mtu "$MTU" bench >/dev/null || exit 1
+else
+	tn network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
+fi
 PUB=()
 [ "$MODE" = publish ] && PUB=(-p 5201:5201 -p 5201:5201/udp -p 5301:5301)
 "${AS[@]}" "$T" run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
@@ -116,6 +140,10 @@ rootless)
 	NSP=$(tn ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="cli"][0]["netns"])')
 	C="/proc/$DPID/root$NSP"
 	LABEL="tapnet rootless, socket NAT out (unprivileged daemon)"
+	;;
+macvlan)
+	S=tn_e2e_lan SB=10.98.0.1 TGT=10.98.0.1
+	LABEL="tapnet macvlan (container -> peer on the parent's segment)"
 	;;
 publish)
 	C=tn_e2e_host TGT=127.0.0.1
@@ -161,32 +189,43 @@ PY
 )
 }
 
-bg $S "$OUT/sockperf-srv.log" sockperf server --tcp -i "$SB" -p 5301
-SP=$BG
-listening $S 5301
-t1=() t4=() u=() ul=() pm=() pa=() sp=() r1=() r4=()
-for rep in $(seq "$REPS"); do
-	iperf tcp1.$rep; t1+=("${R% *}"); r1+=("${R#* }"); log "rep $rep tcp1: ${R% *} Gbps (retrans ${R#* })"
-	iperf tcp4.$rep -P 4; t4+=("${R% *}"); r4+=("${R#* }"); log "rep $rep tcp4: ${R% *} Gbps (retrans ${R#* })"
-	iperf udp.$rep -u -l 64 -b 0; u+=("${R% *}"); ul+=("${R#* }"); log "rep $rep udp64: ${R% *} pps (loss ${R#* }%)"
-	[ "$MODE" = publish ] || nsx $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$TGT" >"$OUT/ping.$rep" 2>&1
-	read -r a b < <(awk '/^rtt/ {split($4, v, "/"); printf "%.1f %.1f\n", v[1]*1000, v[2]*1000}' "$OUT/ping.$rep")
-	pm+=("$a"); pa+=("$b"); log "rep $rep ping: min $a us avg $b us"
-	nsx $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$TGT" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
-	p50=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/sockperf.$rep" | awk '/percentile 50.000 =/ {print $NF}')
-	sp+=("$p50"); log "rep $rep sockperf p50: $p50 us"
-done
-stop $SP
-PING="-"
-[ "$MODE" = publish ] || PING=$(printf '%.0f / %.0f' "$(median "${pm[@]}")" "$(median "${pa[@]}")")
-row=$(printf '| %s | %s | %.2f | %.2f | %.0f | %.1f | - | %s | %.0f | %s |' \
-	"$LABEL" "$MTU" "$(median "${t1[@]}")" "$(median "${t4[@]}")" "$(median "${u[@]}")" "$(median "${ul[@]}")" \
-	"$PING" "$(median "${sp[@]}")" \
-	"DUR=$DUR REPS=$REPS; retrans1=${r1[*]} retrans4=${r4[*]}")
-echo
-echo "| path | MTU | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps (iperf3) | UDP loss % | L2 64B rx pps (trafgen) | ping min / avg RTT us | TCP RR RTT p50 us (sockperf) | notes |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-echo "$row"
+# measure: every test REPS times from $C to $S ($SB/$TGT); prints the row
+measure() {
+	bg $S "$OUT/sockperf-srv.log" sockperf server --tcp -i "$SB" -p 5301
+	SP=$BG
+	listening $S 5301
+	t1=() t4=() u=() ul=() pm=() pa=() sp=() r1=() r4=()
+	for rep in $(seq "$REPS"); do
+		iperf tcp1.$rep; t1+=("${R% *}"); r1+=("${R#* }"); log "rep $rep tcp1: ${R% *} Gbps (retrans ${R#* })"
+		iperf tcp4.$rep -P 4; t4+=("${R% *}"); r4+=("${R#* }"); log "rep $rep tcp4: ${R% *} Gbps (retrans ${R#* })"
+		iperf udp.$rep -u -l 64 -b 0; u+=("${R% *}"); ul+=("${R#* }"); log "rep $rep udp64: ${R% *} pps (loss ${R#* }%)"
+		[ "$MODE" = publish ] || nsx $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$TGT" >"$OUT/ping.$rep" 2>&1
+		read -r a b < <(awk '/^rtt/ {split($4, v, "/"); printf "%.1f %.1f\n", v[1]*1000, v[2]*1000}' "$OUT/ping.$rep")
+		pm+=("$a"); pa+=("$b"); log "rep $rep ping: min $a us avg $b us"
+		nsx $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$TGT" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
+		p50=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/sockperf.$rep" | awk '/percentile 50.000 =/ {print $NF}')
+		sp+=("$p50"); log "rep $rep sockperf p50: $p50 us"
+	done
+	stop $SP
+	PING="-"
+	[ "$MODE" = publish ] || PING=$(printf '%.0f / %.0f' "$(median "${pm[@]}")" "$(median "${pa[@]}")")
+	row=$(printf '| %s | %s | %.2f | %.2f | %.0f | %.1f | - | %s | %.0f | %s |' \
+		"$LABEL" "$MTU" "$(median "${t1[@]}")" "$(median "${t4[@]}")" "$(median "${u[@]}")" "$(median "${ul[@]}")" \
+		"$PING" "$(median "${sp[@]}")" \
+		"DUR=$DUR REPS=$REPS; retrans1=${r1[*]} retrans4=${r4[*]}")
+	echo
+	echo "| path | MTU | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps (iperf3) | UDP loss % | L2 64B rx pps (trafgen) | ping min / avg RTT us | TCP RR RTT p50 us (sockperf) | notes |"
+	echo "|---|---|---|---|---|---|---|---|---|---|"
+	echo "$row"
+	echo
+}
+if [ "$MODE" = macvlan ]; then
+	# the reference first, on its own parent: tapnet's trunk does not see it
+	( C=tn_e2e_kmv S=tn_e2e_lan SB=10.97.0.1 TGT=10.97.0.1 LABEL="kernel macvlan (bridge mode, same path)"
+	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
+	  measure )
+fi
+measure
 echo
 tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("switch drops:", n["counters"]["drops"])'
 log "logs in $OUT"

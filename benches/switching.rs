@@ -73,7 +73,7 @@ fn run_batch(s: &mut Setup, now: u64) -> u64 {
                 s.sw.count_tx(p, f.len() - 10);
                 out += p as u64;
             }
-            Decision::Flood(n) => out += n as u64 + 1,
+            Decision::Flood(n) | Decision::FloodExcept(n, _) => out += n as u64 + 1,
             Decision::Gateway(_) => out += 2,
             Decision::Drop(_) => out += 3,
         }

@@ -95,6 +95,10 @@ pub struct NetworkSummary {
     /// No routing beyond the network.
     #[serde(default)]
     pub internal: bool,
+    /// Why the network is cut off from its segment (a macvlan or ipvlan
+    /// parent that was missing at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,6 +176,8 @@ pub struct DnsInspect {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerInfo {
     pub name: String,
+    #[serde(default)]
+    pub id: String,
     pub netns: String,
     /// Its own endpoints (empty), `none`, `host` or `container:NAME`.
     #[serde(default)]
@@ -182,6 +188,9 @@ pub struct ContainerInfo {
     /// For the container's resolv.conf.
     #[serde(default)]
     pub nameservers: Vec<String>,
+    /// The namespace is the daemon's (host mode): keep its resolv.conf.
+    #[serde(default)]
+    pub host_netns: bool,
     /// Things asked for that do not apply (e.g. `-p` with `host`).
     #[serde(default)]
     pub warnings: Vec<String>,

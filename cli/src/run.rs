@@ -55,18 +55,27 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
     }
     // a host container keeps the host's resolv.conf; one that shares
     // another's namespace gets that one's servers
-    let resolv = (info.network_mode != "host")
+    let resolv = (!info.host_netns)
         .then(|| write_resolv_conf(&info, &a))
         .flatten();
     let code = join_rootless(client).and_then(|_| run_in(&info, &a.cmd, resolv.as_deref()));
     if let Some(p) = &resolv {
         let _ = std::fs::remove_file(p);
     }
-    // by namespace, not name: the container may have been renamed meanwhile
+    // by id, not name: the container may have been renamed meanwhile (and
+    // by namespace for a daemon that gives no id)
     let name = client
         .get::<Vec<ContainerInfo>>("/containers")
         .ok()
-        .and_then(|cs| cs.into_iter().find(|c| c.netns == info.netns))
+        .and_then(|cs| {
+            cs.into_iter().find(|c| {
+                if info.id.is_empty() {
+                    c.netns == info.netns
+                } else {
+                    c.id == info.id
+                }
+            })
+        })
         .map(|c| c.name)
         .unwrap_or_else(|| info.name.clone());
     let cleanup =

@@ -166,6 +166,8 @@ fn none_host_and_container_modes() {
         "the sharer does not see c1's address: {}",
         String::from_utf8_lossy(&o.stdout)
     );
+    // the sharer's run removed itself, not c1 (same namespace path)
+    assert!(ps(&env, "c1").is_some(), "the sharer's exit removed c1");
     env.wait_bg(srv, Duration::from_secs(5));
     assert_eq!(
         std::fs::read_to_string(&got).unwrap(),
@@ -228,6 +230,17 @@ fn none_host_and_container_modes() {
         std::fs::read_to_string(&probe)
     );
     assert!(ps(&env, "s1").is_some(), "the sharer is still listed");
+
+    // a host container outlives a daemon restart (its namespace is the
+    // daemon's, whatever its PID)
+    run_bg(&mut env, "h1", &["--network", "host"], &["sleep", "3600"]);
+    env.stop_daemon(libc::SIGKILL);
+    env.start_daemon();
+    let h = ps(&env, "h1").expect("host container kept over a restart");
+    assert_eq!(
+        h["netns"],
+        format!("/proc/{}/ns/net", env.daemon_pid().unwrap())
+    );
 }
 
 #[test]
@@ -571,7 +584,7 @@ fn ipvlan_shares_the_parent_mac() {
 
 #[test]
 fn driver_errors_leave_state_unchanged() {
-    let Some(env) = Env::new("driver_errors_leave_state_unchanged", &[]) else {
+    let Some(mut env) = Env::new("driver_errors_leave_state_unchanged", &[]) else {
         return;
     };
     let lan = lan_ns(&env, "lan");
@@ -738,4 +751,27 @@ fn driver_errors_leave_state_unchanged() {
         e.contains("ports cannot be published on a macvlan network"),
         "{e}"
     );
+
+    // a parent missing at start: the network keeps its name, record and
+    // endpoints, cut off from the segment, and is whole again once the
+    // parent is back
+    let a2 = env.netns("a2");
+    env.ok(&["network", "connect", "pt", "a2", "--netns", &a2]);
+    env.stop_daemon(libc::SIGTERM);
+    run_ok(Command::new("ip").args(["-n", &env.host_ns, "link", "del", "eth7"]));
+    env.start_daemon();
+    let v = env.inspect("pt");
+    assert!(
+        v["down"].as_str().is_some_and(|d| d.contains("eth7")),
+        "{v:#}"
+    );
+    assert!(v["endpoints"]["a2"].is_object(), "endpoint lost: {v:#}");
+    let e = env.fail(&["network", "create", "pt"]);
+    assert!(e.contains("already exists"), "{e}");
+    env.stop_daemon(libc::SIGTERM);
+    lan_link(&env, &lan, "eth7", "peer7", None);
+    env.start_daemon();
+    let v = env.inspect("pt");
+    assert!(v["down"].is_null(), "{v:#}");
+    assert!(v["trunk"]["port_id"].is_u64(), "{v:#}");
 }

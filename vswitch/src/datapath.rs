@@ -912,7 +912,9 @@ impl State {
             let p = self.ports[slot as usize].as_mut().expect("checked");
             match -res {
                 // out of buffers: re-armed as soon as one comes back
-                libc::ENOBUFS | libc::EAGAIN | libc::EINTR | 0 => self.arm(slot),
+                // ENETDOWN: a trunk's parent went down; the packet socket
+                // reports it once and reads again when it comes back
+                libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ENETDOWN | 0 => self.arm(slot),
                 libc::ECANCELED => {}
                 _ => {
                     // EBADFD and friends: the device is gone or detached.
@@ -936,19 +938,24 @@ impl State {
             trunk::ipvlan_ingress(x, &mut p.bufs[base..base + len]);
         }
         let frame = &p.bufs[base..base + len];
-        match self.sw.decide(slot, frame, now) {
+        let d = self.sw.decide(slot, frame, now);
+        match d {
             Decision::Drop(_) => self.recycle(slot, b),
             Decision::Unicast(dst) => {
                 if !self.post_write(slot, b, dst) {
                     self.recycle(slot, b);
                 }
             }
-            Decision::Flood(net) => {
+            Decision::Flood(net) | Decision::FloodExcept(net, _) => {
+                let except = match d {
+                    Decision::FloodExcept(_, e) => e,
+                    _ => slot,
+                };
                 let mut sent = false;
                 let n = self.sw.network(net).map(|n| n.ports.len()).unwrap_or(0);
                 for i in 0..n {
                     let dst = self.sw.network(net).expect("checked").ports[i];
-                    if dst != slot {
+                    if dst != slot && dst != except {
                         sent |= self.post_write(slot, b, dst);
                     }
                 }
@@ -1168,7 +1175,13 @@ impl State {
             Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19])
         };
         // other tapnet networks are never reachable from here
-        if self.sw.networks().any(|(_, n)| n.cfg.contains(dst)) {
+        // (a macvlan or ipvlan network's subnet is a real segment's: routed
+        // like any other destination)
+        if self
+            .sw
+            .networks()
+            .any(|(_, n)| n.cfg.gateway && n.cfg.contains(dst))
+        {
             self.sw.count_drop(slot, DropReason::NoRoute);
             self.recycle(slot, b);
             return;

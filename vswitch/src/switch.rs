@@ -253,6 +253,9 @@ pub enum Decision {
     Unicast(PortIdx),
     /// To every other port of the ingress port's network.
     Flood(NetIdx),
+    /// To every port of the network but the ingress one and this one (a
+    /// container's broadcast that an external switch sent back).
+    FloodExcept(NetIdx, PortIdx),
     /// To the network's router port (gateway).
     Gateway(NetIdx),
 }
@@ -418,7 +421,7 @@ impl Switch {
         match d {
             Decision::Drop(DropReason::NotOurs) => p.counters.filtered += 1,
             Decision::Drop(r) => p.counters.drops.count(r),
-            Decision::Flood(_) => p.counters.rx_flooded += 1,
+            Decision::Flood(_) | Decision::FloodExcept(..) => p.counters.rx_flooded += 1,
             _ => {}
         }
         d
@@ -456,14 +459,22 @@ fn decide_inner(
         return Decision::Drop(DropReason::BadSrcMac);
     }
     let from_trunk = p.kind == PortKind::Trunk;
-    // an endpoint's MAC stays on its TAP: a frame from the segment that
-    // carries it (a hairpin, or a spoof) must not move it to the trunk
-    if !(from_trunk && net.hosts.contains(&src)) {
+    // A trunk learns nothing: the segment's hosts (any number of them, any
+    // MACs) would fill the table every network shares, and an endpoint's
+    // MAC must stay on its TAP even when an external switch sends its
+    // frames back. Unicast to a MAC that is not an endpoint goes to the
+    // trunk instead.
+    if !from_trunk {
         match table.learn(p.net, &src, in_port, now) {
             Learned::New => p.counters.macs_learned += 1,
             Learned::Moved { .. } => p.counters.macs_moved_in += 1,
             Learned::Refreshed | Learned::Full => {}
         }
+    }
+    let src_is_ours = from_trunk && net.hosts.contains(&src);
+    if src_is_ours && net.trunk_mode == TrunkMode::Private {
+        // a private container's frame, sent back by an external switch
+        return Decision::Drop(DropReason::Isolated);
     }
     // frames from containers of a private or vepa network go to the trunk
     // only (a private one never to another container)
@@ -475,10 +486,17 @@ fn decide_inner(
         if net.cfg.gateway && !from_trunk && is_arp_request_for(frame, net.cfg.gateway_ip) {
             return Decision::Gateway(p.net);
         }
-        return match up_only {
-            Some(t) => Decision::Unicast(t),
-            None => Decision::Flood(p.net),
-        };
+        if let Some(t) = up_only {
+            return Decision::Unicast(t);
+        }
+        // not back to the container that sent it
+        if let Some(origin) = src_is_ours
+            .then(|| table.lookup(p.net, &src, now))
+            .flatten()
+        {
+            return Decision::FloodExcept(p.net, origin);
+        }
+        return Decision::Flood(p.net);
     }
     if net.cfg.gateway && dst == net.cfg.gateway_mac {
         return Decision::Gateway(p.net);
@@ -492,9 +510,14 @@ fn decide_inner(
             Some(t) => Decision::Unicast(t),
             None => Decision::Unicast(out),
         },
+        // an endpoint whose MAC aged out: find it by flooding
+        None if net.hosts.contains(&dst) => match up_only {
+            Some(t) => Decision::Unicast(t),
+            None => Decision::Flood(p.net),
+        },
         // the segment behind a trunk carries other hosts' unicast too
-        None if from_trunk && !net.hosts.contains(&dst) => Decision::Drop(DropReason::NotOurs),
-        None => match up_only {
+        None if from_trunk => Decision::Drop(DropReason::NotOurs),
+        None => match net.trunk {
             Some(t) => Decision::Unicast(t),
             None => Decision::Flood(p.net),
         },
@@ -670,6 +693,119 @@ pub(crate) mod tests {
         assert_eq!(
             sw.decide(a, &frame(m(1), gw, 0x0800, 46), 0),
             Decision::Drop(DropReason::BadSrcMac)
+        );
+    }
+
+    /// One network with two TAPs and a trunk in `mode`; the TAPs' MACs
+    /// m(1), m(2) are its endpoints and already learned.
+    fn trunked(mode: TrunkMode) -> (Switch, PortIdx, PortIdx, PortIdx) {
+        let mut sw = Switch::new(300_000, 1000);
+        sw.add_network(
+            0,
+            NetConfig {
+                gateway_ip: "10.77.0.1".parse().unwrap(),
+                gateway_mac: Mac([0; 6]),
+                prefix: 24,
+                routed: false,
+                gateway: false,
+            },
+        );
+        let a = sw.add_port(0, 1500);
+        let b = sw.add_port(0, 1500);
+        let t = sw.add_port_kind(PortKind::Trunk, 0, 1500);
+        sw.set_trunk_policy(0, mode, &[m(1), m(2)]);
+        let bc = Mac([0xff; 6]);
+        sw.decide(a, &frame(bc, m(1), 0x0800, 46), 0);
+        sw.decide(b, &frame(bc, m(2), 0x0800, 46), 0);
+        (sw, a, b, t)
+    }
+
+    #[test]
+    fn trunk_bridge_mode() {
+        let (mut sw, a, b, t) = trunked(TrunkMode::Bridge);
+        let lan = m(9);
+        let bc = Mac([0xff; 6]);
+        // containers reach each other; the segment's unknown MACs go to the trunk
+        assert_eq!(
+            sw.decide(a, &frame(m(2), m(1), 0x0800, 46), 0),
+            Decision::Unicast(b)
+        );
+        assert_eq!(
+            sw.decide(a, &frame(lan, m(1), 0x0800, 46), 0),
+            Decision::Unicast(t)
+        );
+        assert_eq!(
+            sw.decide(a, &frame(bc, m(1), 0x0800, 46), 0),
+            Decision::Flood(0)
+        );
+        // from the segment: only for endpoints; its hosts are never learned
+        assert_eq!(
+            sw.decide(t, &frame(m(1), lan, 0x0800, 46), 0),
+            Decision::Unicast(a)
+        );
+        assert_eq!(
+            sw.decide(t, &frame(m(7), lan, 0x0800, 46), 0),
+            Decision::Drop(DropReason::NotOurs)
+        );
+        assert_eq!(sw.port(t).unwrap().counters.filtered, 1);
+        assert_eq!(sw.port(t).unwrap().counters.drops.total(), 0);
+        assert!(sw.table.lookup(0, &lan, 0).is_none());
+        assert_eq!(
+            sw.decide(t, &frame(bc, lan, 0x0800, 46), 0),
+            Decision::Flood(0)
+        );
+        // an endpoint's MAC coming back from the segment stays on its TAP,
+        // and its broadcast is not sent back to it
+        assert_eq!(
+            sw.decide(t, &frame(bc, m(1), 0x0800, 46), 0),
+            Decision::FloodExcept(0, a)
+        );
+        assert_eq!(sw.table.lookup(0, &m(1), 0), Some(a));
+    }
+
+    #[test]
+    fn trunk_private_and_vepa_modes() {
+        let (mut sw, a, _b, t) = trunked(TrunkMode::Private);
+        let bc = Mac([0xff; 6]);
+        assert_eq!(
+            sw.decide(a, &frame(m(2), m(1), 0x0800, 46), 0),
+            Decision::Drop(DropReason::Isolated)
+        );
+        assert_eq!(
+            sw.decide(a, &frame(bc, m(1), 0x0806, 46), 0),
+            Decision::Unicast(t)
+        );
+        assert_eq!(
+            sw.decide(a, &frame(m(9), m(1), 0x0800, 46), 0),
+            Decision::Unicast(t)
+        );
+        // sent back by an external switch: still isolated
+        assert_eq!(
+            sw.decide(t, &frame(m(2), m(1), 0x0800, 46), 0),
+            Decision::Drop(DropReason::Isolated)
+        );
+        assert_eq!(
+            sw.decide(t, &frame(m(2), m(9), 0x0800, 46), 0),
+            Decision::Unicast(_b)
+        );
+
+        let (mut sw, a, b, t) = trunked(TrunkMode::Vepa);
+        // everything leaves through the trunk; what comes back is delivered
+        assert_eq!(
+            sw.decide(a, &frame(m(2), m(1), 0x0800, 46), 0),
+            Decision::Unicast(t)
+        );
+        assert_eq!(
+            sw.decide(a, &frame(bc, m(1), 0x0806, 46), 0),
+            Decision::Unicast(t)
+        );
+        assert_eq!(
+            sw.decide(t, &frame(m(2), m(1), 0x0800, 46), 0),
+            Decision::Unicast(b)
+        );
+        assert_eq!(
+            sw.decide(t, &frame(bc, m(1), 0x0806, 46), 0),
+            Decision::FloodExcept(0, a)
         );
     }
 }

@@ -2,9 +2,19 @@
 
 use super::*;
 
-impl Core {
-    // ---- containers ----
+/// How a host-mode container's namespace is stored: the daemon's own.
+pub(super) const SELF_NETNS: &str = "/proc/self/ns/net";
 
+/// A namespace path as a client can open it (the daemon's own by PID).
+fn show_netns(p: &std::path::Path) -> String {
+    if p.as_os_str() == SELF_NETNS {
+        format!("/proc/{}/ns/net", std::process::id())
+    } else {
+        p.display().to_string()
+    }
+}
+
+impl Core {
     pub fn create_container(&mut self, req: CreateContainer) -> ApiResult<ContainerInfo> {
         let name = req.name.clone().unwrap_or_else(|| random_hex(12));
         check_name("container", &name)?;
@@ -40,6 +50,7 @@ impl Core {
                 created: now_secs(),
                 dns: req.dns.clone(),
                 mode: String::new(),
+                id: random_hex(16),
             },
         );
         let r = self
@@ -105,10 +116,8 @@ impl Core {
             if !req.ports.is_empty() {
                 warnings.push("published ports are discarded when using host network mode".into());
             }
-            (
-                PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
-                false,
-            )
+            // the daemon's own namespace, whatever its PID after a restart
+            (PathBuf::from(SELF_NETNS), false)
         } else {
             let target = &mode["container:".len()..];
             if !req.ports.is_empty() {
@@ -119,16 +128,12 @@ impl Core {
             let t = self.containers.get(target).ok_or_else(|| {
                 ApiError::not_found(format!("no such container: {target} (in --network {mode})"))
             })?;
-            if t.mode == HOST {
-                (t.netns.clone(), false)
-            } else {
-                if !netns::netns_alive(&t.netns) {
-                    return Err(ApiError::not_found(format!(
-                        "container {target}'s network namespace is gone"
-                    )));
-                }
-                (t.netns.clone(), false)
+            if !netns::netns_alive(&t.netns) {
+                return Err(ApiError::not_found(format!(
+                    "container {target}'s network namespace is gone"
+                )));
             }
+            (t.netns.clone(), false)
         };
         self.containers.insert(
             name.clone(),
@@ -138,6 +143,7 @@ impl Core {
                 created: now_secs(),
                 dns: req.dns.clone(),
                 mode: mode.clone(),
+                id: random_hex(16),
             },
         );
         if let Err(e) = self.store.save_containers(&self.containers) {
@@ -166,11 +172,13 @@ impl Core {
             {
                 return Ok(ContainerInfo {
                     name: name.to_string(),
-                    netns: c.netns.display().to_string(),
+                    id: c.id.clone(),
+                    netns: show_netns(&c.netns),
                     network_mode: c.mode.clone(),
                     owned: false,
                     endpoints: vec![],
                     nameservers: t.nameservers,
+                    host_netns: t.host_netns,
                     warnings: vec![],
                 });
             }
@@ -199,7 +207,9 @@ impl Core {
         };
         Ok(ContainerInfo {
             name: name.to_string(),
-            netns: c.netns.display().to_string(),
+            id: c.id.clone(),
+            netns: show_netns(&c.netns),
+            host_netns: c.netns.as_os_str() == SELF_NETNS,
             owned: c.owned,
             network_mode: c.mode.clone(),
             endpoints: eps
@@ -287,10 +297,24 @@ impl Core {
             netns::delete_netns(&c.netns)?;
         }
         if self.containers.remove(name).is_some() {
+            self.orphan_sharers(name);
             self.store.save_containers(&self.containers)?;
         }
         log(format!("removed container {name}"));
         Ok(())
+    }
+
+    /// Containers that shared `name`'s namespace keep running in it (with
+    /// only `lo` left, as in Docker) but lose its path: a new container
+    /// may be given the same one.
+    pub(super) fn orphan_sharers(&mut self, name: &str) {
+        let mode = format!("container:{name}");
+        for (n, c) in self.containers.iter_mut().filter(|(_, c)| c.mode == mode) {
+            log(format!(
+                "container {n}: {name} is gone; its namespace keeps only lo"
+            ));
+            c.netns = PathBuf::new();
+        }
     }
 
     /// Stops the datapath; TAP devices stay (persistent) for the next start.

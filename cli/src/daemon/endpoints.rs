@@ -87,6 +87,7 @@ impl Core {
                     created: now_secs(),
                     dns: vec![],
                     mode: String::new(),
+                    id: random_hex(16),
                 })
             }
             (None, None) => {
@@ -249,6 +250,7 @@ impl Core {
                 .is_some_and(|c| !c.owned && c.mode.is_empty())
         {
             self.containers.remove(container);
+            self.orphan_sharers(container);
             self.store.save_containers(&self.containers)?;
         }
         Ok(())

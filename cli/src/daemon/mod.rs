@@ -124,6 +124,8 @@ pub struct Net {
     idx: NetIdx,
     /// The trunk port its driver made (macvlan, ipvlan).
     trunk: Option<PortId>,
+    /// Why it is cut off from its segment, if it is (see `driver::Made`).
+    down: Option<String>,
     pool: Pool,
     gateway_mac: Mac,
     /// Container -> datapath port of its endpoint.
@@ -148,6 +150,7 @@ impl Net {
             endpoints: self.rec.endpoints.len(),
             dns_names: self.rec.dns_names,
             internal: self.rec.internal,
+            down: self.down.clone(),
         }
     }
 

@@ -30,6 +30,7 @@ impl Core {
             idx,
             drv,
             trunk: made.trunk,
+            down: made.down.clone(),
             pool,
             gateway_mac: Mac::from_ipv4(rec.gateway),
             ports: BTreeMap::new(),
@@ -37,6 +38,11 @@ impl Core {
             rec,
         };
         let name = net.rec.name.clone();
+        if let Some(why) = &made.down {
+            log(format!(
+                "network {name}: {why}; it stays without its segment until a restart finds it"
+            ));
+        }
         self.nets.insert(name.clone(), net);
         self.dns_sync(&name);
         Ok(())
@@ -158,6 +164,11 @@ impl Core {
             let _ = self.store.remove(&req.name);
             return Err(e.into());
         }
+        // a new network must be whole: no trunk, no network
+        if let Some(why) = self.nets[&req.name].down.clone() {
+            let _ = self.remove_network(&req.name);
+            return Err(ApiError::bad_request(why));
+        }
         log(format!(
             "created {} network {} ({subnet})",
             drv.name(),
@@ -193,6 +204,7 @@ impl Core {
             endpoints: self.containers.values().filter(|c| c.mode == name).count(),
             dns_names: false,
             internal: false,
+            down: None,
         }
     }
 

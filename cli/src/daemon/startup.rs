@@ -189,10 +189,7 @@ impl Core {
             .containers
             .iter()
             .filter(|(name, c)| {
-                // a host container's namespace is the previous daemon's
-                // (/proc/PID/ns/net): gone with it
                 !netns::netns_alive(&c.netns)
-                    || c.mode == HOST
                     || (!c.owned && c.mode.is_empty() && self.endpoints_of(name).is_empty())
             })
             .map(|(n, _)| n.clone())
@@ -204,6 +201,7 @@ impl Core {
                     if c.owned {
                         let _ = netns::delete_netns(&c.netns);
                     }
+                    self.orphan_sharers(&s);
                 }
             }
             self.store.save_containers(&self.containers)?;

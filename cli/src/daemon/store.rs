@@ -85,6 +85,10 @@ pub struct ContainerRecord {
     /// for a container with endpoints.
     #[serde(default)]
     pub mode: String,
+    /// Unique for the daemon's life (names can change and namespaces be
+    /// shared): how `run` finds the container it created.
+    #[serde(default)]
+    pub id: String,
 }
 
 pub struct Store {
@@ -237,6 +241,7 @@ mod tests {
                 created: 5,
                 dns: vec![],
                 mode: String::new(),
+                id: "c0ffee".into(),
             },
         );
         s.save_containers(&c).unwrap();

@@ -157,9 +157,6 @@ fn create_trunked(
     shared_mac: bool,
     mode: TrunkMode,
 ) -> Result<Made> {
-    let parent = parse_parent(&rec.driver, &rec.options).map_err(|e| anyhow::anyhow!(e.message))?;
-    let (fd, mac, mtu) = vswitch::trunk::open_trunk(&parent.iface, parent.vlan, !shared_mac)
-        .map_err(|e| anyhow::anyhow!("opening the trunk on {parent}: {e}"))?;
     p.dp.add_network(
         idx,
         NetConfig {
@@ -170,6 +167,29 @@ fn create_trunked(
             gateway: false,
         },
     )?;
+    let hosts: Vec<_> = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+    p.dp.set_trunk_policy(idx, mode, hosts.clone())?;
+    // A parent that is missing (at a restart, say) leaves the network up
+    // without its segment: it keeps its name, record and endpoints, and
+    // the trunk is opened again at the next start.
+    let parent = match parse_parent(&rec.driver, &rec.options) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(Made {
+                trunk: None,
+                down: Some(e.message),
+            })
+        }
+    };
+    let (fd, mac, mtu) = match vswitch::trunk::open_trunk(&parent.iface, parent.vlan, !shared_mac) {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(Made {
+                trunk: None,
+                down: Some(format!("opening the trunk on {parent}: {e}")),
+            })
+        }
+    };
     let name = match parent.vlan {
         Some(v) => format!("{}.{v}", parent.iface),
         None => parent.iface.clone(),
@@ -185,9 +205,12 @@ fn create_trunked(
             shared_mac,
         },
     )?;
-    let hosts = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+    // again, now that the trunk is there to take the addresses
     p.dp.set_trunk_policy(idx, mode, hosts)?;
-    Ok(Made { trunk: Some(trunk) })
+    Ok(Made {
+        trunk: Some(trunk),
+        down: None,
+    })
 }
 
 fn delete_trunked(p: &Plumbing, net: &Net) {

@@ -59,6 +59,10 @@ pub struct Plumbing<'a> {
 pub struct Made {
     /// The trunk port on the parent interface (macvlan, ipvlan).
     pub trunk: Option<PortId>,
+    /// Why the network is not connected to its segment (a parent that is
+    /// missing): it keeps its record and endpoints, and is connected again
+    /// at the next start.
+    pub down: Option<String>,
 }
 
 /// The table of operations every network driver provides (see the module
