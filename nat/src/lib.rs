@@ -10,7 +10,8 @@
 //!
 //! One `Nat` is owned by the datapath thread: no locks.
 
-pub mod csum;
+/// The Internet checksum, from the shared wire layer.
+pub use wire::csum;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -238,7 +239,11 @@ struct Parsed {
 }
 
 fn parse(b: &[u8]) -> Result<Parsed, NatDrop> {
-    if b.len() < IP + 20 || b[VNET + 12..VNET + 14] != [8, 0] || b[IP] >> 4 != 4 {
+    if b.len() < IP + 20
+        || b[VNET + wire::eth::ETHERTYPE..VNET + wire::eth::ETHERTYPE + 2]
+            != wire::eth::ETHERTYPE_IPV4
+        || b[IP] >> 4 != 4
+    {
         return Err(NatDrop::Unsupported);
     }
     let ihl = (b[IP] & 0xf) as usize * 4;

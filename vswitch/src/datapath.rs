@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
+use wire::{arp, eth, ipv4};
 
 /// Large enough for a 64 KiB GSO frame, its Ethernet/VLAN header and the
 /// vnet header.
@@ -561,16 +562,12 @@ impl Uplink {
 
     /// An ARP request for `ip` from the uplink address.
     fn arp_request(&self, ip: Ipv4Addr) -> Vec<u8> {
-        let mut f = vec![0u8; VNET_HDR_LEN];
-        f.extend_from_slice(&[0xff; 6]);
-        f.extend_from_slice(&self.mac.0);
-        f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
-        f.extend_from_slice(&self.mac.0);
-        f.extend_from_slice(&self.ip.octets());
-        f.extend_from_slice(&[0; 6]);
-        f.extend_from_slice(&ip.octets());
-        f.resize(VNET_HDR_LEN + 60, 0);
-        f
+        eth::vnet_frame(
+            eth::BROADCAST,
+            self.mac.0,
+            eth::ETHERTYPE_ARP,
+            &arp::request(self.mac.0, self.ip, ip),
+        )
     }
 }
 
@@ -1269,26 +1266,25 @@ impl State {
         let u = self.uplink.as_mut().expect("checked");
         let p = self.ports[slot as usize].as_mut().expect("checked");
         let f = &mut p.bufs[base..base + len];
-        match [f[E + 12], f[E + 13]] {
-            [8, 6] if len >= E + 42 && f[E + 14..E + 20] == [0, 1, 8, 0, 6, 4] => {
-                const A: usize = E + 14;
-                let sha = Mac::from_slice(&f[A + 8..]);
-                let spa = Ipv4Addr::new(f[A + 14], f[A + 15], f[A + 16], f[A + 17]);
-                let tpa = Ipv4Addr::new(f[A + 24], f[A + 25], f[A + 26], f[A + 27]);
+        let ethertype = [f[E + eth::ETHERTYPE], f[E + eth::ETHERTYPE + 1]];
+        match ethertype {
+            eth::ETHERTYPE_ARP => {
+                let Some(mut a) = arp::Arp::new(&mut f[E + eth::HDR_LEN..]) else {
+                    self.recycle(slot, b);
+                    return;
+                };
+                let (sha, spa, tpa) = (Mac(a.sender_mac()), a.sender_ip(), a.target_ip());
                 if !sha.is_multicast()
                     && u.in_subnet(spa)
                     && (tpa == u.ip || u.arp.contains_key(&spa))
                 {
                     u.arp.insert(spa, (sha, now));
                 }
-                if f[A + 6..A + 8] == [0, 1] && tpa == u.ip {
+                if a.op() == arp::REQUEST && tpa == u.ip {
                     // who has our address: we do
-                    f[A + 7] = 2;
-                    f.copy_within(A + 8..A + 18, A + 18);
-                    f[A + 8..A + 14].copy_from_slice(&u.mac.0);
-                    f[A + 14..A + 18].copy_from_slice(&u.ip.octets());
-                    f[E..E + 6].copy_from_slice(&sha.0);
-                    f[E + 6..E + 12].copy_from_slice(&u.mac.0);
+                    a.make_reply(u.mac.0, u.ip);
+                    f[E + eth::DST..E + eth::DST + 6].copy_from_slice(&sha.0);
+                    f[E + eth::SRC..E + eth::SRC + 6].copy_from_slice(&u.mac.0);
                     if !self.post_write(slot, b, slot) {
                         self.recycle(slot, b);
                     }
@@ -1296,7 +1292,10 @@ impl State {
                 }
                 self.recycle(slot, b);
             }
-            [8, 0] if f[E + 14 + 16..E + 14 + 20] == u.ip.octets() => {
+            eth::ETHERTYPE_IPV4
+                if f[E + eth::HDR_LEN + ipv4::DST..E + eth::HDR_LEN + ipv4::DST + 4]
+                    == u.ip.octets() =>
+            {
                 self.deliver_in(slot, b, len, now);
             }
             _ => self.recycle(slot, b),

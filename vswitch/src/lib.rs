@@ -18,7 +18,8 @@ pub mod table;
 pub mod tap;
 pub mod trunk;
 pub mod uplink;
-pub mod vnet;
+/// The vnet header, from the shared wire layer.
+pub use wire::vnet;
 
 pub use datapath::{
     Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook, Snapshot,

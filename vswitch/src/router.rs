@@ -29,21 +29,7 @@ pub enum GwAction {
     Route,
 }
 
-/// RFC 1071 Internet checksum of `data` (the complemented ones' complement sum).
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    if let [last] = chunks.remainder() {
-        sum += (*last as u32) << 8;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub use wire::csum::checksum;
 
 /// Answers a frame addressed to the gateway. `buf` holds the vnet header and
 /// the frame (`len` bytes in all); on success the reply has been written in
@@ -111,18 +97,11 @@ fn route(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, DropRe
     Ok(GwAction::Route)
 }
 
-/// Decrements the TTL of the IPv4 header at `ip`, fixing its checksum
-/// (RFC 1624: the TTL is the high byte of a 16-bit word).
+/// Decrements the TTL of the IPv4 header at `ip` (checksum fixed).
 pub fn dec_ttl(buf: &mut [u8], ip: usize) {
-    let old = u16::from_be_bytes([buf[ip + 8], buf[ip + 9]]);
-    buf[ip + 8] -= 1;
-    let new = u16::from_be_bytes([buf[ip + 8], buf[ip + 9]]);
-    let c = u16::from_be_bytes([buf[ip + 10], buf[ip + 11]]);
-    let mut s = (!c as u32) + (!old as u32 & 0xffff) + new as u32;
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
+    if let Some(h) = buf.get_mut(ip..) {
+        wire::ipv4::dec_ttl(h);
     }
-    buf[ip + 10..ip + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
 }
 
 /// Replaces the IPv4 frame in `buf` (vnet header, Ethernet, IP) with an
@@ -217,28 +196,25 @@ fn is_punted(cfg: &NetConfig, f: &[u8]) -> Result<bool, DropReason> {
 }
 
 fn arp_reply(cfg: &NetConfig, f: &mut [u8]) -> Result<GwAction, DropReason> {
-    const A: usize = ETH_HDR_LEN;
-    if f.len() < A + 28 {
+    let len = f.len();
+    if len < ETH_HDR_LEN + wire::arp::LEN {
         return Err(DropReason::Malformed);
     }
-    // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4, for the gateway's IP
-    if f[A..A + 6] != [0, 1, 8, 0, 6, 4] || f[A + 24..A + 28] != cfg.gateway_ip.octets() {
+    // not Ethernet/IPv4 ARP: nothing the gateway answers
+    let Some(mut arp) = wire::arp::Arp::new(&mut f[ETH_HDR_LEN..]) else {
+        return Err(DropReason::GatewayUnsupported);
+    };
+    if arp.target_ip() != cfg.gateway_ip {
         return Err(DropReason::GatewayUnsupported);
     }
-    match f[A + 6..A + 8] {
-        [0, 1] => {}                         // request: answered here
-        [0, 2] => return Ok(GwAction::Punt), // reply to the service's own request
+    match arp.op() {
+        wire::arp::REQUEST => {}                       // answered here
+        wire::arp::REPLY => return Ok(GwAction::Punt), // to the service's own request
         _ => return Err(DropReason::GatewayUnsupported),
     }
-    f[A + 7] = 2; // reply
-                  // target <- sender; sender <- gateway
-    let mut sender = [0u8; 10];
-    sender.copy_from_slice(&f[A + 8..A + 18]);
-    f[A + 18..A + 28].copy_from_slice(&sender);
-    f[A + 8..A + 14].copy_from_slice(&cfg.gateway_mac.0);
-    f[A + 14..A + 18].copy_from_slice(&cfg.gateway_ip.octets());
+    arp.make_reply(cfg.gateway_mac.0, cfg.gateway_ip);
     // same length as the request (its padding kept)
-    Ok(GwAction::Reply(f.len()))
+    Ok(GwAction::Reply(len))
 }
 
 fn icmp_echo_reply(cfg: &NetConfig, f: &mut [u8], vnet_flags: u8) -> Result<usize, DropReason> {

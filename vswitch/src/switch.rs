@@ -10,8 +10,7 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
-pub const ETH_HDR_LEN: usize = 14;
-const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETH_HDR_LEN: usize = wire::eth::HDR_LEN;
 
 /// Per-network settings the datapath needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -527,10 +526,9 @@ fn decide_inner(
 /// An ARP request (Ethernet/IPv4) whose target protocol address is `ip`.
 #[inline]
 fn is_arp_request_for(frame: &[u8], ip: Ipv4Addr) -> bool {
-    frame.len() >= ETH_HDR_LEN + 28
-        && u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP
-        && frame[20..22] == [0, 1]
-        && frame[38..42] == ip.octets()
+    wire::eth::ethertype(frame) == Some(wire::eth::ETHERTYPE_ARP)
+        && wire::arp::Arp::new(&frame[ETH_HDR_LEN..])
+            .is_some_and(|a| a.op() == wire::arp::REQUEST && a.target_ip() == ip)
 }
 
 #[cfg(test)]
@@ -684,7 +682,7 @@ pub(crate) mod tests {
         );
         let mut arp = frame(Mac::BROADCAST, m(1), 0x0806, 46);
         let e = VNET_HDR_LEN + ETH_HDR_LEN;
-        arp[e + 6..e + 8].copy_from_slice(&[0, 1]);
+        arp[e..e + 8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
         arp[e + 24..e + 28].copy_from_slice(&[10, 88, 0, 1]);
         assert_eq!(sw.decide(a, &arp, 0), Decision::Gateway(0));
         arp[e + 27] = 5; // ARP for someone else: flooded

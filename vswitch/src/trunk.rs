@@ -24,18 +24,9 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
-const ETHERTYPE_VLAN: [u8; 2] = [0x81, 0x00];
-const VLAN_TAG_LEN: usize = 4;
-/// Offsets inside an Ethernet/IPv4 ARP packet.
-const ARP_LEN: usize = 28;
-const ARP_SHA: usize = 8;
-const ARP_THA: usize = 18;
-const ARP_TPA: usize = 24;
-/// Offset of the destination address inside an IPv4 header.
-const IPV4_DST: usize = 16;
-const IPV4_MIN: usize = 20;
+use wire::arp::Arp;
+use wire::eth::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, VLAN_TAG_LEN};
+use wire::ipv4;
 
 /// How a trunk changes frames on their way to and from the wire.
 #[derive(Debug, Clone, Default)]
@@ -83,8 +74,10 @@ pub fn egress_frame(x: &TrunkXform, frame: &[u8]) -> Option<Vec<u8>> {
     v.extend_from_slice(&frame[E + 12..]);
     if let Some(mac) = x.shared_mac {
         v[E + 6..E + 12].copy_from_slice(&mac.0);
-        if v[l3 - 2..l3] == ETHERTYPE_ARP && v.len() >= l3 + ARP_LEN {
-            v[l3 + ARP_SHA..l3 + ARP_SHA + 6].copy_from_slice(&mac.0);
+        if v[l3 - 2..l3] == ETHERTYPE_ARP {
+            if let Some(mut a) = Arp::new(&mut v[l3..]) {
+                a.set_sender_mac(mac.0);
+            }
         }
     }
     Some(v)
@@ -104,20 +97,19 @@ pub fn ipvlan_ingress(x: &TrunkXform, f: &mut [u8]) {
         return;
     }
     let ethertype = [f[E + 12], f[E + 13]];
-    let (ip_at, is_arp) = if ethertype == ETHERTYPE_IPV4 && f.len() >= L3 + IPV4_MIN {
-        (L3 + IPV4_DST, false)
-    } else if ethertype == ETHERTYPE_ARP && f.len() >= L3 + ARP_LEN {
-        (L3 + ARP_TPA, true)
-    } else {
-        return;
+    let dst = match ethertype {
+        ETHERTYPE_IPV4 => ipv4::dst(&f[L3..]),
+        ETHERTYPE_ARP => Arp::new(&f[L3..]).map(|a| a.target_ip()),
+        _ => None,
     };
-    let ip = Ipv4Addr::new(f[ip_at], f[ip_at + 1], f[ip_at + 2], f[ip_at + 3]);
-    let Some(mac) = x.hosts.get(&ip) else {
+    let Some(mac) = dst.and_then(|ip| x.hosts.get(&ip)) else {
         return;
     };
     f[E..E + 6].copy_from_slice(&mac.0);
-    if is_arp {
-        f[L3 + ARP_THA..L3 + ARP_THA + 6].copy_from_slice(&mac.0);
+    if ethertype == ETHERTYPE_ARP {
+        if let Some(mut a) = Arp::new(&mut f[L3..]) {
+            a.set_target_mac(mac.0);
+        }
     }
 }
 

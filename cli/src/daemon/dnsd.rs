@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vswitch::vnet::VNET_HDR_LEN;
 use vswitch::{Injector, Mac, NetIdx, PuntHook};
+use wire::{arp, eth, ipv4};
 
 /// Punted frames waiting for the service, at most.
 const QUEUE: usize = 4096;
@@ -142,9 +143,9 @@ impl phy::TxToken for TxTok<'_> {
         let r = f(&mut b[VNET_HDR_LEN..]);
         // ARP replies: containers never ask the service (the switch answers
         // ARP for the gateway); they answer the synthetic requests below.
-        let arp_reply = len >= 22
-            && b[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == [8, 6]
-            && b[VNET_HDR_LEN + 20..VNET_HDR_LEN + 22] == [0, 2];
+        let frame = &b[VNET_HDR_LEN..];
+        let arp_reply = eth::ethertype(frame) == Some(eth::ETHERTYPE_ARP)
+            && arp::Arp::new(&frame[eth::HDR_LEN..]).is_some_and(|a| a.op() == arp::REPLY);
         if !arp_reply {
             self.0.push(b);
         }
@@ -359,16 +360,23 @@ pub(super) fn gateway_iface(
 /// needs no ARP round trip (smoltcp learns neighbours from ARP only).
 pub(super) fn push_with_arp(dev: &mut Queue, gw: Ipv4Addr, f: Vec<u8>) {
     let e = VNET_HDR_LEN;
-    if f.len() >= e + 14 + 20 && f[e + 12..e + 14] == [8, 0] {
-        let mut a = vec![0u8; e];
-        a.extend_from_slice(&[0xff; 6]);
-        a.extend_from_slice(&f[e + 6..e + 12]); // sender MAC
-        a.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
-        a.extend_from_slice(&f[e + 6..e + 12]);
-        a.extend_from_slice(&f[e + 14 + 12..e + 14 + 16]); // sender IP
-        a.extend_from_slice(&[0; 6]);
-        a.extend_from_slice(&gw.octets());
-        dev.rx.push_back(a);
+    let frame = &f[e.min(f.len())..];
+    if eth::ethertype(frame) == Some(eth::ETHERTYPE_IPV4) && frame.len() >= eth::HDR_LEN + 20 {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&frame[eth::SRC..eth::SRC + 6]);
+        let h = &frame[eth::HDR_LEN..];
+        let ip = Ipv4Addr::new(
+            h[ipv4::SRC],
+            h[ipv4::SRC + 1],
+            h[ipv4::SRC + 2],
+            h[ipv4::SRC + 3],
+        );
+        dev.rx.push_back(eth::vnet_frame(
+            eth::BROADCAST,
+            mac,
+            eth::ETHERTYPE_ARP,
+            &arp::request(mac, ip, gw),
+        ));
     }
     dev.rx.push_back(f);
 }

@@ -129,7 +129,9 @@ struct Net {
 
 fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
     const I: usize = VNET_HDR_LEN + 14;
-    if f.len() < I + 20 || f[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] != [8, 0] {
+    if f.len() < I + 20
+        || wire::eth::ethertype(&f[VNET_HDR_LEN..]) != Some(wire::eth::ETHERTYPE_IPV4)
+    {
         return None;
     }
     let ihl = (f[I] & 0xf) as usize * 4;
@@ -260,13 +262,13 @@ impl Net {
         let mut m = icmp;
         m[4..6].copy_from_slice(&flow.1.to_be_bytes());
         m[2..4].copy_from_slice(&[0, 0]);
-        let c = vswitch::router::checksum(&m);
+        let c = wire::csum::checksum(&m);
         m[2..4].copy_from_slice(&c.to_be_bytes());
         let total = 20 + m.len();
         let mut f = vec![0u8; VNET_HDR_LEN];
         f.extend_from_slice(mac);
         f.extend_from_slice(&self.mac.0);
-        f.extend_from_slice(&[8, 0]);
+        f.extend_from_slice(&wire::eth::ETHERTYPE_IPV4);
         let mut ip = vec![
             0x45,
             0,
@@ -283,7 +285,7 @@ impl Net {
         ];
         ip.extend_from_slice(&flow.2.octets());
         ip.extend_from_slice(&flow.0.octets());
-        let c = vswitch::router::checksum(&ip);
+        let c = wire::csum::checksum(&ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
         f.extend_from_slice(&ip);
         f.extend_from_slice(&m);

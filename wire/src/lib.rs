@@ -1,0 +1,18 @@
+//! tapnet's wire layer: the stateless packet code every other crate shares.
+//!
+//! - [`vnet`]: the `virtio_net_hdr` before every frame on a TAP or packet
+//!   socket opened with vnet headers.
+//! - [`eth`]: Ethernet offsets, EtherTypes and a frame builder.
+//! - [`arp`]: a checked view of Ethernet/IPv4 ARP and its builders.
+//! - [`ipv4`]: IPv4 header offsets and the TTL decrement.
+//! - [`csum`]: the Internet checksum (RFC 1071) and its incremental updates
+//!   (RFC 1624).
+//!
+//! Offsets are named once here; views check their length once, so their
+//! accessors cannot panic.
+
+pub mod arp;
+pub mod csum;
+pub mod eth;
+pub mod ipv4;
+pub mod vnet;
