@@ -312,6 +312,40 @@ fn macvlan_bridge_private_vlan_and_restart() {
         "bridge mode c1 -> c2"
     );
 
+    // names resolve as on a user-defined bridge (a resolver of tapnet's at
+    // a link-local address of the network's; the segment cannot reach it)
+    let o = env.tapnet(&["run", "--network", "mv", "--", "getent", "hosts", "c2"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("{} ", c2.ip)),
+        "c2 did not resolve: {} {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let resolv = env.exec_ok(&c1.ns, &["ip", "route", "show"]);
+    let dns_ip = resolv
+        .lines()
+        .find(|l| l.starts_with("169.254.") && l.contains("scope link"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("")
+        .to_string();
+    assert!(dns_ip.starts_with("169.254."), "{resolv}");
+    // even a LAN host that puts it on its link gets no answer
+    env.exec_ok(
+        &lan,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{dns_ip}/32"),
+            "dev",
+            "peer0",
+        ],
+    );
+    assert!(
+        !ping(&env, &lan, &dns_ip, 1),
+        "the LAN reached the resolver"
+    );
+
     // 100 MB each way, intact
     let blob = env.random_file("blob", 100 << 20);
     download(&mut env, &c1.ns, &lan, "10.77.0.1", 5001, &blob);
@@ -558,6 +592,12 @@ fn ipvlan_shares_the_parent_mac() {
         "the peer cannot reach i2"
     );
     assert!(ping(&env, &i1.ns, &i2.ip.to_string(), 2), "i1 -> i2");
+    let o = env.tapnet(&["run", "--network", "iv", "--", "getent", "hosts", "i1"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("{} ", i1.ip)),
+        "i1 did not resolve: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     for c in [&i1, &i2] {
         let n = env.exec_ok(&lan, &["ip", "neigh", "show", &c.ip.to_string()]);
         assert!(

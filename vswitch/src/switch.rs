@@ -497,7 +497,8 @@ fn decide_inner(
         }
         return Decision::Flood(p.net);
     }
-    if net.cfg.gateway && dst == net.cfg.gateway_mac {
+    // the gateway's services are for the containers, not the segment
+    if net.cfg.gateway && dst == net.cfg.gateway_mac && !from_trunk {
         return Decision::Gateway(p.net);
     }
     match table.lookup(p.net, &dst, now) {

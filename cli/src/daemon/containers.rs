@@ -188,7 +188,9 @@ impl Core {
         // resolves names (it forwards the rest), else the upstream servers
         // themselves, minus loopback ones the container cannot reach
         let nameservers = match eps.first() {
-            Some((n, _)) if n.rec.dns_names => vec![n.rec.gateway.to_string()],
+            Some((n, _)) if n.drv.resolver(&n.rec).is_some() => {
+                vec![n.drv.resolver(&n.rec).expect("checked").to_string()]
+            }
             first => {
                 let mut s = parse_servers(&c.dns).unwrap_or_default();
                 if s.is_empty() {

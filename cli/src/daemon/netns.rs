@@ -119,6 +119,9 @@ pub struct IfSpec {
     pub mtu: u32,
     /// Install a default route via this gateway.
     pub default_gw: Option<Ipv4Addr>,
+    /// Host routes on the link (no gateway): service addresses answered on
+    /// this interface from outside its subnet (a macvlan network's resolver).
+    pub link_routes: Vec<Ipv4Addr>,
 }
 
 /// Opens (creating, or re-attaching to an existing persistent one) the TAP
@@ -273,6 +276,18 @@ async fn configure(h: &rtnetlink::Handle, s: &IfSpec) -> Result<()> {
         .execute()
         .await
         .with_context(|| format!("setting {} up", s.ifname))?;
+    for dst in &s.link_routes {
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(*dst, 32)
+            .output_interface(idx)
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .build();
+        if let Err(e) = h.route().add(route).execute().await {
+            if !is_eexist(&e) {
+                bail!("adding the route to {dst} on {}: {e}", s.ifname);
+            }
+        }
+    }
     if let Some(gw) = s.default_gw {
         let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gw)

@@ -12,12 +12,35 @@
 //!   trunk rewrites it and finds the container by IP on the way in.
 //!
 //! The gateway is an external router on the segment: tapnet answers nothing
-//! for it, does no NAT and publishes no ports. `parent=IFACE.VID` puts the
+//! for it, does no NAT and publishes no ports. Container names resolve as
+//! on a user-defined bridge, through a resolver at a link-local address of
+//! the network's own (see [`resolver_addr`]). `parent=IFACE.VID` puts the
 //! network on 802.1Q VLAN VID of IFACE, tagged and untagged by tapnet (no
 //! 8021q module needed). One network per parent and VLAN.
 
 use super::*;
+use std::net::Ipv4Addr;
 use vswitch::{Mac, NetConfig, TrunkConfig, TrunkMode};
+
+/// Where a macvlan or ipvlan network's containers find the resolver that
+/// knows their names. The gateway is an external router, so the resolver
+/// gets an address of its own: a link-local one (169.254.0.0/16, never
+/// routed, so never a LAN host's), derived from the network's id (stable
+/// over restarts), reached through a host route on the container's
+/// interface. The switch answers it for the network's containers only:
+/// frames from the segment never reach it.
+pub fn resolver_addr(rec: &NetworkRecord) -> Ipv4Addr {
+    // FNV-1a over the id
+    let h = rec.id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    let a = 1 + ((h >> 8) % 254) as u8;
+    let mut b = 1 + (h % 254) as u8;
+    if (a, b) == (169, 254) {
+        b = 253; // not the cloud metadata address
+    }
+    Ipv4Addr::new(169, 254, a, b)
+}
 
 pub struct Macvlan;
 pub struct Ipvlan;
@@ -144,9 +167,6 @@ fn check_trunked(
             rec.mtu, parent.iface
         )));
     }
-    // names are answered by the gateway's resolver, and this gateway is not
-    // tapnet's: containers get the upstream servers themselves
-    rec.dns_names = false;
     Ok(())
 }
 
@@ -157,16 +177,27 @@ fn create_trunked(
     shared_mac: bool,
     mode: TrunkMode,
 ) -> Result<Made> {
-    p.dp.add_network(
-        idx,
-        NetConfig {
-            gateway_ip: rec.gateway,
-            gateway_mac: Mac([0; 6]),
-            prefix: rec.subnet.prefix_len(),
-            routed: false,
-            gateway: false,
-        },
-    )?;
+    // the switch answers the resolver's address (ARP, ping) and hands it
+    // DNS; nothing else of a gateway: the real one is on the segment
+    let dns = rec.dns_names.then(|| resolver_addr(rec));
+    let cfg = NetConfig {
+        gateway_ip: dns.unwrap_or(rec.gateway),
+        gateway_mac: dns.map(Mac::from_ipv4).unwrap_or(Mac([0; 6])),
+        prefix: 32,
+        routed: false,
+        gateway: dns.is_some(),
+    };
+    p.dp.add_network(idx, cfg)?;
+    if let Some(ip) = dns {
+        // prefix 0: every container address is on the resolver's link
+        p.dns_svc.send(dnsd::Event::AddNet {
+            net: idx,
+            ip,
+            prefix: 0,
+            mac: cfg.gateway_mac,
+            mtu: rec.mtu,
+        });
+    }
     let hosts: Vec<_> = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
     p.dp.set_trunk_policy(idx, mode, hosts.clone())?;
     // A parent that is missing (at a restart, say) leaves the network up
@@ -222,6 +253,13 @@ fn delete_trunked(p: &Plumbing, net: &Net) {
     if let Err(e) = p.dp.remove_network(net.idx) {
         super::super::log(format!("network {}: {e}", net.rec.name));
     }
+    if net.rec.dns_names {
+        p.dns_svc.send(dnsd::Event::RemoveNet(net.idx));
+    }
+}
+
+fn resolver(rec: &NetworkRecord) -> Option<Ipv4Addr> {
+    rec.dns_names.then(|| resolver_addr(rec))
 }
 
 fn macvlan_mode(rec: &NetworkRecord) -> TrunkMode {
@@ -284,6 +322,14 @@ impl NetworkDriver for Macvlan {
         Err(no_ports("macvlan"))
     }
 
+    fn resolver(&self, rec: &NetworkRecord) -> Option<Ipv4Addr> {
+        resolver(rec)
+    }
+
+    fn link_routes(&self, rec: &NetworkRecord) -> Vec<Ipv4Addr> {
+        resolver(rec).into_iter().collect()
+    }
+
     fn endpoints_changed(&self, p: &Plumbing, net: &Net) {
         set_policy(p, net, macvlan_mode(&net.rec))
     }
@@ -308,6 +354,14 @@ impl NetworkDriver for Ipvlan {
 
     fn publishes(&self, _rec: &NetworkRecord) -> std::result::Result<(), String> {
         Err(no_ports("ipvlan"))
+    }
+
+    fn resolver(&self, rec: &NetworkRecord) -> Option<Ipv4Addr> {
+        resolver(rec)
+    }
+
+    fn link_routes(&self, rec: &NetworkRecord) -> Vec<Ipv4Addr> {
+        resolver(rec).into_iter().collect()
     }
 
     fn endpoints_changed(&self, p: &Plumbing, net: &Net) {

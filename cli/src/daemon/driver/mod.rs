@@ -107,6 +107,7 @@ pub trait NetworkDriver: Sync {
             prefix: net.rec.subnet.prefix_len(),
             mtu: e.mtu,
             default_gw: e.default_route.then_some(net.rec.gateway),
+            link_routes: self.link_routes(&net.rec),
         };
         let fd = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec)?;
         Ok(p.dp.add_port(container, net.idx, e.mtu, fd)?)
@@ -114,6 +115,17 @@ pub trait NetworkDriver: Sync {
 
     /// Called after the network's endpoints changed (and after restore).
     fn endpoints_changed(&self, _p: &Plumbing, _net: &Net) {}
+
+    /// The address of the resolver that answers the network's container
+    /// names (the containers' nameserver), if the network has names.
+    fn resolver(&self, rec: &NetworkRecord) -> Option<std::net::Ipv4Addr> {
+        rec.dns_names.then_some(rec.gateway)
+    }
+
+    /// Host routes an endpoint needs besides its subnet and default route.
+    fn link_routes(&self, _rec: &NetworkRecord) -> Vec<std::net::Ipv4Addr> {
+        vec![]
+    }
 }
 
 /// What an endpoint asks for, for [`NetworkDriver::check_join`].
