@@ -372,6 +372,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 socket,
                 state_dir: a.state_dir.clone().unwrap_or_else(default_state_dir),
                 tun_device: a.tun_device.clone(),
+                netns_dir: daemon::netns::NETNS_DIR.into(),
                 mac_aging: Duration::from_secs(a.mac_aging),
                 netns_prefix: a.netns_prefix,
                 bufs_per_port: a.bufs_per_port,

@@ -24,6 +24,7 @@ fn main() {
                 offload: true,
                 persist: false,
                 queues: 1,
+                clone_device: None,
             })
         })
         .unwrap()

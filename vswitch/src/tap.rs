@@ -90,22 +90,8 @@ pub fn in_netns<T: Send>(ns: &NetnsRef, f: impl FnOnce() -> T + Send) -> io::Res
     })
 }
 
-static TUN_DEVICE: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
-
-/// Uses another TUN/TAP clone device than `/dev/net/tun` (a copy of the
-/// node a rootless user may open). Call once, before opening TAPs.
-pub fn set_tun_device(path: &Path) {
-    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
-        let _ = TUN_DEVICE.set(c);
-    }
-}
-
-fn tun_device() -> &'static std::ffi::CStr {
-    TUN_DEVICE
-        .get()
-        .map(|c| c.as_c_str())
-        .unwrap_or(c"/dev/net/tun")
-}
+/// The TUN/TAP clone device everyone has.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// How to open a TAP device.
 #[derive(Debug, Clone)]
@@ -117,6 +103,9 @@ pub struct TapOptions {
     pub persist: bool,
     /// Number of queues (`IFF_MULTI_QUEUE` when more than one).
     pub queues: usize,
+    /// The clone device to open (None: [`TUN_DEVICE`]); e.g. a copy of the
+    /// node that a rootless user may open.
+    pub clone_device: Option<std::path::PathBuf>,
 }
 
 #[repr(C)]
@@ -144,8 +133,15 @@ pub fn open_tap(opts: &TapOptions) -> io::Result<Vec<OwnedFd>> {
     let cname = CString::new(name.as_str()).expect("checked");
     let queues = opts.queues.max(1);
     let mut fds = Vec::with_capacity(queues);
+    let dev = CString::new(
+        opts.clone_device
+            .as_deref()
+            .unwrap_or(Path::new(TUN_DEVICE))
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad TUN device path"))?;
     for q in 0..queues {
-        let dev = tun_device();
         let fd = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if fd < 0 {
             let e = io::Error::last_os_error();
@@ -226,6 +222,7 @@ mod tests {
                 offload: true,
                 persist: false,
                 queues: 1,
+                clone_device: None,
             };
             assert!(open_tap(&o).is_err(), "{n}");
         }

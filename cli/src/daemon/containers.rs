@@ -41,7 +41,7 @@ impl Core {
             n.pool.clone().allocate(Some(ip))?;
         }
         let nsname = format!("{}{name}", self.cfg.netns_prefix);
-        let path = netns::create_netns(&nsname)?;
+        let path = netns::create_netns(&self.cfg.netns_dir, &nsname)?;
         self.containers.insert(
             name.clone(),
             ContainerRecord {
@@ -111,7 +111,7 @@ impl Core {
                 warnings.push("published ports are discarded when using the none network".into());
             }
             let nsname = format!("{}{name}", self.cfg.netns_prefix);
-            (netns::create_netns(&nsname)?, true)
+            (netns::create_netns(&self.cfg.netns_dir, &nsname)?, true)
         } else if mode == HOST {
             if !req.ports.is_empty() {
                 warnings.push("published ports are discarded when using host network mode".into());

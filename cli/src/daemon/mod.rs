@@ -41,6 +41,9 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub tun_device: Option<PathBuf>,
+    /// Where container namespaces are pinned (/run/netns; rootless: a
+    /// directory of the daemon's own mount namespace).
+    pub netns_dir: PathBuf,
     pub mac_aging: Duration,
     /// Prefix of the namespaces `tapnet run` creates under /run/netns.
     pub netns_prefix: String,
@@ -278,6 +281,7 @@ impl Core {
     /// The parts of the daemon a driver programs.
     fn plumbing(&self) -> driver::Plumbing<'_> {
         driver::Plumbing {
+            tun_device: self.cfg.tun_device.as_deref(),
             dp: &self.dp,
             dns_svc: &self.dns_svc,
             socknat: self.socknat.as_ref(),

@@ -10,25 +10,13 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use vswitch::{in_netns, open_tap, Mac, NetnsRef, TapOptions};
 
-/// Where namespaces are bind-mounted: /run/netns, or (rootless) a
-/// directory of the daemon's own mount namespace.
-static NETNS_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-
-pub fn set_netns_dir(p: PathBuf) {
-    let _ = NETNS_DIR.set(p);
-}
-
-fn netns_dir() -> &'static Path {
-    NETNS_DIR
-        .get()
-        .map(|p| p.as_path())
-        .unwrap_or(Path::new("/run/netns"))
-}
+/// Where namespaces are bind-mounted unless the daemon says otherwise
+/// (rootless: a directory of its own mount namespace).
+pub const NETNS_DIR: &str = "/run/netns";
 
 /// Makes `/run/netns` a shared mount point (like iproute2) so namespace
 /// bind mounts made here are visible in every mount namespace.
-fn prepare_netns_dir() -> Result<()> {
-    let dir = netns_dir();
+fn prepare_netns_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let flags = MsFlags::MS_SHARED | MsFlags::MS_REC;
     if mount(None::<&str>, dir, Some("none"), flags, None::<&str>).is_ok() {
@@ -48,9 +36,9 @@ fn prepare_netns_dir() -> Result<()> {
 }
 
 /// Creates a new, empty network namespace pinned at `/run/netns/NAME`.
-pub fn create_netns(name: &str) -> Result<PathBuf> {
-    prepare_netns_dir()?;
-    let path = netns_dir().join(name);
+pub fn create_netns(dir: &Path, name: &str) -> Result<PathBuf> {
+    prepare_netns_dir(dir)?;
+    let path = dir.join(name);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -127,14 +115,16 @@ pub struct IfSpec {
 /// Opens (creating, or re-attaching to an existing persistent one) the TAP
 /// device inside `ns` and configures it: MAC, MTU, address, up, default
 /// route. Idempotent, so a restarted daemon can call it on a live endpoint.
-pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec) -> Result<OwnedFd> {
+pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Result<OwnedFd> {
     let spec = spec.clone();
+    let tun = tun.map(Path::to_path_buf);
     in_netns(ns, move || -> Result<OwnedFd> {
         let opts = TapOptions {
             name: spec.ifname.clone(),
             offload: true,
             persist: true,
             queues: 1,
+            clone_device: tun,
         };
         // EBUSY: the device's queue is still held by a previous daemon
         // that just died (its io_uring is torn down asynchronously and

@@ -134,17 +134,14 @@ fn router(s: Shared) -> Router {
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
-pub fn run(cfg: DaemonConfig) -> Result<()> {
+pub fn run(mut cfg: DaemonConfig) -> Result<()> {
     let rootless = !nix::unistd::geteuid().is_root();
     if rootless {
         // before any thread exists: unshare(CLONE_NEWUSER) needs that
-        enter_rootless(&cfg)?;
+        enter_rootless(&mut cfg)?;
         if cfg.uplink.is_some() {
             bail!("--uplink needs root (a packet socket on a host interface); rootless mode goes out through the host's sockets");
         }
-    }
-    if let Some(t) = &cfg.tun_device {
-        vswitch::tap::set_tun_device(t);
     }
     // fail at start, not at the first container, when TAPs cannot be made
     let tun = cfg
@@ -177,7 +174,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
 /// itself outside), and a private mount namespace for the namespaces'
 /// bind mounts. The daemon stays in the host's network namespace, so its
 /// sockets (NAT, DNS, published ports) are ordinary sockets of the user.
-fn enter_rootless(cfg: &DaemonConfig) -> Result<()> {
+fn enter_rootless(cfg: &mut DaemonConfig) -> Result<()> {
     use nix::mount::{mount, MsFlags};
     use nix::sched::{unshare, CloneFlags};
     let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
@@ -206,7 +203,7 @@ fn enter_rootless(cfg: &DaemonConfig) -> Result<()> {
         Some("mode=0755"),
     )
     .with_context(|| format!("mounting a tmpfs on {}", dir.display()))?;
-    super::netns::set_netns_dir(dir);
+    cfg.netns_dir = dir;
     eprintln!("tapnet: rootless mode (uid {uid}); outbound through the host's sockets");
     Ok(())
 }

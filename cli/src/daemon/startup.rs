@@ -22,6 +22,9 @@ impl Core {
             busy_poll_us: cfg.busy_poll_us,
             punt: Some(dns_svc.hook()),
             route: sock.as_ref().map(|(s, _)| s.hook()),
+            on_error: Some(vswitch::datapath::ErrorHook(Arc::new(|m: &str| {
+                log(format!("datapath: {m}"))
+            }))),
             ..Default::default()
         })
         .context("starting the datapath")?;

@@ -49,6 +49,8 @@ impl Scope {
 
 /// The daemon's parts a driver programs.
 pub struct Plumbing<'a> {
+    /// The TUN clone device (None: /dev/net/tun).
+    pub tun_device: Option<&'a std::path::Path>,
     pub dp: &'a Datapath,
     pub dns_svc: &'a dnsd::DnsService,
     pub socknat: Option<&'a socknat::SockNat>,
@@ -109,7 +111,7 @@ pub trait NetworkDriver: Sync {
             default_gw: e.default_route.then_some(net.rec.gateway),
             link_routes: self.link_routes(&net.rec),
         };
-        let fd = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec)?;
+        let fd = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec, p.tun_device)?;
         Ok(p.dp.add_port(container, net.idx, e.mtu, fd)?)
     }
 

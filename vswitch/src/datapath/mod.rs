@@ -20,6 +20,10 @@
 //! that the worker reads through the ring; commands are applied between
 //! batches, and the worker never waits for the control plane.
 
+mod io;
+mod l2;
+mod l3;
+
 use crate::bufring::BufRing;
 use crate::mac::Mac;
 use crate::router;
@@ -30,7 +34,6 @@ use crate::vnet::VNET_HDR_LEN;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +63,19 @@ impl std::fmt::Debug for PuntHook {
     }
 }
 
+/// Where the worker reports what it cannot fix itself (a failed submit, a
+/// buffer ring the kernel refused): one line each. Called on the datapath
+/// thread: it must not block. Without one, reports are only counted
+/// ([`Snapshot::worker_errors`]): this library does not print.
+#[derive(Clone)]
+pub struct ErrorHook(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for ErrorHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErrorHook")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
     pub aging: Duration,
@@ -77,6 +93,7 @@ pub struct DatapathConfig {
     /// Where routed frames go when there is no uplink: the socket NAT
     /// (none: ICMP net-unreachable).
     pub route: Option<PuntHook>,
+    pub on_error: Option<ErrorHook>,
 }
 
 impl Default for DatapathConfig {
@@ -90,6 +107,7 @@ impl Default for DatapathConfig {
             busy_poll_us: 0,
             punt: None,
             route: None,
+            on_error: None,
         }
     }
 }
@@ -97,7 +115,7 @@ impl Default for DatapathConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("io_uring setup failed: {0}")]
-    Setup(io::Error),
+    Setup(std::io::Error),
     #[error("the datapath worker has stopped")]
     Stopped,
     #[error("the datapath did not answer within {0:?}")]
@@ -141,6 +159,8 @@ pub struct Snapshot {
     /// "multishot" (buffer ring) or "single" (one plain read per port).
     pub read_mode: &'static str,
     pub uplink: Option<UplinkSnapshot>,
+    /// Problems the worker reported (see [`ErrorHook`]).
+    pub worker_errors: u64,
 }
 
 enum Cmd {
@@ -250,7 +270,7 @@ impl Datapath {
     pub fn start(cfg: DatapathConfig) -> Result<Datapath, DatapathError> {
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
-            return Err(DatapathError::Setup(io::Error::last_os_error()));
+            return Err(DatapathError::Setup(std::io::Error::last_os_error()));
         }
         let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
         let (tx, rx) = mpsc::channel();
@@ -431,7 +451,7 @@ impl Drop for Datapath {
     }
 }
 
-fn make_ring(entries: u32) -> io::Result<IoUring> {
+fn make_ring(entries: u32) -> std::io::Result<IoUring> {
     // DEFER_TASKRUN + SINGLE_ISSUER: completions are processed only when this
     // thread enters the ring, which is exactly the batch loop below.
     IoUring::builder()
@@ -489,11 +509,30 @@ struct IoPort {
     done: Vec<mpsc::SyncSender<()>>,
 }
 
-impl IoPort {
-    #[inline]
-    fn buf_ptr(&mut self, b: usize) -> *mut u8 {
-        self.bufs[b * BUF_SIZE..].as_mut_ptr()
-    }
+/// The NAT pseudo-network the uplink port sits in (no flooding, no MACs).
+const UPLINK_NET: NetIdx = NetIdx::MAX;
+
+struct Uplink {
+    slot: PortIdx,
+    name: String,
+    mac: Mac,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    nat: nat::Nat,
+    /// IP -> (MAC, learned at ms).
+    arp: FxHashMap<Ipv4Addr, (Mac, u64)>,
+    last_arp_request: u64,
+    no_neighbor: u64,
+}
+
+fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 struct Worker {
@@ -523,61 +562,7 @@ struct State {
     injects: Vec<Option<(Vec<u8>, u32)>>,
     inject_free: Vec<usize>,
     uplink: Option<Uplink>,
-}
-
-/// The NAT pseudo-network the uplink port sits in (no flooding, no MACs).
-const UPLINK_NET: NetIdx = NetIdx::MAX;
-
-struct Uplink {
-    slot: PortIdx,
-    name: String,
-    mac: Mac,
-    ip: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
-    nat: nat::Nat,
-    /// IP -> (MAC, learned at ms).
-    arp: FxHashMap<Ipv4Addr, (Mac, u64)>,
-    last_arp_request: u64,
-    no_neighbor: u64,
-}
-
-impl Uplink {
-    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
-        let m = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix.min(32))
-        };
-        u32::from(ip) & m == u32::from(self.ip) & m
-    }
-
-    fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
-        if self.in_subnet(dst) {
-            dst
-        } else {
-            self.gateway
-        }
-    }
-
-    /// An ARP request for `ip` from the uplink address.
-    fn arp_request(&self, ip: Ipv4Addr) -> Vec<u8> {
-        eth::vnet_frame(
-            eth::BROADCAST,
-            self.mac.0,
-            eth::ETHERTYPE_ARP,
-            &arp::request(self.mac.0, self.ip, ip),
-        )
-    }
-}
-
-fn now_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    worker_errors: u64,
 }
 
 impl Worker {
@@ -613,6 +598,7 @@ impl Worker {
                 injects: Vec::new(),
                 inject_free: Vec::new(),
                 uplink: None,
+                worker_errors: 0,
             },
         }
     }
@@ -626,7 +612,7 @@ impl Worker {
         let mut had_work = false;
         loop {
             if let Err(e) = self.flush() {
-                eprintln!("tapnet datapath: submit failed: {e}");
+                self.st.report(&format!("submit failed: {e}"));
                 break;
             }
             if self.st.exiting && self.st.ports.iter().all(|p| p.is_none()) {
@@ -651,7 +637,7 @@ impl Worker {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => {
-                    eprintln!("tapnet datapath: io_uring_enter failed: {e}");
+                    self.st.report(&format!("io_uring_enter failed: {e}"));
                     break;
                 }
             }
@@ -675,9 +661,11 @@ impl Worker {
     /// Registers the buffer rings of new ports (then arms their reads) and
     /// unregisters those of freed ports.
     fn buffer_rings(&mut self) {
-        for (bgid, ring) in self.st.to_unregister.drain(..) {
+        let gone = std::mem::take(&mut self.st.to_unregister);
+        for (bgid, ring) in gone {
             if let Err(e) = self.ring.submitter().unregister_buf_ring(bgid) {
-                eprintln!("tapnet datapath: unregistering buffer ring {bgid}: {e}");
+                self.st
+                    .report(&format!("unregistering buffer ring {bgid}: {e}"));
                 std::mem::forget(ring); // the kernel may still point at it
             }
         }
@@ -702,16 +690,17 @@ impl Worker {
             match r {
                 Ok(()) => self.st.arm(slot),
                 Err(e) => {
-                    eprintln!("tapnet datapath: port {}: buffer ring: {e}", p.name);
+                    let msg = format!("port {}: buffer ring: {e}", p.name);
                     p.ring = None;
                     p.state = PortState::Failed;
+                    self.st.report(&msg);
                 }
             }
         }
     }
 
     /// Moves queued SQEs into the ring, submitting whenever it is full.
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> std::io::Result<()> {
         let (submitter, mut sq, _) = self.ring.split();
         for e in self.st.sqes.drain(..) {
             // SAFETY: every buffer an entry points at (port buffers, the
@@ -728,739 +717,12 @@ impl Worker {
 }
 
 impl State {
-    fn post_event_read(&mut self) {
-        let e = opcode::Read::new(
-            types::Fd(self.efd.as_raw_fd()),
-            &mut *self.efd_buf as *mut u64 as *mut u8,
-            8,
-        )
-        .build()
-        .user_data(ud(K_EVENT, 0, 0, 0));
-        self.sqes.push(e);
-    }
-
-    fn post_tick(&mut self) {
-        let e = opcode::Timeout::new(&*self.tick as *const types::Timespec)
-            .build()
-            .user_data(ud(K_TICK, 0, 0, 0));
-        self.sqes.push(e);
-    }
-
-    /// Posts the port's read if none is posted and a buffer is free.
-    #[inline]
-    fn arm(&mut self, slot: PortIdx) {
-        let Some(p) = self.ports[slot as usize].as_mut() else {
-            return;
-        };
-        if p.state != PortState::Up || p.armed {
-            return;
+    /// See [`ErrorHook`].
+    fn report(&mut self, msg: &str) {
+        self.worker_errors += 1;
+        if let Some(h) = &self.cfg.on_error {
+            (h.0)(msg);
         }
-        let e = if let Some(ring) = p.ring.as_ref() {
-            if p.in_use >= ring.entries() as u32 {
-                return; // re-armed when a buffer comes back
-            }
-            opcode::ReadMulti::new(types::Fd(p.fd.as_raw_fd()), 0, slot as u16)
-                .build()
-                .user_data(ud(K_READ, slot, slot, 0))
-        } else {
-            let Some(b) = p.free.pop() else {
-                return;
-            };
-            p.in_use += 1;
-            opcode::Read::new(
-                types::Fd(p.fd.as_raw_fd()),
-                p.buf_ptr(b as usize),
-                BUF_SIZE as u32,
-            )
-            .build()
-            .user_data(ud(K_READ, slot, slot, b as usize))
-        };
-        p.armed = true;
-        p.inflight += 1;
-        self.sqes.push(e);
-    }
-
-    /// Gives buffer `b` back to the port's receive side.
-    #[inline]
-    fn recycle(&mut self, slot: PortIdx, b: usize) {
-        let Some(p) = self.ports[slot as usize].as_mut() else {
-            return;
-        };
-        p.in_use -= 1;
-        if p.state != PortState::Up {
-            return;
-        }
-        let ptr = p.buf_ptr(b);
-        match p.ring.as_mut() {
-            Some(r) => r.push(ptr, BUF_SIZE as u32, b as u16),
-            None => p.free.push(b as u16),
-        }
-        if !p.armed {
-            self.arm(slot);
-        }
-    }
-
-    /// Queues a write of `src`'s buffer `b` to port `dst`; true if the
-    /// write holds the buffer (false: `dst` cannot take it, or took a
-    /// rewritten copy).
-    #[inline]
-    fn post_write(&mut self, src: PortIdx, b: usize, dst: PortIdx) -> bool {
-        let (ptr, len) = {
-            let Some(p) = self.ports[src as usize].as_mut() else {
-                return false;
-            };
-            (p.buf_ptr(b), p.lens[b])
-        };
-        let Some(d) = self.ports.get_mut(dst as usize).and_then(|d| d.as_mut()) else {
-            return false;
-        };
-        if d.state != PortState::Up {
-            return false;
-        }
-        if d.xform.as_ref().is_some_and(|x| x.rewrites()) {
-            // a VLAN tag or the shared MAC: a copy, since a flooded
-            // buffer is written to other ports unchanged
-            let x = self.ports[dst as usize]
-                .as_ref()
-                .and_then(|d| d.xform.as_deref());
-            let p = self.ports[src as usize].as_ref();
-            let base = b * BUF_SIZE;
-            let copy = x
-                .zip(p)
-                .and_then(|(x, p)| trunk::egress_frame(x, &p.bufs[base..base + len as usize]));
-            if let Some(f) = copy {
-                self.send_owned(dst, f);
-            }
-            return false;
-        }
-        d.inflight += 1;
-        let e = opcode::Write::new(types::Fd(d.fd.as_raw_fd()), ptr, len)
-            .build()
-            .user_data(ud(K_WRITE, src, dst, b));
-        self.sqes.push(e);
-        let p = self.ports[src as usize].as_mut().expect("checked");
-        p.inflight += 1;
-        p.refs[b] += 1;
-        true
-    }
-
-    fn complete(&mut self, u: u64, res: i32, flags: u32, now: u64) {
-        let (kind, a, b, buf) = ud_parts(u);
-        match kind {
-            K_READ => self.read_done(a, buf, res, flags, now),
-            K_WRITE => self.write_done(a, b, buf, res),
-            K_EVENT => {
-                self.apply_commands();
-                if !self.exiting {
-                    self.post_event_read();
-                }
-            }
-            K_TICK => {
-                if now.saturating_sub(self.last_age) >= 1000 {
-                    self.sw.table.age(now);
-                    self.last_age = now;
-                    self.uplink_tick(now);
-                }
-                if !self.exiting {
-                    self.post_tick();
-                }
-            }
-            K_INJECT => self.inject_done(a, buf, res),
-            K_CANCEL => {
-                if let Some(p) = self.ports[a as usize].as_mut() {
-                    p.inflight -= 1;
-                }
-                self.maybe_free(a);
-            }
-            _ => {}
-        }
-    }
-
-    #[inline]
-    fn read_done(&mut self, slot: PortIdx, ud_buf: usize, res: i32, flags: u32, now: u64) {
-        let Some(p) = self.ports[slot as usize].as_mut() else {
-            return;
-        };
-        let multishot = p.ring.is_some();
-        if !(multishot && cqueue::more(flags)) {
-            p.armed = false;
-            p.inflight -= 1;
-        }
-        // the buffer the frame is in, if any
-        let buf = if multishot {
-            cqueue::buffer_select(flags).map(|b| {
-                p.in_use += 1;
-                b as usize
-            })
-        } else {
-            Some(ud_buf)
-        };
-        if p.state != PortState::Up {
-            if let Some(b) = buf {
-                self.recycle(slot, b);
-            }
-            self.maybe_free(slot);
-            return;
-        }
-        if res < 0 || buf.is_none() {
-            if let Some(b) = buf {
-                self.recycle(slot, b);
-            }
-            let p = self.ports[slot as usize].as_mut().expect("checked");
-            match -res {
-                // out of buffers: re-armed as soon as one comes back
-                // ENETDOWN: a trunk's parent went down; the packet socket
-                // reports it once and reads again when it comes back
-                libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ENETDOWN | 0 => self.arm(slot),
-                libc::ECANCELED => {}
-                _ => {
-                    // EBADFD and friends: the device is gone or detached.
-                    p.state = PortState::Failed;
-                }
-            }
-            return;
-        }
-        let b = buf.expect("checked");
-        // keep the port reading while this frame is switched
-        self.arm(slot);
-        if self.uplink.as_ref().is_some_and(|u| u.slot == slot) {
-            self.uplink_rx(slot, b, res as usize, now);
-            return;
-        }
-        let p = self.ports[slot as usize].as_mut().expect("checked");
-        let len = res as usize;
-        p.lens[b] = len as u32;
-        let base = b * BUF_SIZE;
-        if let Some(x) = p.xform.as_deref() {
-            trunk::ipvlan_ingress(x, &mut p.bufs[base..base + len]);
-        }
-        let frame = &p.bufs[base..base + len];
-        let d = self.sw.decide(slot, frame, now);
-        match d {
-            Decision::Drop(_) => self.recycle(slot, b),
-            Decision::Unicast(dst) => {
-                if !self.post_write(slot, b, dst) {
-                    self.recycle(slot, b);
-                }
-            }
-            Decision::Flood(net) | Decision::FloodExcept(net, _) => {
-                let except = match d {
-                    Decision::FloodExcept(_, e) => e,
-                    _ => slot,
-                };
-                let mut sent = false;
-                let n = self.sw.network(net).map(|n| n.ports.len()).unwrap_or(0);
-                for i in 0..n {
-                    let dst = self.sw.network(net).expect("checked").ports[i];
-                    if dst != slot && dst != except {
-                        sent |= self.post_write(slot, b, dst);
-                    }
-                }
-                if !sent {
-                    self.recycle(slot, b);
-                }
-            }
-            Decision::Gateway(net) => {
-                let cfg = self.sw.network(net).expect("decided on it").cfg;
-                let p = self.ports[slot as usize].as_mut().expect("checked");
-                match router::answer(&cfg, &mut p.bufs[base..base + BUF_SIZE], len) {
-                    Ok(router::GwAction::Punt) => {
-                        let hook = self.cfg.punt.clone();
-                        self.punt(hook.as_ref(), slot, net, b, len);
-                    }
-                    Ok(router::GwAction::Route) => self.route_out(slot, net, b, len, now),
-                    Ok(router::GwAction::Reply(n)) => {
-                        p.lens[b] = n as u32;
-                        if let Some(sp) = self.sw.port_mut(slot) {
-                            sp.counters.gateway_replies += 1;
-                        }
-                        if !self.post_write(slot, b, slot) {
-                            self.recycle(slot, b);
-                        }
-                    }
-                    Err(r) => {
-                        self.sw.count_drop(slot, r);
-                        self.recycle(slot, b);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The egress side of a completed write: in-flight count, tx counters
-    /// or a tx_error drop.
-    #[inline]
-    fn tx_done(&mut self, dst: PortIdx, res: i32) {
-        if let Some(d) = self.ports[dst as usize].as_mut() {
-            d.inflight -= 1;
-            if res >= 0 {
-                self.sw
-                    .count_tx(dst, (res as usize).saturating_sub(VNET_HDR_LEN));
-            } else if res != -libc::ECANCELED {
-                self.sw.count_drop(dst, DropReason::TxError);
-            }
-        }
-    }
-
-    #[inline]
-    fn write_done(&mut self, src: PortIdx, dst: PortIdx, b: usize, res: i32) {
-        self.tx_done(dst, res);
-        let mut repost = false;
-        if let Some(p) = self.ports[src as usize].as_mut() {
-            p.inflight -= 1;
-            p.refs[b] -= 1;
-            repost = p.refs[b] == 0;
-        }
-        if repost {
-            self.recycle(src, b);
-        }
-        self.maybe_free(dst);
-        if src != dst {
-            self.maybe_free(src);
-        }
-    }
-
-    /// Writes a frame from the gateway to its destination port(s).
-    fn inject(&mut self, net: NetIdx, frame: Vec<u8>) {
-        if frame.len() < VNET_HDR_LEN + 14 {
-            return;
-        }
-        let Some(n) = self.sw.network(net) else {
-            return;
-        };
-        let dst = Mac::from_slice(&frame[VNET_HDR_LEN..]);
-        let unicast = (!dst.is_multicast())
-            .then(|| self.sw.table.lookup(net, &dst, now_ms()))
-            .flatten();
-        let count = if unicast.is_some() { 1 } else { n.ports.len() };
-        let idx = self.inject_free.pop().unwrap_or_else(|| {
-            self.injects.push(None);
-            self.injects.len() - 1
-        });
-        let ptr = frame.as_ptr();
-        let len = frame.len() as u32;
-        let mut writes = 0;
-        // the target ports by index: no allocation per frame
-        for i in 0..count {
-            let t = match unicast {
-                Some(p) => p,
-                None => self.sw.network(net).expect("checked").ports[i],
-            };
-            let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
-                continue;
-            };
-            // the gateway's services answer containers, not the segment
-            if d.state != PortState::Up || d.xform.is_some() {
-                continue;
-            }
-            d.inflight += 1;
-            writes += 1;
-            // the Vec's heap buffer does not move while it sits in `injects`
-            let e = opcode::Write::new(types::Fd(d.fd.as_raw_fd()), ptr, len)
-                .build()
-                .user_data(ud(K_INJECT, t, 0, idx));
-            self.sqes.push(e);
-        }
-        if writes == 0 {
-            self.inject_free.push(idx);
-        } else {
-            self.injects[idx] = Some((frame, writes));
-        }
-    }
-
-    /// Writes an owned frame (vnet header + Ethernet) to port `t`.
-    fn send_owned(&mut self, t: PortIdx, frame: Vec<u8>) {
-        let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
-            return;
-        };
-        if d.state != PortState::Up {
-            return;
-        }
-        let idx = self.inject_free.pop().unwrap_or_else(|| {
-            self.injects.push(None);
-            self.injects.len() - 1
-        });
-        d.inflight += 1;
-        let e = opcode::Write::new(
-            types::Fd(d.fd.as_raw_fd()),
-            frame.as_ptr(),
-            frame.len() as u32,
-        )
-        .build()
-        .user_data(ud(K_INJECT, t, 0, idx));
-        self.sqes.push(e);
-        self.injects[idx] = Some((frame, 1));
-    }
-
-    fn set_uplink(&mut self, u: UplinkConfig, id: PortId) {
-        if self.uplink.is_some() {
-            return;
-        }
-        let slot = self.add_io_port(
-            PortKind::Uplink,
-            id,
-            u.name.clone(),
-            UPLINK_NET,
-            u.mtu,
-            u.fd,
-        );
-        self.uplink = Some(Uplink {
-            slot,
-            name: u.name,
-            mac: u.mac,
-            ip: u.ip,
-            prefix: u.prefix,
-            gateway: u.gateway,
-            nat: nat::Nat::new(u.nat),
-            arp: FxHashMap::default(),
-            last_arp_request: 0,
-            no_neighbor: 0,
-        });
-        self.uplink_tick(now_ms());
-    }
-
-    /// Once a second: expire NAT entries, keep the gateway's MAC fresh.
-    fn uplink_tick(&mut self, now: u64) {
-        let Some(u) = self.uplink.as_mut() else {
-            return;
-        };
-        u.nat.expire(now);
-        u.arp.retain(|_, (_, t)| now.saturating_sub(*t) < 300_000);
-        let stale = u
-            .arp
-            .get(&u.gateway)
-            .is_none_or(|(_, t)| now.saturating_sub(*t) > 60_000);
-        if stale {
-            let (slot, f) = (u.slot, u.arp_request(u.gateway));
-            u.last_arp_request = now;
-            self.send_owned(slot, f);
-        }
-    }
-
-    /// Hands a copy of the frame in `slot`'s buffer `b` to a service hook
-    /// (counted as punted, or as a drop: service_busy when it refused,
-    /// gateway_unsupported without a hook) and recycles the buffer.
-    fn punt(&mut self, hook: Option<&PuntHook>, slot: PortIdx, net: NetIdx, b: usize, len: usize) {
-        let reason = match hook {
-            Some(h) => {
-                let p = self.ports[slot as usize].as_ref().expect("checked");
-                let base = b * BUF_SIZE;
-                (!(h.0)(net, &p.bufs[base..base + len])).then_some(DropReason::ServiceBusy)
-            }
-            None => Some(DropReason::GatewayUnsupported),
-        };
-        match reason {
-            None => {
-                if let Some(sp) = self.sw.port_mut(slot) {
-                    sp.counters.punted += 1;
-                }
-            }
-            Some(r) => self.sw.count_drop(slot, r),
-        }
-        self.recycle(slot, b);
-    }
-
-    /// A routed frame from network `net` (in `slot`'s buffer `b`): NAT it
-    /// and send it out of the uplink, or answer with an ICMP error.
-    fn route_out(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize, now: u64) {
-        let base = b * BUF_SIZE;
-        let cfg = self.sw.network(net).expect("decided on it").cfg;
-        const I: usize = VNET_HDR_LEN + 14;
-        let dst = {
-            let p = self.ports[slot as usize].as_ref().expect("checked");
-            let f = &p.bufs[base..base + len];
-            Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19])
-        };
-        // other tapnet networks are never reachable from here
-        // (a macvlan or ipvlan network's subnet is a real segment's: routed
-        // like any other destination)
-        if self
-            .sw
-            .networks()
-            .any(|(_, n)| n.cfg.gateway && n.cfg.contains(dst))
-        {
-            self.sw.count_drop(slot, DropReason::NoRoute);
-            self.recycle(slot, b);
-            return;
-        }
-        if self.uplink.is_none() && cfg.routed {
-            if let Some(h) = self.cfg.route.clone() {
-                // the socket NAT behind the gateway takes it
-                self.punt(Some(&h), slot, net, b, len);
-                return;
-            }
-        }
-        if self.uplink.is_none() || !cfg.routed {
-            // a router without a route: network unreachable
-            let p = self.ports[slot as usize].as_mut().expect("checked");
-            match router::icmp_error(&cfg, &mut p.bufs[base..base + BUF_SIZE], len, 3, 0) {
-                Ok(n) => {
-                    p.lens[b] = n as u32;
-                    self.sw.count_drop(slot, DropReason::NoRoute);
-                    if !self.post_write(slot, b, slot) {
-                        self.recycle(slot, b);
-                    }
-                }
-                Err(r) => {
-                    self.sw.count_drop(slot, r);
-                    self.recycle(slot, b);
-                }
-            }
-            return;
-        }
-        let u = self.uplink.as_mut().expect("checked");
-        let p = self.ports[slot as usize].as_mut().expect("checked");
-        let f = &mut p.bufs[base..base + len];
-        let src_mac: [u8; 6] = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
-            .try_into()
-            .expect("6");
-        if u.nat.outbound(net, src_mac, f, now).is_err() {
-            self.sw.count_drop(slot, DropReason::NatFailed);
-            self.recycle(slot, b);
-            return;
-        }
-        if dst == u.ip {
-            // hairpin: to our own address (a published port): back in
-            self.deliver_in(slot, b, len, now);
-            return;
-        }
-        let hop = u.next_hop(dst);
-        let Some(&(mac, _)) = u.arp.get(&hop) else {
-            u.no_neighbor += 1;
-            let up = u.slot;
-            let req = (now.saturating_sub(u.last_arp_request) >= 100).then(|| {
-                u.last_arp_request = now;
-                u.arp_request(hop)
-            });
-            self.sw.count_drop(slot, DropReason::NoRoute);
-            self.recycle(slot, b);
-            if let Some(f) = req {
-                self.send_owned(up, f);
-            }
-            return;
-        };
-        f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac.0);
-        f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&u.mac.0);
-        let up = u.slot;
-        if !self.post_write(slot, b, up) {
-            self.recycle(slot, b);
-        }
-    }
-
-    /// A frame from the uplink: ARP for our address, or an answer to
-    /// translate back to the container it belongs to.
-    fn uplink_rx(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
-        let base = b * BUF_SIZE;
-        if let Some(sp) = self.sw.port_mut(slot) {
-            sp.counters.rx_frames += 1;
-            sp.counters.rx_bytes += len.saturating_sub(VNET_HDR_LEN) as u64;
-        }
-        const E: usize = VNET_HDR_LEN;
-        if len < E + 14 + 20 {
-            self.recycle(slot, b);
-            return;
-        }
-        if let Some(p) = self.ports[slot as usize].as_mut() {
-            p.lens[b] = len as u32;
-        }
-        let u = self.uplink.as_mut().expect("checked");
-        let p = self.ports[slot as usize].as_mut().expect("checked");
-        let f = &mut p.bufs[base..base + len];
-        let ethertype = [f[E + eth::ETHERTYPE], f[E + eth::ETHERTYPE + 1]];
-        match ethertype {
-            eth::ETHERTYPE_ARP => {
-                let Some(mut a) = arp::Arp::new(&mut f[E + eth::HDR_LEN..]) else {
-                    self.recycle(slot, b);
-                    return;
-                };
-                let (sha, spa, tpa) = (Mac(a.sender_mac()), a.sender_ip(), a.target_ip());
-                if !sha.is_multicast()
-                    && u.in_subnet(spa)
-                    && (tpa == u.ip || u.arp.contains_key(&spa))
-                {
-                    u.arp.insert(spa, (sha, now));
-                }
-                if a.op() == arp::REQUEST && tpa == u.ip {
-                    // who has our address: we do
-                    a.make_reply(u.mac.0, u.ip);
-                    f[E + eth::DST..E + eth::DST + 6].copy_from_slice(&sha.0);
-                    f[E + eth::SRC..E + eth::SRC + 6].copy_from_slice(&u.mac.0);
-                    if !self.post_write(slot, b, slot) {
-                        self.recycle(slot, b);
-                    }
-                    return;
-                }
-                self.recycle(slot, b);
-            }
-            eth::ETHERTYPE_IPV4
-                if f[E + eth::HDR_LEN + ipv4::DST..E + eth::HDR_LEN + ipv4::DST + 4]
-                    == u.ip.octets() =>
-            {
-                self.deliver_in(slot, b, len, now);
-            }
-            _ => self.recycle(slot, b),
-        }
-    }
-
-    /// Translates a frame for the uplink address (from the wire, or a
-    /// hairpin from inside) back to its container and sends it there.
-    fn deliver_in(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
-        const E: usize = VNET_HDR_LEN;
-        const I: usize = E + 14;
-        let base = b * BUF_SIZE;
-        let u = self.uplink.as_mut().expect("an uplink");
-        let p = self.ports[slot as usize].as_mut().expect("checked");
-        let f = &mut p.bufs[base..base + len];
-        let Ok(inside) = u.nat.inbound(f, now) else {
-            self.recycle(slot, b);
-            return;
-        };
-        if f[I + 8] <= 1 {
-            self.recycle(slot, b);
-            return;
-        }
-        router::dec_ttl(f, I);
-        let dst_mac = Mac(inside.mac);
-        let Some(n) = self.sw.network(inside.net) else {
-            self.recycle(slot, b);
-            return;
-        };
-        f[E..E + 6].copy_from_slice(&dst_mac.0);
-        f[E + 6..E + 12].copy_from_slice(&n.cfg.gateway_mac.0);
-        let sent = match self.sw.table.lookup(inside.net, &dst_mac, now) {
-            Some(d) => self.post_write(slot, b, d),
-            None => {
-                // aged out of the table (a quiet server): flood like
-                // unknown unicast (by index: no allocation per frame)
-                let mut sent = false;
-                let count = n.ports.len();
-                for i in 0..count {
-                    let t = self.sw.network(inside.net).expect("checked").ports[i];
-                    sent |= self.post_write(slot, b, t);
-                }
-                sent
-            }
-        };
-        if !sent {
-            self.recycle(slot, b);
-        }
-    }
-
-    fn inject_done(&mut self, dst: PortIdx, idx: usize, res: i32) {
-        self.tx_done(dst, res);
-        if let Some(Some((_, w))) = self.injects.get_mut(idx) {
-            *w -= 1;
-            if *w == 0 {
-                self.injects[idx] = None;
-                self.inject_free.push(idx);
-            }
-        }
-        self.maybe_free(dst);
-    }
-
-    fn maybe_free(&mut self, slot: PortIdx) {
-        let Some(p) = self.ports[slot as usize].as_mut() else {
-            return;
-        };
-        if p.state != PortState::Closing || p.inflight != 0 {
-            return;
-        }
-        let mut p = self.ports[slot as usize].take().expect("checked");
-        self.sw.free_port(slot);
-        self.ids.remove(&p.id);
-        if let Some(r) = p.ring.take() {
-            self.to_unregister.push((slot as u16, r));
-        }
-        if p.delete_device {
-            let _ = crate::tap::set_persist(&p.fd, false);
-        }
-        drop(p.fd);
-        for d in p.done {
-            let _ = d.send(());
-        }
-    }
-
-    fn start_close(
-        &mut self,
-        slot: PortIdx,
-        delete_device: bool,
-        done: Option<mpsc::SyncSender<()>>,
-    ) {
-        let Some(p) = self.ports[slot as usize].as_mut() else {
-            return;
-        };
-        p.delete_device |= delete_device;
-        p.done.extend(done);
-        if p.state == PortState::Closing {
-            return;
-        }
-        p.state = PortState::Closing;
-        self.sw.detach_port(slot);
-        let e =
-            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(p.fd.as_raw_fd())).all())
-                .build()
-                .user_data(ud(K_CANCEL, slot, 0, 0));
-        p.inflight += 1;
-        self.sqes.push(e);
-    }
-
-    /// Adds a port (a TAP, or the uplink's packet socket) and starts reading.
-    fn add_io_port(
-        &mut self,
-        kind: PortKind,
-        id: PortId,
-        name: String,
-        net: NetIdx,
-        mtu: u32,
-        fd: OwnedFd,
-    ) -> PortIdx {
-        let slot = self.sw.add_port_kind(kind, net, mtu);
-        let nb = self.cfg.bufs_per_port.clamp(1, 4096).next_power_of_two();
-        let mut ring = None;
-        if self.multishot {
-            match BufRing::new(nb as u16) {
-                Ok(r) => ring = Some(r),
-                Err(e) => eprintln!("tapnet datapath: port {name}: {e}"),
-            }
-        }
-        let mut port = IoPort {
-            id,
-            name,
-            fd,
-            xform: None,
-            bufs: vec![0u8; nb * BUF_SIZE].into_boxed_slice(),
-            lens: vec![0; nb].into_boxed_slice(),
-            refs: vec![0; nb].into_boxed_slice(),
-            ring,
-            free: Vec::new(),
-            in_use: 0,
-            armed: false,
-            inflight: 0,
-            state: PortState::Up,
-            delete_device: false,
-            done: Vec::new(),
-        };
-        if self.ports.len() <= slot as usize {
-            self.ports.resize_with(slot as usize + 1, || None);
-        }
-        match port.ring.as_mut() {
-            Some(r) => {
-                for b in 0..nb {
-                    let ptr = port.bufs[b * BUF_SIZE..].as_mut_ptr();
-                    r.push(ptr, BUF_SIZE as u32, b as u16);
-                }
-            }
-            None => port.free = (0..nb as u16).rev().collect(),
-        }
-        let registered_later = port.ring.is_some();
-        self.ports[slot as usize] = Some(port);
-        self.ids.insert(id, slot);
-        if registered_later {
-            self.to_register.push(slot);
-        } else {
-            self.arm(slot);
-        }
-        slot
     }
 
     fn apply_commands(&mut self) {
@@ -1553,6 +815,7 @@ impl State {
             mac_moves: self.sw.table.moves,
             mac_table_full: self.sw.table.full_drops,
             aging_ms: self.sw.table.aging_ms(),
+            worker_errors: self.worker_errors,
             read_mode: if self.multishot {
                 "multishot"
             } else {

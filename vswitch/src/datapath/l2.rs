@@ -1,0 +1,111 @@
+//! The switching side of the worker: a received frame through the switch
+//! ([`crate::switch`]) to its port(s), to the gateway ([`crate::router`]),
+//! or to a service behind it.
+
+use super::*;
+
+impl State {
+    /// A frame from port `slot`, in its buffer `b` (`len` bytes with the
+    /// vnet header): the uplink's go to the router's L3 side, the others
+    /// through the switch. The buffer is written on or recycled.
+    #[inline]
+    pub(super) fn frame_in(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
+        if self
+            .sw
+            .port(slot)
+            .is_some_and(|p| p.kind == PortKind::Uplink)
+        {
+            self.uplink_rx(slot, b, len, now);
+            return;
+        }
+        let Some(p) = self.ports[slot as usize].as_mut() else {
+            return;
+        };
+        p.lens[b] = len as u32;
+        let base = b * BUF_SIZE;
+        if let Some(x) = p.xform.as_deref() {
+            trunk::ipvlan_ingress(x, &mut p.bufs[base..base + len]);
+        }
+        let frame = &p.bufs[base..base + len];
+        let d = self.sw.decide(slot, frame, now);
+        match d {
+            Decision::Drop(_) => self.recycle(slot, b),
+            Decision::Unicast(dst) => {
+                if !self.post_write(slot, b, dst) {
+                    self.recycle(slot, b);
+                }
+            }
+            Decision::Flood(net) | Decision::FloodExcept(net, _) => {
+                let except = match d {
+                    Decision::FloodExcept(_, e) => e,
+                    _ => slot,
+                };
+                let mut sent = false;
+                let n = self.sw.network(net).map(|n| n.ports.len()).unwrap_or(0);
+                for i in 0..n {
+                    let dst = self.sw.network(net).expect("checked").ports[i];
+                    if dst != slot && dst != except {
+                        sent |= self.post_write(slot, b, dst);
+                    }
+                }
+                if !sent {
+                    self.recycle(slot, b);
+                }
+            }
+            Decision::Gateway(net) => {
+                let cfg = self.sw.network(net).expect("decided on it").cfg;
+                let p = self.ports[slot as usize].as_mut().expect("checked");
+                match router::answer(&cfg, &mut p.bufs[base..base + BUF_SIZE], len) {
+                    Ok(router::GwAction::Punt) => {
+                        let hook = self.cfg.punt.clone();
+                        self.punt(hook.as_ref(), slot, net, b, len);
+                    }
+                    Ok(router::GwAction::Route) => self.route_out(slot, net, b, len, now),
+                    Ok(router::GwAction::Reply(n)) => {
+                        p.lens[b] = n as u32;
+                        if let Some(sp) = self.sw.port_mut(slot) {
+                            sp.counters.gateway_replies += 1;
+                        }
+                        if !self.post_write(slot, b, slot) {
+                            self.recycle(slot, b);
+                        }
+                    }
+                    Err(r) => {
+                        self.sw.count_drop(slot, r);
+                        self.recycle(slot, b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a copy of the frame in `slot`'s buffer `b` to a service hook
+    /// (counted as punted, or as a drop: service_busy when it refused,
+    /// gateway_unsupported without a hook) and recycles the buffer.
+    pub(super) fn punt(
+        &mut self,
+        hook: Option<&PuntHook>,
+        slot: PortIdx,
+        net: NetIdx,
+        b: usize,
+        len: usize,
+    ) {
+        let reason = match hook {
+            Some(h) => {
+                let p = self.ports[slot as usize].as_ref().expect("checked");
+                let base = b * BUF_SIZE;
+                (!(h.0)(net, &p.bufs[base..base + len])).then_some(DropReason::ServiceBusy)
+            }
+            None => Some(DropReason::GatewayUnsupported),
+        };
+        match reason {
+            None => {
+                if let Some(sp) = self.sw.port_mut(slot) {
+                    sp.counters.punted += 1;
+                }
+            }
+            Some(r) => self.sw.count_drop(slot, r),
+        }
+        self.recycle(slot, b);
+    }
+}
