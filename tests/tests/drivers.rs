@@ -815,3 +815,90 @@ fn driver_errors_leave_state_unchanged() {
     assert!(v["down"].is_null(), "{v:#}");
     assert!(v["trunk"]["port_id"].is_u64(), "{v:#}");
 }
+
+#[test]
+fn ipvlan_l3_routes_without_broadcast() {
+    let Some(mut env) = Env::new("ipvlan_l3_routes_without_broadcast", &[]) else {
+        return;
+    };
+    let lan = lan_ns(&env, "lan");
+    lan_link(&env, &lan, "lan0", "peer0", Some("10.86.0.1/24"));
+    // beyond the subnet, behind the gateway (the peer)
+    env.exec_ok(&lan, &["ip", "addr", "add", "10.99.9.1/32", "dev", "lo"]);
+    env.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "-o",
+        "ipvlan_mode=l3",
+        "--subnet",
+        "10.86.0.0/24",
+        "--gateway",
+        "10.86.0.1",
+        "-o",
+        "parent=lan0",
+        "il3",
+    ]);
+    let parent_mac = env
+        .exec_ok(
+            &env.host_ns.clone(),
+            &["cat", "/sys/class/net/lan0/address"],
+        )
+        .trim()
+        .to_string();
+    let j1 = env.container("il3", "j1", &[]);
+    let j2 = env.container("il3", "j2", &[]);
+    let r = env.exec_ok(&j1.ns, &["ip", "route", "show", "default"]);
+    assert!(r.contains("dev eth0") && !r.contains("via"), "{r}");
+    assert!(
+        ping(&env, &j1.ns, "10.86.0.1", 3),
+        "j1 cannot reach the peer"
+    );
+    assert!(
+        ping(&env, &j1.ns, "10.99.9.1", 3),
+        "j1 cannot reach beyond the gateway"
+    );
+    assert!(
+        ping(&env, &lan, &j2.ip.to_string(), 3),
+        "the peer cannot reach j2"
+    );
+    assert!(ping(&env, &j1.ns, &j2.ip.to_string(), 2), "j1 -> j2 inside");
+    for c in [&j1, &j2] {
+        let n = env.exec_ok(&lan, &["ip", "neigh", "show", &c.ip.to_string()]);
+        assert!(n.contains(&parent_mac), "peer sees {n} for {}", c.name);
+    }
+    // nothing answers for an address that is no endpoint's, and the
+    // segment's broadcasts do not reach the containers
+    assert!(!ping(&env, &lan, "10.86.0.77", 1));
+    let before = env.counters("il3", "j1");
+    let o = env.exec(
+        &lan,
+        &[
+            "ping",
+            "-b",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.86.0.255",
+        ],
+    );
+    let _ = o;
+    let after = env.counters("il3", "j1");
+    assert_eq!(
+        ctr(&before, "tx_frames"),
+        ctr(&after, "tx_frames"),
+        "a broadcast reached j1"
+    );
+    let o = env.tapnet(&["run", "--network", "il3", "--", "getent", "hosts", "j2"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("{} ", j2.ip)),
+        "j2 did not resolve: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let blob = env.random_file("blob", 20 << 20);
+    download(&mut env, &j1.ns, &lan, "10.86.0.1", 5005, &blob);
+}

@@ -22,8 +22,8 @@ pub mod uplink;
 pub use wire::vnet;
 
 pub use datapath::{
-    Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook, Snapshot,
-    TrunkConfig, UplinkConfig, UplinkSnapshot,
+    Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook, RoutedConfig,
+    Snapshot, TrunkConfig, UplinkConfig, UplinkSnapshot,
 };
 pub use mac::Mac;
 pub use switch::{DropCounters, NetConfig, PortCounters, PortKind, TrunkMode};

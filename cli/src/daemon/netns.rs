@@ -110,6 +110,9 @@ pub struct IfSpec {
     /// Host routes on the link (no gateway): service addresses answered on
     /// this interface from outside its subnet (a macvlan network's resolver).
     pub link_routes: Vec<Ipv4Addr>,
+    /// A default route through the interface itself, no gateway (ipvlan
+    /// L3: everything beyond is routed by the other side).
+    pub default_dev: bool,
 }
 
 /// Opens (creating, or re-attaching to an existing persistent one) the TAP
@@ -275,6 +278,17 @@ async fn configure(h: &rtnetlink::Handle, s: &IfSpec) -> Result<()> {
         if let Err(e) = h.route().add(route).execute().await {
             if !is_eexist(&e) {
                 bail!("adding the route to {dst} on {}: {e}", s.ifname);
+            }
+        }
+    }
+    if s.default_dev {
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(idx)
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .build();
+        if let Err(e) = h.route().add(route).execute().await {
+            if !is_eexist(&e) {
+                bail!("adding the default route on {}: {e}", s.ifname);
             }
         }
     }

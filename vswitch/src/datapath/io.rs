@@ -145,6 +145,7 @@ impl State {
                     self.sw.table.age(now);
                     self.last_age = now;
                     self.uplink_tick(now);
+                    self.routed_tick(now);
                 }
                 if !self.exiting {
                     self.post_tick();

@@ -10,13 +10,17 @@ impl State {
     /// through the switch. The buffer is written on or recycled.
     #[inline]
     pub(super) fn frame_in(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
-        if self
-            .sw
-            .port(slot)
-            .is_some_and(|p| p.kind == PortKind::Uplink)
-        {
-            self.uplink_rx(slot, b, len, now);
-            return;
+        match self.sw.port(slot).map(|p| (p.kind, p.net)) {
+            Some((PortKind::Uplink, _)) => {
+                self.uplink_rx(slot, b, len, now);
+                return;
+            }
+            Some((kind, net)) if !self.routed.is_empty() && self.routed.contains_key(&net) => {
+                if self.routed_in(slot, kind, net, b, len, now) {
+                    return;
+                }
+            }
+            _ => {}
         }
         let Some(p) = self.ports[slot as usize].as_mut() else {
             return;

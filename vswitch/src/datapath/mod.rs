@@ -23,6 +23,7 @@
 mod io;
 mod l2;
 mod l3;
+mod routed;
 
 use crate::bufring::BufRing;
 use crate::mac::Mac;
@@ -216,6 +217,18 @@ pub struct TrunkConfig {
     pub vlan: Option<u16>,
     /// ipvlan: containers share the parent's MAC on the wire.
     pub shared_mac: bool,
+    /// ipvlan L3: the segment is routed, not switched (see
+    /// `datapath::routed`).
+    pub routed: Option<RoutedConfig>,
+}
+
+/// A routed segment's addressing: next hops inside `subnet`/`prefix` are
+/// reached directly, the rest through `gateway`.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutedConfig {
+    pub gateway: Ipv4Addr,
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -562,6 +575,8 @@ struct State {
     injects: Vec<Option<(Vec<u8>, u32)>>,
     inject_free: Vec<usize>,
     uplink: Option<Uplink>,
+    /// L3 ipvlan networks.
+    routed: FxHashMap<NetIdx, routed::Routed>,
     worker_errors: u64,
 }
 
@@ -598,6 +613,7 @@ impl Worker {
                 injects: Vec::new(),
                 inject_free: Vec::new(),
                 uplink: None,
+                routed: FxHashMap::default(),
                 worker_errors: 0,
             },
         }
@@ -729,7 +745,10 @@ impl State {
         while let Ok(c) = self.rx.try_recv() {
             match c {
                 Cmd::AddNetwork(n, cfg) => self.sw.add_network(n, cfg),
-                Cmd::RemoveNetwork(n) => self.sw.remove_network(n),
+                Cmd::RemoveNetwork(n) => {
+                    self.sw.remove_network(n);
+                    self.routed.remove(&n);
+                }
                 Cmd::AddPort {
                     id,
                     name,
@@ -764,6 +783,20 @@ impl State {
                     };
                     if let Some(p) = self.ports[slot as usize].as_mut() {
                         p.xform = Some(Box::new(x));
+                    }
+                    if let Some(rc) = t.routed {
+                        self.routed.insert(
+                            net,
+                            routed::Routed {
+                                trunk: slot,
+                                mac: t.mac,
+                                gateway: rc.gateway,
+                                subnet: rc.subnet,
+                                prefix: rc.prefix,
+                                neigh: FxHashMap::default(),
+                                last_request: 0,
+                            },
+                        );
                     }
                 }
                 Cmd::SetTrunkPolicy(net, mode, hosts) => {

@@ -10,6 +10,9 @@
 //!   external switch must send frames back), `passthru` (one container).
 //! - ipvlan (`l2`): every container uses the parent's MAC on the wire; the
 //!   trunk rewrites it and finds the container by IP on the way in.
+//!   `l3`: the same, routed instead of switched (no broadcast crosses; ARP
+//!   is answered by tapnet on both sides; the containers' default route is
+//!   the interface; see `vswitch`'s `datapath::routed`).
 //!
 //! The gateway is an external router on the segment: tapnet answers nothing
 //! for it, does no NAT and publishes no ports. Container names resolve as
@@ -20,7 +23,7 @@
 
 use super::*;
 use std::net::Ipv4Addr;
-use vswitch::{Mac, NetConfig, TrunkConfig, TrunkMode};
+use vswitch::{Mac, NetConfig, RoutedConfig, TrunkConfig, TrunkMode};
 
 /// Where a macvlan or ipvlan network's containers find the resolver that
 /// knows their names. The gateway is an external router, so the resolver
@@ -176,6 +179,7 @@ fn create_trunked(
     rec: &NetworkRecord,
     shared_mac: bool,
     mode: TrunkMode,
+    routed: Option<RoutedConfig>,
 ) -> Result<Made> {
     // the switch answers the resolver's address (ARP, ping) and hands it
     // DNS; nothing else of a gateway: the real one is on the segment
@@ -234,6 +238,7 @@ fn create_trunked(
             mtu,
             vlan: parent.vlan,
             shared_mac,
+            routed,
         },
     )?;
     // again, now that the trunk is there to take the addresses
@@ -277,6 +282,10 @@ fn set_policy(p: &Plumbing, net: &Net, mode: TrunkMode) {
     }
 }
 
+fn is_l3(rec: &NetworkRecord) -> bool {
+    rec.options.get("ipvlan_mode").map(|s| s.as_str()) == Some("l3")
+}
+
 fn no_ports(driver: &str) -> String {
     format!(
         "ports cannot be published on a {driver} network: its containers are reachable directly on the parent's segment"
@@ -299,7 +308,7 @@ impl NetworkDriver for Macvlan {
     }
 
     fn create(&self, p: &Plumbing, idx: NetIdx, rec: &NetworkRecord) -> Result<Made> {
-        create_trunked(p, idx, rec, false, macvlan_mode(rec))
+        create_trunked(p, idx, rec, false, macvlan_mode(rec), None)
     }
 
     fn delete(&self, p: &Plumbing, net: &Net) {
@@ -341,11 +350,16 @@ impl NetworkDriver for Ipvlan {
     }
 
     fn check(&self, rec: &mut NetworkRecord, others: &[&NetworkRecord]) -> ApiResult<()> {
-        check_trunked("ipvlan", "ipvlan_mode", &["l2"], rec, others)
+        check_trunked("ipvlan", "ipvlan_mode", &["l2", "l3"], rec, others)
     }
 
     fn create(&self, p: &Plumbing, idx: NetIdx, rec: &NetworkRecord) -> Result<Made> {
-        create_trunked(p, idx, rec, true, TrunkMode::Bridge)
+        let routed = is_l3(rec).then(|| RoutedConfig {
+            gateway: rec.gateway,
+            subnet: rec.subnet.network(),
+            prefix: rec.subnet.prefix_len(),
+        });
+        create_trunked(p, idx, rec, true, TrunkMode::Bridge, routed)
     }
 
     fn delete(&self, p: &Plumbing, net: &Net) {
@@ -354,6 +368,10 @@ impl NetworkDriver for Ipvlan {
 
     fn publishes(&self, _rec: &NetworkRecord) -> std::result::Result<(), String> {
         Err(no_ports("ipvlan"))
+    }
+
+    fn default_via_gateway(&self, rec: &NetworkRecord) -> bool {
+        !is_l3(rec)
     }
 
     fn resolver(&self, rec: &NetworkRecord) -> Option<Ipv4Addr> {

@@ -108,7 +108,9 @@ pub trait NetworkDriver: Sync {
             ip: e.ip,
             prefix: net.rec.subnet.prefix_len(),
             mtu: e.mtu,
-            default_gw: e.default_route.then_some(net.rec.gateway),
+            default_gw: (e.default_route && self.default_via_gateway(&net.rec))
+                .then_some(net.rec.gateway),
+            default_dev: e.default_route && !self.default_via_gateway(&net.rec),
             link_routes: self.link_routes(&net.rec),
         };
         let fd = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec, p.tun_device)?;
@@ -122,6 +124,12 @@ pub trait NetworkDriver: Sync {
     /// names (the containers' nameserver), if the network has names.
     fn resolver(&self, rec: &NetworkRecord) -> Option<std::net::Ipv4Addr> {
         rec.dns_names.then_some(rec.gateway)
+    }
+
+    /// Whether an endpoint's default route goes through the network's
+    /// gateway (else through the interface itself).
+    fn default_via_gateway(&self, _rec: &NetworkRecord) -> bool {
+        true
     }
 
     /// Host routes an endpoint needs besides its subnet and default route.
