@@ -31,6 +31,41 @@ fn lan_link(env: &Env, lan: &str, host_if: &str, peer_if: &str, peer_cidr: Optio
     run_ok(Command::new("ip").args(["-n", lan, "link", "set", peer_if, "up"]));
 }
 
+/// `tapnet WORDS` (split on spaces) must succeed; its output.
+fn ok_words(env: &Env, words: &str) -> String {
+    env.ok(&words.split_whitespace().collect::<Vec<_>>())
+}
+
+/// A fresh daemon and a "LAN" namespace behind one veth (see
+/// [`lan_link`]); None when the test is skipped.
+fn lan_env(
+    test: &str,
+    host_if: &str,
+    peer_if: &str,
+    peer_cidr: Option<&str>,
+) -> Option<(Env, String)> {
+    let env = Env::new(test, &[])?;
+    let lan = lan_ns(&env, "lan");
+    lan_link(&env, &lan, host_if, peer_if, peer_cidr);
+    Some((env, lan))
+}
+
+/// Kills the daemon (SIGKILL), starts it again, and waits until `ns`
+/// reaches `ip` again (the endpoints came back).
+fn crash_and_reach(env: &mut Env, ns: &str, ip: &str) -> bool {
+    env.stop_daemon(libc::SIGKILL);
+    env.start_daemon();
+    wait_until(Duration::from_secs(10), || ping(env, ns, ip, 1))
+}
+
+/// The MAC of interface `ifname` in the daemon's namespace.
+fn host_mac(env: &Env, ifname: &str) -> String {
+    let path = format!("/sys/class/net/{ifname}/address");
+    env.exec_ok(&env.host_ns, &["cat", &path])
+        .trim()
+        .to_string()
+}
+
 fn lan_ns(env: &Env, short: &str) -> String {
     let ns = format!("{}{short}", env.prefix);
     run_ok(Command::new("ip").args(["netns", "add", &ns]));
@@ -245,40 +280,20 @@ fn none_host_and_container_modes() {
 
 #[test]
 fn macvlan_bridge_private_vlan_and_restart() {
-    let Some(mut env) = Env::new("macvlan_bridge_private_vlan_and_restart", &[]) else {
+    let Some((mut env, lan)) = lan_env(
+        "macvlan_bridge_private_vlan_and_restart",
+        "lan0",
+        "peer0",
+        Some("10.77.0.1/24"),
+    ) else {
         return;
     };
-    let lan = lan_ns(&env, "lan");
-    lan_link(&env, &lan, "lan0", "peer0", Some("10.77.0.1/24"));
     lan_link(&env, &lan, "lan1", "peer1", Some("10.78.0.1/24"));
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.77.0.0/24",
-        "--gateway",
-        "10.77.0.1",
-        "-o",
-        "parent=lan0",
-        "mv",
-    ]);
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.78.0.0/24",
-        "--gateway",
-        "10.78.0.1",
-        "-o",
-        "parent=lan1",
-        "-o",
-        "macvlan_mode=private",
-        "mvp",
-    ]);
+    ok_words(
+        &env,
+        "network create -d macvlan --subnet 10.77.0.0/24 --gateway 10.77.0.1 -o parent=lan0 mv",
+    );
+    ok_words(&env, "network create -d macvlan --subnet 10.78.0.0/24 --gateway 10.78.0.1 -o parent=lan1 -o macvlan_mode=private mvp");
     let ls = env.ok(&["network", "ls"]);
     assert!(
         ls.lines()
@@ -434,15 +449,8 @@ fn macvlan_bridge_private_vlan_and_restart() {
         .contains("all zero"));
 
     // restart: the macvlan endpoints come back
-    env.stop_daemon(libc::SIGKILL);
-    env.start_daemon();
     assert!(
-        wait_until(Duration::from_secs(10), || ping(
-            &env,
-            &c1.ns,
-            "10.77.0.1",
-            1
-        )),
+        crash_and_reach(&mut env, &c1.ns, "10.77.0.1"),
         "c1 lost the LAN after a restart"
     );
     assert!(
@@ -457,37 +465,19 @@ fn macvlan_bridge_private_vlan_and_restart() {
 
 #[test]
 fn macvlan_vlans_are_tagged_and_isolated() {
-    let Some(mut env) = Env::new("macvlan_vlans_are_tagged_and_isolated", &[]) else {
+    let Some((mut env, lan)) = lan_env(
+        "macvlan_vlans_are_tagged_and_isolated",
+        "trunk0",
+        "peer0",
+        None,
+    ) else {
         return;
     };
-    let lan = lan_ns(&env, "lan");
-    lan_link(&env, &lan, "trunk0", "peer0", None);
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.79.10.0/24",
-        "--gateway",
-        "10.79.10.1",
-        "-o",
-        "parent=trunk0.10",
-        "v10",
-    ]);
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.79.0.0/24",
-        "--gateway",
-        "10.79.0.1",
-        "-o",
-        "parent=trunk0",
-        "u0",
-    ]);
+    ok_words(&env, "network create -d macvlan --subnet 10.79.10.0/24 --gateway 10.79.10.1 -o parent=trunk0.10 v10");
+    ok_words(
+        &env,
+        "network create -d macvlan --subnet 10.79.0.0/24 --gateway 10.79.0.1 -o parent=trunk0 u0",
+    );
     let v = env.container("v10", "v1", &[]);
     let u = env.container("u0", "u1", &[]);
     // the peer answers only frames tagged 10, with frames tagged 10
@@ -556,31 +546,19 @@ fn macvlan_vlans_are_tagged_and_isolated() {
 
 #[test]
 fn ipvlan_shares_the_parent_mac() {
-    let Some(mut env) = Env::new("ipvlan_shares_the_parent_mac", &[]) else {
+    let Some((mut env, lan)) = lan_env(
+        "ipvlan_shares_the_parent_mac",
+        "lan0",
+        "peer0",
+        Some("10.80.0.1/24"),
+    ) else {
         return;
     };
-    let lan = lan_ns(&env, "lan");
-    lan_link(&env, &lan, "lan0", "peer0", Some("10.80.0.1/24"));
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "ipvlan",
-        "--subnet",
-        "10.80.0.0/24",
-        "--gateway",
-        "10.80.0.1",
-        "-o",
-        "parent=lan0",
-        "iv",
-    ]);
-    let parent_mac = env
-        .exec_ok(
-            &env.host_ns.clone(),
-            &["cat", "/sys/class/net/lan0/address"],
-        )
-        .trim()
-        .to_string();
+    ok_words(
+        &env,
+        "network create -d ipvlan --subnet 10.80.0.0/24 --gateway 10.80.0.1 -o parent=lan0 iv",
+    );
+    let parent_mac = host_mac(&env, "lan0");
     let i1 = env.container("iv", "i1", &[]);
     let i2 = env.container("iv", "i2", &[]);
     assert!(
@@ -609,37 +587,23 @@ fn ipvlan_shares_the_parent_mac() {
     let blob = env.random_file("blob", 20 << 20);
     download(&mut env, &i1.ns, &lan, "10.80.0.1", 5003, &blob);
     download(&mut env, &lan, &i2.ns, &i2.ip.to_string(), 5004, &blob);
-    env.stop_daemon(libc::SIGKILL);
-    env.start_daemon();
     assert!(
-        wait_until(Duration::from_secs(10), || ping(
-            &env,
-            &i2.ns,
-            "10.80.0.1",
-            1
-        )),
+        crash_and_reach(&mut env, &i2.ns, "10.80.0.1"),
         "ipvlan endpoint lost after a restart"
     );
 }
 
 #[test]
 fn driver_errors_leave_state_unchanged() {
-    let Some(mut env) = Env::new("driver_errors_leave_state_unchanged", &[]) else {
+    let Some((mut env, lan)) =
+        lan_env("driver_errors_leave_state_unchanged", "eth7", "peer7", None)
+    else {
         return;
     };
-    let lan = lan_ns(&env, "lan");
-    lan_link(&env, &lan, "eth7", "peer7", None);
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.81.0.0/24",
-        "-o",
-        "parent=eth7",
-        "m1",
-    ]);
+    ok_words(
+        &env,
+        "network create -d macvlan --subnet 10.81.0.0/24 -o parent=eth7 m1",
+    );
     let before = env.ok(&["network", "ls"]);
     let cases: &[(&[&str], &str)] = &[
         (&["-d", "frob", "x"], "unknown network driver \"frob\""),
@@ -707,28 +671,14 @@ fn driver_errors_leave_state_unchanged() {
     }
     assert_eq!(env.ok(&["network", "ls"]), before, "state changed");
     // VLANs of one parent are separate networks
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.82.0.0/24",
-        "-o",
-        "parent=eth7.12",
-        "m12",
-    ]);
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.83.0.0/24",
-        "-o",
-        "parent=eth7.13",
-        "m13",
-    ]);
+    ok_words(
+        &env,
+        "network create -d macvlan --subnet 10.82.0.0/24 -o parent=eth7.12 m12",
+    );
+    ok_words(
+        &env,
+        "network create -d macvlan --subnet 10.83.0.0/24 -o parent=eth7.13 m13",
+    );
     let e = env.fail(&[
         "network",
         "create",
@@ -746,19 +696,7 @@ fn driver_errors_leave_state_unchanged() {
     );
     // passthru: one endpoint
     env.ok(&["network", "rm", "m1"]);
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.85.0.0/24",
-        "-o",
-        "parent=eth7",
-        "-o",
-        "macvlan_mode=passthru",
-        "pt",
-    ]);
+    ok_words(&env, "network create -d macvlan --subnet 10.85.0.0/24 -o parent=eth7 -o macvlan_mode=passthru pt");
     env.ok(&["network", "connect", "pt", "a", "--netns", &env.netns("a")]);
     let e = env.fail(&["network", "connect", "pt", "b", "--netns", &env.netns("b")]);
     assert!(e.contains("passthru"), "{e}");
@@ -818,35 +756,18 @@ fn driver_errors_leave_state_unchanged() {
 
 #[test]
 fn ipvlan_l3_routes_without_broadcast() {
-    let Some(mut env) = Env::new("ipvlan_l3_routes_without_broadcast", &[]) else {
+    let Some((mut env, lan)) = lan_env(
+        "ipvlan_l3_routes_without_broadcast",
+        "lan0",
+        "peer0",
+        Some("10.86.0.1/24"),
+    ) else {
         return;
     };
-    let lan = lan_ns(&env, "lan");
-    lan_link(&env, &lan, "lan0", "peer0", Some("10.86.0.1/24"));
     // beyond the subnet, behind the gateway (the peer)
     env.exec_ok(&lan, &["ip", "addr", "add", "10.99.9.1/32", "dev", "lo"]);
-    env.ok(&[
-        "network",
-        "create",
-        "-d",
-        "ipvlan",
-        "-o",
-        "ipvlan_mode=l3",
-        "--subnet",
-        "10.86.0.0/24",
-        "--gateway",
-        "10.86.0.1",
-        "-o",
-        "parent=lan0",
-        "il3",
-    ]);
-    let parent_mac = env
-        .exec_ok(
-            &env.host_ns.clone(),
-            &["cat", "/sys/class/net/lan0/address"],
-        )
-        .trim()
-        .to_string();
+    ok_words(&env, "network create -d ipvlan -o ipvlan_mode=l3 --subnet 10.86.0.0/24 --gateway 10.86.0.1 -o parent=lan0 il3");
+    let parent_mac = host_mac(&env, "lan0");
     let j1 = env.container("il3", "j1", &[]);
     let j2 = env.container("il3", "j2", &[]);
     let r = env.exec_ok(&j1.ns, &["ip", "route", "show", "default"]);

@@ -39,23 +39,8 @@ impl State {
                     self.recycle(slot, b);
                 }
             }
-            Decision::Flood(net) | Decision::FloodExcept(net, _) => {
-                let except = match d {
-                    Decision::FloodExcept(_, e) => e,
-                    _ => slot,
-                };
-                let mut sent = false;
-                let n = self.sw.network(net).map(|n| n.ports.len()).unwrap_or(0);
-                for i in 0..n {
-                    let dst = self.sw.network(net).expect("checked").ports[i];
-                    if dst != slot && dst != except {
-                        sent |= self.post_write(slot, b, dst);
-                    }
-                }
-                if !sent {
-                    self.recycle(slot, b);
-                }
-            }
+            Decision::Flood(net) => self.flood(slot, b, net, slot),
+            Decision::FloodExcept(net, except) => self.flood(slot, b, net, except),
             Decision::Gateway(net) => {
                 let cfg = self.sw.network(net).expect("decided on it").cfg;
                 let p = self.ports[slot as usize].as_mut().expect("checked");
@@ -111,5 +96,22 @@ impl State {
             Some(r) => self.sw.count_drop(slot, r),
         }
         self.recycle(slot, b);
+    }
+
+    /// Writes `src`'s buffer `b` to every port of network `net` but `src`
+    /// and `except` (by index: no allocation per frame), or recycles it
+    /// when no port took it.
+    pub(super) fn flood(&mut self, src: PortIdx, b: usize, net: NetIdx, except: PortIdx) {
+        let mut sent = false;
+        let n = self.sw.network(net).map(|n| n.ports.len()).unwrap_or(0);
+        for i in 0..n {
+            let dst = self.sw.network(net).expect("counted").ports[i];
+            if dst != src && dst != except {
+                sent |= self.post_write(src, b, dst);
+            }
+        }
+        if !sent {
+            self.recycle(src, b);
+        }
     }
 }

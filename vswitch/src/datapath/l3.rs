@@ -246,22 +246,15 @@ impl State {
         };
         f[E..E + 6].copy_from_slice(&dst_mac.0);
         f[E + 6..E + 12].copy_from_slice(&n.cfg.gateway_mac.0);
-        let sent = match self.sw.table.lookup(inside.net, &dst_mac, now) {
-            Some(d) => self.post_write(slot, b, d),
-            None => {
-                // aged out of the table (a quiet server): flood like
-                // unknown unicast (by index: no allocation per frame)
-                let mut sent = false;
-                let count = n.ports.len();
-                for i in 0..count {
-                    let t = self.sw.network(inside.net).expect("checked").ports[i];
-                    sent |= self.post_write(slot, b, t);
+        match self.sw.table.lookup(inside.net, &dst_mac, now) {
+            Some(d) => {
+                if !self.post_write(slot, b, d) {
+                    self.recycle(slot, b);
                 }
-                sent
             }
-        };
-        if !sent {
-            self.recycle(slot, b);
+            // aged out of the table (a quiet server): flood like unknown
+            // unicast (the uplink is in no network: nothing to skip)
+            None => self.flood(slot, b, inside.net, slot),
         }
     }
 }

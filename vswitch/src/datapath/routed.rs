@@ -230,19 +230,7 @@ impl State {
                     self.recycle(slot, b);
                 }
             }
-            RoutedOut::ToTaps(net, trunk) => {
-                let mut sent = false;
-                let n = self.sw.network(net).map(|n| n.ports.len()).unwrap_or(0);
-                for i in 0..n {
-                    let t = self.sw.network(net).expect("checked").ports[i];
-                    if t != slot && t != trunk {
-                        sent |= self.post_write(slot, b, t);
-                    }
-                }
-                if !sent {
-                    self.recycle(slot, b);
-                }
-            }
+            RoutedOut::ToTaps(net, trunk) => self.flood(slot, b, net, trunk),
             RoutedOut::Request(trunk, req) => {
                 self.sw.count_drop(slot, DropReason::NoRoute);
                 self.recycle(slot, b);
