@@ -820,6 +820,37 @@ fn ipvlan_l3_routes_without_broadcast() {
         "j2 did not resolve: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // a container may use only its own address: a spoofed source is
+    // dropped, and the segment never hears of it
+    env.exec_ok(
+        &j1.ns,
+        &["ip", "addr", "add", "10.86.0.99/24", "dev", "eth0"],
+    );
+    let before = ctr(&env.counters("il3", "j1"), "drops.bad_src_mac");
+    let o = env.exec(
+        &j1.ns,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-I",
+            "10.86.0.99",
+            "10.86.0.1",
+        ],
+    );
+    assert!(!o.status.success(), "a spoofed source got through");
+    let after = ctr(&env.counters("il3", "j1"), "drops.bad_src_mac");
+    assert!(
+        after > before,
+        "spoofed frames not counted: {before} -> {after}"
+    );
+    let n = env.exec_ok(&lan, &["ip", "neigh", "show", "10.86.0.99"]);
+    assert!(
+        !n.contains("lladdr"),
+        "the segment learned the spoofed address: {n}"
+    );
     let blob = env.random_file("blob", 20 << 20);
     download(&mut env, &j1.ns, &lan, "10.86.0.1", 5005, &blob);
 }

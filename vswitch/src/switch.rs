@@ -408,6 +408,24 @@ impl Switch {
     /// header followed by the Ethernet frame. Learns the source MAC and
     /// updates the ingress port's rx and drop counters.
     #[inline]
+    /// The checks of [`Self::decide`] that do not depend on addresses (see
+    /// `admit_inner`), for frames handled outside the switch (a routed
+    /// segment); counts the frame as received, or the drop.
+    pub fn admit(&mut self, in_port: PortIdx, buf: &[u8]) -> Result<(), DropReason> {
+        let Some(p) = self
+            .ports
+            .get_mut(in_port as usize)
+            .and_then(|p| p.as_mut())
+        else {
+            return Err(DropReason::NoNetwork);
+        };
+        let r = admit_inner(p, buf);
+        if let Err(e) = r {
+            p.counters.drops.count(e);
+        }
+        r
+    }
+
     pub fn decide(&mut self, in_port: PortIdx, buf: &[u8], now: u64) -> Decision {
         let Some(p) = self
             .ports
@@ -427,6 +445,27 @@ impl Switch {
     }
 }
 
+/// What every received frame must pass before anything looks at its
+/// addresses: a whole Ethernet header, a consistent vnet header, within
+/// the port's MTU unless it is a GSO frame. Counts it as received.
+#[inline]
+fn admit_inner(p: &mut SwPort, buf: &[u8]) -> Result<(), DropReason> {
+    if buf.len() < VNET_HDR_LEN + ETH_HDR_LEN {
+        return Err(DropReason::Runt);
+    }
+    let frame = &buf[VNET_HDR_LEN..];
+    p.counters.rx_frames += 1;
+    p.counters.rx_bytes += frame.len() as u64;
+    let vh = VnetHdr::parse(buf);
+    if !vh.is_valid(frame.len()) {
+        return Err(DropReason::BadVnetHdr);
+    }
+    if !vh.is_gso() && frame.len() > p.mtu as usize + ETH_HDR_LEN + 4 {
+        return Err(DropReason::Oversize);
+    }
+    Ok(())
+}
+
 #[inline]
 fn decide_inner(
     p: &mut SwPort,
@@ -436,19 +475,10 @@ fn decide_inner(
     buf: &[u8],
     now: u64,
 ) -> Decision {
-    if buf.len() < VNET_HDR_LEN + ETH_HDR_LEN {
-        return Decision::Drop(DropReason::Runt);
+    if let Err(r) = admit_inner(p, buf) {
+        return Decision::Drop(r);
     }
     let frame = &buf[VNET_HDR_LEN..];
-    p.counters.rx_frames += 1;
-    p.counters.rx_bytes += frame.len() as u64;
-    let vh = VnetHdr::parse(buf);
-    if !vh.is_valid(frame.len()) {
-        return Decision::Drop(DropReason::BadVnetHdr);
-    }
-    if !vh.is_gso() && frame.len() > p.mtu as usize + ETH_HDR_LEN + 4 {
-        return Decision::Drop(DropReason::Oversize);
-    }
     let Some(Some(net)) = nets.get(p.net as usize) else {
         return Decision::Drop(DropReason::NoNetwork);
     };

@@ -373,6 +373,8 @@ impl State {
             return;
         }
         p.state = PortState::Closing;
+        // a routed segment goes with its trunk (the slot may be reused)
+        self.routed.retain(|_, r| r.trunk != slot);
         self.sw.detach_port(slot);
         let e =
             opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(p.fd.as_raw_fd())).all())

@@ -794,7 +794,7 @@ impl State {
                                 subnet: rc.subnet,
                                 prefix: rc.prefix,
                                 neigh: FxHashMap::default(),
-                                last_request: 0,
+                                pending: FxHashMap::default(),
                             },
                         );
                     }

@@ -10,8 +10,13 @@
 //!   subnet, else the network's gateway), whose MAC this side resolves
 //!   with ARP of its own (asking from the sending container's address).
 //! - From the segment: ARP requests for an endpoint's address are answered
-//!   with the parent's MAC, ARP replies for one feed the neighbour cache,
+//!   with the parent's MAC; ARP replies are believed only from a next hop
+//!   this side asked for (no unsolicited reply enters the neighbour cache);
 //!   IPv4 for an endpoint reaches it; the rest is filtered.
+//! - A container may only use its own address and MAC (as registered with
+//!   its endpoint): anything else is dropped as `bad_src_mac`, so it can
+//!   neither make tapnet announce another address on the segment nor
+//!   take another container's traffic.
 //!
 //! Frames for the network's resolver (the gateway MAC of its switch
 //! network) take the ordinary path through the switch.
@@ -28,26 +33,71 @@ pub(super) struct Routed {
     pub(super) prefix: u8,
     /// Neighbours on the segment: IP -> (MAC, learned at ms).
     pub(super) neigh: FxHashMap<Ipv4Addr, (Mac, u64)>,
-    pub(super) last_request: u64,
+    /// Next hops asked for: IP -> when (only their replies are believed).
+    pub(super) pending: FxHashMap<Ipv4Addr, u64>,
 }
 
 /// How long a neighbour is trusted without a new reply.
 const NEIGH_TTL_MS: u64 = 300_000;
-/// At most one ARP request per this many ms per segment.
+/// The gateway is asked again this often while it is known.
+const REFRESH_MS: u64 = 60_000;
+/// At most one ARP request per next hop in this many ms.
 const REQUEST_GAP_MS: u64 = 100;
+/// An unanswered request is forgotten after this long.
+const PENDING_MS: u64 = 2_000;
+/// Bounds on the tables (a scanning container must not grow them).
+const MAX_PENDING: usize = 1024;
+const MAX_NEIGH: usize = 4096;
 
 impl Routed {
-    fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
-        let m = if self.prefix == 0 {
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
             0
         } else {
             u32::MAX << (32 - self.prefix.min(32))
-        };
-        if u32::from(dst) & m == u32::from(self.subnet) & m {
+        }
+    }
+
+    fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
+        if u32::from(dst) & self.mask() == u32::from(self.subnet) & self.mask() {
             dst
         } else {
             self.gateway
         }
+    }
+
+    /// Multicast, broadcast or the subnet's broadcast: nothing to route.
+    fn is_group(&self, dst: Ipv4Addr) -> bool {
+        dst.is_multicast()
+            || dst.is_broadcast()
+            || (self.prefix < 31 && u32::from(dst) == u32::from(self.subnet) | !self.mask())
+    }
+
+    /// Whether a request for `hop` may go out now (and records it).
+    fn may_ask(&mut self, hop: Ipv4Addr, now: u64) -> bool {
+        if self
+            .pending
+            .get(&hop)
+            .is_some_and(|t| now.saturating_sub(*t) < REQUEST_GAP_MS)
+        {
+            return false;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending
+                .retain(|_, t| now.saturating_sub(*t) < PENDING_MS);
+            if self.pending.len() >= MAX_PENDING {
+                return false;
+            }
+        }
+        self.pending.insert(hop, now);
+        true
+    }
+
+    fn fresh(&self, hop: Ipv4Addr, now: u64) -> Option<Mac> {
+        self.neigh
+            .get(&hop)
+            .filter(|(_, t)| now.saturating_sub(*t) < NEIGH_TTL_MS)
+            .map(|(m, _)| *m)
     }
 }
 
@@ -65,10 +115,47 @@ pub(super) enum RoutedOut {
     Drop(Option<DropReason>),
 }
 
+/// What the handling of a frame needs to know of it (read once).
+struct Seen {
+    ethertype: [u8; 2],
+    dst_mac: Mac,
+    src_mac: Mac,
+    /// ARP: op, sender MAC, sender IP, target IP.
+    arp: Option<(u16, [u8; 6], Ipv4Addr, Ipv4Addr)>,
+    /// IPv4: source and destination.
+    ip: Option<(Ipv4Addr, Ipv4Addr)>,
+}
+
+fn seen(f: &[u8]) -> Seen {
+    const E: usize = VNET_HDR_LEN;
+    const L3: usize = E + eth::HDR_LEN;
+    let ethertype = [f[E + eth::ETHERTYPE], f[E + eth::ETHERTYPE + 1]];
+    let arp = (ethertype == eth::ETHERTYPE_ARP)
+        .then(|| arp::Arp::new(&f[L3..]))
+        .flatten()
+        .map(|a| (a.op(), a.sender_mac(), a.sender_ip(), a.target_ip()));
+    let ip = (ethertype == eth::ETHERTYPE_IPV4 && f.len() >= L3 + ipv4::MIN_HDR_LEN).then(|| {
+        let h = &f[L3..];
+        let src = Ipv4Addr::new(
+            h[ipv4::SRC],
+            h[ipv4::SRC + 1],
+            h[ipv4::SRC + 2],
+            h[ipv4::SRC + 3],
+        );
+        (src, ipv4::dst(h).expect("length checked"))
+    });
+    Seen {
+        ethertype,
+        dst_mac: Mac::from_slice(&f[E + eth::DST..]),
+        src_mac: Mac::from_slice(&f[E + eth::SRC..]),
+        arp,
+        ip,
+    }
+}
+
 impl State {
     /// A frame on a routed segment's port; false when it is not this
     /// side's to handle (it then goes through the switch as usual).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn routed_in(
         &mut self,
         slot: PortIdx,
@@ -91,128 +178,174 @@ impl State {
         if len < L3 {
             return false; // the switch counts the runt
         }
-        // what the frame says (read only)
         let Some(p) = self.ports[slot as usize].as_ref() else {
             return false;
         };
         let f = &p.bufs[base..base + len];
-        let ethertype = [f[E + eth::ETHERTYPE], f[E + eth::ETHERTYPE + 1]];
-        let dst_mac = Mac::from_slice(&f[E..]);
-        let arp_fields = (ethertype == eth::ETHERTYPE_ARP)
-            .then(|| arp::Arp::new(&f[L3..]))
-            .flatten()
-            .map(|a| (a.op(), a.sender_mac(), a.sender_ip(), a.target_ip()));
-        let ip = (ethertype == eth::ETHERTYPE_IPV4 && len >= L3 + ipv4::MIN_HDR_LEN).then(|| {
-            let h = &f[L3..];
-            let src = Ipv4Addr::new(
-                h[ipv4::SRC],
-                h[ipv4::SRC + 1],
-                h[ipv4::SRC + 2],
-                h[ipv4::SRC + 3],
-            );
-            (src, ipv4::dst(h).expect("length checked"))
-        });
-        // the resolver behind the switch's gateway
-        if cfg.gateway && kind == PortKind::Tap {
-            if dst_mac == cfg.gateway_mac {
-                return false;
-            }
-            if arp_fields.is_some_and(|a| a.3 == cfg.gateway_ip) {
-                return false;
-            }
+        let s = seen(f);
+        // the resolver behind the switch's gateway: the switch's business
+        if cfg.gateway
+            && kind == PortKind::Tap
+            && (s.dst_mac == cfg.gateway_mac || s.arp.is_some_and(|a| a.3 == cfg.gateway_ip))
+        {
+            return false;
         }
-        if let Some(sp) = self.sw.port_mut(slot) {
-            sp.counters.rx_frames += 1;
-            sp.counters.rx_bytes += (len - E) as u64;
-        }
-        // a container's MAC is found on its TAP, as in the switch
-        if kind == PortKind::Tap {
-            let src = Mac::from_slice(
-                &self.ports[slot as usize].as_ref().expect("checked").bufs[base + E + eth::SRC..],
-            );
-            if !src.is_multicast() && !src.is_zero() {
-                self.sw.table.learn(net, &src, slot, now);
-            }
+        if let Err(_r) = self.sw.admit(slot, f) {
+            self.recycle(slot, b);
+            return true;
         }
         let hosts = self.ports[trunk as usize]
             .as_ref()
             .and_then(|t| t.xform.as_deref())
             .map(|x| &x.hosts);
-        let out = if ethertype == eth::ETHERTYPE_ARP {
-            match arp_fields {
+        let owns = |ip: Ipv4Addr, mac: Mac| hosts.is_some_and(|h| h.get(&ip) == Some(&mac));
+        let is_host = |ip: Ipv4Addr| hosts.is_some_and(|h| h.contains_key(&ip));
+        let out = match (kind, s.ethertype) {
+            (PortKind::Tap, eth::ETHERTYPE_ARP) => match s.arp {
                 None => RoutedOut::Drop(Some(DropReason::Malformed)),
+                // probes (from 0.0.0.0) and questions about itself stay
+                // unanswered: the address is the container's own
+                Some((_, _, spa, _)) if spa.is_unspecified() => RoutedOut::Drop(None),
                 Some((op, sha, spa, tpa)) => {
-                    let ours = hosts.is_some_and(|h| h.contains_key(&tpa));
-                    let answer = op == arp::REQUEST
-                        && match kind {
-                            // everything is behind the parent's MAC, but
-                            // a container's own address (duplicate
-                            // detection)
-                            PortKind::Tap => tpa != spa && !tpa.is_unspecified(),
-                            _ => ours,
-                        };
-                    if answer {
-                        let p = self.ports[slot as usize].as_mut().expect("checked");
-                        let f = &mut p.bufs[base..base + len];
-                        if let Some(mut a) = arp::Arp::new(&mut f[L3..]) {
-                            a.make_reply(rmac.0, tpa);
-                        }
-                        f[E + eth::DST..E + eth::DST + 6].copy_from_slice(&sha);
-                        f[E + eth::SRC..E + eth::SRC + 6].copy_from_slice(&rmac.0);
+                    if !owns(spa, Mac(sha)) || s.src_mac != Mac(sha) {
+                        RoutedOut::Drop(Some(DropReason::BadSrcMac))
+                    } else if op == arp::REQUEST && tpa != spa && !tpa.is_unspecified() {
+                        self.reply_arp(slot, base, len, rmac, sha, tpa);
                         RoutedOut::Write(slot)
                     } else {
-                        if kind == PortKind::Trunk && op == arp::REPLY && ours {
-                            if let Some(r) = self.routed.get_mut(&net) {
-                                r.neigh.insert(spa, (Mac(sha), now));
-                            }
-                        }
                         RoutedOut::Drop(None)
                     }
                 }
-            }
-        } else if let Some((src, dst)) = ip {
-            let inside = hosts.and_then(|h| h.get(&dst)).copied();
-            let r = self.routed.get_mut(&net).expect("looked up");
-            let (to, next) = match (inside, kind) {
-                (Some(mac), _) if kind == PortKind::Tap || dst_mac == rmac => {
-                    match self.sw.table.lookup(net, &mac, now) {
-                        Some(t) if t == slot => (None, RoutedOut::Drop(Some(DropReason::SamePort))),
-                        Some(t) => (Some(mac), RoutedOut::Write(t)),
-                        None => (Some(mac), RoutedOut::ToTaps(net, trunk)),
-                    }
+            },
+            (PortKind::Tap, eth::ETHERTYPE_IPV4) => match s.ip {
+                None => RoutedOut::Drop(Some(DropReason::Malformed)),
+                Some((src, _)) if !owns(src, s.src_mac) => {
+                    RoutedOut::Drop(Some(DropReason::BadSrcMac))
                 }
-                (None, PortKind::Tap) => {
-                    let hop = r.next_hop(dst);
-                    match r.neigh.get(&hop) {
-                        Some(&(mac, _)) => (Some(mac), RoutedOut::Write(trunk)),
-                        None if now.saturating_sub(r.last_request) >= REQUEST_GAP_MS => {
-                            r.last_request = now;
-                            let req = eth::vnet_frame(
-                                eth::BROADCAST,
-                                rmac.0,
-                                eth::ETHERTYPE_ARP,
-                                &arp::request(rmac.0, src, hop),
-                            );
-                            (None, RoutedOut::Request(trunk, req))
+                Some((src, dst)) => {
+                    // the sender is who it says: its MAC is found on its TAP
+                    self.sw.table.learn(net, &s.src_mac, slot, now);
+                    let inside = hosts.and_then(|h| h.get(&dst)).copied();
+                    let r = self.routed.get_mut(&net).expect("looked up");
+                    if r.is_group(dst) {
+                        RoutedOut::Drop(None)
+                    } else if let Some(mac) = inside {
+                        self.deliver(slot, net, base, len, rmac, mac, trunk, now)
+                    } else {
+                        let hop = r.next_hop(dst);
+                        match r.fresh(hop, now) {
+                            Some(mac) => {
+                                self.rewrite(slot, base, len, rmac, mac);
+                                RoutedOut::Write(trunk)
+                            }
+                            None if r.may_ask(hop, now) => RoutedOut::Request(
+                                trunk,
+                                eth::vnet_frame(
+                                    eth::BROADCAST,
+                                    rmac.0,
+                                    eth::ETHERTYPE_ARP,
+                                    &arp::request(rmac.0, src, hop),
+                                ),
+                            ),
+                            None => RoutedOut::Drop(Some(DropReason::NoRoute)),
                         }
-                        None => (None, RoutedOut::Drop(Some(DropReason::NoRoute))),
                     }
                 }
-                _ => (None, RoutedOut::Drop(None)),
-            };
-            if let Some(mac) = to {
-                let p = self.ports[slot as usize].as_mut().expect("checked");
-                let f = &mut p.bufs[base..base + len];
-                f[E + eth::DST..E + eth::DST + 6].copy_from_slice(&mac.0);
-                f[E + eth::SRC..E + eth::SRC + 6].copy_from_slice(&rmac.0);
-            }
-            next
-        } else {
+            },
+            (PortKind::Trunk, eth::ETHERTYPE_ARP) => match s.arp {
+                Some((arp::REQUEST, sha, spa, tpa))
+                    if is_host(tpa) && spa != tpa && !Mac(sha).is_multicast() =>
+                {
+                    self.reply_arp(slot, base, len, rmac, sha, tpa);
+                    RoutedOut::Write(slot)
+                }
+                Some((arp::REPLY, sha, spa, _)) => {
+                    let sha = Mac(sha);
+                    let r = self.routed.get_mut(&net).expect("looked up");
+                    // believed only as the answer to a question of ours
+                    if !sha.is_multicast()
+                        && !sha.is_zero()
+                        && sha != rmac
+                        && r.pending.remove(&spa).is_some()
+                        && (r.neigh.len() < MAX_NEIGH || r.neigh.contains_key(&spa))
+                    {
+                        r.neigh.insert(spa, (sha, now));
+                    }
+                    RoutedOut::Drop(None)
+                }
+                _ => RoutedOut::Drop(None),
+            },
+            (PortKind::Trunk, eth::ETHERTYPE_IPV4) => match s.ip {
+                Some((_, dst)) if s.dst_mac == rmac => {
+                    match hosts.and_then(|h| h.get(&dst)).copied() {
+                        Some(mac) => self.deliver(slot, net, base, len, rmac, mac, trunk, now),
+                        None => RoutedOut::Drop(None),
+                    }
+                }
+                _ => RoutedOut::Drop(None),
+            },
             // no broadcast, no other protocols: L3 only
-            RoutedOut::Drop(None)
+            _ => RoutedOut::Drop(None),
         };
         self.routed_done(slot, b, len, out);
         true
+    }
+
+    /// Rewrites the Ethernet addresses of the frame in `slot`'s buffer.
+    fn rewrite(&mut self, slot: PortIdx, base: usize, len: usize, src: Mac, dst: Mac) {
+        const E: usize = VNET_HDR_LEN;
+        if let Some(p) = self.ports[slot as usize].as_mut() {
+            let f = &mut p.bufs[base..base + len];
+            f[E + eth::DST..E + eth::DST + 6].copy_from_slice(&dst.0);
+            f[E + eth::SRC..E + eth::SRC + 6].copy_from_slice(&src.0);
+        }
+    }
+
+    /// Turns the ARP request in `slot`'s buffer into the answer "`tpa` is
+    /// at `mac`", back to its sender `sha`.
+    fn reply_arp(
+        &mut self,
+        slot: PortIdx,
+        base: usize,
+        len: usize,
+        mac: Mac,
+        sha: [u8; 6],
+        tpa: Ipv4Addr,
+    ) {
+        const L3: usize = VNET_HDR_LEN + eth::HDR_LEN;
+        if let Some(p) = self.ports[slot as usize].as_mut() {
+            if let Some(mut a) = arp::Arp::new(&mut p.bufs[base + L3..base + len]) {
+                a.make_reply(mac.0, tpa);
+            }
+        }
+        self.rewrite(slot, base, len, mac, Mac(sha));
+    }
+
+    /// To the endpoint with MAC `mac`: its TAP, or every TAP while it is
+    /// not known yet.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        slot: PortIdx,
+        net: NetIdx,
+        base: usize,
+        len: usize,
+        rmac: Mac,
+        mac: Mac,
+        trunk: PortIdx,
+        now: u64,
+    ) -> RoutedOut {
+        match self.sw.table.lookup(net, &mac, now) {
+            Some(t) if t == slot => RoutedOut::Drop(Some(DropReason::SamePort)),
+            Some(t) => {
+                self.rewrite(slot, base, len, rmac, mac);
+                RoutedOut::Write(t)
+            }
+            None => {
+                self.rewrite(slot, base, len, rmac, mac);
+                RoutedOut::ToTaps(net, trunk)
+            }
+        }
     }
 
     fn routed_done(&mut self, slot: PortIdx, b: usize, len: usize, out: RoutedOut) {
@@ -234,13 +367,7 @@ impl State {
             RoutedOut::Request(trunk, req) => {
                 self.sw.count_drop(slot, DropReason::NoRoute);
                 self.recycle(slot, b);
-                let framed = self.ports[trunk as usize]
-                    .as_ref()
-                    .and_then(|t| t.xform.as_deref())
-                    .and_then(|x| trunk::egress_frame(x, &req));
-                if let Some(f) = framed {
-                    self.send_owned(trunk, f);
-                }
+                self.send_on_trunk(trunk, &req);
             }
             RoutedOut::Drop(reason) => {
                 match reason {
@@ -256,11 +383,48 @@ impl State {
         }
     }
 
-    /// Once a second: forget neighbours that stopped answering.
+    /// A frame of tapnet's own out of a trunk (VLAN tag, shared MAC).
+    fn send_on_trunk(&mut self, trunk: PortIdx, frame: &[u8]) {
+        let framed = self.ports[trunk as usize]
+            .as_ref()
+            .and_then(|t| t.xform.as_deref())
+            .and_then(|x| trunk::egress_frame(x, frame));
+        if let Some(f) = framed {
+            self.send_owned(trunk, f);
+        }
+    }
+
+    /// Once a second: forget neighbours that stopped answering and
+    /// questions nobody answered; ask the gateway again before it expires
+    /// (from an endpoint's address: tapnet has none of its own there).
     pub(super) fn routed_tick(&mut self, now: u64) {
+        let mut asks = Vec::new();
         for r in self.routed.values_mut() {
             r.neigh
                 .retain(|_, (_, t)| now.saturating_sub(*t) < NEIGH_TTL_MS);
+            r.pending.retain(|_, t| now.saturating_sub(*t) < PENDING_MS);
+            let stale = r
+                .neigh
+                .get(&r.gateway)
+                .is_some_and(|(_, t)| now.saturating_sub(*t) >= REFRESH_MS);
+            if stale && r.may_ask(r.gateway, now) {
+                asks.push((r.trunk, r.mac, r.gateway));
+            }
+        }
+        for (trunk, mac, gw) in asks {
+            let from = self.ports[trunk as usize]
+                .as_ref()
+                .and_then(|t| t.xform.as_deref())
+                .and_then(|x| x.hosts.keys().next().copied());
+            if let Some(ip) = from {
+                let req = eth::vnet_frame(
+                    eth::BROADCAST,
+                    mac.0,
+                    eth::ETHERTYPE_ARP,
+                    &arp::request(mac.0, ip, gw),
+                );
+                self.send_on_trunk(trunk, &req);
+            }
         }
     }
 }

@@ -37,12 +37,19 @@ pub fn resolver_addr(rec: &NetworkRecord) -> Ipv4Addr {
     let h = rec.id.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
     });
-    let a = 1 + ((h >> 8) % 254) as u8;
-    let mut b = 1 + (h % 254) as u8;
-    if (a, b) == (169, 254) {
-        b = 253; // not the cloud metadata address
+    let mut a = 1 + ((h >> 8) % 254) as u8;
+    let b = 1 + (h % 254) as u8;
+    // not 169.254.169.0/23 and 169.254.170.0/24, where clouds put their
+    // metadata, DNS and time services
+    if (169..=170).contains(&a) {
+        a -= 100;
     }
-    Ipv4Addr::new(169, 254, a, b)
+    let mut ip = Ipv4Addr::new(169, 254, a, b);
+    // nor inside a (link-local) subnet of the network itself
+    if rec.subnet.contains(&ip) {
+        ip = Ipv4Addr::new(169, 254, a ^ 0x80, b);
+    }
+    ip
 }
 
 pub struct Macvlan;
