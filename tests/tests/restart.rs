@@ -2,7 +2,7 @@
 //! traffic resumes; endpoints whose namespace died meanwhile are cleaned up
 //! and their addresses released.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tapnet_tests::*;
 
@@ -116,4 +116,42 @@ fn restart_keeps_networks_and_live_endpoints() {
     env.start_daemon();
     assert!(ping(&env, &again, &c2.ip.to_string(), 1));
     assert!(env.daemon_log().contains("re-attached c1"));
+}
+
+/// A daemon that stops in the middle of creating a container (its record
+/// says so, its namespace exists, nothing is attached) leaves no debris:
+/// the next start removes both, and the name is free again.
+#[test]
+fn half_created_container_is_cleaned_at_start() {
+    let Some(mut env) = Env::new("half_created_container_is_cleaned_at_start", &[]) else {
+        return;
+    };
+    env.stop_daemon(libc::SIGKILL);
+    let ns = format!("{}z17", env.prefix);
+    run_ok(Command::new("ip").args(["netns", "add", &ns]));
+    let file = env.state_dir().join("containers.json");
+    let mut v: serde_json::Value = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    v["z17"] = serde_json::json!({
+        "netns": format!("/run/netns/{ns}"),
+        "owned": true,
+        "created": 1,
+        "creating": true,
+    });
+    std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+    env.start_daemon();
+    let list = run_ok(Command::new("ip").args(["netns", "list"]));
+    assert!(
+        !list
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(&ns)),
+        "namespace {ns} left behind: {list}"
+    );
+    assert!(env.daemon_log().contains("stopped while creating it"));
+    let e = env.fail(&["rm", "z17"]);
+    assert!(e.contains("no such container"), "{e}");
+    let out = env.ok(&["run", "--name", "z17", "--", "true"]);
+    let _ = out;
 }

@@ -40,44 +40,74 @@ impl Core {
             // check before creating anything
             n.pool.clone().allocate(Some(ip))?;
         }
-        let nsname = format!("{}{name}", self.cfg.netns_prefix);
-        let path = netns::create_netns(&self.cfg.netns_dir, &nsname)?;
-        self.containers.insert(
-            name.clone(),
-            ContainerRecord {
-                netns: path.clone(),
-                owned: true,
-                created: now_secs(),
-                dns: req.dns.clone(),
-                mode: String::new(),
-                id: random_hex(16),
+        let path = self.begin_owned(&name, &req.dns, "")?;
+        let r = self.connect(
+            &req.network,
+            Connect {
+                container: name.clone(),
+                netns: None,
+                ip: req.ip.clone(),
+                mtu: req.mtu,
+                mac: req.mac.clone(),
+                aliases: req.aliases.clone(),
+                ports: req.ports.clone(),
             },
         );
-        let r = self
-            .store
-            .save_containers(&self.containers)
-            .map_err(ApiError::from)
-            .and_then(|_| {
-                self.connect(
-                    &req.network,
-                    Connect {
-                        container: name.clone(),
-                        netns: None,
-                        ip: req.ip.clone(),
-                        mtu: req.mtu,
-                        mac: req.mac.clone(),
-                        aliases: req.aliases.clone(),
-                        ports: req.ports.clone(),
-                    },
-                )
-            });
-        if let Err(e) = r {
+        if let Err(e) = r.and_then(|_| self.finish_owned(&name)) {
             self.containers.remove(&name);
             let _ = self.store.save_containers(&self.containers);
             let _ = netns::delete_netns(&path);
             return Err(e);
         }
         self.container_info(&name)
+    }
+
+    /// Records container `name` as being created (saved first), then makes
+    /// its namespace: a crash in between leaves a record that start-up
+    /// cleans, never a namespace nobody knows. Returns the namespace.
+    fn begin_owned(&mut self, name: &str, dns: &[String], mode: &str) -> ApiResult<PathBuf> {
+        let path = self
+            .cfg
+            .netns_dir
+            .join(format!("{}{name}", self.cfg.netns_prefix));
+        self.containers.insert(
+            name.to_string(),
+            ContainerRecord {
+                netns: path.clone(),
+                owned: true,
+                created: now_secs(),
+                dns: dns.to_vec(),
+                mode: mode.to_string(),
+                id: random_hex(16),
+                creating: true,
+            },
+        );
+        let made = self
+            .store
+            .save_containers(&self.containers)
+            .map_err(ApiError::from)
+            .and_then(|_| {
+                Ok(netns::create_netns(
+                    &self.cfg.netns_dir,
+                    path.file_name()
+                        .and_then(|f| f.to_str())
+                        .unwrap_or_default(),
+                )?)
+            });
+        if let Err(e) = made {
+            self.containers.remove(name);
+            let _ = self.store.save_containers(&self.containers);
+            return Err(e);
+        }
+        Ok(path)
+    }
+
+    /// The end of [`Self::begin_owned`]: the container is whole.
+    fn finish_owned(&mut self, name: &str) -> ApiResult<()> {
+        if let Some(c) = self.containers.get_mut(name) {
+            c.creating = false;
+        }
+        Ok(self.store.save_containers(&self.containers)?)
     }
 
     /// A container without endpoints of its own: `none` (a namespace with
@@ -110,8 +140,17 @@ impl Core {
             if !req.ports.is_empty() {
                 warnings.push("published ports are discarded when using the none network".into());
             }
-            let nsname = format!("{}{name}", self.cfg.netns_prefix);
-            (netns::create_netns(&self.cfg.netns_dir, &nsname)?, true)
+            let path = self.begin_owned(&name, &req.dns, NONE)?;
+            if let Err(e) = self.finish_owned(&name) {
+                self.containers.remove(&name);
+                let _ = self.store.save_containers(&self.containers);
+                let _ = netns::delete_netns(&path);
+                return Err(e);
+            }
+            log(format!("created container {name} (network {mode})"));
+            let mut info = self.container_info(&name)?;
+            info.warnings = warnings;
+            return Ok(info);
         } else if mode == HOST {
             if !req.ports.is_empty() {
                 warnings.push("published ports are discarded when using host network mode".into());
@@ -144,6 +183,7 @@ impl Core {
                 dns: req.dns.clone(),
                 mode: mode.clone(),
                 id: random_hex(16),
+                creating: false,
             },
         );
         if let Err(e) = self.store.save_containers(&self.containers) {

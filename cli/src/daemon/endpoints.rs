@@ -88,6 +88,7 @@ impl Core {
                     dns: vec![],
                     mode: String::new(),
                     id: random_hex(16),
+                    creating: false,
                 })
             }
             (None, None) => {

@@ -85,7 +85,28 @@ impl Core {
         for e in errors {
             log(format!("skipping unreadable network state {e}"));
         }
-        let containers = store.load_containers()?;
+        let mut containers = store.load_containers()?;
+        // containers a previous daemon stopped creating: gone, namespace too
+        let half: Vec<String> = containers
+            .iter()
+            .filter(|(_, c)| c.creating)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &half {
+            if let Some(c) = containers.remove(n) {
+                if c.owned && c.netns.exists() {
+                    if let Err(e) = netns::delete_netns(&c.netns) {
+                        log(format!("container {n}: removing its namespace: {e:#}"));
+                    }
+                }
+                log(format!(
+                    "removed container {n}: the daemon stopped while creating it"
+                ));
+            }
+        }
+        if !half.is_empty() {
+            store.save_containers(&containers)?;
+        }
         let mut core = Core {
             cfg,
             store,

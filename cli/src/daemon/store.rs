@@ -89,6 +89,11 @@ pub struct ContainerRecord {
     /// shared): how `run` finds the container it created.
     #[serde(default)]
     pub id: String,
+    /// Written before its namespace is made and cleared once it is
+    /// attached: a daemon that stopped in between finds it at start and
+    /// removes it, namespace included (no debris blocks the name).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
 }
 
 pub struct Store {
@@ -242,6 +247,7 @@ mod tests {
                 dns: vec![],
                 mode: String::new(),
                 id: "c0ffee".into(),
+                creating: false,
             },
         );
         s.save_containers(&c).unwrap();
