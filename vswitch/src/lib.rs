@@ -26,6 +26,6 @@ pub use datapath::{
     Snapshot, TrunkConfig, UplinkConfig, UplinkSnapshot,
 };
 pub use mac::Mac;
-pub use switch::{DropCounters, NetConfig, PortCounters, PortKind, TrunkMode};
+pub use switch::{DropCounters, NetConfig, PortCounters, PortIdentity, PortKind, TrunkMode};
 pub use table::NetIdx;
 pub use tap::{in_netns, open_tap, NetnsRef, TapOptions};

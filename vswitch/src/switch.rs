@@ -75,6 +75,9 @@ pub enum DropReason {
     /// Between two containers of a network whose trunk mode forbids it
     /// (macvlan `private`).
     Isolated,
+    /// Port security: a source MAC, ARP sender or IPv4 source that is not
+    /// the endpoint's own, or a VLAN-tagged frame from a container.
+    Spoofed,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -93,6 +96,8 @@ pub struct DropCounters {
     pub tx_error: u64,
     #[serde(default)]
     pub isolated: u64,
+    #[serde(default)]
+    pub spoofed: u64,
 }
 
 impl DropCounters {
@@ -112,6 +117,7 @@ impl DropCounters {
             DropReason::NoNetwork => &mut self.no_network,
             DropReason::TxError => &mut self.tx_error,
             DropReason::Isolated => &mut self.isolated,
+            DropReason::Spoofed => &mut self.spoofed,
             DropReason::NotOurs => return,
         };
         *c += 1;
@@ -131,6 +137,7 @@ impl DropCounters {
             + self.no_network
             + self.tx_error
             + self.isolated
+            + self.spoofed
     }
 }
 
@@ -149,6 +156,7 @@ impl std::ops::AddAssign for DropCounters {
         self.no_network += o.no_network;
         self.tx_error += o.tx_error;
         self.isolated += o.isolated;
+        self.spoofed += o.spoofed;
     }
 }
 
@@ -222,9 +230,45 @@ pub enum TrunkMode {
     Vepa,
 }
 
+/// Who a container's port may speak as (port security): its own MAC and
+/// IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortIdentity {
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+}
+
+impl PortIdentity {
+    /// Whether `frame` (Ethernet) speaks only as this identity: its source
+    /// MAC; an Ethernet/IPv4 ARP's sender MAC and address (0.0.0.0 allowed:
+    /// probes); an IPv4 source (0.0.0.0 allowed: DHCP-style requests); no
+    /// 802.1Q/802.1ad tag (that would hop onto a trunk's VLANs).
+    #[inline]
+    pub fn allows(&self, frame: &[u8]) -> bool {
+        use wire::eth;
+        if frame[eth::SRC..eth::SRC + 6] != self.mac.0 {
+            return false;
+        }
+        let own = |a: &[u8]| a == self.ip.octets() || a == [0; 4];
+        match wire::eth::ethertype(frame) {
+            Some(eth::ETHERTYPE_IPV4) => frame
+                .get(eth::HDR_LEN + wire::ipv4::SRC..eth::HDR_LEN + wire::ipv4::SRC + 4)
+                .is_none_or(own),
+            Some(eth::ETHERTYPE_ARP) => match wire::arp::Arp::new(&frame[eth::HDR_LEN..]) {
+                Some(a) => a.sender_mac() == self.mac.0 && own(&a.sender_ip().octets()),
+                None => true, // not Ethernet/IPv4 ARP: nobody takes it as such
+            },
+            Some(eth::ETHERTYPE_VLAN) | Some([0x88, 0xa8]) => false,
+            _ => true,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SwPort {
     pub kind: PortKind,
+    /// Port security: what it may speak as (None: unchecked).
+    pub identity: Option<PortIdentity>,
     pub net: NetIdx,
     /// IP MTU of the port; non-GSO frames above MTU + 18 are dropped.
     pub mtu: u32,
@@ -319,6 +363,13 @@ impl Switch {
         self.add_port_kind(PortKind::Tap, net, mtu)
     }
 
+    /// Sets (or clears) what a port may speak as.
+    pub fn set_identity(&mut self, port: PortIdx, id: Option<PortIdentity>) {
+        if let Some(p) = self.port_mut(port) {
+            p.identity = id;
+        }
+    }
+
     /// Sets how the network's TAP ports reach each other and which MACs
     /// its trunk lets in.
     pub fn set_trunk_policy(&mut self, net: NetIdx, mode: TrunkMode, hosts: &[Mac]) {
@@ -334,6 +385,7 @@ impl Switch {
     pub fn add_port_kind(&mut self, kind: PortKind, net: NetIdx, mtu: u32) -> PortIdx {
         let p = SwPort {
             kind,
+            identity: None,
             net,
             mtu,
             counters: PortCounters::default(),
@@ -482,6 +534,9 @@ fn decide_inner(
     let Some(Some(net)) = nets.get(p.net as usize) else {
         return Decision::Drop(DropReason::NoNetwork);
     };
+    if p.identity.is_some_and(|id| !id.allows(frame)) {
+        return Decision::Drop(DropReason::Spoofed);
+    }
     let dst = Mac::from_slice(frame);
     let src = Mac::from_slice(&frame[6..]);
     if src.is_multicast() || src.is_zero() || (net.cfg.gateway && src == net.cfg.gateway_mac) {

@@ -28,7 +28,9 @@ mod routed;
 use crate::bufring::BufRing;
 use crate::mac::Mac;
 use crate::router;
-use crate::switch::{Decision, DropReason, NetConfig, PortCounters, PortKind, Switch, TrunkMode};
+use crate::switch::{
+    Decision, DropReason, NetConfig, PortCounters, PortIdentity, PortKind, Switch, TrunkMode,
+};
 use crate::table::{NetIdx, PortIdx};
 use crate::trunk::{self, TrunkXform};
 use crate::vnet::VNET_HDR_LEN;
@@ -173,6 +175,7 @@ enum Cmd {
         net: NetIdx,
         mtu: u32,
         fd: OwnedFd,
+        identity: Option<PortIdentity>,
     },
     RemovePort {
         id: PortId,
@@ -345,6 +348,19 @@ impl Datapath {
         mtu: u32,
         fd: OwnedFd,
     ) -> Result<PortId, DatapathError> {
+        self.add_secured_port(name, net, mtu, fd, None)
+    }
+
+    /// [`Self::add_port`] with port security: from its first frame on, the
+    /// port may only speak as `identity` (else a `spoofed` drop).
+    pub fn add_secured_port(
+        &self,
+        name: &str,
+        net: NetIdx,
+        mtu: u32,
+        fd: OwnedFd,
+        identity: Option<PortIdentity>,
+    ) -> Result<PortId, DatapathError> {
         let id = self.next_port.fetch_add(1, Ordering::Relaxed);
         self.send(Cmd::AddPort {
             id,
@@ -352,6 +368,7 @@ impl Datapath {
             net,
             mtu,
             fd,
+            identity,
         })?;
         Ok(id)
     }
@@ -755,8 +772,10 @@ impl State {
                     net,
                     mtu,
                     fd,
+                    identity,
                 } => {
-                    self.add_io_port(PortKind::Tap, id, name, net, mtu, fd);
+                    let slot = self.add_io_port(PortKind::Tap, id, name, net, mtu, fd);
+                    self.sw.set_identity(slot, identity);
                 }
                 Cmd::RemovePort {
                     id,

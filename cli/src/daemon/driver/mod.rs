@@ -114,7 +114,11 @@ pub trait NetworkDriver: Sync {
             link_routes: self.link_routes(&net.rec),
         };
         let fd = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec, p.tun_device)?;
-        Ok(p.dp.add_port(container, net.idx, e.mtu, fd)?)
+        let identity = port_security(&net.rec).then_some(vswitch::PortIdentity {
+            mac: e.mac,
+            ip: e.ip,
+        });
+        Ok(p.dp.add_secured_port(container, net.idx, e.mtu, fd, identity)?)
     }
 
     /// Called after the network's endpoints changed (and after restore).
@@ -158,18 +162,32 @@ pub fn lookup(name: &str) -> ApiResult<&'static dyn NetworkDriver> {
     }
 }
 
-/// Refuses options a driver does not know: one line naming the first one
-/// and the known ones.
+/// Whether the network's containers may only speak as themselves (their
+/// own MAC and address): on unless `-o port_security=false`.
+pub fn port_security(rec: &NetworkRecord) -> bool {
+    rec.options.get(PORT_SECURITY).map(|v| v.as_str()) != Some("false")
+}
+
+/// The option every driver takes: `port_security=true|false`.
+pub const PORT_SECURITY: &str = "port_security";
+
+/// Refuses options a driver does not know (every driver knows
+/// `port_security`): one line naming the first one and the known ones.
 pub fn known_options(
     driver: &str,
     opts: &BTreeMap<String, String>,
     known: &[&str],
 ) -> ApiResult<()> {
+    if let Some(v) = opts.get(PORT_SECURITY) {
+        if v != "true" && v != "false" {
+            return Err(ApiError::bad_request(format!(
+                "invalid {PORT_SECURITY} {v:?}: use true or false"
+            )));
+        }
+    }
+    let known: Vec<&str> = known.iter().copied().chain([PORT_SECURITY]).collect();
     match opts.keys().find(|k| !known.contains(&k.as_str())) {
         None => Ok(()),
-        Some(k) if known.is_empty() => Err(ApiError::bad_request(format!(
-            "unknown option {k:?} for driver {driver} (it takes none)"
-        ))),
         Some(k) => Err(ApiError::bad_request(format!(
             "unknown option {k:?} for driver {driver} (known: {})",
             known.join(", ")
