@@ -155,3 +155,43 @@ fn half_created_container_is_cleaned_at_start() {
     let out = env.ok(&["run", "--name", "z17", "--", "true"]);
     let _ = out;
 }
+
+/// Corrupt state files at start: the daemon starts, keeps every network
+/// it can read, moves the bad files aside (never overwritten later) and
+/// says so in one line each.
+#[test]
+fn corrupt_state_files_are_set_aside() {
+    let Some(mut env) = Env::new("corrupt_state_files_are_set_aside", &[]) else {
+        return;
+    };
+    env.ok(&["network", "create", "good", "--subnet", "10.57.1.0/24"]);
+    env.ok(&["network", "create", "bad", "--subnet", "10.57.2.0/24"]);
+    env.stop_daemon(libc::SIGKILL);
+    let st = env.state_dir();
+    let bad = st.join("networks/bad.json");
+    let text = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &text[..text.len() / 2]).unwrap();
+    std::fs::write(st.join("containers.json"), b"{\"c1\": {\"netns\"").unwrap();
+    env.start_daemon();
+    let ls = env.ok(&["network", "ls", "-q"]);
+    assert!(ls.lines().any(|l| l == "good"), "{ls}");
+    assert!(!ls.lines().any(|l| l == "bad"), "{ls}");
+    let log = env.daemon_log();
+    assert!(
+        log.contains("bad.json") && log.contains("moved to"),
+        "{log}"
+    );
+    assert!(log.contains("unreadable container state"), "{log}");
+    let aside = |prefix: &str, dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+    };
+    assert!(aside("bad.json.corrupt-", &st.join("networks")));
+    assert!(aside("containers.json.corrupt-", &st));
+    // the name is free again, and the set-aside file stays untouched
+    env.ok(&["network", "create", "bad", "--subnet", "10.57.3.0/24"]);
+    assert!(aside("bad.json.corrupt-", &st.join("networks")));
+    env.container("good", "c2", &[]);
+}

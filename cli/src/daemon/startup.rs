@@ -85,7 +85,10 @@ impl Core {
         for e in errors {
             log(format!("skipping unreadable network state {e}"));
         }
-        let mut containers = store.load_containers()?;
+        let (mut containers, unreadable) = store.load_containers()?;
+        if let Some(why) = unreadable {
+            log(format!("unreadable container state {why}"));
+        }
         // containers a previous daemon stopped creating: gone, namespace too
         let half: Vec<String> = containers
             .iter()

@@ -104,13 +104,36 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(data)
+    let written = f
+        .write_all(data)
         .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|_| {
+            fs::rename(&tmp, &path).with_context(|| format!("renaming onto {}", path.display()))
+        });
     drop(f);
-    fs::rename(&tmp, &path).with_context(|| format!("renaming onto {}", path.display()))?;
+    if let Err(e) = written {
+        // a full disk, say: no temp file left behind, the old file stands
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Renames an unreadable state file to `<name>.corrupt-<unix time>`;
+/// says where it went (or why it could not be moved).
+fn set_aside(p: &Path) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut to = p.as_os_str().to_owned();
+    to.push(format!(".corrupt-{t}"));
+    match fs::rename(p, &to) {
+        Ok(()) => format!("moved to {}", Path::new(&to).display()),
+        Err(e) => format!("left in place (moving it failed: {e})"),
+    }
 }
 
 impl Store {
@@ -125,8 +148,9 @@ impl Store {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// Every network document; unreadable ones are reported and skipped
-    /// (left on disk for inspection), never deleted.
+    /// Every network document. An unreadable one is moved aside (to
+    /// `NAME.json.corrupt-<unix time>`, kept for inspection, never deleted,
+    /// so a new network of that name cannot overwrite it) and reported.
     pub fn load_all(&self) -> Result<(Vec<NetworkRecord>, Vec<String>)> {
         let mut out = Vec::new();
         let mut errors = Vec::new();
@@ -142,7 +166,7 @@ impl Store {
                 .and_then(|b| serde_json::from_slice::<NetworkRecord>(&b).map_err(Into::into))
             {
                 Ok(r) => out.push(r),
-                Err(e) => errors.push(format!("{}: {e}", p.display())),
+                Err(e) => errors.push(format!("{}: {e:#}; {}", p.display(), set_aside(&p))),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -161,11 +185,20 @@ impl Store {
         self.dir.parent().expect("networks/ has a parent")
     }
 
-    pub fn load_containers(&self) -> Result<BTreeMap<String, ContainerRecord>> {
+    /// The containers, and what went wrong: an unreadable file is moved
+    /// aside like a network's (see [`Self::load_all`]) and the daemon
+    /// starts with none (their namespaces are still where they were).
+    pub fn load_containers(&self) -> Result<(BTreeMap<String, ContainerRecord>, Option<String>)> {
         let p = self.containers_dir().join("containers.json");
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(c) => Ok((c, None)),
+                Err(e) => Ok((
+                    BTreeMap::new(),
+                    Some(format!("{}: {e}; {}", p.display(), set_aside(&p))),
+                )),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((BTreeMap::new(), None)),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
     }
@@ -233,10 +266,19 @@ mod tests {
         let (all, errs) = s.load_all().unwrap();
         assert_eq!(all, vec![r]);
         assert_eq!(errs.len(), 1);
-        assert!(
-            d.join("networks/broken.json").exists(),
-            "broken state is kept"
-        );
+        assert!(errs[0].contains("moved to"), "{errs:?}");
+        assert!(!d.join("networks/broken.json").exists(), "moved aside");
+        let kept: Vec<_> = fs::read_dir(d.join("networks"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("broken.json.corrupt-")
+            })
+            .collect();
+        assert_eq!(kept.len(), 1, "broken state is kept, aside");
+        assert_eq!(s.load_all().unwrap().1.len(), 0, "and not read again");
         let mut c = BTreeMap::new();
         c.insert(
             "c1".to_string(),
@@ -251,7 +293,15 @@ mod tests {
             },
         );
         s.save_containers(&c).unwrap();
-        assert_eq!(s.load_containers().unwrap(), c);
+        assert_eq!(s.load_containers().unwrap(), (c.clone(), None));
+        // a truncated containers.json: set aside, the daemon starts with none
+        let cf = d.join("containers.json");
+        let full = fs::read(&cf).unwrap();
+        fs::write(&cf, &full[..full.len() / 2]).unwrap();
+        let (none, why) = s.load_containers().unwrap();
+        assert!(none.is_empty());
+        assert!(why.is_some_and(|w| w.contains("moved to")));
+        assert!(!cf.exists());
         s.remove("n1").unwrap();
         assert!(s.load_all().unwrap().0.is_empty());
         fs::remove_dir_all(&d).unwrap();
