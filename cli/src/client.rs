@@ -34,16 +34,37 @@ impl Client {
             "{method} {path} HTTP/1.1\r\nHost: tapnet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        s.write_all(head.as_bytes())?;
-        s.write_all(&body)?;
+        const GONE: &str = "the tapnet daemon stopped answering (it closed the connection without a reply: did it stop or crash? see its log)";
+        let gone = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        };
+        let sent = s
+            .write_all(head.as_bytes())
+            .and_then(|_| s.write_all(&body));
         let mut resp = Vec::new();
-        s.read_to_end(&mut resp)
-            .context("reading the daemon's answer")?;
+        let read = s.read_to_end(&mut resp);
+        match (sent, read) {
+            (_, Err(e)) | (Err(e), Ok(_)) if gone(&e) => bail!(GONE),
+            (Err(e), _) => return Err(e).context("sending the request to the daemon"),
+            (_, Err(e)) => return Err(e).context("reading the daemon's answer"),
+            _ => {}
+        }
+        if resp.is_empty() {
+            bail!(GONE);
+        }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut r = httparse::Response::new(&mut headers);
         let off = match r.parse(&resp).context("malformed answer from the daemon")? {
             httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => bail!("truncated answer from the daemon"),
+            httparse::Status::Partial => bail!(
+                "the tapnet daemon stopped answering in the middle of its reply (did it stop or crash? see its log)"
+            ),
         };
         let code = r.code.unwrap_or(500);
         let chunked = r.headers.iter().any(|h| {

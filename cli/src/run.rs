@@ -64,22 +64,29 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
     }
     // by id, not name: the container may have been renamed meanwhile (and
     // by namespace for a daemon that gives no id)
-    let name = client
-        .get::<Vec<ContainerInfo>>("/containers")
-        .ok()
-        .and_then(|cs| {
-            cs.into_iter().find(|c| {
-                if info.id.is_empty() {
-                    c.netns == info.netns
-                } else {
-                    c.id == info.id
-                }
-            })
-        })
-        .map(|c| c.name)
-        .unwrap_or_else(|| info.name.clone());
-    let cleanup =
-        client.call::<serde_json::Value>("DELETE", &format!("/containers/{name}"), None::<&()>);
+    let listed = client.get::<Vec<ContainerInfo>>("/containers");
+    let cleanup = match &listed {
+        Ok(cs) => match cs.iter().find(|c| {
+            if info.id.is_empty() {
+                c.netns == info.netns
+            } else {
+                c.id == info.id
+            }
+        }) {
+            Some(c) => client
+                .call::<serde_json::Value>(
+                    "DELETE",
+                    &format!("/containers/{}", c.name),
+                    None::<&()>,
+                )
+                .map(|_| ()),
+            // removed meanwhile (`tapnet rm`): nothing left to do
+            None => Ok(()),
+        },
+        Err(_) => client
+            .call::<serde_json::Value>("DELETE", &format!("/containers/{}", info.name), None::<&()>)
+            .map(|_| ()),
+    };
     let code = code?;
     if let Err(e) = cleanup {
         eprintln!("tapnet: removing container {}: {e:#}", info.name);
@@ -198,6 +205,15 @@ fn run_in(info: &ContainerInfo, argv: &[String], resolv: Option<&std::path::Path
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // setns on a file that is not a namespace here: the daemon's
+            // bind mount is in a mount namespace of its own
+            eprintln!(
+                "tapnet: cannot enter {}: it is not a network namespace in this mount namespace (was the daemon started with `ip netns exec`, which gives it a private mount namespace? start it with `nsenter --net=/run/netns/NAME tapnet daemon` instead)",
+                info.netns
+            );
+            return Ok(126);
+        }
         Err(e) => {
             eprintln!("tapnet: cannot run {:?}: {e}", argv[0]);
             return Ok(if e.kind() == std::io::ErrorKind::NotFound {

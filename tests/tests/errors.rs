@@ -1,6 +1,7 @@
 //! IPAM and CLI errors: a clear one-line message, a non-zero exit, and the
 //! state unchanged.
 
+use std::time::Duration;
 use tapnet_tests::*;
 
 fn state(env: &Env) -> (String, String) {
@@ -223,4 +224,45 @@ fn ipam_and_cli_errors() {
         pruned.contains("auto2") && !pruned.contains("auto1"),
         "{pruned}"
     );
+}
+
+/// Clear words when the daemon goes away mid-request, and silence when a
+/// running container was removed under its `run`.
+#[test]
+fn daemon_gone_and_removed_container_messages() {
+    let Some(mut env) = Env::new("daemon_gone_and_removed_container_messages", &[]) else {
+        return;
+    };
+    // a `run` whose container is removed meanwhile ends without an error
+    let idx = env.spawn_tapnet(&["run", "--name", "r1", "--", "sleep", "1"]);
+    assert!(wait_until(Duration::from_secs(5), || env
+        .ok(&["ps", "-q"])
+        .lines()
+        .any(|l| l == "r1")));
+    env.ok(&["rm", "r1"]);
+    env.wait_bg(idx, Duration::from_secs(10));
+    let said = std::fs::read_to_string(env.bg_log(idx)).unwrap();
+    assert!(!said.contains("no such container"), "{said}");
+    // a "daemon" that accepts and closes without a word
+    let sock = env.dir.join("mute.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let t = std::thread::spawn(move || {
+        for _ in 0..1 {
+            if let Ok((s, _)) = l.accept() {
+                std::thread::sleep(Duration::from_millis(100));
+                drop(s);
+            }
+        }
+    });
+    let o = std::process::Command::new(&env.bin)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["network", "ls"])
+        .output()
+        .unwrap();
+    t.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("stopped answering"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
