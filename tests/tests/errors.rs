@@ -266,3 +266,34 @@ fn daemon_gone_and_removed_container_messages() {
     assert!(err.contains("stopped answering"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Who may drive a root daemon: root, and group tapnet when it exists.
+#[test]
+fn root_socket_is_root_and_tapnet_group_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(env) = Env::new("root_socket_is_root_and_tapnet_group_only", &[]) else {
+        return;
+    };
+    let m = std::fs::metadata(&env.sock).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o660);
+    assert_eq!(m.uid(), 0);
+    let tapnet_gid = std::process::Command::new("getent")
+        .args(["group", "tapnet"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split(':')
+                .nth(2)?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        });
+    assert_eq!(
+        m.gid(),
+        tapnet_gid.unwrap_or(0),
+        "group: tapnet if it exists, else root"
+    );
+    assert!(env.daemon_log().contains("socket 0660"));
+}

@@ -25,6 +25,17 @@ fn rootless_daemon_and_containers() {
         .unwrap()
         .to_string();
     let (uid, _) = env.user.unwrap();
+    // only this user may drive it
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::metadata(&env.sock).unwrap();
+        assert_eq!(
+            m.permissions().mode() & 0o777,
+            0o600,
+            "rootless socket mode"
+        );
+        assert_eq!(m.uid(), uid);
+    }
     assert!(
         uid_line
             .split_whitespace()

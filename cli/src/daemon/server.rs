@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
 type Shared = Arc<Mutex<Option<Core>>>;
@@ -167,7 +166,7 @@ pub fn run(mut cfg: DaemonConfig) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, rootless))
 }
 
 /// Rootless mode: a user namespace where this user is root (mapped to
@@ -208,7 +207,30 @@ fn enter_rootless(cfg: &mut DaemonConfig) -> Result<()> {
     Ok(())
 }
 
-async fn serve(cfg: DaemonConfig) -> Result<()> {
+/// Who may drive the daemon: whoever may connect to its socket. As root:
+/// root and the members of group `tapnet` if it exists (like Docker's
+/// `docker` group), else root only (0660 root:root); rootless: the user
+/// alone (0600). Returns a phrase saying which.
+fn restrict_socket(sock: &std::path::Path, rootless: bool) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    // (a rootless daemon is root in its own user namespace by now)
+    if rootless {
+        std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))?;
+        return Ok("socket 0600, this user only".into());
+    }
+    let group = nix::unistd::Group::from_name("tapnet").ok().flatten();
+    if let Some(g) = &group {
+        nix::unistd::chown(sock, None, Some(g.gid))
+            .with_context(|| format!("giving {} to group tapnet", sock.display()))?;
+    }
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o660))?;
+    Ok(match group {
+        Some(_) => "socket 0660 root:tapnet, root and group tapnet".into(),
+        None => "socket 0660 root:root, root only (create group tapnet to share it)".into(),
+    })
+}
+
+async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
     let sock = cfg.socket.clone();
     if let Some(dir) = sock.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -228,9 +250,9 @@ async fn serve(cfg: DaemonConfig) -> Result<()> {
     let shared: Shared = Arc::new(Mutex::new(Some(core)));
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("listening on {}", sock.display()))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
+    let who = restrict_socket(&sock, rootless)?;
     eprintln!(
-        "tapnet: daemon listening on {} (state in {})",
+        "tapnet: daemon listening on {} ({who}; state in {})",
         sock.display(),
         cfg.state_dir.display()
     );
