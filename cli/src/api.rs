@@ -68,6 +68,16 @@ pub struct CreateContainer {
     pub dns: Vec<String>,
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The `tapnet run` asking: the daemon removes the container when this
+    /// process is gone.
+    #[serde(default)]
+    pub client_pid: Option<u32>,
+}
+
+/// The command a `run` started in its container.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ContainerProcess {
+    pub pid: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

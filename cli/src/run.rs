@@ -48,6 +48,7 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
             aliases: a.aliases.clone(),
             dns: a.dns.clone(),
             ports: a.ports.clone(),
+            client_pid: Some(std::process::id()),
         }),
     )?;
     for w in &info.warnings {
@@ -58,7 +59,7 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
     let resolv = (!info.host_netns)
         .then(|| write_resolv_conf(&info, &a))
         .flatten();
-    let code = join_rootless(client).and_then(|_| run_in(&info, &a.cmd, resolv.as_deref()));
+    let code = join_rootless(client).and_then(|_| run_in(client, &info, &a.cmd, resolv.as_deref()));
     if let Some(p) = &resolv {
         let _ = std::fs::remove_file(p);
     }
@@ -148,8 +149,13 @@ fn write_resolv_conf(info: &ContainerInfo, a: &RunArgs) -> Option<PathBuf> {
     }
 }
 
-fn run_in(info: &ContainerInfo, argv: &[String], resolv: Option<&std::path::Path>) -> Result<i32> {
-    let resolv = resolv.and_then(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok());
+fn run_in(
+    client: &Client,
+    info: &ContainerInfo,
+    argv: &[String],
+    resolv_file: Option<&std::path::Path>,
+) -> Result<i32> {
+    let resolv = resolv_file.and_then(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok());
     let ns = std::fs::File::open(&info.netns)
         .with_context(|| format!("opening namespace {}", info.netns))?;
     let nsfd = ns.as_raw_fd();
@@ -165,6 +171,9 @@ fn run_in(info: &ContainerInfo, argv: &[String], resolv: Option<&std::path::Path
     cmd.env("TAPNET_CONTAINER", &info.name);
     unsafe {
         cmd.pre_exec(move || {
+            // the command does not outlive this run, even a SIGKILLed one
+            // (the daemon then stops the rest of its process group)
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if libc::setns(nsfd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -225,6 +234,18 @@ fn run_in(info: &ContainerInfo, argv: &[String], resolv: Option<&std::path::Path
     };
     let pid = child.id() as i32;
     CHILD.store(if own_group { -pid } else { pid }, Ordering::SeqCst);
+    // the command has mounted its resolv.conf (before exec, which spawn
+    // waited for): the file is not needed any more, and a SIGKILLed run
+    // cannot leave it behind
+    if let Some(p) = resolv_file {
+        let _ = std::fs::remove_file(p);
+    }
+    // the daemon stops it when the container is removed
+    let _ = client.call::<serde_json::Value>(
+        "PUT",
+        &format!("/containers/{}/process", info.name),
+        Some(&crate::api::ContainerProcess { pid: pid as u32 }),
+    );
     let status = child.wait().context("waiting for the command")?;
     CHILD.store(0, Ordering::SeqCst);
     if own_group {

@@ -368,6 +368,11 @@ impl Env {
         self.bg.len() - 1
     }
 
+    /// The PID of background process `idx`.
+    pub fn bg_pid(&self, idx: usize) -> u32 {
+        self.bg[idx].id()
+    }
+
     /// Where the output of background process `idx` goes.
     pub fn bg_log(&self, idx: usize) -> PathBuf {
         self.dir.join(format!("bg-{idx}.log"))

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How long a removed container's command has to exit after SIGTERM.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How a host-mode container's namespace is stored: the daemon's own.
 pub(super) const SELF_NETNS: &str = "/proc/self/ns/net";
 
@@ -16,6 +19,61 @@ fn show_netns(p: &std::path::Path) -> String {
 
 impl Core {
     pub fn create_container(&mut self, req: CreateContainer) -> ApiResult<ContainerInfo> {
+        let client = req.client_pid.and_then(procs::ProcRef::of);
+        let info = self.create_container_inner(req)?;
+        if client.is_some() {
+            if let Some(c) = self.containers.get_mut(&info.name) {
+                c.client = client;
+            }
+            self.store.save_containers(&self.containers)?;
+        }
+        Ok(info)
+    }
+
+    /// The client watching a container: (id, the `run` process).
+    pub fn client_of(&self, name: &str) -> Option<(String, procs::ProcRef)> {
+        self.containers
+            .get(name)
+            .and_then(|c| c.client.map(|p| (c.id.clone(), p)))
+    }
+
+    /// Every container with a client (to watch after a start).
+    pub fn clients(&self) -> Vec<(String, procs::ProcRef)> {
+        self.containers
+            .values()
+            .filter_map(|c| c.client.map(|p| (c.id.clone(), p)))
+            .collect()
+    }
+
+    /// Records the command `run` started in container `name`.
+    pub fn set_process(&mut self, name: &str, pid: u32) -> ApiResult<()> {
+        let p = procs::ProcRef::of(pid)
+            .ok_or_else(|| ApiError::not_found(format!("no process {pid}")))?;
+        let c = self
+            .containers
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
+        c.process = Some(p);
+        Ok(self.store.save_containers(&self.containers)?)
+    }
+
+    /// Removes the container with id `id` if its client is gone (the
+    /// watcher saw it exit, or it died while the daemon was down).
+    pub fn reap(&mut self, id: &str) {
+        let Some((name, c)) = self.containers.iter().find(|(_, c)| c.id == id) else {
+            return;
+        };
+        if c.client.is_some_and(|p| p.alive()) {
+            return;
+        }
+        let name = name.clone();
+        log(format!("container {name}: its run is gone; removing it"));
+        if let Err(e) = self.remove_container(&name) {
+            log(format!("removing container {name}: {}", e.message));
+        }
+    }
+
+    fn create_container_inner(&mut self, req: CreateContainer) -> ApiResult<ContainerInfo> {
         let name = req.name.clone().unwrap_or_else(|| random_hex(12));
         check_name("container", &name)?;
         if self.containers.contains_key(&name) {
@@ -80,6 +138,8 @@ impl Core {
                 mode: mode.to_string(),
                 id: random_hex(16),
                 creating: true,
+                client: None,
+                process: None,
             },
         );
         let made = self
@@ -184,6 +244,8 @@ impl Core {
                 mode: mode.clone(),
                 id: random_hex(16),
                 creating: false,
+                client: None,
+                process: None,
             },
         );
         if let Err(e) = self.store.save_containers(&self.containers) {
@@ -327,6 +389,15 @@ impl Core {
             .get(name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
+        // its command goes first (SIGTERM, then SIGKILL), as docker rm -f
+        if let Some(p) = &c.process {
+            if procs::stop(p, STOP_GRACE) {
+                log(format!(
+                    "container {name}: stopped its command (pid {})",
+                    p.pid
+                ));
+            }
+        }
         let nets: Vec<String> = self
             .endpoints_of(name)
             .iter()

@@ -89,6 +89,8 @@ impl Core {
                     mode: String::new(),
                     id: random_hex(16),
                     creating: false,
+                    client: None,
+                    process: None,
                 })
             }
             (None, None) => {

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,28 @@ where
 fn body<T: DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(b)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// Removes container `id` when its `run` (process `p`) exits: a pidfd
+/// becomes readable then. A process already gone is reaped at once.
+fn watch_client(s: Shared, id: String, p: super::procs::ProcRef) {
+    tokio::spawn(async move {
+        if let Ok(fd) = super::procs::pidfd(&p) {
+            // SAFETY: the AsyncFd owns the pidfd; nothing else closes it
+            // while it is registered
+            let reg = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
+            if let Ok(afd) = reg {
+                let _ = afd.readable().await;
+            }
+        }
+        let _ = with_core(s, move |c| {
+            c.reap(&id);
+            Ok(())
+        })
+        .await;
+    });
 }
 
 fn router(s: Shared) -> Router {
@@ -108,12 +130,29 @@ fn router(s: Shared) -> Router {
             get(|State(s): State<Shared>| async move { with_core(s, |c| Ok(c.list_containers())).await })
                 .post(|State(s): State<Shared>, b: Bytes| async move {
                     let req: CreateContainer = body(&b)?;
-                    with_core(s, move |c| c.create_container(req)).await
+                    let s2 = s.clone();
+                    let Json((info, client)) = with_core(s, move |c| {
+                        let info = c.create_container(req)?;
+                        let client = c.client_of(&info.name);
+                        Ok((info, client))
+                    })
+                    .await?;
+                    if let Some((id, p)) = client {
+                        watch_client(s2, id, p);
+                    }
+                    Ok::<_, ApiError>(Json(info))
                 }),
         )
         .route(
             "/nat",
             get(|State(s): State<Shared>| async move { with_core(s, |c| c.nat_info()).await }),
+        )
+        .route(
+            "/containers/{name}/process",
+            put(|State(s): State<Shared>, Path(n): Path<String>, b: Bytes| async move {
+                let req: ContainerProcess = body(&b)?;
+                with_core(s, move |c| c.set_process(&n, req.pid)).await
+            }),
         )
         .route(
             "/containers/{name}/rename",
@@ -247,7 +286,13 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
     }
     let c2 = cfg.clone();
     let core = tokio::task::spawn_blocking(move || Core::start(c2)).await??;
+    // the runs that own containers: watched again (those that ended while
+    // the daemon was down are reaped at once)
+    let clients = core.clients();
     let shared: Shared = Arc::new(Mutex::new(Some(core)));
+    for (id, p) in clients {
+        watch_client(shared.clone(), id, p);
+    }
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("listening on {}", sock.display()))?;
     let who = restrict_socket(&sock, rootless)?;

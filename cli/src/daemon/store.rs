@@ -94,6 +94,13 @@ pub struct ContainerRecord {
     /// removes it, namespace included (no debris blocks the name).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creating: bool,
+    /// The `tapnet run` that owns it: when it is gone, so is the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<super::procs::ProcRef>,
+    /// The command `run` started in it (leading its own process group):
+    /// stopped when the container is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<super::procs::ProcRef>,
 }
 
 pub struct Store {
@@ -290,6 +297,8 @@ mod tests {
                 mode: String::new(),
                 id: "c0ffee".into(),
                 creating: false,
+                client: None,
+                process: None,
             },
         );
         s.save_containers(&c).unwrap();
