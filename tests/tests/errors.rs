@@ -92,15 +92,21 @@ fn ipam_and_cli_errors() {
                 "--ip-range",
                 "10.74.0.0/28",
             ][..],
-            "",
+            "IP range 10.74.0.0/28 is outside subnet 10.72.0.0/24",
         ),
-        (&["network", "create", "bad/name"][..], ""),
+        (
+            &["network", "create", "bad/name"][..],
+            "invalid network name \"bad/name\"",
+        ),
         (
             &["network", "inspect", "nope"][..],
             "network nope not found",
         ),
         (&["network", "rm", "nope"][..], "network nope not found"),
-        (&["network", "rm", "bridge"][..], ""),
+        (
+            &["network", "rm", "bridge"][..],
+            "bridge is a pre-defined network and cannot be removed",
+        ),
         (&["network", "rm", "n"][..], "has active endpoints"),
         (
             &["network", "connect", "nope", "x"][..],
@@ -120,7 +126,7 @@ fn ipam_and_cli_errors() {
         ),
         (
             &["run", "--network", "n", "--ip", "10.70.0.1", "--", "true"][..],
-            "",
+            "address 10.70.0.1 is reserved",
         ),
         (
             &["run", "--network", "n", "--name", "c", "--", "true"][..],
@@ -134,7 +140,7 @@ fn ipam_and_cli_errors() {
             &["network", "disconnect", "n", "ghost"][..],
             "not connected",
         ),
-        (&["rm", "ghost"][..], ""),
+        (&["rm", "ghost"][..], "no such container: ghost"),
     ];
     for (args, msg) in cases {
         expect(&env, args, msg);

@@ -33,7 +33,7 @@ fn gateway_answers_and_run_passes_exit_codes() {
         "{neigh} vs {v}"
     );
     assert!(ctr(&env.counters("g", "c"), "gateway_replies") >= 4); // ARP + 3 echoes
-                                                                   // large echo (still one frame at MTU 1500) and a fragmented one are answered/handled
+                                                                   // a large echo (still one frame at MTU 1500) is answered
     assert!(env
         .exec(
             &c.ns,
@@ -41,6 +41,21 @@ fn gateway_answers_and_run_passes_exit_codes() {
         )
         .status
         .success());
+    // a fragmented one is not (the gateway answers whole echoes only): it
+    // is counted, not lost silently
+    let before = ctr(&env.counters("g", "c"), "drops.gateway_unsupported");
+    assert!(!env
+        .exec(
+            &c.ns,
+            &["ping", "-c", "1", "-W", "1", "-s", "3000", "10.50.0.254"]
+        )
+        .status
+        .success());
+    let after = ctr(&env.counters("g", "c"), "drops.gateway_unsupported");
+    assert!(
+        after >= before + 2,
+        "fragments not counted: {before} -> {after}"
+    );
 
     // `tapnet run`: exit codes passed through, the namespace is gone after
     let o = env.tapnet(&[

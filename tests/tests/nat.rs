@@ -151,8 +151,28 @@ fn expiry_exhaustion_and_internal_networks() {
     let o = env.exec(&i.ns, &["ping", "-n", "-c", "1", "-W", "1", INET_IP]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success() && out.contains("Unreachable"), "{out}");
-    let o = env.exec(&i.ns, &["nc", "-z", "-w", "2", INET_IP, "22"]);
-    assert!(!o.status.success());
+    // a listener out there that the routed network reaches and the
+    // internal one does not (so the refusal is the network's doing)
+    let lis = env.spawn_in(
+        &inet,
+        &["nc", "-lk", INET_IP, "5999"],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || env
+        .exec_ok(&inet, &["ss", "-ltn"])
+        .contains(":5999")));
+    let o = env.exec(&c.ns, &["nc", "-z", "-w", "2", INET_IP, "5999"]);
+    assert!(
+        o.status.success(),
+        "the routed network cannot reach the listener"
+    );
+    let o = env.exec(&i.ns, &["nc", "-z", "-w", "2", INET_IP, "5999"]);
+    assert!(
+        !o.status.success(),
+        "the internal network reached the listener"
+    );
+    env.stop_bg(lis);
     // and one network never routes into another
     let o = env.exec(
         &c.ns,
@@ -205,8 +225,17 @@ fn published_on_the_uplink_keeps_sources_and_hairpins() {
     assert_eq!(ask(&inet), INET_IP);
     // hairpin: a container of the same network through the uplink address
     assert_eq!(ask(&c.ns), UPLINK_IP);
-    // gone with the endpoint
+    // gone with the endpoint: a new container at web's address, listening
+    // on the same port but publishing nothing, is not reached (a stale
+    // forward would reach it)
     env.ok(&["rm", "web"]);
+    let web2 = env.container("app", "web2", &["--ip", &web.ip.to_string()]);
+    in_ns(&web2.ns, move || {
+        let l = TcpListener::bind("0.0.0.0:80").unwrap();
+        std::thread::spawn(move || for _ in l.incoming() {});
+    })
+    .join()
+    .unwrap();
     let r = in_ns(&inet, || {
         TcpStream::connect_timeout(
             &(UPLINK_IP.parse::<std::net::Ipv4Addr>().unwrap(), 8080).into(),

@@ -104,6 +104,9 @@ fn published_ports() {
         ],
     );
     echo_server(&web.ns, 80);
+    // a TCP server on the UDP-only port too: a TCP publish made by mistake
+    // would reach it (so the "not on TCP" check below can fail)
+    echo_server(&web.ns, 53);
     for p in 7000..=7002 {
         echo_server(&web.ns, p);
     }
