@@ -79,6 +79,10 @@ struct DaemonArgs {
     /// Seconds a learned MAC stays in the table without traffic.
     #[arg(long, default_value_t = 300)]
     mac_aging: u64,
+    /// The most MACs one port may have in the table (0: no limit); more are
+    /// counted as mac_limit and not learned.
+    #[arg(long, default_value_t = 64)]
+    max_macs_per_port: u32,
     /// Prefix of the namespaces `tapnet run` creates under /run/netns.
     #[arg(long, default_value = "tapnet-")]
     netns_prefix: String,
@@ -376,6 +380,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 mac_aging: Duration::from_secs(a.mac_aging),
                 netns_prefix: a.netns_prefix,
                 bufs_per_port: a.bufs_per_port,
+                max_macs_per_port: a.max_macs_per_port,
                 multishot: !a.single_read,
                 busy_poll_us: a.busy_poll_us,
                 dns: a.dns,

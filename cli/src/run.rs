@@ -36,6 +36,7 @@ pub struct RunArgs {
 
 /// Returns the exit code to exit with.
 pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
+    let rootless = rootless_daemon(client)?;
     let info: ContainerInfo = client.call(
         "POST",
         "/containers",
@@ -59,7 +60,8 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
     let resolv = (!info.host_netns)
         .then(|| write_resolv_conf(&info, &a))
         .flatten();
-    let code = join_rootless(client).and_then(|_| run_in(client, &info, &a.cmd, resolv.as_deref()));
+    let code =
+        join_rootless(rootless).and_then(|_| run_in(client, &info, &a.cmd, resolv.as_deref()));
     if let Some(p) = &resolv {
         let _ = std::fs::remove_file(p);
     }
@@ -98,14 +100,24 @@ pub fn run(client: &Client, a: RunArgs) -> Result<i32> {
 /// A rootless daemon keeps its namespaces in its own user and mount
 /// namespaces: join them (as their owner, we are root there) so the
 /// container's network namespace can be entered.
-fn join_rootless(client: &Client) -> Result<()> {
+/// Asked before the container exists: once it does, the run needs the
+/// daemon for nothing but the clean-up (a daemon that stops meanwhile does
+/// not make the command fail).
+fn rootless_daemon(client: &Client) -> Result<Option<u64>> {
     let ping: serde_json::Value = client.get("/_ping")?;
     if ping["rootless"] != true {
-        return Ok(());
+        return Ok(None);
     }
-    let pid = ping["pid"]
+    ping["pid"]
         .as_u64()
-        .context("the daemon did not say its PID")?;
+        .map(Some)
+        .context("the daemon did not say its PID")
+}
+
+fn join_rootless(daemon: Option<u64>) -> Result<()> {
+    let Some(pid) = daemon else {
+        return Ok(());
+    };
     for (ns, flag) in [("user", libc::CLONE_NEWUSER), ("mnt", libc::CLONE_NEWNS)] {
         let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
             .with_context(|| format!("opening the rootless daemon's {ns} namespace"))?;
@@ -205,6 +217,11 @@ fn run_in(
                         std::ptr::null(),
                     );
                 }
+            }
+            // the mount holds the file now: its name can go at once, so
+            // a run killed from here on leaves nothing in the temp dir
+            if let Some(src) = &resolv {
+                libc::unlink(src.as_ptr());
             }
             Ok(())
         });

@@ -188,3 +188,47 @@ fn port_security_stops_spoofing() {
     let e = env.fail(&["network", "create", "x", "-o", "port_security=maybe"]);
     assert!(e.contains("use true or false"), "{e}");
 }
+
+/// Without port security a container may use many MACs, but it gets only
+/// its share of the table every network uses (default 64 per port): the
+/// rest is counted, not learned, and the others keep learning.
+#[test]
+fn a_port_gets_only_its_share_of_the_mac_table() {
+    let Some(mut env) = Env::new("a_port_gets_only_its_share_of_the_mac_table", &[]) else {
+        return;
+    };
+    env.ok(&[
+        "network",
+        "create",
+        "open",
+        "--subnet",
+        "10.66.0.0/24",
+        "-o",
+        "port_security=false",
+    ]);
+    let a = env.container("open", "a", &[]);
+    let b = env.container("open", "b", &[]);
+    let frames: Vec<Vec<u8>> = (0..100u8)
+        .map(|i| eth([0xff; 6], [2, 0xee, 0, 0, 1, i], [0x88, 0xb5], b"flood"))
+        .collect();
+    send_from(&a.ns, frames);
+    std::thread::sleep(Duration::from_millis(300));
+    let v = env.inspect("open");
+    let on_a = v["mac_table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["endpoint"] == "a")
+        .count();
+    assert_eq!(on_a, 64, "a's share of the table");
+    let c = &v["endpoints"]["a"]["counters"];
+    assert_eq!(ctr(c, "mac_limit"), 36, "{c}");
+    // b still learns and is reached
+    assert!(ping(&env, &b.ns, &a.ip.to_string(), 1));
+    let v = env.inspect("open");
+    assert!(v["mac_table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["endpoint"] == "b"));
+}

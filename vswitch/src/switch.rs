@@ -182,6 +182,9 @@ pub struct PortCounters {
     /// parent interface sees the whole segment): ignored, not errors.
     #[serde(default)]
     pub filtered: u64,
+    /// New source MACs not learned: the port already had its share.
+    #[serde(default)]
+    pub mac_limit: u64,
     pub drops: DropCounters,
 }
 
@@ -198,6 +201,7 @@ impl std::ops::AddAssign for PortCounters {
         self.macs_learned += o.macs_learned;
         self.macs_moved_in += o.macs_moved_in;
         self.filtered += o.filtered;
+        self.mac_limit += o.mac_limit;
         self.drops += o.drops;
     }
 }
@@ -552,6 +556,7 @@ fn decide_inner(
         match table.learn(p.net, &src, in_port, now) {
             Learned::New => p.counters.macs_learned += 1,
             Learned::Moved { .. } => p.counters.macs_moved_in += 1,
+            Learned::PortFull => p.counters.mac_limit += 1,
             Learned::Refreshed | Learned::Full => {}
         }
     }

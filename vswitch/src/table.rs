@@ -30,6 +30,9 @@ pub enum Learned {
     Moved { from: PortIdx },
     /// Table full: not learned (frames to it will be flooded).
     Full,
+    /// The port already has its share of MACs: not learned (one port
+    /// cannot fill the table every network shares).
+    PortFull,
 }
 
 #[inline]
@@ -42,6 +45,10 @@ pub struct MacTable {
     map: FxHashMap<u64, Entry>,
     aging_ms: u64,
     max_entries: usize,
+    /// At most this many MACs per port (0: no limit).
+    port_limit: u32,
+    /// MACs learned per port (indexed by port).
+    per_port: Vec<u32>,
     pub moves: u64,
     pub full_drops: u64,
 }
@@ -54,9 +61,30 @@ impl MacTable {
             map,
             aging_ms,
             max_entries,
+            port_limit: 0,
+            per_port: Vec::new(),
             moves: 0,
             full_drops: 0,
         }
+    }
+
+    /// Sets the most MACs one port may have learned (0: no limit).
+    pub fn set_port_limit(&mut self, n: u32) {
+        self.port_limit = n;
+    }
+
+    #[inline]
+    fn count(&mut self, port: PortIdx) -> &mut u32 {
+        let i = port as usize;
+        if self.per_port.len() <= i {
+            self.per_port.resize(i + 1, 0);
+        }
+        &mut self.per_port[i]
+    }
+
+    #[inline]
+    fn port_full(&mut self, port: PortIdx) -> bool {
+        self.port_limit != 0 && *self.count(port) >= self.port_limit
     }
 
     pub fn aging_ms(&self) -> u64 {
@@ -70,27 +98,46 @@ impl MacTable {
     #[inline]
     pub fn learn(&mut self, net: NetIdx, mac: &Mac, port: PortIdx, now: u64) -> Learned {
         let k = key(net, mac);
-        if let Some(e) = self.map.get_mut(&k) {
+        if let Some(e) = self.map.get(&k).copied() {
             let expired = now.saturating_sub(e.last_seen) > self.aging_ms;
-            let old = e.port;
-            e.last_seen = now;
-            if old == port {
+            if e.port == port {
+                self.map.insert(
+                    k,
+                    Entry {
+                        port,
+                        last_seen: now,
+                    },
+                );
                 return if expired {
                     Learned::New
                 } else {
                     Learned::Refreshed
                 };
             }
-            e.port = port;
+            if self.port_full(port) {
+                return Learned::PortFull;
+            }
+            self.map.insert(
+                k,
+                Entry {
+                    port,
+                    last_seen: now,
+                },
+            );
+            *self.count(e.port) -= 1;
+            *self.count(port) += 1;
             if expired {
                 return Learned::New;
             }
             self.moves += 1;
-            return Learned::Moved { from: old };
+            return Learned::Moved { from: e.port };
         }
         if self.map.len() >= self.max_entries {
             self.full_drops += 1;
             return Learned::Full;
+        }
+        if self.port_full(port) {
+            return Learned::PortFull;
         }
         self.map.insert(
             k,
@@ -99,6 +146,7 @@ impl MacTable {
                 last_seen: now,
             },
         );
+        *self.count(port) += 1;
         Learned::New
     }
 
@@ -115,19 +163,44 @@ impl MacTable {
     pub fn age(&mut self, now: u64) -> usize {
         let before = self.map.len();
         let aging = self.aging_ms;
-        self.map
-            .retain(|_, e| now.saturating_sub(e.last_seen) <= aging);
+        let per_port = &mut self.per_port;
+        self.map.retain(|_, e| {
+            let keep = now.saturating_sub(e.last_seen) <= aging;
+            if !keep {
+                if let Some(c) = per_port.get_mut(e.port as usize) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+            keep
+        });
         before - self.map.len()
     }
 
     /// Forgets every MAC learned on `port` (the port is going away).
     pub fn remove_port(&mut self, port: PortIdx) {
         self.map.retain(|_, e| e.port != port);
+        if let Some(c) = self.per_port.get_mut(port as usize) {
+            *c = 0;
+        }
     }
 
     /// Forgets every MAC of network `net`.
     pub fn remove_net(&mut self, net: NetIdx) {
-        self.map.retain(|k, _| (k >> 48) as NetIdx != net);
+        let per_port = &mut self.per_port;
+        self.map.retain(|k, e| {
+            let keep = (k >> 48) as NetIdx != net;
+            if !keep {
+                if let Some(c) = per_port.get_mut(e.port as usize) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+            keep
+        });
+    }
+
+    /// MACs learned on `port`.
+    pub fn port_count(&self, port: PortIdx) -> u32 {
+        self.per_port.get(port as usize).copied().unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
@@ -236,5 +309,27 @@ mod tests {
         t.remove_port(8);
         assert_eq!(t.lookup(1, &m(2), 1), None);
         assert_eq!(t.learn(1, &m(3), 8, 1), Learned::New);
+    }
+
+    #[test]
+    fn a_port_gets_its_share_only() {
+        let mut t = MacTable::new(1000, 100);
+        t.set_port_limit(2);
+        assert_eq!(t.learn(0, &m(1), 1, 0), Learned::New);
+        assert_eq!(t.learn(0, &m(2), 1, 0), Learned::New);
+        assert_eq!(t.learn(0, &m(3), 1, 0), Learned::PortFull);
+        assert!(t.lookup(0, &m(3), 0).is_none());
+        assert_eq!(t.learn(0, &m(3), 2, 0), Learned::New, "another port");
+        // a move into a full port is refused; out of it frees a place
+        assert_eq!(t.learn(0, &m(3), 1, 0), Learned::PortFull);
+        assert_eq!(t.learn(0, &m(2), 2, 0), Learned::Moved { from: 1 });
+        assert_eq!(t.port_count(1), 1);
+        assert_eq!(t.learn(0, &m(4), 1, 0), Learned::New);
+        // aging and removal give places back
+        t.age(5000);
+        assert_eq!((t.port_count(1), t.port_count(2)), (0, 0));
+        assert_eq!(t.learn(0, &m(5), 1, 6000), Learned::New);
+        t.remove_port(1);
+        assert_eq!(t.port_count(1), 0);
     }
 }

@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     /// Prefix of the namespaces `tapnet run` creates under /run/netns.
     pub netns_prefix: String,
     pub bufs_per_port: usize,
+    /// The most MACs one port may have in the table (0: no limit).
+    pub max_macs_per_port: u32,
     pub multishot: bool,
     pub busy_poll_us: u32,
     /// Upstream DNS servers (empty: the host's /etc/resolv.conf).

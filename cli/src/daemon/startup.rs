@@ -18,6 +18,7 @@ impl Core {
         let dp = Datapath::start(DatapathConfig {
             aging: cfg.mac_aging,
             bufs_per_port: cfg.bufs_per_port,
+            max_macs_per_port: cfg.max_macs_per_port,
             multishot: cfg.multishot,
             busy_poll_us: cfg.busy_poll_us,
             punt: Some(dns_svc.hook()),

@@ -97,6 +97,8 @@ pub struct DatapathConfig {
     /// (none: ICMP net-unreachable).
     pub route: Option<PuntHook>,
     pub on_error: Option<ErrorHook>,
+    /// At most this many MACs learned per port (0: no limit).
+    pub max_macs_per_port: u32,
 }
 
 impl Default for DatapathConfig {
@@ -111,6 +113,7 @@ impl Default for DatapathConfig {
             punt: None,
             route: None,
             on_error: None,
+            max_macs_per_port: 64,
         }
     }
 }
@@ -604,7 +607,8 @@ impl Worker {
         rx: mpsc::Receiver<Cmd>,
         efd: Arc<OwnedFd>,
     ) -> Worker {
-        let sw = Switch::new(cfg.aging.as_millis() as u64, cfg.max_macs);
+        let mut sw = Switch::new(cfg.aging.as_millis() as u64, cfg.max_macs);
+        sw.table.set_port_limit(cfg.max_macs_per_port);
         let multishot = cfg.multishot && {
             let mut probe = io_uring::Probe::new();
             ring.submitter().register_probe(&mut probe).is_ok()
