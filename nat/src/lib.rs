@@ -176,6 +176,48 @@ struct Conn {
     replied: bool,
 }
 
+/// A connection as plain data (see [`Nat::entries_raw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConnRaw {
+    pub proto: u8,
+    pub net: u16,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub nport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub tcp: TcpState,
+    pub replied: bool,
+    pub idle_ms: u64,
+    pub expires_in_ms: u64,
+}
+
+impl ConnRaw {
+    /// As `tapnet nat ls` shows it; `ext` is the uplink address.
+    pub fn info(&self, ext: Ipv4Addr) -> ConnInfo {
+        let proto = match self.proto {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            _ => "icmp",
+        };
+        let state = match self.proto {
+            PROTO_TCP => format!("{:?}", self.tcp).to_lowercase(),
+            _ if self.replied => "replied".into(),
+            _ => "unreplied".into(),
+        };
+        ConnInfo {
+            proto: proto.into(),
+            net: self.net,
+            inside: format!("{}:{}", self.src, self.sport),
+            outside: format!("{ext}:{}", self.nport),
+            remote: format!("{}:{}", self.dst, self.dport),
+            state,
+            idle_ms: self.idle_ms,
+            expires_in_ms: self.expires_in_ms,
+        }
+    }
+}
+
 /// A connection as `tapnet nat ls` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConnInfo {
@@ -697,35 +739,36 @@ impl Nat {
     }
 
     /// The connection table, for inspection.
-    pub fn entries(&self, now: u64) -> Vec<ConnInfo> {
-        let ext = self.cfg.external;
+    /// The connection table as plain data (no formatting, no allocation
+    /// per entry beyond the vector): cheap enough for the datapath thread;
+    /// [`ConnRaw::info`] formats it elsewhere.
+    pub fn entries_raw(&self, now: u64) -> Vec<ConnRaw> {
         self.conns
             .iter()
             .flatten()
             .map(|c| {
                 let idle = now.saturating_sub(c.last);
-                let proto = match c.out.proto {
-                    PROTO_TCP => "tcp",
-                    PROTO_UDP => "udp",
-                    _ => "icmp",
-                };
-                let state = match c.out.proto {
-                    PROTO_TCP => format!("{:?}", c.tcp).to_lowercase(),
-                    _ if c.replied => "replied".into(),
-                    _ => "unreplied".into(),
-                };
-                ConnInfo {
-                    proto: proto.into(),
+                ConnRaw {
+                    proto: c.out.proto,
                     net: c.out.net,
-                    inside: format!("{}:{}", c.out.src, c.out.sport),
-                    outside: format!("{ext}:{}", c.nport),
-                    remote: format!("{}:{}", c.out.dst, c.out.dport),
-                    state,
+                    src: c.out.src,
+                    sport: c.out.sport,
+                    nport: c.nport,
+                    dst: c.out.dst,
+                    dport: c.out.dport,
+                    tcp: c.tcp,
+                    replied: c.replied,
                     idle_ms: idle,
                     expires_in_ms: self.timeout(c).saturating_sub(idle),
                 }
             })
             .collect()
+    }
+
+    /// The connection table as `tapnet nat ls` shows it.
+    pub fn entries(&self, now: u64) -> Vec<ConnInfo> {
+        let ext = self.cfg.external;
+        self.entries_raw(now).iter().map(|r| r.info(ext)).collect()
     }
 }
 

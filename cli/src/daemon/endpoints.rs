@@ -336,9 +336,19 @@ impl Core {
                 "dropped": g(&s.stats.dropped),
             })
         });
+        // the connection table comes as plain data: formatted here
+        let uplink = snap.uplink.as_ref().map(|u| {
+            let mut j = serde_json::to_value(u).unwrap_or_default();
+            j["connections"] = serde_json::json!(u
+                .connections
+                .iter()
+                .map(|c| c.info(u.ip))
+                .collect::<Vec<_>>());
+            j
+        });
         let mut v = serde_json::json!({
             "socket_nat": sock,
-            "uplink": snap.uplink,
+            "uplink": uplink,
             "uplink_counters": port,
             "published": published,
         });

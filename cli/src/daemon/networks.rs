@@ -227,7 +227,11 @@ impl Core {
             });
         }
         let n = self.net(name)?;
-        let snap = self.dp.snapshot(DP_TIMEOUT).map_err(ApiError::internal)?;
+        // no NAT table: inspect needs ports and MACs only
+        let snap = self
+            .dp
+            .snapshot_ports(DP_TIMEOUT)
+            .map_err(ApiError::internal)?;
         let by_id: BTreeMap<u64, &vswitch::datapath::PortSnapshot> =
             snap.ports.iter().map(|p| (p.id, p)).collect();
         let mut total = vswitch::PortCounters::default();
@@ -249,10 +253,12 @@ impl Core {
             );
         }
         let name_of: BTreeMap<PortId, &String> = n.ports.iter().map(|(c, p)| (*p, c)).collect();
-        let mac_table = snap
-            .macs
-            .iter()
-            .filter(|m| m.net == n.idx)
+        let mut macs: Vec<&vswitch::datapath::MacSnapshot> =
+            snap.macs.iter().filter(|m| m.net == n.idx).collect();
+        // sorted here, not on the datapath thread
+        macs.sort_by_key(|m| m.mac);
+        let mac_table = macs
+            .into_iter()
             .map(|m| MacEntry {
                 mac: m.mac.to_string(),
                 endpoint: name_of

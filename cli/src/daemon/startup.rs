@@ -75,7 +75,7 @@ impl Core {
                     .join(", ")
             }
         ));
-        if let Ok(snap) = dp.snapshot(DP_TIMEOUT) {
+        if let Ok(snap) = dp.snapshot_ports(DP_TIMEOUT) {
             log(format!(
                 "datapath: io_uring, {} reads, {} buffers per port",
                 snap.read_mode,

@@ -185,7 +185,8 @@ enum Cmd {
         delete_device: bool,
         done: mpsc::SyncSender<()>,
     },
-    Snapshot(mpsc::SyncSender<Snapshot>),
+    /// With the NAT connection table or without it.
+    Snapshot(mpsc::SyncSender<Snapshot>, bool),
     SetAging(Duration),
     Inject(NetIdx, Vec<Vec<u8>>),
     SetUplink(Box<UplinkConfig>, PortId),
@@ -247,7 +248,8 @@ pub struct UplinkSnapshot {
     /// The gateway's MAC, once ARP found it.
     pub gateway_mac: Option<Mac>,
     pub nat: nat::NatStats,
-    pub connections: Vec<nat::ConnInfo>,
+    /// Empty unless asked for ([`Datapath::snapshot`]).
+    pub connections: Vec<nat::ConnRaw>,
     /// Routed frames dropped because the next hop's MAC is unknown.
     pub no_neighbor: u64,
 }
@@ -398,10 +400,22 @@ impl Datapath {
         }
     }
 
-    /// Counters of every port and the live MAC table.
+    /// Counters of every port, the live MAC table (unsorted), the uplink
+    /// and its NAT connection table (as plain data: formatting is the
+    /// caller's, off the datapath thread).
     pub fn snapshot(&self, timeout: Duration) -> Result<Snapshot, DatapathError> {
+        self.snapshot_of(timeout, true)
+    }
+
+    /// [`Self::snapshot`] without the NAT connection table (up to
+    /// hundreds of thousands of entries): what `network inspect` needs.
+    pub fn snapshot_ports(&self, timeout: Duration) -> Result<Snapshot, DatapathError> {
+        self.snapshot_of(timeout, false)
+    }
+
+    fn snapshot_of(&self, timeout: Duration, nat: bool) -> Result<Snapshot, DatapathError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.send(Cmd::Snapshot(tx))?;
+        self.send(Cmd::Snapshot(tx, nat))?;
         rx.recv_timeout(timeout).map_err(|e| match e {
             mpsc::RecvTimeoutError::Timeout => DatapathError::Timeout(timeout),
             mpsc::RecvTimeoutError::Disconnected => DatapathError::Stopped,
@@ -791,8 +805,8 @@ impl State {
                         let _ = done.send(());
                     }
                 },
-                Cmd::Snapshot(reply) => {
-                    let _ = reply.send(self.snapshot());
+                Cmd::Snapshot(reply, nat) => {
+                    let _ = reply.send(self.snapshot(nat));
                 }
                 Cmd::SetAging(d) => self.sw.table.set_aging_ms(d.as_millis() as u64),
                 Cmd::SetUplink(u, id) => self.set_uplink(*u, id),
@@ -859,7 +873,7 @@ impl State {
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self, nat: bool) -> Snapshot {
         let now = now_ms();
         let id_of = |slot: PortIdx| {
             self.ports
@@ -885,7 +899,11 @@ impl State {
                 gateway: u.gateway,
                 gateway_mac: u.arp.get(&u.gateway).map(|e| e.0),
                 nat: u.nat.stats,
-                connections: u.nat.entries(now),
+                connections: if nat {
+                    u.nat.entries_raw(now)
+                } else {
+                    Vec::new()
+                },
                 no_neighbor: u.no_neighbor,
             }),
             ..Default::default()
@@ -913,7 +931,6 @@ impl State {
                 });
             }
         }
-        s.macs.sort_by_key(|m| (m.net, m.mac));
         s
     }
 }
