@@ -161,8 +161,14 @@ pub fn publish(netns: &Path, ctr_ip: Ipv4Addr, maps: &[PortMap]) -> Result<Publi
                 return;
             };
             loop {
-                let Ok((client, _)) = l.accept().await else {
-                    continue;
+                let client = match l.accept().await {
+                    Ok((c, _)) => c,
+                    // out of fds (EMFILE/ENFILE), say: an immediate retry
+                    // would spin; wait a little, as Go's net/http does
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 let ns = ns.clone();
                 let Ok(client) = client.into_std() else {
