@@ -124,6 +124,10 @@ struct DaemonArgs {
     /// (10), udp (30), udp_stream (120), icmp (30).
     #[arg(long, value_name = "KIND=SECS")]
     nat_timeout: Vec<String>,
+    /// The most NAT connections one container may hold at once (0: no
+    /// limit); more are refused and counted as quota_exceeded.
+    #[arg(long, default_value_t = 1024)]
+    nat_quota: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -316,6 +320,7 @@ fn uplink_args(a: &DaemonArgs) -> Result<Option<daemon::UplinkArgs>> {
         gateway: a.uplink_gateway.expect("clap requires it"),
         ports: (lo, hi),
         timeouts: t,
+        quota: a.nat_quota,
     }))
 }
 

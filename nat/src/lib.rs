@@ -33,6 +33,9 @@ pub struct NatConfig {
     /// Source ports (TCP, UDP) and ICMP identifiers handed out.
     pub ports: (u16, u16),
     pub max_conns: usize,
+    /// The most outbound connections one container (network, address) may
+    /// hold at once (0: no limit): one container cannot take every port.
+    pub per_container: u32,
     pub timeouts: Timeouts,
 }
 
@@ -70,6 +73,7 @@ impl NatConfig {
             external,
             ports: (32768, 60999),
             max_conns: 1 << 18,
+            per_container: 1024,
             timeouts: Timeouts::default(),
         }
     }
@@ -86,6 +90,8 @@ pub enum NatDrop {
     PortsExhausted,
     /// The connection table is full.
     TableFull,
+    /// The container already holds its share of connections.
+    Quota,
     /// Inbound with no connection it belongs to.
     NoConnection,
 }
@@ -102,6 +108,9 @@ pub struct NatStats {
     pub ports_exhausted: u64,
     pub table_full: u64,
     pub no_connection: u64,
+    /// New connections refused: the container held its share.
+    #[serde(default)]
+    pub quota_exceeded: u64,
 }
 
 impl NatStats {
@@ -111,6 +120,7 @@ impl NatStats {
             NatDrop::Fragment => self.fragments += 1,
             NatDrop::PortsExhausted => self.ports_exhausted += 1,
             NatDrop::TableFull => self.table_full += 1,
+            NatDrop::Quota => self.quota_exceeded += 1,
             NatDrop::NoConnection => self.no_connection += 1,
         }
     }
@@ -246,6 +256,8 @@ pub struct Nat {
     /// of a first fragment -> its connection and when it was seen; the
     /// later fragments (no ports) follow it.
     frags: FxHashMap<FragKey, (u32, u64)>,
+    /// Outbound connections per container (network, inside address).
+    per_src: FxHashMap<(u16, Ipv4Addr), u32>,
     pub stats: NatStats,
 }
 
@@ -325,6 +337,7 @@ impl Nat {
             cursor: [lo; 3],
             forwards: FxHashMap::default(),
             frags: FxHashMap::default(),
+            per_src: FxHashMap::default(),
             stats: NatStats::default(),
         }
     }
@@ -495,10 +508,15 @@ impl Nat {
         if self.by_out.len() >= self.cfg.max_conns {
             return Err(NatDrop::TableFull);
         }
+        let held = self.per_src.get(&(key.net, key.src)).copied().unwrap_or(0);
+        if self.cfg.per_container != 0 && held >= self.cfg.per_container {
+            return Err(NatDrop::Quota);
+        }
         let nport = self
             .alloc_port(key.proto, key.sport)
             .ok_or(NatDrop::PortsExhausted)?;
         let id = self.insert(key, nport, mac, false);
+        *self.per_src.entry((key.net, key.src)).or_default() += 1;
         self.used[pidx(key.proto)].insert(nport, id);
         Ok(id)
     }
@@ -725,6 +743,15 @@ impl Nat {
                 let u = &mut self.used[pidx(c.out.proto)];
                 if !c.forwarded && u.get(&c.nport) == Some(&(i as u32)) {
                     u.remove(&c.nport);
+                }
+                if !c.forwarded {
+                    let k = (c.out.net, c.out.src);
+                    if let Some(h) = self.per_src.get_mut(&k) {
+                        *h -= 1;
+                        if *h == 0 {
+                            self.per_src.remove(&k);
+                        }
+                    }
                 }
                 self.free.push(i as u32);
                 n += 1;

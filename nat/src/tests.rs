@@ -326,3 +326,27 @@ fn fragments_follow_their_first_fragment() {
     assert_eq!(n.inbound(&mut rrest, 3).unwrap().net, 1);
     assert_eq!(ip4(&rrest, IP + 16), C);
 }
+
+#[test]
+fn a_container_holds_only_its_share_of_connections() {
+    let mut n = Nat::new(NatConfig {
+        per_container: 2,
+        ..NatConfig::new(EXT.into())
+    });
+    let open = |n: &mut Nat, src: [u8; 4], sport: u16, now: u64| {
+        let mut b = frame(src, R, PROTO_TCP, &tcp(sport, 80, 2));
+        n.outbound(1, MAC, &mut b, now)
+    };
+    assert!(open(&mut n, C, 1000, 0).is_ok());
+    assert!(open(&mut n, C, 1001, 0).is_ok());
+    assert_eq!(open(&mut n, C, 1002, 0), Err(NatDrop::Quota));
+    assert_eq!(n.stats.quota_exceeded, 1);
+    // an existing connection still passes, and another container is not
+    // affected
+    assert!(open(&mut n, C, 1000, 1).is_ok());
+    let other = [10, 0, 0, 77];
+    assert!(open(&mut n, other, 1000, 1).is_ok());
+    // expiry gives the share back
+    assert_eq!(n.expire(200_000), 3);
+    assert!(open(&mut n, C, 1002, 200_001).is_ok());
+}

@@ -246,3 +246,57 @@ fn published_on_the_uplink_keeps_sources_and_hairpins() {
     .unwrap();
     assert!(r.is_err(), "port still published");
 }
+
+/// One container holds at most its share of NAT connections
+/// (--nat-quota): its next flow is refused and counted, while another
+/// container still gets out.
+#[test]
+fn a_container_holds_only_its_share_of_the_nat() {
+    let Some(mut env) = Env::with_uplink(
+        "a_container_holds_only_its_share_of_the_nat",
+        &["--nat-quota", "2"],
+    ) else {
+        return;
+    };
+    let inet = env.inet_ns();
+    env.ok(&["network", "create", "app", "--subnet", "10.67.0.0/24"]);
+    let greedy = env.container("app", "greedy", &[]);
+    let other = env.container("app", "other", &[]);
+    // a UDP echo in the internet
+    in_ns(&inet, || {
+        let s = UdpSocket::bind((INET_IP, 7200)).unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while let Ok((n, from)) = s.recv_from(&mut b) {
+                let _ = s.send_to(&b[..n], from);
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let flow = |ns: String, port: u16| -> bool {
+        in_ns(&ns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(700)))
+                .unwrap();
+            s.send_to(b"hi", (INET_IP, 7200)).unwrap();
+            let mut b = [0u8; 8];
+            s.recv(&mut b).is_ok()
+        })
+        .join()
+        .unwrap()
+    };
+    assert!(flow(greedy.ns.clone(), 6001));
+    assert!(flow(greedy.ns.clone(), 6002));
+    assert!(
+        !flow(greedy.ns.clone(), 6003),
+        "a third flow beyond the quota"
+    );
+    assert!(
+        flow(other.ns.clone(), 6001),
+        "the other container was starved"
+    );
+    let n = env.json(&["nat", "ls", "--format", "json"]);
+    assert!(ctr(&n["uplink"]["nat"], "quota_exceeded") >= 1, "{n}");
+    assert!(ctr(&env.counters("app", "greedy"), "drops.nat_failed") >= 1);
+}

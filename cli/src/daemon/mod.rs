@@ -68,6 +68,8 @@ pub struct UplinkArgs {
     pub gateway: std::net::Ipv4Addr,
     pub ports: (u16, u16),
     pub timeouts: nat::Timeouts,
+    /// NAT connections per container (0: no limit).
+    pub quota: u32,
 }
 
 /// An error for the API client: HTTP status and one clear line.

@@ -40,6 +40,7 @@ impl Core {
             let mut nat = nat::NatConfig::new(u.ip.addr());
             nat.ports = u.ports;
             nat.timeouts = u.timeouts;
+            nat.per_container = u.quota;
             dp.set_uplink(vswitch::UplinkConfig {
                 name: u.iface.clone(),
                 fd,
