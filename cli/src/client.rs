@@ -49,14 +49,24 @@ impl Client {
             .and_then(|_| s.write_all(&body));
         let mut resp = Vec::new();
         let read = s.read_to_end(&mut resp);
-        match (sent, read) {
-            (_, Err(e)) | (Err(e), Ok(_)) if gone(&e) => bail!(GONE),
-            (Err(e), _) => return Err(e).context("sending the request to the daemon"),
-            (_, Err(e)) => return Err(e).context("reading the daemon's answer"),
-            _ => {}
-        }
-        if resp.is_empty() {
-            bail!(GONE);
+        // a whole answer counts even if the connection ended badly after it
+        let whole = {
+            let mut h = [httparse::EMPTY_HEADER; 32];
+            matches!(
+                httparse::Response::new(&mut h).parse(&resp),
+                Ok(httparse::Status::Complete(_))
+            )
+        };
+        if !whole {
+            match (sent, read) {
+                (_, Err(e)) | (Err(e), Ok(_)) if gone(&e) => bail!(GONE),
+                (Err(e), _) => return Err(e).context("sending the request to the daemon"),
+                (_, Err(e)) => return Err(e).context("reading the daemon's answer"),
+                _ => {}
+            }
+            if resp.is_empty() {
+                bail!(GONE);
+            }
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut r = httparse::Response::new(&mut headers);

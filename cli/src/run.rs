@@ -258,11 +258,18 @@ fn run_in(
         let _ = std::fs::remove_file(p);
     }
     // the daemon stops it when the container is removed
-    let _ = client.call::<serde_json::Value>(
+    let told = client.call::<serde_json::Value>(
         "PUT",
         &format!("/containers/{}/process", info.name),
         Some(&crate::api::ContainerProcess { pid: pid as u32 }),
     );
+    if told
+        .as_ref()
+        .is_err_and(|e| format!("{e:#}").contains("no such container"))
+    {
+        // removed before its command started: it does not get to run
+        unsafe { libc::kill(if own_group { -pid } else { pid }, libc::SIGKILL) };
+    }
     let status = child.wait().context("waiting for the command")?;
     CHILD.store(0, Ordering::SeqCst);
     if own_group {

@@ -24,7 +24,13 @@ fn ns_exists(name: &str) -> bool {
 }
 
 fn start(env: &mut Env, name: &str, secs: &str) -> usize {
-    let idx = env.spawn_tapnet(&["run", "--name", name, "--", "sleep", secs]);
+    start_cmd(env, name, secs, &["sleep", secs])
+}
+
+fn start_cmd(env: &mut Env, name: &str, secs: &str, cmd: &[&str]) -> usize {
+    let mut args = vec!["run", "--name", name, "--"];
+    args.extend_from_slice(cmd);
+    let idx = env.spawn_tapnet(&args);
     assert!(
         wait_until(Duration::from_secs(10), || listed(env, name)
             && sleeping(secs)),
@@ -39,8 +45,15 @@ fn killed_runs_are_reaped_and_rm_stops_commands() {
     let Some(mut env) = Env::new("killed_runs_are_reaped_and_rm_stops_commands", &[]) else {
         return;
     };
-    // SIGKILL of the run: container, namespace, command and resolv.conf go
-    let idx = start(&mut env, "k1", "3001");
+    // SIGKILL of the run: container, namespace, command (and what it
+    // started) and resolv.conf go
+    let idx = start_cmd(
+        &mut env,
+        "k1",
+        "3001",
+        &["sh", "-c", "sleep 3011 & sleep 3001"],
+    );
+    assert!(wait_until(Duration::from_secs(5), || sleeping("3011")));
     let run_pid = env.bg_pid(idx);
     let resolv = std::env::temp_dir().join(format!("tapnet-resolv-k1-{run_pid}.conf"));
     unsafe { libc::kill(run_pid as i32, libc::SIGKILL) };
@@ -53,6 +66,10 @@ fn killed_runs_are_reaped_and_rm_stops_commands() {
     assert!(
         wait_until(Duration::from_secs(5), || !sleeping("3001")),
         "the command outlived its run"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !sleeping("3011")),
+        "what the command started outlived its run"
     );
     assert!(!resolv.exists(), "{} left behind", resolv.display());
 

@@ -166,6 +166,7 @@ fn corrupt_state_files_are_set_aside() {
     };
     env.ok(&["network", "create", "good", "--subnet", "10.57.1.0/24"]);
     env.ok(&["network", "create", "bad", "--subnet", "10.57.2.0/24"]);
+    let live = env.container("good", "live", &[]);
     env.stop_daemon(libc::SIGKILL);
     let st = env.state_dir();
     let bad = st.join("networks/bad.json");
@@ -190,8 +191,15 @@ fn corrupt_state_files_are_set_aside() {
     };
     assert!(aside("bad.json.corrupt-", &st.join("networks")));
     assert!(aside("containers.json.corrupt-", &st));
+    // the live container was rebuilt from its endpoint: its address stays
+    // its own (not handed out twice) and it still talks
+    assert!(log.contains("rebuilt"), "{log}");
+    let again = env.ctr("live").expect("live container rebuilt");
+    assert_eq!(again.ip, live.ip);
+    let fresh = env.container("good", "fresh", &[]);
+    assert_ne!(fresh.ip, live.ip, "an address handed out twice");
+    assert!(ping(&env, &fresh.ns, &live.ip.to_string(), 2));
     // the name is free again, and the set-aside file stays untouched
     env.ok(&["network", "create", "bad", "--subnet", "10.57.3.0/24"]);
     assert!(aside("bad.json.corrupt-", &st.join("networks")));
-    env.container("good", "c2", &[]);
 }

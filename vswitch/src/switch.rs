@@ -255,9 +255,20 @@ impl PortIdentity {
         }
         let own = |a: &[u8]| a == self.ip.octets() || a == [0; 4];
         match wire::eth::ethertype(frame) {
-            Some(eth::ETHERTYPE_IPV4) => frame
-                .get(eth::HDR_LEN + wire::ipv4::SRC..eth::HDR_LEN + wire::ipv4::SRC + 4)
-                .is_none_or(own),
+            Some(eth::ETHERTYPE_IPV4) => {
+                let ip = &frame[eth::HDR_LEN..];
+                match ip.get(wire::ipv4::SRC..wire::ipv4::SRC + 4) {
+                    None => true, // truncated: nobody takes it for IPv4
+                    Some(s) if s == self.ip.octets() => true,
+                    // 0.0.0.0 only for a DHCP request (UDP 68 -> 67)
+                    Some([0, 0, 0, 0]) => {
+                        let l4 = (ip[0] & 0x0f) as usize * 4;
+                        ip[wire::ipv4::PROTOCOL] == wire::ipv4::PROTO_UDP
+                            && ip.get(l4..l4 + 4) == Some(&[0, 68, 0, 67][..])
+                    }
+                    Some(_) => false,
+                }
+            }
             Some(eth::ETHERTYPE_ARP) => match wire::arp::Arp::new(&frame[eth::HDR_LEN..]) {
                 Some(a) => a.sender_mac() == self.mac.0 && own(&a.sender_ip().octets()),
                 None => true, // not Ethernet/IPv4 ARP: nobody takes it as such

@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// Whether process `pid` lives in the network namespace pinned at `ns`.
+fn same_netns(pid: u32, ns: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(a), Ok(b)) = (
+        std::fs::metadata(format!("/proc/{pid}/ns/net")),
+        std::fs::metadata(ns),
+    ) else {
+        return false;
+    };
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
 /// How long a removed container's command has to exit after SIGTERM.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -19,7 +31,10 @@ fn show_netns(p: &std::path::Path) -> String {
 
 impl Core {
     pub fn create_container(&mut self, req: CreateContainer) -> ApiResult<ContainerInfo> {
-        let client = req.client_pid.and_then(procs::ProcRef::of);
+        let client = req
+            .client_pid
+            .filter(|&p| p > 1)
+            .and_then(procs::ProcRef::of);
         let info = self.create_container_inner(req)?;
         if client.is_some() {
             if let Some(c) = self.containers.get_mut(&info.name) {
@@ -45,14 +60,26 @@ impl Core {
             .collect()
     }
 
-    /// Records the command `run` started in container `name`.
+    /// Records the command `run` started in container `name`: it must be a
+    /// child of the container's `run` and live in its network namespace
+    /// (the daemon will signal it, so it takes no PID on trust).
     pub fn set_process(&mut self, name: &str, pid: u32) -> ApiResult<()> {
-        let p = procs::ProcRef::of(pid)
-            .ok_or_else(|| ApiError::not_found(format!("no process {pid}")))?;
         let c = self
             .containers
-            .get_mut(name)
+            .get(name)
             .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
+        let p = procs::ProcRef::of(pid)
+            .filter(|_| pid > 1)
+            .ok_or_else(|| ApiError::not_found(format!("no process {pid}")))?;
+        let child_of_run = c.client.is_some_and(|cl| {
+            cl.alive() && procs::parent_and_group(pid).is_some_and(|(ppid, _)| ppid == cl.pid)
+        });
+        if !child_of_run || !same_netns(pid, &c.netns) {
+            return Err(ApiError::bad_request(format!(
+                "process {pid} is not container {name}'s command (a child of its run, in its network namespace)"
+            )));
+        }
+        let c = self.containers.get_mut(name).expect("checked");
         c.process = Some(p);
         Ok(self.store.save_containers(&self.containers)?)
     }
@@ -112,6 +139,10 @@ impl Core {
             },
         );
         if let Err(e) = r.and_then(|_| self.finish_owned(&name)) {
+            if !self.endpoints_of(&name).is_empty() {
+                // attached, then failed: take everything back
+                let _ = self.remove_container(&name);
+            }
             self.containers.remove(&name);
             let _ = self.store.save_containers(&self.containers);
             let _ = netns::delete_netns(&path);
@@ -391,7 +422,7 @@ impl Core {
             .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
         // its command goes first (SIGTERM, then SIGKILL), as docker rm -f
         if let Some(p) = &c.process {
-            if procs::stop(p, STOP_GRACE) {
+            if procs::stop(p, STOP_GRACE, |pid| same_netns(pid, &c.netns)) {
                 log(format!(
                     "container {name}: stopped its command (pid {})",
                     p.pid

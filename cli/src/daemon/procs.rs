@@ -62,34 +62,59 @@ pub fn pidfd(p: &ProcRef) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Stops the command `p` and its process group (the command leads one:
-/// `run` starts it with its own group when it has no terminal): SIGTERM,
-/// then SIGKILL after `grace`. Never signals a PID that is no longer `p`.
-/// Returns whether it was running.
-pub fn stop(p: &ProcRef, grace: Duration) -> bool {
-    if !p.alive() {
+/// The parent PID and process group of `pid` (fields 4 and 5).
+pub fn parent_and_group(pid: u32) -> Option<(u32, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = s[s.rfind(')')? + 1..].split_whitespace();
+    let _state = f.next()?;
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// The live (not zombie) processes whose process group is `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| start_time(pid).is_some())
+        .filter(|&pid| parent_and_group(pid).is_some_and(|(_, g)| g == pgid))
+        .collect()
+}
+
+/// Stops the command `p` and the rest of its process group (the command
+/// leads one when `run` had no terminal): SIGTERM, then SIGKILL after
+/// `grace`. The group's other members are found by scanning /proc (the
+/// leader may be gone already, e.g. killed with its run), never signalled
+/// through a group id that could have been reused, and only if
+/// `same_ns(pid)` says they are in the container's network namespace.
+/// PIDs 0 and 1 are never signalled. Returns whether anything ran.
+pub fn stop(p: &ProcRef, grace: Duration, same_ns: impl Fn(u32) -> bool) -> bool {
+    if p.pid <= 1 {
         return false;
     }
-    let group = unsafe { libc::getpgid(p.pid as libc::pid_t) } == p.pid as libc::pid_t;
-    let target = if group {
-        -(p.pid as libc::pid_t)
-    } else {
-        p.pid as libc::pid_t
-    };
-    unsafe { libc::kill(target, libc::SIGTERM) };
-    let t0 = Instant::now();
-    while t0.elapsed() < grace {
-        if !p.alive() {
-            // the group's others (children it left) go too
-            if group {
-                unsafe { libc::kill(target, libc::SIGKILL) };
-            }
-            return true;
+    let targets = || -> Vec<u32> {
+        let mut t: Vec<u32> = group_members(p.pid)
+            .into_iter()
+            .filter(|&pid| pid > 1 && same_ns(pid))
+            .collect();
+        if p.alive() && !t.contains(&p.pid) {
+            t.push(p.pid);
         }
+        t
+    };
+    let first = targets();
+    if first.is_empty() {
+        return false;
+    }
+    for pid in &first {
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < grace && !targets().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if p.alive() || group {
-        unsafe { libc::kill(target, libc::SIGKILL) };
+    for pid in targets() {
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
     true
 }
@@ -121,7 +146,7 @@ mod tests {
             .unwrap();
         std::thread::sleep(Duration::from_millis(100));
         let p = ProcRef::of(c.id()).unwrap();
-        assert!(stop(&p, Duration::from_secs(2)));
+        assert!(stop(&p, Duration::from_secs(2), |_| true));
         let _ = c.wait();
         assert!(!p.alive());
         // nothing of its group left running (a zombie waiting for its new
@@ -142,6 +167,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!running(), "a member of the group survived");
-        assert!(!stop(&p, Duration::from_secs(1)), "already gone");
+        assert!(!stop(&p, Duration::from_secs(1), |_| true), "already gone");
+        assert!(!stop(&ProcRef { pid: 1, start: 0 }, Duration::ZERO, |_| {
+            true
+        }));
     }
 }

@@ -88,6 +88,7 @@ impl Core {
             log(format!("skipping unreadable network state {e}"));
         }
         let (mut containers, unreadable) = store.load_containers()?;
+        let lost_containers = unreadable.is_some();
         if let Some(why) = unreadable {
             log(format!("unreadable container state {why}"));
         }
@@ -149,6 +150,9 @@ impl Core {
             if let Err(e) = core.add_net(rec) {
                 log(format!("network {name}: {e:#}"));
             }
+        }
+        if lost_containers {
+            core.rebuild_containers()?;
         }
         core.restore_endpoints()?;
         let names: Vec<String> = core.nets.keys().cloned().collect();
@@ -236,5 +240,34 @@ impl Core {
             self.store.save_containers(&self.containers)?;
         }
         Ok(())
+    }
+
+    /// After an unreadable containers.json: a container for every endpoint
+    /// that names one (its namespace is in the endpoint), so live
+    /// endpoints keep their addresses instead of being released as stale
+    /// (which would hand them out twice).
+    pub(super) fn rebuild_containers(&mut self) -> Result<()> {
+        for n in self.nets.values() {
+            for (name, e) in &n.rec.endpoints {
+                self.containers
+                    .entry(name.clone())
+                    .or_insert_with(|| ContainerRecord {
+                        netns: e.netns.clone(),
+                        owned: e.owned_netns,
+                        created: now_secs(),
+                        dns: vec![],
+                        mode: String::new(),
+                        id: random_hex(16),
+                        creating: false,
+                        client: None,
+                        process: None,
+                    });
+            }
+        }
+        log(format!(
+            "rebuilt {} container(s) from the networks' endpoints",
+            self.containers.len()
+        ));
+        self.store.save_containers(&self.containers)
     }
 }
