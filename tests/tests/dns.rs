@@ -369,3 +369,41 @@ fn bridge_names_when_the_daemon_says_so() {
     let o = env.ok(&["run", "--", "cat", "/etc/resolv.conf"]);
     assert!(o.contains("nameserver 172.17.0.1"), "{o}");
 }
+
+/// One client cannot hold the resolver's TCP connections by connecting and
+/// waiting: an idle one is closed (after 10 s), and 16 idle ones do not
+/// keep a 17th client from being answered once they are.
+#[test]
+fn idle_dns_tcp_connections_are_closed() {
+    let Some(mut env) = Env::new("idle_dns_tcp_connections_are_closed", &[]) else {
+        return;
+    };
+    env.ok(&["network", "create", "app", "--subnet", "10.54.0.0/24"]);
+    let gw: Ipv4Addr = "10.54.0.1".parse().unwrap();
+    let web = env.container("app", "web", &[]);
+    let c = env.container("app", "client", &[]);
+    let hog = in_ns(&c.ns, move || {
+        use std::io::Read;
+        let conns: Vec<std::net::TcpStream> = (0..16)
+            .filter_map(|_| std::net::TcpStream::connect((gw, 53)).ok())
+            .collect();
+        let t0 = std::time::Instant::now();
+        // each is closed by the server (EOF or reset) without a byte sent
+        let closed = conns
+            .into_iter()
+            .filter(|s| {
+                let mut s = s;
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut b = [0u8; 1];
+                matches!(s.read(&mut b), Ok(0) | Err(_))
+            })
+            .count();
+        (closed, t0.elapsed())
+    });
+    let (closed, took) = hog.join().unwrap();
+    assert_eq!(closed, 16, "idle connections left open");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    // and TCP queries are served again
+    let r = ask(&c.ns, gw, "web", RecordType::A, true).expect("a TCP answer");
+    assert_eq!(addrs(&parse(&r)), vec![web.ip]);
+}

@@ -29,6 +29,10 @@ use wire::{arp, eth, ipv4};
 const QUEUE: usize = 4096;
 /// TCP connections per network served at once.
 const TCP_CONNS: usize = 16;
+/// A DNS-over-TCP connection with nothing to do for this long is closed
+/// (RFC 7766 lets servers close idle ones): one client cannot keep all
+/// TCP_CONNS of a network busy by connecting and waiting.
+const TCP_IDLE: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
 const DNS_PORT: u16 = 53;
 
 pub enum Event {
@@ -187,6 +191,8 @@ struct TcpConn {
     gen: u64,
     inbuf: Vec<u8>,
     pending: usize,
+    /// When the client last sent something (None: not connected).
+    last: Option<SInstant>,
 }
 
 struct NetStack {
@@ -224,6 +230,7 @@ impl NetStack {
                     gen: 0,
                     inbuf: Vec::new(),
                     pending: 0,
+                    last: None,
                 }
             })
             .collect();
@@ -269,15 +276,31 @@ impl NetStack {
                 c.gen += 1;
                 c.inbuf.clear();
                 c.pending = 0;
+                c.last = None;
                 let _ = s.listen(DNS_PORT);
                 continue;
             }
+            if s.state() == tcp::State::Listen {
+                c.last = None;
+                continue;
+            }
+            // the idle clock starts when a client is there
+            c.last.get_or_insert(now);
             while s.can_recv() {
                 let mut buf = [0u8; 4096];
                 match s.recv_slice(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        c.inbuf.extend_from_slice(&buf[..n]);
+                        c.last = Some(now);
+                    }
                 }
+            }
+            // connected, quiet, nothing owed to it: free the slot
+            let last = c.last.unwrap_or(now);
+            if c.pending == 0 && s.send_queue() == 0 && now - last > TCP_IDLE {
+                s.abort();
+                continue;
             }
             let client = match s.remote_endpoint() {
                 Some(IpEndpoint {
@@ -307,6 +330,17 @@ impl NetStack {
             }
         }
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        // slots closed just now listen again before the next frame comes
+        for c in self.tcp.iter_mut() {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            if !s.is_open() {
+                c.gen += 1;
+                c.inbuf.clear();
+                c.pending = 0;
+                c.last = None;
+                let _ = s.listen(DNS_PORT);
+            }
+        }
     }
 
     fn answer(&mut self, to: Dest, bytes: &[u8]) {
