@@ -217,6 +217,41 @@ fn published_ports() {
         b"z"
     );
 
+    // a flood of clients on one published port: 256 are relayed at once,
+    // the rest turned away (closed), and the slots come back
+    let (open, closed) = in_ns(&host, || {
+        use std::io::Read;
+        let conns: Vec<TcpStream> = (0..300)
+            .map(|_| TcpStream::connect(("127.0.0.1", 9001)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        let mut open = 0;
+        let mut closed = 0;
+        for mut c in conns.iter() {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            match c.read(&mut b) {
+                Ok(0) => closed += 1,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    open += 1
+                }
+                _ => closed += 1,
+            }
+        }
+        (open, closed)
+    })
+    .join()
+    .unwrap();
+    assert_eq!((open, closed), (256, 44), "relays per published port");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        roundtrip(&host, "127.0.0.1", 9001, b"again".to_vec()).unwrap(),
+        b"again"
+    );
+
     // the endpoint goes, its ports go with it
     env.ok(&["network", "disconnect", "second", "other"]);
     env.ok(&["rm", "web"]);

@@ -156,6 +156,9 @@ pub fn publish(netns: &Path, ctr_ip: Ipv4Addr, maps: &[PortMap]) -> Result<Publi
     for (m, l) in tcp {
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         let ns = ns.clone();
+        // one relay thread per connection, so a bounded number of them per
+        // published port: a flood of clients cannot exhaust the daemon
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_RELAYS_PER_PORT));
         tasks.push(rt.spawn(async move {
             let Ok(l) = tokio::net::TcpListener::from_std(l) else {
                 return;
@@ -170,6 +173,10 @@ pub fn publish(netns: &Path, ctr_ip: Ipv4Addr, maps: &[PortMap]) -> Result<Publi
                         continue;
                     }
                 };
+                // all slots busy: this client is turned away (closed)
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let ns = ns.clone();
                 let Ok(client) = client.into_std() else {
                     continue;
@@ -178,6 +185,7 @@ pub fn publish(netns: &Path, ctr_ip: Ipv4Addr, maps: &[PortMap]) -> Result<Publi
                     if let Err(e) = relay_tcp(client, &ns, (ctr_ip, m.ctr_port).into()) {
                         eprintln!("tapnet: publish {m}: {e:#}");
                     }
+                    drop(slot);
                 });
             }
         }));
@@ -193,6 +201,9 @@ pub fn publish(netns: &Path, ctr_ip: Ipv4Addr, maps: &[PortMap]) -> Result<Publi
     }
     Ok(Published { tasks })
 }
+
+/// Concurrent relayed TCP connections per published port.
+const MAX_RELAYS_PER_PORT: usize = 256;
 
 /// Runs `f` on a thread inside network namespace `ns`.
 fn in_ns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
