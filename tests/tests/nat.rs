@@ -72,6 +72,21 @@ fn outbound_tcp_udp_ping_and_many_connections() {
     assert_eq!(ctr(&n["uplink"]["nat"], "ports_exhausted"), 0);
 }
 
+/// A UDP echo on INET_IP:`port` in namespace `inet` (until the test ends).
+fn udp_echo(inet: &str, port: u16) {
+    in_ns(inet, move || {
+        let s = UdpSocket::bind((INET_IP, port)).unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while let Ok((n, from)) = s.recv_from(&mut b) {
+                let _ = s.send_to(&b[..n], from);
+            }
+        });
+    })
+    .join()
+    .unwrap();
+}
+
 #[test]
 fn expiry_exhaustion_and_internal_networks() {
     let Some(mut env) = Env::with_uplink(
@@ -92,18 +107,7 @@ fn expiry_exhaustion_and_internal_networks() {
     let inet = env.inet_ns();
     env.ok(&["network", "create", "app", "--subnet", "10.62.0.0/24"]);
     let c = env.container("app", "c", &[]);
-    // a UDP sink in the internet
-    in_ns(&inet, || {
-        let s = UdpSocket::bind((INET_IP, 7100)).unwrap();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 64];
-            while let Ok((n, from)) = s.recv_from(&mut b) {
-                let _ = s.send_to(&b[..n], from);
-            }
-        });
-    })
-    .join()
-    .unwrap();
+    udp_echo(&inet, 7100);
     let send_from = |env: &Env, port: u16| -> bool {
         in_ns(&c.ns.clone(), move || {
             let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
@@ -262,18 +266,7 @@ fn a_container_holds_only_its_share_of_the_nat() {
     env.ok(&["network", "create", "app", "--subnet", "10.67.0.0/24"]);
     let greedy = env.container("app", "greedy", &[]);
     let other = env.container("app", "other", &[]);
-    // a UDP echo in the internet
-    in_ns(&inet, || {
-        let s = UdpSocket::bind((INET_IP, 7200)).unwrap();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 64];
-            while let Ok((n, from)) = s.recv_from(&mut b) {
-                let _ = s.send_to(&b[..n], from);
-            }
-        });
-    })
-    .join()
-    .unwrap();
+    udp_echo(&inet, 7200);
     let flow = |ns: String, port: u16| -> bool {
         in_ns(&ns, move || {
             let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();

@@ -68,6 +68,21 @@ impl MacTable {
         }
     }
 
+    /// Keeps the entries `keep` says so, giving their places back to the
+    /// ports of those it drops.
+    fn retain_counted(&mut self, mut keep: impl FnMut(u64, &Entry) -> bool) {
+        let per_port = &mut self.per_port;
+        self.map.retain(|k, e| {
+            let kept = keep(*k, e);
+            if !kept {
+                if let Some(c) = per_port.get_mut(e.port as usize) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+            kept
+        });
+    }
+
     /// Sets the most MACs one port may have learned (0: no limit).
     pub fn set_port_limit(&mut self, n: u32) {
         self.port_limit = n;
@@ -163,16 +178,7 @@ impl MacTable {
     pub fn age(&mut self, now: u64) -> usize {
         let before = self.map.len();
         let aging = self.aging_ms;
-        let per_port = &mut self.per_port;
-        self.map.retain(|_, e| {
-            let keep = now.saturating_sub(e.last_seen) <= aging;
-            if !keep {
-                if let Some(c) = per_port.get_mut(e.port as usize) {
-                    *c = c.saturating_sub(1);
-                }
-            }
-            keep
-        });
+        self.retain_counted(|_, e| now.saturating_sub(e.last_seen) <= aging);
         before - self.map.len()
     }
 
@@ -186,16 +192,7 @@ impl MacTable {
 
     /// Forgets every MAC of network `net`.
     pub fn remove_net(&mut self, net: NetIdx) {
-        let per_port = &mut self.per_port;
-        self.map.retain(|k, e| {
-            let keep = (k >> 48) as NetIdx != net;
-            if !keep {
-                if let Some(c) = per_port.get_mut(e.port as usize) {
-                    *c = c.saturating_sub(1);
-                }
-            }
-            keep
-        });
+        self.retain_counted(|k, _| (k >> 48) as NetIdx != net);
     }
 
     /// MACs learned on `port`.

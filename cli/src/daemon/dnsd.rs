@@ -195,6 +195,18 @@ struct TcpConn {
     last: Option<SInstant>,
 }
 
+impl TcpConn {
+    /// A new generation of this slot, listening for the next client
+    /// (answers still on their way to the old one are dropped).
+    fn relisten(&mut self, s: &mut tcp::Socket) {
+        self.gen += 1;
+        self.inbuf.clear();
+        self.pending = 0;
+        self.last = None;
+        let _ = s.listen(DNS_PORT);
+    }
+}
+
 struct NetStack {
     iface: Interface,
     dev: Queue,
@@ -273,11 +285,7 @@ impl NetStack {
             let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
             if !s.is_open() {
                 // closed (or never used): serve the next client
-                c.gen += 1;
-                c.inbuf.clear();
-                c.pending = 0;
-                c.last = None;
-                let _ = s.listen(DNS_PORT);
+                c.relisten(s);
                 continue;
             }
             if s.state() == tcp::State::Listen {
@@ -334,11 +342,7 @@ impl NetStack {
         for c in self.tcp.iter_mut() {
             let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
             if !s.is_open() {
-                c.gen += 1;
-                c.inbuf.clear();
-                c.pending = 0;
-                c.last = None;
-                let _ = s.listen(DNS_PORT);
+                c.relisten(s);
             }
         }
     }

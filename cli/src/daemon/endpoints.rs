@@ -81,17 +81,12 @@ impl Core {
                         path.display()
                     )));
                 }
-                Some(ContainerRecord {
-                    netns: path,
-                    owned: false,
-                    created: now_secs(),
-                    dns: vec![],
-                    mode: String::new(),
-                    id: random_hex(16),
-                    creating: false,
-                    client: None,
-                    process: None,
-                })
+                Some(ContainerRecord::attached(
+                    path,
+                    false,
+                    random_hex(16),
+                    now_secs(),
+                ))
             }
             (None, None) => {
                 return Err(ApiError::not_found(format!(

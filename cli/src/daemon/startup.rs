@@ -249,19 +249,14 @@ impl Core {
     pub(super) fn rebuild_containers(&mut self) -> Result<()> {
         for n in self.nets.values() {
             for (name, e) in &n.rec.endpoints {
-                self.containers
-                    .entry(name.clone())
-                    .or_insert_with(|| ContainerRecord {
-                        netns: e.netns.clone(),
-                        owned: e.owned_netns,
-                        created: now_secs(),
-                        dns: vec![],
-                        mode: String::new(),
-                        id: random_hex(16),
-                        creating: false,
-                        client: None,
-                        process: None,
-                    });
+                self.containers.entry(name.clone()).or_insert_with(|| {
+                    ContainerRecord::attached(
+                        e.netns.clone(),
+                        e.owned_netns,
+                        random_hex(16),
+                        now_secs(),
+                    )
+                });
             }
         }
         log(format!(

@@ -103,6 +103,24 @@ pub struct ContainerRecord {
     pub process: Option<super::procs::ProcRef>,
 }
 
+impl ContainerRecord {
+    /// A namespace attached under a name (not created by tapnet unless
+    /// `owned`), with nothing else known of it.
+    pub fn attached(netns: PathBuf, owned: bool, id: String, created: u64) -> ContainerRecord {
+        ContainerRecord {
+            netns,
+            owned,
+            created,
+            dns: vec![],
+            mode: String::new(),
+            id,
+            creating: false,
+            client: None,
+            process: None,
+        }
+    }
+}
+
 pub struct Store {
     dir: PathBuf,
 }
