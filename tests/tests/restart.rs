@@ -203,3 +203,97 @@ fn corrupt_state_files_are_set_aside() {
     env.ok(&["network", "create", "bad", "--subnet", "10.57.3.0/24"]);
     assert!(aside("bad.json.corrupt-", &st.join("networks")));
 }
+
+/// A crash under load: 200 TCP connections and a bulk transfer between two
+/// containers while the daemon is killed and started again. Every
+/// connection carries on and the transfer arrives intact.
+#[test]
+fn crash_under_load_connections_carry_on() {
+    use std::io::{Read, Write};
+    let Some(mut env) = Env::new("crash_under_load_connections_carry_on", &[]) else {
+        return;
+    };
+    env.ok(&["network", "create", "load", "--subnet", "10.58.0.0/24"]);
+    let a = env.container("load", "a", &[]);
+    let b = env.container("load", "b", &[]);
+    let bip = b.ip;
+    // b: an echo server for the 200 connections
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    in_ns(&b.ns, move || {
+        let l = std::net::TcpListener::bind("0.0.0.0:5100").unwrap();
+        ready_tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    ready_rx.recv().unwrap();
+    // a: 200 connections, each checked before and after the crash
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let conns = in_ns(&a.ns, move || {
+        let mut cs: Vec<std::net::TcpStream> = (0..200)
+            .map(|_| std::net::TcpStream::connect((bip, 5100)).unwrap())
+            .collect();
+        let talk = |cs: &mut Vec<std::net::TcpStream>, tag: &str| {
+            cs.iter_mut().enumerate().all(|(i, s)| {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let m = format!("{tag}{i:04}");
+                let mut back = vec![0u8; m.len()];
+                s.write_all(m.as_bytes()).is_ok()
+                    && s.read_exact(&mut back).is_ok()
+                    && back == m.as_bytes()
+            })
+        };
+        let before = talk(&mut cs, "b");
+        opened_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        (before, talk(&mut cs, "a"))
+    });
+    opened_rx.recv().unwrap();
+    // and a bulk transfer running through the crash: the reader takes
+    // 1 MiB every 30 ms, so it lasts about 2 s
+    let blob = env.random_file("blob", 64 << 20);
+    let srv = serve_file(&b.ns, &bip.to_string(), 5101, &blob);
+    let reader = in_ns(&a.ns, move || {
+        let mut s = std::net::TcpStream::connect((bip, 5101)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::with_capacity(64 << 20);
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            let n = s.read(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    env.stop_daemon(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    env.start_daemon();
+    go_tx.send(()).unwrap();
+    let (before, after) = conns.join().unwrap();
+    assert!(before, "the connections did not work before the crash");
+    assert!(after, "a connection did not survive the crash");
+    let got = reader.join().unwrap();
+    srv.join().unwrap();
+    assert!(
+        got == std::fs::read(&blob).unwrap(),
+        "transfer corrupted or cut ({} bytes)",
+        got.len()
+    );
+}
