@@ -59,6 +59,7 @@ fn body<T: DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
 /// becomes readable then. A process already gone is reaped at once.
 fn watch_client(s: Shared, id: String, p: super::procs::ProcRef) {
     tokio::spawn(async move {
+        let mut watched = false;
         if let Ok(fd) = super::procs::pidfd(&p) {
             // SAFETY: the AsyncFd owns the pidfd; nothing else closes it
             // while it is registered
@@ -67,7 +68,12 @@ fn watch_client(s: Shared, id: String, p: super::procs::ProcRef) {
             };
             if let Ok(afd) = reg {
                 let _ = afd.readable().await;
+                watched = true;
             }
+        }
+        // no pidfd (out of fds, an old kernel): look once a second instead
+        while !watched && p.alive() {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         let _ = with_core(s, move |c| {
             c.reap(&id);
