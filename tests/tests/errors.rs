@@ -209,15 +209,19 @@ fn ipam_and_cli_errors() {
         std::process::Stdio::null(),
     );
     let _ = idx;
-    let pid = std::process::Command::new("ip")
-        .args(["netns", "pids", &ns])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&pid.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    // the process enters the namespace a moment after it is spawned
+    let pids = || {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .map(|s| s.to_string())
+    };
+    assert!(wait_until(Duration::from_secs(5), || pids().is_some()));
+    let pid = pids().unwrap();
     env.ok(&["network", "connect", "auto1", "bypid", "--netns", &pid]);
     let gw = env.inspect("auto1")["gateway"]
         .as_str()

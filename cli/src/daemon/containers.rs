@@ -4,14 +4,16 @@ use super::*;
 
 /// Whether process `pid` lives in the network namespace pinned at `ns`.
 fn same_netns(pid: u32, ns: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(a), Ok(b)) = (
-        std::fs::metadata(format!("/proc/{pid}/ns/net")),
-        std::fs::metadata(ns),
-    ) else {
+    let (Some(a), Some(b)) = (netns_id(&format!("/proc/{pid}/ns/net")), netns_id(ns)) else {
         return false;
     };
-    a.dev() == b.dev() && a.ino() == b.ino()
+    a == b
+}
+
+/// A namespace file's identity (device, inode): it outlives the path.
+fn netns_id(p: impl AsRef<std::path::Path>) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// How long a removed container's command has to exit after SIGTERM.
@@ -420,14 +422,20 @@ impl Core {
             .get(name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
-        // its command goes first (SIGTERM, then SIGKILL), as docker rm -f
-        if let Some(p) = &c.process {
-            if procs::stop(p, STOP_GRACE, |pid| same_netns(pid, &c.netns)) {
-                log(format!(
-                    "container {name}: stopped its command (pid {})",
-                    p.pid
-                ));
-            }
+        // its command is stopped (SIGTERM, then SIGKILL), as docker rm -f
+        // does, on a thread of its own: the grace period must not hold the
+        // daemon; the namespace is known by identity, as its path goes now
+        if let (Some(p), Some(ns)) = (c.process, netns_id(&c.netns)) {
+            let who = name.to_string();
+            std::thread::spawn(move || {
+                let in_ns = |pid: u32| netns_id(format!("/proc/{pid}/ns/net")) == Some(ns);
+                if procs::stop(&p, STOP_GRACE, in_ns) {
+                    log(format!(
+                        "container {who}: stopped its command (pid {})",
+                        p.pid
+                    ));
+                }
+            });
         }
         let nets: Vec<String> = self
             .endpoints_of(name)
