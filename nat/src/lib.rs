@@ -792,7 +792,9 @@ impl Nat {
             .collect()
     }
 
-    /// The connection table as `tapnet nat ls` shows it.
+    /// The connection table as `tapnet nat ls` shows it (the daemon
+    /// formats [`Self::entries_raw`] off the datapath thread).
+    #[cfg(test)]
     pub fn entries(&self, now: u64) -> Vec<ConnInfo> {
         let ext = self.cfg.external;
         self.entries_raw(now).iter().map(|r| r.info(ext)).collect()

@@ -31,12 +31,7 @@ pub struct NetConfig {
 impl NetConfig {
     /// Whether `ip` is inside this network's subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix.min(32))
-        };
-        u32::from(ip) & mask == u32::from(self.gateway_ip) & mask
+        wire::ipv4::same_subnet(ip, self.gateway_ip, self.prefix)
     }
 }
 

@@ -113,22 +113,18 @@ impl MacTable {
     #[inline]
     pub fn learn(&mut self, net: NetIdx, mac: &Mac, port: PortIdx, now: u64) -> Learned {
         let k = key(net, mac);
-        if let Some(e) = self.map.get(&k).copied() {
+        if let Some(e) = self.map.get_mut(&k) {
             let expired = now.saturating_sub(e.last_seen) > self.aging_ms;
             if e.port == port {
-                self.map.insert(
-                    k,
-                    Entry {
-                        port,
-                        last_seen: now,
-                    },
-                );
+                // the common case: one hash, updated in place
+                e.last_seen = now;
                 return if expired {
                     Learned::New
                 } else {
                     Learned::Refreshed
                 };
             }
+            let from = e.port;
             if self.port_full(port) {
                 return Learned::PortFull;
             }
@@ -139,13 +135,13 @@ impl MacTable {
                     last_seen: now,
                 },
             );
-            *self.count(e.port) -= 1;
+            *self.count(from) -= 1;
             *self.count(port) += 1;
             if expired {
                 return Learned::New;
             }
             self.moves += 1;
-            return Learned::Moved { from: e.port };
+            return Learned::Moved { from };
         }
         if self.map.len() >= self.max_entries {
             self.full_drops += 1;
@@ -196,6 +192,7 @@ impl MacTable {
     }
 
     /// MACs learned on `port`.
+    #[cfg(test)]
     pub fn port_count(&self, port: PortIdx) -> u32 {
         self.per_port.get(port as usize).copied().unwrap_or(0)
     }

@@ -14,6 +14,19 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// The netmask of a prefix length (0 to 32) as a number.
+pub fn mask(prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p => u32::MAX << (32 - p.min(32)),
+    }
+}
+
+/// Whether `a` and `b` are in the same subnet of length `prefix`.
+pub fn same_subnet(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, prefix: u8) -> bool {
+    (u32::from(a) ^ u32::from(b)) & mask(prefix) == 0
+}
+
 /// The destination address of the IPv4 header `h`, if it is long enough.
 pub fn dst(h: &[u8]) -> Option<std::net::Ipv4Addr> {
     h.get(DST..DST + 4)

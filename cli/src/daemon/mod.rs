@@ -260,15 +260,9 @@ impl UndoList {
 
 /// A MAC for an endpoint: unicast and not all zero.
 fn parse_mac(s: &str) -> ApiResult<Mac> {
-    let bytes: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<std::result::Result<_, _>>()
+    let m: Mac = s
+        .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid MAC address {s:?}")))?;
-    let Ok(b) = <[u8; 6]>::try_from(bytes) else {
-        return Err(ApiError::bad_request(format!("invalid MAC address {s:?}")));
-    };
-    let m = Mac(b);
     if m.is_multicast() {
         return Err(ApiError::bad_request(format!(
             "MAC address {s} is a multicast address: a container needs a unicast one"

@@ -15,7 +15,8 @@ impl State {
                 self.uplink_rx(slot, b, len, now);
                 return;
             }
-            Some((kind, net)) if !self.routed.is_empty() && self.routed.contains_key(&net) => {
+            // routed_in itself says when the network is not routed
+            Some((kind, net)) if !self.routed.is_empty() => {
                 if self.routed_in(slot, kind, net, b, len, now) {
                     return;
                 }

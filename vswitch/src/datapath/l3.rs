@@ -6,12 +6,7 @@ use super::*;
 
 impl Uplink {
     pub(super) fn in_subnet(&self, ip: Ipv4Addr) -> bool {
-        let m = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix.min(32))
-        };
-        u32::from(ip) & m == u32::from(self.ip) & m
+        ipv4::same_subnet(ip, self.ip, self.prefix)
     }
 
     pub(super) fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {

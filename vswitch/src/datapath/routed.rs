@@ -50,16 +50,8 @@ const MAX_PENDING: usize = 1024;
 const MAX_NEIGH: usize = 4096;
 
 impl Routed {
-    fn mask(&self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix.min(32))
-        }
-    }
-
     fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
-        if u32::from(dst) & self.mask() == u32::from(self.subnet) & self.mask() {
+        if ipv4::same_subnet(dst, self.subnet, self.prefix) {
             dst
         } else {
             self.gateway
@@ -70,7 +62,8 @@ impl Routed {
     fn is_group(&self, dst: Ipv4Addr) -> bool {
         dst.is_multicast()
             || dst.is_broadcast()
-            || (self.prefix < 31 && u32::from(dst) == u32::from(self.subnet) | !self.mask())
+            || (self.prefix < 31
+                && u32::from(dst) == u32::from(self.subnet) | !ipv4::mask(self.prefix))
     }
 
     /// Whether a request for `hop` may go out now (and records it).
