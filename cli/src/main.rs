@@ -86,9 +86,10 @@ struct DaemonArgs {
     /// Prefix of the namespaces `tapnet run` creates under /run/netns.
     #[arg(long, default_value = "tapnet-")]
     netns_prefix: String,
-    /// Receive buffers (64 KiB each) per port.
-    #[arg(long, default_value_t = 32)]
-    bufs_per_port: usize,
+    /// Receive buffers (64 KiB each) shared by all ports; a quiet port
+    /// holds none.
+    #[arg(long, default_value_t = 256, alias = "bufs-per-port")]
+    rx_buffers: usize,
     /// Use one plain read per port instead of multishot reads with a
     /// buffer ring (automatic on kernels older than 6.7).
     #[arg(long)]
@@ -362,6 +363,12 @@ fn json_out<T: serde::Serialize>(v: &T) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Daemon(_)) {
+        // `tapnet ps | head`: a closed pipe ends the CLI quietly, as it
+        // does any Unix tool (the daemon keeps ignoring SIGPIPE: a client
+        // going away is an error on its socket, not the daemon's end)
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match real_main(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -384,7 +391,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 netns_dir: daemon::netns::NETNS_DIR.into(),
                 mac_aging: Duration::from_secs(a.mac_aging),
                 netns_prefix: a.netns_prefix,
-                bufs_per_port: a.bufs_per_port,
+                rx_buffers: a.rx_buffers,
                 max_macs_per_port: a.max_macs_per_port,
                 multishot: !a.single_read,
                 busy_poll_us: a.busy_poll_us,

@@ -552,9 +552,14 @@ impl Env {
 
     /// Creates a bare namespace `tn_<id>_x<short>` (not through tapnet).
     pub fn netns(&self, short: &str) -> String {
-        let name = format!("{}x{short}", self.prefix);
+        let name = self.netns_name(short);
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         name
+    }
+
+    /// The name [`Env::netns`] gives the namespace `short`.
+    pub fn netns_name(&self, short: &str) -> String {
+        format!("{}x{short}", self.prefix)
     }
 
     /// Runs `argv` inside namespace `ns`.

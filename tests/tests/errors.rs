@@ -307,3 +307,27 @@ fn root_socket_is_root_and_tapnet_group_only() {
     );
     assert!(env.daemon_log().contains("socket 0660"));
 }
+
+/// `tapnet ps | head -1` with a long list: the CLI ends quietly on the
+/// closed pipe (killed by SIGPIPE, like any Unix tool), never a panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let Some(env) = Env::new("closed_stdout", &[]) else {
+        return;
+    };
+    // a pipe whose reading end is closed before the CLI writes
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    let w = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    let o = std::process::Command::new(&env.bin)
+        .env("TAPNET_SOCKET", &env.sock)
+        .args(["network", "ls"])
+        .stdout(w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?} {err}", o.status);
+}

@@ -48,7 +48,7 @@ pub struct DaemonConfig {
     pub mac_aging: Duration,
     /// Prefix of the namespaces `tapnet run` creates under /run/netns.
     pub netns_prefix: String,
-    pub bufs_per_port: usize,
+    pub rx_buffers: usize,
     /// The most MACs one port may have in the table (0: no limit).
     pub max_macs_per_port: u32,
     pub multishot: bool,

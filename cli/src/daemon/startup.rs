@@ -17,7 +17,7 @@ impl Core {
         let sock = cfg.uplink.is_none().then(socknat::channel);
         let dp = Datapath::start(DatapathConfig {
             aging: cfg.mac_aging,
-            bufs_per_port: cfg.bufs_per_port,
+            rx_buffers: cfg.rx_buffers,
             max_macs_per_port: cfg.max_macs_per_port,
             multishot: cfg.multishot,
             busy_poll_us: cfg.busy_poll_us,
@@ -78,9 +78,10 @@ impl Core {
         ));
         if let Ok(snap) = dp.snapshot_ports(DP_TIMEOUT) {
             log(format!(
-                "datapath: io_uring, {} reads, {} buffers per port",
+                "datapath: io_uring, {} reads, {} receive buffers ({} MiB) shared by all ports",
                 snap.read_mode,
-                cfg.bufs_per_port.clamp(1, 4096).next_power_of_two()
+                snap.rx_buffers,
+                snap.rx_buffer_bytes >> 20
             ));
         }
         let (records, errors) = store.load_all()?;

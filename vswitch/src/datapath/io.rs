@@ -5,13 +5,6 @@
 
 use super::*;
 
-impl IoPort {
-    #[inline]
-    pub(super) fn buf_ptr(&mut self, b: usize) -> *mut u8 {
-        self.bufs[b * BUF_SIZE..].as_mut_ptr()
-    }
-}
-
 impl State {
     pub(super) fn post_event_read(&mut self) {
         let e = opcode::Read::new(
@@ -31,7 +24,9 @@ impl State {
         self.sqes.push(e);
     }
 
-    /// Posts the port's read if none is posted and a buffer is free.
+    /// Posts the port's read if none is posted: a multishot read, or one
+    /// plain read, that selects its buffer from the pool when a frame
+    /// arrives. A port finding the pool empty waits in [`Pool::starved`].
     #[inline]
     pub(super) fn arm(&mut self, slot: PortIdx) {
         let Some(p) = self.ports[slot as usize].as_mut() else {
@@ -40,48 +35,40 @@ impl State {
         if p.state != PortState::Up || p.armed {
             return;
         }
-        let e = if let Some(ring) = p.ring.as_ref() {
-            if p.in_use >= ring.entries() as u32 {
-                return; // re-armed when a buffer comes back
+        if !self.pool.available() {
+            if !p.starved {
+                p.starved = true;
+                self.pool.starved.push_back(slot);
             }
-            opcode::ReadMulti::new(types::Fd(p.fd.as_raw_fd()), 0, slot as u16)
-                .build()
-                .user_data(ud(K_READ, slot, slot, 0))
+            return;
+        }
+        let fd = types::Fd(p.fd.as_raw_fd());
+        let e = if self.multishot {
+            opcode::ReadMulti::new(fd, 0, pool::BGID).build()
         } else {
-            let Some(b) = p.free.pop() else {
-                return;
-            };
-            p.in_use += 1;
-            opcode::Read::new(
-                types::Fd(p.fd.as_raw_fd()),
-                p.buf_ptr(b as usize),
-                BUF_SIZE as u32,
-            )
-            .build()
-            .user_data(ud(K_READ, slot, slot, b as usize))
+            opcode::Read::new(fd, std::ptr::null_mut(), BUF_SIZE as u32)
+                .buf_group(pool::BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
         };
         p.armed = true;
         p.inflight += 1;
-        self.sqes.push(e);
+        self.sqes.push(e.user_data(ud(K_READ, slot, slot, 0)));
     }
 
-    /// Gives buffer `b` back to the port's receive side.
+    /// Gives buffer `b` back to the pool, and arms the ports that were
+    /// waiting for one. `_slot` is the port the frame came from.
     #[inline]
-    pub(super) fn recycle(&mut self, slot: PortIdx, b: usize) {
-        let Some(p) = self.ports[slot as usize].as_mut() else {
-            return;
-        };
-        p.in_use -= 1;
-        if p.state != PortState::Up {
-            return;
-        }
-        let ptr = p.buf_ptr(b);
-        match p.ring.as_mut() {
-            Some(r) => r.push(ptr, BUF_SIZE as u32, b as u16),
-            None => p.free.push(b as u16),
-        }
-        if !p.armed {
-            self.arm(slot);
+    pub(super) fn recycle(&mut self, _slot: PortIdx, b: usize) {
+        self.pool.put(b);
+        while self.pool.available() {
+            let Some(s) = self.pool.starved.pop_front() else {
+                break;
+            };
+            if let Some(p) = self.ports[s as usize].as_mut() {
+                p.starved = false;
+            }
+            self.arm(s);
         }
     }
 
@@ -90,12 +77,10 @@ impl State {
     /// rewritten copy).
     #[inline]
     pub(super) fn post_write(&mut self, src: PortIdx, b: usize, dst: PortIdx) -> bool {
-        let (ptr, len) = {
-            let Some(p) = self.ports[src as usize].as_mut() else {
-                return false;
-            };
-            (p.buf_ptr(b), p.lens[b])
-        };
+        if self.ports[src as usize].is_none() {
+            return false;
+        }
+        let (ptr, len) = (self.pool.ptr(b), self.pool.lens[b]);
         let Some(d) = self.ports.get_mut(dst as usize).and_then(|d| d.as_mut()) else {
             return false;
         };
@@ -108,11 +93,8 @@ impl State {
             let x = self.ports[dst as usize]
                 .as_ref()
                 .and_then(|d| d.xform.as_deref());
-            let p = self.ports[src as usize].as_ref();
-            let base = b * BUF_SIZE;
-            let copy = x
-                .zip(p)
-                .and_then(|(x, p)| trunk::egress_frame(x, &p.bufs[base..base + len as usize]));
+            let copy =
+                x.and_then(|x| trunk::egress_frame(x, self.pool.frame(b, len as usize)));
             if let Some(f) = copy {
                 self.send_owned(dst, f);
             }
@@ -125,7 +107,7 @@ impl State {
         self.sqes.push(e);
         let p = self.ports[src as usize].as_mut().expect("checked");
         p.inflight += 1;
-        p.refs[b] += 1;
+        self.pool.refs[b] += 1;
         true
     }
 
@@ -166,28 +148,26 @@ impl State {
     pub(super) fn read_done(
         &mut self,
         slot: PortIdx,
-        ud_buf: usize,
+        _ud_buf: usize,
         res: i32,
         flags: u32,
         now: u64,
     ) {
+        // the buffer the kernel selected for the frame, if any
+        let buf = cqueue::buffer_select(flags).map(|b| b as usize);
+        if let Some(b) = buf {
+            self.pool.took(b);
+        }
         let Some(p) = self.ports[slot as usize].as_mut() else {
+            if let Some(b) = buf {
+                self.recycle(slot, b);
+            }
             return;
         };
-        let multishot = p.ring.is_some();
-        if !(multishot && cqueue::more(flags)) {
+        if !(self.multishot && cqueue::more(flags)) {
             p.armed = false;
             p.inflight -= 1;
         }
-        // the buffer the frame is in, if any
-        let buf = if multishot {
-            cqueue::buffer_select(flags).map(|b| {
-                p.in_use += 1;
-                b as usize
-            })
-        } else {
-            Some(ud_buf)
-        };
         if p.state != PortState::Up {
             if let Some(b) = buf {
                 self.recycle(slot, b);
@@ -237,13 +217,11 @@ impl State {
     #[inline]
     pub(super) fn write_done(&mut self, src: PortIdx, dst: PortIdx, b: usize, res: i32) {
         self.tx_done(dst, res);
-        let mut repost = false;
         if let Some(p) = self.ports[src as usize].as_mut() {
             p.inflight -= 1;
-            p.refs[b] -= 1;
-            repost = p.refs[b] == 0;
         }
-        if repost {
+        self.pool.refs[b] -= 1;
+        if self.pool.refs[b] == 0 {
             self.recycle(src, b);
         }
         self.maybe_free(dst);
@@ -343,12 +321,9 @@ impl State {
         if p.state != PortState::Closing || p.inflight != 0 {
             return;
         }
-        let mut p = self.ports[slot as usize].take().expect("checked");
+        let p = self.ports[slot as usize].take().expect("checked");
         self.sw.free_port(slot);
         self.ids.remove(&p.id);
-        if let Some(r) = p.ring.take() {
-            self.to_unregister.push((slot as u16, r));
-        }
         if p.delete_device {
             let _ = crate::tap::set_persist(&p.fd, false);
         }
@@ -395,26 +370,13 @@ impl State {
         fd: OwnedFd,
     ) -> PortIdx {
         let slot = self.sw.add_port_kind(kind, net, mtu);
-        let nb = self.cfg.bufs_per_port.clamp(1, 4096).next_power_of_two();
-        let mut ring = None;
-        if self.multishot {
-            match BufRing::new(nb as u16) {
-                Ok(r) => ring = Some(r),
-                Err(e) => self.report(&format!("port {name}: {e}")),
-            }
-        }
-        let mut port = IoPort {
+        let port = IoPort {
             id,
             name,
             fd,
             xform: None,
-            bufs: vec![0u8; nb * BUF_SIZE].into_boxed_slice(),
-            lens: vec![0; nb].into_boxed_slice(),
-            refs: vec![0; nb].into_boxed_slice(),
-            ring,
-            free: Vec::new(),
-            in_use: 0,
             armed: false,
+            starved: false,
             inflight: 0,
             state: PortState::Up,
             delete_device: false,
@@ -423,23 +385,9 @@ impl State {
         if self.ports.len() <= slot as usize {
             self.ports.resize_with(slot as usize + 1, || None);
         }
-        match port.ring.as_mut() {
-            Some(r) => {
-                for b in 0..nb {
-                    let ptr = port.bufs[b * BUF_SIZE..].as_mut_ptr();
-                    r.push(ptr, BUF_SIZE as u32, b as u16);
-                }
-            }
-            None => port.free = (0..nb as u16).rev().collect(),
-        }
-        let registered_later = port.ring.is_some();
         self.ports[slot as usize] = Some(port);
         self.ids.insert(id, slot);
-        if registered_later {
-            self.to_register.push(slot);
-        } else {
-            self.arm(slot);
-        }
+        self.arm(slot);
         slot
     }
 }

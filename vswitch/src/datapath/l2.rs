@@ -24,14 +24,14 @@ impl State {
             _ => {}
         }
         let Some(p) = self.ports[slot as usize].as_mut() else {
+            self.recycle(slot, b);
             return;
         };
-        p.lens[b] = len as u32;
-        let base = b * BUF_SIZE;
+        self.pool.lens[b] = len as u32;
         if let Some(x) = p.xform.as_deref() {
-            trunk::ipvlan_ingress(x, &mut p.bufs[base..base + len]);
+            trunk::ipvlan_ingress(x, self.pool.frame_mut(b, len));
         }
-        let frame = &p.bufs[base..base + len];
+        let frame = self.pool.frame(b, len);
         let d = self.sw.decide(slot, frame, now);
         match d {
             Decision::Drop(_) => self.recycle(slot, b),
@@ -44,15 +44,14 @@ impl State {
             Decision::FloodExcept(net, except) => self.flood(slot, b, net, except),
             Decision::Gateway(net) => {
                 let cfg = self.sw.network(net).expect("decided on it").cfg;
-                let p = self.ports[slot as usize].as_mut().expect("checked");
-                match router::answer(&cfg, &mut p.bufs[base..base + BUF_SIZE], len) {
+                match router::answer(&cfg, self.pool.whole_mut(b), len) {
                     Ok(router::GwAction::Punt) => {
                         let hook = self.cfg.punt.clone();
                         self.punt(hook.as_ref(), slot, net, b, len);
                     }
                     Ok(router::GwAction::Route) => self.route_out(slot, net, b, len, now),
                     Ok(router::GwAction::Reply(n)) => {
-                        p.lens[b] = n as u32;
+                        self.pool.lens[b] = n as u32;
                         if let Some(sp) = self.sw.port_mut(slot) {
                             sp.counters.gateway_replies += 1;
                         }
@@ -81,11 +80,7 @@ impl State {
         len: usize,
     ) {
         let reason = match hook {
-            Some(h) => {
-                let p = self.ports[slot as usize].as_ref().expect("checked");
-                let base = b * BUF_SIZE;
-                (!(h.0)(net, &p.bufs[base..base + len])).then_some(DropReason::ServiceBusy)
-            }
+            Some(h) => (!(h.0)(net, self.pool.frame(b, len))).then_some(DropReason::ServiceBusy),
             None => Some(DropReason::GatewayUnsupported),
         };
         match reason {

@@ -77,12 +77,10 @@ impl State {
     /// A routed frame from network `net` (in `slot`'s buffer `b`): NAT it
     /// and send it out of the uplink, or answer with an ICMP error.
     pub(super) fn route_out(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize, now: u64) {
-        let base = b * BUF_SIZE;
         let cfg = self.sw.network(net).expect("decided on it").cfg;
         const I: usize = VNET_HDR_LEN + 14;
         let dst = {
-            let p = self.ports[slot as usize].as_ref().expect("checked");
-            let f = &p.bufs[base..base + len];
+            let f = self.pool.frame(b, len);
             Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19])
         };
         // other tapnet networks are never reachable from here
@@ -106,10 +104,9 @@ impl State {
         }
         if self.uplink.is_none() || !cfg.routed {
             // a router without a route: network unreachable
-            let p = self.ports[slot as usize].as_mut().expect("checked");
-            match router::icmp_error(&cfg, &mut p.bufs[base..base + BUF_SIZE], len, 3, 0) {
+            match router::icmp_error(&cfg, self.pool.whole_mut(b), len, 3, 0) {
                 Ok(n) => {
-                    p.lens[b] = n as u32;
+                    self.pool.lens[b] = n as u32;
                     self.sw.count_drop(slot, DropReason::NoRoute);
                     if !self.post_write(slot, b, slot) {
                         self.recycle(slot, b);
@@ -123,8 +120,7 @@ impl State {
             return;
         }
         let u = self.uplink.as_mut().expect("checked");
-        let p = self.ports[slot as usize].as_mut().expect("checked");
-        let f = &mut p.bufs[base..base + len];
+        let f = self.pool.frame_mut(b, len);
         let src_mac: [u8; 6] = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
             .try_into()
             .expect("6");
@@ -164,7 +160,6 @@ impl State {
     /// A frame from the uplink: ARP for our address, or an answer to
     /// translate back to the container it belongs to.
     pub(super) fn uplink_rx(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
-        let base = b * BUF_SIZE;
         if let Some(sp) = self.sw.port_mut(slot) {
             sp.counters.rx_frames += 1;
             sp.counters.rx_bytes += len.saturating_sub(VNET_HDR_LEN) as u64;
@@ -174,12 +169,9 @@ impl State {
             self.recycle(slot, b);
             return;
         }
-        if let Some(p) = self.ports[slot as usize].as_mut() {
-            p.lens[b] = len as u32;
-        }
+        self.pool.lens[b] = len as u32;
         let u = self.uplink.as_mut().expect("checked");
-        let p = self.ports[slot as usize].as_mut().expect("checked");
-        let f = &mut p.bufs[base..base + len];
+        let f = self.pool.frame_mut(b, len);
         let ethertype = [f[E + eth::ETHERTYPE], f[E + eth::ETHERTYPE + 1]];
         match ethertype {
             eth::ETHERTYPE_ARP => {
@@ -221,10 +213,8 @@ impl State {
     pub(super) fn deliver_in(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
         const E: usize = VNET_HDR_LEN;
         const I: usize = E + 14;
-        let base = b * BUF_SIZE;
         let u = self.uplink.as_mut().expect("an uplink");
-        let p = self.ports[slot as usize].as_mut().expect("checked");
-        let f = &mut p.bufs[base..base + len];
+        let f = self.pool.frame_mut(b, len);
         let Ok(inside) = u.nat.inbound(f, now) else {
             self.recycle(slot, b);
             return;

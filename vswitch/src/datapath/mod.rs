@@ -1,15 +1,16 @@
 //! The io_uring datapath: one worker thread owns the switch, a ring, and
 //! every port's buffers.
 //!
-//! Each port has `bufs_per_port` receive buffers in a provided-buffer ring
-//! and one *multishot* read on its TAP fd (`IORING_OP_READ_MULTISHOT`,
-//! Linux 6.7+): whenever the TAP has frames, the kernel reads them into
-//! buffers it takes from the ring and posts one completion per frame. A
-//! frame is decided by [`Switch::decide`] and written, from the same
-//! buffer, to the egress port(s); when the last write of a buffer completes
-//! the buffer goes back into the ring. One `io_uring_enter` submits every
-//! write queued while draining a batch of completions, so there is no
-//! syscall per frame, and buffers are allocated once per port.
+//! The worker's receive buffers are one pool in a provided-buffer ring
+//! shared by all ports ([`pool`]), and each port has one *multishot* read
+//! on its TAP fd (`IORING_OP_READ_MULTISHOT`, Linux 6.7+): whenever the TAP
+//! has frames, the kernel reads them into buffers it takes from the ring
+//! and posts one completion per frame. A frame is decided by
+//! [`Switch::decide`] and written, from the same buffer, to the egress
+//! port(s); when the last write of a buffer completes the buffer goes back
+//! into the ring. One `io_uring_enter` submits every write queued while
+//! draining a batch of completions, so there is no syscall per frame, and
+//! an idle port holds no buffer.
 //!
 //! One poll waiter per port matters: with many plain reads posted on one
 //! TAP, every frame woke all of them, the losers were punted to io-wq
@@ -23,9 +24,10 @@
 mod io;
 mod l2;
 mod l3;
+mod pool;
 mod routed;
 
-use crate::bufring::BufRing;
+use pool::Pool;
 use crate::mac::Mac;
 use crate::router;
 use crate::switch::{
@@ -83,8 +85,9 @@ impl std::fmt::Debug for ErrorHook {
 pub struct DatapathConfig {
     pub aging: Duration,
     pub max_macs: usize,
-    /// Receive buffers per port (rounded up to a power of two).
-    pub bufs_per_port: usize,
+    /// Receive buffers shared by all ports (rounded up to a power of two,
+    /// at most 32768), [`BUF_SIZE`] bytes each.
+    pub rx_buffers: usize,
     pub ring_entries: u32,
     /// Use multishot reads with a buffer ring where the kernel has them.
     pub multishot: bool,
@@ -106,7 +109,7 @@ impl Default for DatapathConfig {
         DatapathConfig {
             aging: Duration::from_secs(300),
             max_macs: 65536,
-            bufs_per_port: 32,
+            rx_buffers: 256,
             ring_entries: 1024,
             multishot: true,
             busy_poll_us: 0,
@@ -167,6 +170,10 @@ pub struct Snapshot {
     pub uplink: Option<UplinkSnapshot>,
     /// Problems the worker reported (see [`ErrorHook`]).
     pub worker_errors: u64,
+    /// The receive buffer pool: buffers, buffers in use, bytes mapped.
+    pub rx_buffers: u32,
+    pub rx_buffers_in_use: u32,
+    pub rx_buffer_bytes: u64,
 }
 
 enum Cmd {
@@ -307,9 +314,16 @@ impl Datapath {
                         return;
                     }
                 };
+                let mut w = match Worker::new(cfg, ring, rx, wefd) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let _ = ready_tx.send(Ok(()));
-                let mut w = Worker::new(cfg, ring, rx, wefd);
                 w.run();
+                w.release();
             })
             .map_err(DatapathError::Setup)?;
         match ready_rx.recv() {
@@ -538,18 +552,11 @@ struct IoPort {
     /// A trunk's frame rewriting (None for other ports).
     xform: Option<Box<TrunkXform>>,
     fd: OwnedFd,
-    bufs: Box<[u8]>,
-    lens: Box<[u32]>,
-    refs: Box<[u16]>,
-    /// Multishot mode: the registered buffer ring (buffer group = slot).
-    ring: Option<BufRing>,
-    /// Single-read mode: buffers not in use.
-    free: Vec<u16>,
-    /// Buffers handed to the kernel or in flight through the switch.
-    in_use: u32,
     /// A read (multishot or single) is posted.
     armed: bool,
-    /// Operations that reference this port's fd or buffers.
+    /// Waiting in [`Pool::starved`] for a buffer.
+    starved: bool,
+    /// Operations that reference this port's fd (or its frames).
     inflight: u32,
     state: PortState,
     delete_device: bool,
@@ -589,12 +596,10 @@ struct Worker {
 
 struct State {
     cfg: DatapathConfig,
-    /// Multishot reads + buffer rings (else one plain read per port).
+    /// Multishot reads (else one plain read per port), both selecting
+    /// buffers from `pool`.
     multishot: bool,
-    /// Ports whose buffer ring must be registered before their first read.
-    to_register: Vec<PortIdx>,
-    /// Buffer rings of freed ports, to unregister (then drop).
-    to_unregister: Vec<(u16, BufRing)>,
+    pool: Pool,
     sw: Switch,
     ports: Vec<Option<IoPort>>,
     ids: FxHashMap<PortId, PortIdx>,
@@ -615,12 +620,13 @@ struct State {
 }
 
 impl Worker {
+    /// Sets up the worker and registers its buffer pool with the ring.
     fn new(
         cfg: DatapathConfig,
         ring: IoUring,
         rx: mpsc::Receiver<Cmd>,
         efd: Arc<OwnedFd>,
-    ) -> Worker {
+    ) -> std::io::Result<Worker> {
         let mut sw = Switch::new(cfg.aging.as_millis() as u64, cfg.max_macs);
         sw.table.set_port_limit(cfg.max_macs_per_port);
         let multishot = cfg.multishot && {
@@ -628,13 +634,25 @@ impl Worker {
             ring.submitter().register_probe(&mut probe).is_ok()
                 && probe.is_supported(opcode::ReadMulti::CODE)
         };
-        Worker {
+        let pool = Pool::new(cfg.rx_buffers)?;
+        // SAFETY: the ring memory lives in `pool` until it is unregistered
+        // (Worker::release) after the last read.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), pool::BGID, 0)
+        }
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("registering the receive buffer ring (Linux 5.19+): {e}"),
+            )
+        })?;
+        Ok(Worker {
             ring,
             st: State {
                 cfg,
                 multishot,
-                to_register: Vec::new(),
-                to_unregister: Vec::new(),
+                pool,
                 sw,
                 ports: Vec::new(),
                 ids: FxHashMap::default(),
@@ -651,6 +669,15 @@ impl Worker {
                 routed: FxHashMap::default(),
                 worker_errors: 0,
             },
+        })
+    }
+
+    /// After the last port is gone: the kernel lets go of the pool.
+    fn release(self) {
+        if self.ring.submitter().unregister_buf_ring(pool::BGID).is_err() {
+            let Worker { ring, st } = self;
+            drop(ring);
+            st.pool.leak();
         }
     }
 
@@ -704,48 +731,6 @@ impl Worker {
             let now = now_ms();
             for &(u, res, flags) in &cqes {
                 self.st.complete(u, res, flags, now);
-            }
-            self.buffer_rings();
-        }
-    }
-
-    /// Registers the buffer rings of new ports (then arms their reads) and
-    /// unregisters those of freed ports.
-    fn buffer_rings(&mut self) {
-        let gone = std::mem::take(&mut self.st.to_unregister);
-        for (bgid, ring) in gone {
-            if let Err(e) = self.ring.submitter().unregister_buf_ring(bgid) {
-                self.st
-                    .report(&format!("unregistering buffer ring {bgid}: {e}"));
-                std::mem::forget(ring); // the kernel may still point at it
-            }
-        }
-        let slots = std::mem::take(&mut self.st.to_register);
-        for slot in slots {
-            let Some(p) = self.st.ports[slot as usize].as_mut() else {
-                continue;
-            };
-            let Some(ring) = p.ring.as_ref() else {
-                continue;
-            };
-            // SAFETY: the ring memory lives in the port until it is
-            // unregistered above (after the port's last operation).
-            let r = unsafe {
-                self.ring.submitter().register_buf_ring_with_flags(
-                    ring.addr(),
-                    ring.entries(),
-                    slot as u16,
-                    0,
-                )
-            };
-            match r {
-                Ok(()) => self.st.arm(slot),
-                Err(e) => {
-                    let msg = format!("port {}: buffer ring: {e}", p.name);
-                    p.ring = None;
-                    p.state = PortState::Failed;
-                    self.st.report(&msg);
-                }
             }
         }
     }
@@ -886,6 +871,9 @@ impl State {
             mac_table_full: self.sw.table.full_drops,
             aging_ms: self.sw.table.aging_ms(),
             worker_errors: self.worker_errors,
+            rx_buffers: self.pool.entries() as u32,
+            rx_buffers_in_use: self.pool.out(),
+            rx_buffer_bytes: self.pool.bytes() as u64,
             read_mode: if self.multishot {
                 "multishot"
             } else {
@@ -960,7 +948,7 @@ mod tests {
     fn forwards_between_socketpairs(multishot: bool) {
         use std::os::unix::net::UnixDatagram;
         let dp = Datapath::start(DatapathConfig {
-            bufs_per_port: 4,
+            rx_buffers: 4,
             multishot,
             ..Default::default()
         })
@@ -1023,13 +1011,80 @@ mod tests {
         dp.shutdown();
     }
 
+    /// More ports than buffers, all sending at once: every frame arrives,
+    /// and ports that found the pool empty read again once it refills.
+    #[test]
+    fn many_ports_share_a_small_pool() {
+        for multishot in [true, false] {
+            many_ports_share_a_small_pool_with(multishot);
+        }
+    }
+
+    fn many_ports_share_a_small_pool_with(multishot: bool) {
+        use std::os::unix::net::UnixDatagram;
+        let dp = Datapath::start(DatapathConfig {
+            rx_buffers: 2,
+            multishot,
+            ..Default::default()
+        })
+        .unwrap();
+        dp.add_network(
+            0,
+            NetConfig {
+                gateway_ip: "10.1.0.1".parse().unwrap(),
+                gateway_mac: Mac([2, 0x42, 10, 1, 0, 1]),
+                prefix: 24,
+                routed: false,
+                gateway: true,
+            },
+        )
+        .unwrap();
+        // port 0 receives; ports 1..=8 send to it
+        let (sink_sw, sink) = UnixDatagram::pair().unwrap();
+        dp.add_port("sink", 0, 1500, sink_sw.into()).unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let ms = Mac([2, 0, 0, 0, 0, 0x99]);
+        // the sink's MAC is learned first
+        let hello = crate::switch::tests::frame(Mac([0xff; 6]), ms, 0x0800, 46);
+        sink.send(&hello).unwrap();
+        let mut senders = Vec::new();
+        for i in 1..=8u8 {
+            let (sw, me) = UnixDatagram::pair().unwrap();
+            dp.add_port(&format!("p{i}"), 0, 1500, sw.into()).unwrap();
+            senders.push((i, me));
+        }
+        // the sink's MAC must be in the table before the senders start
+        let t0 = std::time::Instant::now();
+        while dp.snapshot_ports(Duration::from_secs(5)).unwrap().macs.is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut want = std::collections::HashSet::new();
+        for round in 0..20u8 {
+            for (i, s) in &senders {
+                let mut f = crate::switch::tests::frame(ms, Mac([2, 0, 0, 0, 1, *i]), 0x0800, 46);
+                f[30] = round;
+                s.send(&f).unwrap();
+                want.insert(f);
+            }
+        }
+        let mut buf = [0u8; 2048];
+        while !want.is_empty() {
+            let n = sink.recv(&mut buf).expect("every frame arrives");
+            want.remove(&buf[..n]);
+        }
+        let s = dp.snapshot_ports(Duration::from_secs(5)).unwrap();
+        assert_eq!(s.rx_buffers, 2);
+        dp.shutdown();
+    }
+
     #[test]
     fn punts_to_the_hook_and_injects() {
         use std::os::unix::net::UnixDatagram;
         let (tx, rx) = mpsc::channel::<(NetIdx, Vec<u8>)>();
         let tx = std::sync::Mutex::new(tx);
         let dp = Datapath::start(DatapathConfig {
-            bufs_per_port: 4,
+            rx_buffers: 4,
             punt: Some(PuntHook(Arc::new(move |net, f: &[u8]| {
                 tx.lock().unwrap().send((net, f.to_vec())).is_ok()
             }))),

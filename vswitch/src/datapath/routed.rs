@@ -167,14 +167,13 @@ impl State {
             return false;
         };
         let (rmac, trunk) = (r.mac, r.trunk);
-        let base = b * BUF_SIZE;
         if len < L3 {
             return false; // the switch counts the runt
         }
-        let Some(p) = self.ports[slot as usize].as_ref() else {
+        if self.ports[slot as usize].is_none() {
             return false;
-        };
-        let f = &p.bufs[base..base + len];
+        }
+        let f = self.pool.frame(b, len);
         let s = seen(f);
         // the resolver behind the switch's gateway: the switch's business
         if cfg.gateway
@@ -203,7 +202,7 @@ impl State {
                     if !owns(spa, Mac(sha)) || s.src_mac != Mac(sha) {
                         RoutedOut::Drop(Some(DropReason::BadSrcMac))
                     } else if op == arp::REQUEST && tpa != spa && !tpa.is_unspecified() {
-                        self.reply_arp(slot, base, len, rmac, sha, tpa);
+                        self.reply_arp(b, len, rmac, sha, tpa);
                         RoutedOut::Write(slot)
                     } else {
                         RoutedOut::Drop(None)
@@ -223,12 +222,12 @@ impl State {
                     if r.is_group(dst) {
                         RoutedOut::Drop(None)
                     } else if let Some(mac) = inside {
-                        self.deliver(slot, net, base, len, rmac, mac, trunk, now)
+                        self.deliver(slot, net, b, len, rmac, mac, trunk, now)
                     } else {
                         let hop = r.next_hop(dst);
                         match r.fresh(hop, now) {
                             Some(mac) => {
-                                self.rewrite(slot, base, len, rmac, mac);
+                                self.rewrite(b, len, rmac, mac);
                                 RoutedOut::Write(trunk)
                             }
                             None if r.may_ask(hop, now) => RoutedOut::Request(
@@ -249,7 +248,7 @@ impl State {
                 Some((arp::REQUEST, sha, spa, tpa))
                     if is_host(tpa) && spa != tpa && !Mac(sha).is_multicast() =>
                 {
-                    self.reply_arp(slot, base, len, rmac, sha, tpa);
+                    self.reply_arp(b, len, rmac, sha, tpa);
                     RoutedOut::Write(slot)
                 }
                 Some((arp::REPLY, sha, spa, _)) => {
@@ -271,7 +270,7 @@ impl State {
             (PortKind::Trunk, eth::ETHERTYPE_IPV4) => match s.ip {
                 Some((_, dst)) if s.dst_mac == rmac => {
                     match hosts.and_then(|h| h.get(&dst)).copied() {
-                        Some(mac) => self.deliver(slot, net, base, len, rmac, mac, trunk, now),
+                        Some(mac) => self.deliver(slot, net, b, len, rmac, mac, trunk, now),
                         None => RoutedOut::Drop(None),
                     }
                 }
@@ -284,34 +283,36 @@ impl State {
         true
     }
 
-    /// Rewrites the Ethernet addresses of the frame in `slot`'s buffer.
-    fn rewrite(&mut self, slot: PortIdx, base: usize, len: usize, src: Mac, dst: Mac) {
+    /// Rewrites the Ethernet addresses of the frame in buffer `b`.
+    fn rewrite(&mut self, b: usize, len: usize, src: Mac, dst: Mac) {
         const E: usize = VNET_HDR_LEN;
-        if let Some(p) = self.ports[slot as usize].as_mut() {
-            let f = &mut p.bufs[base..base + len];
+        let f = self.pool.frame_mut(b, len);
+        if f.len() >= E + eth::HDR_LEN {
             f[E + eth::DST..E + eth::DST + 6].copy_from_slice(&dst.0);
             f[E + eth::SRC..E + eth::SRC + 6].copy_from_slice(&src.0);
         }
     }
 
-    /// Turns the ARP request in `slot`'s buffer into the answer "`tpa` is
+    /// Turns the ARP request in buffer `b` into the answer "`tpa` is
     /// at `mac`", back to its sender `sha`.
     fn reply_arp(
         &mut self,
-        slot: PortIdx,
-        base: usize,
+        b: usize,
         len: usize,
         mac: Mac,
         sha: [u8; 6],
         tpa: Ipv4Addr,
     ) {
         const L3: usize = VNET_HDR_LEN + eth::HDR_LEN;
-        if let Some(p) = self.ports[slot as usize].as_mut() {
-            if let Some(mut a) = arp::Arp::new(&mut p.bufs[base + L3..base + len]) {
-                a.make_reply(mac.0, tpa);
-            }
+        if let Some(mut a) = self
+            .pool
+            .frame_mut(b, len)
+            .get_mut(L3..)
+            .and_then(arp::Arp::new)
+        {
+            a.make_reply(mac.0, tpa);
         }
-        self.rewrite(slot, base, len, mac, Mac(sha));
+        self.rewrite(b, len, mac, Mac(sha));
     }
 
     /// To the endpoint with MAC `mac`: its TAP, or every TAP while it is
@@ -321,7 +322,7 @@ impl State {
         &mut self,
         slot: PortIdx,
         net: NetIdx,
-        base: usize,
+        b: usize,
         len: usize,
         rmac: Mac,
         mac: Mac,
@@ -331,20 +332,18 @@ impl State {
         match self.sw.table.lookup(net, &mac, now) {
             Some(t) if t == slot => RoutedOut::Drop(Some(DropReason::SamePort)),
             Some(t) => {
-                self.rewrite(slot, base, len, rmac, mac);
+                self.rewrite(b, len, rmac, mac);
                 RoutedOut::Write(t)
             }
             None => {
-                self.rewrite(slot, base, len, rmac, mac);
+                self.rewrite(b, len, rmac, mac);
                 RoutedOut::ToTaps(net, trunk)
             }
         }
     }
 
     fn routed_done(&mut self, slot: PortIdx, b: usize, len: usize, out: RoutedOut) {
-        if let Some(p) = self.ports[slot as usize].as_mut() {
-            p.lens[b] = len as u32;
-        }
+        self.pool.lens[b] = len as u32;
         match out {
             RoutedOut::Write(t) => {
                 if t == slot {
