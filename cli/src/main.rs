@@ -1,9 +1,6 @@
 //! `tapnet`: daemon, control API and CLI.
 
-mod api;
-mod client;
-mod daemon;
-mod run;
+use tapnet::{api, client, daemon, run};
 
 use anyhow::Result;
 use api::*;

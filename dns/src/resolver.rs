@@ -229,11 +229,13 @@ fn error_reply(q: &Message, code: ResponseCode) -> Message {
 }
 
 /// A bare header answering a message we could not (or would not) parse:
-/// same ID and opcode, QR set, RD copied, no sections.
+/// same ID and opcode, QR set, RD copied, no sections. Total: what a
+/// message too short to carry them lacks is zero.
 pub fn header_error(query: &[u8], code: ResponseCode) -> Vec<u8> {
     let mut h = [0u8; 12];
-    h[..2].copy_from_slice(&query[..2]);
-    h[2] = 0x80 | (query[2] & 0x79); // QR, opcode, RD
+    let n = query.len().min(3);
+    h[..n].copy_from_slice(&query[..n]);
+    h[2] = 0x80 | (h[2] & 0x79); // QR, opcode, RD
     h[3] = 0x80 | (u16::from(code) as u8 & 0x0f); // RA, rcode
     h.to_vec()
 }

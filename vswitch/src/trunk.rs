@@ -48,7 +48,8 @@ impl TrunkXform {
 }
 
 /// The frame to write to the trunk for `frame` (vnet header + Ethernet):
-/// VLAN tag inserted, ipvlan source MAC replaced. `None` for a runt.
+/// VLAN tag inserted, ipvlan source MAC replaced. `None` for a runt, or
+/// for a vnet header whose offsets would overflow with the tag.
 pub fn egress_frame(x: &TrunkXform, frame: &[u8]) -> Option<Vec<u8>> {
     const E: usize = VNET_HDR_LEN;
     if frame.len() < E + ETH_HDR_LEN {
@@ -61,12 +62,14 @@ pub fn egress_frame(x: &TrunkXform, frame: &[u8]) -> Option<Vec<u8>> {
         v.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
         // offsets in the vnet header count from the frame's start: they
         // move with the payload
+        // (a header whose offsets cannot move is not one the kernel made:
+        // the frame is dropped)
         let mut h = VnetHdr::parse(frame);
         if h.flags & F_NEEDS_CSUM != 0 {
-            h.csum_start += VLAN_TAG_LEN as u16;
+            h.csum_start = h.csum_start.checked_add(VLAN_TAG_LEN as u16)?;
         }
         if h.hdr_len != 0 {
-            h.hdr_len += VLAN_TAG_LEN as u16;
+            h.hdr_len = h.hdr_len.checked_add(VLAN_TAG_LEN as u16)?;
         }
         h.write(&mut v[..E]);
     }

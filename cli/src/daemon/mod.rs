@@ -8,6 +8,7 @@ mod endpoints;
 pub mod ipam;
 pub mod netns;
 mod networks;
+pub use networks::plan_network;
 pub mod procs;
 pub mod publish;
 pub mod server;

@@ -94,71 +94,9 @@ impl Core {
     // ---- networks ----
 
     pub fn create_network(&mut self, req: CreateNetwork) -> ApiResult<NetworkSummary> {
-        check_name("network", &req.name)?;
-        if self.nets.contains_key(&req.name) || PSEUDO.contains(&req.name.as_str()) {
-            return Err(ApiError::conflict(format!(
-                "network with name {} already exists",
-                req.name
-            )));
-        }
-        let taken: Vec<Ipv4Net> = self.nets.values().map(|n| n.rec.subnet).collect();
-        let subnet = match &req.subnet {
-            Some(s) => {
-                let s = ipam::parse_subnet(s)?;
-                if let Some(o) = self
-                    .nets
-                    .values()
-                    .find(|n| ipam::overlaps(&n.rec.subnet, &s))
-                {
-                    return Err(IpamError::Overlap {
-                        subnet: s,
-                        network: o.rec.name.clone(),
-                        other: o.rec.subnet,
-                    }
-                    .into());
-                }
-                s
-            }
-            None => {
-                if req.gateway.is_some() || req.ip_range.is_some() {
-                    return Err(ApiError::bad_request(
-                        "--gateway and --ip-range need --subnet",
-                    ));
-                }
-                ipam::auto_subnet(&taken)?
-            }
-        };
-        let gateway = req.gateway.as_deref().map(ipam::parse_addr).transpose()?;
-        let range = req
-            .ip_range
-            .as_deref()
-            .map(|r| {
-                r.parse::<Ipv4Net>()
-                    .map_err(|_| IpamError::BadCidr(r.to_string()))
-            })
-            .transpose()?;
-        let pool = Pool::new(subnet, gateway, range)?;
-        let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
-        parse_servers(&req.dns)?;
-        let drv = driver::lookup(req.driver.as_deref().unwrap_or("bridge"))?;
-        let mut rec = NetworkRecord {
-            name: req.name.clone(),
-            id: random_hex(32),
-            driver: drv.name().to_string(),
-            options: req.options.clone(),
-            created: now_secs(),
-            subnet,
-            gateway: pool.gateway,
-            ip_range: range,
-            mtu,
-            builtin: false,
-            dns_names: req.dns_names.unwrap_or(true),
-            dns: req.dns.clone(),
-            internal: req.internal,
-            endpoints: BTreeMap::new(),
-        };
         let others: Vec<&NetworkRecord> = self.nets.values().map(|n| &n.rec).collect();
-        drv.check(&mut rec, &others)?;
+        let rec = plan_network(&req, &others)?;
+        let (drv, subnet) = (driver::lookup(&rec.driver)?, rec.subnet);
         self.store.save(&rec)?;
         if let Err(e) = self.add_net(rec) {
             let _ = self.store.remove(&req.name);
@@ -344,4 +282,71 @@ impl Core {
         }
         Ok(Pruned { removed: unused })
     }
+}
+
+/// Checks a request for a new network against the existing ones and
+/// turns it into the record to store: every error is one clear line, and
+/// nothing is changed (no I/O: the fuzz targets call it with any body).
+pub fn plan_network(req: &CreateNetwork, others: &[&NetworkRecord]) -> ApiResult<NetworkRecord> {
+    check_name("network", &req.name)?;
+    if others.iter().any(|r| r.name == req.name) || PSEUDO.contains(&req.name.as_str()) {
+        return Err(ApiError::conflict(format!(
+            "network with name {} already exists",
+            req.name
+        )));
+    }
+    let taken: Vec<Ipv4Net> = others.iter().map(|r| r.subnet).collect();
+    let subnet = match &req.subnet {
+        Some(s) => {
+            let s = ipam::parse_subnet(s)?;
+            if let Some(o) = others.iter().find(|r| ipam::overlaps(&r.subnet, &s)) {
+                return Err(IpamError::Overlap {
+                    subnet: s,
+                    network: o.name.clone(),
+                    other: o.subnet,
+                }
+                .into());
+            }
+            s
+        }
+        None => {
+            if req.gateway.is_some() || req.ip_range.is_some() {
+                return Err(ApiError::bad_request(
+                    "--gateway and --ip-range need --subnet",
+                ));
+            }
+            ipam::auto_subnet(&taken)?
+        }
+    };
+    let gateway = req.gateway.as_deref().map(ipam::parse_addr).transpose()?;
+    let range = req
+        .ip_range
+        .as_deref()
+        .map(|r| {
+            r.parse::<Ipv4Net>()
+                .map_err(|_| IpamError::BadCidr(r.to_string()))
+        })
+        .transpose()?;
+    let pool = Pool::new(subnet, gateway, range)?;
+    let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
+    parse_servers(&req.dns)?;
+    let drv = driver::lookup(req.driver.as_deref().unwrap_or("bridge"))?;
+    let mut rec = NetworkRecord {
+        name: req.name.clone(),
+        id: random_hex(32),
+        driver: drv.name().to_string(),
+        options: req.options.clone(),
+        created: now_secs(),
+        subnet,
+        gateway: pool.gateway,
+        ip_range: range,
+        mtu,
+        builtin: false,
+        dns_names: req.dns_names.unwrap_or(true),
+        dns: req.dns.clone(),
+        internal: req.internal,
+        endpoints: BTreeMap::new(),
+    };
+    drv.check(&mut rec, others)?;
+    Ok(rec)
 }

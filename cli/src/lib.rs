@@ -1,0 +1,9 @@
+//! The `tapnet` daemon and CLI as a library: the binary (`main.rs`) is its
+//! command line, and the fuzz targets (`fuzz/`) reach the parsers that
+//! untrusted input goes through (API bodies, frames the gateway's services
+//! take) here.
+
+pub mod api;
+pub mod client;
+pub mod daemon;
+pub mod run;
