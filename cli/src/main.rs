@@ -122,8 +122,9 @@ struct DaemonArgs {
     /// (10), udp (30), udp_stream (120), icmp (30).
     #[arg(long, value_name = "KIND=SECS")]
     nat_timeout: Vec<String>,
-    /// The most NAT connections one container may hold at once (0: no
-    /// limit); more are refused and counted as quota_exceeded.
+    /// The most NAT connections (or socket-NAT flows, each a host socket)
+    /// one container may hold at once (0: no limit); more are refused and
+    /// counted as quota_exceeded.
     #[arg(long, default_value_t = 1024)]
     nat_quota: u32,
 }
@@ -390,6 +391,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 netns_prefix: a.netns_prefix,
                 rx_buffers: a.rx_buffers,
                 max_macs_per_port: a.max_macs_per_port,
+                nat_quota: a.nat_quota,
                 multishot: !a.single_read,
                 busy_poll_us: a.busy_poll_us,
                 dns: a.dns,

@@ -47,6 +47,9 @@ pub struct Stats {
     pub notimp: AtomicU64,
     pub truncated: AtomicU64,
     pub dropped: AtomicU64,
+    /// Queries answered SERVFAIL at once: their container already had its
+    /// share of queries waiting for an upstream server.
+    pub throttled: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,6 +63,8 @@ pub struct StatsSnapshot {
     pub notimp: u64,
     pub truncated: u64,
     pub dropped: u64,
+    #[serde(default)]
+    pub throttled: u64,
 }
 
 impl Stats {
@@ -75,6 +80,7 @@ impl Stats {
             notimp: g(&self.notimp),
             truncated: g(&self.truncated),
             dropped: g(&self.dropped),
+            throttled: g(&self.throttled),
         }
     }
 }

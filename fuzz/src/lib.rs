@@ -222,11 +222,20 @@ fn uplink_in(nat: &mut nat::Nat, sw: &mut Switch, buf: &mut [u8], len: usize, no
             }
         }
         wire::eth::ETHERTYPE_IPV4 => {
-            if let Ok(inside) = nat.inbound(&mut buf[..len], now) {
-                if buf[L3 + 8] > 1 {
-                    router::dec_ttl(buf, L3);
+            match nat.inbound(&mut buf[..len], now) {
+                Ok(inside) => {
+                    if buf[L3 + 8] > 1 {
+                        router::dec_ttl(buf, L3);
+                    }
+                    let _ = sw.table.lookup(inside.net, &Mac(inside.mac), now);
                 }
-                let _ = sw.table.lookup(inside.net, &Mac(inside.mac), now);
+                Err(nat::NatDrop::NoConnection) => {
+                    if let Some(r) = nat::rst::reset_for(&buf[..len], [2, 0, 0, 0, 0, 0xee]) {
+                        assert_eq!(r.len(), L3 + 40, "a reset is headers only");
+                        assert_eq!(wire::csum::checksum(&r[L3..L3 + 20]), 0);
+                    }
+                }
+                Err(_) => {}
             }
         }
         _ => {}

@@ -13,6 +13,8 @@
 /// The Internet checksum, from the shared wire layer.
 pub use wire::csum;
 
+pub mod rst;
+
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -111,6 +113,12 @@ pub struct NatStats {
     /// New connections refused: the container held its share.
     #[serde(default)]
     pub quota_exceeded: u64,
+    /// Connections dropped because their container went away.
+    #[serde(default)]
+    pub forgotten: u64,
+    /// TCP resets sent for segments no connection owned ([`rst`]).
+    #[serde(default)]
+    pub resets_sent: u64,
 }
 
 impl NatStats {
@@ -732,37 +740,67 @@ impl Nat {
                 None => false,
             };
             if dead {
-                let c = self.conns[i].take().expect("checked");
-                self.by_out.remove(&c.out);
-                self.by_in.remove(&InKey {
-                    proto: c.out.proto,
-                    remote: c.out.dst,
-                    rport: c.out.dport,
-                    nport: c.nport,
-                });
-                let u = &mut self.used[pidx(c.out.proto)];
-                if !c.forwarded && u.get(&c.nport) == Some(&(i as u32)) {
-                    u.remove(&c.nport);
-                }
-                if !c.forwarded {
-                    let k = (c.out.net, c.out.src);
-                    if let Some(h) = self.per_src.get_mut(&k) {
-                        *h -= 1;
-                        if *h == 0 {
-                            self.per_src.remove(&k);
-                        }
-                    }
-                }
-                self.free.push(i as u32);
+                self.remove_conn(i);
                 n += 1;
             }
         }
         self.stats.expired += n as u64;
-        // a datagram's fragments arrive together; 30 s is plenty
+        self.sweep_frags(now);
+        n
+    }
+
+    /// Drops every connection of inside address `src` on network `net`
+    /// (the container is gone; a new one may get its address, and must not
+    /// get its flows); returns how many. Published-port entries towards it
+    /// go too (the forward itself is removed with the publish).
+    pub fn forget(&mut self, net: u16, src: Ipv4Addr, now: u64) -> usize {
+        let mut n = 0;
+        for i in 0..self.conns.len() {
+            if self.conns[i]
+                .as_ref()
+                .is_some_and(|c| c.out.net == net && c.out.src == src)
+            {
+                self.remove_conn(i);
+                n += 1;
+            }
+        }
+        self.stats.forgotten += n as u64;
+        self.sweep_frags(now);
+        n
+    }
+
+    /// Removes connection `i` (which exists) from every index.
+    fn remove_conn(&mut self, i: usize) {
+        let c = self.conns[i].take().expect("a live connection");
+        self.by_out.remove(&c.out);
+        self.by_in.remove(&InKey {
+            proto: c.out.proto,
+            remote: c.out.dst,
+            rport: c.out.dport,
+            nport: c.nport,
+        });
+        let u = &mut self.used[pidx(c.out.proto)];
+        if !c.forwarded && u.get(&c.nport) == Some(&(i as u32)) {
+            u.remove(&c.nport);
+        }
+        if !c.forwarded {
+            let k = (c.out.net, c.out.src);
+            if let Some(h) = self.per_src.get_mut(&k) {
+                *h -= 1;
+                if *h == 0 {
+                    self.per_src.remove(&k);
+                }
+            }
+        }
+        self.free.push(i as u32);
+    }
+
+    /// Fragment state of gone connections, or older than 30 s (a
+    /// datagram's fragments arrive together).
+    fn sweep_frags(&mut self, now: u64) {
         self.frags.retain(|_, (id, t)| {
             now.saturating_sub(*t) < 30_000 && self.conns[*id as usize].is_some()
         });
-        n
     }
 
     /// The connection table, for inspection.

@@ -350,3 +350,53 @@ fn a_container_holds_only_its_share_of_connections() {
     assert_eq!(n.expire(200_000), 3);
     assert!(open(&mut n, C, 1002, 200_001).is_ok());
 }
+
+#[test]
+fn a_gone_container_leaves_no_connection_behind() {
+    let mut n = nat();
+    let mut b = frame(C, R, PROTO_TCP, &tcp(40000, 80, 2));
+    n.outbound(1, MAC, &mut b, 0).unwrap();
+    let other = [10, 0, 0, 77];
+    let mut b2 = frame(other, R, PROTO_TCP, &tcp(40000, 80, 2));
+    n.outbound(1, MAC, &mut b2, 0).unwrap();
+    // the same address on another network is another container
+    let mut b3 = frame(C, R, PROTO_TCP, &tcp(40001, 80, 2));
+    n.outbound(2, MAC, &mut b3, 0).unwrap();
+    assert_eq!(n.forget(1, C.into(), 1), 1);
+    assert_eq!(n.len(), 2);
+    assert_eq!(n.stats.forgotten, 1);
+    // the answer to its flow finds nothing (a new owner of the address
+    // does not get it), and its outside port is free again
+    let mut r = frame(R, EXT, PROTO_TCP, &tcp(80, 40000, 0x12));
+    assert_eq!(n.inbound(&mut r, 2), Err(NatDrop::NoConnection));
+    let mut again = frame(C, R, PROTO_TCP, &tcp(40000, 80, 2));
+    n.outbound(1, MAC, &mut again, 3).unwrap();
+    assert_eq!(rd16(&again, IP + 20), 40000, "the port was given back");
+}
+
+#[test]
+fn a_segment_nobody_owns_gets_a_reset() {
+    // with ACK: the reset takes the acknowledged sequence number
+    let mut seg = tcp(80, 40000, 0x18);
+    seg[8..12].copy_from_slice(&7777u32.to_be_bytes());
+    let b = frame(R, EXT, PROTO_TCP, &seg);
+    let r = crate::rst::reset_for(&b, [2, 0, 0, 0, 0, 0xee]).unwrap();
+    valid(&r);
+    assert_eq!(ip4(&r, IP + 12), EXT);
+    assert_eq!(ip4(&r, IP + 16), R);
+    assert_eq!((rd16(&r, IP + 20), rd16(&r, IP + 22)), (40000, 80));
+    assert_eq!(&r[IP + 24..IP + 28], &7777u32.to_be_bytes());
+    assert_eq!(r[IP + 33], 0x04);
+    assert_eq!(&r[VNET..VNET + 6], &b[VNET + 6..VNET + 12], "back to the sender");
+    // a SYN (no ACK): RST+ACK acknowledging it and its data
+    let mut syn = tcp(50000, 81, 0x02);
+    syn[4..8].copy_from_slice(&100u32.to_be_bytes());
+    let r = crate::rst::reset_for(&frame(R, EXT, PROTO_TCP, &syn), [0; 6]).unwrap();
+    valid(&r);
+    assert_eq!(r[IP + 33], 0x14);
+    let hello = b"hello, world".len() as u32;
+    assert_eq!(&r[IP + 28..IP + 32], &(100 + hello + 1).to_be_bytes());
+    // never a reset for a reset, nor for what is not TCP
+    assert!(crate::rst::reset_for(&frame(R, EXT, PROTO_TCP, &tcp(80, 1, 0x04)), [0; 6]).is_none());
+    assert!(crate::rst::reset_for(&frame(R, EXT, PROTO_UDP, &[0; 8]), [0; 6]).is_none());
+}

@@ -407,3 +407,58 @@ fn idle_dns_tcp_connections_are_closed() {
     let r = ask(&c.ns, gw, "web", RecordType::A, true).expect("a TCP answer");
     assert_eq!(addrs(&parse(&r)), vec![web.ip]);
 }
+
+/// One container cannot hold the resolver's forwarding: at most 256 of its
+/// queries wait for an upstream at once; beyond that it gets SERVFAIL at
+/// once (counted as `throttled`), and local names keep resolving.
+#[test]
+fn forwarded_queries_in_flight_are_capped_per_container() {
+    let Some(mut env) = Env::new("dns_inflight", &[]) else {
+        return;
+    };
+    // an upstream that never answers: every forwarded query waits
+    in_ns(&env.host_ns, || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:53").unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 2048];
+            while s.recv_from(&mut b).is_ok() {}
+        });
+    })
+    .join()
+    .unwrap();
+    env.ok(&["network", "create", "d", "--subnet", "10.69.0.0/24"]);
+    let greedy = env.container("d", "greedy", &[]);
+    let other = env.container("d", "other", &[]);
+    let gw: Ipv4Addr = "10.69.0.1".parse().unwrap();
+    let early = in_ns(&greedy.ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for i in 0..300u16 {
+            let q = make_query(i, &format!("q{i}.example"), RecordType::A, None);
+            s.send_to(&q, (gw, 53)).unwrap();
+        }
+        // forwarded queries wait at least a second for the dead upstream:
+        // what comes back sooner was throttled
+        let t0 = Instant::now();
+        let mut early = 0;
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut b = [0u8; 2048];
+        while t0.elapsed() < Duration::from_millis(800) {
+            if let Ok(n) = s.recv(&mut b) {
+                assert_eq!(parse(&b[..n]).metadata.response_code, ResponseCode::ServFail);
+                early += 1;
+            }
+        }
+        early
+    })
+    .join()
+    .unwrap();
+    assert!(
+        (40..=44).contains(&early),
+        "{early} of 300 queries answered at once (256 may wait)"
+    );
+    let stats = env.inspect("d")["dns"]["stats"].clone();
+    assert!(ctr(&stats, "throttled") >= early as u64, "{stats}");
+    // another container's local names are not affected
+    let a = ask(&other.ns, gw, "greedy", RecordType::A, false).expect("an answer");
+    assert_eq!(addrs(&parse(&a)), vec![greedy.ip]);
+}

@@ -89,3 +89,71 @@ fn socket_nat_tcp_udp_and_many_connections() {
     assert!(ctr(&v["socket_nat"], "tcp_opened") >= 1002, "{v}");
     assert!(ctr(&v["socket_nat"], "tcp_refused") >= 1, "{v}");
 }
+
+/// A container holds at most its share of the socket NAT's flows (each a
+/// host socket, --nat-quota): the next is refused and counted, and another
+/// container still gets out.
+#[test]
+fn a_container_holds_only_its_share_of_the_socket_nat() {
+    let Some(mut env) = Env::with_host_link("socknat_quota", &["--nat-quota", "3"]) else {
+        return;
+    };
+    let inet = env.inet_ns();
+    env.ok(&["network", "create", "app", "--subnet", "10.68.0.0/24"]);
+    let greedy = env.container("app", "greedy", &[]);
+    let other = env.container("app", "other", &[]);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    in_ns(&inet, move || {
+        let l = TcpListener::bind((INET_IP, 7300)).unwrap();
+        ready_tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                // open until the client closes
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 64];
+                    while s.read(&mut b).is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+    });
+    ready_rx.recv().unwrap();
+    // three held connections, then a fourth that must not get through
+    let held = in_ns(&greedy.ns, move || {
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(TcpStream::connect((INET_IP, 7300)).expect("within the quota"));
+        }
+        let fourth = TcpStream::connect_timeout(
+            &(INET_IP.parse::<std::net::Ipv4Addr>().unwrap(), 7300).into(),
+            Duration::from_secs(2),
+        );
+        (open, fourth.is_ok())
+    })
+    .join()
+    .unwrap();
+    assert!(!held.1, "a fourth connection beyond the quota");
+    let ok = in_ns(&other.ns, move || TcpStream::connect((INET_IP, 7300)).is_ok())
+        .join()
+        .unwrap();
+    assert!(ok, "the other container was starved");
+    let n = env.json(&["nat", "ls", "--format", "json"]);
+    assert!(ctr(&n["socket_nat"], "quota_exceeded") >= 1, "{n}");
+    // closing gives the share back
+    drop(held);
+    let t0 = Instant::now();
+    let again = loop {
+        let ok = in_ns(&greedy.ns, move || {
+            TcpStream::connect_timeout(
+                &(INET_IP.parse::<std::net::Ipv4Addr>().unwrap(), 7300).into(),
+                Duration::from_secs(1),
+            )
+            .is_ok()
+        })
+        .join()
+        .unwrap();
+        if ok || t0.elapsed() > Duration::from_secs(15) {
+            break ok;
+        }
+    };
+    assert!(again, "the share did not come back after the connections closed");
+}

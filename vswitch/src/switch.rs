@@ -562,7 +562,7 @@ fn decide_inner(
         match table.learn(p.net, &src, in_port, now) {
             Learned::New => p.counters.macs_learned += 1,
             Learned::Moved { .. } => p.counters.macs_moved_in += 1,
-            Learned::PortFull => p.counters.mac_limit += 1,
+            Learned::PortFull | Learned::NetFull => p.counters.mac_limit += 1,
             Learned::Refreshed | Learned::Full => {}
         }
     }

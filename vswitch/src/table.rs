@@ -33,6 +33,9 @@ pub enum Learned {
     /// The port already has its share of MACs: not learned (one port
     /// cannot fill the table every network shares).
     PortFull,
+    /// The network already has its share of the table: not learned (one
+    /// network's ports together cannot fill it for the others).
+    NetFull,
 }
 
 #[inline]
@@ -49,6 +52,10 @@ pub struct MacTable {
     port_limit: u32,
     /// MACs learned per port (indexed by port).
     per_port: Vec<u32>,
+    /// At most this many MACs per network (0: no limit).
+    net_limit: u32,
+    /// MACs learned per network.
+    per_net: FxHashMap<NetIdx, u32>,
     pub moves: u64,
     pub full_drops: u64,
 }
@@ -63,6 +70,8 @@ impl MacTable {
             max_entries,
             port_limit: 0,
             per_port: Vec::new(),
+            net_limit: 0,
+            per_net: FxHashMap::default(),
             moves: 0,
             full_drops: 0,
         }
@@ -71,16 +80,28 @@ impl MacTable {
     /// Keeps the entries `keep` says so, giving their places back to the
     /// ports of those it drops.
     fn retain_counted(&mut self, mut keep: impl FnMut(u64, &Entry) -> bool) {
-        let per_port = &mut self.per_port;
+        let (per_port, per_net) = (&mut self.per_port, &mut self.per_net);
         self.map.retain(|k, e| {
             let kept = keep(*k, e);
             if !kept {
                 if let Some(c) = per_port.get_mut(e.port as usize) {
                     *c = c.saturating_sub(1);
                 }
+                let net = (*k >> 48) as NetIdx;
+                if let Some(c) = per_net.get_mut(&net) {
+                    *c -= 1;
+                    if *c == 0 {
+                        per_net.remove(&net);
+                    }
+                }
             }
             kept
         });
+    }
+
+    /// Sets the most MACs one network may have learned (0: no limit).
+    pub fn set_net_limit(&mut self, n: u32) {
+        self.net_limit = n;
     }
 
     /// Sets the most MACs one port may have learned (0: no limit).
@@ -150,6 +171,10 @@ impl MacTable {
         if self.port_full(port) {
             return Learned::PortFull;
         }
+        let in_net = self.per_net.get(&net).copied().unwrap_or(0);
+        if self.net_limit != 0 && in_net >= self.net_limit {
+            return Learned::NetFull;
+        }
         self.map.insert(
             k,
             Entry {
@@ -158,6 +183,7 @@ impl MacTable {
             },
         );
         *self.count(port) += 1;
+        *self.per_net.entry(net).or_default() += 1;
         Learned::New
     }
 
@@ -180,15 +206,17 @@ impl MacTable {
 
     /// Forgets every MAC learned on `port` (the port is going away).
     pub fn remove_port(&mut self, port: PortIdx) {
-        self.map.retain(|_, e| e.port != port);
-        if let Some(c) = self.per_port.get_mut(port as usize) {
-            *c = 0;
-        }
+        self.retain_counted(|_, e| e.port != port);
     }
 
     /// Forgets every MAC of network `net`.
     pub fn remove_net(&mut self, net: NetIdx) {
         self.retain_counted(|k, _| (k >> 48) as NetIdx != net);
+    }
+
+    /// MACs learned on network `net`.
+    pub fn net_count(&self, net: NetIdx) -> u32 {
+        self.per_net.get(&net).copied().unwrap_or(0)
     }
 
     /// MACs learned on `port`.
@@ -225,6 +253,26 @@ impl MacTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_network_holds_only_its_share() {
+        let mut t = MacTable::new(1000, 100);
+        t.set_net_limit(3);
+        for i in 0..3 {
+            assert_eq!(t.learn(1, &m(i), i as PortIdx, 0), Learned::New);
+        }
+        assert_eq!(t.learn(1, &m(9), 0, 0), Learned::NetFull);
+        // other networks still learn; a move inside the network is no new entry
+        assert_eq!(t.learn(2, &m(9), 5, 0), Learned::New);
+        assert!(matches!(t.learn(1, &m(0), 2, 1), Learned::Moved { .. }));
+        assert_eq!(t.net_count(1), 3);
+        // removing a port and aging give the share back
+        t.remove_port(2);
+        assert_eq!(t.net_count(1), 1);
+        assert_eq!(t.learn(1, &m(9), 0, 2), Learned::New);
+        t.age(5000);
+        assert_eq!((t.net_count(1), t.net_count(2), t.len()), (0, 0, 0));
+    }
 
     fn m(x: u8) -> Mac {
         Mac([2, 0, 0, 0, 0, x])

@@ -18,6 +18,7 @@ use smoltcp::wire::{
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -430,9 +431,18 @@ fn send_framed(s: &mut tcp::Socket, b: &[u8]) {
     let _ = s.send_slice(b);
 }
 
+/// Forwarded queries one container may have waiting for an upstream
+/// server at once. Each holds a socket and a task; beyond this a query is
+/// answered SERVFAIL at once (counted as `throttled`), so one container
+/// cannot hold the daemon's fds. (Docker's resolver allows 1,024, but it
+/// runs one resolver per container; this one serves them all.)
+pub const MAX_INFLIGHT_PER_CLIENT: u32 = 256;
+
 /// What the service loop shares with forwarding tasks.
 struct Svc {
     resolver: Arc<Resolver>,
+    /// Forwarded queries in flight, per client address.
+    inflight: Arc<std::sync::Mutex<HashMap<Ipv4Addr, u32>>>,
     /// The daemon's upstream servers (its --dns, else the host's resolv.conf).
     defaults: Vec<SocketAddr>,
     tx: mpsc::Sender<Event>,
@@ -440,6 +450,22 @@ struct Svc {
 
 impl Svc {
     fn forward(&self, net: NetIdx, client: Ipv4Addr, q: Vec<u8>, to: Dest) {
+        let t = match to {
+            Dest::Udp(_) => Transport::Udp,
+            Dest::Tcp(..) => Transport::Tcp,
+        };
+        {
+            let mut m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(client).or_default();
+            if *n >= MAX_INFLIGHT_PER_CLIENT {
+                drop(m);
+                self.resolver.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                let bytes = self.resolver.servfail(&q, t);
+                let _ = self.tx.try_send(Event::Answer { net, to, bytes });
+                return;
+            }
+            *n += 1;
+        }
         let mut servers = self
             .resolver
             .registry
@@ -451,12 +477,18 @@ impl Svc {
         }
         let resolver = self.resolver.clone();
         let tx = self.tx.clone();
-        let t = match to {
-            Dest::Udp(_) => Transport::Udp,
-            Dest::Tcp(..) => Transport::Tcp,
-        };
+        let inflight = self.inflight.clone();
         tokio::spawn(async move {
             let a = dns::upstream::forward(&servers, &q, t == Transport::Tcp).await;
+            {
+                let mut m = inflight.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = m.get_mut(&client) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(&client);
+                    }
+                }
+            }
             let bytes = a.unwrap_or_else(|| resolver.servfail(&q, t));
             let _ = tx.send(Event::Answer { net, to, bytes }).await;
         });
@@ -473,6 +505,7 @@ pub async fn run(
 ) {
     let svc = Svc {
         resolver,
+        inflight: Default::default(),
         defaults,
         tx,
     };

@@ -230,6 +230,11 @@ impl Core {
         n.published.remove(container);
         let idx = n.idx;
         self.uplink_forwards(idx, &e, false);
+        if self.cfg.uplink.is_some() {
+            if let Err(err) = self.dp.forget_host(idx, e.ip) {
+                log(format!("forgetting the NAT connections of {container}: {err}"));
+            }
+        }
         let n = self.nets.get_mut(network).expect("checked");
         if let Some(port) = n.ports.remove(container) {
             if let Err(err) = self.dp.remove_port(port, true, DP_TIMEOUT) {
@@ -329,6 +334,7 @@ impl Core {
                 "ping_flows": g(&s.stats.ping_flows),
                 "ping_refused": g(&s.stats.ping_refused),
                 "dropped": g(&s.stats.dropped),
+                "quota_exceeded": g(&s.stats.quota_exceeded),
             })
         });
         // the connection table comes as plain data: formatted here

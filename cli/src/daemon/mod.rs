@@ -52,6 +52,10 @@ pub struct DaemonConfig {
     pub rx_buffers: usize,
     /// The most MACs one port may have in the table (0: no limit).
     pub max_macs_per_port: u32,
+    /// The most flows one container may hold at once in either NAT (the
+    /// packet NAT's connections; the socket NAT's TCP, UDP and ping flows,
+    /// each a host socket); 0: no limit.
+    pub nat_quota: u32,
     pub multishot: bool,
     pub busy_poll_us: u32,
     /// Upstream DNS servers (empty: the host's /etc/resolv.conf).

@@ -64,6 +64,8 @@ pub struct Stats {
     /// Echo requests that could not go out (no ICMP socket allowed).
     pub ping_refused: AtomicU64,
     pub dropped: AtomicU64,
+    /// New flows refused: the container held its share (`--nat-quota`).
+    pub quota_exceeded: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -125,6 +127,9 @@ struct Net {
     udp: HashMap<Flow, UdpFlow>,
     /// Echo flows: (container, identifier, remote, 0) -> sender, MAC.
     ping: HashMap<Flow, (UdpFlow, [u8; 6])>,
+    /// Flows (SYNs waiting, TCP relays, UDP and echo flows) per container
+    /// address: each holds a host socket, so each counts against the quota.
+    held: HashMap<Ipv4Addr, u32>,
 }
 
 fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
@@ -160,6 +165,29 @@ impl Net {
             udp_sock: HashMap::new(),
             udp: HashMap::new(),
             ping: HashMap::new(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// Whether container `src` may open one more flow; counts a refusal.
+    fn may_open(&self, src: Ipv4Addr, svc: &Svc) -> bool {
+        let ok = svc.quota == 0 || self.held.get(&src).copied().unwrap_or(0) < svc.quota;
+        if !ok {
+            svc.stats.quota_exceeded.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn hold(&mut self, src: Ipv4Addr) {
+        *self.held.entry(src).or_default() += 1;
+    }
+
+    fn release(&mut self, src: Ipv4Addr) {
+        if let Some(h) = self.held.get_mut(&src) {
+            *h -= 1;
+            if *h == 0 {
+                self.held.remove(&src);
+            }
         }
     }
 
@@ -177,6 +205,12 @@ impl Net {
                 let flags = f[l4 + 13];
                 let syn_only = flags & 0x12 == 0x02;
                 if syn_only && !self.tcp.contains_key(&flow) {
+                    if !self.syn.contains_key(&flow) {
+                        if !self.may_open(src, svc) {
+                            return;
+                        }
+                        self.hold(src);
+                    }
                     // hold the SYN until the host's connection is up
                     if self.syn.insert(flow, f).is_none() {
                         let tx = svc.tx.clone();
@@ -197,6 +231,9 @@ impl Net {
                 push_with_arp(&mut self.dev, self.gw, f);
             }
             17 => {
+                if !self.udp.contains_key(&flow) && !self.may_open(src, svc) {
+                    return;
+                }
                 // a smoltcp socket for the remote endpoint, a host socket for the flow
                 let ep = (dst, dport);
                 let now = Instant::now();
@@ -231,6 +268,12 @@ impl Net {
                 let mac: [u8; 6] = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
                     .try_into()
                     .expect("6");
+                if !self.ping.contains_key(&key) {
+                    if !self.may_open(src, svc) {
+                        return;
+                    }
+                    self.hold(src);
+                }
                 let e = self.ping.entry(key).or_insert_with(|| {
                     svc.stats.ping_flows.fetch_add(1, Ordering::Relaxed);
                     (
@@ -298,6 +341,7 @@ impl Net {
         };
         let Some(stream) = s else {
             // no listener: smoltcp answers the SYN with a reset
+            self.release(flow.0);
             svc.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
             push_with_arp(&mut self.dev, self.gw, syn);
             return;
@@ -386,6 +430,9 @@ impl Net {
                 let IpAddress::Ipv4(cip) = meta.endpoint.addr;
                 let flow = (cip, meta.endpoint.port, rip, rport);
                 let data = d.to_vec();
+                if !self.udp.contains_key(&flow) {
+                    *self.held.entry(cip).or_default() += 1;
+                }
                 let f = self.udp.entry(flow).or_insert_with(|| {
                     svc.stats.udp_flows.fetch_add(1, Ordering::Relaxed);
                     UdpFlow {
@@ -447,14 +494,29 @@ impl Net {
             if let Some(c) = self.tcp.remove(&flow) {
                 c.task.abort();
                 self.sockets.remove(c.handle);
+                self.release(flow.0);
             }
         }
         // idle UDP and ping flows
         let now_i = Instant::now();
-        self.udp
-            .retain(|_, f| now_i.duration_since(f.last) < UDP_IDLE);
-        self.ping
-            .retain(|_, (f, _)| now_i.duration_since(f.last) < UDP_IDLE);
+        let mut ended = Vec::new();
+        self.udp.retain(|k, f| {
+            let keep = now_i.duration_since(f.last) < UDP_IDLE;
+            if !keep {
+                ended.push(k.0);
+            }
+            keep
+        });
+        self.ping.retain(|k, (f, _)| {
+            let keep = now_i.duration_since(f.last) < UDP_IDLE;
+            if !keep {
+                ended.push(k.0);
+            }
+            keep
+        });
+        for src in ended {
+            self.release(src);
+        }
         let mut idle = Vec::new();
         for (ep, (h, last)) in &self.udp_sock {
             if now_i.duration_since(*last) >= UDP_IDLE {
@@ -586,13 +648,16 @@ fn ping_flow(
 struct Svc {
     tx: mpsc::Sender<Event>,
     stats: Arc<Stats>,
+    /// Flows per container (0: no limit).
+    quota: u32,
 }
 
 /// The service loop: owns every network's stack.
-pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector) {
+pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector, quota: u32) {
     let svc = Svc {
         tx: nat.tx.clone(),
         stats: nat.stats.clone(),
+        quota,
     };
     let t0 = Instant::now();
     let now = || SInstant::from_micros(t0.elapsed().as_micros() as i64);

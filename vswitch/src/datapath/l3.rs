@@ -215,9 +215,25 @@ impl State {
         const I: usize = E + 14;
         let u = self.uplink.as_mut().expect("an uplink");
         let f = self.pool.frame_mut(b, len);
-        let Ok(inside) = u.nat.inbound(f, now) else {
-            self.recycle(slot, b);
-            return;
+        let inside = match u.nat.inbound(f, now) {
+            Ok(i) => i,
+            Err(e) => {
+                // TCP from the wire that no connection owns: answer as the
+                // host owning the address would, with a reset (a peer of a
+                // connection lost in a restart fails fast, never hangs)
+                let rst = (e == nat::NatDrop::NoConnection && slot == u.slot)
+                    .then(|| nat::rst::reset_for(f, u.mac.0))
+                    .flatten();
+                let up = u.slot;
+                if rst.is_some() {
+                    u.nat.stats.resets_sent += 1;
+                }
+                self.recycle(slot, b);
+                if let Some(r) = rst {
+                    self.send_owned(up, r);
+                }
+                return;
+            }
         };
         if f[I + 8] <= 1 {
             self.recycle(slot, b);

@@ -102,6 +102,9 @@ pub struct DatapathConfig {
     pub on_error: Option<ErrorHook>,
     /// At most this many MACs learned per port (0: no limit).
     pub max_macs_per_port: u32,
+    /// At most this many MACs learned per network (0: no limit): one
+    /// network cannot fill the table the others share.
+    pub max_macs_per_network: u32,
 }
 
 impl Default for DatapathConfig {
@@ -117,6 +120,7 @@ impl Default for DatapathConfig {
             route: None,
             on_error: None,
             max_macs_per_port: 64,
+            max_macs_per_network: 16384,
         }
     }
 }
@@ -201,6 +205,7 @@ enum Cmd {
     SetTrunkPolicy(NetIdx, TrunkMode, Vec<(Ipv4Addr, Mac)>),
     AddForward(u8, u16, nat::Forward),
     RemoveForward(u8, u16),
+    ForgetHost(NetIdx, Ipv4Addr),
     Shutdown,
 }
 
@@ -480,6 +485,13 @@ impl Datapath {
         self.send(Cmd::RemoveForward(proto, port))
     }
 
+    /// Drops the NAT connections of address `ip` on network `net`: its
+    /// container is gone, and whoever gets the address next must not
+    /// receive its flows.
+    pub fn forget_host(&self, net: NetIdx, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        self.send(Cmd::ForgetHost(net, ip))
+    }
+
     /// A handle that can only inject frames, for services behind the
     /// gateway (it does not keep the datapath alive).
     pub fn injector(&self) -> Injector {
@@ -629,6 +641,7 @@ impl Worker {
     ) -> std::io::Result<Worker> {
         let mut sw = Switch::new(cfg.aging.as_millis() as u64, cfg.max_macs);
         sw.table.set_port_limit(cfg.max_macs_per_port);
+        sw.table.set_net_limit(cfg.max_macs_per_network);
         let multishot = cfg.multishot && {
             let mut probe = io_uring::Probe::new();
             ring.submitter().register_probe(&mut probe).is_ok()
@@ -841,6 +854,11 @@ impl State {
                 Cmd::RemoveForward(proto, port) => {
                     if let Some(u) = self.uplink.as_mut() {
                         u.nat.remove_forward(proto, port);
+                    }
+                }
+                Cmd::ForgetHost(net, ip) => {
+                    if let Some(u) = self.uplink.as_mut() {
+                        u.nat.forget(net, ip, now_ms());
                     }
                 }
                 Cmd::Inject(net, frames) => {
