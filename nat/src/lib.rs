@@ -116,6 +116,9 @@ pub struct NatStats {
     /// Connections dropped because their container went away.
     #[serde(default)]
     pub forgotten: u64,
+    /// Connections put back after a restart ([`Nat::restore`]).
+    #[serde(default)]
+    pub restored: u64,
     /// TCP resets sent for segments no connection owned ([`rst`]).
     #[serde(default)]
     pub resets_sent: u64,
@@ -208,6 +211,12 @@ pub struct ConnRaw {
     pub replied: bool,
     pub idle_ms: u64,
     pub expires_in_ms: u64,
+    /// The inside host's MAC.
+    #[serde(default)]
+    pub mac: [u8; 6],
+    /// Created by a client of a published port.
+    #[serde(default)]
+    pub forwarded: bool,
 }
 
 impl ConnRaw {
@@ -749,6 +758,55 @@ impl Nat {
         n
     }
 
+    /// Puts back a connection an earlier run had (as
+    /// [`Self::entries_raw`] gave it), idle timer restarted: after a
+    /// restart its flows carry on in both directions. Refused (false) when
+    /// it clashes with a connection or port this table has, its outside
+    /// port is outside the configured range (not forwarded), or the table
+    /// is full. A forwarded one needs its forward added first.
+    pub fn restore(&mut self, r: &ConnRaw, now: u64) -> bool {
+        if !matches!(r.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP)
+            || self.by_out.len() >= self.cfg.max_conns
+        {
+            return false;
+        }
+        let out = OutKey {
+            proto: r.proto,
+            net: r.net,
+            src: r.src,
+            sport: r.sport,
+            dst: r.dst,
+            dport: r.dport,
+        };
+        let inkey = InKey {
+            proto: r.proto,
+            remote: r.dst,
+            rport: r.dport,
+            nport: r.nport,
+        };
+        let (lo, hi) = self.cfg.ports;
+        let port_ok = if r.forwarded {
+            self.forwards.contains_key(&(r.proto, r.nport))
+        } else {
+            (lo..=hi).contains(&r.nport) && !self.used[pidx(r.proto)].contains_key(&r.nport)
+        };
+        if !port_ok || self.by_out.contains_key(&out) || self.by_in.contains_key(&inkey) {
+            return false;
+        }
+        let id = self.insert(out, r.nport, r.mac, r.forwarded);
+        self.stats.created -= 1;
+        self.stats.restored += 1;
+        let c = self.conns[id as usize].as_mut().expect("just inserted");
+        c.last = now;
+        c.tcp = r.tcp;
+        c.replied = r.replied;
+        if !r.forwarded {
+            self.used[pidx(r.proto)].insert(r.nport, id);
+            *self.per_src.entry((r.net, r.src)).or_default() += 1;
+        }
+        true
+    }
+
     /// Drops every connection of inside address `src` on network `net`
     /// (the container is gone; a new one may get its address, and must not
     /// get its flows); returns how many. Published-port entries towards it
@@ -825,6 +883,8 @@ impl Nat {
                     replied: c.replied,
                     idle_ms: idle,
                     expires_in_ms: self.timeout(c).saturating_sub(idle),
+                    mac: c.mac,
+                    forwarded: c.forwarded,
                 }
             })
             .collect()

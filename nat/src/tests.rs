@@ -400,3 +400,27 @@ fn a_segment_nobody_owns_gets_a_reset() {
     assert!(crate::rst::reset_for(&frame(R, EXT, PROTO_TCP, &tcp(80, 1, 0x04)), [0; 6]).is_none());
     assert!(crate::rst::reset_for(&frame(R, EXT, PROTO_UDP, &[0; 8]), [0; 6]).is_none());
 }
+
+#[test]
+fn a_restored_table_carries_its_flows_on() {
+    let mut n = nat();
+    let mut b = frame(C, R, PROTO_TCP, &tcp(40000, 80, 2));
+    n.outbound(1, MAC, &mut b, 0).unwrap();
+    let nport = rd16(&b, IP + 20);
+    let saved = n.entries_raw(5);
+    // a new run: the server's next segment finds the connection
+    let mut m = nat();
+    assert!(m.restore(&saved[0], 100));
+    assert!(!m.restore(&saved[0], 100), "restored twice");
+    assert_eq!(m.stats.restored, 1);
+    let mut r = frame(R, EXT, PROTO_TCP, &tcp(80, nport, 0x12));
+    assert_eq!(m.inbound(&mut r, 101).unwrap(), Inside { net: 1, mac: MAC });
+    assert_eq!(ip4(&r, IP + 16), C);
+    valid(&r);
+    // its outside port is taken: another inside host gets another one
+    let mut b2 = frame([10, 88, 0, 9], R, PROTO_TCP, &tcp(nport, 80, 2));
+    m.outbound(1, MAC, &mut b2, 102).unwrap();
+    assert_ne!(rd16(&b2, IP + 20), nport);
+    // and the share it holds counts
+    assert_eq!(m.forget(1, C.into(), 103), 1);
+}

@@ -195,6 +195,8 @@ pub struct Core {
     dns_defaults: Vec<SocketAddr>,
     nets: BTreeMap<String, Net>,
     containers: BTreeMap<String, ContainerRecord>,
+    /// The NAT counters at the last checkpoint (see `nat_checkpoint`).
+    nat_mark: Option<[u64; 4]>,
 }
 
 fn valid_name(s: &str) -> bool {

@@ -296,6 +296,19 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
     // the daemon was down are reaped at once)
     let clients = core.clients();
     let shared: Shared = Arc::new(Mutex::new(Some(core)));
+    // the NAT table, checkpointed once a second for a restart to put back
+    let s2 = shared.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let _ = with_core(s2.clone(), |c| {
+                c.nat_checkpoint();
+                Ok(())
+            })
+            .await;
+        }
+    });
     for (id, p) in clients {
         watch_client(shared.clone(), id, p);
     }

@@ -124,6 +124,7 @@ impl Core {
             dns_defaults,
             nets: BTreeMap::new(),
             containers,
+            nat_mark: None,
         };
         if !records.iter().any(|r| r.name == BRIDGE) {
             let subnet: Ipv4Net = "172.17.0.0/16".parse().expect("valid");
@@ -160,7 +161,80 @@ impl Core {
         for n in names {
             core.dns_sync(&n);
         }
+        core.restore_nat();
         Ok(core)
+    }
+
+    /// Puts back the packet NAT's connections of the last checkpoint
+    /// whose endpoint is still there (same network, address and MAC), so
+    /// that NAT'd flows carry on across a restart or a crash. Published
+    /// ports are forwarded again by now (restore_endpoints).
+    fn restore_nat(&mut self) {
+        if self.cfg.uplink.is_none() {
+            return;
+        }
+        let t = self.store.load_nat();
+        if t.connections.is_empty() {
+            return;
+        }
+        let conns: Vec<nat::ConnRaw> = t
+            .connections
+            .into_iter()
+            .filter_map(|s| {
+                let n = self.nets.get(&s.network)?;
+                n.rec
+                    .endpoints
+                    .values()
+                    .any(|e| e.ip == s.conn.src && e.mac.0 == s.conn.mac)
+                    .then_some(nat::ConnRaw {
+                        net: n.idx,
+                        ..s.conn
+                    })
+            })
+            .collect();
+        let offered = conns.len();
+        match self.dp.restore_nat(conns, DP_TIMEOUT) {
+            Ok(k) => log(format!("NAT: restored {k} of {offered} connections of live endpoints")),
+            Err(e) => log(format!("NAT: restoring connections: {e}")),
+        }
+    }
+
+    /// Writes the packet NAT's connection table to the state directory
+    /// when it changed since the last time (the daemon calls this once a
+    /// second): what a daemon killed now would put back when it starts.
+    pub fn nat_checkpoint(&mut self) {
+        if self.cfg.uplink.is_none() {
+            return;
+        }
+        let Some(u) = self.dp.snapshot(DP_TIMEOUT).ok().and_then(|s| s.uplink) else {
+            return;
+        };
+        let st = u.nat;
+        let mark = [st.created, st.expired, st.forgotten, st.restored];
+        if self.nat_mark == Some(mark) {
+            return;
+        }
+        let names: BTreeMap<NetIdx, &str> = self
+            .nets
+            .values()
+            .map(|n| (n.idx, n.rec.name.as_str()))
+            .collect();
+        let t = store::NatTable {
+            connections: u
+                .connections
+                .into_iter()
+                .filter_map(|c| {
+                    Some(store::SavedConn {
+                        network: names.get(&c.net)?.to_string(),
+                        conn: c,
+                    })
+                })
+                .collect(),
+        };
+        match self.store.save_nat(&t) {
+            Ok(()) => self.nat_mark = Some(mark),
+            Err(e) => log(format!("NAT checkpoint: {e:#}")),
+        }
     }
 
     pub(super) fn restore_endpoints(&mut self) -> Result<()> {

@@ -125,6 +125,20 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// `nat.json`: the packet NAT's connections, by network name (network
+/// indexes are per run).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct NatTable {
+    pub connections: Vec<SavedConn>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedConn {
+    pub network: String,
+    #[serde(flatten)]
+    pub conn: nat::ConnRaw,
+}
+
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -225,6 +239,35 @@ impl Store {
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((BTreeMap::new(), None)),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    /// The packet NAT's connection table, as last checkpointed: what a
+    /// restarted daemon puts back so NAT'd flows carry on. Written without
+    /// fsync: it only has to outlive the daemon, not the host (after a
+    /// reboot no container of it is left to match).
+    pub fn save_nat(&self, t: &NatTable) -> Result<()> {
+        let path = self.containers_dir().join("nat.json");
+        let tmp = self.containers_dir().join(".nat.json.tmp");
+        let r = fs::write(&tmp, serde_json::to_vec(t)?)
+            .and_then(|_| fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()));
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    /// The checkpointed NAT table (empty when there is none; an unreadable
+    /// one is set aside like any state file).
+    pub fn load_nat(&self) -> NatTable {
+        let path = self.containers_dir().join("nat.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                super::log(format!("unreadable {} ({e}): {}", path.display(), set_aside(&path)));
+                NatTable::default()
+            }),
+            Err(_) => NatTable::default(),
         }
     }
 

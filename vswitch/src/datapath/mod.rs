@@ -206,6 +206,7 @@ enum Cmd {
     AddForward(u8, u16, nat::Forward),
     RemoveForward(u8, u16),
     ForgetHost(NetIdx, Ipv4Addr),
+    RestoreNat(Vec<nat::ConnRaw>, mpsc::SyncSender<usize>),
     Shutdown,
 }
 
@@ -483,6 +484,21 @@ impl Datapath {
 
     pub fn remove_forward(&self, proto: u8, port: u16) -> Result<(), DatapathError> {
         self.send(Cmd::RemoveForward(proto, port))
+    }
+
+    /// Puts NAT connections an earlier run had back into the uplink's
+    /// table (see [`nat::Nat::restore`]); returns how many it took.
+    pub fn restore_nat(
+        &self,
+        conns: Vec<nat::ConnRaw>,
+        timeout: Duration,
+    ) -> Result<usize, DatapathError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Cmd::RestoreNat(conns, tx))?;
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => DatapathError::Timeout(timeout),
+            mpsc::RecvTimeoutError::Disconnected => DatapathError::Stopped,
+        })
     }
 
     /// Drops the NAT connections of address `ip` on network `net`: its
@@ -855,6 +871,14 @@ impl State {
                     if let Some(u) = self.uplink.as_mut() {
                         u.nat.remove_forward(proto, port);
                     }
+                }
+                Cmd::RestoreNat(conns, reply) => {
+                    let now = now_ms();
+                    let n = match self.uplink.as_mut() {
+                        Some(u) => conns.iter().filter(|c| u.nat.restore(c, now)).count(),
+                        None => 0,
+                    };
+                    let _ = reply.send(n);
                 }
                 Cmd::ForgetHost(net, ip) => {
                     if let Some(u) = self.uplink.as_mut() {
