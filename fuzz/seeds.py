@@ -162,6 +162,12 @@ def main():
              "gateway": "10.9.0.1", "ip_range": None, "mtu": 1500, "builtin": False, "dns_names": True,
              "dns": [], "internal": False, "endpoints": {}}),
         (5, {}),
+        (6, {"cniVersion": "1.0.0", "name": "tn", "type": "tapnet", "network": "n1", "socket": "/run/tapnet/tapnet.sock",
+             "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+                                                {"hostPort": 53, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"}],
+                               "ips": ["10.9.0.7/24"], "mac": "02:42:0a:09:00:07", "aliases": ["web"]},
+             "prevResult": {"interfaces": [{"name": "eth0"}], "ips": [{"address": "10.9.0.7/24", "interface": 0}]},
+             "cni.dev/valid-attachments": [{"containerID": "ab" * 32, "ifname": "eth0"}]}),
     ]
     for i, (k, body) in enumerate(api):
         write("api", "b%d" % i, bytes([k]) + json.dumps(body).encode())

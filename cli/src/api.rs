@@ -45,6 +45,10 @@ pub struct Connect {
     /// Published ports, `[HOST_IP:]HOST_PORT:CTR_PORT[/proto]`, ranges allowed.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The interface's name in the namespace (default: the lowest free
+    /// `ethN`); CNI names it.
+    #[serde(default)]
+    pub ifname: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

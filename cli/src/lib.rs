@@ -5,5 +5,6 @@
 
 pub mod api;
 pub mod client;
+pub mod cni;
 pub mod daemon;
 pub mod run;

@@ -653,6 +653,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     mac: ep.mac_address,
                     aliases: ep.alias,
                     ports: ep.publish,
+                    ifname: None,
                 }),
             )?;
             println!("{} {} {}", e.ifname, e.ip, e.mac);

@@ -352,7 +352,8 @@ pub fn dns_query(data: &[u8]) {
 
 /// The API's JSON bodies, through what the daemon does with them before
 /// any I/O: network planning (IPAM, driver options), addresses, MACs,
-/// published-port specs; and the state files' records.
+/// published-port specs; the state files' records; and the CNI plugin's
+/// configuration (its port mappings become published-port specs).
 pub fn api(data: &[u8]) {
     use tapnet::api::*;
     use tapnet::daemon::store::{ContainerRecord, NetworkRecord};
@@ -377,7 +378,7 @@ pub fn api(data: &[u8]) {
             }
         }
     };
-    match which % 6 {
+    match which % 7 {
         0 => {
             if let Ok(req) = serde_json::from_slice::<CreateNetwork>(body) {
                 let existing = plan_network(
@@ -417,9 +418,16 @@ pub fn api(data: &[u8]) {
         4 => {
             let _ = serde_json::from_slice::<NetworkRecord>(body);
         }
-        _ => {
+        5 => {
             let _ = serde_json::from_slice::<std::collections::BTreeMap<String, ContainerRecord>>(body);
             let _ = serde_json::from_slice::<Vec<ContainerRecord>>(body);
+        }
+        _ => {
+            // a CNI plugin's configuration, as a runtime writes it on stdin
+            if let Ok(c) = tapnet::cni::parse_config(body) {
+                assert!(tapnet::cni::SUPPORTED.contains(&c.version.as_str()));
+                ports(&c.ports);
+            }
         }
     }
 }

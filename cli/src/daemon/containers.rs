@@ -138,6 +138,7 @@ impl Core {
                 mac: req.mac.clone(),
                 aliases: req.aliases.clone(),
                 ports: req.ports.clone(),
+                ifname: None,
             },
         );
         if let Err(e) = r.and_then(|_| self.finish_owned(&name)) {

@@ -123,7 +123,8 @@ impl Core {
         let others = self.endpoints_of(&req.container);
         let has_default = others.iter().any(|(_, e)| e.default_route);
         let used: Vec<String> = others.iter().map(|(_, e)| e.ifname.clone()).collect();
-        let ifname = netns::free_ifname(&NetnsRef(crec.netns.clone()), &used)?;
+        let ifname = netns::pick_ifname(&NetnsRef(crec.netns.clone()), &used, req.ifname.as_deref())
+            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         let want = req.ip.as_deref().map(ipam::parse_addr).transpose()?;
         let mut maps = Vec::new();
         for spec in &req.ports {

@@ -175,6 +175,22 @@ pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Resul
 /// The lowest `ethN` that neither `used` (our other endpoints of the
 /// container) nor an existing interface of the namespace has.
 pub fn free_ifname(ns: &NetnsRef, used: &[String]) -> Result<String> {
+    pick_ifname(ns, used, None)
+}
+
+/// `want` when neither `used` nor the namespace has it (a clear error
+/// otherwise), else the lowest free `ethN` ([`free_ifname`]).
+pub fn pick_ifname(ns: &NetnsRef, used: &[String], want: Option<&str>) -> Result<String> {
+    if let Some(w) = want {
+        let ok = !w.is_empty()
+            && w.len() <= 15
+            && w != "."
+            && w != ".."
+            && !w.contains(['/', ':']) && !w.chars().any(char::is_whitespace);
+        if !ok {
+            bail!("invalid interface name {w:?}: 1-15 characters, no '/', ':' or spaces");
+        }
+    }
     let existing = in_netns(ns, || -> Result<Vec<String>> {
         let mut names = Vec::new();
         netlink(|h| {
@@ -193,6 +209,12 @@ pub fn free_ifname(ns: &NetnsRef, used: &[String]) -> Result<String> {
         })?;
         Ok(names)
     })??;
+    if let Some(w) = want {
+        if used.iter().any(|u| u == w) || existing.iter().any(|e| e == w) {
+            bail!("interface {w} already exists in the namespace");
+        }
+        return Ok(w.to_string());
+    }
     (0..1000)
         .map(|i| format!("eth{i}"))
         .find(|n| !used.contains(n) && !existing.contains(n))
