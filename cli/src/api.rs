@@ -131,6 +131,10 @@ pub struct EndpointInfo {
     /// Published ports, e.g. `0.0.0.0:8080->80/tcp`.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The container's default route goes through this endpoint's
+    /// gateway (its first network with one).
+    #[serde(default)]
+    pub default_route: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -236,6 +236,9 @@ pub fn result(version: &str, env: &Env, ep: &EndpointInfo, prev: Option<&Value>)
     let mut ip = json!({"address": ep.ip, "interface": idx});
     if !ep.gateway.is_empty() {
         ip["gateway"] = json!(ep.gateway);
+    }
+    if ep.default_route && !ep.gateway.is_empty() {
+        // only the route the daemon set (a container's first network)
         routes.push(json!({"dst": "0.0.0.0/0", "gw": ep.gateway}));
     }
     if version == "0.4.0" {
@@ -406,7 +409,11 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
                         }),
                     );
                     if let Err(e) = r {
-                        return Err(daemon_err(e));
+                        // a DEL that ran meanwhile did it already
+                        let m = format!("{e:#}");
+                        if !m.contains("is not connected") && !m.contains("not found") {
+                            return Err(daemon_err(e));
+                        }
                     }
                 }
             }
@@ -484,6 +491,7 @@ mod tests {
             mtu: 1500,
             aliases: vec![],
             ports: vec![],
+            default_route: true,
         };
         let prev = json!({"interfaces":[{"name":"eth0"}],"ips":[{"address":"10.9.0.2/24","interface":0}],
             "dns":{"nameservers":["9.9.9.9"]}});

@@ -119,6 +119,10 @@ pub struct NatStats {
     /// Connections put back after a restart ([`Nat::restore`]).
     #[serde(default)]
     pub restored: u64,
+    /// Changes of a connection's state (TCP state, first answer): with
+    /// created/expired, tells a checkpoint whether the table changed.
+    #[serde(default)]
+    pub state_changes: u64,
     /// TCP resets sent for segments no connection owned ([`rst`]).
     #[serde(default)]
     pub resets_sent: u64,
@@ -217,6 +221,11 @@ pub struct ConnRaw {
     /// Created by a client of a published port.
     #[serde(default)]
     pub forwarded: bool,
+    /// TCP: a FIN went out / came in.
+    #[serde(default)]
+    pub fin_out: bool,
+    #[serde(default)]
+    pub fin_in: bool,
 }
 
 impl ConnRaw {
@@ -507,8 +516,13 @@ impl Nat {
         let c = self.conns[id as usize].as_mut().expect("indexed");
         c.last = now;
         if p.proto == PROTO_TCP {
+            let before = (c.tcp, c.fin_out, c.fin_in);
             Self::tcp_track(c, b[p.l4 + 13], true);
+            if before != (c.tcp, c.fin_out, c.fin_in) {
+                self.stats.state_changes += 1;
+            }
         }
+        let c = self.conns[id as usize].as_ref().expect("indexed");
         let nport = c.nport;
         let ext = self.cfg.external.octets();
         if p.first_frag {
@@ -621,11 +635,16 @@ impl Nat {
         };
         let c = self.conns[id as usize].as_mut().expect("indexed");
         c.last = now;
+        let before = (c.tcp, c.fin_out, c.fin_in, c.replied);
         c.replied = true;
         if p.proto == PROTO_TCP {
             Self::tcp_track(c, b[p.l4 + 13], false);
         }
+        let changed = before != (c.tcp, c.fin_out, c.fin_in, c.replied);
         let (inside, sport, net, mac) = (c.out.src.octets(), c.out.sport, c.out.net, c.mac);
+        if changed {
+            self.stats.state_changes += 1;
+        }
         if p.first_frag {
             let ext = self.cfg.external;
             self.frags
@@ -759,11 +778,13 @@ impl Nat {
     }
 
     /// Puts back a connection an earlier run had (as
-    /// [`Self::entries_raw`] gave it), idle timer restarted: after a
-    /// restart its flows carry on in both directions. Refused (false) when
-    /// it clashes with a connection or port this table has, its outside
-    /// port is outside the configured range (not forwarded), or the table
-    /// is full. A forwarded one needs its forward added first.
+    /// [`Self::entries_raw`] gave it; `idle_ms` counts the time since it
+    /// was taken, and one whose idle time is past its timeout is not put
+    /// back): after a restart its flows carry on in both directions.
+    /// Refused (false) when it clashes with a connection or port this
+    /// table has, its outside port is outside the configured range (not
+    /// forwarded) or its forward now leads elsewhere, or the table is
+    /// full. A forwarded one needs its forward added first.
     pub fn restore(&mut self, r: &ConnRaw, now: u64) -> bool {
         if !matches!(r.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP)
             || self.by_out.len() >= self.cfg.max_conns
@@ -786,7 +807,9 @@ impl Nat {
         };
         let (lo, hi) = self.cfg.ports;
         let port_ok = if r.forwarded {
-            self.forwards.contains_key(&(r.proto, r.nport))
+            self.forwards
+                .get(&(r.proto, r.nport))
+                .is_some_and(|f| f.net == r.net && f.ip == r.src && f.port == r.sport)
         } else {
             (lo..=hi).contains(&r.nport) && !self.used[pidx(r.proto)].contains_key(&r.nport)
         };
@@ -797,12 +820,21 @@ impl Nat {
         self.stats.created -= 1;
         self.stats.restored += 1;
         let c = self.conns[id as usize].as_mut().expect("just inserted");
-        c.last = now;
+        c.last = now.saturating_sub(r.idle_ms);
         c.tcp = r.tcp;
         c.replied = r.replied;
+        c.fin_out = r.fin_out;
+        c.fin_in = r.fin_in;
         if !r.forwarded {
             self.used[pidx(r.proto)].insert(r.nport, id);
             *self.per_src.entry((r.net, r.src)).or_default() += 1;
+        }
+        let c = self.conns[id as usize].as_ref().expect("just inserted");
+        if now.saturating_sub(c.last) > self.timeout(c) {
+            // idle past its timeout: as if it had expired while we were down
+            self.remove_conn(id as usize);
+            self.stats.restored -= 1;
+            return false;
         }
         true
     }
@@ -885,6 +917,8 @@ impl Nat {
                     expires_in_ms: self.timeout(c).saturating_sub(idle),
                     mac: c.mac,
                     forwarded: c.forwarded,
+                    fin_out: c.fin_out,
+                    fin_in: c.fin_in,
                 }
             })
             .collect()

@@ -424,3 +424,26 @@ fn a_restored_table_carries_its_flows_on() {
     // and the share it holds counts
     assert_eq!(m.forget(1, C.into(), 103), 1);
 }
+
+#[test]
+fn restore_keeps_the_clock_and_the_closing_state() {
+    let mut n = nat();
+    let mut b = frame(C, R, PROTO_UDP, &[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+    n.outbound(1, MAC, &mut b, 0).unwrap();
+    let mut t = frame(C, R, PROTO_TCP, &tcp(40001, 80, 2));
+    n.outbound(1, MAC, &mut t, 0).unwrap();
+    let mut fin = frame(C, R, PROTO_TCP, &tcp(40001, 80, 0x11));
+    n.outbound(1, MAC, &mut fin, 0).unwrap();
+    let mut saved = n.entries_raw(1_000);
+    // the daemon was down for 40 s: the UDP flow (30 s) is gone, the
+    // closing TCP connection (120 s) is not, and still closing
+    for c in &mut saved {
+        c.idle_ms += 40_000;
+    }
+    let mut m = nat();
+    let back: Vec<bool> = saved.iter().map(|c| m.restore(c, 500_000)).collect();
+    assert_eq!(m.len(), 1, "{back:?}");
+    let e = &m.entries(500_000)[0];
+    assert_eq!((e.proto.as_str(), e.state.as_str()), ("tcp", "closing"));
+    assert!(e.expires_in_ms <= 120_000 - 41_000);
+}

@@ -231,15 +231,16 @@ impl Core {
         n.published.remove(container);
         let idx = n.idx;
         self.uplink_forwards(idx, &e, false);
-        if self.cfg.uplink.is_some() {
-            if let Err(err) = self.dp.forget_host(idx, e.ip) {
-                log(format!("forgetting the NAT connections of {container}: {err}"));
-            }
-        }
         let n = self.nets.get_mut(network).expect("checked");
         if let Some(port) = n.ports.remove(container) {
             if let Err(err) = self.dp.remove_port(port, true, DP_TIMEOUT) {
                 log(format!("removing port of {container}: {err}"));
+            }
+        }
+        // after the port: nothing it sends can make a connection again
+        if self.cfg.uplink.is_some() {
+            if let Err(err) = self.dp.forget_host(idx, e.ip) {
+                log(format!("forgetting the NAT connections of {container}: {err}"));
             }
         }
         let n = &self.nets[network];

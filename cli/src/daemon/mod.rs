@@ -179,6 +179,7 @@ impl Net {
             mtu: e.mtu,
             aliases: e.aliases.clone(),
             ports: e.ports.iter().map(|m| m.to_string()).collect(),
+            default_route: e.default_route,
         }
     }
 }

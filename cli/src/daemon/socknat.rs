@@ -96,6 +96,9 @@ pub fn channel() -> (SockNat, mpsc::Receiver<Event>) {
 }
 
 struct Conn {
+    /// When the relay was set up: one the container never completes (it
+    /// reset the answer to its SYN) is dropped after CONNECT_TIMEOUT.
+    since: Instant,
     handle: SocketHandle,
     gen: u64,
     to_host: Option<mpsc::Sender<Vec<u8>>>,
@@ -130,6 +133,9 @@ struct Net {
     /// Flows (SYNs waiting, TCP relays, UDP and echo flows) per container
     /// address: each holds a host socket, so each counts against the quota.
     held: HashMap<Ipv4Addr, u32>,
+    /// New UDP flows admitted (and held) whose first datagram smoltcp has
+    /// not handed over yet (see `poll`).
+    udp_pending: std::collections::HashSet<Flow>,
 }
 
 fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
@@ -166,6 +172,7 @@ impl Net {
             udp: HashMap::new(),
             ping: HashMap::new(),
             held: HashMap::new(),
+            udp_pending: Default::default(),
         }
     }
 
@@ -231,8 +238,14 @@ impl Net {
                 push_with_arp(&mut self.dev, self.gw, f);
             }
             17 => {
-                if !self.udp.contains_key(&flow) && !self.may_open(src, svc) {
-                    return;
+                if !self.udp.contains_key(&flow) && !self.udp_pending.contains(&flow) {
+                    // held from admission: a burst of new flows in one batch
+                    // cannot pass the quota before poll makes them
+                    if !self.may_open(src, svc) {
+                        return;
+                    }
+                    self.hold(src);
+                    self.udp_pending.insert(flow);
                 }
                 // a smoltcp socket for the remote endpoint, a host socket for the flow
                 let ep = (dst, dport);
@@ -407,6 +420,7 @@ impl Net {
         self.tcp.insert(
             flow,
             Conn {
+                since: Instant::now(),
                 handle,
                 gen,
                 to_host: Some(to_host),
@@ -430,7 +444,7 @@ impl Net {
                 let IpAddress::Ipv4(cip) = meta.endpoint.addr;
                 let flow = (cip, meta.endpoint.port, rip, rport);
                 let data = d.to_vec();
-                if !self.udp.contains_key(&flow) {
+                if !self.udp.contains_key(&flow) && !self.udp_pending.remove(&flow) {
                     *self.held.entry(cip).or_default() += 1;
                 }
                 let f = self.udp.entry(flow).or_insert_with(|| {
@@ -443,6 +457,10 @@ impl Net {
                 f.last = Instant::now();
                 let _ = f.out.try_send(data);
             }
+        }
+        // admitted datagrams smoltcp dropped: their hold goes
+        for f in std::mem::take(&mut self.udp_pending) {
+            self.release(f.0);
         }
         // TCP relays
         let mut gone = Vec::new();
@@ -486,7 +504,9 @@ impl Net {
                 s.close();
                 c.closed = true;
             }
-            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
+            let unopened = matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived)
+                && c.since.elapsed() > CONNECT_TIMEOUT;
+            if unopened || matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
                 gone.push(*flow);
             }
         }

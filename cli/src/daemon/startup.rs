@@ -156,29 +156,38 @@ impl Core {
         if lost_containers {
             core.rebuild_containers()?;
         }
+        // NAT connections back before any container can send (a new
+        // mapping would take a restored one's place), the published ports'
+        // after their forwards exist (restore_endpoints)
+        let saved = core.saved_nat();
+        core.restore_nat(&saved, false);
         core.restore_endpoints()?;
+        core.restore_nat(&saved, true);
+        if core.cfg.uplink.is_some() {
+            if let Err(e) = core.dp.enable_resets() {
+                log(format!("NAT: {e}"));
+            }
+        }
         let names: Vec<String> = core.nets.keys().cloned().collect();
         for n in names {
             core.dns_sync(&n);
         }
-        core.restore_nat();
         Ok(core)
     }
 
-    /// Puts back the packet NAT's connections of the last checkpoint
-    /// whose endpoint is still there (same network, address and MAC), so
-    /// that NAT'd flows carry on across a restart or a crash. Published
-    /// ports are forwarded again by now (restore_endpoints).
-    fn restore_nat(&mut self) {
+    /// The last checkpoint's NAT connections of endpoints that are still
+    /// stored (same network, address and MAC), with the time since the
+    /// checkpoint added to their idle time.
+    fn saved_nat(&self) -> Vec<nat::ConnRaw> {
         if self.cfg.uplink.is_none() {
-            return;
+            return Vec::new();
         }
         let t = self.store.load_nat();
-        if t.connections.is_empty() {
-            return;
-        }
-        let conns: Vec<nat::ConnRaw> = t
-            .connections
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let down = now.saturating_sub(t.saved_ms);
+        t.connections
             .into_iter()
             .filter_map(|s| {
                 let n = self.nets.get(&s.network)?;
@@ -188,13 +197,32 @@ impl Core {
                     .any(|e| e.ip == s.conn.src && e.mac.0 == s.conn.mac)
                     .then_some(nat::ConnRaw {
                         net: n.idx,
+                        idle_ms: s.conn.idle_ms.saturating_add(down),
                         ..s.conn
                     })
             })
+            .collect()
+    }
+
+    /// Puts back the saved connections made through published ports
+    /// (`forwarded`) or the others, so that NAT'd flows carry on across a
+    /// restart or a crash; one that idled past its timeout meanwhile stays
+    /// gone.
+    fn restore_nat(&mut self, saved: &[nat::ConnRaw], forwarded: bool) {
+        let conns: Vec<nat::ConnRaw> = saved
+            .iter()
+            .filter(|c| c.forwarded == forwarded)
+            .copied()
             .collect();
+        if conns.is_empty() {
+            return;
+        }
         let offered = conns.len();
+        let kind = if forwarded { "published-port " } else { "" };
         match self.dp.restore_nat(conns, DP_TIMEOUT) {
-            Ok(k) => log(format!("NAT: restored {k} of {offered} connections of live endpoints")),
+            Ok(k) => log(format!(
+                "NAT: restored {k} of {offered} {kind}connections of live endpoints"
+            )),
             Err(e) => log(format!("NAT: restoring connections: {e}")),
         }
     }
@@ -210,7 +238,12 @@ impl Core {
             return;
         };
         let st = u.nat;
-        let mark = [st.created, st.expired, st.forgotten, st.restored];
+        let mark = [
+            st.created,
+            st.expired + st.forgotten,
+            st.restored,
+            st.state_changes,
+        ];
         if self.nat_mark == Some(mark) {
             return;
         }
@@ -220,6 +253,9 @@ impl Core {
             .map(|n| (n.idx, n.rec.name.as_str()))
             .collect();
         let t = store::NatTable {
+            saved_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             connections: u
                 .connections
                 .into_iter()
@@ -282,6 +318,10 @@ impl Core {
                         let net = self.nets.get_mut(&n).expect("exists");
                         net.rec.endpoints.remove(&c);
                         net.pool.release(e.ip);
+                        let idx = net.idx;
+                        if self.cfg.uplink.is_some() {
+                            let _ = self.dp.forget_host(idx, e.ip);
+                        }
                         changed = true;
                     }
                 }

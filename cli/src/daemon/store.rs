@@ -129,6 +129,9 @@ pub struct Store {
 /// indexes are per run).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct NatTable {
+    /// When it was taken (Unix ms): the time down counts as idle time.
+    #[serde(default)]
+    pub saved_ms: u64,
     pub connections: Vec<SavedConn>,
 }
 

@@ -61,10 +61,14 @@ impl State {
     #[inline]
     pub(super) fn recycle(&mut self, _slot: PortIdx, b: usize) {
         self.pool.put(b);
-        while self.pool.available() {
+        // as many waiting ports as there are buffers now (arming takes no
+        // buffer: waking them all would send most back with ENOBUFS)
+        let mut free = self.pool.free();
+        while free > 0 {
             let Some(s) = self.pool.starved.pop_front() else {
                 break;
             };
+            free -= 1;
             if let Some(p) = self.ports[s as usize].as_mut() {
                 p.starved = false;
             }

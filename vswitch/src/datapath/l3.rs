@@ -52,6 +52,7 @@ impl State {
             arp: FxHashMap::default(),
             last_arp_request: 0,
             no_neighbor: 0,
+            resets: false,
         });
         self.uplink_tick(now_ms());
     }
@@ -221,7 +222,7 @@ impl State {
                 // TCP from the wire that no connection owns: answer as the
                 // host owning the address would, with a reset (a peer of a
                 // connection lost in a restart fails fast, never hangs)
-                let rst = (e == nat::NatDrop::NoConnection && slot == u.slot)
+                let rst = (e == nat::NatDrop::NoConnection && slot == u.slot && u.resets)
                     .then(|| nat::rst::reset_for(f, u.mac.0))
                     .flatten();
                 let up = u.slot;

@@ -207,6 +207,7 @@ enum Cmd {
     RemoveForward(u8, u16),
     ForgetHost(NetIdx, Ipv4Addr),
     RestoreNat(Vec<nat::ConnRaw>, mpsc::SyncSender<usize>),
+    EnableResets,
     Shutdown,
 }
 
@@ -501,6 +502,14 @@ impl Datapath {
         })
     }
 
+    /// From now on, a TCP segment from the uplink that no NAT connection
+    /// owns is answered with a reset (see [`nat::rst`]). Off until then:
+    /// a starting daemon first puts its checkpointed connections back, and
+    /// must not reset their peers meanwhile.
+    pub fn enable_resets(&self) -> Result<(), DatapathError> {
+        self.send(Cmd::EnableResets)
+    }
+
     /// Drops the NAT connections of address `ip` on network `net`: its
     /// container is gone, and whoever gets the address next must not
     /// receive its flows.
@@ -606,6 +615,8 @@ struct Uplink {
     arp: FxHashMap<Ipv4Addr, (Mac, u64)>,
     last_arp_request: u64,
     no_neighbor: u64,
+    /// Answer unowned TCP segments with resets ([`Datapath::enable_resets`]).
+    resets: bool,
 }
 
 fn now_ms() -> u64 {
@@ -879,6 +890,11 @@ impl State {
                         None => 0,
                     };
                     let _ = reply.send(n);
+                }
+                Cmd::EnableResets => {
+                    if let Some(u) = self.uplink.as_mut() {
+                        u.resets = true;
+                    }
                 }
                 Cmd::ForgetHost(net, ip) => {
                     if let Some(u) = self.uplink.as_mut() {
