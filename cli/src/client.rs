@@ -14,6 +14,20 @@ pub struct Client {
     socket: PathBuf,
 }
 
+/// The daemon's socket when none is given: /run/tapnet as root, the
+/// user's runtime directory (or /tmp/tapnet-UID) otherwise.
+pub fn default_socket() -> PathBuf {
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/tapnet/tapnet.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("tapnet/tapnet.sock"),
+        None => PathBuf::from(format!("/tmp/tapnet-{}/tapnet.sock", unsafe {
+            libc::getuid()
+        })),
+    }
+}
+
 impl Client {
     pub fn new(socket: &Path) -> Client {
         Client {

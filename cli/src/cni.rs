@@ -123,19 +123,6 @@ pub struct Config {
     raw: Value,
 }
 
-/// The daemon's default socket (as the CLI's).
-fn default_socket() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        PathBuf::from("/run/tapnet/tapnet.sock")
-    } else {
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .map(|d| PathBuf::from(d).join("tapnet/tapnet.sock"))
-            .unwrap_or_else(|| {
-                PathBuf::from(format!("/tmp/tapnet-{}/tapnet.sock", nix::unistd::getuid()))
-            })
-    }
-}
-
 /// Parses the configuration on stdin (total: any bytes give a config or
 /// a CNI error).
 pub fn parse_config(stdin: &[u8]) -> Result<Config, CniError> {
@@ -156,7 +143,7 @@ pub fn parse_config(stdin: &[u8]) -> Result<Config, CniError> {
     let network = s("network")
         .or_else(|| s("name"))
         .ok_or_else(|| err(E_CONFIG, "no \"network\" (or \"name\") in the configuration"))?;
-    let socket = s("socket").map(PathBuf::from).unwrap_or_else(default_socket);
+    let socket = s("socket").map(PathBuf::from).unwrap_or_else(crate::client::default_socket);
     let rc = raw.get("runtimeConfig").cloned().unwrap_or(Value::Null);
     let mut ports = Vec::new();
     for m in rc["portMappings"].as_array().into_iter().flatten() {

@@ -255,18 +255,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn default_socket() -> PathBuf {
-    if is_root() {
-        return PathBuf::from("/run/tapnet/tapnet.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("tapnet/tapnet.sock"),
-        None => PathBuf::from(format!("/tmp/tapnet-{}/tapnet.sock", unsafe {
-            libc::getuid()
-        })),
-    }
-}
-
 fn default_state_dir() -> PathBuf {
     if is_root() {
         return PathBuf::from("/var/lib/tapnet");
@@ -377,7 +365,7 @@ fn main() {
 }
 
 fn real_main(cli: Cli) -> Result<i32> {
-    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let socket = cli.socket.clone().unwrap_or_else(client::default_socket);
     let c = Client::new(&socket);
     match cli.cmd {
         Cmd::Daemon(a) => {

@@ -218,27 +218,9 @@ fn crash_under_load_connections_carry_on() {
     let b = env.container("load", "b", &[]);
     let bip = b.ip;
     // b: an echo server for the 200 connections
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    in_ns(&b.ns, move || {
-        let l = std::net::TcpListener::bind("0.0.0.0:5100").unwrap();
-        ready_tx.send(()).unwrap();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-    })
-    .join()
-    .unwrap();
-    ready_rx.recv().unwrap();
+    in_ns(&b.ns, || echo_server(std::net::TcpListener::bind("0.0.0.0:5100").unwrap()))
+        .join()
+        .unwrap();
     // a: 200 connections, each checked before and after the crash
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -298,6 +280,25 @@ fn crash_under_load_connections_carry_on() {
     );
 }
 
+/// Echoes every connection `l` accepts, each on a thread of its own,
+/// until it closes (runs in the background; `l` is listening already).
+fn echo_server(l: std::net::TcpListener) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
 /// What became of a connection after the crash.
 #[derive(Debug, PartialEq)]
 enum After {
@@ -338,22 +339,9 @@ fn crash_under_load_through_the_nat() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let b2 = blob.clone();
     in_ns(&inet, move || {
-        let echo = std::net::TcpListener::bind((server, 5200)).unwrap();
+        echo_server(std::net::TcpListener::bind((server, 5200)).unwrap());
         let bulk = std::net::TcpListener::bind((server, 5201)).unwrap();
         ready_tx.send(()).unwrap();
-        std::thread::spawn(move || {
-            for s in echo.incoming() {
-                let Ok(mut s) = s else { continue };
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
         std::thread::spawn(move || {
             if let Ok((mut s, _)) = bulk.accept() {
                 let _ = std::io::copy(&mut std::fs::File::open(&b2).unwrap(), &mut s);

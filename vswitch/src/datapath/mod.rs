@@ -985,6 +985,17 @@ impl State {
 mod tests {
     use super::*;
 
+    /// 10.1.0.0/24 with its gateway, not routed.
+    fn net_10_1() -> NetConfig {
+        NetConfig {
+            gateway_ip: "10.1.0.1".parse().unwrap(),
+            gateway_mac: Mac([2, 0x42, 10, 1, 0, 1]),
+            prefix: 24,
+            routed: false,
+            gateway: true,
+        }
+    }
+
     #[test]
     fn user_data_roundtrip() {
         let u = ud(K_WRITE, 0xabcde, 7, 4095);
@@ -1011,17 +1022,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        dp.add_network(
-            0,
-            NetConfig {
-                gateway_ip: "10.1.0.1".parse().unwrap(),
-                gateway_mac: Mac([2, 0x42, 10, 1, 0, 1]),
-                prefix: 24,
-                routed: false,
-                gateway: true,
-            },
-        )
-        .unwrap();
+        dp.add_network(0, net_10_1()).unwrap();
         let (a_sw, a) = UnixDatagram::pair().unwrap();
         let (b_sw, b) = UnixDatagram::pair().unwrap();
         let pa = dp.add_port("a", 0, 1500, a_sw.into()).unwrap();
@@ -1086,17 +1087,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        dp.add_network(
-            0,
-            NetConfig {
-                gateway_ip: "10.1.0.1".parse().unwrap(),
-                gateway_mac: Mac([2, 0x42, 10, 1, 0, 1]),
-                prefix: 24,
-                routed: false,
-                gateway: true,
-            },
-        )
-        .unwrap();
+        dp.add_network(0, net_10_1()).unwrap();
         // port 0 receives; ports 1..=8 send to it
         let (sink_sw, sink) = UnixDatagram::pair().unwrap();
         dp.add_port("sink", 0, 1500, sink_sw.into()).unwrap();
