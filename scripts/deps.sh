@@ -7,7 +7,7 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       ca-certificates curl gcc g++ libc6-dev pkg-config python3
       # the runtimes the integration tests drive (installing starts no daemon
       # here; the tests start them in their own namespaces)
-      podman containernetworking-plugins runc busybox-static)
+      podman containernetworking-plugins runc busybox-static docker.io)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,6 +27,10 @@ pub struct CreateNetwork {
     /// No routing beyond the network.
     #[serde(default)]
     pub internal: bool,
+    /// The network's id (default: a random one): Docker's network id for
+    /// the networks Docker creates through the plugin.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

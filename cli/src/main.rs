@@ -122,6 +122,11 @@ struct DaemonArgs {
     /// (10), udp (30), udp_stream (120), icmp (30).
     #[arg(long, value_name = "KIND=SECS")]
     nat_timeout: Vec<String>,
+    /// Serve Docker's remote network driver protocol (`docker network
+    /// create -d tapnet`) on this socket.
+    #[arg(long, value_name = "PATH", num_args = 0..=1,
+          default_missing_value = "/run/docker/plugins/tapnet.sock")]
+    docker_plugin: Option<PathBuf>,
     /// The most NAT connections (or socket-NAT flows, each a host socket)
     /// one container may hold at once (0: no limit); more are refused and
     /// counted as quota_exceeded.
@@ -380,6 +385,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 rx_buffers: a.rx_buffers,
                 max_macs_per_port: a.max_macs_per_port,
                 nat_quota: a.nat_quota,
+                docker_plugin: a.docker_plugin.clone(),
                 multishot: !a.single_read,
                 busy_poll_us: a.busy_poll_us,
                 dns: a.dns,
@@ -570,6 +576,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     dns,
                     dns_names: Some(!no_dns_names),
                     internal,
+                    id: None,
                 }),
             )?;
             println!("{}", s.id);

@@ -3,6 +3,7 @@
 
 mod containers;
 pub mod dnsd;
+pub mod docker;
 pub mod driver;
 mod endpoints;
 pub mod ipam;
@@ -63,6 +64,8 @@ pub struct DaemonConfig {
     /// Resolve container names on the default bridge too.
     pub bridge_dns_names: bool,
     pub uplink: Option<UplinkArgs>,
+    /// Serve Docker's remote network driver protocol on this socket.
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// Root-mode NAT: the host interface and the address tapnet owns on it.

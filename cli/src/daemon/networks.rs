@@ -331,9 +331,24 @@ pub fn plan_network(req: &CreateNetwork, others: &[&NetworkRecord]) -> ApiResult
     let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
     parse_servers(&req.dns)?;
     let drv = driver::lookup(req.driver.as_deref().unwrap_or("bridge"))?;
+    let id = match &req.id {
+        Some(id) => {
+            let ok = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(ApiError::bad_request(format!(
+                    "invalid network id {id:?}: 1-64 hex digits"
+                )));
+            }
+            if others.iter().any(|r| r.id == *id) {
+                return Err(ApiError::conflict(format!("network id {id} already exists")));
+            }
+            id.to_ascii_lowercase()
+        }
+        None => random_hex(32),
+    };
     let mut rec = NetworkRecord {
         name: req.name.clone(),
-        id: random_hex(32),
+        id,
         driver: drv.name().to_string(),
         options: req.options.clone(),
         created: now_secs(),

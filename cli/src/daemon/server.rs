@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
 
-type Shared = Arc<Mutex<Option<Core>>>;
+pub(super) type Shared = Arc<Mutex<Option<Core>>>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -30,7 +30,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn with_core<T, F>(s: Shared, f: F) -> ApiResult<Json<T>>
+pub(super) async fn with_core<T, F>(s: Shared, f: F) -> ApiResult<Json<T>>
 where
     T: Send + 'static,
     F: FnOnce(&mut Core) -> ApiResult<T> + Send + 'static,
@@ -320,6 +320,22 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
         sock.display(),
         cfg.state_dir.display()
     );
+    // Docker's remote network driver, on a socket of its own
+    let docker_sock = cfg.docker_plugin.clone();
+    if let Some(p) = &docker_sock {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(p);
+        let l = tokio::net::UnixListener::bind(p)
+            .with_context(|| format!("listening on {} (--docker-plugin)", p.display()))?;
+        restrict_socket(p, rootless)?;
+        eprintln!("tapnet: Docker network plugin on {} (docker network create -d tapnet)", p.display());
+        let r = super::docker::router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(l, r).await;
+        });
+    }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal");
@@ -340,5 +356,8 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
         tokio::task::spawn_blocking(move || c.shutdown()).await?;
     }
     let _ = std::fs::remove_file(&sock);
+    if let Some(p) = docker_sock {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(())
 }
