@@ -944,3 +944,21 @@ pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<St
     .expect("UDP client");
     srv.join().expect("UDP server")
 }
+
+/// A container image without a registry: a tar of a root filesystem with
+/// Debian's static busybox and its applets, and `/www/index.html` saying
+/// `hello`; for `docker import` / `podman import`. Built in `dir`.
+pub fn busybox_rootfs_tar(dir: &Path, hello: &str) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("www")).unwrap();
+    std::fs::write(rootfs.join("www/index.html"), format!("{hello}\n")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    let list = run_ok(Command::new("/bin/busybox").arg("--list"));
+    for a in list.lines().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
+    }
+    let tar = dir.join("rootfs.tar");
+    run_ok(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."));
+    tar
+}

@@ -142,6 +142,23 @@ fn docker_creates_and_removes_tapnet_networks() {
     // refused clearly (pass --subnet)
     let e = dk.fail(&["network", "create", "-d", "tapnet", "dn4"]);
     assert!(e.contains("overlaps with network bridge"), "{e}");
+    // containers on it: Docker moves tapnet's TAP in as eth0 and its own
+    // DNS resolves names; the traffic goes through tapnet's switch (the
+    // daemon's bridge is off)
+    let tar = busybox_rootfs_tar(&dk.dir, "hello from docker");
+    dk.ok(&["import", &tar.to_string_lossy(), "tn-busybox"]);
+    dk.ok(&["run", "-d", "--name", "web", "--network", "dn", "tn-busybox", "httpd", "-f", "-p", "80", "-h", "/www"]);
+    let a_ip = dk.ok(&["inspect", "-f", "{{(index .NetworkSettings.Networks \"dn\").IPAddress}}", "web"]);
+    assert!(a_ip.starts_with("10.74.0."), "{a_ip}");
+    let got = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "wget", "-q", "-O", "-", "http://web/"]);
+    assert_eq!(got, "hello from docker");
+    let ping = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "ping", "-c", "2", &a_ip]);
+    assert!(ping.contains("2 packets received"), "{ping}");
+    assert!(env.daemon_log().contains(&format!("as {a_ip} (tn")), "{}", env.daemon_log());
+    // in use: Docker refuses to remove it; after rm -f it goes
+    let e = dk.fail(&["network", "rm", "dn"]);
+    assert!(e.contains("active endpoints"), "{e}");
+    dk.ok(&["rm", "-f", "web"]);
     // Docker's rm removes it from tapnet
     dk.ok(&["network", "rm", "dn"]);
     let nets = env.ok(&["network", "ls", "-q"]);

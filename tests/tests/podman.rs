@@ -61,17 +61,7 @@ impl Podman {
             host_ns: env.netns("podman"),
         };
         // an image without a registry: busybox and its applets
-        let rootfs = p.dir.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::create_dir_all(rootfs.join("www")).unwrap();
-        std::fs::write(rootfs.join("www/index.html"), "hello from podman\n").unwrap();
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        let list = run_ok(Command::new("/bin/busybox").arg("--list"));
-        for a in list.lines().filter(|a| *a != "busybox") {
-            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
-        }
-        let tar = p.dir.join("rootfs.tar");
-        run_ok(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."));
+        let tar = busybox_rootfs_tar(&p.dir, "hello from podman");
         let o = p.run(&["import", &tar.to_string_lossy(), "tn-busybox"]);
         assert!(o.status.success(), "podman import: {}", String::from_utf8_lossy(&o.stderr));
         p

@@ -5,8 +5,12 @@
 //! `docker-<first 12 of Docker's id>`, with Docker's network id as its
 //! id, subnet and gateway from Docker's IPAM, `-o tapnet.KEY=VALUE` as
 //! tapnet options, `tapnet.driver` picking the tapnet driver), and
-//! `network rm` removes it. Endpoints (CreateEndpoint, Join) are not served
-//! yet: they answer with an error saying so.
+//! `network rm` removes it. Endpoints: CreateEndpoint takes Docker's
+//! address (marked used in tapnet's pool) and answers a MAC; Join hands
+//! Docker a TAP made in the daemon's namespace and attached to the switch
+//! (Docker moves it into the container as `ethN`; tapnet keeps its fd);
+//! DeleteEndpoint removes it. Not yet: published ports (-p), and Docker
+//! endpoints across a restart of the daemon (they are kept in memory).
 //!
 //! Errors are `{"Err": "..."}` with the same one-line messages as the
 //! CLI; unknown methods answer 404.
@@ -144,15 +148,62 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
         }
         "NetworkDriver.AllocateNetwork" | "NetworkDriver.FreeNetwork" => answer(json!({})),
         "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => answer(json!({})),
-        "NetworkDriver.CreateEndpoint"
-        | "NetworkDriver.DeleteEndpoint"
-        | "NetworkDriver.EndpointOperInfo"
-        | "NetworkDriver.Join"
-        | "NetworkDriver.Leave"
-        | "NetworkDriver.ProgramExternalConnectivity"
-        | "NetworkDriver.RevokeExternalConnectivity" => fail(format!(
-            "tapnet's Docker plugin does not serve {m} yet (networks only; use `tapnet run` or the CNI plugin for containers)"
-        )),
+        "NetworkDriver.CreateEndpoint" => {
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return fail("invalid CreateEndpoint body");
+            };
+            let s_ = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            let (net, ep) = (s_("NetworkID"), s_("EndpointID"));
+            let addr = v["Interface"]["Address"].as_str().unwrap_or_default();
+            let Ok(ip) = addr.split('/').next().unwrap_or_default().parse() else {
+                return fail(format!("CreateEndpoint without an IPv4 address ({addr:?})"));
+            };
+            let given = v["Interface"]["MacAddress"].as_str().filter(|m| !m.is_empty());
+            let mac = match given.map(str::parse::<vswitch::Mac>).transpose() {
+                Ok(m) => m,
+                Err(_) => return fail(format!("invalid MAC address {given:?}")),
+            };
+            match with_core(s, move |c| c.docker_create_endpoint(&net, &ep, ip, mac)).await {
+                // a MAC only when Docker had none
+                Ok(Json(m)) if given.is_none() => {
+                    answer(json!({ "Interface": { "MacAddress": m.to_string() } }))
+                }
+                Ok(_) => answer(json!({})),
+                Err(e) => fail(e.message),
+            }
+        }
+        "NetworkDriver.Join" => {
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return fail("invalid Join body");
+            };
+            let ep = v["EndpointID"].as_str().unwrap_or_default().to_string();
+            match with_core(s, move |c| c.docker_join(&ep)).await {
+                Ok(Json((tap, gw))) => {
+                    let mut r = json!({ "InterfaceName": { "SrcName": tap, "DstPrefix": "eth" } });
+                    if let Some(g) = gw {
+                        r["Gateway"] = json!(g);
+                    }
+                    answer(r)
+                }
+                Err(e) => fail(e.message),
+            }
+        }
+        "NetworkDriver.DeleteEndpoint" => {
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return fail("invalid DeleteEndpoint body");
+            };
+            let ep = v["EndpointID"].as_str().unwrap_or_default().to_string();
+            match with_core(s, move |c| c.docker_delete_endpoint(&ep)).await {
+                Ok(_) => answer(json!({})),
+                Err(e) => fail(e.message),
+            }
+        }
+        // Docker moves the TAP back out of the container itself
+        "NetworkDriver.Leave" => answer(json!({})),
+        "NetworkDriver.EndpointOperInfo" => answer(json!({ "Value": {} })),
+        // published ports (-p) are not served yet: see the README
+        "NetworkDriver.ProgramExternalConnectivity"
+        | "NetworkDriver.RevokeExternalConnectivity" => answer(json!({})),
         _ => (StatusCode::NOT_FOUND, fail(format!("unknown method {m}"))).into_response(),
     }
 }
@@ -185,5 +236,102 @@ mod tests {
         assert_eq!(r.options.len(), 1);
         assert_eq!(r.subnet.as_deref(), Some("10.99.0.0/24"));
         assert_eq!(r.gateway.as_deref(), Some("10.99.0.1"));
+    }
+}
+
+/// A Docker endpoint on a tapnet network (in memory: a restart of the
+/// daemon forgets them, see the issue notes).
+#[derive(Debug)]
+pub struct DockerEp {
+    pub network: String,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: vswitch::Mac,
+    /// The TAP handed to Docker at Join, and its datapath port.
+    pub tap: Option<(String, vswitch::PortId)>,
+}
+
+impl super::Core {
+    /// CreateEndpoint: Docker's IPAM chose `ip`; tapnet marks it used and
+    /// picks the MAC unless Docker has one. Returns the MAC.
+    pub fn docker_create_endpoint(
+        &mut self,
+        net_id: &str,
+        ep_id: &str,
+        ip: std::net::Ipv4Addr,
+        mac: Option<vswitch::Mac>,
+    ) -> super::ApiResult<vswitch::Mac> {
+        let name = network_name(net_id);
+        let n = self.net(&name)?;
+        if !n.rec.subnet.contains(&ip) {
+            return Err(super::ApiError::bad_request(format!(
+                "address {ip} is outside network {name} ({})",
+                n.rec.subnet
+            )));
+        }
+        let n = self.nets.get_mut(&name).expect("checked");
+        n.pool.allocate(Some(ip))?;
+        let mac = mac.unwrap_or_else(|| vswitch::Mac::from_ipv4(ip));
+        self.docker_eps.insert(
+            ep_id.to_string(),
+            DockerEp {
+                network: name,
+                ip,
+                mac,
+                tap: None,
+            },
+        );
+        Ok(mac)
+    }
+
+    /// Join: a TAP in the daemon's namespace, attached to the switch, for
+    /// Docker to move into the container. Returns its name and the gateway
+    /// (None on an internal network).
+    pub fn docker_join(&mut self, ep_id: &str) -> super::ApiResult<(String, Option<String>)> {
+        let Some(ep) = self.docker_eps.get(ep_id) else {
+            return Err(super::ApiError::not_found(format!("no endpoint {ep_id}")));
+        };
+        let n = self.net(&ep.network)?;
+        let tap = format!("tn{}", &ep_id[..ep_id.len().min(11)]);
+        let fds = vswitch::open_tap(&vswitch::TapOptions {
+            name: tap.clone(),
+            offload: true,
+            persist: false,
+            queues: 1,
+            clone_device: self.cfg.tun_device.clone(),
+        })
+        .map_err(|e| super::ApiError::internal(format!("creating TAP {tap}: {e}")))?;
+        let fd = fds.into_iter().next().expect("one queue");
+        let identity = super::driver::port_security(&n.rec).then_some(vswitch::PortIdentity {
+            mac: ep.mac,
+            ip: ep.ip,
+        });
+        let port = self
+            .dp
+            .add_secured_port(&tap, n.idx, n.rec.mtu, fd, identity)
+            .map_err(super::ApiError::internal)?;
+        let gw = (!n.rec.internal).then(|| n.rec.gateway.to_string());
+        super::log(format!("docker: endpoint {} on {} as {} ({tap})", &ep_id[..ep_id.len().min(12)], ep.network, ep.ip));
+        self.docker_eps.get_mut(ep_id).expect("checked").tap = Some((tap.clone(), port));
+        Ok((tap, gw))
+    }
+
+    /// DeleteEndpoint: the port and its TAP go, the address is free.
+    pub fn docker_delete_endpoint(&mut self, ep_id: &str) -> super::ApiResult<()> {
+        let Some(ep) = self.docker_eps.remove(ep_id) else {
+            return Ok(()); // already gone
+        };
+        if let Some((_, port)) = ep.tap {
+            if let Err(e) = self.dp.remove_port(port, true, super::DP_TIMEOUT) {
+                super::log(format!("docker: removing port of {ep_id}: {e}"));
+            }
+        }
+        if let Some(n) = self.nets.get_mut(&ep.network) {
+            n.pool.release(ep.ip);
+            let idx = n.idx;
+            if self.cfg.uplink.is_some() {
+                let _ = self.dp.forget_host(idx, ep.ip);
+            }
+        }
+        Ok(())
     }
 }

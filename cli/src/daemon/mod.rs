@@ -201,6 +201,8 @@ pub struct Core {
     containers: BTreeMap<String, ContainerRecord>,
     /// The NAT counters at the last checkpoint (see `nat_checkpoint`).
     nat_mark: Option<[u64; 4]>,
+    /// Docker's endpoints, by endpoint id (see `docker`).
+    docker_eps: BTreeMap<String, docker::DockerEp>,
 }
 
 fn valid_name(s: &str) -> bool {
