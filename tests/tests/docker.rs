@@ -27,8 +27,18 @@ impl Dockerd {
         let dir = env.dir.join("docker");
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
+        // dockerd's exec-root is a shared mount, so the sandboxes it mounts
+        // there (the containers' namespaces, which tapnet's port relays
+        // enter) are seen outside its mount namespace, as they are when
+        // dockerd runs in the host's; the plugin directory stays private
+        std::fs::create_dir_all(dir.join("exec")).unwrap();
+        let exec = dir.join("exec");
+        run_ok(Command::new("mount").arg("--bind").arg(&exec).arg(&exec));
+        run_ok(Command::new("mount").arg("--make-shared").arg(&exec));
         let script = format!(
-            "mkdir -p /run/docker/plugins && mount --bind {} /run/docker/plugins && \
+            "mount --make-private / && \
+             (! mountpoint -q /run || mount --make-private /run) && \
+             mkdir -p /run/docker/plugins && mount --bind {} /run/docker/plugins && \
              exec dockerd --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
              --bridge=none --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
              --pidfile {d}/docker.pid --cgroup-parent /{}",
@@ -38,7 +48,7 @@ impl Dockerd {
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", env.host_ns))
-            .args(["unshare", "-m", "--propagation", "private", "sh", "-c", &script])
+            .args(["unshare", "-m", "--propagation", "unchanged", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -87,12 +97,25 @@ impl Drop for Dockerd {
         let t0 = std::time::Instant::now();
         while t0.elapsed() < Duration::from_secs(15) {
             if self.child.try_wait().ok().flatten().is_some() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.unmount();
+    }
+}
+
+impl Dockerd {
+    /// After dockerd is gone: the sandboxes' mounts and the exec-root's.
+    fn unmount(&self) {
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(self.dir.join("exec"))
+            .status();
     }
 }
 
@@ -147,11 +170,32 @@ fn docker_creates_and_removes_tapnet_networks() {
     // daemon's bridge is off)
     let tar = busybox_rootfs_tar(&dk.dir, "hello from docker");
     dk.ok(&["import", &tar.to_string_lossy(), "tn-busybox"]);
-    dk.ok(&["run", "-d", "--name", "web", "--network", "dn", "tn-busybox", "httpd", "-f", "-p", "80", "-h", "/www"]);
+    dk.ok(&[
+        "run", "-d", "--name", "web", "--network", "dn", "-p", "18082:80", "tn-busybox", "httpd", "-f", "-p",
+        "80", "-h", "/www",
+    ]);
     let a_ip = dk.ok(&["inspect", "-f", "{{(index .NetworkSettings.Networks \"dn\").IPAddress}}", "web"]);
     assert!(a_ip.starts_with("10.74.0."), "{a_ip}");
     let got = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "wget", "-q", "-O", "-", "http://web/"]);
     assert_eq!(got, "hello from docker");
+    // -p: published by tapnet (Docker starts no proxy for remote drivers)
+    let body = in_ns(&env.host_ns, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", 18082)).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = String::new();
+        let _ = s.read_to_string(&mut b);
+        b
+    })
+    .join()
+    .unwrap();
+    assert!(
+        body.contains("hello from docker"),
+        "{body:?}; listening: {}; log: {}",
+        env.exec_ok(&env.host_ns, &["ss", "-ltnp"]),
+        env.daemon_log()
+    );
     let ping = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "ping", "-c", "2", &a_ip]);
     assert!(ping.contains("2 packets received"), "{ping}");
     assert!(env.daemon_log().contains(&format!("as {a_ip} (tn")), "{}", env.daemon_log());
@@ -159,6 +203,11 @@ fn docker_creates_and_removes_tapnet_networks() {
     let e = dk.fail(&["network", "rm", "dn"]);
     assert!(e.contains("active endpoints"), "{e}");
     dk.ok(&["rm", "-f", "web"]);
+    // the port went with it
+    let gone = in_ns(&env.host_ns, || std::net::TcpStream::connect(("127.0.0.1", 18082)).is_err())
+        .join()
+        .unwrap();
+    assert!(gone, "18082 still published after docker rm");
     // Docker's rm removes it from tapnet
     dk.ok(&["network", "rm", "dn"]);
     let nets = env.ok(&["network", "ls", "-q"]);

@@ -9,7 +9,8 @@
 //! address (marked used in tapnet's pool) and answers a MAC; Join hands
 //! Docker a TAP made in the daemon's namespace and attached to the switch
 //! (Docker moves it into the container as `ethN`; tapnet keeps its fd);
-//! DeleteEndpoint removes it. Not yet: published ports (-p), and Docker
+//! DeleteEndpoint removes it. ProgramExternalConnectivity publishes the
+//! container's `-p` ports through tapnet's relays. Not yet: Docker
 //! endpoints across a restart of the daemon (they are kept in memory).
 //!
 //! Errors are `{"Err": "..."}` with the same one-line messages as the
@@ -177,7 +178,8 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
                 return fail("invalid Join body");
             };
             let ep = v["EndpointID"].as_str().unwrap_or_default().to_string();
-            match with_core(s, move |c| c.docker_join(&ep)).await {
+            let sandbox = v["SandboxKey"].as_str().unwrap_or_default().to_string();
+            match with_core(s, move |c| c.docker_join(&ep, &sandbox)).await {
                 Ok(Json((tap, gw))) => {
                     let mut r = json!({ "InterfaceName": { "SrcName": tap, "DstPrefix": "eth" } });
                     if let Some(g) = gw {
@@ -201,9 +203,32 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
         // Docker moves the TAP back out of the container itself
         "NetworkDriver.Leave" => answer(json!({})),
         "NetworkDriver.EndpointOperInfo" => answer(json!({ "Value": {} })),
-        // published ports (-p) are not served yet: see the README
-        "NetworkDriver.ProgramExternalConnectivity"
-        | "NetworkDriver.RevokeExternalConnectivity" => answer(json!({})),
+        "NetworkDriver.ProgramExternalConnectivity" => {
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return fail("invalid ProgramExternalConnectivity body");
+            };
+            let ep = v["EndpointID"].as_str().unwrap_or_default().to_string();
+            let maps = match port_maps(&v["Options"]["com.docker.network.portmap"]) {
+                Ok(m) => m,
+                Err(e) => return fail(e),
+            };
+            match with_core(s, move |c| c.docker_publish(&ep, maps)).await {
+                Ok(_) => answer(json!({})),
+                Err(e) => fail(e.message),
+            }
+        }
+        "NetworkDriver.RevokeExternalConnectivity" => {
+            let ep = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["EndpointID"].as_str().map(String::from))
+                .unwrap_or_default();
+            let _ = with_core(s, move |c| {
+                c.docker_unpublish(&ep);
+                Ok(())
+            })
+            .await;
+            answer(json!({}))
+        }
         _ => (StatusCode::NOT_FOUND, fail(format!("unknown method {m}"))).into_response(),
     }
 }
@@ -241,13 +266,50 @@ mod tests {
 
 /// A Docker endpoint on a tapnet network (in memory: a restart of the
 /// daemon forgets them, see the issue notes).
-#[derive(Debug)]
 pub struct DockerEp {
     pub network: String,
     pub ip: std::net::Ipv4Addr,
     pub mac: vswitch::Mac,
     /// The TAP handed to Docker at Join, and its datapath port.
     pub tap: Option<(String, vswitch::PortId)>,
+    /// The container's namespace (Join's SandboxKey).
+    pub sandbox: Option<std::path::PathBuf>,
+    /// Its published ports' relays (ProgramExternalConnectivity).
+    pub published: Option<super::publish::Published>,
+}
+
+/// Docker's port map (`com.docker.network.portmap`) as tapnet's.
+pub fn port_maps(v: &Value) -> Result<Vec<super::publish::PortMap>, String> {
+    use super::publish::{PortMap, Proto};
+    let mut out = Vec::new();
+    for m in v.as_array().into_iter().flatten() {
+        let proto = match m["Proto"].as_u64() {
+            Some(6) => Proto::Tcp,
+            Some(17) => Proto::Udp,
+            p => return Err(format!("unsupported protocol {p:?} in port map {m}")),
+        };
+        let port = |k: &str| m[k].as_u64().and_then(|p| u16::try_from(p).ok());
+        let (Some(ctr), Some(host)) = (port("Port"), port("HostPort")) else {
+            return Err(format!("invalid port map {m}"));
+        };
+        let end = port("HostPortEnd").filter(|&e| e >= host).unwrap_or(host);
+        if host == 0 {
+            return Err(format!("port map {m} without a host port (tapnet picks none yet)"));
+        }
+        let host_ip = match m["HostIP"].as_str().filter(|s| !s.is_empty()) {
+            Some(s) => Some(s.parse().map_err(|_| format!("invalid HostIP {s:?}"))?),
+            None => None,
+        };
+        // a host range for one container port: its first port
+        let _ = end;
+        out.push(PortMap {
+            host_ip,
+            host_port: host,
+            ctr_port: ctr,
+            proto,
+        });
+    }
+    Ok(out)
 }
 
 impl super::Core {
@@ -278,6 +340,8 @@ impl super::Core {
                 ip,
                 mac,
                 tap: None,
+                sandbox: None,
+                published: None,
             },
         );
         Ok(mac)
@@ -286,7 +350,11 @@ impl super::Core {
     /// Join: a TAP in the daemon's namespace, attached to the switch, for
     /// Docker to move into the container. Returns its name and the gateway
     /// (None on an internal network).
-    pub fn docker_join(&mut self, ep_id: &str) -> super::ApiResult<(String, Option<String>)> {
+    pub fn docker_join(
+        &mut self,
+        ep_id: &str,
+        sandbox: &str,
+    ) -> super::ApiResult<(String, Option<String>)> {
         let Some(ep) = self.docker_eps.get(ep_id) else {
             return Err(super::ApiError::not_found(format!("no endpoint {ep_id}")));
         };
@@ -311,15 +379,46 @@ impl super::Core {
             .map_err(super::ApiError::internal)?;
         let gw = (!n.rec.internal).then(|| n.rec.gateway.to_string());
         super::log(format!("docker: endpoint {} on {} as {} ({tap})", &ep_id[..ep_id.len().min(12)], ep.network, ep.ip));
-        self.docker_eps.get_mut(ep_id).expect("checked").tap = Some((tap.clone(), port));
+        let e = self.docker_eps.get_mut(ep_id).expect("checked");
+        e.tap = Some((tap.clone(), port));
+        e.sandbox = Some(sandbox.into());
         Ok((tap, gw))
+    }
+
+    /// ProgramExternalConnectivity: the container's port map published on
+    /// the daemon's host ports (relays into its namespace, as `-p` for
+    /// tapnet's own containers; Docker starts no proxy for remote drivers).
+    pub fn docker_publish(&mut self, ep_id: &str, maps: Vec<super::publish::PortMap>) -> super::ApiResult<()> {
+        let Some(ep) = self.docker_eps.get_mut(ep_id) else {
+            return Err(super::ApiError::not_found(format!("no endpoint {ep_id}")));
+        };
+        ep.published = None;
+        if maps.is_empty() {
+            return Ok(());
+        }
+        let Some(sandbox) = ep.sandbox.clone() else {
+            return Err(super::ApiError::bad_request("ProgramExternalConnectivity before Join"));
+        };
+        // (Docker calls this before it moves the TAP in: the sandbox's
+        // path is how the relays find the container)
+        let p = super::publish::publish(&sandbox, ep.ip, &maps).map_err(super::ApiError::conflict)?;
+        ep.published = Some(p);
+        Ok(())
+    }
+
+    /// RevokeExternalConnectivity: the relays go.
+    pub fn docker_unpublish(&mut self, ep_id: &str) {
+        if let Some(ep) = self.docker_eps.get_mut(ep_id) {
+            ep.published = None;
+        }
     }
 
     /// DeleteEndpoint: the port and its TAP go, the address is free.
     pub fn docker_delete_endpoint(&mut self, ep_id: &str) -> super::ApiResult<()> {
-        let Some(ep) = self.docker_eps.remove(ep_id) else {
+        let Some(mut ep) = self.docker_eps.remove(ep_id) else {
             return Ok(()); // already gone
         };
+        ep.published = None;
         if let Some((_, port)) = ep.tap {
             if let Err(e) = self.dp.remove_port(port, true, super::DP_TIMEOUT) {
                 super::log(format!("docker: removing port of {ep_id}: {e}"));
