@@ -1,7 +1,7 @@
 //! Docker's remote network driver, with the real dockerd (Debian's
 //! docker.io) started by the test in the daemon's namespace, with a
 //! private plugin directory (a mount namespace of its own) and every
-//! iptables/bridge feature off. Networks only, so far.
+//! iptables/bridge feature off: networks, containers on them, -p.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
