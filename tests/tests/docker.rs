@@ -196,6 +196,17 @@ fn docker_creates_and_removes_tapnet_networks() {
         env.exec_ok(&env.host_ns, &["ss", "-ltnp"]),
         env.daemon_log()
     );
+    // hot-plug: connect web to a second tapnet network, then disconnect
+    dk.ok(&["network", "create", "-d", "tapnet", "--subnet", "10.79.0.0/24", "dn5"]);
+    dk.ok(&["network", "connect", "dn5", "web"]);
+    let ip5 = dk.ok(&["inspect", "-f", "{{(index .NetworkSettings.Networks \"dn5\").IPAddress}}", "web"]);
+    assert!(ip5.starts_with("10.79.0."), "{ip5}");
+    let got = dk.ok(&["run", "--rm", "--network", "dn5", "tn-busybox", "wget", "-q", "-O", "-", &format!("http://{ip5}/")]);
+    assert_eq!(got, "hello from docker");
+    dk.ok(&["network", "disconnect", "dn5", "web"]);
+    let addrs = dk.ok(&["exec", "web", "ip", "-o", "-4", "addr"]);
+    assert!(!addrs.contains(&ip5) && addrs.contains(&a_ip), "after disconnect: {addrs}");
+    dk.ok(&["network", "rm", "dn5"]);
     let ping = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "ping", "-c", "2", &a_ip]);
     assert!(ping.contains("2 packets received"), "{ping}");
     assert!(env.daemon_log().contains(&format!("as {a_ip} (tn")), "{}", env.daemon_log());
