@@ -33,8 +33,15 @@ impl Dockerd {
         // dockerd runs in the host's; the plugin directory stays private
         std::fs::create_dir_all(dir.join("exec")).unwrap();
         let exec = dir.join("exec");
-        run_ok(Command::new("mount").arg("--bind").arg(&exec).arg(&exec));
-        run_ok(Command::new("mount").arg("--make-shared").arg(&exec));
+        let mounted = Command::new("mountpoint")
+            .arg("-q")
+            .arg(&exec)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            run_ok(Command::new("mount").arg("--bind").arg(&exec).arg(&exec));
+            run_ok(Command::new("mount").arg("--make-shared").arg(&exec));
+        }
         let script = format!(
             "mount --make-private / && \
              (! mountpoint -q /run || mount --make-private /run) && \
@@ -45,7 +52,11 @@ impl Dockerd {
             plugins.display(),
             env.prefix.trim_end_matches('_')
         );
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))
+            .unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", env.host_ns))
             .args(["unshare", "-m", "--propagation", "unchanged", "sh", "-c", &script])
@@ -100,6 +111,20 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        self.halt();
+        self.unmount();
+    }
+}
+
+impl Dockerd {
+    /// Stops dockerd (SIGTERM, then SIGKILL after 15 s), its mounts kept
+    /// for a restart.
+    fn stop(mut self) {
+        self.halt();
+        std::mem::forget(self);
+    }
+
+    fn halt(&mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t0 = std::time::Instant::now();
         while t0.elapsed() < Duration::from_secs(15) {
@@ -112,7 +137,6 @@ impl Drop for Dockerd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        self.unmount();
     }
 }
 
@@ -238,6 +262,14 @@ fn docker_creates_and_removes_tapnet_networks() {
         .join()
         .unwrap();
     assert!(gone, "18082 still published after docker rm");
+    // dockerd restarted: the network is still Docker's and tapnet's, and
+    // new containers on it talk
+    dk.stop();
+    let dk = Dockerd::start(&env, &plugins);
+    dk.ok(&["run", "-d", "--name", "web2", "--network", "dn", "tn-busybox", "httpd", "-f", "-p", "80", "-h", "/www"]);
+    let got = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "wget", "-q", "-O", "-", "http://web2/"]);
+    assert_eq!(got, "hello from docker");
+    dk.ok(&["rm", "-f", "web2"]);
     // Docker's rm removes it from tapnet
     dk.ok(&["network", "rm", "dn"]);
     let nets = env.ok(&["network", "ls", "-q"]);

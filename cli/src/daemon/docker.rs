@@ -130,7 +130,21 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
                 Ok(r) => r,
                 Err(e) => return fail(e),
             };
-            match with_core(s, move |c| c.create_network(req)).await {
+            // Docker may send it again for a network it has (a restart of
+            // dockerd): the same network is there already, not an error
+            let (name, id, subnet) = (req.name.clone(), req.id.clone(), req.subnet.clone());
+            match with_core(s, move |c| {
+                if let Ok(n) = c.net(&name) {
+                    if Some(&n.rec.id) == id.as_ref()
+                        && subnet.as_deref().is_none_or(|sn| sn == n.rec.subnet.to_string())
+                    {
+                        return Ok(false);
+                    }
+                }
+                c.create_network(req).map(|_| true)
+            })
+            .await
+            {
                 Ok(_) => answer(json!({})),
                 Err(e) => fail(e.message),
             }
