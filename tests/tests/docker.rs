@@ -262,6 +262,17 @@ fn docker_creates_and_removes_tapnet_networks() {
         .join()
         .unwrap();
     assert!(gone, "18082 still published after docker rm");
+    // tapnet's IPAM: a subnet by tapnet's rules (not 172.17.0.0/16, its
+    // default bridge's), addresses from it
+    let id6 = dk.ok(&["network", "create", "-d", "tapnet", "--ipam-driver", "tapnet", "dn6"]);
+    let nets = env.json(&["network", "ls", "--format", "json"]);
+    let n6 = nets.as_array().unwrap().iter().find(|n| n["id"] == id6.as_str()).expect("dn6 in tapnet").clone();
+    let subnet = n6["subnet"].as_str().unwrap().to_string();
+    assert_ne!(subnet, "172.17.0.0/16");
+    let prefix = subnet.rsplit_once('.').unwrap().0.to_string(); // a.b.c
+    let addr = dk.ok(&["run", "--rm", "--network", "dn6", "tn-busybox", "ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(addr.contains(&format!("{prefix}.")), "{addr} not in {subnet}");
+    dk.ok(&["network", "rm", "dn6"]);
     // dockerd restarted: the network is still Docker's and tapnet's, and
     // new containers on it talk
     dk.stop();

@@ -13,6 +13,11 @@
 //! container's `-p` ports through tapnet's relays. Not yet: Docker
 //! endpoints across a restart of the daemon (they are kept in memory).
 //!
+//! The IPAM half (`--ipam-driver tapnet`): RequestPool picks a subnet by
+//! tapnet's rules (never overlapping a tapnet network or another pool,
+//! so Docker's 172.17.0.0/16 default never meets tapnet's `bridge`),
+//! RequestAddress hands out its addresses (pools are kept in memory).
+//!
 //! Errors are `{"Err": "..."}` with the same one-line messages as the
 //! CLI; unknown methods answer 404.
 
@@ -118,7 +123,64 @@ fn create_request(c: &CreateNet) -> Result<CreateNetwork, String> {
 
 async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> Response {
     match m.as_str() {
-        "Plugin.Activate" => answer(json!({ "Implements": ["NetworkDriver"] })),
+        "Plugin.Activate" => answer(json!({ "Implements": ["NetworkDriver", "IpamDriver"] })),
+        "IpamDriver.GetCapabilities" => answer(json!({ "RequiresMACAddress": false })),
+        "IpamDriver.GetDefaultAddressSpaces" => answer(json!({
+            "LocalDefaultAddressSpace": "tapnet-local",
+            "GlobalDefaultAddressSpace": "tapnet-global"
+        })),
+        "IpamDriver.RequestPool" => {
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return fail("invalid RequestPool body");
+            };
+            if v["V6"].as_bool() == Some(true) {
+                return fail("tapnet's IPAM has no IPv6 pools yet");
+            }
+            let want = v["Pool"].as_str().filter(|p| !p.is_empty()).map(String::from);
+            match with_core(s, move |c| c.docker_request_pool(want.as_deref())).await {
+                Ok(Json(p)) => answer(json!({ "PoolID": p, "Pool": p, "Data": {} })),
+                Err(e) => fail(e.message),
+            }
+        }
+        "IpamDriver.ReleasePool" => {
+            let id = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["PoolID"].as_str().map(String::from))
+                .unwrap_or_default();
+            let _ = with_core(s, move |c| {
+                c.docker_pools.remove(&id);
+                Ok(())
+            })
+            .await;
+            answer(json!({}))
+        }
+        "IpamDriver.RequestAddress" => {
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return fail("invalid RequestAddress body");
+            };
+            let id = v["PoolID"].as_str().unwrap_or_default().to_string();
+            let want = v["Address"].as_str().filter(|a| !a.is_empty()).map(String::from);
+            let gateway = v["Options"]["RequestAddressType"] == "com.docker.network.gateway";
+            match with_core(s, move |c| c.docker_request_address(&id, want.as_deref(), gateway)).await {
+                Ok(Json(a)) => answer(json!({ "Address": a, "Data": {} })),
+                Err(e) => fail(e.message),
+            }
+        }
+        "IpamDriver.ReleaseAddress" => {
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return fail("invalid ReleaseAddress body");
+            };
+            let id = v["PoolID"].as_str().unwrap_or_default().to_string();
+            let addr = v["Address"].as_str().unwrap_or_default().to_string();
+            let _ = with_core(s, move |c| {
+                if let (Some(p), Ok(ip)) = (c.docker_pools.get_mut(&id), addr.split('/').next().unwrap_or_default().parse()) {
+                    p.release(ip);
+                }
+                Ok(())
+            })
+            .await;
+            answer(json!({}))
+        }
         "NetworkDriver.GetCapabilities" => {
             answer(json!({ "Scope": "local", "ConnectivityScope": "local" }))
         }
@@ -418,6 +480,51 @@ impl super::Core {
         let p = super::publish::publish(&sandbox, ep.ip, &maps).map_err(super::ApiError::conflict)?;
         ep.published = Some(p);
         Ok(())
+    }
+
+    /// IPAM RequestPool: `want`, or the next free subnet by tapnet's rules
+    /// (as `network create` without `--subnet`), never overlapping a
+    /// tapnet network or another pool handed out. The pool's id is its
+    /// subnet.
+    pub fn docker_request_pool(&mut self, want: Option<&str>) -> super::ApiResult<String> {
+        let mut taken: Vec<ipnet::Ipv4Net> = self.nets.values().map(|n| n.rec.subnet).collect();
+        taken.extend(self.docker_pools.values().map(|p| p.subnet));
+        let subnet = match want {
+            Some(w) => {
+                let s = super::ipam::parse_subnet(w)?;
+                if let Some(o) = taken.iter().find(|t| super::ipam::overlaps(t, &s)) {
+                    return Err(super::ApiError::conflict(format!(
+                        "subnet {s} overlaps {o}, in use by tapnet"
+                    )));
+                }
+                s
+            }
+            None => super::ipam::auto_subnet(&taken)?,
+        };
+        let pool = super::ipam::Pool::new(subnet, None, None)?;
+        self.docker_pools.insert(subnet.to_string(), pool);
+        Ok(subnet.to_string())
+    }
+
+    /// IPAM RequestAddress: the pool's gateway (its first host) for a
+    /// gateway request, else `want` or the next free address; with the
+    /// prefix length.
+    pub fn docker_request_address(
+        &mut self,
+        pool: &str,
+        want: Option<&str>,
+        gateway: bool,
+    ) -> super::ApiResult<String> {
+        let Some(p) = self.docker_pools.get_mut(pool) else {
+            return Err(super::ApiError::not_found(format!("no pool {pool}")));
+        };
+        let len = p.subnet.prefix_len();
+        if gateway {
+            return Ok(format!("{}/{len}", p.gateway));
+        }
+        let want = want.map(super::ipam::parse_addr).transpose()?;
+        let ip = p.allocate(want)?;
+        Ok(format!("{ip}/{len}"))
     }
 
     /// RevokeExternalConnectivity: the relays go.

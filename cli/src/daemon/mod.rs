@@ -203,6 +203,8 @@ pub struct Core {
     nat_mark: Option<[u64; 4]>,
     /// Docker's endpoints, by endpoint id (see `docker`).
     docker_eps: BTreeMap<String, docker::DockerEp>,
+    /// Pools handed out by the Docker IPAM driver, by pool id (subnet).
+    docker_pools: BTreeMap<String, ipam::Pool>,
 }
 
 fn valid_name(s: &str) -> bool {

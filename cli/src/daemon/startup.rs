@@ -126,6 +126,7 @@ impl Core {
             containers,
             nat_mark: None,
             docker_eps: BTreeMap::new(),
+            docker_pools: BTreeMap::new(),
         };
         if !records.iter().any(|r| r.name == BRIDGE) {
             let subnet: Ipv4Net = "172.17.0.0/16".parse().expect("valid");
