@@ -129,7 +129,10 @@ pub fn parse_config(stdin: &[u8]) -> Result<Config, CniError> {
     let raw: Value = serde_json::from_slice(stdin)
         .map_err(|e| err(E_DECODE, format!("invalid network configuration: {e}")))?;
     if !raw.is_object() {
-        return Err(err(E_DECODE, "the network configuration is not a JSON object"));
+        return Err(err(
+            E_DECODE,
+            "the network configuration is not a JSON object",
+        ));
     }
     let s = |k: &str| raw.get(k).and_then(Value::as_str).map(String::from);
     let version = s("cniVersion").unwrap_or_else(|| "0.4.0".into());
@@ -140,10 +143,15 @@ pub fn parse_config(stdin: &[u8]) -> Result<Config, CniError> {
             details: format!("supported: {}", SUPPORTED.join(", ")),
         });
     }
-    let network = s("network")
-        .or_else(|| s("name"))
-        .ok_or_else(|| err(E_CONFIG, "no \"network\" (or \"name\") in the configuration"))?;
-    let socket = s("socket").map(PathBuf::from).unwrap_or_else(crate::client::default_socket);
+    let network = s("network").or_else(|| s("name")).ok_or_else(|| {
+        err(
+            E_CONFIG,
+            "no \"network\" (or \"name\") in the configuration",
+        )
+    })?;
+    let socket = s("socket")
+        .map(PathBuf::from)
+        .unwrap_or_else(crate::client::default_socket);
     let rc = raw.get("runtimeConfig").cloned().unwrap_or(Value::Null);
     let mut ports = Vec::new();
     for m in rc["portMappings"].as_array().into_iter().flatten() {
@@ -194,16 +202,16 @@ pub fn parse_config(stdin: &[u8]) -> Result<Config, CniError> {
 /// later", an unknown network a configuration error.
 fn daemon_err(e: anyhow::Error) -> CniError {
     let msg = format!("{e:#}");
-    let code = if msg.contains("cannot reach the tapnet daemon") || msg.contains("stopped answering")
-    {
-        E_TRY_LATER
-    } else if msg.contains("no such network") || msg.contains("not found") {
-        E_CONFIG
-    } else if msg.contains("namespace") {
-        E_IO
-    } else {
-        E_CONFIG
-    };
+    let code =
+        if msg.contains("cannot reach the tapnet daemon") || msg.contains("stopped answering") {
+            E_TRY_LATER
+        } else if msg.contains("no such network") || msg.contains("not found") {
+            E_CONFIG
+        } else if msg.contains("namespace") {
+            E_IO
+        } else {
+            E_CONFIG
+        };
     err(code, msg)
 }
 
@@ -237,7 +245,8 @@ pub fn result(version: &str, env: &Env, ep: &EndpointInfo, prev: Option<&Value>)
         // the network's resolver answers on its gateway
         dns = json!({"nameservers": [ep.gateway]});
     }
-    let mut r = json!({"cniVersion": version, "interfaces": interfaces, "ips": ips, "routes": routes});
+    let mut r =
+        json!({"cniVersion": version, "interfaces": interfaces, "ips": ips, "routes": routes});
     if !dns.is_null() {
         r["dns"] = dns;
     }
@@ -272,7 +281,10 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
             env.need("CNI_IFNAME", &env.ifname)?;
             let name = container_name(&env.container_id)?;
             if !std::path::Path::new(&env.netns).exists() {
-                return Err(err(E_IO, format!("network namespace {} does not exist", env.netns)));
+                return Err(err(
+                    E_IO,
+                    format!("network namespace {} does not exist", env.netns),
+                ));
             }
             let ip = env
                 .args
@@ -306,9 +318,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
             let r: anyhow::Result<Value> = client.call(
                 "POST",
                 &net_path("disconnect"),
-                Some(&crate::api::Disconnect {
-                    container: name,
-                }),
+                Some(&crate::api::Disconnect { container: name }),
             );
             match r {
                 Ok(_) => Ok(Value::Null),
@@ -340,7 +350,10 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
             let Some(ep) = endpoint(&client, &name, &cfg.network)? else {
                 return Err(err(
                     E_UNKNOWN_CONTAINER,
-                    format!("container {} is not on network {}", env.container_id, cfg.network),
+                    format!(
+                        "container {} is not on network {}",
+                        env.container_id, cfg.network
+                    ),
                 ));
             };
             if !env.netns.is_empty() && ep.netns != env.netns {
@@ -350,7 +363,10 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
                 ));
             }
             if !env.ifname.is_empty() && ep.ifname != env.ifname {
-                return Err(err(E_UNKNOWN_CONTAINER, format!("its interface is {}, not {}", ep.ifname, env.ifname)));
+                return Err(err(
+                    E_UNKNOWN_CONTAINER,
+                    format!("its interface is {}, not {}", ep.ifname, env.ifname),
+                ));
             }
             let want: Vec<&str> = cfg
                 .prev
@@ -363,13 +379,19 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
             if !want.is_empty() && !want.contains(&ep.ip.as_str()) {
                 return Err(err(
                     E_UNKNOWN_CONTAINER,
-                    format!("its address is {}, the result said {}", ep.ip, want.join(", ")),
+                    format!(
+                        "its address is {}, the result said {}",
+                        ep.ip,
+                        want.join(", ")
+                    ),
                 ));
             }
             Ok(Value::Null)
         }
         "STATUS" => {
-            let _: Value = client.get("/_ping").map_err(|e| err(E_NOT_AVAILABLE, format!("{e:#}")))?;
+            let _: Value = client
+                .get("/_ping")
+                .map_err(|e| err(E_NOT_AVAILABLE, format!("{e:#}")))?;
             let _: Value = client
                 .get(&format!("/networks/{}", cfg.network))
                 .map_err(|e| err(E_NOT_AVAILABLE, format!("{e:#}")))?;
@@ -445,10 +467,15 @@ mod tests {
         assert_eq!(parse_config(b"{").unwrap_err().code, E_DECODE);
         assert_eq!(parse_config(b"[1]").unwrap_err().code, E_DECODE);
         assert_eq!(
-            parse_config(br#"{"cniVersion":"9.9.9","network":"n"}"#).unwrap_err().code,
+            parse_config(br#"{"cniVersion":"9.9.9","network":"n"}"#)
+                .unwrap_err()
+                .code,
             E_VERSION
         );
-        assert_eq!(parse_config(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, E_CONFIG);
+        assert_eq!(
+            parse_config(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code,
+            E_CONFIG
+        );
         let c = parse_config(
             br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[
             {"hostPort":8080,"containerPort":80,"protocol":"tcp"},

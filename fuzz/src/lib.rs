@@ -221,23 +221,21 @@ fn uplink_in(nat: &mut nat::Nat, sw: &mut Switch, buf: &mut [u8], len: usize, no
                 }
             }
         }
-        wire::eth::ETHERTYPE_IPV4 => {
-            match nat.inbound(&mut buf[..len], now) {
-                Ok(inside) => {
-                    if buf[L3 + 8] > 1 {
-                        router::dec_ttl(buf, L3);
-                    }
-                    let _ = sw.table.lookup(inside.net, &Mac(inside.mac), now);
+        wire::eth::ETHERTYPE_IPV4 => match nat.inbound(&mut buf[..len], now) {
+            Ok(inside) => {
+                if buf[L3 + 8] > 1 {
+                    router::dec_ttl(buf, L3);
                 }
-                Err(nat::NatDrop::NoConnection) => {
-                    if let Some(r) = nat::rst::reset_for(&buf[..len], [2, 0, 0, 0, 0, 0xee]) {
-                        assert_eq!(r.len(), L3 + 40, "a reset is headers only");
-                        assert_eq!(wire::csum::checksum(&r[L3..L3 + 20]), 0);
-                    }
-                }
-                Err(_) => {}
+                let _ = sw.table.lookup(inside.net, &Mac(inside.mac), now);
             }
-        }
+            Err(nat::NatDrop::NoConnection) => {
+                if let Some(r) = nat::rst::reset_for(&buf[..len], [2, 0, 0, 0, 0, 0xee]) {
+                    assert_eq!(r.len(), L3 + 40, "a reset is headers only");
+                    assert_eq!(wire::csum::checksum(&r[L3..L3 + 20]), 0);
+                }
+            }
+            Err(_) => {}
+        },
         _ => {}
     }
 }
@@ -391,7 +389,10 @@ pub fn api(data: &[u8]) {
                 )
                 .expect("a plain network plans");
                 if let Ok(rec) = plan_network(&req, &[&existing]) {
-                    assert!(rec.subnet.contains(&rec.gateway), "gateway outside the subnet");
+                    assert!(
+                        rec.subnet.contains(&rec.gateway),
+                        "gateway outside the subnet"
+                    );
                     assert!(!ipam::overlaps(&rec.subnet, &existing.subnet));
                 }
             }
@@ -419,7 +420,8 @@ pub fn api(data: &[u8]) {
             let _ = serde_json::from_slice::<NetworkRecord>(body);
         }
         5 => {
-            let _ = serde_json::from_slice::<std::collections::BTreeMap<String, ContainerRecord>>(body);
+            let _ =
+                serde_json::from_slice::<std::collections::BTreeMap<String, ContainerRecord>>(body);
             let _ = serde_json::from_slice::<Vec<ContainerRecord>>(body);
         }
         _ => {

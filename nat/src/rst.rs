@@ -44,9 +44,8 @@ pub fn reset_for(b: &[u8], mac: [u8; 6]) -> Option<Vec<u8>> {
     if flags & F_RST != 0 || doff < 20 || total < ihl + doff {
         return None;
     }
-    let seg_len = (total - ihl - doff) as u32
-        + u32::from(flags & F_SYN != 0)
-        + u32::from(flags & F_FIN != 0);
+    let seg_len =
+        (total - ihl - doff) as u32 + u32::from(flags & F_SYN != 0) + u32::from(flags & F_FIN != 0);
     let rd32 = |o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     // with an ACK: <SEQ=SEG.ACK><CTL=RST>; without:
     // <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>
@@ -56,7 +55,8 @@ pub fn reset_for(b: &[u8], mac: [u8; 6]) -> Option<Vec<u8>> {
         (0, rd32(t + SEQ).wrapping_add(seg_len), F_RST | F_ACK)
     };
     let mut f = vec![0u8; IP + 40];
-    f[VNET + eth::DST..VNET + eth::DST + 6].copy_from_slice(&b[VNET + eth::SRC..VNET + eth::SRC + 6]);
+    f[VNET + eth::DST..VNET + eth::DST + 6]
+        .copy_from_slice(&b[VNET + eth::SRC..VNET + eth::SRC + 6]);
     f[VNET + eth::SRC..VNET + eth::SRC + 6].copy_from_slice(&mac);
     f[VNET + eth::ETHERTYPE..VNET + eth::ETHERTYPE + 2].copy_from_slice(&eth::ETHERTYPE_IPV4);
     let h = &mut f[IP..IP + 20];

@@ -387,7 +387,11 @@ fn a_segment_nobody_owns_gets_a_reset() {
     assert_eq!((rd16(&r, IP + 20), rd16(&r, IP + 22)), (40000, 80));
     assert_eq!(&r[IP + 24..IP + 28], &7777u32.to_be_bytes());
     assert_eq!(r[IP + 33], 0x04);
-    assert_eq!(&r[VNET..VNET + 6], &b[VNET + 6..VNET + 12], "back to the sender");
+    assert_eq!(
+        &r[VNET..VNET + 6],
+        &b[VNET + 6..VNET + 12],
+        "back to the sender"
+    );
     // a SYN (no ACK): RST+ACK acknowledging it and its data
     let mut syn = tcp(50000, 81, 0x02);
     syn[4..8].copy_from_slice(&100u32.to_be_bytes());

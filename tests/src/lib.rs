@@ -959,6 +959,13 @@ pub fn busybox_rootfs_tar(dir: &Path, hello: &str) -> PathBuf {
         let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
     }
     let tar = dir.join("rootfs.tar");
-    run_ok(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."));
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    );
     tar
 }

@@ -58,7 +58,9 @@ fn usage(env: &Env) -> Usage {
         .sum();
     let nat = env.json(&["nat", "ls", "--format", "json"]);
     Usage {
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count(),
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count(),
         namespaces: ours.len(),
         taps,
         macs: env.inspect("ch")["mac_table"]
@@ -135,8 +137,16 @@ fn churn_leaves_nothing_behind() {
     let ip = b.ip.to_string();
     let srv = env.spawn_in(&b.ns, &["iperf3", "-s", "-1"], Stdio::null(), Stdio::null());
     std::thread::sleep(Duration::from_millis(500));
-    let warm = env.spawn_in(&a.ns, &["iperf3", "-c", &ip, "-t", "2"], Stdio::null(), Stdio::null());
-    assert!(env.wait_bg(warm, Duration::from_secs(30)).success(), "warm-up transfer");
+    let warm = env.spawn_in(
+        &a.ns,
+        &["iperf3", "-c", &ip, "-t", "2"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    assert!(
+        env.wait_bg(warm, Duration::from_secs(30)).success(),
+        "warm-up transfer"
+    );
     env.wait_bg(srv, Duration::from_secs(10));
     let start = usage(&env);
     eprintln!("start: {start:?}");
@@ -182,7 +192,9 @@ fn churn_leaves_nothing_behind() {
         secs_bytes.len() as u64 >= secs && slowest > 0,
         "the transfer stalled: bytes per second {secs_bytes:?}"
     );
-    let same = |what: &str, a: usize, b: usize| assert_eq!(a, b, "{what}: {a} at the start, {b} after churn");
+    let same = |what: &str, a: usize, b: usize| {
+        assert_eq!(a, b, "{what}: {a} at the start, {b} after churn")
+    };
     same("daemon fds", start.fds, end.fds);
     same("namespaces", start.namespaces, end.namespaces);
     same("TAP devices", start.taps, end.taps);

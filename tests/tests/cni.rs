@@ -33,7 +33,11 @@ fn cni(env: &Env, c: &Call, conf: &Value) -> (bool, Value) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e} (cargo build --release --bins)", bin.display()));
-    p.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
     let o = p.wait_with_output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     let v = if out.trim().is_empty() {
@@ -68,7 +72,13 @@ fn cni_add_check_del_gc() {
     let cf = conf(&env, "cn", json!({}));
     let id1 = "a1".repeat(32);
     let id2 = "b2".repeat(32);
-    let add1 = Call { cmd: "ADD", id: &id1, netns: &n1, ifname: "eth0", args: "IgnoreUnknown=1;K8S_POD_NAME=web" };
+    let add1 = Call {
+        cmd: "ADD",
+        id: &id1,
+        netns: &n1,
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAME=web",
+    };
     let (ok, r1) = cni(&env, &add1, &cf);
     assert!(ok, "{r1}");
     assert_eq!(r1["cniVersion"], "1.0.0");
@@ -77,23 +87,41 @@ fn cni_add_check_del_gc() {
     assert_eq!(r1["interfaces"][0]["name"], "eth0");
     assert_eq!(r1["routes"][0]["gw"], "10.70.0.1");
     assert_eq!(r1["dns"]["nameservers"][0], "10.70.0.1");
-    assert!(env.exec_ok(&p1, &["ip", "-o", "addr", "show", "eth0"]).contains("10.70.0.2/24"));
+    assert!(env
+        .exec_ok(&p1, &["ip", "-o", "addr", "show", "eth0"])
+        .contains("10.70.0.2/24"));
     // a static address from CNI_ARGS, another interface name
-    let add2 = Call { cmd: "ADD", id: &id2, netns: &n2, ifname: "net1", args: "IP=10.70.0.50" };
+    let add2 = Call {
+        cmd: "ADD",
+        id: &id2,
+        netns: &n2,
+        ifname: "net1",
+        args: "IP=10.70.0.50",
+    };
     let (ok, r2) = cni(&env, &add2, &cf);
     assert!(ok, "{r2}");
     assert_eq!(r2["ips"][0]["address"], "10.70.0.50/24");
-    assert!(env.exec_ok(&p2, &["ip", "-o", "addr", "show", "net1"]).contains("10.70.0.50"));
+    assert!(env
+        .exec_ok(&p2, &["ip", "-o", "addr", "show", "net1"])
+        .contains("10.70.0.50"));
     // they talk, through the switch; the pod name resolves
     assert!(ping(&env, &p2, "10.70.0.2", 2));
     let q = make_query(7, "web", hickory_proto::rr::RecordType::A, None);
-    let a = in_ns(&p2, move || udp_query("10.70.0.1".parse().unwrap(), &q, Duration::from_secs(3)))
-        .join()
-        .unwrap()
-        .expect("an answer for the pod name");
-    assert_eq!(addrs(&parse(&a)), vec!["10.70.0.2".parse::<Ipv4Addr>().unwrap()]);
+    let a = in_ns(&p2, move || {
+        udp_query("10.70.0.1".parse().unwrap(), &q, Duration::from_secs(3))
+    })
+    .join()
+    .unwrap()
+    .expect("an answer for the pod name");
+    assert_eq!(
+        addrs(&parse(&a)),
+        vec!["10.70.0.2".parse::<Ipv4Addr>().unwrap()]
+    );
     // CHECK against the result; a wrong result is an error
-    let chk = Call { cmd: "CHECK", ..add1 };
+    let chk = Call {
+        cmd: "CHECK",
+        ..add1
+    };
     let (ok, v) = cni(&env, &chk, &conf(&env, "cn", json!({"prevResult": r1})));
     assert!(ok, "{v}");
     let mut wrong = r1.clone();
@@ -104,15 +132,48 @@ fn cni_add_check_del_gc() {
     let del1 = Call { cmd: "DEL", ..add1 };
     let (ok, v) = cni(&env, &del1, &conf(&env, "cn", json!({"prevResult": r1})));
     assert!(ok, "{v}");
-    assert!(!env.exec(&p1, &["ip", "link", "show", "eth0"]).status.success());
+    assert!(!env
+        .exec(&p1, &["ip", "link", "show", "eth0"])
+        .status
+        .success());
     let (ok, v) = cni(&env, &del1, &cf);
     assert!(ok, "second DEL: {v}");
-    let (ok, r3) = cni(&env, &Call { id: &"c3".repeat(32), ..add1 }, &cf);
-    assert!(ok && r3["ips"][0]["address"] == "10.70.0.2/24", "address not released: {r3}");
+    let (ok, r3) = cni(
+        &env,
+        &Call {
+            id: &"c3".repeat(32),
+            ..add1
+        },
+        &cf,
+    );
+    assert!(
+        ok && r3["ips"][0]["address"] == "10.70.0.2/24",
+        "address not released: {r3}"
+    );
     // VERSION, STATUS
-    let (ok, v) = cni(&env, &Call { cmd: "VERSION", ..add1 }, &json!({"cniVersion": "1.1.0"}));
-    assert!(ok && v["supportedVersions"].as_array().unwrap().contains(&json!("1.1.0")), "{v}");
-    let (ok, v) = cni(&env, &Call { cmd: "STATUS", ..add1 }, &conf(&env, "cn", json!({"cniVersion": "1.1.0"})));
+    let (ok, v) = cni(
+        &env,
+        &Call {
+            cmd: "VERSION",
+            ..add1
+        },
+        &json!({"cniVersion": "1.1.0"}),
+    );
+    assert!(
+        ok && v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("1.1.0")),
+        "{v}"
+    );
+    let (ok, v) = cni(
+        &env,
+        &Call {
+            cmd: "STATUS",
+            ..add1
+        },
+        &conf(&env, "cn", json!({"cniVersion": "1.1.0"})),
+    );
     assert!(ok, "{v}");
     // GC: only id2 is still the runtime's; c3 goes
     let gc = conf(
@@ -136,12 +197,21 @@ fn cni_errors_are_json_with_codes() {
     let p = env.netns("p");
     let n = ns_path(&p);
     let id = "d4".repeat(32);
-    let add = Call { cmd: "ADD", id: &id, netns: &n, ifname: "eth0", args: "" };
+    let add = Call {
+        cmd: "ADD",
+        id: &id,
+        netns: &n,
+        ifname: "eth0",
+        args: "",
+    };
     let expect = |c: &Call, conf: &Value, code: u64, what: &str| {
         let (ok, v) = cni(&env, c, conf);
         assert!(!ok, "{what}: succeeded: {v}");
         assert_eq!(v["code"], code, "{what}: {v}");
-        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+        assert!(
+            v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
     };
     // malformed configuration: the bytes are not JSON
     let bin = env.bin.with_file_name("tapnet-cni");
@@ -154,24 +224,81 @@ fn cni_errors_are_json_with_codes() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    c.stdin.take().unwrap().write_all(b"{\"cniVersion\":").unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"cniVersion\":")
+        .unwrap();
     let o = c.wait_with_output().unwrap();
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(!o.status.success() && v["code"] == 6, "{v}");
-    expect(&add, &json!({"cniVersion": "1.0.0", "type": "tapnet", "socket": env.sock}), 7, "no network");
+    expect(
+        &add,
+        &json!({"cniVersion": "1.0.0", "type": "tapnet", "socket": env.sock}),
+        7,
+        "no network",
+    );
     expect(&add, &conf(&env, "nope", json!({})), 7, "unknown network");
-    expect(&add, &conf(&env, "cn", json!({"cniVersion": "0.1.0"})), 1, "old version");
-    expect(&Call { netns: "", ..add }, &conf(&env, "cn", json!({})), 4, "no CNI_NETNS");
-    expect(&Call { id: "../x", ..add }, &conf(&env, "cn", json!({})), 4, "bad container id");
-    expect(&Call { netns: "/run/netns/tn_nonexistent_ns", ..add }, &conf(&env, "cn", json!({})), 5, "missing netns");
-    expect(&Call { cmd: "FROB", ..add }, &conf(&env, "cn", json!({})), 4, "unknown command");
+    expect(
+        &add,
+        &conf(&env, "cn", json!({"cniVersion": "0.1.0"})),
+        1,
+        "old version",
+    );
+    expect(
+        &Call { netns: "", ..add },
+        &conf(&env, "cn", json!({})),
+        4,
+        "no CNI_NETNS",
+    );
+    expect(
+        &Call { id: "../x", ..add },
+        &conf(&env, "cn", json!({})),
+        4,
+        "bad container id",
+    );
+    expect(
+        &Call {
+            netns: "/run/netns/tn_nonexistent_ns",
+            ..add
+        },
+        &conf(&env, "cn", json!({})),
+        5,
+        "missing netns",
+    );
+    expect(
+        &Call { cmd: "FROB", ..add },
+        &conf(&env, "cn", json!({})),
+        4,
+        "unknown command",
+    );
     let gone = json!({"cniVersion": "1.1.0", "network": "cn", "socket": "/tmp/tn_no_daemon.sock"});
     expect(&add, &gone, 11, "daemon not running");
-    expect(&Call { cmd: "STATUS", ..add }, &gone, 50, "STATUS without daemon");
+    expect(
+        &Call {
+            cmd: "STATUS",
+            ..add
+        },
+        &gone,
+        50,
+        "STATUS without daemon",
+    );
     // nothing was left behind by the failures
-    assert_eq!(env.ok(&["ps", "-q"]).trim(), "", "an error left a container");
+    assert_eq!(
+        env.ok(&["ps", "-q"]).trim(),
+        "",
+        "an error left a container"
+    );
     // DEL without a daemon and without a namespace: nothing to release
-    let (ok, v) = cni(&env, &Call { cmd: "DEL", netns: "/run/netns/tn_nonexistent_ns", ..add }, &gone);
+    let (ok, v) = cni(
+        &env,
+        &Call {
+            cmd: "DEL",
+            netns: "/run/netns/tn_nonexistent_ns",
+            ..add
+        },
+        &gone,
+    );
     assert!(ok, "{v}");
 }
 
@@ -192,7 +319,13 @@ fn cni_port_mappings_and_chaining() {
         json!({"prevResult": prev, "runtimeConfig": {"portMappings": [
             {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}}),
     );
-    let add = Call { cmd: "ADD", id: &id, netns: &n, ifname: "eth0", args: "" };
+    let add = Call {
+        cmd: "ADD",
+        id: &id,
+        netns: &n,
+        ifname: "eth0",
+        args: "",
+    };
     let (ok, r) = cni(&env, &add, &cf);
     assert!(ok, "{r}");
     // chained: the previous plugin's interface and address come first
@@ -225,5 +358,9 @@ fn cni_port_mappings_and_chaining() {
     let (ok, v) = cni(&env, &Call { cmd: "DEL", ..add }, &cf);
     assert!(ok, "{v}");
     let nat = env.json(&["nat", "ls", "--format", "json"]);
-    assert_eq!(nat["published"].as_array().map_or(0, |p| p.len()), 0, "{nat}");
+    assert_eq!(
+        nat["published"].as_array().map_or(0, |p| p.len()),
+        0,
+        "{nat}"
+    );
 }

@@ -446,11 +446,15 @@ fn forwarded_queries_in_flight_are_capped_per_container() {
             // queries wait at least a second for the dead upstream)
             let t0 = Instant::now();
             let mut early = 0;
-            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
             let mut b = [0u8; 2048];
             while t0.elapsed() < Duration::from_millis(800) {
                 if let Ok(n) = s.recv(&mut b) {
-                    assert_eq!(parse(&b[..n]).metadata.response_code, ResponseCode::ServFail);
+                    assert_eq!(
+                        parse(&b[..n]).metadata.response_code,
+                        ResponseCode::ServFail
+                    );
                     early += 1;
                 }
             }
@@ -460,7 +464,11 @@ fn forwarded_queries_in_flight_are_capped_per_container() {
         .unwrap()
     };
     // 256 wait for the upstream; none is answered yet
-    assert_eq!(send(greedy.ns.clone(), 0, 256), 0, "forwarded queries answered early");
+    assert_eq!(
+        send(greedy.ns.clone(), 0, 256),
+        0,
+        "forwarded queries answered early"
+    );
     let forwarded = ctr(&env.inspect("d")["dns"]["stats"], "forwarded");
     // the container's next queries are answered SERVFAIL at once
     let more = (256 - forwarded.min(256)) as u16 + 30;

@@ -59,14 +59,24 @@ impl Dockerd {
             .unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", env.host_ns))
-            .args(["unshare", "-m", "--propagation", "unchanged", "sh", "-c", &script])
+            .args([
+                "unshare",
+                "-m",
+                "--propagation",
+                "unchanged",
+                "sh",
+                "-c",
+                &script,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         let dk = Dockerd { child, dir };
-        let up = wait_until(Duration::from_secs(20), || dk.docker(&["info"]).status.success());
+        let up = wait_until(Duration::from_secs(20), || {
+            dk.docker(&["info"]).status.success()
+        });
         assert!(
             up,
             "dockerd did not come up: {}",
@@ -165,13 +175,23 @@ fn docker_creates_and_removes_tapnet_networks() {
     std::fs::create_dir_all(&plugins).unwrap();
     let _rm = RmDir(plugins.clone());
     let sock = plugins.join("tapnet.sock");
-    let Some(env) = Env::new("docker_plugin", &["--docker-plugin", &sock.to_string_lossy()]) else {
+    let Some(env) = Env::new(
+        "docker_plugin",
+        &["--docker-plugin", &sock.to_string_lossy()],
+    ) else {
         return;
     };
     let dk = Dockerd::start(&env, &plugins);
     let id = dk.ok(&[
-        "network", "create", "-d", "tapnet", "--subnet", "10.74.0.0/24", "-o",
-        "tapnet.port_security=false", "dn",
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--subnet",
+        "10.74.0.0/24",
+        "-o",
+        "tapnet.port_security=false",
+        "dn",
     ]);
     let nets = env.json(&["network", "ls", "--format", "json"]);
     let n = nets
@@ -186,10 +206,26 @@ fn docker_creates_and_removes_tapnet_networks() {
     assert_eq!(n["options"]["port_security"], "false");
     // tapnet's checks speak through Docker
     env.ok(&["network", "create", "--subnet", "10.75.0.0/24", "t1"]);
-    let e = dk.fail(&["network", "create", "-d", "tapnet", "--subnet", "10.75.0.0/24", "dn2"]);
+    let e = dk.fail(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--subnet",
+        "10.75.0.0/24",
+        "dn2",
+    ]);
     assert!(e.contains("overlaps") && e.contains("t1"), "{e}");
     let e = dk.fail(&[
-        "network", "create", "-d", "tapnet", "--subnet", "10.76.0.0/24", "-o", "tapnet.colour=blue", "dn3",
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--subnet",
+        "10.76.0.0/24",
+        "-o",
+        "tapnet.colour=blue",
+        "dn3",
     ]);
     assert!(e.contains("unknown option"), "{e}");
     // Docker's own IPAM starts at 172.17.0.0/16, tapnet's default bridge:
@@ -202,12 +238,41 @@ fn docker_creates_and_removes_tapnet_networks() {
     let tar = busybox_rootfs_tar(&dk.dir, "hello from docker");
     dk.ok(&["import", &tar.to_string_lossy(), "tn-busybox"]);
     dk.ok(&[
-        "run", "-d", "--name", "web", "--network", "dn", "-p", "18082:80", "tn-busybox", "httpd", "-f", "-p",
-        "80", "-h", "/www",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "dn",
+        "-p",
+        "18082:80",
+        "tn-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
     ]);
-    let a_ip = dk.ok(&["inspect", "-f", "{{(index .NetworkSettings.Networks \"dn\").IPAddress}}", "web"]);
+    let a_ip = dk.ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"dn\").IPAddress}}",
+        "web",
+    ]);
     assert!(a_ip.starts_with("10.74.0."), "{a_ip}");
-    let got = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "wget", "-q", "-O", "-", "http://web/"]);
+    let got = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dn",
+        "tn-busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://web/",
+    ]);
     assert_eq!(got, "hello from docker");
     // -p: published by tapnet (Docker starts no proxy for remote drivers)
     let body = in_ns(&env.host_ns, || {
@@ -229,56 +294,181 @@ fn docker_creates_and_removes_tapnet_networks() {
     );
     // --ip, --mac-address (port security admits them) and --network-alias
     dk.ok(&[
-        "run", "-d", "--name", "pinned", "--network", "dn", "--ip", "10.74.0.50", "--mac-address",
-        "02:aa:bb:cc:dd:ee", "--network-alias", "svc", "tn-busybox", "httpd", "-f", "-p", "80", "-h", "/www",
+        "run",
+        "-d",
+        "--name",
+        "pinned",
+        "--network",
+        "dn",
+        "--ip",
+        "10.74.0.50",
+        "--mac-address",
+        "02:aa:bb:cc:dd:ee",
+        "--network-alias",
+        "svc",
+        "tn-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
     ]);
     let link = dk.ok(&["exec", "pinned", "ip", "-o", "link", "show", "eth0"]);
     assert!(link.contains("02:aa:bb:cc:dd:ee"), "{link}");
-    let got = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "wget", "-q", "-O", "-", "http://svc/"]);
+    let got = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dn",
+        "tn-busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://svc/",
+    ]);
     assert_eq!(got, "hello from docker");
     let addrs = dk.ok(&["exec", "pinned", "ip", "-o", "-4", "addr", "show", "eth0"]);
     assert!(addrs.contains("10.74.0.50/24"), "{addrs}");
     dk.ok(&["rm", "-f", "pinned"]);
     // hot-plug: connect web to a second tapnet network, then disconnect
-    dk.ok(&["network", "create", "-d", "tapnet", "--subnet", "10.79.0.0/24", "dn5"]);
+    dk.ok(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--subnet",
+        "10.79.0.0/24",
+        "dn5",
+    ]);
     dk.ok(&["network", "connect", "dn5", "web"]);
-    let ip5 = dk.ok(&["inspect", "-f", "{{(index .NetworkSettings.Networks \"dn5\").IPAddress}}", "web"]);
+    let ip5 = dk.ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"dn5\").IPAddress}}",
+        "web",
+    ]);
     assert!(ip5.starts_with("10.79.0."), "{ip5}");
-    let got = dk.ok(&["run", "--rm", "--network", "dn5", "tn-busybox", "wget", "-q", "-O", "-", &format!("http://{ip5}/")]);
+    let got = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dn5",
+        "tn-busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{ip5}/"),
+    ]);
     assert_eq!(got, "hello from docker");
     dk.ok(&["network", "disconnect", "dn5", "web"]);
     let addrs = dk.ok(&["exec", "web", "ip", "-o", "-4", "addr"]);
-    assert!(!addrs.contains(&ip5) && addrs.contains(&a_ip), "after disconnect: {addrs}");
+    assert!(
+        !addrs.contains(&ip5) && addrs.contains(&a_ip),
+        "after disconnect: {addrs}"
+    );
     dk.ok(&["network", "rm", "dn5"]);
-    let ping = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "ping", "-c", "2", &a_ip]);
+    let ping = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dn",
+        "tn-busybox",
+        "ping",
+        "-c",
+        "2",
+        &a_ip,
+    ]);
     assert!(ping.contains("2 packets received"), "{ping}");
-    assert!(env.daemon_log().contains(&format!("as {a_ip} (tn")), "{}", env.daemon_log());
+    assert!(
+        env.daemon_log().contains(&format!("as {a_ip} (tn")),
+        "{}",
+        env.daemon_log()
+    );
     // in use: Docker refuses to remove it; after rm -f it goes
     let e = dk.fail(&["network", "rm", "dn"]);
     assert!(e.contains("active endpoints"), "{e}");
     dk.ok(&["rm", "-f", "web"]);
     // the port went with it
-    let gone = in_ns(&env.host_ns, || std::net::TcpStream::connect(("127.0.0.1", 18082)).is_err())
-        .join()
-        .unwrap();
+    let gone = in_ns(&env.host_ns, || {
+        std::net::TcpStream::connect(("127.0.0.1", 18082)).is_err()
+    })
+    .join()
+    .unwrap();
     assert!(gone, "18082 still published after docker rm");
     // tapnet's IPAM: a subnet by tapnet's rules (not 172.17.0.0/16, its
     // default bridge's), addresses from it
-    let id6 = dk.ok(&["network", "create", "-d", "tapnet", "--ipam-driver", "tapnet", "dn6"]);
+    let id6 = dk.ok(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--ipam-driver",
+        "tapnet",
+        "dn6",
+    ]);
     let nets = env.json(&["network", "ls", "--format", "json"]);
-    let n6 = nets.as_array().unwrap().iter().find(|n| n["id"] == id6.as_str()).expect("dn6 in tapnet").clone();
+    let n6 = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id6.as_str())
+        .expect("dn6 in tapnet")
+        .clone();
     let subnet = n6["subnet"].as_str().unwrap().to_string();
     assert_ne!(subnet, "172.17.0.0/16");
     let prefix = subnet.rsplit_once('.').unwrap().0.to_string(); // a.b.c
-    let addr = dk.ok(&["run", "--rm", "--network", "dn6", "tn-busybox", "ip", "-o", "-4", "addr", "show", "eth0"]);
-    assert!(addr.contains(&format!("{prefix}.")), "{addr} not in {subnet}");
+    let addr = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dn6",
+        "tn-busybox",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(
+        addr.contains(&format!("{prefix}.")),
+        "{addr} not in {subnet}"
+    );
     dk.ok(&["network", "rm", "dn6"]);
     // dockerd restarted: the network is still Docker's and tapnet's, and
     // new containers on it talk
     dk.stop();
     let dk = Dockerd::start(&env, &plugins);
-    dk.ok(&["run", "-d", "--name", "web2", "--network", "dn", "tn-busybox", "httpd", "-f", "-p", "80", "-h", "/www"]);
-    let got = dk.ok(&["run", "--rm", "--network", "dn", "tn-busybox", "wget", "-q", "-O", "-", "http://web2/"]);
+    dk.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "--network",
+        "dn",
+        "tn-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let got = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dn",
+        "tn-busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://web2/",
+    ]);
     assert_eq!(got, "hello from docker");
     dk.ok(&["rm", "-f", "web2"]);
     // Docker's rm removes it from tapnet

@@ -55,7 +55,11 @@ impl Podman {
                 "capabilities": {"portMappings": true, "ips": true, "mac": true, "aliases": true}
             }]
         });
-        std::fs::write(net_d.join(format!("{network}.conflist")), conflist.to_string()).unwrap();
+        std::fs::write(
+            net_d.join(format!("{network}.conflist")),
+            conflist.to_string(),
+        )
+        .unwrap();
         let p = Podman {
             dir,
             host_ns: env.netns("podman"),
@@ -63,7 +67,11 @@ impl Podman {
         // an image without a registry: busybox and its applets
         let tar = busybox_rootfs_tar(&p.dir, "hello from podman");
         let o = p.run(&["import", &tar.to_string_lossy(), "tn-busybox"]);
-        assert!(o.status.success(), "podman import: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "podman import: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         p
     }
 
@@ -109,7 +117,13 @@ fn tapnet_ip(env: &Env, id: &str) -> String {
         .iter()
         .find(|c| c["name"] == format!("cni-{}", &id[..60]))
         .unwrap_or_else(|| panic!("container {id} not in tapnet: {v}"));
-    c["endpoints"][0]["ip"].as_str().unwrap().split('/').next().unwrap().to_string()
+    c["endpoints"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -130,16 +144,47 @@ fn podman_containers_on_a_tapnet_network() {
     let p = Podman::setup(&env, "pn");
     // a server with a published port, and a client that reaches it
     let web = p.ok(&[
-        "run", "-d", "--name", "web", "--network", "pn", "-p", "18081:80", "tn-busybox",
-        "httpd", "-f", "-p", "80", "-h", "/www",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "pn",
+        "-p",
+        "18081:80",
+        "tn-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
     ]);
     let web_ip = tapnet_ip(&env, &web);
     let got = p.ok(&[
-        "run", "--rm", "--network", "pn", "tn-busybox", "wget", "-q", "-O", "-",
+        "run",
+        "--rm",
+        "--network",
+        "pn",
+        "tn-busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
         &format!("http://{web_ip}/"),
     ]);
     assert_eq!(got, "hello from podman");
-    let ping = p.ok(&["run", "--rm", "--network", "pn", "tn-busybox", "ping", "-c", "2", &web_ip]);
+    let ping = p.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "pn",
+        "tn-busybox",
+        "ping",
+        "-c",
+        "2",
+        &web_ip,
+    ]);
     assert!(ping.contains("2 packets received"), "{ping}");
     // the published port, from the host side
     let body = in_ns(&env.host_ns, || {
@@ -156,15 +201,33 @@ fn podman_containers_on_a_tapnet_network() {
     assert!(body.contains("hello from podman"), "{body}");
     // the --rm containers are gone from tapnet (DEL), web is there
     let ps = env.ok(&["ps", "-q"]);
-    assert_eq!(ps.lines().filter(|l| l.starts_with("cni-")).count(), 1, "{ps}");
+    assert_eq!(
+        ps.lines().filter(|l| l.starts_with("cni-")).count(),
+        1,
+        "{ps}"
+    );
     // podman rm: DEL releases the TAP, the address and the published port
     p.ok(&["rm", "-f", "-t", "0", "web"]);
-    assert!(!env.ok(&["ps", "-q"]).contains("cni-"), "web left in tapnet");
+    assert!(
+        !env.ok(&["ps", "-q"]).contains("cni-"),
+        "web left in tapnet"
+    );
     let nat = env.json(&["nat", "ls", "--format", "json"]);
-    assert_eq!(nat["published"].as_array().map_or(0, |a| a.len()), 0, "{nat}");
+    assert_eq!(
+        nat["published"].as_array().map_or(0, |a| a.len()),
+        0,
+        "{nat}"
+    );
     // and the address is free again
     let again = p.ok(&["run", "-d", "--network", "pn", "tn-busybox", "sleep", "60"]);
-    assert_eq!(tapnet_ip(&env, &again), web_ip, "the address was not released");
+    assert_eq!(
+        tapnet_ip(&env, &again),
+        web_ip,
+        "the address was not released"
+    );
     drop(p);
-    assert!(!env.ok(&["ps", "-q"]).contains("cni-"), "podman rm -a left containers");
+    assert!(
+        !env.ok(&["ps", "-q"]).contains("cni-"),
+        "podman rm -a left containers"
+    );
 }

@@ -218,9 +218,11 @@ fn crash_under_load_connections_carry_on() {
     let b = env.container("load", "b", &[]);
     let bip = b.ip;
     // b: an echo server for the 200 connections
-    in_ns(&b.ns, || echo_server(std::net::TcpListener::bind("0.0.0.0:5100").unwrap()))
-        .join()
-        .unwrap();
+    in_ns(&b.ns, || {
+        echo_server(std::net::TcpListener::bind("0.0.0.0:5100").unwrap())
+    })
+    .join()
+    .unwrap();
     // a: 200 connections, each checked before and after the crash
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -360,7 +362,10 @@ fn crash_under_load_through_the_nat() {
         let talk = |s: &mut std::net::TcpStream, m: &str| -> After {
             s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
             let mut back = vec![0u8; m.len()];
-            match s.write_all(m.as_bytes()).and_then(|_| s.read_exact(&mut back)) {
+            match s
+                .write_all(m.as_bytes())
+                .and_then(|_| s.read_exact(&mut back))
+            {
                 Ok(()) if back == m.as_bytes() => After::CarriedOn,
                 Ok(()) => panic!("echo garbled"),
                 Err(e) => outcome(&e),
@@ -423,7 +428,11 @@ fn crash_under_load_through_the_nat() {
         64 << 20,
         nat["uplink"]["nat"]
     );
-    assert_eq!(carried + failed, 200, "connections hung after the crash: {after:?}");
+    assert_eq!(
+        carried + failed,
+        200,
+        "connections hung after the crash: {after:?}"
+    );
     assert_eq!(carried, 200, "restored connections failed: {after:?}");
     assert_eq!(bulk, After::CarriedOn, "the download did not carry on");
     assert!(got == std::fs::read(&blob).unwrap(), "download corrupted");

@@ -21,7 +21,9 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Open fds of process `pid`.
 fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Attaches bare namespaces `<prefix>x<tag><i>` for `i` in `range` to
@@ -29,7 +31,14 @@ fn fds(pid: u32) -> usize {
 fn attach(env: &Env, net: &str, tag: &str, range: std::ops::Range<usize>) {
     for i in range {
         let ns = env.netns(&format!("{tag}{i}"));
-        env.ok(&["network", "connect", "--netns", &ns, net, &format!("{tag}{i}")]);
+        env.ok(&[
+            "network",
+            "connect",
+            "--netns",
+            &ns,
+            net,
+            &format!("{tag}{i}"),
+        ]);
     }
 }
 
@@ -58,7 +67,12 @@ fn endpoint_memory_is_small_flat_and_reused() {
     attach(&env, "m", "a", 0..100);
     // traffic through every buffer-holding path: the gateway answers
     for i in [0, 50, 99] {
-        assert!(ping(&env, &env.netns_name(&format!("a{i}")), "10.77.0.1", 1));
+        assert!(ping(
+            &env,
+            &env.netns_name(&format!("a{i}")),
+            "10.77.0.1",
+            1
+        ));
     }
     let r1 = rss_kib(pid);
     let per = (r1.saturating_sub(r0) * 1024) / 100;
@@ -195,7 +209,11 @@ fn a_thousand_containers_on_one_network() {
     let _ = env.exec(&ns[0], &["ping", "-c", "1", "-W", "1", "10.78.7.250"]);
     let after = tx(&env);
     let missed: Vec<usize> = (1..N).filter(|&i| after[i] <= before[i]).collect();
-    assert!(missed.is_empty(), "the broadcast missed {} containers: {missed:?}", missed.len());
+    assert!(
+        missed.is_empty(),
+        "the broadcast missed {} containers: {missed:?}",
+        missed.len()
+    );
     let r2 = rss_kib(pid);
     eprintln!("after traffic: RSS {r2} KiB");
 }

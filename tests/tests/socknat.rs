@@ -132,9 +132,11 @@ fn a_container_holds_only_its_share_of_the_socket_nat() {
     .join()
     .unwrap();
     assert!(!held.1, "a fourth connection beyond the quota");
-    let ok = in_ns(&other.ns, move || TcpStream::connect((INET_IP, 7300)).is_ok())
-        .join()
-        .unwrap();
+    let ok = in_ns(&other.ns, move || {
+        TcpStream::connect((INET_IP, 7300)).is_ok()
+    })
+    .join()
+    .unwrap();
     assert!(ok, "the other container was starved");
     let n = env.json(&["nat", "ls", "--format", "json"]);
     assert!(ctr(&n["socket_nat"], "quota_exceeded") >= 1, "{n}");
@@ -155,5 +157,8 @@ fn a_container_holds_only_its_share_of_the_socket_nat() {
             break ok;
         }
     };
-    assert!(again, "the share did not come back after the connections closed");
+    assert!(
+        again,
+        "the share did not come back after the connections closed"
+    );
 }

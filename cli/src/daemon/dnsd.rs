@@ -459,7 +459,10 @@ impl Svc {
             let n = m.entry(client).or_default();
             if *n >= MAX_INFLIGHT_PER_CLIENT {
                 drop(m);
-                self.resolver.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                self.resolver
+                    .stats
+                    .throttled
+                    .fetch_add(1, Ordering::Relaxed);
                 let bytes = self.resolver.servfail(&q, t);
                 let _ = self.tx.try_send(Event::Answer { net, to, bytes });
                 return;

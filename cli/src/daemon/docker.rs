@@ -136,7 +136,10 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
             if v["V6"].as_bool() == Some(true) {
                 return fail("tapnet's IPAM has no IPv6 pools yet");
             }
-            let want = v["Pool"].as_str().filter(|p| !p.is_empty()).map(String::from);
+            let want = v["Pool"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .map(String::from);
             match with_core(s, move |c| c.docker_request_pool(want.as_deref())).await {
                 Ok(Json(p)) => answer(json!({ "PoolID": p, "Pool": p, "Data": {} })),
                 Err(e) => fail(e.message),
@@ -159,9 +162,16 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
                 return fail("invalid RequestAddress body");
             };
             let id = v["PoolID"].as_str().unwrap_or_default().to_string();
-            let want = v["Address"].as_str().filter(|a| !a.is_empty()).map(String::from);
+            let want = v["Address"]
+                .as_str()
+                .filter(|a| !a.is_empty())
+                .map(String::from);
             let gateway = v["Options"]["RequestAddressType"] == "com.docker.network.gateway";
-            match with_core(s, move |c| c.docker_request_address(&id, want.as_deref(), gateway)).await {
+            match with_core(s, move |c| {
+                c.docker_request_address(&id, want.as_deref(), gateway)
+            })
+            .await
+            {
                 Ok(Json(a)) => answer(json!({ "Address": a, "Data": {} })),
                 Err(e) => fail(e.message),
             }
@@ -173,7 +183,10 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
             let id = v["PoolID"].as_str().unwrap_or_default().to_string();
             let addr = v["Address"].as_str().unwrap_or_default().to_string();
             let _ = with_core(s, move |c| {
-                if let (Some(p), Ok(ip)) = (c.docker_pools.get_mut(&id), addr.split('/').next().unwrap_or_default().parse()) {
+                if let (Some(p), Ok(ip)) = (
+                    c.docker_pools.get_mut(&id),
+                    addr.split('/').next().unwrap_or_default().parse(),
+                ) {
                     p.release(ip);
                 }
                 Ok(())
@@ -198,7 +211,9 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
             match with_core(s, move |c| {
                 if let Ok(n) = c.net(&name) {
                     if Some(&n.rec.id) == id.as_ref()
-                        && subnet.as_deref().is_none_or(|sn| sn == n.rec.subnet.to_string())
+                        && subnet
+                            .as_deref()
+                            .is_none_or(|sn| sn == n.rec.subnet.to_string())
                     {
                         return Ok(false);
                     }
@@ -235,7 +250,9 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
             let Ok(ip) = addr.split('/').next().unwrap_or_default().parse() else {
                 return fail(format!("CreateEndpoint without an IPv4 address ({addr:?})"));
             };
-            let given = v["Interface"]["MacAddress"].as_str().filter(|m| !m.is_empty());
+            let given = v["Interface"]["MacAddress"]
+                .as_str()
+                .filter(|m| !m.is_empty());
             let mac = match given.map(str::parse::<vswitch::Mac>).transpose() {
                 Ok(m) => m,
                 Err(_) => return fail(format!("invalid MAC address {given:?}")),
@@ -310,9 +327,7 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
 }
 
 pub fn router(s: Shared) -> Router {
-    Router::new()
-        .route("/{method}", post(method))
-        .with_state(s)
+    Router::new().route("/{method}", post(method)).with_state(s)
 }
 
 #[cfg(test)]
@@ -370,7 +385,9 @@ pub fn port_maps(v: &Value) -> Result<Vec<super::publish::PortMap>, String> {
         };
         let end = port("HostPortEnd").filter(|&e| e >= host).unwrap_or(host);
         if host == 0 {
-            return Err(format!("port map {m} without a host port (tapnet picks none yet)"));
+            return Err(format!(
+                "port map {m} without a host port (tapnet picks none yet)"
+            ));
         }
         let host_ip = match m["HostIP"].as_str().filter(|s| !s.is_empty()) {
             Some(s) => Some(s.parse().map_err(|_| format!("invalid HostIP {s:?}"))?),
@@ -454,7 +471,12 @@ impl super::Core {
             .add_secured_port(&tap, n.idx, n.rec.mtu, fd, identity)
             .map_err(super::ApiError::internal)?;
         let gw = (!n.rec.internal).then(|| n.rec.gateway.to_string());
-        super::log(format!("docker: endpoint {} on {} as {} ({tap})", &ep_id[..ep_id.len().min(12)], ep.network, ep.ip));
+        super::log(format!(
+            "docker: endpoint {} on {} as {} ({tap})",
+            &ep_id[..ep_id.len().min(12)],
+            ep.network,
+            ep.ip
+        ));
         let e = self.docker_eps.get_mut(ep_id).expect("checked");
         e.tap = Some((tap.clone(), port));
         e.sandbox = Some(sandbox.into());
@@ -464,7 +486,11 @@ impl super::Core {
     /// ProgramExternalConnectivity: the container's port map published on
     /// the daemon's host ports (relays into its namespace, as `-p` for
     /// tapnet's own containers; Docker starts no proxy for remote drivers).
-    pub fn docker_publish(&mut self, ep_id: &str, maps: Vec<super::publish::PortMap>) -> super::ApiResult<()> {
+    pub fn docker_publish(
+        &mut self,
+        ep_id: &str,
+        maps: Vec<super::publish::PortMap>,
+    ) -> super::ApiResult<()> {
         let Some(ep) = self.docker_eps.get_mut(ep_id) else {
             return Err(super::ApiError::not_found(format!("no endpoint {ep_id}")));
         };
@@ -473,11 +499,14 @@ impl super::Core {
             return Ok(());
         }
         let Some(sandbox) = ep.sandbox.clone() else {
-            return Err(super::ApiError::bad_request("ProgramExternalConnectivity before Join"));
+            return Err(super::ApiError::bad_request(
+                "ProgramExternalConnectivity before Join",
+            ));
         };
         // (Docker calls this before it moves the TAP in: the sandbox's
         // path is how the relays find the container)
-        let p = super::publish::publish(&sandbox, ep.ip, &maps).map_err(super::ApiError::conflict)?;
+        let p =
+            super::publish::publish(&sandbox, ep.ip, &maps).map_err(super::ApiError::conflict)?;
         ep.published = Some(p);
         Ok(())
     }

@@ -123,8 +123,9 @@ impl Core {
         let others = self.endpoints_of(&req.container);
         let has_default = others.iter().any(|(_, e)| e.default_route);
         let used: Vec<String> = others.iter().map(|(_, e)| e.ifname.clone()).collect();
-        let ifname = netns::pick_ifname(&NetnsRef(crec.netns.clone()), &used, req.ifname.as_deref())
-            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+        let ifname =
+            netns::pick_ifname(&NetnsRef(crec.netns.clone()), &used, req.ifname.as_deref())
+                .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         let want = req.ip.as_deref().map(ipam::parse_addr).transpose()?;
         let mut maps = Vec::new();
         for spec in &req.ports {
@@ -240,7 +241,9 @@ impl Core {
         // after the port: nothing it sends can make a connection again
         if self.cfg.uplink.is_some() {
             if let Err(err) = self.dp.forget_host(idx, e.ip) {
-                log(format!("forgetting the NAT connections of {container}: {err}"));
+                log(format!(
+                    "forgetting the NAT connections of {container}: {err}"
+                ));
             }
         }
         let n = &self.nets[network];

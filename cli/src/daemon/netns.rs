@@ -186,7 +186,8 @@ pub fn pick_ifname(ns: &NetnsRef, used: &[String], want: Option<&str>) -> Result
             && w.len() <= 15
             && w != "."
             && w != ".."
-            && !w.contains(['/', ':']) && !w.chars().any(char::is_whitespace);
+            && !w.contains(['/', ':'])
+            && !w.chars().any(char::is_whitespace);
         if !ok {
             bail!("invalid interface name {w:?}: 1-15 characters, no '/', ':' or spaces");
         }

@@ -340,7 +340,9 @@ pub fn plan_network(req: &CreateNetwork, others: &[&NetworkRecord]) -> ApiResult
                 )));
             }
             if others.iter().any(|r| r.id == *id) {
-                return Err(ApiError::conflict(format!("network id {id} already exists")));
+                return Err(ApiError::conflict(format!(
+                    "network id {id} already exists"
+                )));
             }
             id.to_ascii_lowercase()
         }

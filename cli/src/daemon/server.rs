@@ -330,7 +330,10 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
         let l = tokio::net::UnixListener::bind(p)
             .with_context(|| format!("listening on {} (--docker-plugin)", p.display()))?;
         restrict_socket(p, rootless)?;
-        eprintln!("tapnet: Docker network plugin on {} (docker network create -d tapnet)", p.display());
+        eprintln!(
+            "tapnet: Docker network plugin on {} (docker network create -d tapnet)",
+            p.display()
+        );
         let r = super::docker::router(shared.clone());
         tokio::spawn(async move {
             let _ = axum::serve(l, r).await;

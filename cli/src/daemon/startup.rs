@@ -30,7 +30,12 @@ impl Core {
         })
         .context("starting the datapath")?;
         let socknat = sock.map(|(s, rx)| {
-            tokio::runtime::Handle::current().spawn(socknat::run(rx, s.clone(), dp.injector(), cfg.nat_quota));
+            tokio::runtime::Handle::current().spawn(socknat::run(
+                rx,
+                s.clone(),
+                dp.injector(),
+                cfg.nat_quota,
+            ));
             log("outbound: socket NAT through the host's own sockets (no --uplink)");
             s
         });

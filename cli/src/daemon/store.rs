@@ -267,7 +267,11 @@ impl Store {
         let path = self.containers_dir().join("nat.json");
         match fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                super::log(format!("unreadable {} ({e}): {}", path.display(), set_aside(&path)));
+                super::log(format!(
+                    "unreadable {} ({e}): {}",
+                    path.display(),
+                    set_aside(&path)
+                ));
                 NatTable::default()
             }),
             Err(_) => NatTable::default(),

@@ -97,8 +97,7 @@ impl State {
             let x = self.ports[dst as usize]
                 .as_ref()
                 .and_then(|d| d.xform.as_deref());
-            let copy =
-                x.and_then(|x| trunk::egress_frame(x, self.pool.frame(b, len as usize)));
+            let copy = x.and_then(|x| trunk::egress_frame(x, self.pool.frame(b, len as usize)));
             if let Some(f) = copy {
                 self.send_owned(dst, f);
             }

@@ -27,7 +27,6 @@ mod l3;
 mod pool;
 mod routed;
 
-use pool::Pool;
 use crate::mac::Mac;
 use crate::router;
 use crate::switch::{
@@ -37,6 +36,7 @@ use crate::table::{NetIdx, PortIdx};
 use crate::trunk::{self, TrunkXform};
 use crate::vnet::VNET_HDR_LEN;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use pool::Pool;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -678,8 +678,12 @@ impl Worker {
         // SAFETY: the ring memory lives in `pool` until it is unregistered
         // (Worker::release) after the last read.
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), pool::BGID, 0)
+            ring.submitter().register_buf_ring_with_flags(
+                pool.ring_addr(),
+                pool.entries(),
+                pool::BGID,
+                0,
+            )
         }
         .map_err(|e| {
             std::io::Error::new(
@@ -714,7 +718,12 @@ impl Worker {
 
     /// After the last port is gone: the kernel lets go of the pool.
     fn release(self) {
-        if self.ring.submitter().unregister_buf_ring(pool::BGID).is_err() {
+        if self
+            .ring
+            .submitter()
+            .unregister_buf_ring(pool::BGID)
+            .is_err()
+        {
             let Worker { ring, st } = self;
             drop(ring);
             st.pool.leak();
@@ -1104,7 +1113,12 @@ mod tests {
         }
         // the sink's MAC must be in the table before the senders start
         let t0 = std::time::Instant::now();
-        while dp.snapshot_ports(Duration::from_secs(5)).unwrap().macs.is_empty() {
+        while dp
+            .snapshot_ports(Duration::from_secs(5))
+            .unwrap()
+            .macs
+            .is_empty()
+        {
             assert!(t0.elapsed() < Duration::from_secs(5));
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -295,14 +295,7 @@ impl State {
 
     /// Turns the ARP request in buffer `b` into the answer "`tpa` is
     /// at `mac`", back to its sender `sha`.
-    fn reply_arp(
-        &mut self,
-        b: usize,
-        len: usize,
-        mac: Mac,
-        sha: [u8; 6],
-        tpa: Ipv4Addr,
-    ) {
+    fn reply_arp(&mut self, b: usize, len: usize, mac: Mac, sha: [u8; 6], tpa: Ipv4Addr) {
         const L3: usize = VNET_HDR_LEN + eth::HDR_LEN;
         if let Some(mut a) = self
             .pool
