@@ -29,3 +29,8 @@ if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)
 	echo "deps.sh: using $HOME/.cargo/bin/cargo" >&2
 fi
 [ -e /dev/net/tun ] || { echo "deps.sh: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }
+# the suite checks formatting
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo fmt --version >/dev/null 2>&1 && command -v rustup >/dev/null; then
+	rustup component add rustfmt >/dev/null
+fi

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# formatting first, as CI checks it
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"
 # the datapath's fallback for kernels without multishot reads, end to end

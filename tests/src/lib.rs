@@ -969,3 +969,34 @@ pub fn busybox_rootfs_tar(dir: &Path, hello: &str) -> PathBuf {
     );
     tar
 }
+
+/// Panics (naming the package) unless every tool is on PATH: a test that
+/// needs a runtime fails instead of skipping when it is missing.
+pub fn require_tools(tools: &[&str], package: &str) {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is missing: scripts/deps.sh installs {package}"
+        );
+    }
+}
+
+/// `GET /` over HTTP/1.0 to 127.0.0.1:`port` from namespace `ns`; the
+/// whole answer (empty when the server said nothing in 5 s).
+pub fn http_get_local(ns: &str, port: u16) -> String {
+    in_ns(ns, move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = String::new();
+        let _ = s.read_to_string(&mut b);
+        b
+    })
+    .join()
+    .unwrap()
+}

@@ -15,15 +15,7 @@ struct Dockerd {
 
 impl Dockerd {
     fn start(env: &Env, plugins: &std::path::Path) -> Dockerd {
-        for tool in ["dockerd", "docker"] {
-            if !Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-            {
-                panic!("{tool} is missing: scripts/deps.sh installs docker.io");
-            }
-        }
+        require_tools(&["dockerd", "docker"], "docker.io");
         let dir = env.dir.join("docker");
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
@@ -275,17 +267,7 @@ fn docker_creates_and_removes_tapnet_networks() {
     ]);
     assert_eq!(got, "hello from docker");
     // -p: published by tapnet (Docker starts no proxy for remote drivers)
-    let body = in_ns(&env.host_ns, || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", 18082)).unwrap();
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut b = String::new();
-        let _ = s.read_to_string(&mut b);
-        b
-    })
-    .join()
-    .unwrap();
+    let body = http_get_local(&env.host_ns, 18082);
     assert!(
         body.contains("hello from docker"),
         "{body:?}; listening: {}; log: {}",

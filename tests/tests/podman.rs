@@ -4,10 +4,8 @@
 //! Needs Debian's podman, containernetworking-plugins, runc and
 //! busybox-static (scripts/deps.sh installs them).
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 use tapnet_tests::*;
 
 /// Podman with a private configuration, run in a namespace of its own
@@ -131,15 +129,10 @@ fn podman_containers_on_a_tapnet_network() {
     let Some(env) = Env::new("podman_cni", &[]) else {
         return;
     };
-    for tool in ["podman", "runc", "busybox"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map_or(true, |o| !o.status.success())
-        {
-            panic!("{tool} is missing: scripts/deps.sh installs it");
-        }
-    }
+    require_tools(
+        &["podman", "runc", "busybox"],
+        "podman, runc and busybox-static",
+    );
     env.ok(&["network", "create", "pn", "--subnet", "10.73.0.0/24"]);
     let p = Podman::setup(&env, "pn");
     // a server with a published port, and a client that reaches it
@@ -187,17 +180,7 @@ fn podman_containers_on_a_tapnet_network() {
     ]);
     assert!(ping.contains("2 packets received"), "{ping}");
     // the published port, from the host side
-    let body = in_ns(&env.host_ns, || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", 18081)).unwrap();
-        use std::io::Write;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut b = String::new();
-        let _ = s.read_to_string(&mut b);
-        b
-    })
-    .join()
-    .unwrap();
+    let body = http_get_local(&env.host_ns, 18081);
     assert!(body.contains("hello from podman"), "{body}");
     // the --rm containers are gone from tapnet (DEL), web is there
     let ps = env.ok(&["ps", "-q"]);
