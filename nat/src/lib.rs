@@ -438,10 +438,7 @@ impl Nat {
     }
 
     fn tcp_track(c: &mut Conn, flags: u8, outbound: bool) {
-        const FIN: u8 = 1;
-        const SYN: u8 = 2;
-        const RST: u8 = 4;
-        const ACK: u8 = 16;
+        use wire::tcp::{ACK_FLAG as ACK, FIN, RST, SYN};
         if flags & RST != 0 {
             c.tcp = TcpState::Closed;
             return;
@@ -517,7 +514,7 @@ impl Nat {
         c.last = now;
         if p.proto == PROTO_TCP {
             let before = (c.tcp, c.fin_out, c.fin_in);
-            Self::tcp_track(c, b[p.l4 + 13], true);
+            Self::tcp_track(c, b[p.l4 + wire::tcp::FLAGS], true);
             if before != (c.tcp, c.fin_out, c.fin_in) {
                 self.stats.state_changes += 1;
             }
@@ -638,7 +635,7 @@ impl Nat {
         let before = (c.tcp, c.fin_out, c.fin_in, c.replied);
         c.replied = true;
         if p.proto == PROTO_TCP {
-            Self::tcp_track(c, b[p.l4 + 13], false);
+            Self::tcp_track(c, b[p.l4 + wire::tcp::FLAGS], false);
         }
         let changed = before != (c.tcp, c.fin_out, c.fin_in, c.replied);
         let (inside, sport, net, mac) = (c.out.src.octets(), c.out.sport, c.out.net, c.mac);
@@ -662,7 +659,7 @@ impl Nat {
             .get(&(key.proto, key.nport))
             .ok_or(NatDrop::NoConnection)?;
         // TCP: only a SYN opens one
-        if key.proto == PROTO_TCP && b[p.l4 + 13] & 0x12 != 0x02 {
+        if key.proto == PROTO_TCP && !wire::tcp::is_syn_only(b[p.l4 + wire::tcp::FLAGS]) {
             return Err(NatDrop::NoConnection);
         }
         if self.by_out.len() >= self.cfg.max_conns {

@@ -5,20 +5,12 @@
 //! NAT entry is gone after a restart) retransmits into silence and the
 //! transfer hangs instead of failing fast. Stateless packet code.
 
+use wire::tcp::{ACK, ACK_FLAG as F_ACK, CHECKSUM as CHECK, DATA_OFF as OFF, FIN as F_FIN};
+use wire::tcp::{FLAGS, RST as F_RST, SEQ, SYN as F_SYN};
 use wire::{csum, eth, ipv4};
 
 const VNET: usize = wire::vnet::VNET_HDR_LEN;
 const IP: usize = VNET + eth::HDR_LEN;
-// TCP header offsets
-const SEQ: usize = 4;
-const ACK: usize = 8;
-const OFF: usize = 12;
-const FLAGS: usize = 13;
-const CHECK: usize = 16;
-const F_FIN: u8 = 0x01;
-const F_SYN: u8 = 0x02;
-const F_RST: u8 = 0x04;
-const F_ACK: u8 = 0x10;
 
 /// The reset answering `b` (vnet header, Ethernet, IPv4, TCP), from the
 /// address and port it was sent to, Ethernet source `mac`; `None` when `b`

@@ -5,6 +5,7 @@
 //! - [`eth`]: Ethernet offsets, EtherTypes and a frame builder.
 //! - [`arp`]: a checked view of Ethernet/IPv4 ARP and its builders.
 //! - [`ipv4`]: IPv4 header offsets and the TTL decrement.
+//! - [`tcp`]: TCP header offsets and flags.
 //! - [`csum`]: the Internet checksum (RFC 1071) and its incremental updates
 //!   (RFC 1624).
 //!
@@ -15,4 +16,5 @@ pub mod arp;
 pub mod csum;
 pub mod eth;
 pub mod ipv4;
+pub mod tcp;
 pub mod vnet;

@@ -209,8 +209,7 @@ impl Net {
         let flow = (src, sport, dst, dport);
         match proto {
             6 if f.len() >= l4 + 14 => {
-                let flags = f[l4 + 13];
-                let syn_only = flags & 0x12 == 0x02;
+                let syn_only = wire::tcp::is_syn_only(f[l4 + wire::tcp::FLAGS]);
                 if syn_only && !self.tcp.contains_key(&flow) {
                     if !self.syn.contains_key(&flow) {
                         if !self.may_open(src, svc) {
