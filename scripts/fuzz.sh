@@ -28,6 +28,9 @@ RUSTFLAGS="-Cpasses=sancov-module \
 	cargo build --release --features libfuzzer --target "$HOST" --bins -q
 python3 seeds.py
 status=0
+# crashes found by this run only (artifacts of earlier runs are kept)
+stamp=$(mktemp)
+trap 'rm -f "$stamp"' EXIT
 printf '%-10s %12s %8s %8s %8s\n' target execs seconds corpus crashes
 for t in "${TARGETS[@]}"; do
 	mkdir -p "work/$t" "artifacts/$t"
@@ -40,7 +43,7 @@ for t in "${TARGETS[@]}"; do
 	set -e
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
 	secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
-	crashes=$(find "artifacts/$t" -type f | wc -l)
+	crashes=$(find "artifacts/$t" -type f -newer "$stamp" | wc -l)
 	printf '%-10s %12s %8s %8s %8s\n' "$t" "${execs:-?}" "${secs:-$SECS}" "$(ls "work/$t" | wc -l)" "$crashes"
 	if [ $rc -ne 0 ] || [ "$crashes" -gt 0 ]; then
 		status=1

@@ -325,8 +325,12 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
                 Err(e) => {
                     let msg = format!("{e:#}");
                     // already gone is done
-                    if msg.contains("is not connected")
-                        || msg.contains("not found")
+                    // (the daemon's words for an endpoint or network that
+                    // is not there; not any "not found", e.g. a missing
+                    // interface, which is a failure)
+                    let network_gone = msg.starts_with("network ") && msg.ends_with(" not found");
+                    if msg.contains("is not connected to network")
+                        || network_gone
                         || msg.contains("no such container")
                     {
                         return Ok(Value::Null);
@@ -420,7 +424,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
                     if let Err(e) = r {
                         // a DEL that ran meanwhile did it already
                         let m = format!("{e:#}");
-                        if !m.contains("is not connected") && !m.contains("not found") {
+                        if !m.contains("is not connected to network") {
                             return Err(daemon_err(e));
                         }
                     }

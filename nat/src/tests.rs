@@ -425,8 +425,15 @@ fn a_restored_table_carries_its_flows_on() {
     let mut b2 = frame([10, 88, 0, 9], R, PROTO_TCP, &tcp(nport, 80, 2));
     m.outbound(1, MAC, &mut b2, 102).unwrap();
     assert_ne!(rd16(&b2, IP + 20), nport);
-    // and the share it holds counts
     assert_eq!(m.forget(1, C.into(), 103), 1);
+    // and the share it holds counts against the container's quota
+    let mut q = Nat::new(NatConfig {
+        per_container: 1,
+        ..NatConfig::new(EXT.into())
+    });
+    assert!(q.restore(&saved[0], 100));
+    let mut b3 = frame(C, R, PROTO_TCP, &tcp(40002, 80, 2));
+    assert_eq!(q.outbound(1, MAC, &mut b3, 101), Err(NatDrop::Quota));
 }
 
 #[test]

@@ -182,7 +182,7 @@ fn docker_creates_and_removes_tapnet_networks() {
         "--subnet",
         "10.74.0.0/24",
         "-o",
-        "tapnet.port_security=false",
+        "tapnet.port_security=true",
         "dn",
     ]);
     let nets = env.json(&["network", "ls", "--format", "json"]);
@@ -195,7 +195,7 @@ fn docker_creates_and_removes_tapnet_networks() {
     assert_eq!(n["name"], format!("docker-{}", &id[..12]));
     assert_eq!(n["subnet"], "10.74.0.0/24");
     assert_eq!(n["gateway"], "10.74.0.1");
-    assert_eq!(n["options"]["port_security"], "false");
+    assert_eq!(n["options"]["port_security"], "true");
     // tapnet's checks speak through Docker
     env.ok(&["network", "create", "--subnet", "10.75.0.0/24", "t1"]);
     let e = dk.fail(&[

@@ -509,7 +509,8 @@ impl Switch {
 
 /// What every received frame must pass before anything looks at its
 /// addresses: a whole Ethernet header, a consistent vnet header, within
-/// the port's MTU unless it is a GSO frame. Counts it as received.
+/// the port's MTU unless it is a GSO frame, and the port's identity (port
+/// security). Counts it as received.
 #[inline]
 fn admit_inner(p: &mut SwPort, buf: &[u8]) -> Result<(), DropReason> {
     if buf.len() < VNET_HDR_LEN + ETH_HDR_LEN {
@@ -524,6 +525,10 @@ fn admit_inner(p: &mut SwPort, buf: &[u8]) -> Result<(), DropReason> {
     }
     if !vh.is_gso() && frame.len() > p.mtu as usize + ETH_HDR_LEN + 4 {
         return Err(DropReason::Oversize);
+    }
+    // port security, for every path a frame takes (switched or routed)
+    if p.identity.is_some_and(|id| !id.allows(frame)) {
+        return Err(DropReason::Spoofed);
     }
     Ok(())
 }
@@ -544,9 +549,6 @@ fn decide_inner(
     let Some(Some(net)) = nets.get(p.net as usize) else {
         return Decision::Drop(DropReason::NoNetwork);
     };
-    if p.identity.is_some_and(|id| !id.allows(frame)) {
-        return Decision::Drop(DropReason::Spoofed);
-    }
     let dst = Mac::from_slice(frame);
     let src = Mac::from_slice(&frame[6..]);
     if src.is_multicast() || src.is_zero() || (net.cfg.gateway && src == net.cfg.gateway_mac) {

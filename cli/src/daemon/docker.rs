@@ -383,7 +383,11 @@ pub fn port_maps(v: &Value) -> Result<Vec<super::publish::PortMap>, String> {
         let (Some(ctr), Some(host)) = (port("Port"), port("HostPort")) else {
             return Err(format!("invalid port map {m}"));
         };
-        let end = port("HostPortEnd").filter(|&e| e >= host).unwrap_or(host);
+        if port("HostPortEnd").is_some_and(|e| e > host) {
+            return Err(format!(
+                "port map {m}: a range of host ports for one container port is not supported; give one host port"
+            ));
+        }
         if host == 0 {
             return Err(format!(
                 "port map {m} without a host port (tapnet picks none yet)"
@@ -393,8 +397,6 @@ pub fn port_maps(v: &Value) -> Result<Vec<super::publish::PortMap>, String> {
             Some(s) => Some(s.parse().map_err(|_| format!("invalid HostIP {s:?}"))?),
             None => None,
         };
-        // a host range for one container port: its first port
-        let _ = end;
         out.push(PortMap {
             host_ip,
             host_port: host,

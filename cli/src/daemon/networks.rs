@@ -257,6 +257,16 @@ impl Core {
                 list.join(", ")
             )));
         }
+        let docker = self
+            .docker_eps
+            .values()
+            .filter(|e| e.network == name)
+            .count();
+        if docker > 0 {
+            return Err(ApiError::conflict(format!(
+                "network {name} has {docker} active Docker endpoint(s): remove their containers first"
+            )));
+        }
         let idx = n.idx;
         self.store.remove(name)?;
         n.drv.delete(&self.plumbing(), n);
@@ -339,12 +349,13 @@ pub fn plan_network(req: &CreateNetwork, others: &[&NetworkRecord]) -> ApiResult
                     "invalid network id {id:?}: 1-64 hex digits"
                 )));
             }
-            if others.iter().any(|r| r.id == *id) {
+            let id = id.to_ascii_lowercase();
+            if others.iter().any(|r| r.id.eq_ignore_ascii_case(&id)) {
                 return Err(ApiError::conflict(format!(
                     "network id {id} already exists"
                 )));
             }
-            id.to_ascii_lowercase()
+            id
         }
         None => random_hex(32),
     };

@@ -298,7 +298,11 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
     let shared: Shared = Arc::new(Mutex::new(Some(core)));
     // the NAT table, checkpointed once a second for a restart to put back
     let s2 = shared.clone();
+    let nat = cfg.uplink.is_some();
     tokio::spawn(async move {
+        if !nat {
+            return;
+        }
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;

@@ -241,10 +241,17 @@ impl Core {
         if self.cfg.uplink.is_none() {
             return;
         }
-        let Some(u) = self.dp.snapshot(DP_TIMEOUT).ok().and_then(|s| s.uplink) else {
+        // the counters first (no connection table copied); the table only
+        // when they moved
+        let Some(st) = self
+            .dp
+            .snapshot_ports(DP_TIMEOUT)
+            .ok()
+            .and_then(|s| s.uplink)
+            .map(|u| u.nat)
+        else {
             return;
         };
-        let st = u.nat;
         let mark = [
             st.created,
             st.expired + st.forgotten,
@@ -254,6 +261,9 @@ impl Core {
         if self.nat_mark == Some(mark) {
             return;
         }
+        let Some(u) = self.dp.snapshot(DP_TIMEOUT).ok().and_then(|s| s.uplink) else {
+            return;
+        };
         let names: BTreeMap<NetIdx, &str> = self
             .nets
             .values()

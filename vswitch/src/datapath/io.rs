@@ -61,14 +61,13 @@ impl State {
     #[inline]
     pub(super) fn recycle(&mut self, _slot: PortIdx, b: usize) {
         self.pool.put(b);
-        // as many waiting ports as there are buffers now (arming takes no
-        // buffer: waking them all would send most back with ENOBUFS)
-        let mut free = self.pool.free();
-        while free > 0 {
+        // every waiting port: arming takes no buffer, and a port that
+        // finds the ring empty again just queues again (waking fewer could
+        // leave one unarmed for good once the others go quiet)
+        while self.pool.available() {
             let Some(s) = self.pool.starved.pop_front() else {
                 break;
             };
-            free -= 1;
             if let Some(p) = self.ports[s as usize].as_mut() {
                 p.starved = false;
             }

@@ -77,12 +77,6 @@ impl Pool {
         self.out
     }
 
-    /// Buffers in the ring now.
-    #[inline]
-    pub fn free(&self) -> u32 {
-        self.ring.entries() as u32 - self.out
-    }
-
     /// True while the ring holds at least one buffer.
     #[inline]
     pub fn available(&self) -> bool {
