@@ -167,7 +167,7 @@ fn docker_creates_and_removes_tapnet_networks() {
     std::fs::create_dir_all(&plugins).unwrap();
     let _rm = RmDir(plugins.clone());
     let sock = plugins.join("tapnet.sock");
-    let Some(env) = Env::new(
+    let Some(mut env) = Env::new(
         "docker_plugin",
         &["--docker-plugin", &sock.to_string_lossy()],
     ) else {
@@ -369,17 +369,6 @@ fn docker_creates_and_removes_tapnet_networks() {
         "{}",
         env.daemon_log()
     );
-    // in use: Docker refuses to remove it; after rm -f it goes
-    let e = dk.fail(&["network", "rm", "dn"]);
-    assert!(e.contains("active endpoints"), "{e}");
-    dk.ok(&["rm", "-f", "web"]);
-    // the port went with it
-    let gone = in_ns(&env.host_ns, || {
-        std::net::TcpStream::connect(("127.0.0.1", 18082)).is_err()
-    })
-    .join()
-    .unwrap();
-    assert!(gone, "18082 still published after docker rm");
     // tapnet's IPAM: a subnet by tapnet's rules (not 172.17.0.0/16, its
     // default bridge's), addresses from it
     let id6 = dk.ok(&[
@@ -402,6 +391,74 @@ fn docker_creates_and_removes_tapnet_networks() {
     let subnet = n6["subnet"].as_str().unwrap().to_string();
     assert_ne!(subnet, "172.17.0.0/16");
     let prefix = subnet.rsplit_once('.').unwrap().0.to_string(); // a.b.c
+                                                                 // 100 MB over TCP between two Docker containers, checksums compared
+    std::fs::create_dir_all(env.dir.join("big")).unwrap();
+    let blob = env.random_file("big/blob", 100 << 20);
+    let www = env.dir.join("big");
+    dk.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "files",
+        "--network",
+        "dn",
+        "-v",
+        &format!("{}:/www:ro", www.display()),
+        "tn-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let sum = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dn",
+        "tn-busybox",
+        "sh",
+        "-c",
+        "wget -q -O - http://files/blob | sha256sum",
+    ]);
+    assert_eq!(sum.split_whitespace().next(), Some(sha256(&blob).as_str()));
+    // tapnet restarted (killed) while Docker's containers run: they keep
+    // their interfaces, tapnet finds them again, traffic resumes
+    env.stop_daemon(libc::SIGKILL);
+    env.start_daemon();
+    let log = env.daemon_log();
+    assert!(log.contains("Docker's TAP is eth0 in"), "{log}");
+    let got = dk.ok(&["exec", "files", "wget", "-q", "-O", "-", "http://web/"]);
+    assert_eq!(got, "hello from docker");
+    let got = dk.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dn",
+        "tn-busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://web/",
+    ]);
+    assert_eq!(got, "hello from docker");
+    let body = http_get_local(&env.host_ns, 18082);
+    assert!(body.contains("hello from docker"), "{body:?}");
+    // Docker's endpoints are the network's endpoints in tapnet
+    let dn = env.inspect(&format!("docker-{}", &id[..12]));
+    let eps = dn["endpoints"].to_string();
+    assert!(eps.contains(&a_ip) && eps.contains("docker-"), "{dn}");
+    assert!(env
+        .fail(&[
+            "network",
+            "disconnect",
+            &format!("docker-{}", &id[..12]),
+            dn["endpoints"].as_object().unwrap().keys().next().unwrap()
+        ])
+        .contains("Docker's"));
+    // the IPAM pool outlived tapnet's restart: addresses still come from it
     let addr = dk.ok(&[
         "run",
         "--rm",
@@ -420,6 +477,18 @@ fn docker_creates_and_removes_tapnet_networks() {
         "{addr} not in {subnet}"
     );
     dk.ok(&["network", "rm", "dn6"]);
+    dk.ok(&["rm", "-f", "files"]);
+    // in use: Docker refuses to remove it; after rm -f it goes
+    let e = dk.fail(&["network", "rm", "dn"]);
+    assert!(e.contains("active endpoints"), "{e}");
+    dk.ok(&["rm", "-f", "web"]);
+    // the port went with it
+    let gone = in_ns(&env.host_ns, || {
+        std::net::TcpStream::connect(("127.0.0.1", 18082)).is_err()
+    })
+    .join()
+    .unwrap();
+    assert!(gone, "18082 still published after docker rm");
     // dockerd restarted: the network is still Docker's and tapnet's, and
     // new containers on it talk
     dk.stop();

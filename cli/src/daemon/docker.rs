@@ -10,13 +10,18 @@
 //! Docker a TAP made in the daemon's namespace and attached to the switch
 //! (Docker moves it into the container as `ethN`; tapnet keeps its fd);
 //! DeleteEndpoint removes it. ProgramExternalConnectivity publishes the
-//! container's `-p` ports through tapnet's relays. Not yet: Docker
-//! endpoints across a restart of the daemon (they are kept in memory).
+//! container's `-p` ports through tapnet's relays. Docker's endpoints are
+//! ordinary endpoints of the network (named `docker-<first 12 of the
+//! endpoint id>`, stored with the network, shown by `network inspect`);
+//! their TAPs are persistent, so a restarted tapnet finds each in its
+//! container (by MAC) and the containers keep their network.
 //!
 //! The IPAM half (`--ipam-driver tapnet`): RequestPool picks a subnet by
 //! tapnet's rules (never overlapping a tapnet network or another pool,
 //! so Docker's 172.17.0.0/16 default never meets tapnet's `bridge`),
-//! RequestAddress hands out its addresses (pools are kept in memory).
+//! RequestAddress hands out its addresses (pools are kept in the state
+//! directory, `docker-ipam.json`: Docker holds their ids across a restart
+//! of tapnet).
 //!
 //! Errors are `{"Err": "..."}` with the same one-line messages as the
 //! CLI; unknown methods answer 404.
@@ -150,12 +155,10 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
                 .ok()
                 .and_then(|v| v["PoolID"].as_str().map(String::from))
                 .unwrap_or_default();
-            let _ = with_core(s, move |c| {
-                c.docker_pools.remove(&id);
-                Ok(())
-            })
-            .await;
-            answer(json!({}))
+            match with_core(s, move |c| c.docker_release_pool(&id)).await {
+                Ok(_) => answer(json!({})),
+                Err(e) => fail(e.message),
+            }
         }
         "IpamDriver.RequestAddress" => {
             let Ok(v) = serde_json::from_slice::<Value>(&body) else {
@@ -182,17 +185,10 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
             };
             let id = v["PoolID"].as_str().unwrap_or_default().to_string();
             let addr = v["Address"].as_str().unwrap_or_default().to_string();
-            let _ = with_core(s, move |c| {
-                if let (Some(p), Ok(ip)) = (
-                    c.docker_pools.get_mut(&id),
-                    addr.split('/').next().unwrap_or_default().parse(),
-                ) {
-                    p.release(ip);
-                }
-                Ok(())
-            })
-            .await;
-            answer(json!({}))
+            match with_core(s, move |c| c.docker_release_address(&id, &addr)).await {
+                Ok(_) => answer(json!({})),
+                Err(e) => fail(e.message),
+            }
         }
         "NetworkDriver.GetCapabilities" => {
             answer(json!({ "Scope": "local", "ConnectivityScope": "local" }))
@@ -355,20 +351,6 @@ mod tests {
     }
 }
 
-/// A Docker endpoint on a tapnet network (in memory: a restart of the
-/// daemon forgets them, see the issue notes).
-pub struct DockerEp {
-    pub network: String,
-    pub ip: std::net::Ipv4Addr,
-    pub mac: vswitch::Mac,
-    /// The TAP handed to Docker at Join, and its datapath port.
-    pub tap: Option<(String, vswitch::PortId)>,
-    /// The container's namespace (Join's SandboxKey).
-    pub sandbox: Option<std::path::PathBuf>,
-    /// Its published ports' relays (ProgramExternalConnectivity).
-    pub published: Option<super::publish::Published>,
-}
-
 /// Docker's port map (`com.docker.network.portmap`) as tapnet's.
 pub fn port_maps(v: &Value) -> Result<Vec<super::publish::PortMap>, String> {
     use super::publish::{PortMap, Proto};
@@ -407,9 +389,31 @@ pub fn port_maps(v: &Value) -> Result<Vec<super::publish::PortMap>, String> {
     Ok(out)
 }
 
+/// The name of Docker endpoint `id` among its network's endpoints (where
+/// tapnet's own are named by container: Docker tells a driver no name).
+pub fn endpoint_key(id: &str) -> String {
+    format!("docker-{}", &id[..id.len().min(12)])
+}
+
 impl super::Core {
-    /// CreateEndpoint: Docker's IPAM chose `ip`; tapnet marks it used and
-    /// picks the MAC unless Docker has one. Returns the MAC.
+    /// The network and key of Docker endpoint `ep_id`.
+    fn docker_ep(&self, ep_id: &str) -> super::ApiResult<(String, String)> {
+        let key = endpoint_key(ep_id);
+        self.nets
+            .values()
+            .find(|n| {
+                n.rec
+                    .endpoints
+                    .get(&key)
+                    .is_some_and(|e| e.docker.as_deref() == Some(ep_id))
+            })
+            .map(|n| (n.rec.name.clone(), key))
+            .ok_or_else(|| super::ApiError::not_found(format!("no endpoint {ep_id}")))
+    }
+
+    /// CreateEndpoint: Docker's IPAM chose `ip`; tapnet marks it used,
+    /// picks the MAC unless Docker has one, and stores the endpoint (no
+    /// device yet: that is Join's). Returns the MAC.
     pub fn docker_create_endpoint(
         &mut self,
         net_id: &str,
@@ -418,99 +422,175 @@ impl super::Core {
         mac: Option<vswitch::Mac>,
     ) -> super::ApiResult<vswitch::Mac> {
         let name = network_name(net_id);
+        let key = endpoint_key(ep_id);
         let n = self.net(&name)?;
+        if n.rec.endpoints.contains_key(&key) {
+            if self.docker_ep(ep_id).is_ok() {
+                // Docker sent it again: the same endpoint
+                return Ok(n.rec.endpoints[&key].mac);
+            }
+            return Err(super::ApiError::conflict(format!(
+                "network {name} already has an endpoint named {key}"
+            )));
+        }
         if !n.rec.subnet.contains(&ip) {
             return Err(super::ApiError::bad_request(format!(
                 "address {ip} is outside network {name} ({})",
                 n.rec.subnet
             )));
         }
+        if let Some(m) = mac {
+            if let Some((c, _)) = n.rec.endpoints.iter().find(|(_, e)| e.mac == m) {
+                return Err(super::ApiError::conflict(format!(
+                    "MAC address {m} is already used by {c} on network {name}"
+                )));
+            }
+        }
+        let mtu = n.rec.mtu;
         let n = self.nets.get_mut(&name).expect("checked");
         n.pool.allocate(Some(ip))?;
         let mac = mac.unwrap_or_else(|| vswitch::Mac::from_ipv4(ip));
-        self.docker_eps.insert(
-            ep_id.to_string(),
-            DockerEp {
-                network: name,
+        n.rec.endpoints.insert(
+            key.clone(),
+            super::EndpointRecord {
+                netns: Default::default(),
+                ifname: format!("tn{}", &ep_id[..ep_id.len().min(11)]),
                 ip,
                 mac,
-                tap: None,
-                sandbox: None,
-                published: None,
+                mtu,
+                // Docker installs the routes from Join's answer
+                default_route: false,
+                owned_netns: false,
+                aliases: vec![],
+                ports: vec![],
+                docker: Some(ep_id.to_string()),
             },
         );
+        if let Err(e) = self.store.save(&n.rec) {
+            n.rec.endpoints.remove(&key);
+            n.pool.release(ip);
+            return Err(e.into());
+        }
+        let n = &self.nets[&name];
+        n.drv.endpoints_changed(&self.plumbing(), n);
         Ok(mac)
     }
 
-    /// Join: a TAP in the daemon's namespace, attached to the switch, for
-    /// Docker to move into the container. Returns its name and the gateway
-    /// (None on an internal network).
+    /// Join: the endpoint's TAP, made in the daemon's namespace (Docker
+    /// moves it into the container, `sandbox`, and renames it) and added
+    /// to the switch. Returns its name and the gateway (None on an
+    /// internal network).
     pub fn docker_join(
         &mut self,
         ep_id: &str,
         sandbox: &str,
     ) -> super::ApiResult<(String, Option<String>)> {
-        let Some(ep) = self.docker_eps.get(ep_id) else {
-            return Err(super::ApiError::not_found(format!("no endpoint {ep_id}")));
+        let (net, key) = self.docker_ep(ep_id)?;
+        let n = self.nets.get_mut(&net).expect("found");
+        if let Some(old) = n.ports.remove(&key) {
+            // joined again (Docker retrying): the new TAP replaces the old
+            let _ = self.dp.remove_port(old, true, super::DP_TIMEOUT);
+        }
+        let n = self.nets.get_mut(&net).expect("found");
+        let e = n.rec.endpoints.get_mut(&key).expect("found");
+        let before = e.netns.clone();
+        e.netns = sandbox.into();
+        let e = e.clone();
+        let port = match self.attach(&net, &key, &e) {
+            Ok(p) => p,
+            Err(err) => {
+                let n = self.nets.get_mut(&net).expect("found");
+                n.rec.endpoints.get_mut(&key).expect("found").netns = before;
+                return Err(super::ApiError::internal(format!(
+                    "creating TAP {}: {err:#}",
+                    e.ifname
+                )));
+            }
         };
-        let n = self.net(&ep.network)?;
-        let tap = format!("tn{}", &ep_id[..ep_id.len().min(11)]);
-        let fds = vswitch::open_tap(&vswitch::TapOptions {
-            name: tap.clone(),
-            offload: true,
-            persist: false,
-            queues: 1,
-            clone_device: self.cfg.tun_device.clone(),
-        })
-        .map_err(|e| super::ApiError::internal(format!("creating TAP {tap}: {e}")))?;
-        let fd = fds.into_iter().next().expect("one queue");
-        let identity = super::driver::port_security(&n.rec).then_some(vswitch::PortIdentity {
-            mac: ep.mac,
-            ip: ep.ip,
-        });
-        let port = self
-            .dp
-            .add_secured_port(&tap, n.idx, n.rec.mtu, fd, identity)
-            .map_err(super::ApiError::internal)?;
+        let n = self.nets.get_mut(&net).expect("found");
+        n.ports.insert(key.clone(), port);
+        if let Err(err) = self.store.save(&n.rec) {
+            let _ = self.dp.remove_port(port, true, super::DP_TIMEOUT);
+            n.ports.remove(&key);
+            n.rec.endpoints.get_mut(&key).expect("found").netns = before;
+            return Err(err.into());
+        }
         let gw = (!n.rec.internal).then(|| n.rec.gateway.to_string());
         super::log(format!(
-            "docker: endpoint {} on {} as {} ({tap})",
-            &ep_id[..ep_id.len().min(12)],
-            ep.network,
-            ep.ip
+            "docker: endpoint {key} on {net} as {} ({})",
+            e.ip, e.ifname
         ));
-        let e = self.docker_eps.get_mut(ep_id).expect("checked");
-        e.tap = Some((tap.clone(), port));
-        e.sandbox = Some(sandbox.into());
-        Ok((tap, gw))
+        Ok((e.ifname, gw))
     }
 
     /// ProgramExternalConnectivity: the container's port map published on
     /// the daemon's host ports (relays into its namespace, as `-p` for
-    /// tapnet's own containers; Docker starts no proxy for remote drivers).
+    /// tapnet's own containers; Docker starts no proxy for remote
+    /// drivers), and on the uplink address when there is one.
     pub fn docker_publish(
         &mut self,
         ep_id: &str,
         maps: Vec<super::publish::PortMap>,
     ) -> super::ApiResult<()> {
-        let Some(ep) = self.docker_eps.get_mut(ep_id) else {
-            return Err(super::ApiError::not_found(format!("no endpoint {ep_id}")));
-        };
-        ep.published = None;
+        self.docker_unpublish(ep_id);
         if maps.is_empty() {
             return Ok(());
         }
-        let Some(sandbox) = ep.sandbox.clone() else {
+        let (net, key) = self.docker_ep(ep_id)?;
+        let n = &self.nets[&net];
+        n.drv
+            .publishes(&n.rec)
+            .map_err(super::ApiError::bad_request)?;
+        let e = &n.rec.endpoints[&key];
+        if e.netns.as_os_str().is_empty() {
             return Err(super::ApiError::bad_request(
                 "ProgramExternalConnectivity before Join",
             ));
-        };
+        }
         // (Docker calls this before it moves the TAP in: the sandbox's
         // path is how the relays find the container)
         let p =
-            super::publish::publish(&sandbox, ep.ip, &maps).map_err(super::ApiError::conflict)?;
-        ep.published = Some(p);
+            super::publish::publish(&e.netns, e.ip, &maps).map_err(super::ApiError::conflict)?;
+        let n = self.nets.get_mut(&net).expect("found");
+        n.published.insert(key.clone(), p);
+        let e = n.rec.endpoints.get_mut(&key).expect("found");
+        e.ports = maps;
+        let (idx, e) = (n.idx, e.clone());
+        if let Err(err) = self.store.save(&n.rec) {
+            self.docker_unpublish(ep_id);
+            return Err(err.into());
+        }
+        self.uplink_forwards(idx, &e, true);
         Ok(())
+    }
+
+    /// RevokeExternalConnectivity: the relays and forwards go.
+    pub fn docker_unpublish(&mut self, ep_id: &str) {
+        let Ok((net, key)) = self.docker_ep(ep_id) else {
+            return;
+        };
+        let n = self.nets.get_mut(&net).expect("found");
+        n.published.remove(&key);
+        let e = n.rec.endpoints.get_mut(&key).expect("found");
+        if e.ports.is_empty() {
+            return;
+        }
+        let old = e.clone();
+        e.ports.clear();
+        let idx = n.idx;
+        if let Err(err) = self.store.save(&n.rec) {
+            super::log(format!("docker: {key}: {err:#}"));
+        }
+        self.uplink_forwards(idx, &old, false);
+    }
+
+    /// DeleteEndpoint: as a disconnect: the port and its TAP go, the
+    /// address is free.
+    pub fn docker_delete_endpoint(&mut self, ep_id: &str) -> super::ApiResult<()> {
+        match self.docker_ep(ep_id) {
+            Ok((net, key)) => self.disconnect_inner(&net, &key),
+            Err(_) => Ok(()), // already gone
+        }
     }
 
     /// IPAM RequestPool: `want`, or the next free subnet by tapnet's rules
@@ -534,7 +614,16 @@ impl super::Core {
         };
         let pool = super::ipam::Pool::new(subnet, None, None)?;
         self.docker_pools.insert(subnet.to_string(), pool);
+        self.save_docker_pools()?;
         Ok(subnet.to_string())
+    }
+
+    /// IPAM ReleasePool.
+    pub fn docker_release_pool(&mut self, id: &str) -> super::ApiResult<()> {
+        if self.docker_pools.remove(id).is_some() {
+            self.save_docker_pools()?;
+        }
+        Ok(())
     }
 
     /// IPAM RequestAddress: the pool's gateway (its first host) for a
@@ -555,34 +644,52 @@ impl super::Core {
         }
         let want = want.map(super::ipam::parse_addr).transpose()?;
         let ip = p.allocate(want)?;
+        if let Err(e) = self.save_docker_pools() {
+            if let Some(p) = self.docker_pools.get_mut(pool) {
+                p.release(ip);
+            }
+            return Err(e);
+        }
         Ok(format!("{ip}/{len}"))
     }
 
-    /// RevokeExternalConnectivity: the relays go.
-    pub fn docker_unpublish(&mut self, ep_id: &str) {
-        if let Some(ep) = self.docker_eps.get_mut(ep_id) {
-            ep.published = None;
-        }
-    }
-
-    /// DeleteEndpoint: the port and its TAP go, the address is free.
-    pub fn docker_delete_endpoint(&mut self, ep_id: &str) -> super::ApiResult<()> {
-        let Some(mut ep) = self.docker_eps.remove(ep_id) else {
-            return Ok(()); // already gone
-        };
-        ep.published = None;
-        if let Some((_, port)) = ep.tap {
-            if let Err(e) = self.dp.remove_port(port, true, super::DP_TIMEOUT) {
-                super::log(format!("docker: removing port of {ep_id}: {e}"));
-            }
-        }
-        if let Some(n) = self.nets.get_mut(&ep.network) {
-            n.pool.release(ep.ip);
-            let idx = n.idx;
-            if self.cfg.uplink.is_some() {
-                let _ = self.dp.forget_host(idx, ep.ip);
-            }
+    /// IPAM ReleaseAddress.
+    pub fn docker_release_address(&mut self, pool: &str, addr: &str) -> super::ApiResult<()> {
+        if let (Some(p), Ok(ip)) = (
+            self.docker_pools.get_mut(pool),
+            addr.split('/').next().unwrap_or_default().parse(),
+        ) {
+            p.release(ip);
+            self.save_docker_pools()?;
         }
         Ok(())
+    }
+
+    fn save_docker_pools(&self) -> super::ApiResult<()> {
+        let pools = self
+            .docker_pools
+            .values()
+            .map(|p| super::store::DockerPool {
+                subnet: p.subnet,
+                used: p.used().collect(),
+            })
+            .collect::<Vec<_>>();
+        Ok(self.store.save_docker_pools(&pools)?)
+    }
+
+    /// The Docker IPAM pools a previous daemon handed out (Docker keeps
+    /// using their ids across a restart of tapnet).
+    pub(super) fn load_docker_pools(&mut self) {
+        for p in self.store.load_docker_pools() {
+            match super::ipam::Pool::new(p.subnet, None, None) {
+                Ok(mut pool) => {
+                    for ip in p.used {
+                        let _ = pool.allocate(Some(ip));
+                    }
+                    self.docker_pools.insert(p.subnet.to_string(), pool);
+                }
+                Err(e) => super::log(format!("docker IPAM: pool {}: {e}", p.subnet)),
+            }
+        }
     }
 }

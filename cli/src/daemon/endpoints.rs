@@ -5,9 +5,29 @@ use super::*;
 
 impl Core {
     /// The endpoint's device and port, as its network's driver makes them.
+    /// (An endpoint Docker made has the TAP tapnet handed to Docker, in
+    /// whatever namespace Docker put it: see [`netns::open_docker_tap`].)
     pub(super) fn attach(&self, net: &str, container: &str, e: &EndpointRecord) -> Result<PortId> {
         let n = &self.nets[net];
-        n.drv.join(&self.plumbing(), n, container, e)
+        if e.docker.is_none() {
+            return n.drv.join(&self.plumbing(), n, container, e);
+        }
+        let sandbox = (!e.netns.as_os_str().is_empty()).then(|| NetnsRef(e.netns.clone()));
+        let (fd, at) = netns::open_docker_tap(
+            sandbox.as_ref().filter(|s| netns::netns_alive(&s.0)),
+            e.mac,
+            &e.ifname,
+            self.cfg.tun_device.as_deref(),
+        )?;
+        let identity = driver::port_security(&n.rec).then_some(vswitch::PortIdentity {
+            mac: e.mac,
+            ip: e.ip,
+        });
+        let port = self
+            .dp
+            .add_secured_port(container, n.idx, n.rec.mtu, fd, identity)?;
+        log(format!("{container}: Docker's TAP is {at}"));
+        Ok(port)
     }
 
     /// Undoes the steps of a change that failed half-way, last first.
@@ -178,6 +198,7 @@ impl Core {
             owned_netns: crec.owned,
             aliases: req.aliases.clone(),
             ports: maps,
+            docker: None,
         };
         let port = match self.attach(network, &req.container, &rec) {
             Ok(p) => p,
@@ -217,11 +238,24 @@ impl Core {
 
     pub fn disconnect(&mut self, network: &str, container: &str) -> ApiResult<()> {
         let n = self.net(network)?;
-        if !n.rec.endpoints.contains_key(container) {
-            return Err(ApiError::not_found(format!(
-                "container {container} is not connected to network {network}"
-            )));
+        match n.rec.endpoints.get(container) {
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "container {container} is not connected to network {network}"
+                )))
+            }
+            Some(e) if e.docker.is_some() => {
+                return Err(ApiError::conflict(format!(
+                    "endpoint {container} on {network} is Docker's: use docker network disconnect or docker rm"
+                )))
+            }
+            Some(_) => {}
         }
+        self.disconnect_inner(network, container)
+    }
+
+    /// Removes an endpoint (no check that it is tapnet's to remove).
+    pub(super) fn disconnect_inner(&mut self, network: &str, container: &str) -> ApiResult<()> {
         let n = self.nets.get_mut(network).expect("checked");
         let e = n.rec.endpoints.remove(container).expect("checked");
         if let Err(err) = self.store.save(&n.rec) {

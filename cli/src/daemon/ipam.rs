@@ -151,6 +151,11 @@ impl Pool {
     pub fn release(&mut self, ip: Ipv4Addr) {
         self.used.remove(&ip);
     }
+
+    /// The addresses allocated.
+    pub fn used(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.used.iter().copied()
+    }
 }
 
 pub fn first_host(net: &Ipv4Net) -> Ipv4Addr {

@@ -201,8 +201,6 @@ pub struct Core {
     containers: BTreeMap<String, ContainerRecord>,
     /// The NAT counters at the last checkpoint (see `nat_checkpoint`).
     nat_mark: Option<[u64; 4]>,
-    /// Docker's endpoints, by endpoint id (see `docker`).
-    docker_eps: BTreeMap<String, docker::DockerEp>,
     /// Pools handed out by the Docker IPAM driver, by pool id (subnet).
     docker_pools: BTreeMap<String, ipam::Pool>,
 }

@@ -122,36 +122,7 @@ pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Resul
     let spec = spec.clone();
     let tun = tun.map(Path::to_path_buf);
     in_netns(ns, move || -> Result<OwnedFd> {
-        let opts = TapOptions {
-            name: spec.ifname.clone(),
-            offload: true,
-            persist: true,
-            queues: 1,
-            clone_device: tun,
-        };
-        // EBUSY: the device's queue is still held by a previous daemon
-        // that just died (its io_uring is torn down asynchronously and
-        // releases the TAP file a moment after the process is gone).
-        let t0 = std::time::Instant::now();
-        let mut fds = loop {
-            match open_tap(&opts) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ResourceBusy
-                        && t0.elapsed() < std::time::Duration::from_secs(10) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                r => break r?,
-            }
-        };
-        if t0.elapsed() > std::time::Duration::from_millis(100) {
-            eprintln!(
-                "tapnet: waited {} ms for the previous holder of {} to let go",
-                t0.elapsed().as_millis(),
-                spec.ifname
-            );
-        }
-        let fd = fds.pop().expect("one queue");
+        let fd = open_persistent_tap(&spec.ifname, tun)?;
         // Like Docker on an IPv4-only network: no IPv6 on the container
         // interface (no SLAAC, DAD, MLD or router solicitations to flood).
         // This is the container's namespace, the host's sysctls are untouched.
@@ -170,6 +141,99 @@ pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Resul
         }
         Ok(fd)
     })?
+}
+
+/// Opens the persistent TAP `name` of the calling thread's namespace,
+/// creating it if there is none.
+fn open_persistent_tap(name: &str, tun: Option<PathBuf>) -> Result<OwnedFd> {
+    let opts = TapOptions {
+        name: name.to_string(),
+        offload: true,
+        persist: true,
+        queues: 1,
+        clone_device: tun,
+    };
+    // EBUSY: the device's queue is still held by a previous daemon that
+    // just died (its io_uring is torn down asynchronously and releases the
+    // TAP file a moment after the process is gone).
+    let t0 = std::time::Instant::now();
+    let mut fds = loop {
+        match open_tap(&opts) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ResourceBusy
+                    && t0.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => break r.with_context(|| format!("opening TAP {name}"))?,
+        }
+    };
+    if t0.elapsed() > std::time::Duration::from_millis(100) {
+        eprintln!(
+            "tapnet: waited {} ms for the previous holder of {name} to let go",
+            t0.elapsed().as_millis()
+        );
+    }
+    Ok(fds.pop().expect("one queue"))
+}
+
+/// The TAP of an endpoint Docker made: tapnet created it as `tap` in its
+/// own namespace and handed it to Docker at Join, which moves it into the
+/// container (`sandbox`) and renames it `ethN`. Opens it where it is now:
+/// the sandbox's interface with `mac` if Docker moved it (a restarted
+/// daemon), else `tap` in the daemon's namespace (created if missing: a
+/// new Join). Persistent, so a daemon restart does not take it from the
+/// container. Returns the descriptor and where it was found.
+pub fn open_docker_tap(
+    sandbox: Option<&NetnsRef>,
+    mac: Mac,
+    tap: &str,
+    tun: Option<&Path>,
+) -> Result<(OwnedFd, String)> {
+    let tun = tun.map(Path::to_path_buf);
+    if let Some(ns) = sandbox {
+        let t = tun.clone();
+        let found = in_netns(ns, move || -> Result<Option<(OwnedFd, String)>> {
+            let Some(name) = link_with_mac(mac)? else {
+                return Ok(None);
+            };
+            let fd = open_persistent_tap(&name, t)?;
+            Ok(Some((fd, name)))
+        })??;
+        if let Some((fd, name)) = found {
+            return Ok((fd, format!("{name} in {}", ns.0.display())));
+        }
+    }
+    let fd = open_persistent_tap(tap, tun)?;
+    Ok((fd, tap.to_string()))
+}
+
+/// The name of the calling thread's namespace's interface with `mac`.
+fn link_with_mac(mac: Mac) -> Result<Option<String>> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let mut found = None;
+    netlink(|h| {
+        let found = &mut found;
+        async move {
+            let mut links = h.link().get().execute();
+            while let Some(l) = links.try_next().await.context("listing interfaces")? {
+                let mut name = None;
+                let mut same = false;
+                for a in l.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => name = Some(n),
+                        LinkAttribute::Address(a) => same = a == mac.0,
+                        _ => {}
+                    }
+                }
+                if same && found.is_none() {
+                    *found = name;
+                }
+            }
+            Ok(())
+        }
+    })?;
+    Ok(found)
 }
 
 /// The lowest `ethN` that neither `used` (our other endpoints of the

@@ -58,6 +58,8 @@ impl Core {
             .rec
             .endpoints
             .iter()
+            // Docker's containers ask Docker's own resolver
+            .filter(|(_, e)| e.docker.is_none())
             .map(|(c, e)| dns::Endpoint {
                 container: c.clone(),
                 aliases: e.aliases.clone(),
@@ -255,16 +257,6 @@ impl Core {
             return Err(ApiError::conflict(format!(
                 "network {name} has active endpoints ({}): disconnect them first",
                 list.join(", ")
-            )));
-        }
-        let docker = self
-            .docker_eps
-            .values()
-            .filter(|e| e.network == name)
-            .count();
-        if docker > 0 {
-            return Err(ApiError::conflict(format!(
-                "network {name} has {docker} active Docker endpoint(s): remove their containers first"
             )));
         }
         let idx = n.idx;

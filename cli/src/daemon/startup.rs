@@ -130,7 +130,6 @@ impl Core {
             nets: BTreeMap::new(),
             containers,
             nat_mark: None,
-            docker_eps: BTreeMap::new(),
             docker_pools: BTreeMap::new(),
         };
         if !records.iter().any(|r| r.name == BRIDGE) {
@@ -160,6 +159,7 @@ impl Core {
                 log(format!("network {name}: {e:#}"));
             }
         }
+        core.load_docker_pools();
         if lost_containers {
             core.rebuild_containers()?;
         }
@@ -301,7 +301,12 @@ impl Core {
                 .collect();
             let mut changed = false;
             for (c, e) in eps {
-                let alive = self.containers.contains_key(&c) && netns::netns_alive(&e.netns);
+                if e.docker.is_some() && e.netns.as_os_str().is_empty() {
+                    continue; // Docker has not joined it yet: no device
+                }
+                // Docker's endpoints live until Docker deletes them
+                let alive = e.docker.is_some()
+                    || (self.containers.contains_key(&c) && netns::netns_alive(&e.netns));
                 let r = if alive {
                     self.attach(&n, &c, &e)
                 } else {
@@ -380,7 +385,7 @@ impl Core {
     /// (which would hand them out twice).
     pub(super) fn rebuild_containers(&mut self) -> Result<()> {
         for n in self.nets.values() {
-            for (name, e) in &n.rec.endpoints {
+            for (name, e) in n.rec.endpoints.iter().filter(|(_, e)| e.docker.is_none()) {
                 self.containers.entry(name.clone()).or_insert_with(|| {
                     ContainerRecord::attached(
                         e.netns.clone(),

@@ -30,6 +30,12 @@ pub struct EndpointRecord {
     /// Published ports (one entry per port).
     #[serde(default)]
     pub ports: Vec<super::publish::PortMap>,
+    /// Docker's endpoint id, for an endpoint Docker made through the
+    /// network plugin: its namespace is Docker's sandbox (empty until
+    /// Join), `ifname` the TAP as tapnet named it before Docker moved and
+    /// renamed it, and its lifetime is Docker's (never removed as stale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<String>,
 }
 
 fn yes() -> bool {
@@ -140,6 +146,13 @@ pub struct SavedConn {
     pub network: String,
     #[serde(flatten)]
     pub conn: nat::ConnRaw,
+}
+
+/// A pool the Docker IPAM driver handed out, with its addresses in use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DockerPool {
+    pub subnet: Ipv4Net,
+    pub used: Vec<Ipv4Addr>,
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
@@ -278,6 +291,32 @@ impl Store {
         }
     }
 
+    /// The Docker IPAM driver's pools.
+    pub fn save_docker_pools(&self, p: &[DockerPool]) -> Result<()> {
+        write_atomic(
+            self.containers_dir(),
+            "docker-ipam.json",
+            &serde_json::to_vec_pretty(p)?,
+        )
+    }
+
+    /// The Docker IPAM driver's pools (none when there is no file; an
+    /// unreadable one is set aside like any state file).
+    pub fn load_docker_pools(&self) -> Vec<DockerPool> {
+        let path = self.containers_dir().join("docker-ipam.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                super::log(format!(
+                    "unreadable {} ({e}): {}",
+                    path.display(),
+                    set_aside(&path)
+                ));
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        }
+    }
+
     pub fn save_containers(&self, c: &BTreeMap<String, ContainerRecord>) -> Result<()> {
         write_atomic(
             self.containers_dir(),
@@ -334,6 +373,7 @@ mod tests {
                 owned_netns: true,
                 aliases: vec![],
                 ports: vec![],
+                docker: None,
             },
         );
         s.save(&r).unwrap();
