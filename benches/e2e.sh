@@ -22,6 +22,13 @@
 #   macvlan  container on a macvlan network -> a peer on the parent's segment
 #            (namespace tn_e2e_lan behind a veth), and, in the same run, a
 #            kernel macvlan device on a second veth doing the same path
+#   docker   two Docker containers on a tapnet network (the Docker plugin)
+#            and, in the same run, two on a network of Docker's own bridge
+#            driver; dockerd runs in the daemon's namespace with iptables
+#            off (a mount namespace of its own, plugin directory private).
+#            The image is busybox, so the tools run in the containers'
+#            network namespaces (nsenter into Docker's sandboxes); plus
+#            the time of `docker run --rm` (median of START_RUNS)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DUR:-10}" REPS="${REPS:-3}" SP_DUR="${SP_DUR:-5}" MTU="${MTU:-1500}" MODE="${MODE:-c2c}"
@@ -41,8 +48,12 @@ cleanup() {
 	local i
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
 		kill "${PIDS[i]}" 2>/dev/null
+		# dockerd takes a while: its containers first
+		for _ in $(seq 150); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "${PIDS[i]}" 2>/dev/null
 		wait "${PIDS[i]}" 2>/dev/null
 	done
+	[ "$MODE" = docker ] && umount -R -l "$OUT/docker/exec" 2>/dev/null
 	for ns in $(ip netns list | awk '/^tn_e2e_/ {print $1}'); do ip netns del "$ns"; done
 }
 trap cleanup EXIT
@@ -104,11 +115,57 @@ if [ "$MODE" = macvlan ]; then
 	ip -n tn_e2e_kmv addr add 10.97.0.2/24 dev kmv0
 	ip -n tn_e2e_kmv link set kmv0 mtu "$MTU" up
 fi
+if [ "$MODE" = docker ]; then
+	for t in dockerd docker busybox; do
+		command -v $t >/dev/null || { echo "e2e.sh: missing $t (scripts/deps.sh installs it)" >&2; exit 1; }
+	done
+	mkdir -p "$OUT/plugins"
+	DAEMON_ARGS="${DAEMON_ARGS:-} --docker-plugin $OUT/plugins/tapnet.sock"
+fi
 nsenter --net=/run/netns/tn_e2e_host "${AS[@]}" "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
 	--dns 127.0.0.1 "${UPLINK[@]}" ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do tn network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
-if [ "$MODE" = macvlan ]; then
+if [ "$MODE" = docker ]; then
+	D="$OUT/docker"
+	mkdir -p "$D/exec" "$D/rootfs/bin"
+	# the exec-root shared, so Docker's sandboxes (its containers'
+	# namespaces) are seen from here as when dockerd runs in the host's
+	mount --bind "$D/exec" "$D/exec" && mount --make-shared "$D/exec"
+	nsenter --net=/run/netns/tn_e2e_host unshare -m --propagation unchanged sh -c "
+		mount --make-private / && (! mountpoint -q /run || mount --make-private /run) &&
+		mkdir -p /run/docker/plugins && mount --bind $OUT/plugins /run/docker/plugins &&
+		exec dockerd --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+		--bridge=none --data-root $D/data --exec-root $D/exec -H unix://$D/docker.sock \
+		--pidfile $D/docker.pid --cgroup-parent /tn_e2e" >"$D/dockerd.log" 2>&1 &
+	PIDS+=($!)
+	dk() { timeout 120 /usr/bin/docker -H "unix://$D/docker.sock" "$@"; }
+	for _ in $(seq 100); do dk info >/dev/null 2>&1 && break; sleep 0.2; done
+	dk info >/dev/null || { echo "e2e.sh: dockerd did not start: $D/dockerd.log" >&2; exit 1; }
+	cp /bin/busybox "$D/rootfs/bin/busybox"
+	for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$D/rootfs/bin/$a"; done
+	tar -C "$D/rootfs" -cf "$D/rootfs.tar" . && dk import "$D/rootfs.tar" tn-busybox >/dev/null || exit 1
+	dk network create -d bridge --subnet 10.98.0.0/24 -o com.docker.network.driver.mtu="$MTU" refnet >/dev/null || exit 1
+	dk network create -d tapnet --subnet 10.99.0.0/24 -o com.docker.network.driver.mtu="$MTU" tnnet >/dev/null || exit 1
+	for n in refnet tnnet; do
+		for c in cli srv; do
+			dk run -d --name "$c-$n" --network "$n" tn-busybox sleep 100000 >/dev/null || exit 1
+		done
+	done
+	sandbox() { dk inspect -f '{{.NetworkSettings.SandboxKey}}' "$1"; }
+	ipof() { dk inspect -f "{{(index .NetworkSettings.Networks \"$2\").IPAddress}}" "$1"; }
+	# the time of `docker run --rm` on each network, runs alternated
+	START_RUNS="${START_RUNS:-11}"
+	st_ref=() st_tn=()
+	for _ in $(seq "$START_RUNS"); do
+		for n in refnet tnnet; do
+			t0=$(date +%s%N)
+			dk run --rm --network "$n" tn-busybox true || exit 1
+			ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+			if [ $n = refnet ]; then st_ref+=("$ms"); else st_tn+=("$ms"); fi
+		done
+	done
+elif [ "$MODE" = macvlan ]; then
 	tn network create -d macvlan -o parent=lanp0 --subnet 10.98.0.0/24 --gateway 10.98.0.1 \
 		--mtu "$MTU" bench >/dev/null || exit 1
 else
@@ -116,13 +173,15 @@ else
 fi
 PUB=()
 [ "$MODE" = publish ] && PUB=(-p 5201:5201 -p 5201:5201/udp -p 5301:5301)
-"${AS[@]}" "$T" run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
-PIDS+=($!)
-"${AS[@]}" "$T" run --network bench --name srv "${PUB[@]}" -- sleep 100000 >"$OUT/srv.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [ "$(tn ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
-SRV_IP=$(tn ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
-C=tn_e2e_cli S=tn_e2e_srv SB=$SRV_IP TGT=$SRV_IP
+if [ "$MODE" != docker ]; then
+	"${AS[@]}" "$T" run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
+	PIDS+=($!)
+	"${AS[@]}" "$T" run --network bench --name srv "${PUB[@]}" -- sleep 100000 >"$OUT/srv.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 100); do [ "$(tn ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
+	SRV_IP=$(tn ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
+	C=tn_e2e_cli S=tn_e2e_srv SB=$SRV_IP TGT=$SRV_IP
+fi
 LABEL="tapnet (tap-io_uring switch-tap)"
 case "$MODE" in
 c2c) ;;
@@ -144,6 +203,10 @@ rootless)
 macvlan)
 	S=tn_e2e_lan SB=10.98.0.1 TGT=10.98.0.1
 	LABEL="tapnet macvlan (container -> peer on the parent's segment)"
+	;;
+docker)
+	C=$(sandbox cli-tnnet) S=$(sandbox srv-tnnet) SB=$(ipof srv-tnnet tnnet) TGT=$SB
+	LABEL="tapnet Docker plugin (container -> container, docker run)"
 	;;
 publish)
 	C=tn_e2e_host TGT=127.0.0.1
@@ -224,6 +287,20 @@ if [ "$MODE" = macvlan ]; then
 	( C=tn_e2e_kmv S=tn_e2e_lan SB=10.97.0.1 TGT=10.97.0.1 LABEL="kernel macvlan (bridge mode, same path)"
 	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
 	  measure )
+fi
+if [ "$MODE" = docker ]; then
+	( C=$(sandbox cli-refnet) S=$(sandbox srv-refnet) SB=$(ipof srv-refnet refnet) TGT=$SB
+	  LABEL="Docker bridge driver (veth + Linux bridge, iptables off)"
+	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
+	  measure )
+	measure
+	echo "docker run --rm start time, median of $START_RUNS (ms): bridge $(median "${st_ref[@]}"), tapnet $(median "${st_tn[@]}")"
+	echo "  bridge: ${st_ref[*]}"
+	echo "  tapnet: ${st_tn[*]}"
+	dk rm -f cli-refnet srv-refnet cli-tnnet srv-tnnet >/dev/null
+	dk network rm refnet tnnet >/dev/null
+	log "logs in $OUT"
+	exit 0
 fi
 measure
 echo

@@ -4,7 +4,8 @@
 //! `network create -d tapnet` makes a tapnet network (named
 //! `docker-<first 12 of Docker's id>`, with Docker's network id as its
 //! id, subnet and gateway from Docker's IPAM, `-o tapnet.KEY=VALUE` as
-//! tapnet options, `tapnet.driver` picking the tapnet driver), and
+//! tapnet options, `tapnet.driver` picking the tapnet driver, Docker's
+//! `com.docker.network.driver.mtu` or `tapnet.mtu` its MTU), and
 //! `network rm` removes it. Endpoints: CreateEndpoint takes Docker's
 //! address (marked used in tapnet's pool) and answers a MAC; Join hands
 //! Docker a TAP made in the daemon's namespace and attached to the switch
@@ -94,13 +95,22 @@ fn create_request(c: &CreateNet) -> Result<CreateNetwork, String> {
         .unwrap_or_default();
     let mut options = BTreeMap::new();
     let mut driver = None;
+    let mut mtu = None;
     for (k, v) in generic {
-        let Some(k) = k.strip_prefix("tapnet.") else {
-            continue; // Docker's own (com.docker.*)
-        };
         let v = match v {
             Value::String(s) => s,
             other => other.to_string(),
+        };
+        // Docker's own MTU option, as for its bridge driver
+        if k == "com.docker.network.driver.mtu" || k == "tapnet.mtu" {
+            mtu = Some(
+                v.parse::<u32>()
+                    .map_err(|_| format!("invalid MTU {v:?}: expected a number"))?,
+            );
+            continue;
+        }
+        let Some(k) = k.strip_prefix("tapnet.") else {
+            continue; // Docker's own (com.docker.*)
         };
         if k == "driver" {
             driver = Some(v);
@@ -122,6 +132,7 @@ fn create_request(c: &CreateNet) -> Result<CreateNetwork, String> {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         id: Some(c.network_id.clone()),
+        mtu,
         ..Default::default()
     })
 }
@@ -336,7 +347,7 @@ mod tests {
             "NetworkID": "ce17aa0011223344556677889900aabbccddeeff00112233445566778899aabb",
             "Options": {"com.docker.network.enable_ipv6": false,
                 "com.docker.network.generic": {"tapnet.driver": "macvlan", "tapnet.parent": "eth0",
-                    "com.docker.network.bridge.name": "x"}},
+                    "com.docker.network.bridge.name": "x", "com.docker.network.driver.mtu": "9000"}},
             "IPv4Data": [{"AddressSpace": "LocalDefault", "Gateway": "10.99.0.1/24", "Pool": "10.99.0.0/24"}],
             "IPv6Data": []
         }))
@@ -348,6 +359,7 @@ mod tests {
         assert_eq!(r.options.len(), 1);
         assert_eq!(r.subnet.as_deref(), Some("10.99.0.0/24"));
         assert_eq!(r.gateway.as_deref(), Some("10.99.0.1"));
+        assert_eq!(r.mtu, Some(9000));
     }
 }
 

@@ -17,6 +17,7 @@ impl Core {
             sandbox.as_ref().filter(|s| netns::netns_alive(&s.0)),
             e.mac,
             &e.ifname,
+            e.mtu,
             self.cfg.tun_device.as_deref(),
         )?;
         let identity = driver::port_security(&n.rec).then_some(vswitch::PortIdentity {

@@ -182,12 +182,13 @@ fn open_persistent_tap(name: &str, tun: Option<PathBuf>) -> Result<OwnedFd> {
 /// container (`sandbox`) and renames it `ethN`. Opens it where it is now:
 /// the sandbox's interface with `mac` if Docker moved it (a restarted
 /// daemon), else `tap` in the daemon's namespace (created if missing: a
-/// new Join). Persistent, so a daemon restart does not take it from the
+/// new Join; with MTU `mtu`). Persistent, so a daemon restart does not take it from the
 /// container. Returns the descriptor and where it was found.
 pub fn open_docker_tap(
     sandbox: Option<&NetnsRef>,
     mac: Mac,
     tap: &str,
+    mtu: u32,
     tun: Option<&Path>,
 ) -> Result<(OwnedFd, String)> {
     let tun = tun.map(Path::to_path_buf);
@@ -205,6 +206,20 @@ pub fn open_docker_tap(
         }
     }
     let fd = open_persistent_tap(tap, tun)?;
+    // Docker sets no MTU on a remote driver's interface: the network's
+    // goes with the TAP into the container
+    let name = tap.to_string();
+    netlink(|h| async move {
+        let idx = link_index(&h, &name).await?;
+        h.link()
+            .set(rtnetlink::LinkUnspec::new_with_index(idx).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting MTU {mtu} on {name}"))
+    })
+    .inspect_err(|_| {
+        let _ = vswitch::tap::set_persist(&fd, false);
+    })?;
     Ok((fd, tap.to_string()))
 }
 
