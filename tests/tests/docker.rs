@@ -361,9 +361,13 @@ fn docker_creates_and_removes_tapnet_networks() {
         "ping",
         "-c",
         "2",
-        &a_ip,
+        "web",
     ]);
-    assert!(ping.contains("2 packets received"), "{ping}");
+    // by name (Docker's DNS), to web's tapnet address
+    assert!(
+        ping.contains("2 packets received") && ping.contains(&format!("({a_ip})")),
+        "{ping}"
+    );
     assert!(
         env.daemon_log().contains(&format!("as {a_ip} (tn")),
         "{}",

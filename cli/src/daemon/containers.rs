@@ -366,7 +366,12 @@ impl Core {
         if !self.containers.contains_key(old) {
             return Err(ApiError::not_found(format!("no such container: {old}")));
         }
-        if self.containers.contains_key(new) {
+        if self.containers.contains_key(new)
+            || self
+                .nets
+                .values()
+                .any(|n| n.rec.endpoints.contains_key(new))
+        {
             return Err(ApiError::conflict(format!(
                 "container name {new} is already in use"
             )));

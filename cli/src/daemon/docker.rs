@@ -238,7 +238,7 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
                 return fail("invalid DeleteNetwork body");
             };
             let name = network_name(&n.network_id);
-            match with_core(s, move |c| c.remove_network(&name)).await {
+            match with_core(s, move |c| c.docker_delete_network(&name)).await {
                 Ok(_) => answer(json!({})),
                 // already gone is done (Docker retries deletes)
                 Err(e) if e.status == 404 => answer(json!({})),
@@ -408,6 +408,74 @@ pub fn endpoint_key(id: &str) -> String {
 }
 
 impl super::Core {
+    /// Opens endpoint `key`'s TAP as `how` says and adds it to network
+    /// `net`'s switch ports.
+    pub(super) fn docker_attach(
+        &self,
+        net: &str,
+        key: &str,
+        e: &super::EndpointRecord,
+        how: super::netns::DockerTap,
+    ) -> anyhow::Result<vswitch::PortId> {
+        let n = &self.nets[net];
+        let (fd, at) = super::netns::open_docker_tap(
+            how,
+            &super::netns::docker_tap_alias(e.docker.as_deref().unwrap_or_default()),
+            e.mac,
+            &e.ifname,
+            self.cfg.tun_device.as_deref(),
+        )?;
+        let identity = super::driver::port_security(&n.rec).then_some(vswitch::PortIdentity {
+            mac: e.mac,
+            ip: e.ip,
+        });
+        // (if the switch refuses it, the TAP must not outlive this)
+        let keep = fd.try_clone()?;
+        let port = self
+            .dp
+            .add_secured_port(key, n.idx, n.rec.mtu, fd, identity)
+            .inspect_err(|_| {
+                let _ = vswitch::tap::set_persist(&keep, false);
+            })?;
+        super::log(format!("{key}: Docker's TAP is {at}"));
+        Ok(port)
+    }
+
+    /// Lets go of the TAP of a stale Docker endpoint, if it is in the
+    /// daemon's namespace: no longer persistent, it goes when closed.
+    pub(super) fn docker_let_go(&self, e: &super::EndpointRecord) {
+        let how = super::netns::DockerTap::Find { sandbox: None };
+        let alias = super::netns::docker_tap_alias(e.docker.as_deref().unwrap_or_default());
+        if let Ok((fd, _)) = super::netns::open_docker_tap(
+            how,
+            &alias,
+            e.mac,
+            &e.ifname,
+            self.cfg.tun_device.as_deref(),
+        ) {
+            let _ = vswitch::tap::set_persist(&fd, false);
+        }
+    }
+
+    /// DeleteNetwork: Docker deletes a network once it has no endpoint on
+    /// it, so Docker endpoints still there are ones whose DeleteEndpoint
+    /// never arrived (tapnet was down): removed first.
+    pub fn docker_delete_network(&mut self, name: &str) -> super::ApiResult<()> {
+        let stale: Vec<String> = self
+            .net(name)?
+            .rec
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.docker.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            super::log(format!("docker: removing {k}, left over on {name}"));
+            self.disconnect_inner(name, &k)?;
+        }
+        self.remove_network(name)
+    }
+
     /// The network and key of Docker endpoint `ep_id`.
     fn docker_ep(&self, ep_id: &str) -> super::ApiResult<(String, String)> {
         let key = endpoint_key(ep_id);
@@ -451,6 +519,8 @@ impl super::Core {
                 n.rec.subnet
             )));
         }
+        n.drv
+            .check_join(n, &super::driver::EndpointRequest { container: &key })?;
         if let Some(m) = mac {
             if let Some((c, _)) = n.rec.endpoints.iter().find(|(_, e)| e.mac == m) {
                 return Err(super::ApiError::conflict(format!(
@@ -508,7 +578,8 @@ impl super::Core {
         let before = e.netns.clone();
         e.netns = sandbox.into();
         let e = e.clone();
-        let port = match self.attach(&net, &key, &e) {
+        let how = super::netns::DockerTap::Create { mtu: e.mtu };
+        let port = match self.docker_attach(&net, &key, &e, how) {
             Ok(p) => p,
             Err(err) => {
                 let n = self.nets.get_mut(&net).expect("found");
@@ -626,14 +697,20 @@ impl super::Core {
         };
         let pool = super::ipam::Pool::new(subnet, None, None)?;
         self.docker_pools.insert(subnet.to_string(), pool);
-        self.save_docker_pools()?;
+        if let Err(e) = self.save_docker_pools() {
+            self.docker_pools.remove(&subnet.to_string());
+            return Err(e);
+        }
         Ok(subnet.to_string())
     }
 
     /// IPAM ReleasePool.
     pub fn docker_release_pool(&mut self, id: &str) -> super::ApiResult<()> {
-        if self.docker_pools.remove(id).is_some() {
-            self.save_docker_pools()?;
+        if let Some(p) = self.docker_pools.remove(id) {
+            if let Err(e) = self.save_docker_pools() {
+                self.docker_pools.insert(id.to_string(), p);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -667,12 +744,21 @@ impl super::Core {
 
     /// IPAM ReleaseAddress.
     pub fn docker_release_address(&mut self, pool: &str, addr: &str) -> super::ApiResult<()> {
-        if let (Some(p), Ok(ip)) = (
-            self.docker_pools.get_mut(pool),
-            addr.split('/').next().unwrap_or_default().parse(),
-        ) {
-            p.release(ip);
-            self.save_docker_pools()?;
+        let Ok(ip) = addr.split('/').next().unwrap_or_default().parse() else {
+            return Ok(());
+        };
+        let Some(p) = self.docker_pools.get_mut(pool) else {
+            return Ok(());
+        };
+        if !p.used().any(|u| u == ip) {
+            return Ok(());
+        }
+        p.release(ip);
+        if let Err(e) = self.save_docker_pools() {
+            if let Some(p) = self.docker_pools.get_mut(pool) {
+                let _ = p.allocate(Some(ip));
+            }
+            return Err(e);
         }
         Ok(())
     }

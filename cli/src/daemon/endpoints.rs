@@ -6,29 +6,22 @@ use super::*;
 impl Core {
     /// The endpoint's device and port, as its network's driver makes them.
     /// (An endpoint Docker made has the TAP tapnet handed to Docker, in
-    /// whatever namespace Docker put it: see [`netns::open_docker_tap`].)
+    /// whatever namespace Docker put it: found again, never created here.)
     pub(super) fn attach(&self, net: &str, container: &str, e: &EndpointRecord) -> Result<PortId> {
         let n = &self.nets[net];
         if e.docker.is_none() {
             return n.drv.join(&self.plumbing(), n, container, e);
         }
-        let sandbox = (!e.netns.as_os_str().is_empty()).then(|| NetnsRef(e.netns.clone()));
-        let (fd, at) = netns::open_docker_tap(
-            sandbox.as_ref().filter(|s| netns::netns_alive(&s.0)),
-            e.mac,
-            &e.ifname,
-            e.mtu,
-            self.cfg.tun_device.as_deref(),
-        )?;
-        let identity = driver::port_security(&n.rec).then_some(vswitch::PortIdentity {
-            mac: e.mac,
-            ip: e.ip,
-        });
-        let port = self
-            .dp
-            .add_secured_port(container, n.idx, n.rec.mtu, fd, identity)?;
-        log(format!("{container}: Docker's TAP is {at}"));
-        Ok(port)
+        let sandbox = NetnsRef(e.netns.clone());
+        let alive = !e.netns.as_os_str().is_empty() && netns::netns_alive(&sandbox.0);
+        self.docker_attach(
+            net,
+            container,
+            e,
+            netns::DockerTap::Find {
+                sandbox: alive.then_some(&sandbox),
+            },
+        )
     }
 
     /// Undoes the steps of a change that failed half-way, last first.

@@ -177,54 +177,96 @@ fn open_persistent_tap(name: &str, tun: Option<PathBuf>) -> Result<OwnedFd> {
     Ok(fds.pop().expect("one queue"))
 }
 
-/// The TAP of an endpoint Docker made: tapnet created it as `tap` in its
-/// own namespace and handed it to Docker at Join, which moves it into the
-/// container (`sandbox`) and renames it `ethN`. Opens it where it is now:
-/// the sandbox's interface with `mac` if Docker moved it (a restarted
-/// daemon), else `tap` in the daemon's namespace (created if missing: a
-/// new Join; with MTU `mtu`). Persistent, so a daemon restart does not take it from the
-/// container. Returns the descriptor and where it was found.
+/// The alias tapnet gives the TAP of Docker endpoint `ep_id` (kept when
+/// Docker moves and renames it): how a restarted daemon tells it from the
+/// container's other interfaces.
+pub fn docker_tap_alias(ep_id: &str) -> String {
+    format!("tapnet docker endpoint {ep_id}")
+}
+
+/// Where [`open_docker_tap`] looks for an endpoint's TAP.
+pub enum DockerTap<'a> {
+    /// Join: created as `tap` in the daemon's namespace (or re-opened if
+    /// it is there), with MTU `mtu`, tagged with `alias`.
+    Create { mtu: u32 },
+    /// A restarted daemon: the TAP Docker moved into `sandbox` (found by
+    /// its alias and MAC), else `tap` if it is still (or again, after
+    /// Leave) in the daemon's namespace; never created.
+    Find { sandbox: Option<&'a NetnsRef> },
+}
+
+/// The TAP of an endpoint Docker made: tapnet creates it as `tap` in its
+/// own namespace and hands it to Docker at Join, which moves it into the
+/// container and renames it `ethN`. Persistent, so a daemon restart does
+/// not take it from the container. Returns the descriptor and where it
+/// was found.
 pub fn open_docker_tap(
-    sandbox: Option<&NetnsRef>,
+    how: DockerTap,
+    alias: &str,
     mac: Mac,
     tap: &str,
-    mtu: u32,
     tun: Option<&Path>,
 ) -> Result<(OwnedFd, String)> {
     let tun = tun.map(Path::to_path_buf);
-    if let Some(ns) = sandbox {
-        let t = tun.clone();
-        let found = in_netns(ns, move || -> Result<Option<(OwnedFd, String)>> {
-            let Some(name) = link_with_mac(mac)? else {
-                return Ok(None);
-            };
-            let fd = open_persistent_tap(&name, t)?;
-            Ok(Some((fd, name)))
-        })??;
-        if let Some((fd, name)) = found {
-            return Ok((fd, format!("{name} in {}", ns.0.display())));
+    match how {
+        DockerTap::Create { mtu } => {
+            let fd = open_persistent_tap(tap, tun)?;
+            // Docker sets no MTU on a remote driver's interface: the
+            // network's goes with the TAP into the container
+            let (name, alias) = (tap.to_string(), alias.to_string());
+            netlink(|h| async move {
+                let idx = link_index(&h, &name).await?;
+                let mut msg = rtnetlink::LinkUnspec::new_with_index(idx).mtu(mtu).build();
+                msg.attributes
+                    .push(rtnetlink::packet_route::link::LinkAttribute::IfAlias(alias));
+                h.link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .with_context(|| format!("setting MTU {mtu} and the alias of {name}"))
+            })
+            .inspect_err(|_| {
+                let _ = vswitch::tap::set_persist(&fd, false);
+            })?;
+            Ok((fd, tap.to_string()))
+        }
+        DockerTap::Find { sandbox } => {
+            if let Some(ns) = sandbox {
+                let (t, a) = (tun.clone(), alias.to_string());
+                let found = in_netns(ns, move || open_tagged(&a, mac, t))??;
+                if let Some((fd, name)) = found {
+                    return Ok((fd, format!("{name} in {}", ns.0.display())));
+                }
+            }
+            match open_tagged(alias, mac, tun)? {
+                Some((fd, name)) => Ok((fd, name)),
+                None => {
+                    bail!("its TAP {tap} is neither in the container nor in the daemon's namespace")
+                }
+            }
         }
     }
-    let fd = open_persistent_tap(tap, tun)?;
-    // Docker sets no MTU on a remote driver's interface: the network's
-    // goes with the TAP into the container
-    let name = tap.to_string();
-    netlink(|h| async move {
-        let idx = link_index(&h, &name).await?;
-        h.link()
-            .set(rtnetlink::LinkUnspec::new_with_index(idx).mtu(mtu).build())
-            .execute()
-            .await
-            .with_context(|| format!("setting MTU {mtu} on {name}"))
-    })
-    .inspect_err(|_| {
-        let _ = vswitch::tap::set_persist(&fd, false);
-    })?;
-    Ok((fd, tap.to_string()))
 }
 
-/// The name of the calling thread's namespace's interface with `mac`.
-fn link_with_mac(mac: Mac) -> Result<Option<String>> {
+/// Opens the calling thread's namespace's TAP tagged `alias` with `mac`,
+/// if there is one. Opening is by name, which would create a device if
+/// the one listed went away in between: checked after, and such a new
+/// device is let go.
+fn open_tagged(alias: &str, mac: Mac, tun: Option<PathBuf>) -> Result<Option<(OwnedFd, String)>> {
+    let Some(name) = link_tagged(alias, mac)? else {
+        return Ok(None);
+    };
+    let fd = open_persistent_tap(&name, tun)?;
+    if link_tagged(alias, mac)?.as_deref() != Some(name.as_str()) {
+        let _ = vswitch::tap::set_persist(&fd, false);
+        bail!("interface {name} went away while it was being opened");
+    }
+    Ok(Some((fd, name)))
+}
+
+/// The name of the calling thread's namespace's interface with `alias`
+/// and `mac`.
+fn link_tagged(alias: &str, mac: Mac) -> Result<Option<String>> {
     use rtnetlink::packet_route::link::LinkAttribute;
     let mut found = None;
     netlink(|h| {
@@ -232,16 +274,16 @@ fn link_with_mac(mac: Mac) -> Result<Option<String>> {
         async move {
             let mut links = h.link().get().execute();
             while let Some(l) = links.try_next().await.context("listing interfaces")? {
-                let mut name = None;
-                let mut same = false;
+                let (mut name, mut same_mac, mut same_alias) = (None, false, false);
                 for a in l.attributes {
                     match a {
                         LinkAttribute::IfName(n) => name = Some(n),
-                        LinkAttribute::Address(a) => same = a == mac.0,
+                        LinkAttribute::Address(a) => same_mac = a == mac.0,
+                        LinkAttribute::IfAlias(a) => same_alias = a == alias,
                         _ => {}
                     }
                 }
-                if same && found.is_none() {
+                if same_mac && same_alias && found.is_none() {
                     *found = name;
                 }
             }

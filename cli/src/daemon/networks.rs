@@ -90,6 +90,8 @@ impl Core {
         self.nets
             .values()
             .filter_map(|n| n.rec.endpoints.get(container).map(|e| (n, e)))
+            // Docker's endpoints belong to no tapnet container
+            .filter(|(_, e)| e.docker.is_none())
             .collect()
     }
 

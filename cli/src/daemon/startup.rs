@@ -304,9 +304,8 @@ impl Core {
                 if e.docker.is_some() && e.netns.as_os_str().is_empty() {
                     continue; // Docker has not joined it yet: no device
                 }
-                // Docker's endpoints live until Docker deletes them
-                let alive = e.docker.is_some()
-                    || (self.containers.contains_key(&c) && netns::netns_alive(&e.netns));
+                let alive = (e.docker.is_some() || self.containers.contains_key(&c))
+                    && netns::netns_alive(&e.netns);
                 let r = if alive {
                     self.attach(&n, &c, &e)
                 } else {
@@ -331,12 +330,21 @@ impl Core {
                     Err(err) if alive => {
                         // keep what is stored: the namespace is still there
                         log(format!(
-                            "could not re-attach {c} to {n}: {err:#} (endpoint kept; \
-                             disconnect it or restart the daemon to retry)"
+                            "could not re-attach {c} to {n}: {err:#} (endpoint kept; {})",
+                            if e.docker.is_some() {
+                                "docker network disconnect removes it"
+                            } else {
+                                "disconnect it or restart the daemon to retry"
+                            }
                         ));
                     }
                     Err(err) => {
                         log(format!("removing stale endpoint {c} on {n}: {err:#}"));
+                        if e.docker.is_some() {
+                            // Docker moved its TAP back out before its
+                            // DeleteEndpoint failed (tapnet was down)
+                            self.docker_let_go(&e);
+                        }
                         let net = self.nets.get_mut(&n).expect("exists");
                         net.rec.endpoints.remove(&c);
                         net.pool.release(e.ip);
