@@ -22,8 +22,9 @@ pub mod uplink;
 pub use wire::vnet;
 
 pub use datapath::{
-    Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook, RoutedConfig,
-    Snapshot, TrunkConfig, UplinkConfig, UplinkSnapshot,
+    open_vtep, Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook,
+    RoutedConfig, Snapshot, TrunkConfig, TunnelSnapshot, UplinkConfig, UplinkSnapshot,
+    VtepSnapshot, VtepStats,
 };
 pub use mac::Mac;
 pub use switch::{DropCounters, NetConfig, PortCounters, PortIdentity, PortKind, TrunkMode};

@@ -212,6 +212,12 @@ pub enum PortKind {
     Trunk,
     /// The routed uplink (NAT); in no network's flood list.
     Uplink,
+    /// A network's VXLAN tunnel (overlay): its network's trunk, whose
+    /// frames are encapsulated to other hosts (see `datapath::tunnel`).
+    Tunnel,
+    /// The VXLAN endpoint's socket, shared by every tunnel; in no
+    /// network (its datagrams are dispatched by VNI).
+    Vtep,
 }
 
 /// How the TAP ports of a network with a trunk relate to each other.
@@ -410,10 +416,10 @@ impl Switch {
                 self.ports.len() - 1
             }
         } as PortIdx;
-        if kind != PortKind::Uplink {
+        if !matches!(kind, PortKind::Uplink | PortKind::Vtep) {
             if let Some(Some(n)) = self.nets.get_mut(net as usize) {
                 n.ports.push(idx);
-                if kind == PortKind::Trunk {
+                if matches!(kind, PortKind::Trunk | PortKind::Tunnel) {
                     n.trunk = Some(idx);
                 }
             }
@@ -554,7 +560,8 @@ fn decide_inner(
     if src.is_multicast() || src.is_zero() || (net.cfg.gateway && src == net.cfg.gateway_mac) {
         return Decision::Drop(DropReason::BadSrcMac);
     }
-    let from_trunk = p.kind == PortKind::Trunk;
+    // (a tunnel is a trunk whose segment is the other hosts)
+    let from_trunk = matches!(p.kind, PortKind::Trunk | PortKind::Tunnel);
     // A trunk learns nothing: the segment's hosts (any number of them, any
     // MACs) would fill the table every network shares, and an endpoint's
     // MAC must stay on its TAP even when an external switch sends its

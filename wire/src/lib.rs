@@ -8,6 +8,9 @@
 //! - [`tcp`]: TCP header offsets and flags.
 //! - [`csum`]: the Internet checksum (RFC 1071) and its incremental updates
 //!   (RFC 1624).
+//! - [`gso`]: software segmentation and checksum completion of offloaded
+//!   frames, for wires without offloads (a VXLAN tunnel).
+//! - [`vxlan`]: the VXLAN header (RFC 7348).
 //!
 //! Offsets are named once here; views check their length once, so their
 //! accessors cannot panic.
@@ -15,6 +18,8 @@
 pub mod arp;
 pub mod csum;
 pub mod eth;
+pub mod gso;
 pub mod ipv4;
 pub mod tcp;
 pub mod vnet;
+pub mod vxlan;

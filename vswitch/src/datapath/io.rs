@@ -32,7 +32,8 @@ impl State {
         let Some(p) = self.ports[slot as usize].as_mut() else {
             return;
         };
-        if p.state != PortState::Up || p.armed {
+        // a tunnel port sends only: the VTEP reads for every tunnel
+        if p.state != PortState::Up || p.armed || p.tunnel.is_some() {
             return;
         }
         if !self.pool.available() {
@@ -100,6 +101,10 @@ impl State {
             if let Some(f) = copy {
                 self.send_owned(dst, f);
             }
+            return false;
+        }
+        if d.tunnel.is_some() {
+            self.tunnel_tx(b, dst);
             return false;
         }
         d.inflight += 1;
@@ -262,7 +267,7 @@ impl State {
                 continue;
             };
             // the gateway's services answer containers, not the segment
-            if d.state != PortState::Up || d.xform.is_some() {
+            if d.state != PortState::Up || d.xform.is_some() || d.tunnel.is_some() {
                 continue;
             }
             d.inflight += 1;
@@ -350,6 +355,10 @@ impl State {
             return;
         }
         p.state = PortState::Closing;
+        if p.tunnel.is_some() {
+            self.forget_tunnel(slot);
+        }
+        let p = self.ports[slot as usize].as_mut().expect("checked");
         // a routed segment goes with its trunk (the slot may be reused)
         self.routed.retain(|_, r| r.trunk != slot);
         self.sw.detach_port(slot);
@@ -377,6 +386,7 @@ impl State {
             name,
             fd,
             xform: None,
+            tunnel: None,
             armed: false,
             starved: false,
             inflight: 0,
@@ -389,7 +399,9 @@ impl State {
         }
         self.ports[slot as usize] = Some(port);
         self.ids.insert(id, slot);
-        self.arm(slot);
+        if kind != PortKind::Tunnel {
+            self.arm(slot);
+        }
         slot
     }
 }

@@ -15,6 +15,10 @@ impl State {
                 self.uplink_rx(slot, b, len, now);
                 return;
             }
+            Some((PortKind::Vtep, _)) => {
+                self.vtep_rx(slot, b, len, now);
+                return;
+            }
             // routed_in itself says when the network is not routed
             Some((kind, net)) if !self.routed.is_empty() => {
                 if self.routed_in(slot, kind, net, b, len, now) {

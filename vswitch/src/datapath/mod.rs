@@ -26,6 +26,9 @@ mod l2;
 mod l3;
 mod pool;
 mod routed;
+mod tunnel;
+
+pub use tunnel::{open_vtep, TunnelSnapshot, VtepSnapshot, VtepStats};
 
 use crate::mac::Mac;
 use crate::router;
@@ -178,6 +181,8 @@ pub struct Snapshot {
     pub rx_buffers: u32,
     pub rx_buffers_in_use: u32,
     pub rx_buffer_bytes: u64,
+    /// The VXLAN endpoint and its tunnels, if there is one.
+    pub vtep: Option<VtepSnapshot>,
 }
 
 enum Cmd {
@@ -208,6 +213,14 @@ enum Cmd {
     ForgetHost(NetIdx, Ipv4Addr),
     RestoreNat(Vec<nat::ConnRaw>, mpsc::SyncSender<usize>),
     EnableResets,
+    SetVtep(OwnedFd, std::net::SocketAddrV4, PortId),
+    AddTunnel {
+        net: NetIdx,
+        vni: u32,
+        mtu: u32,
+        id: PortId,
+    },
+    SetTunnelPeers(NetIdx, Vec<(Mac, std::net::SocketAddrV4)>, Vec<std::net::SocketAddrV4>),
     Shutdown,
 }
 
@@ -517,6 +530,37 @@ impl Datapath {
         self.send(Cmd::ForgetHost(net, ip))
     }
 
+    /// Sets the VXLAN endpoint (once): `fd` from [`open_vtep`] on `local`.
+    pub fn set_vtep(
+        &self,
+        fd: OwnedFd,
+        local: std::net::SocketAddrV4,
+    ) -> Result<PortId, DatapathError> {
+        let id = self.next_port.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::SetVtep(fd, local, id))?;
+        Ok(id)
+    }
+
+    /// Gives network `net` a VXLAN tunnel with `vni` (after
+    /// [`Self::set_vtep`]): its frames for other hosts are encapsulated
+    /// and segmented to `mtu`. Removed with [`Self::remove_port`].
+    pub fn add_tunnel(&self, net: NetIdx, vni: u32, mtu: u32) -> Result<PortId, DatapathError> {
+        let id = self.next_port.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::AddTunnel { net, vni, mtu, id })?;
+        Ok(id)
+    }
+
+    /// Where network `net`'s remote endpoints are (MAC -> its host's
+    /// VTEP) and which VTEPs get its broadcasts (replaces the previous).
+    pub fn set_tunnel_peers(
+        &self,
+        net: NetIdx,
+        peers: Vec<(Mac, std::net::SocketAddrV4)>,
+        flood: Vec<std::net::SocketAddrV4>,
+    ) -> Result<(), DatapathError> {
+        self.send(Cmd::SetTunnelPeers(net, peers, flood))
+    }
+
     /// A handle that can only inject frames, for services behind the
     /// gateway (it does not keep the datapath alive).
     pub fn injector(&self) -> Injector {
@@ -588,6 +632,8 @@ struct IoPort {
     name: String,
     /// A trunk's frame rewriting (None for other ports).
     xform: Option<Box<TrunkXform>>,
+    /// A tunnel port's encapsulation (None for other ports).
+    tunnel: Option<Box<tunnel::Tunnel>>,
     fd: OwnedFd,
     /// A read (multishot or single) is posted.
     armed: bool,
@@ -655,6 +701,8 @@ struct State {
     uplink: Option<Uplink>,
     /// L3 ipvlan networks.
     routed: FxHashMap<NetIdx, routed::Routed>,
+    /// The VXLAN endpoint (overlay networks).
+    vtep: Option<tunnel::Vtep>,
     worker_errors: u64,
 }
 
@@ -711,6 +759,7 @@ impl Worker {
                 inject_free: Vec::new(),
                 uplink: None,
                 routed: FxHashMap::default(),
+                vtep: None,
                 worker_errors: 0,
             },
         })
@@ -915,6 +964,9 @@ impl State {
                         self.inject(net, f);
                     }
                 }
+                Cmd::SetVtep(fd, local, id) => self.set_vtep(fd, local, id),
+                Cmd::AddTunnel { net, vni, mtu, id } => self.add_tunnel(net, vni, mtu, id),
+                Cmd::SetTunnelPeers(net, peers, flood) => self.set_tunnel_peers(net, peers, flood),
                 Cmd::Shutdown => {
                     self.exiting = true;
                     for slot in 0..self.ports.len() {
@@ -941,6 +993,7 @@ impl State {
             rx_buffers: self.pool.entries() as u32,
             rx_buffers_in_use: self.pool.out(),
             rx_buffer_bytes: self.pool.bytes() as u64,
+            vtep: self.vtep_snapshot(),
             read_mode: if self.multishot {
                 "multishot"
             } else {

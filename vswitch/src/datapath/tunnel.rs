@@ -1,0 +1,523 @@
+//! VXLAN tunnels (RFC 7348), encapsulated by the worker itself.
+//!
+//! One *VTEP*: a UDP socket on the host's advertise address (port 4789 by
+//! default) that every overlay network shares, read by the worker like any
+//! port (a multishot read per datagram). Each overlay network has a
+//! *tunnel port* in the switch, of the trunk's class: it learns nothing
+//! (the remote MACs come from the control plane), unicast for a MAC that
+//! is not local goes to it, and broadcast is flooded to it. What the
+//! switch sends to a tunnel port is encapsulated here:
+//!
+//! - the destination VTEP is the peer the control plane named for the
+//!   destination MAC; broadcast, multicast and unknown unicast go to every
+//!   VTEP that has endpoints on the network (head-end replication);
+//! - offloaded frames from the TAPs (64 KiB TCP super-frames, partial
+//!   checksums) are segmented to the network's MTU and their checksums
+//!   completed ([`wire::gso`]), each segment behind its VXLAN header, in
+//!   one buffer;
+//! - the segments go to the kernel in one `sendmsg` with `UDP_SEGMENT`
+//!   (UDP GSO) when they are equal-sized (all but the last), else with
+//!   one `sendmmsg`.
+//!
+//! A received datagram is checked ([`wire::vxlan::parse`]), its VNI picks
+//! the tunnel port, and the inner frame enters the switch from that port
+//! with a zeroed vnet header. Every refusal is counted ([`VtepStats`]).
+
+use super::*;
+use std::net::SocketAddrV4;
+
+/// The pseudo-network the VTEP's reading port sits in (no flooding, no
+/// MACs): its frames are dispatched by VNI.
+pub(super) const VTEP_NET: NetIdx = NetIdx::MAX - 1;
+
+/// A tunnel port's encapsulation.
+pub(super) struct Tunnel {
+    /// The network's MTU: segments carry at most this much IP packet.
+    pub mtu: usize,
+    hdr: [u8; wire::vxlan::HDR_LEN],
+    /// Remote endpoint MAC -> its host's VTEP.
+    pub peers: FxHashMap<Mac, SocketAddrV4>,
+    /// Every VTEP with endpoints on the network.
+    pub flood: Vec<SocketAddrV4>,
+}
+
+impl Tunnel {
+    pub fn new(vni: u32, mtu: u32) -> Tunnel {
+        Tunnel {
+            mtu: mtu as usize,
+            hdr: wire::vxlan::emit(vni),
+            peers: FxHashMap::default(),
+            flood: Vec::new(),
+        }
+    }
+}
+
+/// What the VTEP counted.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VtepStats {
+    pub rx_datagrams: u64,
+    pub rx_bytes: u64,
+    pub tx_datagrams: u64,
+    pub tx_bytes: u64,
+    /// Datagrams shorter than a VXLAN and an Ethernet header.
+    pub rx_short: u64,
+    /// Datagrams without the VXLAN I flag.
+    pub rx_bad_flags: u64,
+    /// Datagrams for a VNI this host has no network for.
+    pub rx_unknown_vni: u64,
+    /// Frames for the tunnel with no VTEP to go to.
+    pub tx_no_peer: u64,
+    /// Offloaded frames that could not be segmented.
+    pub tx_malformed: u64,
+    /// Datagrams the kernel refused (a full socket buffer, no route).
+    pub tx_errors: u64,
+    /// Sends batched with UDP GSO, and with sendmmsg.
+    pub tx_gso_sends: u64,
+    pub tx_mmsg_sends: u64,
+}
+
+/// The VTEP as the control plane sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VtepSnapshot {
+    pub local: SocketAddrV4,
+    pub port: PortId,
+    pub stats: VtepStats,
+    /// Per tunnel: (VNI, network, peers, flood list length).
+    pub tunnels: Vec<TunnelSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelSnapshot {
+    pub vni: u32,
+    pub net: NetIdx,
+    pub port: PortId,
+    pub peers: usize,
+    pub vteps: Vec<SocketAddrV4>,
+}
+
+pub(super) struct Vtep {
+    pub slot: PortIdx,
+    pub local: SocketAddrV4,
+    /// VNI -> tunnel port.
+    pub vnis: FxHashMap<u32, PortIdx>,
+    pub stats: VtepStats,
+    /// Whether the kernel takes UDP_SEGMENT (else sendmmsg only).
+    gso: bool,
+    /// Segments being sent, each behind its VXLAN header.
+    scratch: Vec<u8>,
+    lens: Vec<usize>,
+}
+
+impl Vtep {
+    pub fn new(slot: PortIdx, local: SocketAddrV4) -> Vtep {
+        Vtep {
+            slot,
+            local,
+            vnis: FxHashMap::default(),
+            stats: VtepStats::default(),
+            gso: true,
+            scratch: Vec::with_capacity(BUF_SIZE + 64 * 64),
+            lens: Vec::with_capacity(64),
+        }
+    }
+}
+
+/// Opens the VTEP's socket: UDP on `local`, non-blocking, with large
+/// buffers (a burst of segments must not overflow them).
+pub fn open_vtep(local: SocketAddrV4) -> std::io::Result<OwnedFd> {
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sa = sockaddr(&local);
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    } != 0
+    {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(e.kind(), format!("binding {local}: {e}")));
+    }
+    for (force, plain) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        let size: libc::c_int = 8 << 20;
+        let set = |opt| unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        // the forced size needs CAP_NET_ADMIN; else as much as allowed
+        if set(force) != 0 {
+            set(plain);
+        }
+    }
+    Ok(fd)
+}
+
+fn sockaddr(a: &SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// At most this many bytes of UDP payload in one GSO send (a datagram's
+/// length field bounds the super-datagram).
+const GSO_MAX_BYTES: usize = 60_000;
+/// The kernel's UDP_MAX_SEGMENTS.
+const GSO_MAX_SEGS: usize = 64;
+
+/// Sends the datagrams in `buf` (lengths `lens`) to `to`; returns how many
+/// were sent and whether UDP GSO was used. Turns `gso` off for good when
+/// the kernel refuses it.
+fn send_all(
+    fd: i32,
+    buf: &[u8],
+    lens: &[usize],
+    to: &SocketAddrV4,
+    gso: &mut bool,
+    st: &mut VtepStats,
+) -> usize {
+    let sa = sockaddr(to);
+    let mut sent = 0;
+    let mut off = 0;
+    let mut i = 0;
+    while i < lens.len() {
+        // a run of equal-sized datagrams (the last may be shorter) as one
+        // GSO send
+        let size = lens[i];
+        let mut j = i + 1;
+        let mut bytes = size;
+        while *gso
+            && j < lens.len()
+            && j - i < GSO_MAX_SEGS
+            && bytes + lens[j] <= GSO_MAX_BYTES
+            && lens[j] <= size
+        {
+            bytes += lens[j];
+            j += 1;
+            if lens[j - 1] < size {
+                break; // a shorter one ends the run
+            }
+        }
+        if *gso && j - i > 1 {
+            match send_gso(fd, &buf[off..off + bytes], size, &sa) {
+                Ok(()) => {
+                    st.tx_gso_sends += 1;
+                    sent += j - i;
+                    off += bytes;
+                    i = j;
+                    continue;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)) => {
+                    *gso = false; // no UDP GSO here (or not for this device)
+                }
+                Err(_) => {
+                    st.tx_errors += (j - i) as u64;
+                    off += bytes;
+                    i = j;
+                    continue;
+                }
+            }
+        }
+        // the rest without GSO, in sendmmsg batches
+        let k = send_mmsg(fd, buf, off, &lens[i..], &sa, st);
+        sent += k;
+        let skipped: usize = lens[i..].iter().sum();
+        off += skipped;
+        i = lens.len();
+    }
+    sent
+}
+
+fn send_gso(fd: i32, data: &[u8], seg: usize, sa: &libc::sockaddr_in) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // one cmsg: UDP_SEGMENT (u16)
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+    let mut cbuf = [0u64; 4];
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_name = sa as *const libc::sockaddr_in as *mut libc::c_void;
+    mh.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    mh.msg_controllen = space;
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&mh);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg as u16);
+    }
+    let r = unsafe { libc::sendmsg(fd, &mh, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends the datagrams `lens` starting at `buf[off..]` one message each,
+/// batched; returns how many the kernel took.
+fn send_mmsg(
+    fd: i32,
+    buf: &[u8],
+    off: usize,
+    lens: &[usize],
+    sa: &libc::sockaddr_in,
+    st: &mut VtepStats,
+) -> usize {
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(lens.len());
+    let mut o = off;
+    for l in lens {
+        iovs.push(libc::iovec {
+            iov_base: buf[o..].as_ptr() as *mut libc::c_void,
+            iov_len: *l,
+        });
+        o += l;
+    }
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+            mh.msg_name = sa as *const libc::sockaddr_in as *mut libc::c_void;
+            mh.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            mh.msg_iov = iov;
+            mh.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: mh,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    let mut done = 0;
+    while done < msgs.len() {
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs[done..].as_mut_ptr(),
+                (msgs.len() - done) as u32,
+                0,
+            )
+        };
+        st.tx_mmsg_sends += 1;
+        if r <= 0 {
+            // a full buffer or an unreachable VTEP: the rest is lost
+            st.tx_errors += (msgs.len() - done) as u64;
+            break;
+        }
+        done += r as usize;
+    }
+    done
+}
+
+impl State {
+    /// A datagram the VTEP read, in buffer `b`: the inner frame enters the
+    /// switch from its network's tunnel port, or the buffer goes back.
+    pub(super) fn vtep_rx(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
+        let Some(v) = self.vtep.as_mut() else {
+            self.recycle(slot, b);
+            return;
+        };
+        v.stats.rx_datagrams += 1;
+        v.stats.rx_bytes += len as u64;
+        let vni = match wire::vxlan::parse(self.pool.frame(b, len)) {
+            Ok(vni) => vni,
+            Err(e) => {
+                match e {
+                    wire::vxlan::Error::Short => v.stats.rx_short += 1,
+                    wire::vxlan::Error::BadFlags => v.stats.rx_bad_flags += 1,
+                }
+                self.recycle(slot, b);
+                return;
+            }
+        };
+        let Some(&t) = v.vnis.get(&vni) else {
+            v.stats.rx_unknown_vni += 1;
+            self.recycle(slot, b);
+            return;
+        };
+        // [VXLAN][Ethernet] -> [vnet header][Ethernet]: the inner frame
+        // moves by the difference; the header says "no offloads"
+        const X: usize = wire::vxlan::HDR_LEN;
+        if len - X + VNET_HDR_LEN > BUF_SIZE {
+            self.recycle(slot, b);
+            return;
+        }
+        let w = self.pool.whole_mut(b);
+        w.copy_within(X..len, VNET_HDR_LEN);
+        w[..VNET_HDR_LEN].fill(0);
+        self.frame_in(t, b, len - X + VNET_HDR_LEN, now);
+    }
+
+    /// Encapsulates `src`'s frame in buffer `b` for tunnel port `dst` and
+    /// sends it to the VTEP(s) it is for. The buffer stays the caller's.
+    pub(super) fn tunnel_tx(&mut self, b: usize, dst: PortIdx) {
+        let len = self.pool.lens[b] as usize;
+        let (Some(v), Some(Some(port))) = (self.vtep.as_mut(), self.ports.get(dst as usize)) else {
+            return;
+        };
+        let Some(t) = port.tunnel.as_deref() else {
+            return;
+        };
+        let frame = self.pool.frame(b, len);
+        if frame.len() < VNET_HDR_LEN + eth::HDR_LEN {
+            return;
+        }
+        let h = crate::vnet::VnetHdr::parse(frame);
+        let f = &frame[VNET_HDR_LEN..];
+        let dmac = Mac::from_slice(f);
+        let one;
+        let targets: &[SocketAddrV4] = match (!dmac.is_multicast())
+            .then(|| t.peers.get(&dmac))
+            .flatten()
+        {
+            Some(a) => {
+                one = [*a];
+                &one
+            }
+            None => &t.flood,
+        };
+        if targets.is_empty() {
+            v.stats.tx_no_peer += 1;
+            return;
+        }
+        v.scratch.clear();
+        v.lens.clear();
+        if wire::gso::segment(&h, f, t.mtu, &t.hdr, &mut v.scratch, &mut v.lens).is_err() {
+            v.stats.tx_malformed += 1;
+            self.sw.count_drop(dst, DropReason::Malformed);
+            return;
+        }
+        let fd = port.fd.as_raw_fd();
+        let mut bytes = 0usize;
+        for to in targets {
+            let n = send_all(fd, &v.scratch, &v.lens, to, &mut v.gso, &mut v.stats);
+            v.stats.tx_datagrams += n as u64;
+            let b: usize = v.lens[..n].iter().sum();
+            v.stats.tx_bytes += b as u64;
+            bytes += b;
+        }
+        if bytes > 0 {
+            self.sw.count_tx(dst, f.len());
+        }
+    }
+
+    /// The VTEP: its socket becomes the port that reads every tunnel's
+    /// datagrams.
+    pub(super) fn set_vtep(&mut self, fd: OwnedFd, local: SocketAddrV4, id: PortId) {
+        if self.vtep.is_some() {
+            return; // one per datapath
+        }
+        let slot = self.add_io_port(PortKind::Vtep, id, "vtep".into(), VTEP_NET, 65535, fd);
+        self.vtep = Some(Vtep::new(slot, local));
+    }
+
+    /// Network `net`'s tunnel port (one per network), sending on a copy
+    /// of the VTEP's socket.
+    pub(super) fn add_tunnel(&mut self, net: NetIdx, vni: u32, mtu: u32, id: PortId) {
+        let Some(v) = self.vtep.as_ref() else {
+            self.report("a tunnel port without a VTEP");
+            return;
+        };
+        let Some(vfd) = self.ports[v.slot as usize].as_ref().map(|p| p.fd.as_raw_fd()) else {
+            return;
+        };
+        let dup = unsafe { libc::fcntl(vfd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            self.report(&format!(
+                "tunnel for VNI {vni}: {}",
+                std::io::Error::last_os_error()
+            ));
+            return;
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        let slot = self.add_io_port(PortKind::Tunnel, id, format!("vxlan{vni}"), net, mtu, fd);
+        if let Some(p) = self.ports[slot as usize].as_mut() {
+            p.tunnel = Some(Box::new(Tunnel::new(vni, mtu)));
+        }
+        if let Some(v) = self.vtep.as_mut() {
+            v.vnis.insert(vni, slot);
+        }
+    }
+
+    /// The tunnel of network `net`: where its remote MACs are, and which
+    /// VTEPs get its broadcasts.
+    pub(super) fn set_tunnel_peers(
+        &mut self,
+        net: NetIdx,
+        peers: Vec<(Mac, SocketAddrV4)>,
+        flood: Vec<SocketAddrV4>,
+    ) {
+        let Some(slot) = self.sw.network(net).and_then(|n| n.trunk) else {
+            return;
+        };
+        if let Some(t) = self.ports[slot as usize]
+            .as_mut()
+            .and_then(|p| p.tunnel.as_mut())
+        {
+            t.peers = peers.into_iter().collect();
+            t.flood = flood;
+        }
+    }
+
+    /// A tunnel port going away: its VNI no longer reaches it.
+    pub(super) fn forget_tunnel(&mut self, slot: PortIdx) {
+        if let Some(v) = self.vtep.as_mut() {
+            v.vnis.retain(|_, s| *s != slot);
+        }
+    }
+
+    pub(super) fn vtep_snapshot(&self) -> Option<VtepSnapshot> {
+        let v = self.vtep.as_ref()?;
+        let id_of = |slot: PortIdx| {
+            self.ports
+                .get(slot as usize)
+                .and_then(|p| p.as_ref())
+                .map(|p| p.id)
+                .unwrap_or(0)
+        };
+        let tunnels = v
+            .vnis
+            .iter()
+            .filter_map(|(&vni, &slot)| {
+                let t = self.ports[slot as usize].as_ref()?.tunnel.as_deref()?;
+                Some(TunnelSnapshot {
+                    vni,
+                    net: self.sw.port(slot)?.net,
+                    port: id_of(slot),
+                    peers: t.peers.len(),
+                    vteps: t.flood.clone(),
+                })
+            })
+            .collect();
+        Some(VtepSnapshot {
+            local: v.local,
+            port: id_of(v.slot),
+            stats: v.stats,
+            tunnels,
+        })
+    }
+}
