@@ -7,7 +7,10 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       ca-certificates curl gcc g++ libc6-dev pkg-config python3
       # the runtimes the integration tests drive (installing starts no daemon
       # here; the tests start them in their own namespaces)
-      podman containernetworking-plugins runc busybox-static docker.io)
+      podman containernetworking-plugins runc busybox-static docker.io
+      # the overlay tests' cluster store, and what the etcd client's build
+      # needs (it compiles etcd's protobuf definitions)
+      etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -174,6 +174,10 @@ pub struct NetworkInspect {
     /// macvlan, ipvlan: the port on the parent interface.
     #[serde(default)]
     pub trunk: Option<TrunkInspect>,
+    /// overlay: the VNI, the other hosts' VTEPs and endpoints, the
+    /// tunnel's and the VTEP's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -132,6 +132,22 @@ struct DaemonArgs {
     /// counted as quota_exceeded.
     #[arg(long, default_value_t = 1024)]
     nat_quota: u32,
+    /// The cluster store that overlay networks share (Docker's flag):
+    /// etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_name = "URL", requires = "cluster_advertise")]
+    cluster_store: Option<String>,
+    /// This host's address on the underlay: its VXLAN endpoint, and how
+    /// the other hosts reach its containers (Docker's flag).
+    #[arg(
+        long,
+        visible_alias = "advertise-addr",
+        value_name = "IP",
+        requires = "cluster_store"
+    )]
+    cluster_advertise: Option<std::net::Ipv4Addr>,
+    /// The UDP port of the VXLAN endpoint.
+    #[arg(long, default_value_t = 4789)]
+    data_path_port: u16,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -375,6 +391,15 @@ fn real_main(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Daemon(a) => {
             let uplink = uplink_args(&a)?;
+            let cluster = match (&a.cluster_store, a.cluster_advertise) {
+                (Some(url), Some(ip)) => Some(daemon::cluster::ClusterArgs {
+                    url: url.clone(),
+                    endpoints: daemon::cluster::parse_store(url).map_err(anyhow::Error::msg)?,
+                    advertise: ip,
+                    port: a.data_path_port,
+                }),
+                _ => None,
+            };
             daemon::server::run(daemon::DaemonConfig {
                 socket,
                 state_dir: a.state_dir.clone().unwrap_or_else(default_state_dir),
@@ -391,6 +416,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 dns: a.dns,
                 bridge_dns_names: a.bridge_dns_names,
                 uplink,
+                cluster,
             })?;
         }
         Cmd::Network(n) => network(&c, n)?,

@@ -207,6 +207,13 @@ impl Env {
         Self::build_as(test, &args, Some(false), Some((uid, gid)), Some(probe))
     }
 
+    /// Like [`Env::new`], with `setup(host_ns)` run once the daemon's
+    /// namespace exists and before the daemon starts (links the daemon
+    /// needs at start, such as an underlay for its VXLAN endpoint).
+    pub fn new_with(test: &str, daemon_args: &[&str], setup: &dyn Fn(&str)) -> Option<Env> {
+        Self::build_with(test, daemon_args, None, None, None, Some(setup))
+    }
+
     /// The "internet" namespace of [`Env::with_uplink`].
     pub fn inet_ns(&self) -> String {
         format!("{}inet", self.prefix)
@@ -224,6 +231,17 @@ impl Env {
         link: Option<bool>,
         user: Option<(u32, u32)>,
         dir: Option<PathBuf>,
+    ) -> Option<Env> {
+        Self::build_with(test, daemon_args, link, user, dir, None)
+    }
+
+    fn build_with(
+        test: &str,
+        daemon_args: &[&str],
+        link: Option<bool>,
+        user: Option<(u32, u32)>,
+        dir: Option<PathBuf>,
+        setup: Option<&dyn Fn(&str)>,
     ) -> Option<Env> {
         if !can_run(test) {
             return None;
@@ -244,6 +262,9 @@ impl Env {
         run_ok(Command::new("ip").args(["netns", "add", &host_ns]));
         run_ok(Command::new("ip").args(["-n", &host_ns, "link", "set", "lo", "up"]));
         let mut daemon_args: Vec<String> = daemon_args.iter().map(|s| s.to_string()).collect();
+        if let Some(f) = setup {
+            f(&host_ns);
+        }
         if let Some(uplink) = link {
             let inet = format!("{prefix}inet");
             run_ok(Command::new("ip").args(["netns", "add", &inet]));

@@ -31,6 +31,11 @@ impl Core {
                 Undo::ReleaseIp { net, ip } => {
                     if let Some(n) = self.nets.get_mut(&net) {
                         n.pool.release(ip);
+                        if Self::is_global(n) {
+                            if let Some(cl) = &self.cluster {
+                                let _ = cl.release(&net, ip);
+                            }
+                        }
                     }
                 }
                 Undo::RemovePort(port) => {
@@ -164,7 +169,11 @@ impl Core {
                 )));
             }
         }
-        let ip = n.pool.allocate(want)?;
+        let ip = if Self::is_global(n) {
+            self.allocate_global(network, want, &req.container)?
+        } else {
+            n.pool.allocate(want)?
+        };
         let mut undo = UndoList::default();
         undo.push(Undo::ReleaseIp {
             net: network.to_string(),
@@ -224,6 +233,13 @@ impl Core {
             return Err(e.into());
         }
         n.drv.endpoints_changed(&self.plumbing(), n);
+        if Self::is_global(n) {
+            // the other hosts learn of it (and route to it) from the store
+            if let Err(e) = self.publish_global(network, &req.container) {
+                let _ = self.disconnect_inner(network, &req.container);
+                return Err(e);
+            }
+        }
         log(format!("connected {} to {network} as {ip}", req.container));
         let info = n.endpoint_info(&req.container, &rec);
         self.dns_sync(network);
@@ -259,6 +275,9 @@ impl Core {
         n.pool.release(e.ip);
         n.published.remove(container);
         let idx = n.idx;
+        if Self::is_global(n) {
+            self.withdraw_global(network, container, e.ip);
+        }
         self.uplink_forwards(idx, &e, false);
         let n = self.nets.get_mut(network).expect("checked");
         if let Some(port) = n.ports.remove(container) {

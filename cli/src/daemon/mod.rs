@@ -1,11 +1,13 @@
 //! `tapnet daemon`: owns the datapath, the IPAM and the persistent state, and
 //! serves the control API.
 
+pub mod cluster;
 mod containers;
 pub mod dnsd;
 pub mod docker;
 pub mod driver;
 mod endpoints;
+mod global;
 pub mod ipam;
 pub mod netns;
 mod networks;
@@ -21,8 +23,8 @@ use crate::api::*;
 use anyhow::{Context, Result};
 use ipam::{IpamError, Pool};
 use ipnet::Ipv4Net;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -66,6 +68,8 @@ pub struct DaemonConfig {
     pub uplink: Option<UplinkArgs>,
     /// Serve Docker's remote network driver protocol on this socket.
     pub docker_plugin: Option<PathBuf>,
+    /// The cluster store and this host's VTEP (overlay networks).
+    pub cluster: Option<cluster::ClusterArgs>,
 }
 
 /// Root-mode NAT: the host interface and the address tapnet owns on it.
@@ -148,6 +152,9 @@ pub struct Net {
     ports: BTreeMap<String, PortId>,
     /// Container -> its published ports' listeners.
     published: BTreeMap<String, publish::Published>,
+    /// Global networks: the other hosts' endpoints (`HOST/CONTAINER`),
+    /// from the cluster store.
+    remote: BTreeMap<String, cluster::RemoteEp>,
 }
 
 impl Net {
@@ -203,6 +210,8 @@ pub struct Core {
     nat_mark: Option<[u64; 4]>,
     /// Pools handed out by the Docker IPAM driver, by pool id (subnet).
     docker_pools: BTreeMap<String, ipam::Pool>,
+    /// The cluster store, with `--cluster-store`.
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -297,6 +306,7 @@ impl Core {
             dp: &self.dp,
             dns_svc: &self.dns_svc,
             socknat: self.socknat.as_ref(),
+            vtep: self.cluster.is_some(),
         }
     }
 }

@@ -35,6 +35,7 @@ impl Core {
             gateway_mac: Mac::from_ipv4(rec.gateway),
             ports: BTreeMap::new(),
             published: BTreeMap::new(),
+            remote: BTreeMap::new(),
             rec,
         };
         let name = net.rec.name.clone();
@@ -70,6 +71,13 @@ impl Core {
                     .map(|r| parse_servers(&r.dns).unwrap_or_default())
                     .unwrap_or_default(),
             })
+            // an overlay network's containers on the other hosts
+            .chain(n.remote.values().map(|r| dns::Endpoint {
+                container: r.container.clone(),
+                aliases: r.aliases.clone(),
+                ip: r.ip,
+                dns: vec![],
+            }))
             .collect();
         let ups = parse_servers(&n.rec.dns).unwrap_or_default();
         let mut reg = self
@@ -98,6 +106,18 @@ impl Core {
     // ---- networks ----
 
     pub fn create_network(&mut self, req: CreateNetwork) -> ApiResult<NetworkSummary> {
+        if driver::lookup(req.driver.as_deref().unwrap_or("bridge"))
+            .is_ok_and(|d| d.scope() == driver::Scope::Global)
+        {
+            check_name("network", &req.name)?;
+            if self.nets.contains_key(&req.name) || PSEUDO.contains(&req.name.as_str()) {
+                return Err(ApiError::conflict(format!(
+                    "network with name {} already exists",
+                    req.name
+                )));
+            }
+            return self.create_global(req);
+        }
         let others: Vec<&NetworkRecord> = self.nets.values().map(|n| &n.rec).collect();
         let rec = plan_network(&req, &others)?;
         let (drv, subnet) = (driver::lookup(&rec.driver)?, rec.subnet);
@@ -166,6 +186,7 @@ impl Core {
                     stats: self.resolver.stats.snapshot(),
                 },
                 trunk: None,
+                overlay: None,
             });
         }
         let n = self.net(name)?;
@@ -228,7 +249,32 @@ impl Core {
                 },
                 stats: self.resolver.stats.snapshot(),
             },
-            trunk: n.trunk.map(|id| {
+            overlay: Self::is_global(n).then(|| {
+                let mut peers: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
+                for r in n.remote.values() {
+                    let p = peers.entry(r.host.as_str()).or_insert_with(|| {
+                        serde_json::json!({ "vtep": r.vtep.to_string(), "endpoints": [] })
+                    });
+                    if let Some(a) = p["endpoints"].as_array_mut() {
+                        a.push(serde_json::json!({
+                            "container": r.container, "ip": r.ip.to_string(), "mac": r.mac.to_string()
+                        }));
+                    }
+                }
+                let tunnel = n.trunk.and_then(|id| by_id.get(&id));
+                serde_json::json!({
+                    "vni": driver::overlay::vni(&n.rec),
+                    "host": self.cluster.as_ref().map(|c| c.host.clone()),
+                    "store": self.cluster.as_ref().map(|c| c.url.clone()),
+                    "vtep": snap.vtep.as_ref().map(|v| v.local.to_string()),
+                    "peers": peers,
+                    "tunnel_port": tunnel.map(|p| serde_json::json!({
+                        "id": p.id, "state": p.state, "counters": p.counters
+                    })),
+                    "vtep_counters": snap.vtep.as_ref().map(|v| v.stats),
+                })
+            }),
+            trunk: n.trunk.filter(|_| !Self::is_global(n)).map(|id| {
                 let ps = by_id.get(&id);
                 let parent = driver::parse_parent(&n.rec.driver, &n.rec.options).ok();
                 TrunkInspect {
@@ -261,6 +307,15 @@ impl Core {
                 list.join(", ")
             )));
         }
+        if Self::is_global(n) {
+            return self.remove_global(name);
+        }
+        self.remove_local(name)
+    }
+
+    /// Removes network `name` here (it has no endpoints).
+    pub(super) fn remove_local(&mut self, name: &str) -> ApiResult<()> {
+        let n = self.net(name)?;
         let idx = n.idx;
         self.store.remove(name)?;
         n.drv.delete(&self.plumbing(), n);

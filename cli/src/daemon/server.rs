@@ -316,6 +316,14 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
     for (id, p) in clients {
         watch_client(shared.clone(), id, p);
     }
+    // the cluster store's sessions (overlay networks)
+    let cl = {
+        let g = shared.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().and_then(|c| c.cluster_handle())
+    };
+    if let Some(cl) = cl {
+        tokio::spawn(super::cluster::run(shared.clone(), cl));
+    }
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("listening on {}", sock.display()))?;
     let who = restrict_socket(&sock, rootless)?;

@@ -61,6 +61,26 @@ impl Core {
                 u.iface, u.ip, u.gateway, u.ports.0, u.ports.1
             ));
         }
+        // the VXLAN endpoint and the store's client, before any overlay
+        // network is restored (its driver needs the VTEP)
+        let cluster = match &cfg.cluster {
+            None => None,
+            Some(a) => {
+                let local = std::net::SocketAddrV4::new(a.advertise, a.port);
+                let fd = vswitch::open_vtep(local).with_context(|| {
+                    format!("opening the VXLAN endpoint on {local} (--cluster-advertise, --data-path-port)")
+                })?;
+                dp.set_vtep(fd, local)?;
+                let host = store.host_id()?;
+                let cl = tokio::runtime::Handle::current()
+                    .block_on(cluster::Cluster::new(a, host.clone()))?;
+                log(format!(
+                    "cluster: store {}, this host {host}, VXLAN endpoint {local}",
+                    a.url
+                ));
+                Some(Arc::new(cl))
+            }
+        };
         let resolver = Arc::new(dns::Resolver::new());
         tokio::runtime::Handle::current().spawn(dnsd::run(
             dns_rx,
@@ -131,6 +151,7 @@ impl Core {
             containers,
             nat_mark: None,
             docker_pools: BTreeMap::new(),
+            cluster,
         };
         if !records.iter().any(|r| r.name == BRIDGE) {
             let subnet: Ipv4Net = "172.17.0.0/16".parse().expect("valid");

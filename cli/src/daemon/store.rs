@@ -291,6 +291,21 @@ impl Store {
         }
     }
 
+    /// This host's name in the cluster store: random, made once and kept
+    /// in the state directory (`cluster-host`).
+    pub fn host_id(&self) -> Result<String> {
+        let p = self.containers_dir().join("cluster-host");
+        if let Ok(s) = fs::read_to_string(&p) {
+            let s = s.trim();
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Ok(s.to_string());
+            }
+        }
+        let id = format!("host-{}", &super::random_hex(12));
+        write_atomic(self.containers_dir(), "cluster-host", id.as_bytes())?;
+        Ok(id)
+    }
+
     /// The Docker IPAM driver's pools.
     pub fn save_docker_pools(&self, p: &[DockerPool]) -> Result<()> {
         write_atomic(

@@ -220,7 +220,11 @@ enum Cmd {
         mtu: u32,
         id: PortId,
     },
-    SetTunnelPeers(NetIdx, Vec<(Mac, std::net::SocketAddrV4)>, Vec<std::net::SocketAddrV4>),
+    SetTunnelPeers(
+        NetIdx,
+        Vec<(Mac, std::net::SocketAddrV4)>,
+        Vec<std::net::SocketAddrV4>,
+    ),
     Shutdown,
 }
 

@@ -146,7 +146,10 @@ pub fn open_vtep(local: SocketAddrV4) -> std::io::Result<OwnedFd> {
     } != 0
     {
         let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(e.kind(), format!("binding {local}: {e}")));
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("binding {local}: {e}"),
+        ));
     }
     for (force, plain) in [
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
@@ -229,7 +232,12 @@ fn send_all(
                     i = j;
                     continue;
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                    ) =>
+                {
                     *gso = false; // no UDP GSO here (or not for this device)
                 }
                 Err(_) => {
@@ -314,14 +322,8 @@ fn send_mmsg(
         .collect();
     let mut done = 0;
     while done < msgs.len() {
-        let r = unsafe {
-            libc::sendmmsg(
-                fd,
-                msgs[done..].as_mut_ptr(),
-                (msgs.len() - done) as u32,
-                0,
-            )
-        };
+        let r =
+            unsafe { libc::sendmmsg(fd, msgs[done..].as_mut_ptr(), (msgs.len() - done) as u32, 0) };
         st.tx_mmsg_sends += 1;
         if r <= 0 {
             // a full buffer or an unreachable VTEP: the rest is lost
@@ -390,16 +392,14 @@ impl State {
         let f = &frame[VNET_HDR_LEN..];
         let dmac = Mac::from_slice(f);
         let one;
-        let targets: &[SocketAddrV4] = match (!dmac.is_multicast())
-            .then(|| t.peers.get(&dmac))
-            .flatten()
-        {
-            Some(a) => {
-                one = [*a];
-                &one
-            }
-            None => &t.flood,
-        };
+        let targets: &[SocketAddrV4] =
+            match (!dmac.is_multicast()).then(|| t.peers.get(&dmac)).flatten() {
+                Some(a) => {
+                    one = [*a];
+                    &one
+                }
+                None => &t.flood,
+            };
         if targets.is_empty() {
             v.stats.tx_no_peer += 1;
             return;
@@ -442,7 +442,10 @@ impl State {
             self.report("a tunnel port without a VTEP");
             return;
         };
-        let Some(vfd) = self.ports[v.slot as usize].as_ref().map(|p| p.fd.as_raw_fd()) else {
+        let Some(vfd) = self.ports[v.slot as usize]
+            .as_ref()
+            .map(|p| p.fd.as_raw_fd())
+        else {
             return;
         };
         let dup = unsafe { libc::fcntl(vfd, libc::F_DUPFD_CLOEXEC, 0) };

@@ -18,6 +18,7 @@
 
 mod bridge;
 mod macvlan;
+pub mod overlay;
 
 use super::store::{EndpointRecord, NetworkRecord};
 use super::{dnsd, netns, socknat, ApiError, ApiResult, Net};
@@ -27,14 +28,15 @@ use vswitch::{Datapath, NetIdx, NetnsRef, PortId};
 
 pub use bridge::Bridge;
 pub use macvlan::{parse_parent, Ipvlan, Macvlan};
+pub use overlay::Overlay;
 
 /// Where a network exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// On this host only (state in the local state directory).
     Local,
-    /// On every host of a cluster (overlay networks, once they exist).
-    #[allow(dead_code)]
+    /// On every host of a cluster (overlay networks: their state is in
+    /// the cluster store).
     Global,
 }
 
@@ -54,6 +56,8 @@ pub struct Plumbing<'a> {
     pub dp: &'a Datapath,
     pub dns_svc: &'a dnsd::DnsService,
     pub socknat: Option<&'a socknat::SockNat>,
+    /// Whether the datapath has a VXLAN endpoint (a cluster store).
+    pub vtep: bool,
 }
 
 /// What a driver made for a network in [`NetworkDriver::create`].
@@ -153,11 +157,12 @@ pub fn lookup(name: &str) -> ApiResult<&'static dyn NetworkDriver> {
         "bridge" => Ok(&Bridge),
         "macvlan" => Ok(&Macvlan),
         "ipvlan" => Ok(&Ipvlan),
+        "overlay" => Ok(&Overlay),
         "host" | "null" => Err(ApiError::conflict(format!(
             "only one instance of the {name:?} network is allowed (it is pre-defined)"
         ))),
         _ => Err(ApiError::bad_request(format!(
-            "unknown network driver {name:?} (known: bridge, macvlan, ipvlan)"
+            "unknown network driver {name:?} (known: bridge, macvlan, ipvlan, overlay)"
         ))),
     }
 }

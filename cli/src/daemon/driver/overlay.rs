@@ -1,0 +1,131 @@
+//! The overlay driver: one network across every host of a cluster. Each
+//! host has the network in its switch, with the gateway (and the resolver
+//! and NAT behind it) answered locally, and a VXLAN tunnel port that
+//! carries its frames to the hosts where the other endpoints are
+//! (`vswitch::datapath::tunnel`). The network's record, its VNI, the
+//! addresses handed out and every host's endpoints live in the cluster
+//! store (`super::super::cluster`); this driver programs one host's share.
+//!
+//! Options: `vni` (4096-16777215; chosen from 4096 up when absent),
+//! `mtu` via `--mtu` (default: the underlay's MTU less 50, the VXLAN
+//! overhead), `encrypted` (not yet).
+
+use super::*;
+use vswitch::TrunkMode;
+
+pub struct Overlay;
+
+/// The first VNI handed out (as Docker's overlay driver does).
+pub const FIRST_VNI: u32 = 4096;
+
+/// The network's VNI (set by the core before the record is stored).
+pub fn vni(rec: &NetworkRecord) -> Option<u32> {
+    rec.options.get("vni").and_then(|v| v.parse().ok())
+}
+
+impl NetworkDriver for Overlay {
+    fn name(&self) -> &'static str {
+        "overlay"
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Global
+    }
+
+    fn check(&self, rec: &mut NetworkRecord, _others: &[&NetworkRecord]) -> ApiResult<()> {
+        known_options("overlay", &rec.options, &["vni", "encrypted"])?;
+        if rec.options.contains_key("encrypted") {
+            return Err(ApiError::bad_request(
+                "encrypted overlay networks are not available yet",
+            ));
+        }
+        if let Some(v) = rec.options.get("vni") {
+            match v.parse::<u32>() {
+                Ok(n) if (1..=wire::vxlan::MAX_VNI).contains(&n) => {}
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid vni {v:?}: 1-{}",
+                        wire::vxlan::MAX_VNI
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self, p: &Plumbing, idx: NetIdx, rec: &NetworkRecord) -> Result<Made> {
+        let cfg = bridge::net_config(rec);
+        p.dp.add_network(idx, cfg)?;
+        p.dns_svc.send(dnsd::Event::AddNet {
+            net: idx,
+            ip: rec.gateway,
+            prefix: rec.subnet.prefix_len(),
+            mac: cfg.gateway_mac,
+            mtu: rec.mtu,
+        });
+        if let Some(s) = p.socknat {
+            s.send(socknat::Event::AddNet {
+                net: idx,
+                ip: rec.gateway,
+                prefix: rec.subnet.prefix_len(),
+                mac: cfg.gateway_mac,
+                mtu: rec.mtu,
+            });
+        }
+        let hosts: Vec<_> = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+        p.dp.set_trunk_policy(idx, TrunkMode::Bridge, hosts)?;
+        if !p.vtep {
+            return Ok(Made {
+                trunk: None,
+                down: Some(
+                    "this daemon has no cluster store (--cluster-store): the overlay network reaches no other host"
+                        .into(),
+                ),
+            });
+        }
+        let Some(vni) = vni(rec) else {
+            return Ok(Made {
+                trunk: None,
+                down: Some("the network has no VNI".into()),
+            });
+        };
+        let tunnel = p.dp.add_tunnel(idx, vni, rec.mtu)?;
+        Ok(Made {
+            trunk: Some(tunnel),
+            down: None,
+        })
+    }
+
+    fn delete(&self, p: &Plumbing, net: &Net) {
+        if let Some(t) = net.trunk {
+            if let Err(e) = p.dp.remove_port(t, false, super::super::DP_TIMEOUT) {
+                super::super::log(format!(
+                    "network {}: removing its tunnel: {e}",
+                    net.rec.name
+                ));
+            }
+        }
+        Bridge.delete(p, net);
+    }
+
+    fn publishes(&self, rec: &NetworkRecord) -> std::result::Result<(), String> {
+        Bridge.publishes(rec)
+    }
+
+    /// The local endpoints (the only unicast the tunnel brings in, and
+    /// the MACs never sent into it) and the remote ones (where the tunnel
+    /// sends their frames; broadcasts go to every host that has one).
+    fn endpoints_changed(&self, p: &Plumbing, net: &Net) {
+        let hosts = net.rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+        if let Err(e) = p.dp.set_trunk_policy(net.idx, TrunkMode::Bridge, hosts) {
+            super::super::log(format!("network {}: {e}", net.rec.name));
+        }
+        let peers: Vec<_> = net.remote.values().map(|r| (r.mac, r.vtep)).collect();
+        let mut flood: Vec<_> = net.remote.values().map(|r| r.vtep).collect();
+        flood.sort();
+        flood.dedup();
+        if let Err(e) = p.dp.set_tunnel_peers(net.idx, peers, flood) {
+            super::super::log(format!("network {}: {e}", net.rec.name));
+        }
+    }
+}

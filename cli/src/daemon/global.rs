@@ -1,0 +1,353 @@
+//! Global-scope (overlay) networks: the core's side of the cluster store
+//! ([`cluster`]). Each daemon keeps a copy of every overlay network in
+//! its local state (so its own endpoints come back after a restart even
+//! while the store is away) and learns the other hosts' endpoints from
+//! the store's watch: they become the tunnel's peers, used addresses in
+//! the local pool, and names in the resolver.
+
+use super::cluster::{Change, RemoteEp};
+use super::*;
+
+impl Core {
+    /// The cluster store's client, if the daemon has one.
+    pub fn cluster_handle(&self) -> Option<Arc<cluster::Cluster>> {
+        self.cluster.clone()
+    }
+
+    /// Whether network `n` is shared through the cluster store.
+    pub(super) fn is_global(n: &Net) -> bool {
+        n.drv.scope() == driver::Scope::Global
+    }
+
+    fn cluster(&self) -> ApiResult<&Arc<cluster::Cluster>> {
+        self.cluster.as_ref().ok_or_else(|| {
+            ApiError::bad_request(
+                "overlay networks need a cluster store: start the daemon with --cluster-store etcd://HOST:PORT --cluster-advertise IP",
+            )
+        })
+    }
+
+    /// `network create -d overlay`: a VNI and (unless given) a subnet
+    /// free in the whole cluster, the MTU of the underlay less VXLAN's 50
+    /// bytes; created in the store first (one transaction, so two hosts
+    /// never create the same name or VNI), then here.
+    pub(super) fn create_global(&mut self, mut req: CreateNetwork) -> ApiResult<NetworkSummary> {
+        let cl = self.cluster()?.clone();
+        let global = cl.networks()?;
+        if global.iter().any(|r| r.name == req.name) {
+            return Err(ApiError::conflict(format!(
+                "network {} already exists in the cluster",
+                req.name
+            )));
+        }
+        let mut others: Vec<&NetworkRecord> = self.nets.values().map(|n| &n.rec).collect();
+        others.extend(global.iter().filter(|g| !self.nets.contains_key(&g.name)));
+        if req.subnet.is_none() && req.gateway.is_none() && req.ip_range.is_none() {
+            // Docker's overlay pool: 10.0.0.0/8 in /24s
+            let taken: Vec<ipnet::Ipv4Net> = others.iter().map(|r| r.subnet).collect();
+            let s = (0..65536u32)
+                .map(|i| {
+                    ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("valid")
+                })
+                .find(|c| taken.iter().all(|t| !ipam::overlaps(c, t)))
+                .ok_or_else(|| {
+                    ApiError::conflict("no free /24 left in 10.0.0.0/8: pass --subnet")
+                })?;
+            req.subnet = Some(s.to_string());
+        }
+        if req.mtu.is_none() {
+            let under = cluster::underlay_mtu(*cl.vtep.ip()).unwrap_or(1500);
+            req.mtu = Some(under.saturating_sub(50).max(MIN_MTU));
+        }
+        let vni = match req.options.get("vni") {
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                ApiError::bad_request(format!("invalid vni {v:?}: 1-{}", wire::vxlan::MAX_VNI))
+            })?,
+            None => {
+                let used: Vec<u32> = others
+                    .iter()
+                    .filter_map(|r| driver::overlay::vni(r))
+                    .collect();
+                (driver::overlay::FIRST_VNI..=wire::vxlan::MAX_VNI)
+                    .find(|v| !used.contains(v))
+                    .ok_or_else(|| ApiError::conflict("no free VNI left"))?
+            }
+        };
+        req.options.insert("vni".into(), vni.to_string());
+        let rec = networks::plan_network(&req, &others)?;
+        cl.create_network(&rec, vni)?;
+        self.store.save(&rec)?;
+        let name = rec.name.clone();
+        if let Err(e) = self.add_net(rec) {
+            let _ = self.store.remove(&name);
+            let _ = cl.delete_network(&name, Some(vni));
+            return Err(e.into());
+        }
+        log(format!(
+            "created overlay network {name} ({}, VNI {vni}) in the cluster",
+            self.nets[&name].rec.subnet
+        ));
+        Ok(self.nets[&name].summary())
+    }
+
+    /// `network rm` of an overlay network: not while any host has an
+    /// endpoint on it; from the store first (the other hosts follow its
+    /// watch), then here.
+    pub(super) fn remove_global(&mut self, name: &str) -> ApiResult<()> {
+        let n = self.net(name)?;
+        if !n.remote.is_empty() {
+            let list: Vec<&str> = n.remote.keys().map(|s| s.as_str()).collect();
+            return Err(ApiError::conflict(format!(
+                "network {name} has active endpoints on other hosts ({}): disconnect them first",
+                list.join(", ")
+            )));
+        }
+        if n.rec.endpoints.is_empty() {
+            let vni = driver::overlay::vni(&n.rec);
+            self.cluster()?.delete_network(name, vni)?;
+        }
+        self.remove_local(name)
+    }
+
+    /// An address for `container` on global network `net`: the lowest the
+    /// local pool has free (it marks every address the cluster uses that
+    /// this host knows of) that the store also lets it take.
+    pub(super) fn allocate_global(
+        &mut self,
+        net: &str,
+        want: Option<Ipv4Addr>,
+        container: &str,
+    ) -> ApiResult<Ipv4Addr> {
+        let cl = self.cluster()?.clone();
+        let owner = format!("{}/{container}", cl.host);
+        for _ in 0..64 {
+            let n = self.nets.get_mut(net).expect("checked");
+            let ip = n.pool.allocate(want)?;
+            match cl.claim(net, ip, &owner) {
+                Ok(true) => return Ok(ip),
+                Ok(false) if want.is_some() => {
+                    n.pool.release(ip);
+                    return Err(ApiError::conflict(format!(
+                        "address {ip} is already in use in the cluster"
+                    )));
+                }
+                // another host's, not seen here yet: stays marked, next
+                Ok(false) => {}
+                Err(e) => {
+                    n.pool.release(ip);
+                    return Err(e);
+                }
+            }
+        }
+        Err(ApiError::conflict(format!(
+            "no free address found on {net} after 64 tries"
+        )))
+    }
+
+    /// This host's endpoint on a global network, as the store holds it.
+    fn remote_ep(&self, container: &str, e: &EndpointRecord) -> Option<RemoteEp> {
+        let cl = self.cluster.as_ref()?;
+        Some(RemoteEp {
+            host: cl.host.clone(),
+            container: container.to_string(),
+            ip: e.ip,
+            mac: e.mac,
+            aliases: e.aliases.clone(),
+            vtep: cl.vtep,
+        })
+    }
+
+    /// Publishes a new endpoint of global network `net`.
+    pub(super) fn publish_global(&self, net: &str, container: &str) -> ApiResult<()> {
+        let n = self.net(net)?;
+        let (Some(e), Ok(cl)) = (n.rec.endpoints.get(container), self.cluster()) else {
+            return Ok(());
+        };
+        let ep = self.remote_ep(container, e).expect("a cluster");
+        cl.put_endpoint(net, &ep)
+    }
+
+    /// Withdraws an endpoint of global network `net` and its address (a
+    /// store that is away forgets them when this host's lease expires).
+    pub(super) fn withdraw_global(&self, net: &str, container: &str, ip: Ipv4Addr) {
+        let Some(cl) = self.cluster.as_ref() else {
+            return;
+        };
+        if let Err(e) = cl
+            .delete_endpoint(net, container)
+            .and_then(|_| cl.release(net, ip))
+        {
+            log(format!("{container} on {net}: {}", e.message));
+        }
+    }
+
+    /// A new session with the store: this host's endpoints published
+    /// again (their addresses claimed again), then the store's whole
+    /// content applied (networks created or removed here, the other hosts'
+    /// endpoints).
+    pub fn cluster_resync(&mut self, all: Vec<Change>) {
+        for name in self.global_names() {
+            let eps: Vec<(String, EndpointRecord)> = self.nets[&name]
+                .rec
+                .endpoints
+                .iter()
+                .map(|(c, e)| (c.clone(), e.clone()))
+                .collect();
+            let Some(cl) = self.cluster.clone() else {
+                return;
+            };
+            for (c, e) in eps {
+                let owner = format!("{}/{c}", cl.host);
+                match cl.claim(&name, e.ip, &owner) {
+                    Ok(true) => {}
+                    Ok(false) => log(format!(
+                        "{c} on {name}: address {} is held by another host in the cluster",
+                        e.ip
+                    )),
+                    Err(err) => log(format!("{c} on {name}: {}", err.message)),
+                }
+                if let Err(err) = self.publish_global(&name, &c) {
+                    log(format!("{c} on {name}: {}", err.message));
+                }
+            }
+        }
+        // networks: the store's, and ours that it no longer has
+        let in_store: BTreeSet<String> = all
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix("networks/").map(String::from))
+            .collect();
+        for name in self.global_names() {
+            if !in_store.contains(&name) {
+                self.global_gone(&name);
+            }
+        }
+        for n in self.nets.values_mut() {
+            n.remote.clear();
+        }
+        self.apply_changes(all, true);
+    }
+
+    /// Changes the watch saw.
+    pub fn cluster_changes(&mut self, changes: Vec<Change>) {
+        self.apply_changes(changes, false);
+    }
+
+    fn global_names(&self) -> Vec<String> {
+        self.nets
+            .values()
+            .filter(|n| Self::is_global(n))
+            .map(|n| n.rec.name.clone())
+            .collect()
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>, resync: bool) {
+        let mut touched = BTreeSet::new();
+        for (k, v) in changes {
+            let parts: Vec<&str> = k.split('/').collect();
+            match (parts.as_slice(), v) {
+                (["networks", name], Some(v)) => self.global_network(name, &v),
+                (["networks", name], None) => self.global_gone(name),
+                (["endpoints", net, host, ctr], v) => {
+                    if self.cluster.as_ref().is_some_and(|c| c.host == *host) {
+                        continue; // ours
+                    }
+                    let Some(n) = self.nets.get_mut(*net) else {
+                        continue;
+                    };
+                    let key = format!("{host}/{ctr}");
+                    if let Some(old) = n.remote.remove(&key) {
+                        n.pool.release(old.ip);
+                    }
+                    if let Some(ep) = v.and_then(|v| serde_json::from_slice::<RemoteEp>(&v).ok()) {
+                        let _ = n.pool.allocate(Some(ep.ip));
+                        n.remote.insert(key, ep);
+                    }
+                    touched.insert(net.to_string());
+                }
+                _ => {}
+            }
+        }
+        if resync {
+            touched.extend(self.global_names());
+        }
+        for net in touched {
+            if let Some(n) = self.nets.get(&net) {
+                n.drv.endpoints_changed(&self.plumbing(), n);
+                self.dns_sync(&net);
+            }
+        }
+    }
+
+    /// A network the store has: created here if this host lacks it.
+    fn global_network(&mut self, name: &str, v: &[u8]) {
+        if self.nets.contains_key(name) {
+            return;
+        }
+        let rec: NetworkRecord = match serde_json::from_slice(v) {
+            Ok(r) => r,
+            Err(e) => {
+                log(format!("cluster store: unreadable network {name}: {e}"));
+                return;
+            }
+        };
+        if rec.name != name
+            || !driver::lookup(&rec.driver).is_ok_and(|d| d.scope() == driver::Scope::Global)
+        {
+            log(format!(
+                "cluster store: ignoring network {name}: not an overlay network record"
+            ));
+            return;
+        }
+        if let Some(o) = self
+            .nets
+            .values()
+            .find(|n| ipam::overlaps(&n.rec.subnet, &rec.subnet))
+        {
+            log(format!(
+                "cluster store: overlay network {name} ({}) overlaps local network {} ({}): not joined",
+                rec.subnet, o.rec.name, o.rec.subnet
+            ));
+            return;
+        }
+        let rec = NetworkRecord {
+            endpoints: BTreeMap::new(),
+            ..rec
+        };
+        if let Err(e) = self.store.save(&rec) {
+            log(format!("overlay network {name}: {e:#}"));
+            return;
+        }
+        match self.add_net(rec) {
+            Ok(()) => log(format!(
+                "joined overlay network {name} (from the cluster store)"
+            )),
+            Err(e) => {
+                let _ = self.store.remove(name);
+                log(format!("overlay network {name}: {e:#}"));
+            }
+        }
+    }
+
+    /// A network the store no longer has: removed here unless this host
+    /// still has endpoints on it.
+    fn global_gone(&mut self, name: &str) {
+        let Some(n) = self.nets.get(name) else {
+            return;
+        };
+        if !Self::is_global(n) {
+            return;
+        }
+        if !n.rec.endpoints.is_empty() {
+            log(format!(
+                "overlay network {name} was removed from the cluster store, but this host still has endpoints on it: kept"
+            ));
+            return;
+        }
+        match self.remove_local(name) {
+            Ok(()) => log(format!(
+                "left overlay network {name} (removed from the cluster)"
+            )),
+            Err(e) => log(format!("overlay network {name}: {}", e.message)),
+        }
+    }
+}
