@@ -214,7 +214,11 @@ fn overlay_across_three_hosts() {
     assert_eq!(ctr(&s3, "tx_errors") + ctr(&s3, "tx_malformed"), 0, "{s3}");
     let s1 = h1.inspect("ov1")["overlay"]["vtep_counters"].clone();
     assert!(ctr(&s1, "rx_datagrams") > 70_000, "{s1}");
-    assert_eq!(ctr(&s1, "rx_unknown_vni") + ctr(&s1, "rx_bad_flags"), 0, "{s1}");
+    assert_eq!(
+        ctr(&s1, "rx_unknown_vni") + ctr(&s1, "rx_bad_flags"),
+        0,
+        "{s1}"
+    );
     // host 2 has no endpoint: it sees both as peers
     let p2 = h2.inspect("ov1")["overlay"]["peers"].to_string();
     assert!(p2.contains("\"a\"") && p2.contains("\"c\""), "{p2}");
