@@ -144,8 +144,9 @@ impl Drop for Underlay {
     }
 }
 
-fn tag() -> String {
-    format!("o{:05x}", std::process::id() & 0xfffff)
+/// Namespaces of one test: `tn_<t><pid>_*`.
+fn tag(t: char) -> String {
+    format!("{t}{:05x}", std::process::id() & 0xfffff)
 }
 
 #[test]
@@ -153,7 +154,7 @@ fn overlay_across_three_hosts() {
     if !can_run("overlay_across_three_hosts") {
         return;
     }
-    let u = Underlay::new(&tag());
+    let u = Underlay::new(&tag('o'));
     let mut h1 = u.host("overlay_h1", 1);
     let h2 = u.host("overlay_h2", 2);
     let mut h3 = u.host("overlay_h3", 3);
@@ -219,9 +220,170 @@ fn overlay_across_three_hosts() {
         0,
         "{s1}"
     );
+    // a's ARP for c was answered on host 1 (proxy ARP), not across
+    assert!(ctr(&s1, "proxy_arp") >= 1, "{s1}");
     // host 2 has no endpoint: it sees both as peers
     let p2 = h2.inspect("ov1")["overlay"]["peers"].to_string();
     assert!(p2.contains("\"a\"") && p2.contains("\"c\""), "{p2}");
     drop(h2);
     let _ = &mut h3;
+}
+
+/// VXLAN datagrams that are not for this host, or not VXLAN, sent at
+/// host 1's VTEP from the underlay: counted and dropped.
+fn send_junk(u: &Underlay, vni: u32, src_mac: [u8; 6]) {
+    let v = vni.to_be_bytes();
+    let mut bad_flags = vec![0u8; 8 + 60];
+    bad_flags[4..7].copy_from_slice(&v[1..]);
+    let mut unknown_vni = vec![0x08u8, 0, 0, 0, 0x00, 0x0f, 0xff, 0];
+    unknown_vni.extend_from_slice(&[0u8; 60]);
+    // a frame from a MAC that is no endpoint: refused (no injection)
+    let mut stranger = vec![0x08u8, 0, 0, 0, v[1], v[2], v[3], 0];
+    stranger.extend_from_slice(&[0xff; 6]);
+    stranger.extend_from_slice(&src_mac);
+    stranger.extend_from_slice(&[0x08, 0x06]);
+    stranger.extend_from_slice(&[0u8; 46]);
+    let frames = vec![vec![1u8, 2, 3], bad_flags, unknown_vni, stranger];
+    in_ns(&u.etcd_ns, move || {
+        let s = std::net::UdpSocket::bind("10.93.0.100:0").unwrap();
+        for f in &frames {
+            s.send_to(f, "10.93.0.1:4789").unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn overlay_survives_faults() {
+    if !can_run("overlay_survives_faults") {
+        return;
+    }
+    let mut u = Underlay::new(&tag('f'));
+    let h1 = u.host("overlay_f1", 1);
+    let mut h2 = u.host("overlay_f2", 2);
+    let mut h3 = u.host("overlay_f3", 3);
+    let mut h1 = h1;
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.94.0.0/24",
+        "ov1",
+    ]);
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.95.0.0/24",
+        "ov2",
+    ]);
+    h1.ok(&["network", "create", "--subnet", "10.96.0.0/24", "local1"]);
+    for h in [&h2, &h3] {
+        assert!(wait_until(Duration::from_secs(10), || h
+            .ok(&["network", "ls", "-q"])
+            .contains("ov2")));
+    }
+    let a = h1.container("ov1", "a", &[]);
+    let b = h2.container("ov1", "b", &[]);
+    let c = h3.container("ov1", "c", &[]);
+    let x = h3.container("ov2", "x", &[]);
+    let l = h1.container("local1", "l", &[]);
+    let learned = |h: &Env, n: &str| {
+        wait_until(Duration::from_secs(10), || {
+            h.inspect("ov1")["overlay"]["peers"]
+                .to_string()
+                .contains(&format!("\"{n}\""))
+        })
+    };
+    assert!(learned(&h1, "b") && learned(&h1, "c") && learned(&h3, "a"));
+    assert!(ping(&h1, &a.ns, &c.ip.to_string(), 2));
+    assert!(ping(&h1, &a.ns, &b.ip.to_string(), 2));
+    // isolation: another overlay network, and a bridge network, reach
+    // nothing on ov1
+    assert!(!ping(&h3, &x.ns, &a.ip.to_string(), 2), "ov2 reached ov1");
+    assert!(
+        !ping(&h1, &l.ns, &a.ip.to_string(), 2),
+        "a bridge network reached ov1"
+    );
+    assert!(!ping(&h1, &a.ns, &x.ip.to_string(), 2), "ov1 reached ov2");
+
+    // junk at the VTEP: counted by reason, the daemon unharmed
+    let before = h1.inspect("ov1")["overlay"]["vtep_counters"].clone();
+    send_junk(&u, 4096, [0x02, 0x99, 0, 0, 0, 1]);
+    let ok = wait_until(Duration::from_secs(5), || {
+        let s = &h1.inspect("ov1")["overlay"]["vtep_counters"];
+        ctr(s, "rx_short") > ctr(&before, "rx_short")
+            && ctr(s, "rx_bad_flags") > ctr(&before, "rx_bad_flags")
+            && ctr(s, "rx_unknown_vni") > ctr(&before, "rx_unknown_vni")
+            && ctr(s, "rx_unknown_src") > ctr(&before, "rx_unknown_src")
+    });
+    assert!(ok, "{}", h1.inspect("ov1")["overlay"]["vtep_counters"]);
+
+    // etcd stops: what flows keeps flowing; what needs the store fails
+    // with one line naming it; local networks are unaffected
+    u.stop_etcd();
+    assert!(
+        ping(&h1, &a.ns, &c.ip.to_string(), 2),
+        "traffic stopped with the store"
+    );
+    let e = h1.fail(&["network", "create", "-d", "overlay", "ov3"]);
+    assert!(e.contains("cluster store etcd://10.93.0.100:2379"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    h1.ok(&["network", "create", "--subnet", "10.97.0.0/24", "local2"]);
+    // back: every host resyncs, and overlay changes work again
+    u.start_etcd();
+    for h in [&h1, &h2, &h3] {
+        let ok = wait_until(Duration::from_secs(20), || {
+            h.daemon_log().matches("connected as host").count() >= 2
+        });
+        assert!(ok, "no resync: {}", h.daemon_log());
+    }
+    let ok = wait_until(Duration::from_secs(10), || {
+        h1.tapnet(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.98.0.0/24",
+            "ov3",
+        ])
+        .status
+        .success()
+    });
+    assert!(ok, "{}", h1.daemon_log());
+    assert!(wait_until(Duration::from_secs(10), || h3
+        .ok(&["network", "ls", "-q"])
+        .contains("ov3")));
+
+    // host 2 dies: 1 and 3 keep talking; b leaves their tables when its
+    // lease expires; host 2 comes back with b
+    h2.stop_daemon(libc::SIGKILL);
+    assert!(ping(&h1, &a.ns, &c.ip.to_string(), 2));
+    let gone = wait_until(Duration::from_secs(25), || {
+        !h1.inspect("ov1")["overlay"]["peers"]
+            .to_string()
+            .contains("\"b\"")
+    });
+    assert!(
+        gone,
+        "b still listed after the lease: {}",
+        h1.inspect("ov1")
+    );
+    h2.start_daemon();
+    assert!(
+        learned(&h1, "b"),
+        "b did not come back: {}",
+        h2.daemon_log()
+    );
+    assert!(
+        ping(&h1, &a.ns, &b.ip.to_string(), 3),
+        "a cannot reach b again"
+    );
+    let _ = (&mut h3, &x, &l);
 }

@@ -94,9 +94,9 @@ pub fn request(mac: [u8; 6], ip: Ipv4Addr, target: Ipv4Addr) -> [u8; LEN] {
     .to_bytes()
 }
 
-/// "`ip` is at `mac`", to `to_mac`/`to_ip` (replies are made in place
-/// with [`Arp::make_reply`]; this builds one for tests).
-#[cfg(test)]
+/// "`ip` is at `mac`", to `to_mac`/`to_ip` (the gateway makes its
+/// replies in place with [`Arp::make_reply`]; a proxy answer for another
+/// host's container is built with this).
 pub fn reply(mac: [u8; 6], ip: Ipv4Addr, to_mac: [u8; 6], to_ip: Ipv4Addr) -> [u8; LEN] {
     ArpEthIpv4Packet {
         operation: ArpOperation::REPLY,

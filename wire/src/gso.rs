@@ -21,6 +21,11 @@ use crate::ipv4;
 use crate::tcp;
 use crate::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_UDP_L4};
 
+/// The most segments one frame may become: a 64 KiB frame at the smallest
+/// sensible MSS; a tiny `gso_size` (a container asking for thousands of
+/// datagrams from one frame) is refused instead.
+pub const MAX_SEGS: usize = 1024;
+
 /// Why a frame cannot be segmented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
@@ -208,6 +213,9 @@ fn split(
     let size = if size == 0 { room } else { size.min(room) };
     let data = &f[payload..end];
     let n = data.len().div_ceil(size).max(1);
+    if n > MAX_SEGS {
+        return Err(Error::Malformed);
+    }
     let ip_id = u16::from_be_bytes([f[eth::HDR_LEN + 4], f[eth::HDR_LEN + 5]]);
     let (src, dst) = (
         &f[eth::HDR_LEN + ipv4::SRC..eth::HDR_LEN + ipv4::SRC + 4],

@@ -116,7 +116,9 @@ impl Cluster {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(OP_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3));
+            .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
+            // a member cut off from the majority answers no more
+            .with_require_leader(true);
         let client = Client::connect(&args.endpoints, Some(opts))
             .await
             .map_err(|e| anyhow::anyhow!("cluster store {}: {e}", args.url))?;
@@ -192,7 +194,9 @@ impl Cluster {
         )))
     }
 
-    /// Removes network `name` (and its VNI and addresses) from the store.
+    /// Removes network `name` (and its VNI and addresses) from the store,
+    /// unless some host has an endpoint on it (one this host may not have
+    /// heard of yet).
     pub fn delete_network(&self, name: &str, vni: Option<u32>) -> ApiResult<()> {
         let mut ops = vec![
             TxnOp::delete(key(&["networks", name]), None),
@@ -204,9 +208,17 @@ impl Cluster {
         if let Some(v) = vni {
             ops.push(TxnOp::delete(key(&["vni", &v.to_string()]), None));
         }
+        let eps = key(&["endpoints", name, ""]);
+        let txn = Txn::new()
+            .when([Compare::create_revision(eps, CompareOp::Equal, 0).with_prefix()])
+            .and_then(ops);
         let mut c = self.client.clone();
-        self.block(c.txn(Txn::new().and_then(ops)))?;
-        Ok(())
+        if self.block(c.txn(txn))?.succeeded() {
+            return Ok(());
+        }
+        Err(ApiError::conflict(format!(
+            "network {name} has active endpoints in the cluster: disconnect them first"
+        )))
     }
 
     /// Takes address `ip` of network `net` for `owner` (`HOST/CONTAINER`):
@@ -234,9 +246,14 @@ impl Cluster {
         }))
     }
 
-    pub fn release(&self, net: &str, ip: Ipv4Addr) -> ApiResult<()> {
+    /// Gives address `ip` of network `net` back, if `owner` holds it.
+    pub fn release(&self, net: &str, ip: Ipv4Addr, owner: &str) -> ApiResult<()> {
+        let k = key(&["ipam", net, &ip.to_string()]);
+        let txn = Txn::new()
+            .when([Compare::value(k.clone(), CompareOp::Equal, owner)])
+            .and_then([TxnOp::delete(k, None)]);
         let mut c = self.client.clone();
-        self.block(c.delete(key(&["ipam", net, &ip.to_string()]), None))?;
+        self.block(c.txn(txn))?;
         Ok(())
     }
 
@@ -330,13 +347,19 @@ async fn session(shared: &Shared, cl: &Arc<Cluster>) -> anyhow::Result<()> {
         cl.url, cl.host, cl.vtep
     ));
     let mut tick = tokio::time::interval(Duration::from_secs((TTL_SECS / 3) as u64));
+    // the store must answer the keep-alives: a silent one ends the
+    // session (the lease would expire meanwhile)
+    let mut answered = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if answered.elapsed() > Duration::from_secs((TTL_SECS / 2) as u64) {
+                    anyhow::bail!("the store stopped answering");
+                }
                 tokio::time::timeout(OP_TIMEOUT, keeper.keep_alive()).await??;
             }
             m = kept.message() => match m? {
-                Some(r) if r.ttl() > 0 => {}
+                Some(r) if r.ttl() > 0 => answered = tokio::time::Instant::now(),
                 _ => anyhow::bail!("the lease expired"),
             },
             m = ws.message() => {

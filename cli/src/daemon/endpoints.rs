@@ -28,12 +28,12 @@ impl Core {
     pub(super) fn undo(&mut self, list: UndoList) {
         for step in list.0.into_iter().rev() {
             match step {
-                Undo::ReleaseIp { net, ip } => {
+                Undo::ReleaseIp { net, ip, container } => {
                     if let Some(n) = self.nets.get_mut(&net) {
                         n.pool.release(ip);
                         if Self::is_global(n) {
                             if let Some(cl) = &self.cluster {
-                                let _ = cl.release(&net, ip);
+                                let _ = cl.release(&net, ip, &format!("{}/{container}", cl.host));
                             }
                         }
                     }
@@ -178,6 +178,7 @@ impl Core {
         undo.push(Undo::ReleaseIp {
             net: network.to_string(),
             ip,
+            container: req.container.clone(),
         });
         // bind the host ports first: a busy one fails before anything exists
         let published = if maps.is_empty() {

@@ -120,6 +120,7 @@ impl Core {
     ) -> ApiResult<Ipv4Addr> {
         let cl = self.cluster()?.clone();
         let owner = format!("{}/{container}", cl.host);
+        let cl = cl.clone();
         for _ in 0..64 {
             let n = self.nets.get_mut(net).expect("checked");
             let ip = n.pool.allocate(want)?;
@@ -173,9 +174,10 @@ impl Core {
         let Some(cl) = self.cluster.as_ref() else {
             return;
         };
+        let owner = format!("{}/{container}", cl.host);
         if let Err(e) = cl
             .delete_endpoint(net, container)
-            .and_then(|_| cl.release(net, ip))
+            .and_then(|_| cl.release(net, ip, &owner))
         {
             log(format!("{container} on {net}: {}", e.message));
         }
@@ -223,6 +225,13 @@ impl Core {
         }
         for n in self.nets.values_mut() {
             n.remote.clear();
+            // what other hosts held: as the store says now
+            let held: Vec<Ipv4Addr> = std::mem::take(&mut n.held).into_keys().collect();
+            for ip in held {
+                if !n.rec.endpoints.values().any(|e| e.ip == ip) {
+                    n.pool.release(ip);
+                }
+            }
         }
         self.apply_changes(all, true);
     }
@@ -240,7 +249,21 @@ impl Core {
             .collect()
     }
 
-    fn apply_changes(&mut self, changes: Vec<Change>, resync: bool) {
+    /// Applies changes: new networks first (their endpoints and
+    /// addresses may come before them: keys are sorted, and `endpoints/`
+    /// sorts before `networks/`), removed networks last.
+    fn apply_changes(&mut self, mut changes: Vec<Change>, resync: bool) {
+        let rank = |(k, v): &Change| match (k.starts_with("networks/"), v.is_some()) {
+            (true, true) => 0,
+            (false, _) => 1,
+            (true, false) => 2,
+        };
+        changes.sort_by_key(rank);
+        let me = self
+            .cluster
+            .as_ref()
+            .map(|c| c.host.clone())
+            .unwrap_or_default();
         let mut touched = BTreeSet::new();
         for (k, v) in changes {
             let parts: Vec<&str> = k.split('/').collect();
@@ -248,21 +271,45 @@ impl Core {
                 (["networks", name], Some(v)) => self.global_network(name, &v),
                 (["networks", name], None) => self.global_gone(name),
                 (["endpoints", net, host, ctr], v) => {
-                    if self.cluster.as_ref().is_some_and(|c| c.host == *host) {
+                    if *host == me {
                         continue; // ours
                     }
-                    let Some(n) = self.nets.get_mut(*net) else {
+                    let Some(n) = self.nets.get_mut(*net).filter(|n| Self::is_global(n)) else {
                         continue;
                     };
                     let key = format!("{host}/{ctr}");
-                    if let Some(old) = n.remote.remove(&key) {
-                        n.pool.release(old.ip);
-                    }
+                    n.remote.remove(&key);
                     if let Some(ep) = v.and_then(|v| serde_json::from_slice::<RemoteEp>(&v).ok()) {
-                        let _ = n.pool.allocate(Some(ep.ip));
-                        n.remote.insert(key, ep);
+                        if ep.host == *host {
+                            n.remote.insert(key, ep);
+                        }
                     }
                     touched.insert(net.to_string());
+                }
+                // the addresses other hosts hold: used here too
+                (["ipam", net, ip], v) => {
+                    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+                        continue;
+                    };
+                    let Some(n) = self.nets.get_mut(*net).filter(|n| Self::is_global(n)) else {
+                        continue;
+                    };
+                    let ours = n.rec.endpoints.values().any(|e| e.ip == ip);
+                    match v.map(|v| String::from_utf8_lossy(&v).into_owned()) {
+                        Some(owner) if !owner.starts_with(&format!("{me}/")) => {
+                            if !ours {
+                                let _ = n.pool.allocate(Some(ip));
+                            }
+                            n.held.insert(ip, owner);
+                        }
+                        Some(_) => {}
+                        None => {
+                            n.held.remove(&ip);
+                            if !ours {
+                                n.pool.release(ip);
+                            }
+                        }
+                    }
                 }
                 _ => {}
             }

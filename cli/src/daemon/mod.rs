@@ -155,6 +155,9 @@ pub struct Net {
     /// Global networks: the other hosts' endpoints (`HOST/CONTAINER`),
     /// from the cluster store.
     remote: BTreeMap<String, cluster::RemoteEp>,
+    /// Global networks: addresses other hosts hold (`ipam/` keys), marked
+    /// used in `pool`.
+    held: BTreeMap<Ipv4Addr, String>,
 }
 
 impl Net {
@@ -265,10 +268,20 @@ fn log(msg: impl std::fmt::Display) {
 /// One step of a multi-step change, to take back if a later step fails
 /// (see `Core::undo`).
 enum Undo {
-    ReleaseIp { net: String, ip: std::net::Ipv4Addr },
+    ReleaseIp {
+        net: String,
+        ip: std::net::Ipv4Addr,
+        container: String,
+    },
     RemovePort(PortId),
-    Endpoint { net: String, container: String },
-    UplinkForwards { net: NetIdx, e: EndpointRecord },
+    Endpoint {
+        net: String,
+        container: String,
+    },
+    UplinkForwards {
+        net: NetIdx,
+        e: EndpointRecord,
+    },
 }
 
 #[derive(Default)]

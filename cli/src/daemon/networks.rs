@@ -36,6 +36,7 @@ impl Core {
             ports: BTreeMap::new(),
             published: BTreeMap::new(),
             remote: BTreeMap::new(),
+            held: BTreeMap::new(),
             rec,
         };
         let name = net.rec.name.clone();

@@ -39,6 +39,11 @@ impl State {
         let d = self.sw.decide(slot, frame, now);
         match d {
             Decision::Drop(_) => self.recycle(slot, b),
+            Decision::Flood(net) | Decision::FloodExcept(net, _)
+                if self.vtep.is_some() && self.proxy_arp(slot, net, b, len) =>
+            {
+                self.recycle(slot, b)
+            }
             Decision::Unicast(dst) => {
                 if !self.post_write(slot, b, dst) {
                     self.recycle(slot, b);

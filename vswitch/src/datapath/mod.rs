@@ -213,7 +213,7 @@ enum Cmd {
     ForgetHost(NetIdx, Ipv4Addr),
     RestoreNat(Vec<nat::ConnRaw>, mpsc::SyncSender<usize>),
     EnableResets,
-    SetVtep(OwnedFd, std::net::SocketAddrV4, PortId),
+    SetVtep(OwnedFd, Vec<OwnedFd>, std::net::SocketAddrV4, PortId),
     AddTunnel {
         net: NetIdx,
         vni: u32,
@@ -222,7 +222,7 @@ enum Cmd {
     },
     SetTunnelPeers(
         NetIdx,
-        Vec<(Mac, std::net::SocketAddrV4)>,
+        Vec<(Ipv4Addr, Mac, std::net::SocketAddrV4)>,
         Vec<std::net::SocketAddrV4>,
     ),
     Shutdown,
@@ -534,14 +534,15 @@ impl Datapath {
         self.send(Cmd::ForgetHost(net, ip))
     }
 
-    /// Sets the VXLAN endpoint (once): `fd` from [`open_vtep`] on `local`.
+    /// Sets the VXLAN endpoint (once): the sockets from [`open_vtep`] on
+    /// `local`.
     pub fn set_vtep(
         &self,
-        fd: OwnedFd,
+        (rx, tx): (OwnedFd, Vec<OwnedFd>),
         local: std::net::SocketAddrV4,
     ) -> Result<PortId, DatapathError> {
         let id = self.next_port.fetch_add(1, Ordering::Relaxed);
-        self.send(Cmd::SetVtep(fd, local, id))?;
+        self.send(Cmd::SetVtep(rx, tx, local, id))?;
         Ok(id)
     }
 
@@ -554,12 +555,13 @@ impl Datapath {
         Ok(id)
     }
 
-    /// Where network `net`'s remote endpoints are (MAC -> its host's
-    /// VTEP) and which VTEPs get its broadcasts (replaces the previous).
+    /// Where network `net`'s remote endpoints are (address, MAC, its
+    /// host's VTEP) and which VTEPs get its broadcasts (replaces the
+    /// previous).
     pub fn set_tunnel_peers(
         &self,
         net: NetIdx,
-        peers: Vec<(Mac, std::net::SocketAddrV4)>,
+        peers: Vec<(Ipv4Addr, Mac, std::net::SocketAddrV4)>,
         flood: Vec<std::net::SocketAddrV4>,
     ) -> Result<(), DatapathError> {
         self.send(Cmd::SetTunnelPeers(net, peers, flood))
@@ -968,7 +970,7 @@ impl State {
                         self.inject(net, f);
                     }
                 }
-                Cmd::SetVtep(fd, local, id) => self.set_vtep(fd, local, id),
+                Cmd::SetVtep(fd, tx, local, id) => self.set_vtep(fd, tx, local, id),
                 Cmd::AddTunnel { net, vni, mtu, id } => self.add_tunnel(net, vni, mtu, id),
                 Cmd::SetTunnelPeers(net, peers, flood) => self.set_tunnel_peers(net, peers, flood),
                 Cmd::Shutdown => {

@@ -37,6 +37,8 @@ pub(super) struct Tunnel {
     hdr: [u8; wire::vxlan::HDR_LEN],
     /// Remote endpoint MAC -> its host's VTEP.
     pub peers: FxHashMap<Mac, SocketAddrV4>,
+    /// Remote endpoint address -> its MAC (proxy ARP).
+    pub ips: FxHashMap<Ipv4Addr, Mac>,
     /// Every VTEP with endpoints on the network.
     pub flood: Vec<SocketAddrV4>,
 }
@@ -47,6 +49,7 @@ impl Tunnel {
             mtu: mtu as usize,
             hdr: wire::vxlan::emit(vni),
             peers: FxHashMap::default(),
+            ips: FxHashMap::default(),
             flood: Vec::new(),
         }
     }
@@ -65,6 +68,11 @@ pub struct VtepStats {
     pub rx_bad_flags: u64,
     /// Datagrams for a VNI this host has no network for.
     pub rx_unknown_vni: u64,
+    /// Inner frames from a MAC that is no known endpoint of another host
+    /// (the control plane names every one).
+    pub rx_unknown_src: u64,
+    /// ARP requests for another host's container answered here.
+    pub proxy_arp: u64,
     /// Frames for the tunnel with no VTEP to go to.
     pub tx_no_peer: u64,
     /// Offloaded frames that could not be segmented.
@@ -103,28 +111,64 @@ pub(super) struct Vtep {
     pub stats: VtepStats,
     /// Whether the kernel takes UDP_SEGMENT (else sendmmsg only).
     gso: bool,
+    /// Sockets bound to ephemeral ports that datagrams leave from,
+    /// picked by a hash of the inner flow: the outer source port varies
+    /// per flow (ECMP entropy), as the kernel's VXLAN does.
+    tx: Vec<OwnedFd>,
     /// Segments being sent, each behind its VXLAN header.
     scratch: Vec<u8>,
     lens: Vec<usize>,
 }
 
 impl Vtep {
-    pub fn new(slot: PortIdx, local: SocketAddrV4) -> Vtep {
+    pub fn new(slot: PortIdx, local: SocketAddrV4, tx: Vec<OwnedFd>) -> Vtep {
+        let gso = tx
+            .first()
+            .is_some_and(|fd| udp_gso_supported(fd.as_raw_fd()));
         Vtep {
             slot,
             local,
             vnis: FxHashMap::default(),
             stats: VtepStats::default(),
-            gso: true,
+            gso,
+            tx,
             scratch: Vec::with_capacity(BUF_SIZE + 64 * 64),
             lens: Vec::with_capacity(64),
         }
     }
 }
 
-/// Opens the VTEP's socket: UDP on `local`, non-blocking, with large
-/// buffers (a burst of segments must not overflow them).
-pub fn open_vtep(local: SocketAddrV4) -> std::io::Result<OwnedFd> {
+/// How many sockets datagrams leave from (see [`Vtep`]).
+pub const TX_SOCKETS: usize = 8;
+
+/// Opens the VTEP's sockets: the one that receives, UDP on `local`, and
+/// [`TX_SOCKETS`] that send, on `local`'s address and ephemeral ports;
+/// non-blocking, with large buffers (a burst of segments must not
+/// overflow them).
+pub fn open_vtep(local: SocketAddrV4) -> std::io::Result<(OwnedFd, Vec<OwnedFd>)> {
+    let rx = open_udp(local)?;
+    let tx = (0..TX_SOCKETS)
+        .map(|_| open_udp(SocketAddrV4::new(*local.ip(), 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok((rx, tx))
+}
+
+/// Whether the kernel does UDP GSO (`UDP_SEGMENT`) on this socket.
+fn udp_gso_supported(fd: i32) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            &mut v as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        ) == 0
+    }
+}
+
+fn open_udp(local: SocketAddrV4) -> std::io::Result<OwnedFd> {
     let fd = unsafe {
         libc::socket(
             libc::AF_INET,
@@ -191,18 +235,20 @@ const GSO_MAX_BYTES: usize = 60_000;
 const GSO_MAX_SEGS: usize = 64;
 
 /// Sends the datagrams in `buf` (lengths `lens`) to `to`; returns how many
-/// were sent and whether UDP GSO was used. Turns `gso` off for good when
-/// the kernel refuses it.
+/// datagrams and bytes the kernel took. Equal-sized runs go as UDP GSO
+/// sends when `gso`; a run the kernel refuses (a segment above the path
+/// MTU, say) goes one datagram each instead.
 fn send_all(
     fd: i32,
     buf: &[u8],
     lens: &[usize],
     to: &SocketAddrV4,
-    gso: &mut bool,
+    gso: bool,
     st: &mut VtepStats,
-) -> usize {
+) -> (usize, usize) {
     let sa = sockaddr(to);
     let mut sent = 0;
+    let mut sent_bytes = 0;
     let mut off = 0;
     let mut i = 0;
     while i < lens.len() {
@@ -211,7 +257,7 @@ fn send_all(
         let size = lens[i];
         let mut j = i + 1;
         let mut bytes = size;
-        while *gso
+        while gso
             && j < lens.len()
             && j - i < GSO_MAX_SEGS
             && bytes + lens[j] <= GSO_MAX_BYTES
@@ -223,23 +269,24 @@ fn send_all(
                 break; // a shorter one ends the run
             }
         }
-        if *gso && j - i > 1 {
+        if !gso {
+            // no GSO: everything left in one sendmmsg batch
+            j = lens.len();
+            bytes = lens[i..].iter().sum();
+        }
+        if gso && j - i > 1 {
             match send_gso(fd, &buf[off..off + bytes], size, &sa) {
                 Ok(()) => {
                     st.tx_gso_sends += 1;
                     sent += j - i;
+                    sent_bytes += bytes;
                     off += bytes;
                     i = j;
                     continue;
                 }
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
-                    ) =>
-                {
-                    *gso = false; // no UDP GSO here (or not for this device)
-                }
+                // refused for this run only (EINVAL: above the path MTU,
+                // EIO: a device without checksum offload): one at a time
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {}
                 Err(_) => {
                     st.tx_errors += (j - i) as u64;
                     off += bytes;
@@ -248,14 +295,14 @@ fn send_all(
                 }
             }
         }
-        // the rest without GSO, in sendmmsg batches
-        let k = send_mmsg(fd, buf, off, &lens[i..], &sa, st);
+        // this run one datagram each, in a sendmmsg batch
+        let (k, b) = send_mmsg(fd, buf, off, &lens[i..j], &sa, st);
         sent += k;
-        let skipped: usize = lens[i..].iter().sum();
-        off += skipped;
-        i = lens.len();
+        sent_bytes += b;
+        off += bytes;
+        i = j;
     }
-    sent
+    (sent, sent_bytes)
 }
 
 fn send_gso(fd: i32, data: &[u8], seg: usize, sa: &libc::sockaddr_in) -> std::io::Result<()> {
@@ -288,7 +335,7 @@ fn send_gso(fd: i32, data: &[u8], seg: usize, sa: &libc::sockaddr_in) -> std::io
 }
 
 /// Sends the datagrams `lens` starting at `buf[off..]` one message each,
-/// batched; returns how many the kernel took.
+/// batched; returns how many datagrams and bytes the kernel took.
 fn send_mmsg(
     fd: i32,
     buf: &[u8],
@@ -296,7 +343,7 @@ fn send_mmsg(
     lens: &[usize],
     sa: &libc::sockaddr_in,
     st: &mut VtepStats,
-) -> usize {
+) -> (usize, usize) {
     let mut iovs: Vec<libc::iovec> = Vec::with_capacity(lens.len());
     let mut o = off;
     for l in lens {
@@ -332,7 +379,7 @@ fn send_mmsg(
         }
         done += r as usize;
     }
-    done
+    (done, lens[..done].iter().sum())
 }
 
 impl State {
@@ -361,6 +408,18 @@ impl State {
             self.recycle(slot, b);
             return;
         };
+        // only the other hosts' endpoints speak through the tunnel
+        const X0: usize = wire::vxlan::HDR_LEN;
+        let src = Mac::from_slice(&self.pool.frame(b, len)[X0 + 6..]);
+        let known = self.ports[t as usize]
+            .as_ref()
+            .and_then(|p| p.tunnel.as_deref())
+            .is_some_and(|tn| tn.peers.contains_key(&src));
+        if !known {
+            v.stats.rx_unknown_src += 1;
+            self.recycle(slot, b);
+            return;
+        }
         // [VXLAN][Ethernet] -> [vnet header][Ethernet]: the inner frame
         // moves by the difference; the header says "no offloads"
         const X: usize = wire::vxlan::HDR_LEN;
@@ -391,6 +450,12 @@ impl State {
         let h = crate::vnet::VnetHdr::parse(frame);
         let f = &frame[VNET_HDR_LEN..];
         let dmac = Mac::from_slice(f);
+        if dmac.is_multicast() && h.is_gso() {
+            // no super-frame is broadcast: one would be sent to every host
+            v.stats.tx_malformed += 1;
+            self.sw.count_drop(dst, DropReason::Malformed);
+            return;
+        }
         let one;
         let targets: &[SocketAddrV4] =
             match (!dmac.is_multicast()).then(|| t.peers.get(&dmac)).flatten() {
@@ -411,12 +476,14 @@ impl State {
             self.sw.count_drop(dst, DropReason::Malformed);
             return;
         }
-        let fd = port.fd.as_raw_fd();
+        let fd = match v.tx.len() {
+            0 => port.fd.as_raw_fd(),
+            n => v.tx[flow_hash(f) as usize % n].as_raw_fd(),
+        };
         let mut bytes = 0usize;
         for to in targets {
-            let n = send_all(fd, &v.scratch, &v.lens, to, &mut v.gso, &mut v.stats);
+            let (n, b) = send_all(fd, &v.scratch, &v.lens, to, v.gso, &mut v.stats);
             v.stats.tx_datagrams += n as u64;
-            let b: usize = v.lens[..n].iter().sum();
             v.stats.tx_bytes += b as u64;
             bytes += b;
         }
@@ -427,12 +494,55 @@ impl State {
 
     /// The VTEP: its socket becomes the port that reads every tunnel's
     /// datagrams.
-    pub(super) fn set_vtep(&mut self, fd: OwnedFd, local: SocketAddrV4, id: PortId) {
+    pub(super) fn set_vtep(
+        &mut self,
+        fd: OwnedFd,
+        tx: Vec<OwnedFd>,
+        local: SocketAddrV4,
+        id: PortId,
+    ) {
         if self.vtep.is_some() {
             return; // one per datapath
         }
         let slot = self.add_io_port(PortKind::Vtep, id, "vtep".into(), VTEP_NET, 65535, fd);
-        self.vtep = Some(Vtep::new(slot, local));
+        self.vtep = Some(Vtep::new(slot, local, tx));
+    }
+
+    /// Proxy ARP, as Docker's overlay does: an ARP request from a local
+    /// container (in buffer `b` from port `src`) for the address of a
+    /// container on another host is answered here with that container's
+    /// MAC, so most ARP never crosses hosts. True if it was answered (the
+    /// buffer is still the caller's).
+    pub(super) fn proxy_arp(&mut self, src: PortIdx, net: NetIdx, b: usize, len: usize) -> bool {
+        let Some(t) = self.sw.network(net).and_then(|n| n.trunk) else {
+            return false;
+        };
+        let Some(tn) = self.ports[t as usize]
+            .as_ref()
+            .and_then(|p| p.tunnel.as_deref())
+        else {
+            return false;
+        };
+        let f = &self.pool.frame(b, len)[VNET_HDR_LEN..];
+        if eth::ethertype(f) != Some(eth::ETHERTYPE_ARP) {
+            return false;
+        }
+        let Some(a) = arp::Arp::new(&f[eth::HDR_LEN..]) else {
+            return false;
+        };
+        if a.op() != arp::REQUEST {
+            return false;
+        }
+        let Some(&mac) = tn.ips.get(&a.target_ip()) else {
+            return false;
+        };
+        let payload = arp::reply(mac.0, a.target_ip(), a.sender_mac(), a.sender_ip());
+        let reply = eth::vnet_frame(a.sender_mac(), mac.0, eth::ETHERTYPE_ARP, &payload);
+        self.send_owned(src, reply);
+        if let Some(v) = self.vtep.as_mut() {
+            v.stats.proxy_arp += 1;
+        }
+        true
     }
 
     /// Network `net`'s tunnel port (one per network), sending on a copy
@@ -471,7 +581,7 @@ impl State {
     pub(super) fn set_tunnel_peers(
         &mut self,
         net: NetIdx,
-        peers: Vec<(Mac, SocketAddrV4)>,
+        peers: Vec<(Ipv4Addr, Mac, SocketAddrV4)>,
         flood: Vec<SocketAddrV4>,
     ) {
         let Some(slot) = self.sw.network(net).and_then(|n| n.trunk) else {
@@ -481,7 +591,8 @@ impl State {
             .as_mut()
             .and_then(|p| p.tunnel.as_mut())
         {
-            t.peers = peers.into_iter().collect();
+            t.peers = peers.iter().map(|&(_, m, a)| (m, a)).collect();
+            t.ips = peers.iter().map(|&(ip, m, _)| (ip, m)).collect();
             t.flood = flood;
         }
     }
@@ -523,4 +634,26 @@ impl State {
             tunnels,
         })
     }
+}
+
+/// A hash of the inner flow (addresses, protocol and ports of IPv4 TCP/UDP;
+/// the MACs otherwise): one flow always leaves from the same source port.
+fn flow_hash(f: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    const L3: usize = eth::HDR_LEN;
+    if eth::ethertype(f) == Some(eth::ETHERTYPE_IPV4) && f.len() >= L3 + ipv4::MIN_HDR_LEN {
+        let ip = &f[L3..];
+        ip[ipv4::SRC..ipv4::DST + 4].hash(&mut h);
+        let proto = ip[ipv4::PROTOCOL];
+        proto.hash(&mut h);
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        if matches!(proto, ipv4::PROTO_TCP | ipv4::PROTO_UDP) && ip.len() >= ihl + 4 {
+            ip[ihl..ihl + 4].hash(&mut h);
+        }
+    } else {
+        f[..eth::HDR_LEN.min(f.len())].hash(&mut h);
+    }
+    // the high bits are the well-mixed ones
+    h.finish() >> 32
 }
