@@ -387,3 +387,73 @@ fn overlay_survives_faults() {
     );
     let _ = (&mut h3, &x, &l);
 }
+
+#[test]
+fn overlay_addresses_are_unique_under_contention() {
+    if !can_run("overlay_addresses_are_unique_under_contention") {
+        return;
+    }
+    const PER_HOST: usize = 50;
+    let u = Underlay::new(&tag('c'));
+    let hosts: Vec<Env> = (1..=3)
+        .map(|i| u.host(&format!("overlay_c{i}"), i))
+        .collect();
+    hosts[0].ok(&["network", "create", "-d", "overlay", "ov1"]);
+    for h in &hosts {
+        assert!(wait_until(Duration::from_secs(10), || h
+            .ok(&["network", "ls", "-q"])
+            .contains("ov1")));
+    }
+    // every host attaches its 50 at the same time as the others
+    std::thread::scope(|s| {
+        for (i, h) in hosts.iter().enumerate() {
+            s.spawn(move || {
+                for k in 0..PER_HOST {
+                    let ns = h.netns(&format!("{k}"));
+                    h.ok(&[
+                        "network",
+                        "connect",
+                        "ov1",
+                        &format!("h{i}c{k}"),
+                        "--netns",
+                        &ns,
+                    ]);
+                }
+            });
+        }
+    });
+    let mut all = std::collections::BTreeMap::new();
+    for h in &hosts {
+        let eps = h.inspect("ov1")["endpoints"].clone();
+        for (name, e) in eps.as_object().unwrap() {
+            let ip = e["ip"].as_str().unwrap().to_string();
+            if let Some(other) = all.insert(ip.clone(), name.clone()) {
+                panic!("{ip} handed out twice: {other} and {name}");
+            }
+        }
+    }
+    assert_eq!(all.len(), 3 * PER_HOST, "{all:?}");
+    // the store holds one address per endpoint, each by its holder
+    let keys = Command::new("ip")
+        .args(["netns", "exec", &u.etcd_ns, "etcdctl", "--endpoints"])
+        .arg(format!("http://{ETCD}:2379"))
+        .args(["get", "--prefix", "/tapnet/v1/ipam/ov1/", "--keys-only"])
+        .output()
+        .unwrap();
+    let n = String::from_utf8_lossy(&keys.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(n, 3 * PER_HOST);
+    // and every host knows the other hosts' 100
+    for h in &hosts {
+        let ok = wait_until(Duration::from_secs(10), || {
+            h.inspect("ov1")["overlay"]["peers"].as_object().map(|p| {
+                p.values()
+                    .map(|v| v["endpoints"].as_array().map_or(0, |a| a.len()))
+                    .sum::<usize>()
+            }) == Some(2 * PER_HOST)
+        });
+        assert!(ok, "{}", h.inspect("ov1")["overlay"]["peers"]);
+    }
+}
