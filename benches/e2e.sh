@@ -29,6 +29,13 @@
 #            The image is busybox, so the tools run in the containers'
 #            network namespaces (nsenter into Docker's sandboxes); plus
 #            the time of `docker run --rm` (median of START_RUNS)
+#   overlay  container on host 1 -> container on host 2 of an overlay
+#            network: two daemons in two host namespaces joined by an
+#            underlay veth (MTU 1500), etcd in host 1's namespace; and, in
+#            the same run, the kernel's VXLAN path Docker's overlay uses
+#            (veth - bridge - vxlan - underlay, static FDB, as
+#            ../shared/anchors/vxlan.sh builds it)
+#   overlay-encrypted  the same with -o encrypted
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DUR:-10}" REPS="${REPS:-3}" SP_DUR="${SP_DUR:-5}" MTU="${MTU:-1500}" MODE="${MODE:-c2c}"
@@ -122,6 +129,45 @@ if [ "$MODE" = docker ]; then
 	mkdir -p "$OUT/plugins"
 	DAEMON_ARGS="${DAEMON_ARGS:-} --docker-plugin $OUT/plugins/tapnet.sock"
 fi
+OVERLAY=
+case "$MODE" in overlay | overlay-encrypted) OVERLAY=1 ;; esac
+if [ -n "$OVERLAY" ]; then
+	command -v etcd >/dev/null || { echo "e2e.sh: missing etcd (scripts/deps.sh installs it)" >&2; exit 1; }
+	# host 1 is the daemon's namespace, host 2 another; one underlay veth
+	ip netns add tn_e2e_h2 && ip -n tn_e2e_h2 link set lo up
+	ip -n tn_e2e_host link add ul0 type veth peer name ul0 netns tn_e2e_h2
+	for i in 1 2; do
+		h=tn_e2e_host; [ $i = 2 ] && h=tn_e2e_h2
+		ip -n $h addr add 10.77.8.$i/24 dev ul0
+		ip -n $h link set ul0 mtu 1500 up
+	done
+	ip netns exec tn_e2e_host etcd --name n1 --data-dir "$OUT/etcd" \
+		--listen-client-urls http://10.77.8.1:2379 --advertise-client-urls http://10.77.8.1:2379 \
+		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+		--initial-cluster n1=http://127.0.0.1:2380 >"$OUT/etcd.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 100); do ip netns exec tn_e2e_host etcdctl --endpoints http://10.77.8.1:2379 endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+	CLUSTER=(--cluster-store etcd://10.77.8.1:2379)
+	DAEMON_ARGS="${DAEMON_ARGS:-} ${CLUSTER[*]} --cluster-advertise 10.77.8.1"
+	# the kernel's path, on namespaces of its own (as the anchor builds it)
+	for n in kh1 kh2 kc1 kc2; do ip netns add tn_e2e_$n && ip -n tn_e2e_$n link set lo up; done
+	ip -n tn_e2e_kh1 link add ul0 type veth peer name ul0 netns tn_e2e_kh2
+	for i in 1 2; do
+		h=tn_e2e_kh$i c=tn_e2e_kc$i o=$((3 - i))
+		ip -n $h link set ul0 mtu 1500 up
+		ip -n $h addr add 10.77.18.$i/24 dev ul0
+		ip -n $h link add br0 type bridge stp_state 0
+		ip -n $h link add vxlan0 type vxlan id 4096 dstport 4789 local 10.77.18.$i nolearning
+		ip -n $h link set vxlan0 mtu 1450 master br0 up
+		ip -n $h link add vc$i type veth peer name eth0 netns $c
+		ip -n $h link set vc$i mtu 1450 master br0 up
+		ip -n $h link set br0 up
+		ip -n $c link set eth0 address 02:42:0a:4d:13:0$i mtu 1450 up
+		ip -n $c addr add 10.77.19.$i/24 dev eth0
+		bridge -n $h fdb append 02:42:0a:4d:13:0$o dev vxlan0 dst 10.77.18.$o self permanent
+		ip -n $c neigh add 10.77.19.$o lladdr 02:42:0a:4d:13:0$o dev eth0 nud permanent
+	done
+fi
 nsenter --net=/run/netns/tn_e2e_host "${AS[@]}" "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
 	--dns 127.0.0.1 "${UPLINK[@]}" ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
@@ -165,6 +211,17 @@ if [ "$MODE" = docker ]; then
 			if [ $n = refnet ]; then st_ref+=("$ms"); else st_tn+=("$ms"); fi
 		done
 	done
+elif [ -n "$OVERLAY" ]; then
+	T2() { TAPNET_SOCKET="$OUT/t2.sock" "$T" "$@"; }
+	nsenter --net=/run/netns/tn_e2e_h2 "$T" --socket "$OUT/t2.sock" daemon --state-dir "$OUT/state2" \
+		--netns-prefix tn_e2e_b_ --dns 127.0.0.1 "${CLUSTER[@]}" --cluster-advertise 10.77.8.2 \
+		>"$OUT/daemon2.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 50); do T2 network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
+	ENC=()
+	[ "$MODE" = overlay-encrypted ] && ENC=(-o encrypted)
+	tn network create -d overlay --subnet 10.99.0.0/24 "${ENC[@]}" bench >/dev/null || exit 1
+	for _ in $(seq 100); do T2 network ls -q | grep -qx bench && break; sleep 0.1; done
 elif [ "$MODE" = macvlan ]; then
 	tn network create -d macvlan -o parent=lanp0 --subnet 10.98.0.0/24 --gateway 10.98.0.1 \
 		--mtu "$MTU" bench >/dev/null || exit 1
@@ -173,7 +230,15 @@ else
 fi
 PUB=()
 [ "$MODE" = publish ] && PUB=(-p 5201:5201 -p 5201:5201/udp -p 5301:5301)
-if [ "$MODE" != docker ]; then
+if [ -n "$OVERLAY" ]; then
+	"$T" run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
+	PIDS+=($!)
+	TAPNET_SOCKET="$OUT/t2.sock" "$T" run --network bench --name srv -- sleep 100000 >"$OUT/srv.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 100); do [ "$(T2 ps -q | wc -l)" = 1 ] && [ "$(tn ps -q | wc -l)" = 1 ] && break; sleep 0.1; done
+	SRV_IP=$(T2 ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
+	C=tn_e2e_cli S=tn_e2e_b_srv SB=$SRV_IP TGT=$SRV_IP
+elif [ "$MODE" != docker ]; then
 	"${AS[@]}" "$T" run --network bench --name cli -- sleep 100000 >"$OUT/cli.log" 2>&1 &
 	PIDS+=($!)
 	"${AS[@]}" "$T" run --network bench --name srv "${PUB[@]}" -- sleep 100000 >"$OUT/srv.log" 2>&1 &
@@ -207,6 +272,12 @@ macvlan)
 docker)
 	C=$(sandbox cli-tnnet) S=$(sandbox srv-tnnet) SB=$(ipof srv-tnnet tnnet) TGT=$SB
 	LABEL="tapnet Docker plugin (container -> container, docker run)"
+	;;
+overlay)
+	LABEL="tapnet overlay (VXLAN by the datapath, host 1 -> host 2)"
+	;;
+overlay-encrypted)
+	LABEL="tapnet overlay, encrypted (host 1 -> host 2)"
 	;;
 publish)
 	C=tn_e2e_host TGT=127.0.0.1
@@ -282,6 +353,18 @@ measure() {
 	echo "$row"
 	echo
 }
+if [ -n "$OVERLAY" ]; then
+	( C=tn_e2e_kc1 S=tn_e2e_kc2 SB=10.77.19.2 TGT=10.77.19.2 MTU=1450
+	  LABEL="kernel VXLAN (veth-br-vxlan ~ underlay ~ vxlan-br-veth, static FDB)"
+	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
+	  measure )
+	MTU=1450
+	measure
+	tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("host 1 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
+	T2 network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("host 2 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
+	log "logs in $OUT"
+	exit 0
+fi
 if [ "$MODE" = macvlan ]; then
 	# the reference first, on its own parent: tapnet's trunk does not see it
 	( C=tn_e2e_kmv S=tn_e2e_lan SB=10.97.0.1 TGT=10.97.0.1 LABEL="kernel macvlan (bridge mode, same path)"
