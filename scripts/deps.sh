@@ -10,7 +10,9 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       podman containernetworking-plugins runc busybox-static docker.io
       # the overlay tests' cluster store, and what the etcd client's build
       # needs (it compiles etcd's protobuf definitions)
-      etcd-server etcd-client protobuf-compiler libprotobuf-dev)
+      etcd-server etcd-client protobuf-compiler libprotobuf-dev
+      # the encrypted overlay test looks at the underlay with it
+      tcpdump)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

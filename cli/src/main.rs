@@ -148,6 +148,10 @@ struct DaemonArgs {
     /// The UDP port of the VXLAN endpoint.
     #[arg(long, default_value_t = 4789)]
     data_path_port: u16,
+    /// Seconds an encrypted overlay network's key is used before a new
+    /// one replaces it (Docker rotates every 12 hours).
+    #[arg(long, default_value_t = 43200, value_name = "SECS")]
+    overlay_key_rotation: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -358,6 +362,8 @@ fn parse_opts(opts: &[String]) -> Result<std::collections::BTreeMap<String, Stri
     opts.iter()
         .map(|o| match o.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            // a bare key (Docker's `-o encrypted`): an empty value
+            None if !o.is_empty() => Ok((o.to_string(), String::new())),
             _ => anyhow::bail!("invalid option {o:?}: use KEY=VALUE"),
         })
         .collect()
@@ -397,6 +403,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                     endpoints: daemon::cluster::parse_store(url).map_err(anyhow::Error::msg)?,
                     advertise: ip,
                     port: a.data_path_port,
+                    key_rotation: Duration::from_secs(a.overlay_key_rotation.max(1)),
                 }),
                 _ => None,
             };

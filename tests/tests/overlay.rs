@@ -457,3 +457,217 @@ fn overlay_addresses_are_unique_under_contention() {
         assert!(ok, "{}", h.inspect("ov1")["overlay"]["peers"]);
     }
 }
+
+/// The UDP payloads to `dst`:4789 in a pcap file (Ethernet frames).
+fn vxlan_payloads(pcap: &[u8], dst: [u8; 4]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[off + 8..off + 12].try_into().unwrap()) as usize;
+        let Some(f) = pcap.get(off + 16..off + 16 + incl) else {
+            break;
+        };
+        off += 16 + incl;
+        if f.len() < 14 + 20 + 8 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &f[14..];
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        if ip[9] != 17 || ip[16..20] != dst || ip.len() < ihl + 8 {
+            continue;
+        }
+        let udp = &ip[ihl..];
+        if u16::from_be_bytes([udp[2], udp[3]]) == 4789 {
+            out.push(udp[8..].to_vec());
+        }
+    }
+    out
+}
+
+/// Sends `msg` over TCP from namespace `from` to `ip`:`port` in `to`;
+/// returns what arrived.
+fn tcp_message(from: &str, to: &str, ip: std::net::Ipv4Addr, port: u16, msg: &str) -> String {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let srv = in_ns(to, move || {
+        let l = std::net::TcpListener::bind((ip, port)).unwrap();
+        tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    });
+    rx.recv().unwrap();
+    let m = msg.to_string();
+    in_ns(from, move || {
+        let mut s = std::net::TcpStream::connect((ip, port)).unwrap();
+        s.write_all(m.as_bytes()).unwrap();
+    })
+    .join()
+    .unwrap();
+    srv.join().unwrap()
+}
+
+#[test]
+fn overlay_encrypted() {
+    if !can_run("overlay_encrypted") {
+        return;
+    }
+    require_tools(&["tcpdump"], "tcpdump");
+    let u = Underlay::new(&tag('e'));
+    let host = |i: u8| {
+        let addr = format!("10.93.0.{i}");
+        let store = format!("etcd://{ETCD}:2379");
+        let env = Env::new_with(
+            &format!("overlay_e{i}"),
+            &[
+                "--cluster-store",
+                &store,
+                "--cluster-advertise",
+                &addr,
+                "--overlay-key-rotation",
+                "8",
+            ],
+            &|ns| u.plug(ns, &format!("h{i}"), &addr),
+        )
+        .unwrap();
+        assert!(wait_until(Duration::from_secs(15), || env
+            .daemon_log()
+            .contains("connected as host")));
+        env
+    };
+    let mut h1 = host(1);
+    let mut h2 = host(2);
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "-o",
+        "encrypted",
+        "--subnet",
+        "10.91.0.0/24",
+        "sec",
+    ]);
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.92.0.0/24",
+        "pln",
+    ]);
+    assert!(wait_until(Duration::from_secs(10), || h2
+        .ok(&["network", "ls", "-q"])
+        .contains("pln")));
+    let i = h2.inspect("sec");
+    assert_eq!(i["overlay"]["encrypted"], true, "{i}");
+    assert_eq!(
+        i["mtu"],
+        1500 - 50 - 32,
+        "sealing's 32 bytes come off the MTU"
+    );
+    let a = h1.container("sec", "a", &[]);
+    let b = h2.container("sec", "b", &[]);
+    let p = h1.container("pln", "p", &[]);
+    let q = h2.container("pln", "q", &[]);
+    for (h, n) in [(&h1, "b"), (&h2, "a")] {
+        assert!(wait_until(Duration::from_secs(10), || h.inspect("sec")
+            ["overlay"]["peers"]
+            .to_string()
+            .contains(&format!("\"{n}\""))));
+    }
+    assert!(wait_until(Duration::from_secs(10), || h1.inspect("pln")
+        ["overlay"]["peers"]
+        .to_string()
+        .contains("\"q\"")));
+    // what the underlay carries to host 2 (its port on the bridge)
+    let cap = u.dir.join("ul.pcap");
+    let mut dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &u.ul,
+            "tcpdump",
+            "--immediate-mode",
+            "-i",
+            "ph2",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(&cap)
+        .args(["udp", "port", "4789"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || cap
+        .metadata()
+        .is_ok_and(|m| m.len() >= 24)));
+    // capturing once it sees the plain network's pings
+    let live = wait_until(Duration::from_secs(10), || {
+        ping(&h1, &p.ns, &q.ip.to_string(), 1);
+        cap.metadata().is_ok_and(|m| m.len() > 24)
+    });
+    assert!(live, "tcpdump captured nothing");
+    assert!(ping(&h1, &a.ns, &b.ip.to_string(), 2));
+    let secret = "TAPNET-SECRET-MARKER-7f3a9c";
+    let plain = "TAPNET-PLAIN-MARKER-51b2e0";
+    assert_eq!(tcp_message(&a.ns, &b.ns, b.ip, 7100, secret), secret);
+    assert_eq!(tcp_message(&p.ns, &q.ns, q.ip, 7101, plain), plain);
+    // (what the capture buffered is written before it ends)
+    std::thread::sleep(Duration::from_millis(1200));
+    unsafe { libc::kill(dump.id() as i32, libc::SIGTERM) };
+    let _ = dump.wait();
+    let bytes = std::fs::read(&cap).unwrap();
+    let has = |m: &str| bytes.windows(m.len()).any(|w| w == m.as_bytes());
+    assert!(
+        has(plain),
+        "the capture saw no plain overlay traffic ({} bytes, {} datagrams to host 2)",
+        bytes.len(),
+        vxlan_payloads(&bytes, [10, 93, 0, 2]).len()
+    );
+    assert!(
+        !has(secret),
+        "the encrypted network's payload is on the underlay"
+    );
+    // replays and forgeries at host 2: counted, dropped
+    let sealed: Vec<Vec<u8>> = vxlan_payloads(&bytes, [10, 93, 0, 2])
+        .into_iter()
+        .filter(|d| d.len() > 60 && d[0] & 0x09 == 0x09)
+        .collect();
+    assert!(!sealed.is_empty(), "no sealed datagram captured");
+    let replay = sealed[sealed.len() - 1].clone();
+    let mut forged = replay.clone();
+    // a fresh sequence number: past the replay check, but the tag fails
+    forged[8 + 8..8 + 16].copy_from_slice(&u64::MAX.to_be_bytes());
+    let before = h2.inspect("sec")["overlay"]["vtep_counters"].clone();
+    in_ns(&u.etcd_ns, move || {
+        let s = std::net::UdpSocket::bind("10.93.0.100:0").unwrap();
+        s.send_to(&replay, "10.93.0.2:4789").unwrap();
+        s.send_to(&forged, "10.93.0.2:4789").unwrap();
+    })
+    .join()
+    .unwrap();
+    let ok = wait_until(Duration::from_secs(5), || {
+        let s = &h2.inspect("sec")["overlay"]["vtep_counters"];
+        ctr(s, "rx_replay") > ctr(&before, "rx_replay")
+            && ctr(s, "rx_bad_tag") > ctr(&before, "rx_bad_tag")
+    });
+    assert!(ok, "{}", h2.inspect("sec")["overlay"]["vtep_counters"]);
+    // the key rotates (every 8 s here): traffic carries on through it
+    for h in [&h1, &h2] {
+        let ok = wait_until(Duration::from_secs(30), || {
+            h.inspect("sec")["overlay"]["key_id"].as_u64() >= Some(2)
+        });
+        assert!(ok, "no rotation: {}", h.daemon_log());
+    }
+    assert!(ping(&h1, &a.ns, &b.ip.to_string(), 3), "after the rotation");
+    assert_eq!(tcp_message(&b.ns, &a.ns, a.ip, 7102, secret), secret);
+    let s = h1.inspect("sec")["overlay"]["vtep_counters"].clone();
+    assert_eq!(ctr(&s, "rx_bad_tag") + ctr(&s, "rx_no_key"), 0, "{s}");
+    let _ = (&mut h1, &mut h2, &p);
+}

@@ -13,6 +13,7 @@ pub mod bufring;
 pub mod datapath;
 pub mod mac;
 pub mod router;
+pub mod seal;
 pub mod switch;
 pub mod table;
 pub mod tap;

@@ -10,6 +10,7 @@
 //! | `vni/VNI` | the network's name | with the network |
 //! | `ipam/NAME/IP` | `HOST/CONTAINER`, the address's holder | the holder's lease |
 //! | `endpoints/NAME/HOST/CONTAINER` | [`RemoteEp`] | the host's lease |
+//! | `keys/NAME` | an encrypted network's [`KeyRing`] | with the network |
 //!
 //! A network and its VNI are created in one transaction that fails if
 //! either exists; an address is taken with a transaction that fails if
@@ -52,6 +53,8 @@ pub struct ClusterArgs {
     pub advertise: Ipv4Addr,
     /// The VXLAN UDP port (4789).
     pub port: u16,
+    /// How old an encrypted network's key may get before it is rotated.
+    pub key_rotation: Duration,
 }
 
 /// `etcd://HOST:PORT[,HOST:PORT...]` as etcd endpoints; one clear line
@@ -91,9 +94,67 @@ pub struct RemoteEp {
     pub vtep: SocketAddrV4,
 }
 
-/// A change under the prefix: the key (without the prefix) and its new
-/// value (None: deleted).
-pub type Change = (String, Option<Vec<u8>>);
+/// A change under the prefix: the key (without the prefix), its new
+/// value (None: deleted) and the revision it was made at.
+pub type Change = (String, Option<Vec<u8>>, i64);
+
+/// An encrypted overlay network's keys (AES-256-GCM): every host seals
+/// with the primary and opens with any. Rotated by whichever host finds
+/// the primary older than the rotation interval first (a transaction on
+/// the key's revision): the new key becomes the primary and the previous
+/// one stays valid until the next rotation, so datagrams in flight still
+/// open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyRing {
+    pub keys: Vec<NetKey>,
+    pub primary: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetKey {
+    pub id: u32,
+    /// 32 bytes, hex.
+    pub key: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+impl KeyRing {
+    /// A ring with one fresh key `id`.
+    pub fn fresh(id: u32) -> Result<NetKey, String> {
+        use ring::rand::SecureRandom;
+        let mut k = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut k)
+            .map_err(|_| "no randomness for a network key".to_string())?;
+        Ok(NetKey {
+            id,
+            key: k.iter().map(|b| format!("{b:02x}")).collect(),
+            created: super::now_secs(),
+        })
+    }
+
+    /// The keys as the datapath takes them (malformed ones left out).
+    pub fn raw(&self) -> Vec<(u32, [u8; 32])> {
+        self.keys
+            .iter()
+            .filter_map(|k| {
+                if k.key.len() != 64 {
+                    return None;
+                }
+                let mut out = [0u8; 32];
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = u8::from_str_radix(k.key.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some((k.id, out))
+            })
+            .collect()
+    }
+
+    pub fn primary_key(&self) -> Option<&NetKey> {
+        self.keys.iter().find(|k| k.id == self.primary)
+    }
+}
 
 pub struct Cluster {
     pub url: String,
@@ -102,6 +163,7 @@ pub struct Cluster {
     client: Client,
     /// The current session's lease (0: no session).
     lease: AtomicI64,
+    pub key_rotation: Duration,
 }
 
 fn key(parts: &[&str]) -> String {
@@ -128,6 +190,7 @@ impl Cluster {
             vtep: SocketAddrV4::new(args.advertise, args.port),
             client,
             lease: AtomicI64::new(0),
+            key_rotation: args.key_rotation,
         })
     }
 
@@ -167,9 +230,14 @@ impl Cluster {
             .collect())
     }
 
-    /// Creates network `rec` (its VNI in its options) unless its name or
-    /// its VNI exists in the store.
-    pub fn create_network(&self, rec: &super::NetworkRecord, vni: u32) -> ApiResult<()> {
+    /// Creates network `rec` (its VNI in its options, and the keys of an
+    /// encrypted one) unless its name or its VNI exists in the store.
+    pub fn create_network(
+        &self,
+        rec: &super::NetworkRecord,
+        vni: u32,
+        keys: Option<&KeyRing>,
+    ) -> ApiResult<()> {
         let (nk, vk) = (
             key(&["networks", &rec.name]),
             key(&["vni", &vni.to_string()]),
@@ -180,10 +248,17 @@ impl Cluster {
                 Compare::create_revision(nk.clone(), CompareOp::Equal, 0),
                 Compare::create_revision(vk.clone(), CompareOp::Equal, 0),
             ])
-            .and_then([
-                TxnOp::put(nk, body, None),
-                TxnOp::put(vk, rec.name.clone(), None),
-            ]);
+            .and_then({
+                let mut ops = vec![
+                    TxnOp::put(nk, body, None),
+                    TxnOp::put(vk, rec.name.clone(), None),
+                ];
+                if let Some(k) = keys {
+                    let v = serde_json::to_vec(k).unwrap_or_default();
+                    ops.push(TxnOp::put(key(&["keys", &rec.name]), v, None));
+                }
+                ops
+            });
         let mut c = self.client.clone();
         if self.block(c.txn(txn))?.succeeded() {
             return Ok(());
@@ -200,6 +275,7 @@ impl Cluster {
     pub fn delete_network(&self, name: &str, vni: Option<u32>) -> ApiResult<()> {
         let mut ops = vec![
             TxnOp::delete(key(&["networks", name]), None),
+            TxnOp::delete(key(&["keys", name]), None),
             TxnOp::delete(
                 key(&["ipam", name, ""]),
                 Some(DeleteOptions::new().with_prefix()),
@@ -255,6 +331,18 @@ impl Cluster {
         let mut c = self.client.clone();
         self.block(c.txn(txn))?;
         Ok(())
+    }
+
+    /// Replaces network `net`'s keys with `ring` if they are still as
+    /// read at revision `rev` (false: another host rotated first).
+    pub fn rotate_keys(&self, net: &str, ring: &KeyRing, rev: i64) -> ApiResult<bool> {
+        let k = key(&["keys", net]);
+        let v = serde_json::to_vec(ring).map_err(|e| ApiError::internal(e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(k.clone(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::put(k, v, None)]);
+        let mut c = self.client.clone();
+        Ok(self.block(c.txn(txn))?.succeeded())
     }
 
     /// Publishes this host's endpoint on network `net`.
@@ -321,7 +409,7 @@ async fn session(shared: &Shared, cl: &Arc<Cluster>) -> anyhow::Result<()> {
         .iter()
         .filter_map(|kv| {
             let k = kv.key_str().ok()?.strip_prefix(PREFIX)?.to_string();
-            Some((k, Some(kv.value().to_vec())))
+            Some((k, Some(kv.value().to_vec()), kv.mod_revision()))
         })
         .collect();
     let mut ws = tokio::time::timeout(
@@ -347,6 +435,11 @@ async fn session(shared: &Shared, cl: &Arc<Cluster>) -> anyhow::Result<()> {
         cl.url, cl.host, cl.vtep
     ));
     let mut tick = tokio::time::interval(Duration::from_secs((TTL_SECS / 3) as u64));
+    // encrypted networks' keys: looked at a few times per rotation period
+    let mut rotate = tokio::time::interval(
+        (cl.key_rotation / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+    );
+    let every = cl.key_rotation;
     // the store must answer the keep-alives: a silent one ends the
     // session (the lease would expire meanwhile)
     let mut answered = tokio::time::Instant::now();
@@ -357,6 +450,13 @@ async fn session(shared: &Shared, cl: &Arc<Cluster>) -> anyhow::Result<()> {
                     anyhow::bail!("the store stopped answering");
                 }
                 tokio::time::timeout(OP_TIMEOUT, keeper.keep_alive()).await??;
+            }
+            _ = rotate.tick() => {
+                let _ = with_core(shared.clone(), move |core| {
+                    core.rotate_keys(every);
+                    Ok(())
+                })
+                .await;
             }
             m = kept.message() => match m? {
                 Some(r) if r.ttl() > 0 => answered = tokio::time::Instant::now(),
@@ -379,7 +479,7 @@ async fn session(shared: &Shared, cl: &Arc<Cluster>) -> anyhow::Result<()> {
                             EventType::Put => Some(kv.value().to_vec()),
                             EventType::Delete => None,
                         };
-                        Some((k, v))
+                        Some((k, v, kv.mod_revision()))
                     })
                     .collect();
                 if !changes.is_empty() {

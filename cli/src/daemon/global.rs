@@ -14,6 +14,65 @@ impl Core {
         self.cluster.clone()
     }
 
+    /// Hands network `net`'s keys (as the store has them) to its tunnel.
+    fn program_keys(&self, net: &str) {
+        let Some(n) = self.nets.get(net) else {
+            return;
+        };
+        if let Some((ring, _)) = &n.keys {
+            if let Err(e) = self.dp.set_tunnel_keys(n.idx, ring.raw(), ring.primary) {
+                log(format!("network {net}: {e}"));
+            }
+        }
+    }
+
+    /// Rotates the keys of every encrypted network whose primary key is
+    /// older than `every`: a new primary, the previous one kept (so what is
+    /// in flight still opens), older ones dropped. Another host may win
+    /// the race: the store's transaction lets one through.
+    pub fn rotate_keys(&mut self, every: std::time::Duration) {
+        let Some(cl) = self.cluster.clone() else {
+            return;
+        };
+        let now = now_secs();
+        for n in self.nets.values() {
+            let Some((ring, rev)) = &n.keys else {
+                continue;
+            };
+            let Some(p) = ring.primary_key() else {
+                continue;
+            };
+            if now.saturating_sub(p.created) < every.as_secs() {
+                continue;
+            }
+            let id = ring
+                .keys
+                .iter()
+                .map(|k| k.id)
+                .max()
+                .unwrap_or(0)
+                .wrapping_add(1);
+            let Ok(k) = cluster::KeyRing::fresh(id) else {
+                continue;
+            };
+            let next = cluster::KeyRing {
+                keys: vec![p.clone(), k],
+                primary: id,
+            };
+            match cl.rotate_keys(&n.rec.name, &next, *rev) {
+                Ok(true) => log(format!(
+                    "network {}: rotated its key (now key {id})",
+                    n.rec.name
+                )),
+                Ok(false) => {} // another host did
+                Err(e) => log(format!(
+                    "network {}: rotating its key: {}",
+                    n.rec.name, e.message
+                )),
+            }
+        }
+    }
+
     /// Whether network `n` is shared through the cluster store.
     pub(super) fn is_global(n: &Net) -> bool {
         n.drv.scope() == driver::Scope::Global
@@ -55,10 +114,27 @@ impl Core {
                 })?;
             req.subnet = Some(s.to_string());
         }
+        let encrypted = driver::overlay::encrypted(&req.options);
         if req.mtu.is_none() {
+            // VXLAN's 50 bytes, and sealing's when encrypted
             let under = cluster::underlay_mtu(*cl.vtep.ip()).unwrap_or(1500);
-            req.mtu = Some(under.saturating_sub(50).max(MIN_MTU));
+            let over = 50
+                + if encrypted {
+                    vswitch::seal::OVERHEAD as u32
+                } else {
+                    0
+                };
+            req.mtu = Some(under.saturating_sub(over).max(MIN_MTU));
         }
+        let keys = if encrypted {
+            let k = cluster::KeyRing::fresh(1).map_err(ApiError::internal)?;
+            Some(cluster::KeyRing {
+                keys: vec![k],
+                primary: 1,
+            })
+        } else {
+            None
+        };
         let vni = match req.options.get("vni") {
             Some(v) => v.parse::<u32>().map_err(|_| {
                 ApiError::bad_request(format!("invalid vni {v:?}: 1-{}", wire::vxlan::MAX_VNI))
@@ -75,7 +151,7 @@ impl Core {
         };
         req.options.insert("vni".into(), vni.to_string());
         let rec = networks::plan_network(&req, &others)?;
-        cl.create_network(&rec, vni)?;
+        cl.create_network(&rec, vni, keys.as_ref())?;
         self.store.save(&rec)?;
         let name = rec.name.clone();
         if let Err(e) = self.add_net(rec) {
@@ -216,7 +292,7 @@ impl Core {
         // networks: the store's, and ours that it no longer has
         let in_store: BTreeSet<String> = all
             .iter()
-            .filter_map(|(k, _)| k.strip_prefix("networks/").map(String::from))
+            .filter_map(|(k, _, _)| k.strip_prefix("networks/").map(String::from))
             .collect();
         for name in self.global_names() {
             if !in_store.contains(&name) {
@@ -253,7 +329,7 @@ impl Core {
     /// addresses may come before them: keys are sorted, and `endpoints/`
     /// sorts before `networks/`), removed networks last.
     fn apply_changes(&mut self, mut changes: Vec<Change>, resync: bool) {
-        let rank = |(k, v): &Change| match (k.starts_with("networks/"), v.is_some()) {
+        let rank = |(k, v, _): &Change| match (k.starts_with("networks/"), v.is_some()) {
             (true, true) => 0,
             (false, _) => 1,
             (true, false) => 2,
@@ -265,9 +341,17 @@ impl Core {
             .map(|c| c.host.clone())
             .unwrap_or_default();
         let mut touched = BTreeSet::new();
-        for (k, v) in changes {
+        for (k, v, rev) in changes {
             let parts: Vec<&str> = k.split('/').collect();
             match (parts.as_slice(), v) {
+                (["keys", net], v) => {
+                    let ring = v.and_then(|v| serde_json::from_slice::<cluster::KeyRing>(&v).ok());
+                    let Some(n) = self.nets.get_mut(*net).filter(|n| Self::is_global(n)) else {
+                        continue;
+                    };
+                    n.keys = ring.map(|r| (r, rev));
+                    self.program_keys(net);
+                }
                 (["networks", name], Some(v)) => self.global_network(name, &v),
                 (["networks", name], None) => self.global_gone(name),
                 (["endpoints", net, host, ctr], v) => {

@@ -158,6 +158,9 @@ pub struct Net {
     /// Global networks: addresses other hosts hold (`ipam/` keys), marked
     /// used in `pool`.
     held: BTreeMap<Ipv4Addr, String>,
+    /// Encrypted global networks: the keys, and the store revision they
+    /// were read at (for rotation).
+    keys: Option<(cluster::KeyRing, i64)>,
 }
 
 impl Net {

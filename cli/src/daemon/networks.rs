@@ -37,6 +37,7 @@ impl Core {
             published: BTreeMap::new(),
             remote: BTreeMap::new(),
             held: BTreeMap::new(),
+            keys: None,
             rec,
         };
         let name = net.rec.name.clone();
@@ -265,6 +266,8 @@ impl Core {
                 let tunnel = n.trunk.and_then(|id| by_id.get(&id));
                 serde_json::json!({
                     "vni": driver::overlay::vni(&n.rec),
+                    "encrypted": driver::overlay::encrypted(&n.rec.options),
+                    "key_id": n.keys.as_ref().map(|(r, _)| r.primary),
                     "host": self.cluster.as_ref().map(|c| c.host.clone()),
                     "store": self.cluster.as_ref().map(|c| c.url.clone()),
                     "vtep": snap.vtep.as_ref().map(|v| v.local.to_string()),

@@ -32,6 +32,7 @@ pub use tunnel::{open_vtep, TunnelSnapshot, VtepSnapshot, VtepStats};
 
 use crate::mac::Mac;
 use crate::router;
+use crate::seal;
 use crate::switch::{
     Decision, DropReason, NetConfig, PortCounters, PortIdentity, PortKind, Switch, TrunkMode,
 };
@@ -218,8 +219,10 @@ enum Cmd {
         net: NetIdx,
         vni: u32,
         mtu: u32,
+        sealed: bool,
         id: PortId,
     },
+    SetTunnelKeys(NetIdx, Vec<(u32, [u8; 32])>, u32),
     SetTunnelPeers(
         NetIdx,
         Vec<(Ipv4Addr, Mac, std::net::SocketAddrV4)>,
@@ -548,11 +551,36 @@ impl Datapath {
 
     /// Gives network `net` a VXLAN tunnel with `vni` (after
     /// [`Self::set_vtep`]): its frames for other hosts are encapsulated
-    /// and segmented to `mtu`. Removed with [`Self::remove_port`].
-    pub fn add_tunnel(&self, net: NetIdx, vni: u32, mtu: u32) -> Result<PortId, DatapathError> {
+    /// and segmented to `mtu`, and `sealed` (encrypted, see
+    /// [`crate::seal`]) once it has keys. Removed with
+    /// [`Self::remove_port`].
+    pub fn add_tunnel(
+        &self,
+        net: NetIdx,
+        vni: u32,
+        mtu: u32,
+        sealed: bool,
+    ) -> Result<PortId, DatapathError> {
         let id = self.next_port.fetch_add(1, Ordering::Relaxed);
-        self.send(Cmd::AddTunnel { net, vni, mtu, id })?;
+        self.send(Cmd::AddTunnel {
+            net,
+            vni,
+            mtu,
+            sealed,
+            id,
+        })?;
         Ok(id)
+    }
+
+    /// An encrypted network's keys (AES-256, by id), sealing with
+    /// `primary` (replaces the previous).
+    pub fn set_tunnel_keys(
+        &self,
+        net: NetIdx,
+        keys: Vec<(u32, [u8; 32])>,
+        primary: u32,
+    ) -> Result<(), DatapathError> {
+        self.send(Cmd::SetTunnelKeys(net, keys, primary))
     }
 
     /// Where network `net`'s remote endpoints are (address, MAC, its
@@ -971,7 +999,14 @@ impl State {
                     }
                 }
                 Cmd::SetVtep(fd, tx, local, id) => self.set_vtep(fd, tx, local, id),
-                Cmd::AddTunnel { net, vni, mtu, id } => self.add_tunnel(net, vni, mtu, id),
+                Cmd::AddTunnel {
+                    net,
+                    vni,
+                    mtu,
+                    sealed,
+                    id,
+                } => self.add_tunnel(net, vni, mtu, sealed, id),
+                Cmd::SetTunnelKeys(net, keys, primary) => self.set_tunnel_keys(net, keys, primary),
                 Cmd::SetTunnelPeers(net, peers, flood) => self.set_tunnel_peers(net, peers, flood),
                 Cmd::Shutdown => {
                     self.exiting = true;

@@ -41,16 +41,35 @@ pub(super) struct Tunnel {
     pub ips: FxHashMap<Ipv4Addr, Mac>,
     /// Every VTEP with endpoints on the network.
     pub flood: Vec<SocketAddrV4>,
+    /// An encrypted network: datagrams are sealed ([`seal`]).
+    pub sealed: bool,
+    /// Its keys (none yet: nothing is sent or taken).
+    pub keys: Option<seal::KeySet>,
+    /// This host's sender id (its VTEP address) and sequence number.
+    pub sender: [u8; 4],
+    pub seq: u64,
+    /// Per peer host (by VTEP address): the sequence numbers seen.
+    pub windows: FxHashMap<[u8; 4], seal::ReplayWindow>,
 }
 
 impl Tunnel {
-    pub fn new(vni: u32, mtu: u32) -> Tunnel {
+    pub fn new(vni: u32, mtu: u32, sealed: bool, sender: Ipv4Addr) -> Tunnel {
+        // a restarted sender never reuses a (key, nonce): its sequence
+        // starts at the time, and counts up far slower than time passes
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
         Tunnel {
             mtu: mtu as usize,
             hdr: wire::vxlan::emit(vni),
             peers: FxHashMap::default(),
             ips: FxHashMap::default(),
             flood: Vec::new(),
+            sealed,
+            keys: None,
+            sender: sender.octets(),
+            seq,
+            windows: FxHashMap::default(),
         }
     }
 }
@@ -73,6 +92,14 @@ pub struct VtepStats {
     pub rx_unknown_src: u64,
     /// ARP requests for another host's container answered here.
     pub proxy_arp: u64,
+    /// Encrypted networks: plain datagrams for them (or sealed ones for a
+    /// plain network), replays, tags that do not match, datagrams with
+    /// no key to open (or seal) them.
+    pub rx_seal_mismatch: u64,
+    pub rx_replay: u64,
+    pub rx_bad_tag: u64,
+    pub rx_no_key: u64,
+    pub tx_no_key: u64,
     /// Frames for the tunnel with no VTEP to go to.
     pub tx_no_peer: u64,
     /// Offloaded frames that could not be segmented.
@@ -117,6 +144,8 @@ pub(super) struct Vtep {
     tx: Vec<OwnedFd>,
     /// Segments being sent, each behind its VXLAN header.
     scratch: Vec<u8>,
+    /// The same, sealed (encrypted networks).
+    sealed: Vec<u8>,
     lens: Vec<usize>,
 }
 
@@ -133,6 +162,7 @@ impl Vtep {
             gso,
             tx,
             scratch: Vec::with_capacity(BUF_SIZE + 64 * 64),
+            sealed: Vec::with_capacity(BUF_SIZE + 64 * 96),
             lens: Vec::with_capacity(64),
         }
     }
@@ -384,63 +414,121 @@ fn send_mmsg(
 
 impl State {
     /// A datagram the VTEP read, in buffer `b`: the inner frame enters the
-    /// switch from its network's tunnel port, or the buffer goes back.
+    /// switch from its network's tunnel port (opened first if the network
+    /// is encrypted), or the buffer goes back and the reason is counted.
     pub(super) fn vtep_rx(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
+        match self.vtep_open(b, len) {
+            Ok((t, off, n)) => {
+                // [..][Ethernet] -> [vnet header][Ethernet]: the inner
+                // frame moves forward; the header says "no offloads"
+                let w = self.pool.whole_mut(b);
+                w.copy_within(off..off + n, VNET_HDR_LEN);
+                w[..VNET_HDR_LEN].fill(0);
+                self.frame_in(t, b, n + VNET_HDR_LEN, now);
+            }
+            Err(()) => self.recycle(slot, b),
+        }
+    }
+
+    /// Checks (and opens) the datagram in buffer `b`: its tunnel port, and
+    /// where its inner frame is (offset, length); Err (counted) to drop it.
+    fn vtep_open(&mut self, b: usize, len: usize) -> Result<(PortIdx, usize, usize), ()> {
+        const X: usize = wire::vxlan::HDR_LEN;
         let Some(v) = self.vtep.as_mut() else {
-            self.recycle(slot, b);
-            return;
+            return Err(());
         };
         v.stats.rx_datagrams += 1;
         v.stats.rx_bytes += len as u64;
-        let vni = match wire::vxlan::parse(self.pool.frame(b, len)) {
+        let d = self.pool.frame(b, len);
+        let vni = match wire::vxlan::parse(d) {
             Ok(vni) => vni,
             Err(e) => {
                 match e {
                     wire::vxlan::Error::Short => v.stats.rx_short += 1,
                     wire::vxlan::Error::BadFlags => v.stats.rx_bad_flags += 1,
                 }
-                self.recycle(slot, b);
-                return;
+                return Err(());
             }
         };
         let Some(&t) = v.vnis.get(&vni) else {
             v.stats.rx_unknown_vni += 1;
-            self.recycle(slot, b);
-            return;
+            return Err(());
         };
+        let sealed = d[wire::vxlan::FLAGS] & seal::FLAG_SEALED != 0;
+        let Some(tn) = self.ports[t as usize]
+            .as_mut()
+            .and_then(|p| p.tunnel.as_deref_mut())
+        else {
+            return Err(());
+        };
+        // an encrypted network takes sealed datagrams only, a plain one
+        // plain ones only
+        if sealed != tn.sealed {
+            v.stats.rx_seal_mismatch += 1;
+            return Err(());
+        }
+        let (off, n) = if sealed {
+            let Some((sender, seq)) = seal::peek(d) else {
+                v.stats.rx_short += 1;
+                return Err(());
+            };
+            // the network's hosts only (and one window each)
+            let Some(win) = tn.windows.get_mut(&sender) else {
+                v.stats.rx_unknown_src += 1;
+                return Err(());
+            };
+            if !win.fresh(seq) {
+                v.stats.rx_replay += 1;
+                return Err(());
+            }
+            let Some(keys) = tn.keys.as_ref() else {
+                v.stats.rx_no_key += 1;
+                return Err(());
+            };
+            match seal::open(keys, self.pool.frame_mut(b, len)) {
+                Ok(n) => {
+                    win.accept(seq);
+                    (X + seal::HDR_LEN, n)
+                }
+                Err(seal::OpenError::Short) => {
+                    v.stats.rx_short += 1;
+                    return Err(());
+                }
+                Err(seal::OpenError::UnknownKey) => {
+                    v.stats.rx_no_key += 1;
+                    return Err(());
+                }
+                Err(seal::OpenError::BadTag) => {
+                    v.stats.rx_bad_tag += 1;
+                    return Err(());
+                }
+            }
+        } else {
+            (X, len - X)
+        };
+        if n < eth::HDR_LEN || n + VNET_HDR_LEN > BUF_SIZE {
+            v.stats.rx_short += 1;
+            return Err(());
+        }
         // only the other hosts' endpoints speak through the tunnel
-        const X0: usize = wire::vxlan::HDR_LEN;
-        let src = Mac::from_slice(&self.pool.frame(b, len)[X0 + 6..]);
-        let known = self.ports[t as usize]
-            .as_ref()
-            .and_then(|p| p.tunnel.as_deref())
-            .is_some_and(|tn| tn.peers.contains_key(&src));
-        if !known {
+        let src = Mac::from_slice(&self.pool.frame(b, len)[off + 6..]);
+        if !tn.peers.contains_key(&src) {
             v.stats.rx_unknown_src += 1;
-            self.recycle(slot, b);
-            return;
+            return Err(());
         }
-        // [VXLAN][Ethernet] -> [vnet header][Ethernet]: the inner frame
-        // moves by the difference; the header says "no offloads"
-        const X: usize = wire::vxlan::HDR_LEN;
-        if len - X + VNET_HDR_LEN > BUF_SIZE {
-            self.recycle(slot, b);
-            return;
-        }
-        let w = self.pool.whole_mut(b);
-        w.copy_within(X..len, VNET_HDR_LEN);
-        w[..VNET_HDR_LEN].fill(0);
-        self.frame_in(t, b, len - X + VNET_HDR_LEN, now);
+        Ok((t, off, n))
     }
 
     /// Encapsulates `src`'s frame in buffer `b` for tunnel port `dst` and
     /// sends it to the VTEP(s) it is for. The buffer stays the caller's.
     pub(super) fn tunnel_tx(&mut self, b: usize, dst: PortIdx) {
         let len = self.pool.lens[b] as usize;
-        let (Some(v), Some(Some(port))) = (self.vtep.as_mut(), self.ports.get(dst as usize)) else {
+        let (Some(v), Some(Some(port))) = (self.vtep.as_mut(), self.ports.get_mut(dst as usize))
+        else {
             return;
         };
-        let Some(t) = port.tunnel.as_deref() else {
+        let port_fd = port.fd.as_raw_fd();
+        let Some(t) = port.tunnel.as_deref_mut() else {
             return;
         };
         let frame = self.pool.frame(b, len);
@@ -476,8 +564,33 @@ impl State {
             self.sw.count_drop(dst, DropReason::Malformed);
             return;
         }
+        if t.sealed {
+            // each datagram sealed on its own (one more copy)
+            let Some(keys) = t.keys.as_ref() else {
+                v.stats.tx_no_key += 1;
+                return;
+            };
+            v.sealed.clear();
+            let mut off = 0;
+            for l in v.lens.iter_mut() {
+                t.seq += 1;
+                if !seal::seal(
+                    keys,
+                    t.sender,
+                    t.seq,
+                    &v.scratch[off..off + *l],
+                    &mut v.sealed,
+                ) {
+                    v.stats.tx_no_key += 1;
+                    return;
+                }
+                off += *l;
+                *l += seal::OVERHEAD;
+            }
+            std::mem::swap(&mut v.scratch, &mut v.sealed);
+        }
         let fd = match v.tx.len() {
-            0 => port.fd.as_raw_fd(),
+            0 => port_fd,
             n => v.tx[flow_hash(f) as usize % n].as_raw_fd(),
         };
         let mut bytes = 0usize;
@@ -489,6 +602,24 @@ impl State {
         }
         if bytes > 0 {
             self.sw.count_tx(dst, f.len());
+        }
+    }
+
+    /// An encrypted network's keys (by id, sealing with `primary`).
+    pub(super) fn set_tunnel_keys(
+        &mut self,
+        net: NetIdx,
+        keys: Vec<(u32, [u8; 32])>,
+        primary: u32,
+    ) {
+        let Some(slot) = self.sw.network(net).and_then(|n| n.trunk) else {
+            return;
+        };
+        if let Some(t) = self.ports[slot as usize]
+            .as_mut()
+            .and_then(|p| p.tunnel.as_mut())
+        {
+            t.keys = Some(seal::KeySet::new(&keys, primary));
         }
     }
 
@@ -547,7 +678,7 @@ impl State {
 
     /// Network `net`'s tunnel port (one per network), sending on a copy
     /// of the VTEP's socket.
-    pub(super) fn add_tunnel(&mut self, net: NetIdx, vni: u32, mtu: u32, id: PortId) {
+    pub(super) fn add_tunnel(&mut self, net: NetIdx, vni: u32, mtu: u32, sealed: bool, id: PortId) {
         let Some(v) = self.vtep.as_ref() else {
             self.report("a tunnel port without a VTEP");
             return;
@@ -569,7 +700,11 @@ impl State {
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
         let slot = self.add_io_port(PortKind::Tunnel, id, format!("vxlan{vni}"), net, mtu, fd);
         if let Some(p) = self.ports[slot as usize].as_mut() {
-            p.tunnel = Some(Box::new(Tunnel::new(vni, mtu)));
+            let me = self
+                .vtep
+                .as_ref()
+                .map_or(Ipv4Addr::UNSPECIFIED, |v| *v.local.ip());
+            p.tunnel = Some(Box::new(Tunnel::new(vni, mtu, sealed, me)));
         }
         if let Some(v) = self.vtep.as_mut() {
             v.vnis.insert(vni, slot);
@@ -593,6 +728,12 @@ impl State {
         {
             t.peers = peers.iter().map(|&(_, m, a)| (m, a)).collect();
             t.ips = peers.iter().map(|&(ip, m, _)| (ip, m)).collect();
+            // a replay window per peer host, kept while it stays one
+            let hosts: Vec<[u8; 4]> = flood.iter().map(|a| a.ip().octets()).collect();
+            t.windows.retain(|h, _| hosts.contains(h));
+            for h in hosts {
+                t.windows.entry(h).or_default();
+            }
             t.flood = flood;
         }
     }

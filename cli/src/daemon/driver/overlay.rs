@@ -8,7 +8,9 @@
 //!
 //! Options: `vni` (4096-16777215; chosen from 4096 up when absent),
 //! `mtu` via `--mtu` (default: the underlay's MTU less 50, the VXLAN
-//! overhead), `encrypted` (not yet).
+//! overhead, and less 32 more when encrypted), `encrypted` (every
+//! datagram sealed with AES-256-GCM, `vswitch::seal`; keys in the store,
+//! rotated).
 
 use super::*;
 use vswitch::TrunkMode;
@@ -17,6 +19,13 @@ pub struct Overlay;
 
 /// The first VNI handed out (as Docker's overlay driver does).
 pub const FIRST_VNI: u32 = 4096;
+
+/// Whether `-o encrypted` (Docker's option: no value, or `true`) asks for
+/// sealed datagrams.
+pub fn encrypted(opts: &std::collections::BTreeMap<String, String>) -> bool {
+    opts.get("encrypted")
+        .is_some_and(|v| v.is_empty() || v == "true")
+}
 
 /// The network's VNI (set by the core before the record is stored).
 pub fn vni(rec: &NetworkRecord) -> Option<u32> {
@@ -34,10 +43,12 @@ impl NetworkDriver for Overlay {
 
     fn check(&self, rec: &mut NetworkRecord, _others: &[&NetworkRecord]) -> ApiResult<()> {
         known_options("overlay", &rec.options, &["vni", "encrypted"])?;
-        if rec.options.contains_key("encrypted") {
-            return Err(ApiError::bad_request(
-                "encrypted overlay networks are not available yet",
-            ));
+        if let Some(v) = rec.options.get("encrypted") {
+            if !matches!(v.as_str(), "" | "true" | "false") {
+                return Err(ApiError::bad_request(format!(
+                    "invalid encrypted {v:?}: use -o encrypted, or encrypted=true|false"
+                )));
+            }
         }
         if let Some(v) = rec.options.get("vni") {
             match v.parse::<u32>() {
@@ -89,7 +100,8 @@ impl NetworkDriver for Overlay {
                 down: Some("the network has no VNI".into()),
             });
         };
-        let tunnel = p.dp.add_tunnel(idx, vni, rec.mtu)?;
+        let tunnel =
+            p.dp.add_tunnel(idx, vni, rec.mtu, encrypted(&rec.options))?;
         Ok(Made {
             trunk: Some(tunnel),
             down: None,
