@@ -230,8 +230,9 @@ fn overlay_across_three_hosts() {
 }
 
 /// VXLAN datagrams that are not for this host, or not VXLAN, sent at
-/// host 1's VTEP from the underlay: counted and dropped.
-fn send_junk(u: &Underlay, vni: u32, src_mac: [u8; 6]) {
+/// host 1's VTEP from namespace `ns` (address `from`): counted and
+/// dropped.
+fn send_junk(ns: &str, from: &str, vni: u32, src_mac: [u8; 6]) {
     let v = vni.to_be_bytes();
     let mut bad_flags = vec![0u8; 8 + 60];
     bad_flags[4..7].copy_from_slice(&v[1..]);
@@ -244,8 +245,9 @@ fn send_junk(u: &Underlay, vni: u32, src_mac: [u8; 6]) {
     stranger.extend_from_slice(&[0x08, 0x06]);
     stranger.extend_from_slice(&[0u8; 46]);
     let frames = vec![vec![1u8, 2, 3], bad_flags, unknown_vni, stranger];
-    in_ns(&u.etcd_ns, move || {
-        let s = std::net::UdpSocket::bind("10.93.0.100:0").unwrap();
+    let from = format!("{from}:0");
+    in_ns(ns, move || {
+        let s = std::net::UdpSocket::bind(from).unwrap();
         for f in &frames {
             s.send_to(f, "10.93.0.1:4789").unwrap();
         }
@@ -314,10 +316,14 @@ fn overlay_survives_faults() {
 
     // junk at the VTEP: counted by reason, the daemon unharmed
     let before = h1.inspect("ov1")["overlay"]["vtep_counters"].clone();
-    send_junk(&u, 4096, [0x02, 0x99, 0, 0, 0, 1]);
+    // from host 3's address (a VTEP of the network) the checks go deep;
+    // from any other address nothing is looked at
+    send_junk(&h3.host_ns, "10.93.0.3", 4096, [0x02, 0x99, 0, 0, 0, 1]);
+    send_junk(&u.etcd_ns, "10.93.0.100", 4096, [0x02, 0x99, 0, 0, 0, 1]);
     let ok = wait_until(Duration::from_secs(5), || {
         let s = &h1.inspect("ov1")["overlay"]["vtep_counters"];
-        ctr(s, "rx_short") > ctr(&before, "rx_short")
+        ctr(s, "rx_unknown_vtep") > ctr(&before, "rx_unknown_vtep")
+            && ctr(s, "rx_short") > ctr(&before, "rx_short")
             && ctr(s, "rx_bad_flags") > ctr(&before, "rx_bad_flags")
             && ctr(s, "rx_unknown_vni") > ctr(&before, "rx_unknown_vni")
             && ctr(s, "rx_unknown_src") > ctr(&before, "rx_unknown_src")
@@ -645,8 +651,9 @@ fn overlay_encrypted() {
     // a fresh sequence number: past the replay check, but the tag fails
     forged[8 + 8..8 + 16].copy_from_slice(&u64::MAX.to_be_bytes());
     let before = h2.inspect("sec")["overlay"]["vtep_counters"].clone();
-    in_ns(&u.etcd_ns, move || {
-        let s = std::net::UdpSocket::bind("10.93.0.100:0").unwrap();
+    // (from host 1's address: what comes from elsewhere is not even looked at)
+    in_ns(&h1.host_ns, move || {
+        let s = std::net::UdpSocket::bind("10.93.0.1:0").unwrap();
         s.send_to(&replay, "10.93.0.2:4789").unwrap();
         s.send_to(&forged, "10.93.0.2:4789").unwrap();
     })

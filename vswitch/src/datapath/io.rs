@@ -44,7 +44,15 @@ impl State {
             return;
         }
         let fd = types::Fd(p.fd.as_raw_fd());
-        let e = if self.multishot {
+        let vtep_msg = self
+            .vtep
+            .as_ref()
+            .filter(|v| v.slot == slot && v.recvmsg)
+            .map(|v| v.msg_ptr());
+        let e = if let Some(msg) = vtep_msg {
+            // the VTEP: datagrams with their sender and GRO segment size
+            opcode::RecvMsgMulti::new(fd, msg, pool::BGID).build()
+        } else if self.multishot {
             opcode::ReadMulti::new(fd, 0, pool::BGID).build()
         } else {
             opcode::Read::new(fd, std::ptr::null_mut(), BUF_SIZE as u32)
@@ -399,7 +407,8 @@ impl State {
         }
         self.ports[slot as usize] = Some(port);
         self.ids.insert(id, slot);
-        if kind != PortKind::Tunnel {
+        // a tunnel port only sends; the VTEP is armed once it is set up
+        if !matches!(kind, PortKind::Tunnel | PortKind::Vtep) {
             self.arm(slot);
         }
         slot

@@ -109,6 +109,14 @@ pub struct VtepStats {
     /// Sends batched with UDP GSO, and with sendmmsg.
     pub tx_gso_sends: u64,
     pub tx_mmsg_sends: u64,
+    /// Reads that brought several datagrams (UDP GRO), and inner TCP
+    /// segments merged into one frame for a container (receive offload).
+    pub rx_gro_reads: u64,
+    pub rx_merged: u64,
+    /// Datagrams from an address that is no VTEP of the network.
+    pub rx_unknown_vtep: u64,
+    /// Whether the socket does UDP GRO.
+    pub rx_gro: bool,
 }
 
 /// The VTEP as the control plane sees it.
@@ -146,10 +154,24 @@ pub(super) struct Vtep {
     scratch: Vec<u8>,
     /// The same, sealed (encrypted networks).
     sealed: Vec<u8>,
+    /// Multishot recvmsg (with UDP GRO): the header the kernel fills in
+    /// each buffer (sender's address, the GRO segment size); else plain
+    /// reads, one datagram each.
+    msg: Box<libc::msghdr>,
+    pub recvmsg: bool,
+    /// The inner frames of one read being delivered: (tunnel port,
+    /// offset, length).
+    rx: Vec<(PortIdx, usize, usize)>,
     lens: Vec<usize>,
 }
 
 impl Vtep {
+    /// The msghdr the VTEP's multishot recvmsg reads with (it lives as
+    /// long as the VTEP, past every read posted with it).
+    pub fn msg_ptr(&self) -> *const libc::msghdr {
+        &*self.msg as *const libc::msghdr
+    }
+
     pub fn new(slot: PortIdx, local: SocketAddrV4, tx: Vec<OwnedFd>) -> Vtep {
         let gso = tx
             .first()
@@ -163,9 +185,53 @@ impl Vtep {
             tx,
             scratch: Vec::with_capacity(BUF_SIZE + 64 * 64),
             sealed: Vec::with_capacity(BUF_SIZE + 64 * 96),
+            msg: Box::new(recv_msghdr()),
+            recvmsg: false,
+            rx: Vec::with_capacity(64),
             lens: Vec::with_capacity(64),
         }
     }
+}
+
+/// The name and control space each received buffer starts with (after
+/// the kernel's `io_uring_recvmsg_out`): a `sockaddr_in`, and one cmsg
+/// holding the UDP GRO segment size (an int).
+fn recv_msghdr() -> libc::msghdr {
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    m.msg_controllen =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    m
+}
+
+/// What one multishot recvmsg buffer holds: where the payload is, its
+/// length, the GRO segment size (the payload's length when not
+/// coalesced) and the sender's address.
+fn parse_recv(buf: &[u8], msg: &libc::msghdr) -> Option<(usize, usize, usize, Option<Ipv4Addr>)> {
+    let out = io_uring::types::RecvMsgOut::parse(buf, msg).ok()?;
+    if out.is_payload_truncated() {
+        return None;
+    }
+    let payload = out.payload_data();
+    let off = payload.as_ptr() as usize - buf.as_ptr() as usize;
+    let name = out.name_data();
+    let src = (name.len() >= 8 && u16::from_ne_bytes([name[0], name[1]]) == libc::AF_INET as u16)
+        .then(|| Ipv4Addr::new(name[4], name[5], name[6], name[7]));
+    let mut seg = payload.len();
+    let c = out.control_data();
+    // one cmsghdr: len (usize), level (i32), type (i32), then the int
+    let hl = std::mem::size_of::<libc::cmsghdr>();
+    if c.len() >= hl + 4 {
+        let level = i32::from_ne_bytes(c[8..12].try_into().ok()?);
+        let kind = i32::from_ne_bytes(c[12..16].try_into().ok()?);
+        if level == libc::SOL_UDP && kind == libc::UDP_GRO {
+            let g = i32::from_ne_bytes(c[hl..hl + 4].try_into().ok()?);
+            if g > 0 {
+                seg = g as usize;
+            }
+        }
+    }
+    Some((off, payload.len(), seg, src))
 }
 
 /// How many sockets datagrams leave from (see [`Vtep`]).
@@ -413,33 +479,121 @@ fn send_mmsg(
 }
 
 impl State {
-    /// A datagram the VTEP read, in buffer `b`: the inner frame enters the
-    /// switch from its network's tunnel port (opened first if the network
-    /// is encrypted), or the buffer goes back and the reason is counted.
+    /// What the VTEP read into buffer `b` (`len` bytes): one datagram, or
+    /// with UDP GRO a run of them; each is checked (and opened if its
+    /// network is encrypted), a run of one TCP flow's segments is merged
+    /// into one offloaded frame, and the inner frames enter the switch
+    /// from their tunnel ports.
     pub(super) fn vtep_rx(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
-        match self.vtep_open(b, len) {
-            Ok((t, off, n)) => {
+        let Some(v) = self.vtep.as_mut() else {
+            self.recycle(slot, b);
+            return;
+        };
+        let (off, plen, seg, src) = if v.recvmsg {
+            match parse_recv(self.pool.frame(b, len), &v.msg) {
+                Some(r) => r,
+                None => {
+                    v.stats.rx_short += 1;
+                    self.recycle(slot, b);
+                    return;
+                }
+            }
+        } else {
+            (0, len, len, None)
+        };
+        if seg == 0 {
+            self.recycle(slot, b);
+            return;
+        }
+        if plen > seg {
+            v.stats.rx_gro_reads += 1;
+        }
+        let mut rx = std::mem::take(&mut v.rx);
+        rx.clear();
+        let mut o = off;
+        while o < off + plen {
+            let l = seg.min(off + plen - o);
+            if let Ok(f) = self.vtep_open(b, o, l, src) {
+                rx.push(f);
+            }
+            o += l;
+        }
+        match rx.len() {
+            0 => self.recycle(slot, b),
+            1 => {
+                let (t, fo, n) = rx[0];
                 // [..][Ethernet] -> [vnet header][Ethernet]: the inner
                 // frame moves forward; the header says "no offloads"
                 let w = self.pool.whole_mut(b);
-                w.copy_within(off..off + n, VNET_HDR_LEN);
+                w.copy_within(fo..fo + n, VNET_HDR_LEN);
                 w[..VNET_HDR_LEN].fill(0);
                 self.frame_in(t, b, n + VNET_HDR_LEN, now);
             }
-            Err(()) => self.recycle(slot, b),
+            k => match merge_tcp(self.pool.whole_mut(b), &rx) {
+                Some(total) => {
+                    if let Some(v) = self.vtep.as_mut() {
+                        v.stats.rx_merged += k as u64;
+                    }
+                    self.frame_in(rx[0].0, b, total, now);
+                }
+                None => {
+                    // each on its own: copies for all but the last, which
+                    // keeps the buffer
+                    for &(t, fo, n) in &rx[..k - 1] {
+                        let mut f = vec![0u8; VNET_HDR_LEN + n];
+                        f[VNET_HDR_LEN..].copy_from_slice(&self.pool.frame(b, fo + n)[fo..]);
+                        self.switch_owned(t, f, now);
+                    }
+                    let (t, fo, n) = rx[k - 1];
+                    let w = self.pool.whole_mut(b);
+                    w.copy_within(fo..fo + n, VNET_HDR_LEN);
+                    w[..VNET_HDR_LEN].fill(0);
+                    self.frame_in(t, b, n + VNET_HDR_LEN, now);
+                }
+            },
+        }
+        if let Some(v) = self.vtep.as_mut() {
+            v.rx = rx;
         }
     }
 
-    /// Checks (and opens) the datagram in buffer `b`: its tunnel port, and
-    /// where its inner frame is (offset, length); Err (counted) to drop it.
-    fn vtep_open(&mut self, b: usize, len: usize) -> Result<(PortIdx, usize, usize), ()> {
+    /// An inner frame that is not in a pool buffer of its own, from
+    /// tunnel port `t`, through the switch (a tunnel's frames go to local
+    /// ports only: unicast or flooded).
+    fn switch_owned(&mut self, t: PortIdx, f: Vec<u8>, now: u64) {
+        match self.sw.decide(t, &f, now) {
+            Decision::Unicast(dst) => self.send_owned(dst, f),
+            Decision::Flood(net) | Decision::FloodExcept(net, _) => {
+                let ports: Vec<PortIdx> = self
+                    .sw
+                    .network(net)
+                    .map(|n| n.ports.iter().copied().filter(|&p| p != t).collect())
+                    .unwrap_or_default();
+                for p in ports {
+                    self.send_owned(p, f.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks (and opens) the datagram at `b[off..off + len]` from `src`:
+    /// its tunnel port, and where its inner frame is (offset in the
+    /// buffer, length); Err (counted) to drop it.
+    fn vtep_open(
+        &mut self,
+        b: usize,
+        off: usize,
+        len: usize,
+        src: Option<Ipv4Addr>,
+    ) -> Result<(PortIdx, usize, usize), ()> {
         const X: usize = wire::vxlan::HDR_LEN;
         let Some(v) = self.vtep.as_mut() else {
             return Err(());
         };
         v.stats.rx_datagrams += 1;
         v.stats.rx_bytes += len as u64;
-        let d = self.pool.frame(b, len);
+        let d = &self.pool.frame(b, off + len)[off..];
         let vni = match wire::vxlan::parse(d) {
             Ok(vni) => vni,
             Err(e) => {
@@ -461,13 +615,20 @@ impl State {
         else {
             return Err(());
         };
+        // from a host of the network only (when the read says who sent it)
+        if let Some(ip) = src {
+            if !tn.flood.iter().any(|a| *a.ip() == ip) {
+                v.stats.rx_unknown_vtep += 1;
+                return Err(());
+            }
+        }
         // an encrypted network takes sealed datagrams only, a plain one
         // plain ones only
         if sealed != tn.sealed {
             v.stats.rx_seal_mismatch += 1;
             return Err(());
         }
-        let (off, n) = if sealed {
+        let (io, n) = if sealed {
             let Some((sender, seq)) = seal::peek(d) else {
                 v.stats.rx_short += 1;
                 return Err(());
@@ -485,7 +646,7 @@ impl State {
                 v.stats.rx_no_key += 1;
                 return Err(());
             };
-            match seal::open(keys, self.pool.frame_mut(b, len)) {
+            match seal::open(keys, &mut self.pool.frame_mut(b, off + len)[off..]) {
                 Ok(n) => {
                     win.accept(seq);
                     (X + seal::HDR_LEN, n)
@@ -511,12 +672,12 @@ impl State {
             return Err(());
         }
         // only the other hosts' endpoints speak through the tunnel
-        let src = Mac::from_slice(&self.pool.frame(b, len)[off + 6..]);
+        let src = Mac::from_slice(&self.pool.frame(b, off + io + n)[off + io + 6..]);
         if !tn.peers.contains_key(&src) {
             v.stats.rx_unknown_src += 1;
             return Err(());
         }
-        Ok((t, off, n))
+        Ok((t, off + io, n))
     }
 
     /// Encapsulates `src`'s frame in buffer `b` for tunnel port `dst` and
@@ -635,8 +796,27 @@ impl State {
         if self.vtep.is_some() {
             return; // one per datapath
         }
+        // with multishot recvmsg the kernel may coalesce a burst of
+        // datagrams into one buffer (UDP GRO): one completion, one pass
+        // through the switch for a run of a flow's segments
+        let gro = self.multishot && {
+            let one: libc::c_int = 1;
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_UDP,
+                    libc::UDP_GRO,
+                    &one as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                ) == 0
+            }
+        };
         let slot = self.add_io_port(PortKind::Vtep, id, "vtep".into(), VTEP_NET, 65535, fd);
-        self.vtep = Some(Vtep::new(slot, local, tx));
+        let mut v = Vtep::new(slot, local, tx);
+        v.recvmsg = self.multishot;
+        v.stats.rx_gro = gro;
+        self.vtep = Some(v);
+        self.arm(slot);
     }
 
     /// Proxy ARP, as Docker's overlay does: an ARP request from a local
@@ -797,4 +977,112 @@ fn flow_hash(f: &[u8]) -> u64 {
     }
     // the high bits are the well-mixed ones
     h.finish() >> 32
+}
+
+/// Receive offload: the inner frames `fr` (tunnel port, offset, length
+/// in `buf`), if they are consecutive segments of one TCP/IPv4 flow
+/// (same addresses, ports, ack, window and options; equal payloads but
+/// the last; ACK with PSH at most on the last), become one frame with a
+/// TCP offload header at the start of `buf`, as a NIC's LRO would make
+/// it; returns its length (vnet header included). None: not mergeable
+/// (`buf` is unchanged).
+fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize)]) -> Option<usize> {
+    const IP: usize = eth::HDR_LEN;
+    const TCP: usize = IP + ipv4::MIN_HDR_LEN;
+    const ACK_PSH: u8 = 0x18;
+    let (t0, o0, n0) = *fr.first()?;
+    let f0 = buf.get(o0..o0 + n0)?;
+    if f0.len() < TCP + 20
+        || eth::ethertype(f0) != Some(eth::ETHERTYPE_IPV4)
+        || f0[IP] != 0x45
+        || f0[IP + ipv4::PROTOCOL] != ipv4::PROTO_TCP
+    {
+        return None;
+    }
+    let thl = ((f0[TCP + 12] >> 4) as usize) * 4;
+    let hl = TCP + thl;
+    let plen = |f: &[u8]| -> Option<usize> {
+        let total = u16::from_be_bytes([f[IP + 2], f[IP + 3]]) as usize;
+        (IP + total <= f.len() && IP + total >= hl).then(|| IP + total - hl)
+    };
+    let mss = plen(f0)?;
+    if thl < 20 || hl > f0.len() || mss == 0 {
+        return None;
+    }
+    let seq = |f: &[u8]| u32::from_be_bytes([f[TCP + 4], f[TCP + 5], f[TCP + 6], f[TCP + 7]]);
+    let mut next = seq(f0).wrapping_add(mss as u32);
+    let mut total = mss;
+    for (k, &(t, o, n)) in fr.iter().enumerate() {
+        let f = buf.get(o..o + n)?;
+        let last = k + 1 == fr.len();
+        if t != t0 || f.len() < hl {
+            return None;
+        }
+        // the same headers but for IP length/id/checksum and TCP seq/flags/checksum
+        if f[..IP + 2] != f0[..IP + 2]
+            || f[IP + 6..IP + 10] != f0[IP + 6..IP + 10]
+            || f[IP + 12..TCP + 4] != f0[IP + 12..TCP + 4]
+            || f[TCP + 8..TCP + 13] != f0[TCP + 8..TCP + 13]
+            || f[TCP + 14..TCP + 16] != f0[TCP + 14..TCP + 16]
+            || f[TCP + 18..hl] != f0[TCP + 18..hl]
+        {
+            return None;
+        }
+        // no fragments
+        if f[IP + 6] & 0x3f != 0 || f[IP + 7] != 0 {
+            return None;
+        }
+        let flags = f[TCP + 13];
+        if flags & !ACK_PSH != 0 || (flags & 0x08 != 0 && !last) || flags & 0x10 == 0 {
+            return None;
+        }
+        let p = plen(f)?;
+        if k > 0 {
+            if seq(f) != next || p == 0 || p > mss || (p < mss && !last) {
+                return None;
+            }
+            next = next.wrapping_add(p as u32);
+            total += p;
+        }
+    }
+    if ipv4::MIN_HDR_LEN + thl + total > 0xffff || VNET_HDR_LEN + hl + total > buf.len() {
+        return None;
+    }
+    // built in place, front to back: every write lands before what is
+    // still to be read (each source frame sits further on)
+    let last_flags = buf[fr[fr.len() - 1].1 + TCP + 13];
+    buf.copy_within(o0..o0 + hl, VNET_HDR_LEN);
+    let mut w = VNET_HDR_LEN + hl;
+    for &(_, o, n) in fr {
+        let f = &buf[o..o + n];
+        let p = plen(f)?;
+        buf.copy_within(o + hl..o + hl + p, w);
+        w += p;
+    }
+    let fr0 = &mut buf[VNET_HDR_LEN..w];
+    let ip_total = (ipv4::MIN_HDR_LEN + thl + total) as u16;
+    fr0[IP + 2..IP + 4].copy_from_slice(&ip_total.to_be_bytes());
+    fr0[IP + ipv4::CHECKSUM..IP + ipv4::CHECKSUM + 2].fill(0);
+    let c = wire::csum::checksum(&fr0[IP..TCP]);
+    fr0[IP + ipv4::CHECKSUM..IP + ipv4::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+    fr0[TCP + 13] = last_flags;
+    // the partial checksum (the pseudo-header's sum), as an offloading
+    // kernel leaves it: the container's kernel trusts it (the outer UDP
+    // checksum covered every byte on the wire)
+    let mut pseudo = [0u8; 12];
+    pseudo[..8].copy_from_slice(&fr0[IP + ipv4::SRC..IP + ipv4::DST + 4]);
+    pseudo[9] = ipv4::PROTO_TCP;
+    pseudo[10..].copy_from_slice(&((thl + total) as u16).to_be_bytes());
+    let ps = wire::csum::sum(&pseudo) as u16;
+    fr0[TCP + 16..TCP + 18].copy_from_slice(&ps.to_be_bytes());
+    let h = crate::vnet::VnetHdr {
+        flags: crate::vnet::F_NEEDS_CSUM,
+        gso_type: crate::vnet::GSO_TCPV4,
+        hdr_len: hl as u16,
+        gso_size: mss as u16,
+        csum_start: TCP as u16,
+        csum_offset: 16,
+    };
+    h.write(&mut buf[..VNET_HDR_LEN]);
+    Some(w)
 }
