@@ -358,7 +358,7 @@ if [ -n "$OVERLAY" ]; then
 	  LABEL="kernel VXLAN (veth-br-vxlan ~ underlay ~ vxlan-br-veth, static FDB)"
 	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
 	  measure )
-	MTU=1450
+	MTU=$(tn network inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
 	measure
 	tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("host 1 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
 	T2 network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("host 2 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'

@@ -678,3 +678,32 @@ fn overlay_encrypted() {
     assert_eq!(ctr(&s, "rx_bad_tag") + ctr(&s, "rx_no_key"), 0, "{s}");
     let _ = (&mut h1, &mut h2, &p);
 }
+
+#[test]
+fn cluster_store_flags_are_checked() {
+    // no namespace needed: the daemon refuses before it does anything
+    for (store, want) in [
+        ("10.0.0.5:2379", "invalid cluster store"),
+        ("etcd://10.0.0.5", "is not HOST:PORT"),
+        ("consul://10.0.0.5:8500", "expected etcd://"),
+    ] {
+        let o = Command::new(tapnet_bin())
+            .args(["--socket", "/nonexistent/tn.sock", "daemon"])
+            .args(["--cluster-store", store, "--cluster-advertise", "10.0.0.1"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{store}: started");
+        assert!(
+            e.contains(want) && e.trim().lines().count() == 1,
+            "{store}: {e}"
+        );
+    }
+    // one without the other
+    let o = Command::new(tapnet_bin())
+        .args(["daemon", "--cluster-store", "etcd://10.0.0.5:2379"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--cluster-advertise"));
+}
