@@ -88,15 +88,15 @@ fn l4v4(f: &[u8], proto: u8) -> Result<L4v4, Error> {
     })
 }
 
-/// The TCP/UDP checksum of `seg` (its L4 header, checksum field zero, and
-/// payload) over IPv4 from `src` to `dst`.
-fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, seg: &[u8]) -> u16 {
+/// The TCP/UDP checksum over IPv4 from `src` to `dst` of an L4 header
+/// (checksum field zero, even length) followed by `data`.
+fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, hdr: &[u8], data: &[u8]) -> u16 {
     let mut pseudo = [0u8; 12];
     pseudo[..4].copy_from_slice(src);
     pseudo[4..8].copy_from_slice(dst);
     pseudo[9] = proto;
-    pseudo[10..].copy_from_slice(&(seg.len() as u16).to_be_bytes());
-    let s = csum::sum(&pseudo) + csum::sum(seg);
+    pseudo[10..].copy_from_slice(&((hdr.len() + data.len()) as u16).to_be_bytes());
+    let s = csum::sum(&pseudo) + csum::sum(hdr) + csum::sum(data);
     let mut s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     !(s as u16)
@@ -116,28 +116,11 @@ pub fn segment(
     lens: &mut Vec<usize>,
 ) -> Result<(), Error> {
     let start = (out.len(), lens.len());
-    let r = match h.gso_type & !GSO_ECN {
-        GSO_NONE => whole(h, f, prefix, out, lens),
-        GSO_TCPV4 => split(
-            f,
-            ipv4::PROTO_TCP,
-            h.gso_size as usize,
-            mtu,
-            prefix,
-            out,
-            lens,
-        ),
-        GSO_UDP_L4 => split(
-            f,
-            ipv4::PROTO_UDP,
-            h.gso_size as usize,
-            mtu,
-            prefix,
-            out,
-            lens,
-        ),
-        _ => Err(Error::Unsupported),
-    };
+    let r = each_segment(h, f, mtu, prefix, |hdr, data| {
+        out.extend_from_slice(hdr);
+        out.extend_from_slice(&f[data.clone()]);
+        lens.push(hdr.len() + data.len());
+    });
     if r.is_err() {
         out.truncate(start.0);
         lens.truncate(start.1);
@@ -145,17 +128,70 @@ pub fn segment(
     r
 }
 
+/// One segment of [`segment_parts`]: its headers (prefix included) in the
+/// caller's header buffer, and its payload in the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub hdr: std::ops::Range<usize>,
+    pub data: std::ops::Range<usize>,
+}
+
+/// [`segment`] without copying payloads: each segment's headers (fixed
+/// up, checksum over headers and payload) go to `hdrs`, and `parts` says
+/// where they and the payload (a range of `f`) are, for a gathering send.
+/// A frame that needs no segmenting is all header. On error nothing is
+/// appended.
+pub fn segment_parts(
+    h: &VnetHdr,
+    f: &[u8],
+    mtu: usize,
+    prefix: &[u8],
+    hdrs: &mut Vec<u8>,
+    parts: &mut Vec<Part>,
+) -> Result<(), Error> {
+    let start = (hdrs.len(), parts.len());
+    let r = each_segment(h, f, mtu, prefix, |hdr, data| {
+        let s = hdrs.len();
+        hdrs.extend_from_slice(hdr);
+        parts.push(Part {
+            hdr: s..hdrs.len(),
+            data,
+        });
+    });
+    if r.is_err() {
+        hdrs.truncate(start.0);
+        parts.truncate(start.1);
+    }
+    r
+}
+
+/// Calls `emit(headers, payload range)` for each frame `f` stands for.
+fn each_segment(
+    h: &VnetHdr,
+    f: &[u8],
+    mtu: usize,
+    prefix: &[u8],
+    emit: impl FnMut(&[u8], std::ops::Range<usize>),
+) -> Result<(), Error> {
+    match h.gso_type & !GSO_ECN {
+        GSO_NONE => whole(h, f, prefix, emit),
+        GSO_TCPV4 => split(f, ipv4::PROTO_TCP, h.gso_size as usize, mtu, prefix, emit),
+        GSO_UDP_L4 => split(f, ipv4::PROTO_UDP, h.gso_size as usize, mtu, prefix, emit),
+        _ => Err(Error::Unsupported),
+    }
+}
+
 /// One frame, its partial checksum (if any) completed: the field holds
 /// the pseudo-header sum, so the sum from `csum_start` to the end of the
-/// packet, complemented, is the checksum.
+/// packet, complemented, is the checksum. (Copied whole: such frames are
+/// small.)
 fn whole(
     h: &VnetHdr,
     f: &[u8],
     prefix: &[u8],
-    out: &mut Vec<u8>,
-    lens: &mut Vec<usize>,
+    mut emit: impl FnMut(&[u8], std::ops::Range<usize>),
 ) -> Result<(), Error> {
-    let base = out.len() + prefix.len();
+    let mut out = Vec::with_capacity(prefix.len() + f.len());
     out.extend_from_slice(prefix);
     out.extend_from_slice(f);
     if h.flags & F_NEEDS_CSUM != 0 {
@@ -166,14 +202,14 @@ fn whole(
         if field + 2 > end || cs > end {
             return Err(Error::Malformed);
         }
-        let frame = &mut out[base..];
+        let frame = &mut out[prefix.len()..];
         let mut c = csum::checksum(&frame[cs..end]);
         if c == 0 && ipv4_proto(f) == Some(ipv4::PROTO_UDP) {
             c = 0xffff; // UDP: 0 means "no checksum"
         }
         frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
     }
-    lens.push(prefix.len() + f.len());
+    emit(&out, 0..0);
     Ok(())
 }
 
@@ -193,6 +229,10 @@ fn l4v4_end(f: &[u8]) -> Option<usize> {
     (eth::HDR_LEN + total <= f.len()).then_some(eth::HDR_LEN + total)
 }
 
+/// The largest headers a segment can have: a prefix (VXLAN's 8 bytes, or
+/// a sealed header) and Ethernet, IPv4 and TCP with options.
+const MAX_HDRS: usize = 64 + eth::HDR_LEN + 60 + 60;
+
 /// TSO/USO in software: payload chunks of `size` bytes (no more than the
 /// MTU allows), each behind a copy of the headers, fixed up.
 fn split(
@@ -201,8 +241,7 @@ fn split(
     size: usize,
     mtu: usize,
     prefix: &[u8],
-    out: &mut Vec<u8>,
-    lens: &mut Vec<usize>,
+    mut emit: impl FnMut(&[u8], std::ops::Range<usize>),
 ) -> Result<(), Error> {
     let L4v4 { l4, payload, end } = l4v4(f, proto)?;
     let hdrs = payload - eth::HDR_LEN; // IP + L4 headers
@@ -211,9 +250,9 @@ fn split(
         .filter(|r| *r > 0)
         .ok_or(Error::Malformed)?;
     let size = if size == 0 { room } else { size.min(room) };
-    let data = &f[payload..end];
-    let n = data.len().div_ceil(size).max(1);
-    if n > MAX_SEGS {
+    let data_len = end - payload;
+    let n = data_len.div_ceil(size).max(1);
+    if n > MAX_SEGS || prefix.len() + payload > MAX_HDRS {
         return Err(Error::Malformed);
     }
     let ip_id = u16::from_be_bytes([f[eth::HDR_LEN + 4], f[eth::HDR_LEN + 5]]);
@@ -229,14 +268,13 @@ fn split(
             f[l4 + tcp::SEQ + 3],
         ])
     });
-    out.reserve(n * (prefix.len() + payload) + data.len());
+    let mut hb = [0u8; MAX_HDRS];
+    let p = prefix.len();
+    hb[..p].copy_from_slice(prefix);
     for i in 0..n {
-        let chunk = &data[(i * size).min(data.len())..((i + 1) * size).min(data.len())];
-        let base = out.len() + prefix.len();
-        out.extend_from_slice(prefix);
-        out.extend_from_slice(&f[..payload]);
-        out.extend_from_slice(chunk);
-        let s = &mut out[base..];
+        let chunk = payload + (i * size).min(data_len)..payload + ((i + 1) * size).min(data_len);
+        let s = &mut hb[p..p + payload];
+        s.copy_from_slice(&f[..payload]);
         // IPv4: length, identification, header checksum
         let ip = eth::HDR_LEN;
         let total = (hdrs + chunk.len()) as u16;
@@ -266,12 +304,12 @@ fn split(
             }
         };
         s[field..field + 2].fill(0);
-        let mut c = l4_checksum(src, dst, proto, &s[l4..]);
+        let mut c = l4_checksum(src, dst, proto, &s[l4..], &f[chunk.clone()]);
         if c == 0 && proto == ipv4::PROTO_UDP {
             c = 0xffff;
         }
         s[field..field + 2].copy_from_slice(&c.to_be_bytes());
-        lens.push(prefix.len() + payload + chunk.len());
+        emit(&hb[..p + payload], chunk);
     }
     Ok(())
 }
@@ -356,6 +394,30 @@ mod tests {
             off += l;
         }
         assert_eq!(data, f[54..]);
+    }
+
+    #[test]
+    fn parts_match_the_copied_segments() {
+        let f = tcp_frame(5000);
+        let h = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1400,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let (mut out, mut lens) = (Vec::new(), Vec::new());
+        segment(&h, &f, 1450, &[0xaa; 8], &mut out, &mut lens).unwrap();
+        let (mut hdrs, mut parts) = (Vec::new(), Vec::new());
+        segment_parts(&h, &f, 1450, &[0xaa; 8], &mut hdrs, &mut parts).unwrap();
+        let mut joined = Vec::new();
+        for p in &parts {
+            joined.extend_from_slice(&hdrs[p.hdr.clone()]);
+            joined.extend_from_slice(&f[p.data.clone()]);
+        }
+        assert_eq!(joined, out);
+        assert_eq!(parts.len(), lens.len());
     }
 
     #[test]

@@ -154,6 +154,10 @@ pub(super) struct Vtep {
     scratch: Vec<u8>,
     /// The same, sealed (encrypted networks).
     sealed: Vec<u8>,
+    /// Where the segments are (headers in `scratch`, payloads in the
+    /// frame), and the iovecs one send gathers.
+    parts: Vec<wire::gso::Part>,
+    iov: Vec<libc::iovec>,
     /// Multishot recvmsg (with UDP GRO): the header the kernel fills in
     /// each buffer (sender's address, the GRO segment size); else plain
     /// reads, one datagram each.
@@ -185,6 +189,8 @@ impl Vtep {
             tx,
             scratch: Vec::with_capacity(BUF_SIZE + 64 * 64),
             sealed: Vec::with_capacity(BUF_SIZE + 64 * 96),
+            parts: Vec::with_capacity(64),
+            iov: Vec::with_capacity(128),
             msg: Box::new(recv_msghdr()),
             recvmsg: false,
             rx: Vec::with_capacity(64),
@@ -330,13 +336,15 @@ const GSO_MAX_BYTES: usize = 60_000;
 /// The kernel's UDP_MAX_SEGMENTS.
 const GSO_MAX_SEGS: usize = 64;
 
-/// Sends the datagrams in `buf` (lengths `lens`) to `to`; returns how many
-/// datagrams and bytes the kernel took. Equal-sized runs go as UDP GSO
-/// sends when `gso`; a run the kernel refuses (a segment above the path
-/// MTU, say) goes one datagram each instead.
+/// Sends datagrams to `to`: datagram `k` is the `per` iovecs from
+/// `iov[k * per]` on, `lens[k]` bytes. Returns how many datagrams and
+/// bytes the kernel took. Equal-sized runs go as UDP GSO sends when
+/// `gso`; a run the kernel refuses (a segment above the path MTU, say)
+/// goes one datagram each instead.
 fn send_all(
     fd: i32,
-    buf: &[u8],
+    iov: &[libc::iovec],
+    per: usize,
     lens: &[usize],
     to: &SocketAddrV4,
     gso: bool,
@@ -345,7 +353,6 @@ fn send_all(
     let sa = sockaddr(to);
     let mut sent = 0;
     let mut sent_bytes = 0;
-    let mut off = 0;
     let mut i = 0;
     while i < lens.len() {
         // a run of equal-sized datagrams (the last may be shorter) as one
@@ -371,12 +378,11 @@ fn send_all(
             bytes = lens[i..].iter().sum();
         }
         if gso && j - i > 1 {
-            match send_gso(fd, &buf[off..off + bytes], size, &sa) {
+            match send_gso(fd, &iov[i * per..j * per], size, &sa) {
                 Ok(()) => {
                     st.tx_gso_sends += 1;
                     sent += j - i;
                     sent_bytes += bytes;
-                    off += bytes;
                     i = j;
                     continue;
                 }
@@ -385,35 +391,34 @@ fn send_all(
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {}
                 Err(_) => {
                     st.tx_errors += (j - i) as u64;
-                    off += bytes;
                     i = j;
                     continue;
                 }
             }
         }
         // this run one datagram each, in a sendmmsg batch
-        let (k, b) = send_mmsg(fd, buf, off, &lens[i..j], &sa, st);
+        let (k, b) = send_mmsg(fd, &iov[i * per..j * per], per, &lens[i..j], &sa, st);
         sent += k;
         sent_bytes += b;
-        off += bytes;
         i = j;
     }
     (sent, sent_bytes)
 }
 
-fn send_gso(fd: i32, data: &[u8], seg: usize, sa: &libc::sockaddr_in) -> std::io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
+fn send_gso(
+    fd: i32,
+    iov: &[libc::iovec],
+    seg: usize,
+    sa: &libc::sockaddr_in,
+) -> std::io::Result<()> {
     // one cmsg: UDP_SEGMENT (u16)
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
     let mut cbuf = [0u64; 4];
     let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
     mh.msg_name = sa as *const libc::sockaddr_in as *mut libc::c_void;
     mh.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
+    mh.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    mh.msg_iovlen = iov.len();
     mh.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
     mh.msg_controllen = space;
     unsafe {
@@ -430,33 +435,23 @@ fn send_gso(fd: i32, data: &[u8], seg: usize, sa: &libc::sockaddr_in) -> std::io
     Ok(())
 }
 
-/// Sends the datagrams `lens` starting at `buf[off..]` one message each,
+/// Sends datagrams (`per` iovecs each, `lens` bytes) one message each,
 /// batched; returns how many datagrams and bytes the kernel took.
 fn send_mmsg(
     fd: i32,
-    buf: &[u8],
-    off: usize,
+    iov: &[libc::iovec],
+    per: usize,
     lens: &[usize],
     sa: &libc::sockaddr_in,
     st: &mut VtepStats,
 ) -> (usize, usize) {
-    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(lens.len());
-    let mut o = off;
-    for l in lens {
-        iovs.push(libc::iovec {
-            iov_base: buf[o..].as_ptr() as *mut libc::c_void,
-            iov_len: *l,
-        });
-        o += l;
-    }
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
+    let mut msgs: Vec<libc::mmsghdr> = (0..lens.len())
+        .map(|k| {
             let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
             mh.msg_name = sa as *const libc::sockaddr_in as *mut libc::c_void;
             mh.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-            mh.msg_iov = iov;
-            mh.msg_iovlen = 1;
+            mh.msg_iov = iov[k * per..].as_ptr() as *mut libc::iovec;
+            mh.msg_iovlen = per;
             libc::mmsghdr {
                 msg_hdr: mh,
                 msg_len: 0,
@@ -476,6 +471,13 @@ fn send_mmsg(
         done += r as usize;
     }
     (done, lens[..done].iter().sum())
+}
+
+fn iovec(b: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    }
 }
 
 impl State {
@@ -720,13 +722,35 @@ impl State {
         }
         v.scratch.clear();
         v.lens.clear();
-        if wire::gso::segment(&h, f, t.mtu, &t.hdr, &mut v.scratch, &mut v.lens).is_err() {
-            v.stats.tx_malformed += 1;
-            self.sw.count_drop(dst, DropReason::Malformed);
-            return;
-        }
-        if t.sealed {
-            // each datagram sealed on its own (one more copy)
+        v.iov.clear();
+        let fd = match v.tx.len() {
+            0 => port_fd,
+            n => v.tx[flow_hash(f) as usize % n].as_raw_fd(),
+        };
+        let per;
+        if !t.sealed {
+            // headers in scratch, payloads from the frame itself: the
+            // kernel gathers them (no copy of the payload here)
+            v.parts.clear();
+            if wire::gso::segment_parts(&h, f, t.mtu, &t.hdr, &mut v.scratch, &mut v.parts).is_err()
+            {
+                v.stats.tx_malformed += 1;
+                self.sw.count_drop(dst, DropReason::Malformed);
+                return;
+            }
+            for p in &v.parts {
+                v.iov.push(iovec(&v.scratch[p.hdr.clone()]));
+                v.iov.push(iovec(&f[p.data.clone()]));
+                v.lens.push(p.hdr.len() + p.data.len());
+            }
+            per = 2;
+        } else {
+            // each datagram sealed on its own, into its own place
+            if wire::gso::segment(&h, f, t.mtu, &t.hdr, &mut v.scratch, &mut v.lens).is_err() {
+                v.stats.tx_malformed += 1;
+                self.sw.count_drop(dst, DropReason::Malformed);
+                return;
+            }
             let Some(keys) = t.keys.as_ref() else {
                 v.stats.tx_no_key += 1;
                 return;
@@ -748,15 +772,16 @@ impl State {
                 off += *l;
                 *l += seal::OVERHEAD;
             }
-            std::mem::swap(&mut v.scratch, &mut v.sealed);
+            let mut o = 0;
+            for l in &v.lens {
+                v.iov.push(iovec(&v.sealed[o..o + l]));
+                o += l;
+            }
+            per = 1;
         }
-        let fd = match v.tx.len() {
-            0 => port_fd,
-            n => v.tx[flow_hash(f) as usize % n].as_raw_fd(),
-        };
         let mut bytes = 0usize;
         for to in targets {
-            let (n, b) = send_all(fd, &v.scratch, &v.lens, to, v.gso, &mut v.stats);
+            let (n, b) = send_all(fd, &v.iov, per, &v.lens, to, v.gso, &mut v.stats);
             v.stats.tx_datagrams += n as u64;
             v.stats.tx_bytes += b as u64;
             bytes += b;
