@@ -107,16 +107,23 @@ fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, hdr: &[u8], data: &[u8]) -> u1
 /// included) to `lens`: the frame itself with its checksum completed, or
 /// its segments of at most `mtu` bytes of IP packet. On error nothing is
 /// appended.
+///
+/// With `partial`, TCP/UDP checksums are left partial (the field holds
+/// the pseudo-header's sum, as an offloading kernel leaves it) instead of
+/// computed, for a receiver that completes them or does not need them;
+/// returns whether it did (false for a frame whose checksum was
+/// complete already).
 pub fn segment(
     h: &VnetHdr,
     f: &[u8],
     mtu: usize,
     prefix: &[u8],
+    partial: bool,
     out: &mut Vec<u8>,
     lens: &mut Vec<usize>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let start = (out.len(), lens.len());
-    let r = each_segment(h, f, mtu, prefix, |hdr, data| {
+    let r = each_segment(h, f, mtu, prefix, partial, |hdr, data| {
         out.extend_from_slice(hdr);
         out.extend_from_slice(&f[data.clone()]);
         lens.push(hdr.len() + data.len());
@@ -146,11 +153,12 @@ pub fn segment_parts(
     f: &[u8],
     mtu: usize,
     prefix: &[u8],
+    partial: bool,
     hdrs: &mut Vec<u8>,
     parts: &mut Vec<Part>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let start = (hdrs.len(), parts.len());
-    let r = each_segment(h, f, mtu, prefix, |hdr, data| {
+    let r = each_segment(h, f, mtu, prefix, partial, |hdr, data| {
         let s = hdrs.len();
         hdrs.extend_from_slice(hdr);
         parts.push(Part {
@@ -165,18 +173,21 @@ pub fn segment_parts(
     r
 }
 
-/// Calls `emit(headers, payload range)` for each frame `f` stands for.
+/// Calls `emit(headers, payload range)` for each frame `f` stands for;
+/// whether the checksums were left partial.
 fn each_segment(
     h: &VnetHdr,
     f: &[u8],
     mtu: usize,
     prefix: &[u8],
+    partial: bool,
     emit: impl FnMut(&[u8], std::ops::Range<usize>),
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
+    let size = h.gso_size as usize;
     match h.gso_type & !GSO_ECN {
-        GSO_NONE => whole(h, f, prefix, emit),
-        GSO_TCPV4 => split(f, ipv4::PROTO_TCP, h.gso_size as usize, mtu, prefix, emit),
-        GSO_UDP_L4 => split(f, ipv4::PROTO_UDP, h.gso_size as usize, mtu, prefix, emit),
+        GSO_NONE => whole(h, f, prefix, partial, emit),
+        GSO_TCPV4 => split(f, ipv4::PROTO_TCP, size, mtu, prefix, partial, emit),
+        GSO_UDP_L4 => split(f, ipv4::PROTO_UDP, size, mtu, prefix, partial, emit),
         _ => Err(Error::Unsupported),
     }
 }
@@ -189,12 +200,21 @@ fn whole(
     h: &VnetHdr,
     f: &[u8],
     prefix: &[u8],
+    partial: bool,
     mut emit: impl FnMut(&[u8], std::ops::Range<usize>),
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let mut out = Vec::with_capacity(prefix.len() + f.len());
     out.extend_from_slice(prefix);
     out.extend_from_slice(f);
-    if h.flags & F_NEEDS_CSUM != 0 {
+    // a partial TCP/UDP checksum over IPv4 at the usual place may stay so
+    let standard = l4v4(f, ipv4::PROTO_TCP)
+        .map(|l| (l.l4, tcp::CHECKSUM))
+        .or_else(|_| l4v4(f, ipv4::PROTO_UDP).map(|l| (l.l4, UDP_CHECKSUM)))
+        .ok();
+    let keep = partial
+        && h.flags & F_NEEDS_CSUM != 0
+        && standard == Some((h.csum_start as usize, h.csum_offset as usize));
+    if h.flags & F_NEEDS_CSUM != 0 && !keep {
         let cs = h.csum_start as usize;
         let field = cs + h.csum_offset as usize;
         // the packet's end for IPv4 (no trailing bytes summed), else the frame's
@@ -210,7 +230,7 @@ fn whole(
         frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
     }
     emit(&out, 0..0);
-    Ok(())
+    Ok(keep)
 }
 
 fn ipv4_proto(f: &[u8]) -> Option<u8> {
@@ -241,8 +261,9 @@ fn split(
     size: usize,
     mtu: usize,
     prefix: &[u8],
+    partial: bool,
     mut emit: impl FnMut(&[u8], std::ops::Range<usize>),
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let L4v4 { l4, payload, end } = l4v4(f, proto)?;
     let hdrs = payload - eth::HDR_LEN; // IP + L4 headers
     let room = mtu
@@ -304,14 +325,31 @@ fn split(
             }
         };
         s[field..field + 2].fill(0);
-        let mut c = l4_checksum(src, dst, proto, &s[l4..], &f[chunk.clone()]);
-        if c == 0 && proto == ipv4::PROTO_UDP {
-            c = 0xffff;
-        }
+        let c = if partial {
+            // the pseudo-header's sum only: no pass over the payload
+            let l4_len = payload - l4 + chunk.len();
+            pseudo_sum(src, dst, proto, l4_len)
+        } else {
+            match l4_checksum(src, dst, proto, &s[l4..], &f[chunk.clone()]) {
+                0 if proto == ipv4::PROTO_UDP => 0xffff,
+                c => c,
+            }
+        };
         s[field..field + 2].copy_from_slice(&c.to_be_bytes());
         emit(&hb[..p + payload], chunk);
     }
-    Ok(())
+    Ok(partial)
+}
+
+/// The folded (uncomplemented) sum of the IPv4 pseudo-header: what a
+/// partial checksum field holds.
+pub fn pseudo_sum(src: &[u8], dst: &[u8], proto: u8, l4_len: usize) -> u16 {
+    let mut pseudo = [0u8; 12];
+    pseudo[..4].copy_from_slice(src);
+    pseudo[4..8].copy_from_slice(dst);
+    pseudo[9] = proto;
+    pseudo[10..].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    csum::sum(&pseudo) as u16
 }
 
 const TCP_PSH: u8 = 0x08;
@@ -369,7 +407,7 @@ mod tests {
             csum_offset: 16,
         };
         let (mut out, mut lens) = (Vec::new(), Vec::new());
-        segment(&h, &f, 1450, &[0xaa; 8], &mut out, &mut lens).unwrap();
+        segment(&h, &f, 1450, &[0xaa; 8], false, &mut out, &mut lens).unwrap();
         assert_eq!(
             lens,
             vec![8 + 54 + 1400, 8 + 54 + 1400, 8 + 54 + 1400, 8 + 54 + 800]
@@ -408,9 +446,9 @@ mod tests {
             csum_offset: 16,
         };
         let (mut out, mut lens) = (Vec::new(), Vec::new());
-        segment(&h, &f, 1450, &[0xaa; 8], &mut out, &mut lens).unwrap();
+        segment(&h, &f, 1450, &[0xaa; 8], false, &mut out, &mut lens).unwrap();
         let (mut hdrs, mut parts) = (Vec::new(), Vec::new());
-        segment_parts(&h, &f, 1450, &[0xaa; 8], &mut hdrs, &mut parts).unwrap();
+        segment_parts(&h, &f, 1450, &[0xaa; 8], false, &mut hdrs, &mut parts).unwrap();
         let mut joined = Vec::new();
         for p in &parts {
             joined.extend_from_slice(&hdrs[p.hdr.clone()]);
@@ -418,6 +456,41 @@ mod tests {
         }
         assert_eq!(joined, out);
         assert_eq!(parts.len(), lens.len());
+    }
+
+    #[test]
+    fn partial_mode_leaves_the_pseudo_sum() {
+        let f = tcp_frame(3000);
+        let h = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1400,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let (mut out, mut lens) = (Vec::new(), Vec::new());
+        assert_eq!(
+            segment(&h, &f, 1500, &[], true, &mut out, &mut lens),
+            Ok(true)
+        );
+        let mut off = 0;
+        for l in lens {
+            let s = &mut out[off..off + l];
+            // what the receiver's kernel does with NEEDS_CSUM: the sum
+            // from the L4 header on, the field included, complemented
+            let c = csum::checksum(&s[34..]);
+            s[50..52].copy_from_slice(&c.to_be_bytes());
+            assert!(valid_l4(s, ipv4::PROTO_TCP));
+            off += l;
+        }
+        // a frame whose checksum is complete stays complete
+        let plain = VnetHdr::default();
+        let (mut o, mut l) = (Vec::new(), Vec::new());
+        assert_eq!(
+            segment(&plain, &f[..200], 1500, &[], true, &mut o, &mut l),
+            Ok(false)
+        );
     }
 
     #[test]
@@ -437,12 +510,12 @@ mod tests {
             ..Default::default()
         };
         let (mut out, mut lens) = (Vec::new(), Vec::new());
-        segment(&h, &f, 1500, &[], &mut out, &mut lens).unwrap();
+        segment(&h, &f, 1500, &[], false, &mut out, &mut lens).unwrap();
         assert_eq!(lens, vec![f.len()]);
         assert!(valid_l4(&out, ipv4::PROTO_TCP));
         // no offload: copied as it is
         let (mut o2, mut l2) = (Vec::new(), Vec::new());
-        segment(&VnetHdr::default(), &f, 1500, &[1], &mut o2, &mut l2).unwrap();
+        segment(&VnetHdr::default(), &f, 1500, &[1], false, &mut o2, &mut l2).unwrap();
         assert_eq!(&o2[1..], &f[..]);
     }
 
@@ -462,7 +535,7 @@ mod tests {
             csum_offset: 6,
         };
         let (mut out, mut lens) = (Vec::new(), Vec::new());
-        segment(&h, &f, 1500, &[], &mut out, &mut lens).unwrap();
+        segment(&h, &f, 1500, &[], false, &mut out, &mut lens).unwrap();
         assert_eq!(lens, vec![1042; 3]);
         for i in 0..3 {
             let s = &out[i * 1042..(i + 1) * 1042];
@@ -484,29 +557,29 @@ mod tests {
         };
         let (mut out, mut lens) = (Vec::new(), Vec::new());
         for cut in 0..good.len().min(200) {
-            let _ = segment(&h, &good[..cut], 1450, &[0; 8], &mut out, &mut lens);
+            let _ = segment(&h, &good[..cut], 1450, &[0; 8], true, &mut out, &mut lens);
         }
         let mut bad = good.clone();
         bad[14] = 0x44; // IHL below the minimum
         assert_eq!(
-            segment(&h, &bad, 1450, &[], &mut out, &mut lens),
+            segment(&h, &bad, 1450, &[], false, &mut out, &mut lens),
             Err(Error::Malformed)
         );
         let mut bad = good.clone();
         bad[46] = 0xf0; // data offset 60
         bad[16..18].copy_from_slice(&60u16.to_be_bytes());
         assert_eq!(
-            segment(&h, &bad, 1450, &[], &mut out, &mut lens),
+            segment(&h, &bad, 1450, &[], false, &mut out, &mut lens),
             Err(Error::Malformed)
         );
         let v6 = VnetHdr { gso_type: 4, ..h };
         assert_eq!(
-            segment(&v6, &good, 1450, &[], &mut out, &mut lens),
+            segment(&v6, &good, 1450, &[], false, &mut out, &mut lens),
             Err(Error::Unsupported)
         );
         // a tiny MTU
         assert_eq!(
-            segment(&h, &good, 30, &[], &mut out, &mut lens),
+            segment(&h, &good, 30, &[], false, &mut out, &mut lens),
             Err(Error::Malformed)
         );
         let nc = VnetHdr {
@@ -516,7 +589,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            segment(&nc, &good, 1500, &[], &mut out, &mut lens),
+            segment(&nc, &good, 1500, &[], false, &mut out, &mut lens),
             Err(Error::Malformed)
         );
         let _ = (out, lens);

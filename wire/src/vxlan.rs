@@ -19,6 +19,11 @@ pub const FLAGS: usize = 0;
 pub const VNI: usize = 4;
 /// The I flag: the VNI is valid.
 pub const FLAG_I: u8 = 0x08;
+/// tapnet's own use of a reserved flag, between tapnet hosts only: the
+/// inner frame's TCP/UDP checksum field holds the pseudo-header's sum
+/// (the sender left the sum to the receiver, as a TAP's offload does; the
+/// outer UDP checksum, or the seal's tag, covers the bytes on the wire).
+pub const FLAG_PARTIAL: u8 = 0x02;
 /// IANA's VXLAN port.
 pub const PORT: u16 = 4789;
 /// The largest VNI (24 bits).

@@ -277,18 +277,7 @@ impl Store {
     /// The checkpointed NAT table (empty when there is none; an unreadable
     /// one is set aside like any state file).
     pub fn load_nat(&self) -> NatTable {
-        let path = self.containers_dir().join("nat.json");
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                super::log(format!(
-                    "unreadable {} ({e}): {}",
-                    path.display(),
-                    set_aside(&path)
-                ));
-                NatTable::default()
-            }),
-            Err(_) => NatTable::default(),
-        }
+        self.load_or_default("nat.json")
     }
 
     /// This host's name in the cluster store: random, made once and kept
@@ -315,10 +304,15 @@ impl Store {
         )
     }
 
-    /// The Docker IPAM driver's pools (none when there is no file; an
-    /// unreadable one is set aside like any state file).
+    /// The Docker IPAM driver's pools (none when there is no file).
     pub fn load_docker_pools(&self) -> Vec<DockerPool> {
-        let path = self.containers_dir().join("docker-ipam.json");
+        self.load_or_default("docker-ipam.json")
+    }
+
+    /// State file `name` beside the networks (the default when there is
+    /// none; an unreadable one is set aside like any state file).
+    fn load_or_default<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> T {
+        let path = self.containers_dir().join(name);
         match fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 super::log(format!(
@@ -326,9 +320,9 @@ impl Store {
                     path.display(),
                     set_aside(&path)
                 ));
-                Vec::new()
+                T::default()
             }),
-            Err(_) => Vec::new(),
+            Err(_) => T::default(),
         }
     }
 

@@ -164,8 +164,8 @@ pub(super) struct Vtep {
     msg: Box<libc::msghdr>,
     pub recvmsg: bool,
     /// The inner frames of one read being delivered: (tunnel port,
-    /// offset, length).
-    rx: Vec<(PortIdx, usize, usize)>,
+    /// offset, length, checksum left partial by the sender).
+    rx: Vec<(PortIdx, usize, usize, bool)>,
     lens: Vec<usize>,
 }
 
@@ -523,13 +523,18 @@ impl State {
         match rx.len() {
             0 => self.recycle(slot, b),
             1 => {
-                let (t, fo, n) = rx[0];
+                let (t, fo, n, partial) = rx[0];
                 // [..][Ethernet] -> [vnet header][Ethernet]: the inner
-                // frame moves forward; the header says "no offloads"
+                // frame moves forward behind its offload header
                 let w = self.pool.whole_mut(b);
                 w.copy_within(fo..fo + n, VNET_HDR_LEN);
-                w[..VNET_HDR_LEN].fill(0);
-                self.frame_in(t, b, n + VNET_HDR_LEN, now);
+                match rx_vnet(&w[VNET_HDR_LEN..VNET_HDR_LEN + n], partial) {
+                    Some(h) => {
+                        w[..VNET_HDR_LEN].copy_from_slice(&h);
+                        self.frame_in(t, b, n + VNET_HDR_LEN, now);
+                    }
+                    None => self.recycle(slot, b),
+                }
             }
             k => match merge_tcp(self.pool.whole_mut(b), &rx) {
                 Some(total) => {
@@ -541,16 +546,24 @@ impl State {
                 None => {
                     // each on its own: copies for all but the last, which
                     // keeps the buffer
-                    for &(t, fo, n) in &rx[..k - 1] {
+                    for &(t, fo, n, partial) in &rx[..k - 1] {
                         let mut f = vec![0u8; VNET_HDR_LEN + n];
                         f[VNET_HDR_LEN..].copy_from_slice(&self.pool.frame(b, fo + n)[fo..]);
-                        self.switch_owned(t, f, now);
+                        if let Some(h) = rx_vnet(&f[VNET_HDR_LEN..], partial) {
+                            f[..VNET_HDR_LEN].copy_from_slice(&h);
+                            self.switch_owned(t, f, now);
+                        }
                     }
-                    let (t, fo, n) = rx[k - 1];
+                    let (t, fo, n, partial) = rx[k - 1];
                     let w = self.pool.whole_mut(b);
                     w.copy_within(fo..fo + n, VNET_HDR_LEN);
-                    w[..VNET_HDR_LEN].fill(0);
-                    self.frame_in(t, b, n + VNET_HDR_LEN, now);
+                    match rx_vnet(&w[VNET_HDR_LEN..VNET_HDR_LEN + n], partial) {
+                        Some(h) => {
+                            w[..VNET_HDR_LEN].copy_from_slice(&h);
+                            self.frame_in(t, b, n + VNET_HDR_LEN, now);
+                        }
+                        None => self.recycle(slot, b),
+                    }
                 }
             },
         }
@@ -588,7 +601,7 @@ impl State {
         off: usize,
         len: usize,
         src: Option<Ipv4Addr>,
-    ) -> Result<(PortIdx, usize, usize), ()> {
+    ) -> Result<(PortIdx, usize, usize, bool), ()> {
         const X: usize = wire::vxlan::HDR_LEN;
         let Some(v) = self.vtep.as_mut() else {
             return Err(());
@@ -611,6 +624,7 @@ impl State {
             return Err(());
         };
         let sealed = d[wire::vxlan::FLAGS] & seal::FLAG_SEALED != 0;
+        let partial = d[wire::vxlan::FLAGS] & wire::vxlan::FLAG_PARTIAL != 0;
         let Some(tn) = self.ports[t as usize]
             .as_mut()
             .and_then(|p| p.tunnel.as_deref_mut())
@@ -679,7 +693,7 @@ impl State {
             v.stats.rx_unknown_src += 1;
             return Err(());
         }
-        Ok((t, off + io, n))
+        Ok((t, off + io, n, partial))
     }
 
     /// Encapsulates `src`'s frame in buffer `b` for tunnel port `dst` and
@@ -732,13 +746,19 @@ impl State {
             // headers in scratch, payloads from the frame itself: the
             // kernel gathers them (no copy of the payload here)
             v.parts.clear();
-            if wire::gso::segment_parts(&h, f, t.mtu, &t.hdr, &mut v.scratch, &mut v.parts).is_err()
-            {
+            // checksums left partial: the receiving tapnet hands them to
+            // its container's kernel as such (no pass over the payload)
+            let Ok(partial) =
+                wire::gso::segment_parts(&h, f, t.mtu, &t.hdr, true, &mut v.scratch, &mut v.parts)
+            else {
                 v.stats.tx_malformed += 1;
                 self.sw.count_drop(dst, DropReason::Malformed);
                 return;
-            }
+            };
             for p in &v.parts {
+                if partial {
+                    v.scratch[p.hdr.start] |= wire::vxlan::FLAG_PARTIAL;
+                }
                 v.iov.push(iovec(&v.scratch[p.hdr.clone()]));
                 v.iov.push(iovec(&f[p.data.clone()]));
                 v.lens.push(p.hdr.len() + p.data.len());
@@ -746,10 +766,19 @@ impl State {
             per = 2;
         } else {
             // each datagram sealed on its own, into its own place
-            if wire::gso::segment(&h, f, t.mtu, &t.hdr, &mut v.scratch, &mut v.lens).is_err() {
+            let Ok(partial) =
+                wire::gso::segment(&h, f, t.mtu, &t.hdr, true, &mut v.scratch, &mut v.lens)
+            else {
                 v.stats.tx_malformed += 1;
                 self.sw.count_drop(dst, DropReason::Malformed);
                 return;
+            };
+            if partial {
+                let mut o = 0;
+                for l in &v.lens {
+                    v.scratch[o] |= wire::vxlan::FLAG_PARTIAL;
+                    o += l;
+                }
             }
             let Some(keys) = t.keys.as_ref() else {
                 v.stats.tx_no_key += 1;
@@ -1011,11 +1040,11 @@ fn flow_hash(f: &[u8]) -> u64 {
 /// TCP offload header at the start of `buf`, as a NIC's LRO would make
 /// it; returns its length (vnet header included). None: not mergeable
 /// (`buf` is unchanged).
-fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize)]) -> Option<usize> {
+fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize, bool)]) -> Option<usize> {
     const IP: usize = eth::HDR_LEN;
     const TCP: usize = IP + ipv4::MIN_HDR_LEN;
     const ACK_PSH: u8 = 0x18;
-    let (t0, o0, n0) = *fr.first()?;
+    let (t0, o0, n0, _) = *fr.first()?;
     let f0 = buf.get(o0..o0 + n0)?;
     if f0.len() < TCP + 20
         || eth::ethertype(f0) != Some(eth::ETHERTYPE_IPV4)
@@ -1037,7 +1066,7 @@ fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize)]) -> Option<usize> {
     let seq = |f: &[u8]| u32::from_be_bytes([f[TCP + 4], f[TCP + 5], f[TCP + 6], f[TCP + 7]]);
     let mut next = seq(f0).wrapping_add(mss as u32);
     let mut total = mss;
-    for (k, &(t, o, n)) in fr.iter().enumerate() {
+    for (k, &(t, o, n, _)) in fr.iter().enumerate() {
         let f = buf.get(o..o + n)?;
         let last = k + 1 == fr.len();
         if t != t0 || f.len() < hl {
@@ -1078,7 +1107,7 @@ fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize)]) -> Option<usize> {
     let last_flags = buf[fr[fr.len() - 1].1 + TCP + 13];
     buf.copy_within(o0..o0 + hl, VNET_HDR_LEN);
     let mut w = VNET_HDR_LEN + hl;
-    for &(_, o, n) in fr {
+    for &(_, o, n, _) in fr {
         let f = &buf[o..o + n];
         let p = plen(f)?;
         buf.copy_within(o + hl..o + hl + p, w);
@@ -1110,4 +1139,37 @@ fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize)]) -> Option<usize> {
     };
     h.write(&mut buf[..VNET_HDR_LEN]);
     Some(w)
+}
+
+/// The vnet header for an inner frame from a tunnel: none needed, or (the
+/// sender left the TCP/UDP checksum partial) the offload header that says
+/// where the sum goes, so the container's kernel completes or trusts it.
+/// None: a partial frame that is not TCP/UDP over IPv4 (dropped).
+fn rx_vnet(f: &[u8], partial: bool) -> Option<[u8; VNET_HDR_LEN]> {
+    let mut out = [0u8; VNET_HDR_LEN];
+    if !partial {
+        return Some(out);
+    }
+    const IP: usize = eth::HDR_LEN;
+    if f.len() < IP + ipv4::MIN_HDR_LEN || eth::ethertype(f) != Some(eth::ETHERTYPE_IPV4) {
+        return None;
+    }
+    let ihl = ((f[IP] & 0x0f) as usize) * 4;
+    let off = match f[IP + ipv4::PROTOCOL] {
+        ipv4::PROTO_TCP => 16,
+        ipv4::PROTO_UDP => 6,
+        _ => return None,
+    };
+    let start = IP + ihl;
+    if ihl < ipv4::MIN_HDR_LEN || start + off as usize + 2 > f.len() {
+        return None;
+    }
+    crate::vnet::VnetHdr {
+        flags: crate::vnet::F_NEEDS_CSUM,
+        csum_start: start as u16,
+        csum_offset: off,
+        ..Default::default()
+    }
+    .write(&mut out);
+    Some(out)
 }

@@ -65,24 +65,9 @@ impl NetworkDriver for Overlay {
     }
 
     fn create(&self, p: &Plumbing, idx: NetIdx, rec: &NetworkRecord) -> Result<Made> {
-        let cfg = bridge::net_config(rec);
-        p.dp.add_network(idx, cfg)?;
-        p.dns_svc.send(dnsd::Event::AddNet {
-            net: idx,
-            ip: rec.gateway,
-            prefix: rec.subnet.prefix_len(),
-            mac: cfg.gateway_mac,
-            mtu: rec.mtu,
-        });
-        if let Some(s) = p.socknat {
-            s.send(socknat::Event::AddNet {
-                net: idx,
-                ip: rec.gateway,
-                prefix: rec.subnet.prefix_len(),
-                mac: cfg.gateway_mac,
-                mtu: rec.mtu,
-            });
-        }
+        // a bridge network on this host (gateway, resolver, NAT), and a
+        // tunnel to the others
+        Bridge.create(p, idx, rec)?;
         let hosts: Vec<_> = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
         p.dp.set_trunk_policy(idx, TrunkMode::Bridge, hosts)?;
         if !p.vtep {
