@@ -380,6 +380,18 @@ mod tests {
         f
     }
 
+    /// The vnet header of a TCP/IPv4 super-frame with MSS `mss`.
+    fn tso(mss: u16) -> VnetHdr {
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+        }
+    }
+
     fn valid_ip(s: &[u8]) -> bool {
         csum::checksum(&s[14..34]) == 0
     }
@@ -398,14 +410,7 @@ mod tests {
     #[test]
     fn tso_segments_carry_the_stream() {
         let f = tcp_frame(5000);
-        let h = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1400,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let h = tso(1400);
         let (mut out, mut lens) = (Vec::new(), Vec::new());
         segment(&h, &f, 1450, &[0xaa; 8], false, &mut out, &mut lens).unwrap();
         assert_eq!(
@@ -437,14 +442,7 @@ mod tests {
     #[test]
     fn parts_match_the_copied_segments() {
         let f = tcp_frame(5000);
-        let h = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1400,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let h = tso(1400);
         let (mut out, mut lens) = (Vec::new(), Vec::new());
         segment(&h, &f, 1450, &[0xaa; 8], false, &mut out, &mut lens).unwrap();
         let (mut hdrs, mut parts) = (Vec::new(), Vec::new());
@@ -461,14 +459,7 @@ mod tests {
     #[test]
     fn partial_mode_leaves_the_pseudo_sum() {
         let f = tcp_frame(3000);
-        let h = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1400,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let h = tso(1400);
         let (mut out, mut lens) = (Vec::new(), Vec::new());
         assert_eq!(
             segment(&h, &f, 1500, &[], true, &mut out, &mut lens),
@@ -547,14 +538,7 @@ mod tests {
     #[test]
     fn malformed_never_panics() {
         let good = tcp_frame(4000);
-        let h = VnetHdr {
-            flags: F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1400,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let h = tso(1400);
         let (mut out, mut lens) = (Vec::new(), Vec::new());
         for cut in 0..good.len().min(200) {
             let _ = segment(&h, &good[..cut], 1450, &[0; 8], true, &mut out, &mut lens);

@@ -522,20 +522,7 @@ impl State {
         }
         match rx.len() {
             0 => self.recycle(slot, b),
-            1 => {
-                let (t, fo, n, partial) = rx[0];
-                // [..][Ethernet] -> [vnet header][Ethernet]: the inner
-                // frame moves forward behind its offload header
-                let w = self.pool.whole_mut(b);
-                w.copy_within(fo..fo + n, VNET_HDR_LEN);
-                match rx_vnet(&w[VNET_HDR_LEN..VNET_HDR_LEN + n], partial) {
-                    Some(h) => {
-                        w[..VNET_HDR_LEN].copy_from_slice(&h);
-                        self.frame_in(t, b, n + VNET_HDR_LEN, now);
-                    }
-                    None => self.recycle(slot, b),
-                }
-            }
+            1 => self.deliver_in_place(slot, b, rx[0], now),
             k => match merge_tcp(self.pool.whole_mut(b), &rx) {
                 Some(total) => {
                     if let Some(v) = self.vtep.as_mut() {
@@ -554,21 +541,34 @@ impl State {
                             self.switch_owned(t, f, now);
                         }
                     }
-                    let (t, fo, n, partial) = rx[k - 1];
-                    let w = self.pool.whole_mut(b);
-                    w.copy_within(fo..fo + n, VNET_HDR_LEN);
-                    match rx_vnet(&w[VNET_HDR_LEN..VNET_HDR_LEN + n], partial) {
-                        Some(h) => {
-                            w[..VNET_HDR_LEN].copy_from_slice(&h);
-                            self.frame_in(t, b, n + VNET_HDR_LEN, now);
-                        }
-                        None => self.recycle(slot, b),
-                    }
+                    self.deliver_in_place(slot, b, rx[k - 1], now);
                 }
             },
         }
         if let Some(v) = self.vtep.as_mut() {
             v.rx = rx;
+        }
+    }
+
+    /// Inner frame `(t, offset, n, partial)` of buffer `b` (read by port
+    /// `slot`) into the switch from tunnel port `t`, in the same buffer:
+    /// [..][Ethernet] -> [vnet header][Ethernet], the frame moved forward
+    /// behind its offload header.
+    fn deliver_in_place(
+        &mut self,
+        slot: PortIdx,
+        b: usize,
+        (t, fo, n, partial): (PortIdx, usize, usize, bool),
+        now: u64,
+    ) {
+        let w = self.pool.whole_mut(b);
+        w.copy_within(fo..fo + n, VNET_HDR_LEN);
+        match rx_vnet(&w[VNET_HDR_LEN..VNET_HDR_LEN + n], partial) {
+            Some(h) => {
+                w[..VNET_HDR_LEN].copy_from_slice(&h);
+                self.frame_in(t, b, n + VNET_HDR_LEN, now);
+            }
+            None => self.recycle(slot, b),
         }
     }
 
