@@ -21,7 +21,11 @@
 //! - Keys have ids; a sender seals with the primary key, a receiver opens
 //!   with any key it holds (during a rotation both the old and the new).
 //! - Replays: a window of the last [`WINDOW`] sequence numbers per sender
-//!   ([`ReplayWindow`]), checked before opening and updated after.
+//!   ([`ReplayWindow`]), checked before opening and updated after. A
+//!   sender keeps its sequence at or above the clock (in ns), so a window
+//!   that starts afresh (a restart, a host that came back) takes only
+//!   sequence numbers from the last [`MAX_SKEW_NS`]: older captures do
+//!   not replay.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
@@ -34,10 +38,23 @@ pub const HDR_LEN: usize = 16;
 pub const TAG_LEN: usize = 16;
 /// What sealing adds to a VXLAN datagram.
 pub const OVERHEAD: usize = HDR_LEN + TAG_LEN;
-/// Sequence numbers remembered per sender.
-pub const WINDOW: u64 = 1024;
+/// Sequence numbers remembered per sender: datagrams leave from several
+/// sockets and may arrive out of order by this much (about 5 ms at
+/// 10 Gbit/s).
+pub const WINDOW: u64 = 4096;
 
 const X: usize = wire::vxlan::HDR_LEN;
+
+/// How far apart hosts' clocks may be (and how old a datagram may be that
+/// a fresh replay window still takes).
+pub const MAX_SKEW_NS: u64 = 60_000_000_000;
+
+/// The time in nanoseconds since the epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
 
 /// A network's keys: the one to seal with and every one to open with.
 pub struct KeySet {
@@ -149,16 +166,29 @@ pub fn open(keys: &KeySet, d: &mut [u8]) -> Result<usize, OpenError> {
 
 /// The sequence numbers seen from one sender: the highest, and which of
 /// the [`WINDOW`] below it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReplayWindow {
     top: u64,
-    seen: [u64; (WINDOW / 64) as usize],
+    seen: Box<[u64; (WINDOW / 64) as usize]>,
+}
+
+impl Default for ReplayWindow {
+    fn default() -> Self {
+        ReplayWindow {
+            top: 0,
+            seen: Box::new([0; (WINDOW / 64) as usize]),
+        }
+    }
 }
 
 impl ReplayWindow {
-    /// Whether `seq` may be new (not seen, not older than the window).
-    pub fn fresh(&self, seq: u64) -> bool {
-        if seq > self.top || self.top == 0 {
+    /// Whether `seq` may be new: not seen, not older than the window,
+    /// and (for a window that has seen nothing yet) not below `floor`.
+    pub fn fresh(&self, seq: u64, floor: u64) -> bool {
+        if self.top == 0 {
+            return seq >= floor;
+        }
+        if seq > self.top {
             return true;
         }
         let back = self.top - seq;
@@ -231,14 +261,17 @@ mod tests {
     #[test]
     fn replay_window() {
         let mut w = ReplayWindow::default();
-        for s in [1000u64, 1001, 999, 1500, 1200] {
-            assert!(w.fresh(s), "{s}");
+        for s in [10000u64, 10001, 9999, 10500, 10200] {
+            assert!(w.fresh(s, 0), "{s}");
             w.accept(s);
-            assert!(!w.fresh(s), "{s} again");
+            assert!(!w.fresh(s, 0), "{s} again");
         }
-        assert!(w.fresh(1002) && w.fresh(1499));
-        assert!(!w.fresh(1500 - WINDOW), "older than the window");
+        assert!(w.fresh(10002, 0) && w.fresh(10499, 0));
+        assert!(!w.fresh(10500 - WINDOW, 0), "older than the window");
         w.accept(1_000_000);
-        assert!(!w.fresh(1500) && w.fresh(1_000_000 - 5));
+        assert!(!w.fresh(10500, 0) && w.fresh(1_000_000 - 5, 0));
+        // a fresh window takes nothing older than the floor
+        let w = ReplayWindow::default();
+        assert!(!w.fresh(99, 100) && w.fresh(100, 100));
     }
 }

@@ -225,11 +225,12 @@ fn parse_recv(buf: &[u8], msg: &libc::msghdr) -> Option<(usize, usize, usize, Op
         .then(|| Ipv4Addr::new(name[4], name[5], name[6], name[7]));
     let mut seg = payload.len();
     let c = out.control_data();
-    // one cmsghdr: len (usize), level (i32), type (i32), then the int
+    // one cmsghdr: len (size_t), level (int), type (int), then the int
     let hl = std::mem::size_of::<libc::cmsghdr>();
+    let lv = std::mem::size_of::<libc::size_t>();
     if c.len() >= hl + 4 {
-        let level = i32::from_ne_bytes(c[8..12].try_into().ok()?);
-        let kind = i32::from_ne_bytes(c[12..16].try_into().ok()?);
+        let level = i32::from_ne_bytes(c[lv..lv + 4].try_into().ok()?);
+        let kind = i32::from_ne_bytes(c[lv + 4..lv + 8].try_into().ok()?);
         if level == libc::SOL_UDP && kind == libc::UDP_GRO {
             let g = i32::from_ne_bytes(c[hl..hl + 4].try_into().ok()?);
             if g > 0 {
@@ -512,10 +513,13 @@ impl State {
         }
         let mut rx = std::mem::take(&mut v.rx);
         rx.clear();
+        // sealed datagrams from a sender this host has no window for yet
+        // must be recent (see seal::ReplayWindow)
+        let floor = seal::now_ns().saturating_sub(seal::MAX_SKEW_NS);
         let mut o = off;
         while o < off + plen {
             let l = seg.min(off + plen - o);
-            if let Ok(f) = self.vtep_open(b, o, l, src) {
+            if let Ok(f) = self.vtep_open(b, o, l, src, floor) {
                 rx.push(f);
             }
             o += l;
@@ -601,6 +605,7 @@ impl State {
         off: usize,
         len: usize,
         src: Option<Ipv4Addr>,
+        floor: u64,
     ) -> Result<(PortIdx, usize, usize, bool), ()> {
         const X: usize = wire::vxlan::HDR_LEN;
         let Some(v) = self.vtep.as_mut() else {
@@ -649,12 +654,17 @@ impl State {
                 v.stats.rx_short += 1;
                 return Err(());
             };
+            // a host speaks as itself only (its window is its own)
+            if src.is_some_and(|ip| ip.octets() != sender) {
+                v.stats.rx_unknown_src += 1;
+                return Err(());
+            }
             // the network's hosts only (and one window each)
             let Some(win) = tn.windows.get_mut(&sender) else {
                 v.stats.rx_unknown_src += 1;
                 return Err(());
             };
-            if !win.fresh(seq) {
+            if !win.fresh(seq, floor) {
                 v.stats.rx_replay += 1;
                 return Err(());
             }
@@ -785,6 +795,9 @@ impl State {
                 return;
             };
             v.sealed.clear();
+            // never below the clock: a receiver's new window takes only
+            // recent sequence numbers
+            t.seq = t.seq.max(seal::now_ns());
             let mut off = 0;
             for l in v.lens.iter_mut() {
                 t.seq += 1;
@@ -1066,6 +1079,12 @@ fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize, bool)]) -> Option<usi
     let seq = |f: &[u8]| u32::from_be_bytes([f[TCP + 4], f[TCP + 5], f[TCP + 6], f[TCP + 7]]);
     let mut next = seq(f0).wrapping_add(mss as u32);
     let mut total = mss;
+    // every payload's length, read before anything is written: the first
+    // header's new place can overlap the old one
+    let mut lens = [0usize; 64];
+    if fr.len() > lens.len() {
+        return None;
+    }
     for (k, &(t, o, n, _)) in fr.iter().enumerate() {
         let f = buf.get(o..o + n)?;
         let last = k + 1 == fr.len();
@@ -1091,6 +1110,7 @@ fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize, bool)]) -> Option<usi
             return None;
         }
         let p = plen(f)?;
+        lens[k] = p;
         if k > 0 {
             if seq(f) != next || p == 0 || p > mss || (p < mss && !last) {
                 return None;
@@ -1105,11 +1125,14 @@ fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize, bool)]) -> Option<usi
     // built in place, front to back: every write lands before what is
     // still to be read (each source frame sits further on)
     let last_flags = buf[fr[fr.len() - 1].1 + TCP + 13];
+    // the first header to the front (it may cover the start of its old
+    // place, which nothing reads again: the lengths are in `lens`), then
+    // every payload after it, each read from further on than anything
+    // written so far
     buf.copy_within(o0..o0 + hl, VNET_HDR_LEN);
     let mut w = VNET_HDR_LEN + hl;
-    for &(_, o, n, _) in fr {
-        let f = &buf[o..o + n];
-        let p = plen(f)?;
+    for (k, &(_, o, _, _)) in fr.iter().enumerate() {
+        let p = lens[k];
         buf.copy_within(o + hl..o + hl + p, w);
         w += p;
     }
@@ -1172,4 +1195,76 @@ fn rx_vnet(f: &[u8], partial: bool) -> Option<[u8; VNET_HDR_LEN]> {
     }
     .write(&mut out);
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP/IPv4 segment with a 40-byte TCP header (timestamps and SACK
+    /// sized) carrying `data` at sequence `seq`.
+    fn segment(seq: u32, data: &[u8], flags: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 40];
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&eth::ETHERTYPE_IPV4);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((60 + data.len()) as u16).to_be_bytes());
+        f[20] = 0x40; // DF
+        f[22] = 64;
+        f[23] = ipv4::PROTO_TCP;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&1234u16.to_be_bytes());
+        f[36..38].copy_from_slice(&80u16.to_be_bytes());
+        f[38..42].copy_from_slice(&seq.to_be_bytes());
+        f[46] = 10 << 4; // 40-byte header
+        f[47] = flags;
+        f[48..50].copy_from_slice(&500u16.to_be_bytes());
+        f[54..74].fill(1); // options
+        f.extend_from_slice(data);
+        f
+    }
+
+    /// Three segments of `data` as a GRO read lays them out: each behind
+    /// its VXLAN header, the first at offset 64 (recvmsg's header, name
+    /// and control before).
+    fn gro_read(data: &[u8]) -> (Vec<u8>, Vec<(PortIdx, usize, usize, bool)>) {
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut fr = Vec::new();
+        let mut o = 56;
+        for k in 0..3 {
+            let flags = if k == 2 { 0x18 } else { 0x10 };
+            let s = segment(1000 + 100 * k as u32, &data[100 * k..100 * (k + 1)], flags);
+            o += wire::vxlan::HDR_LEN;
+            buf[o..o + s.len()].copy_from_slice(&s);
+            fr.push((0 as PortIdx, o, s.len(), false));
+            o += s.len();
+        }
+        (buf, fr)
+    }
+
+    #[test]
+    fn merged_segments_keep_every_byte() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        let (mut buf, fr) = gro_read(&data);
+        let n = merge_tcp(&mut buf, &fr).expect("mergeable");
+        let h = crate::vnet::VnetHdr::parse(&buf);
+        assert_eq!(h.gso_type, crate::vnet::GSO_TCPV4);
+        assert_eq!(
+            (h.gso_size, h.hdr_len, h.csum_start, h.csum_offset),
+            (100, 74, 34, 16)
+        );
+        let f = &buf[VNET_HDR_LEN..n];
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, 60 + 300);
+        assert_eq!(wire::csum::checksum(&f[14..34]), 0, "IPv4 header checksum");
+        assert_eq!(f[47], 0x18, "the last segment's flags");
+        assert_eq!(&f[74..], &data[..], "the payload, in order");
+        // a gap in the sequence: not merged, nothing touched
+        let (mut buf, mut fr) = gro_read(&data);
+        fr.remove(1);
+        let before = buf.clone();
+        assert!(merge_tcp(&mut buf, &fr).is_none());
+        assert_eq!(buf, before);
+    }
 }
