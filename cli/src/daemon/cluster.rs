@@ -101,13 +101,18 @@ pub type Change = (String, Option<Vec<u8>>, i64);
 /// An encrypted overlay network's keys (AES-256-GCM): every host seals
 /// with the primary and opens with any. Rotated by whichever host finds
 /// the primary older than the rotation interval first (a transaction on
-/// the key's revision): the new key becomes the primary and the previous
-/// one stays valid until the next rotation, so datagrams in flight still
-/// open.
+/// the key's revision), in two steps: the new key is published as `next`
+/// with a switch time a little later, so every host holds it (and opens
+/// with it) before any host seals with it; from that time on it is the
+/// primary everywhere. The previous key stays valid until the next
+/// rotation, so datagrams in flight still open.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeyRing {
     pub keys: Vec<NetKey>,
     pub primary: u32,
+    /// The key that becomes the primary at `.1` (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<(u32, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -151,8 +156,17 @@ impl KeyRing {
             .collect()
     }
 
-    pub fn primary_key(&self) -> Option<&NetKey> {
-        self.keys.iter().find(|k| k.id == self.primary)
+    /// The key hosts seal with at time `now` (unix seconds).
+    pub fn sealing(&self, now: u64) -> u32 {
+        match self.next {
+            Some((id, at)) if now >= at => id,
+            _ => self.primary,
+        }
+    }
+
+    pub fn primary_key(&self, now: u64) -> Option<&NetKey> {
+        let id = self.sealing(now);
+        self.keys.iter().find(|k| k.id == id)
     }
 }
 

@@ -15,12 +15,14 @@ impl Core {
     }
 
     /// Hands network `net`'s keys (as the store has them) to its tunnel.
-    fn program_keys(&self, net: &str) {
-        let Some(n) = self.nets.get(net) else {
+    pub(super) fn program_keys(&mut self, net: &str) {
+        let Some(n) = self.nets.get_mut(net) else {
             return;
         };
         if let Some((ring, _)) = &n.keys {
-            if let Err(e) = self.dp.set_tunnel_keys(n.idx, ring.raw(), ring.primary) {
+            let sealing = ring.sealing(now_secs());
+            n.sealing = Some(sealing);
+            if let Err(e) = self.dp.set_tunnel_keys(n.idx, ring.raw(), sealing) {
                 log(format!("network {net}: {e}"));
             }
         }
@@ -35,11 +37,31 @@ impl Core {
             return;
         };
         let now = now_secs();
+        // a published next key whose time has come: sealed with from now
+        let due: Vec<String> = self
+            .nets
+            .iter()
+            .filter(|(_, n)| {
+                n.keys
+                    .as_ref()
+                    .is_some_and(|(r, _)| Some(r.sealing(now)) != n.sealing)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for net in due {
+            self.program_keys(&net);
+        }
+        // the grace before a new key is sealed with: every host must have
+        // it by then
+        let grace = (every.as_secs() / 2).clamp(1, 30);
         for n in self.nets.values() {
             let Some((ring, rev)) = &n.keys else {
                 continue;
             };
-            let Some(p) = ring.primary_key() else {
+            if ring.next.is_some_and(|(_, at)| now < at) {
+                continue; // a rotation under way
+            }
+            let Some(p) = ring.primary_key(now) else {
                 continue;
             };
             if now.saturating_sub(p.created) < every.as_secs() {
@@ -57,7 +79,8 @@ impl Core {
             };
             let next = cluster::KeyRing {
                 keys: vec![p.clone(), k],
-                primary: id,
+                primary: p.id,
+                next: Some((id, now + grace)),
             };
             match cl.rotate_keys(&n.rec.name, &next, *rev) {
                 Ok(true) => log(format!(
@@ -131,6 +154,7 @@ impl Core {
             Some(cluster::KeyRing {
                 keys: vec![k],
                 primary: 1,
+                next: None,
             })
         } else {
             None
@@ -350,6 +374,15 @@ impl Core {
                         continue;
                     };
                     n.keys = ring.map(|r| (r, rev));
+                    // kept here too: a restart while the store is away
+                    // still has them
+                    let saved = match &n.keys {
+                        Some((r, _)) => self.store.save_keys(net, r),
+                        None => self.store.remove_keys(net),
+                    };
+                    if let Err(e) = saved {
+                        log(format!("network {net}: keeping its keys: {e:#}"));
+                    }
                     self.program_keys(net);
                 }
                 (["networks", name], Some(v)) => self.global_network(name, &v),

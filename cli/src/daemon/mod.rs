@@ -161,6 +161,8 @@ pub struct Net {
     /// Encrypted global networks: the keys, and the store revision they
     /// were read at (for rotation).
     keys: Option<(cluster::KeyRing, i64)>,
+    /// The key its tunnel seals with (see `global::program_keys`).
+    sealing: Option<u32>,
 }
 
 impl Net {

@@ -38,6 +38,7 @@ impl Core {
             remote: BTreeMap::new(),
             held: BTreeMap::new(),
             keys: None,
+            sealing: None,
             rec,
         };
         let name = net.rec.name.clone();
@@ -267,7 +268,7 @@ impl Core {
                 serde_json::json!({
                     "vni": driver::overlay::vni(&n.rec),
                     "encrypted": driver::overlay::encrypted(&n.rec.options),
-                    "key_id": n.keys.as_ref().map(|(r, _)| r.primary),
+                    "key_id": n.keys.as_ref().map(|(r, _)| r.sealing(now_secs())),
                     "host": self.cluster.as_ref().map(|c| c.host.clone()),
                     "store": self.cluster.as_ref().map(|c| c.url.clone()),
                     "vtep": snap.vtep.as_ref().map(|v| v.local.to_string()),
@@ -322,6 +323,7 @@ impl Core {
         let n = self.net(name)?;
         let idx = n.idx;
         self.store.remove(name)?;
+        let _ = self.store.remove_keys(name);
         n.drv.delete(&self.plumbing(), n);
         self.resolver
             .registry

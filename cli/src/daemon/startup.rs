@@ -181,6 +181,22 @@ impl Core {
             }
         }
         core.load_docker_pools();
+        // encrypted overlay networks' keys as last seen: the store may be
+        // away (revision 0: a rotation waits for the store's own)
+        let global: Vec<String> = core
+            .nets
+            .values()
+            .filter(|n| Self::is_global(n))
+            .map(|n| n.rec.name.clone())
+            .collect();
+        for name in global {
+            if let Some(ring) = core.store.load_keys(&name) {
+                if let Some(n) = core.nets.get_mut(&name) {
+                    n.keys = Some((ring, 0));
+                }
+                core.program_keys(&name);
+            }
+        }
         if lost_containers {
             core.rebuild_containers()?;
         }

@@ -295,6 +295,39 @@ impl Store {
         Ok(id)
     }
 
+    /// An encrypted overlay network's keys, kept (readable by root only)
+    /// so that a restart while the cluster store is away still has them.
+    pub fn save_keys(&self, net: &str, ring: &super::cluster::KeyRing) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.containers_dir().join("keys");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        write_atomic(&dir, &format!("{net}.json"), &serde_json::to_vec(ring)?)
+    }
+
+    pub fn load_keys(&self, net: &str) -> Option<super::cluster::KeyRing> {
+        let b = fs::read(
+            self.containers_dir()
+                .join("keys")
+                .join(format!("{net}.json")),
+        )
+        .ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    pub fn remove_keys(&self, net: &str) -> Result<()> {
+        let p = self
+            .containers_dir()
+            .join("keys")
+            .join(format!("{net}.json"));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", p.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The Docker IPAM driver's pools.
     pub fn save_docker_pools(&self, p: &[DockerPool]) -> Result<()> {
         write_atomic(
