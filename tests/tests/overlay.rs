@@ -391,6 +391,16 @@ fn overlay_survives_faults() {
         ping(&h1, &a.ns, &b.ip.to_string(), 3),
         "a cannot reach b again"
     );
+    // the store away and host 2 restarted: it comes back from its own
+    // state (its endpoints, the other hosts' as last seen) and talks
+    u.stop_etcd();
+    h2.stop_daemon(libc::SIGKILL);
+    h2.start_daemon();
+    assert!(
+        ping(&h2, &b.ns, &a.ip.to_string(), 3),
+        "b cannot reach a after a restart without the store: {}",
+        h2.daemon_log()
+    );
     let _ = (&mut h3, &x, &l);
 }
 

@@ -174,7 +174,11 @@ pub struct Cluster {
     pub url: String,
     pub host: String,
     pub vtep: SocketAddrV4,
-    client: Client,
+    endpoints: Vec<String>,
+    /// The client, once a session has connected (connecting can wait
+    /// for an unreachable store: it happens in the sessions, never at
+    /// start).
+    client: std::sync::Mutex<Option<Client>>,
     /// The current session's lease (0: no session).
     lease: AtomicI64,
     pub key_rotation: Duration,
@@ -187,25 +191,49 @@ fn key(parts: &[&str]) -> String {
 }
 
 impl Cluster {
-    /// A client for the store (it connects when first used).
-    pub async fn new(args: &ClusterArgs, host: String) -> anyhow::Result<Cluster> {
+    /// The store's client-to-be (sessions connect, see [`run`]).
+    pub fn new(args: &ClusterArgs, host: String) -> Cluster {
+        Cluster {
+            url: args.url.clone(),
+            host,
+            vtep: SocketAddrV4::new(args.advertise, args.port),
+            endpoints: args.endpoints.clone(),
+            client: std::sync::Mutex::new(None),
+            lease: AtomicI64::new(0),
+            key_rotation: args.key_rotation,
+        }
+    }
+
+    /// The client, connected if it was not yet.
+    async fn connect(&self) -> anyhow::Result<Client> {
+        if let Some(c) = self
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(c);
+        }
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(OP_TIMEOUT)
             .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
             // a member cut off from the majority answers no more
             .with_require_leader(true);
-        let client = Client::connect(&args.endpoints, Some(opts))
+        let c = tokio::time::timeout(OP_TIMEOUT, Client::connect(&self.endpoints, Some(opts)))
             .await
-            .map_err(|e| anyhow::anyhow!("cluster store {}: {e}", args.url))?;
-        Ok(Cluster {
-            url: args.url.clone(),
-            host,
-            vtep: SocketAddrV4::new(args.advertise, args.port),
-            client,
-            lease: AtomicI64::new(0),
-            key_rotation: args.key_rotation,
-        })
+            .map_err(|_| anyhow::anyhow!("no answer within 3 s"))??;
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The connected client, for the core's (blocking) operations.
+    fn cached(&self) -> ApiResult<Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| self.unavailable("not connected (retrying)"))
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> ApiError {
@@ -236,7 +264,7 @@ impl Cluster {
 
     /// Every overlay network the store has.
     pub fn networks(&self) -> ApiResult<Vec<super::NetworkRecord>> {
-        let mut c = self.client.clone();
+        let mut c = self.cached()?;
         let r = self.block(c.get(key(&["networks/"]), Some(GetOptions::new().with_prefix())))?;
         Ok(r.kvs()
             .iter()
@@ -273,7 +301,7 @@ impl Cluster {
                 }
                 ops
             });
-        let mut c = self.client.clone();
+        let mut c = self.cached()?;
         if self.block(c.txn(txn))?.succeeded() {
             return Ok(());
         }
@@ -302,7 +330,7 @@ impl Cluster {
         let txn = Txn::new()
             .when([Compare::create_revision(eps, CompareOp::Equal, 0).with_prefix()])
             .and_then(ops);
-        let mut c = self.client.clone();
+        let mut c = self.cached()?;
         if self.block(c.txn(txn))?.succeeded() {
             return Ok(());
         }
@@ -324,7 +352,7 @@ impl Cluster {
                     .when([Compare::value(k.clone(), CompareOp::Equal, owner)])
                     .and_then([TxnOp::put(k, owner, Some(self.leased()))]),
             )]);
-        let mut c = self.client.clone();
+        let mut c = self.cached()?;
         let r = self.block(c.txn(txn))?;
         if r.succeeded() {
             return Ok(true);
@@ -342,7 +370,7 @@ impl Cluster {
         let txn = Txn::new()
             .when([Compare::value(k.clone(), CompareOp::Equal, owner)])
             .and_then([TxnOp::delete(k, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.cached()?;
         self.block(c.txn(txn))?;
         Ok(())
     }
@@ -355,7 +383,7 @@ impl Cluster {
         let txn = Txn::new()
             .when([Compare::mod_revision(k.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(k, v, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.cached()?;
         Ok(self.block(c.txn(txn))?.succeeded())
     }
 
@@ -363,13 +391,13 @@ impl Cluster {
     pub fn put_endpoint(&self, net: &str, ep: &RemoteEp) -> ApiResult<()> {
         let k = key(&["endpoints", net, &self.host, &ep.container]);
         let v = serde_json::to_vec(ep).map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut c = self.client.clone();
+        let mut c = self.cached()?;
         self.block(c.put(k, v, Some(self.leased())))?;
         Ok(())
     }
 
     pub fn delete_endpoint(&self, net: &str, container: &str) -> ApiResult<()> {
-        let mut c = self.client.clone();
+        let mut c = self.cached()?;
         self.block(c.delete(key(&["endpoints", net, &self.host, container]), None))?;
         Ok(())
     }
@@ -394,7 +422,7 @@ pub async fn run(shared: Shared, cl: Arc<Cluster>) {
 }
 
 async fn session(shared: &Shared, cl: &Arc<Cluster>) -> anyhow::Result<()> {
-    let mut c = cl.client.clone();
+    let mut c = cl.connect().await?;
     let lease = tokio::time::timeout(OP_TIMEOUT, c.lease_grant(TTL_SECS, None))
         .await??
         .id();

@@ -438,6 +438,9 @@ impl Core {
             if let Some(n) = self.nets.get(&net) {
                 n.drv.endpoints_changed(&self.plumbing(), n);
                 self.dns_sync(&net);
+                if let Err(e) = self.store.save_peers(&net, &n.remote) {
+                    log(format!("network {net}: keeping its peers: {e:#}"));
+                }
             }
         }
     }

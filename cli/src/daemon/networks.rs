@@ -324,6 +324,7 @@ impl Core {
         let idx = n.idx;
         self.store.remove(name)?;
         let _ = self.store.remove_keys(name);
+        self.store.remove_peers(name);
         n.drv.delete(&self.plumbing(), n);
         self.resolver
             .registry

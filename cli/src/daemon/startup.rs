@@ -72,8 +72,7 @@ impl Core {
                 })?;
                 dp.set_vtep(fd, local)?;
                 let host = store.host_id()?;
-                let cl = tokio::runtime::Handle::current()
-                    .block_on(cluster::Cluster::new(a, host.clone()))?;
+                let cl = cluster::Cluster::new(a, host.clone());
                 log(format!(
                     "cluster: store {}, this host {host}, VXLAN endpoint {local}",
                     a.url
@@ -190,6 +189,20 @@ impl Core {
             .map(|n| n.rec.name.clone())
             .collect();
         for name in global {
+            // and the other hosts' endpoints as last seen (replaced at the
+            // first session with the store)
+            let peers = core.store.load_peers(&name);
+            if let Some(n) = core.nets.get_mut(&name) {
+                for r in peers.values() {
+                    if n.pool.allocate(Some(r.ip)).is_ok() {
+                        n.held.insert(r.ip, format!("{}/{}", r.host, r.container));
+                    }
+                }
+                n.remote = peers;
+                let n = &core.nets[&name];
+                n.drv.endpoints_changed(&core.plumbing(), n);
+                core.dns_sync(&name);
+            }
             if let Some(ring) = core.store.load_keys(&name) {
                 if let Some(n) = core.nets.get_mut(&name) {
                     n.keys = Some((ring, 0));

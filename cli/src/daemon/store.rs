@@ -328,6 +328,37 @@ impl Store {
         }
     }
 
+    /// A global network's remote endpoints as last seen in the cluster
+    /// store, so that a restart while the store is away still reaches them.
+    pub fn save_peers(
+        &self,
+        net: &str,
+        peers: &BTreeMap<String, super::cluster::RemoteEp>,
+    ) -> Result<()> {
+        let dir = self.containers_dir().join("peers");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_atomic(&dir, &format!("{net}.json"), &serde_json::to_vec(peers)?)
+    }
+
+    pub fn load_peers(&self, net: &str) -> BTreeMap<String, super::cluster::RemoteEp> {
+        fs::read(
+            self.containers_dir()
+                .join("peers")
+                .join(format!("{net}.json")),
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+    }
+
+    pub fn remove_peers(&self, net: &str) {
+        let _ = fs::remove_file(
+            self.containers_dir()
+                .join("peers")
+                .join(format!("{net}.json")),
+        );
+    }
+
     /// The Docker IPAM driver's pools.
     pub fn save_docker_pools(&self, p: &[DockerPool]) -> Result<()> {
         write_atomic(

@@ -284,15 +284,28 @@ fn open_udp(local: SocketAddrV4) -> std::io::Result<OwnedFd> {
     }
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let sa = sockaddr(&local);
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    } != 0
-    {
+    // EADDRINUSE for a while: a daemon that just died still holds the
+    // port until the kernel has torn its io_uring down (asynchronously)
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if r == 0 {
+            break;
+        }
         let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EADDRINUSE)
+            && local.port() != 0
+            && t0.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
         return Err(std::io::Error::new(
             e.kind(),
             format!("binding {local}: {e}"),
