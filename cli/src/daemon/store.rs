@@ -156,12 +156,20 @@ pub struct DockerPool {
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    write_replacing(dir, name, data, true)
+}
+
+/// `name` in `dir` replaced by `data` (a temp file renamed over it: a
+/// reader sees the old or the new one, never a torn one); `durable` also
+/// syncs the file and the directory, so it outlives a crash of the host,
+/// not only of the daemon.
+fn write_replacing(dir: &Path, name: &str, data: &[u8], durable: bool) -> Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     let written = f
         .write_all(data)
-        .and_then(|_| f.sync_all())
+        .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
         .with_context(|| format!("writing {}", tmp.display()))
         .and_then(|_| {
             fs::rename(&tmp, &path).with_context(|| format!("renaming onto {}", path.display()))
@@ -172,7 +180,9 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fs::File::open(dir)?.sync_all()?;
+    if durable {
+        fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 
@@ -263,15 +273,12 @@ impl Store {
     /// fsync: it only has to outlive the daemon, not the host (after a
     /// reboot no container of it is left to match).
     pub fn save_nat(&self, t: &NatTable) -> Result<()> {
-        let path = self.containers_dir().join("nat.json");
-        let tmp = self.containers_dir().join(".nat.json.tmp");
-        let r = fs::write(&tmp, serde_json::to_vec(t)?)
-            .and_then(|_| fs::rename(&tmp, &path))
-            .with_context(|| format!("writing {}", path.display()));
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        r
+        write_replacing(
+            self.containers_dir(),
+            "nat.json",
+            &serde_json::to_vec(t)?,
+            false,
+        )
     }
 
     /// The checkpointed NAT table (empty when there is none; an unreadable
@@ -337,7 +344,13 @@ impl Store {
     ) -> Result<()> {
         let dir = self.containers_dir().join("peers");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_atomic(&dir, &format!("{net}.json"), &serde_json::to_vec(peers)?)
+        // a cache, rewritten at every change: no sync
+        write_replacing(
+            &dir,
+            &format!("{net}.json"),
+            &serde_json::to_vec(peers)?,
+            false,
+        )
     }
 
     pub fn load_peers(&self, net: &str) -> BTreeMap<String, super::cluster::RemoteEp> {
