@@ -16,7 +16,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 SECS="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(pipeline nat dns_query api)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(pipeline nat dns_query api tunnel)
 HOST="$(rustc -vV | sed -n 's/^host: //p')"
 # --target keeps the flags off build scripts and proc macros
 RUSTFLAGS="-Cpasses=sancov-module \

@@ -434,6 +434,81 @@ pub fn api(data: &[u8]) {
     }
 }
 
+/// What the overlay's datapath takes from untrusted sides: a container's
+/// offloaded frame (vnet header + Ethernet, any GSO type and size) cut into
+/// segments for the tunnel, with checksums computed or left partial; and a
+/// datagram from the underlay parsed as VXLAN and, sealed, opened with the
+/// network's key and checked against a replay window. Beyond "no panic":
+/// segments never exceed the MTU plus their headers, the payload pieces
+/// lie inside the frame, and a datagram sealed here opens to what went in.
+pub fn tunnel(data: &[u8]) {
+    use vswitch::seal;
+    use wire::gso;
+    let keys = seal::KeySet::new(&[(1, [7; 32]), (2, [9; 32])], 2);
+    let mut win = seal::ReplayWindow::default();
+    for (sel, f) in records(data) {
+        match sel % 3 {
+            0 => {
+                if f.len() < VNET_HDR_LEN {
+                    continue;
+                }
+                let h = wire::vnet::VnetHdr::parse(f);
+                let frame = &f[VNET_HDR_LEN..];
+                let mtu = 68 + (sel as usize * 11) % 9000;
+                let prefix = wire::vxlan::emit(4096);
+                let (mut out, mut lens) = (Vec::new(), Vec::new());
+                if gso::segment(
+                    &h,
+                    frame,
+                    mtu,
+                    &prefix,
+                    sel & 0x80 != 0,
+                    &mut out,
+                    &mut lens,
+                )
+                .is_ok()
+                {
+                    assert_eq!(lens.iter().sum::<usize>(), out.len());
+                    assert!(lens.len() <= gso::MAX_SEGS);
+                }
+                let (mut hdrs, mut parts) = (Vec::new(), Vec::new());
+                if gso::segment_parts(&h, frame, mtu, &prefix, false, &mut hdrs, &mut parts).is_ok()
+                {
+                    for p in &parts {
+                        assert!(p.hdr.end <= hdrs.len() && p.data.end <= frame.len());
+                        if !p.data.is_empty() {
+                            // a segment's IP packet fits the MTU
+                            assert!(p.hdr.len() - prefix.len() - 14 + p.data.len() <= mtu);
+                        }
+                    }
+                }
+            }
+            1 => {
+                let _ = wire::vxlan::parse(f);
+                if let Some((_, sq)) = seal::peek(f) {
+                    if win.fresh(sq, 0) {
+                        let mut d = f.to_vec();
+                        if seal::open(&keys, &mut d).is_ok() {
+                            win.accept(sq);
+                        }
+                    }
+                }
+            }
+            _ => {
+                // sealed here, opened there: the same frame
+                let mut d = wire::vxlan::emit(4096).to_vec();
+                d.extend_from_slice(f);
+                let mut out = Vec::new();
+                if seal::seal(&keys, [10, 0, 0, 1], 1 + sel as u64, &d, &mut out) {
+                    let n = seal::open(&keys, &mut out).expect("opens");
+                    let x = wire::vxlan::HDR_LEN + seal::HDR_LEN;
+                    assert_eq!(&out[x..x + n], f);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -450,6 +525,7 @@ mod tests {
             ("nat", super::nat_both_ways),
             ("dns_query", super::dns_query),
             ("api", super::api),
+            ("tunnel", super::tunnel),
         ] {
             let Ok(rd) = std::fs::read_dir(root.join(dir)) else {
                 panic!("no corpus for {dir}");

@@ -90,12 +90,14 @@ fn nonce(sender: [u8; 4], seq: u64) -> Nonce {
 }
 
 /// Appends the sealed form of `d` (a VXLAN datagram: header and inner
-/// frame) to `out`; false (nothing appended) without a primary key.
+/// frame) to `out`; false (nothing appended) without a primary key or
+/// for a datagram too short to hold a frame.
 pub fn seal(keys: &KeySet, sender: [u8; 4], seq: u64, d: &[u8], out: &mut Vec<u8>) -> bool {
     let Some((id, key)) = keys.primary.as_ref() else {
         return false;
     };
-    if d.len() < X {
+    // what open() takes: a header and at least an Ethernet header
+    if d.len() < X + wire::eth::HDR_LEN {
         return false;
     }
     let start = out.len();
