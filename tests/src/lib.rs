@@ -258,6 +258,9 @@ impl Env {
         let prefix = format!("tn_{id}_");
         let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("tn_{id}")));
         std::fs::create_dir_all(&dir).unwrap();
+        // checked before anything is created: a stale binary panics here,
+        // and a panic after the namespaces exist would leave them behind
+        let bin = tapnet_bin();
         let host_ns = format!("{prefix}host");
         run_ok(Command::new("ip").args(["netns", "add", &host_ns]));
         run_ok(Command::new("ip").args(["-n", &host_ns, "link", "set", "lo", "up"]));
@@ -324,7 +327,7 @@ impl Env {
             id,
             prefix,
             dir,
-            bin: tapnet_bin(),
+            bin,
             daemon_args,
             daemon: None,
             bg: Vec::new(),
