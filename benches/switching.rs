@@ -29,6 +29,7 @@ fn setup(ports: u32, hosts: u32, bcast_every: usize) -> Setup {
             prefix: 24,
             routed: false,
             gateway: true,
+            v6: None,
         },
     );
     let ids: Vec<u32> = (0..ports).map(|_| sw.add_port(0, 1500)).collect();

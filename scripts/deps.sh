@@ -12,7 +12,9 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       # needs (it compiles etcd's protobuf definitions)
       etcd-server etcd-client protobuf-compiler libprotobuf-dev
       # the encrypted overlay test looks at the underlay with it
-      tcpdump)
+      tcpdump
+      # the IPv6 test checks AAAA and ip6.arpa answers with dig
+      bind9-dnsutils)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

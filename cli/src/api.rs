@@ -17,6 +17,16 @@ pub struct CreateNetwork {
     pub subnet: Option<String>,
     pub gateway: Option<String>,
     pub ip_range: Option<String>,
+    /// Dual stack: an IPv6 subnet too (`--ipv6`; without `subnet6`, a /64
+    /// of the daemon's unique local pool).
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default)]
+    pub subnet6: Option<String>,
+    #[serde(default)]
+    pub gateway6: Option<String>,
+    #[serde(default)]
+    pub ip_range6: Option<String>,
     pub mtu: Option<u32>,
     /// Upstream DNS servers for the network.
     #[serde(default)]
@@ -39,6 +49,9 @@ pub struct Connect {
     /// Namespace to attach: a name under /run/netns, a path, or a PID.
     pub netns: Option<String>,
     pub ip: Option<String>,
+    /// The IPv6 address on a dual-stack network.
+    #[serde(default)]
+    pub ip6: Option<String>,
     pub mtu: Option<u32>,
     /// The interface's MAC (default: derived from the address).
     #[serde(default)]
@@ -66,6 +79,8 @@ pub struct CreateContainer {
     /// A network's name, or `none`, `host`, `container:NAME`.
     pub network: String,
     pub ip: Option<String>,
+    #[serde(default)]
+    pub ip6: Option<String>,
     pub mtu: Option<u32>,
     #[serde(default)]
     pub mac: Option<String>,
@@ -105,6 +120,15 @@ pub struct NetworkSummary {
     pub subnet: String,
     pub gateway: String,
     pub ip_range: Option<String>,
+    /// Dual stack: the IPv6 subnet and gateway.
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range6: Option<String>,
     pub mtu: u32,
     pub builtin: bool,
     pub endpoints: usize,
@@ -127,8 +151,13 @@ pub struct EndpointInfo {
     pub ifname: String,
     /// Address with prefix length, e.g. 10.88.0.2/24.
     pub ip: String,
+    /// IPv6 address with prefix length, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     pub mac: String,
     pub gateway: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     pub mtu: u32,
     #[serde(default)]
     pub aliases: Vec<String>,

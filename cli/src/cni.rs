@@ -298,6 +298,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
                 aliases.push(p.clone());
             }
             let req = crate::api::Connect {
+                ip6: None,
                 container: name,
                 netns: Some(env.netns.clone()),
                 ip,
@@ -504,6 +505,8 @@ mod tests {
             netns: "/run/netns/x".into(),
             ifname: "eth1".into(),
             ip: "10.1.0.2/24".into(),
+            ip6: None,
+            gateway6: None,
             mac: "02:42:0a:01:00:02".into(),
             gateway: "10.1.0.1".into(),
             mtu: 1500,

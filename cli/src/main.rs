@@ -172,15 +172,21 @@ enum NetCmd {
         /// macvlan_mode=private.
         #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
         opt: Vec<String>,
-        /// IPv4 subnet in CIDR form; picked automatically when omitted.
+        /// Subnet in CIDR form, IPv4 and (with --ipv6) IPv6: give it once
+        /// per family; picked automatically when omitted.
         #[arg(long)]
-        subnet: Option<String>,
-        /// Gateway address (default: the subnet's first host address).
+        subnet: Vec<String>,
+        /// Gateway address, once per family (default: the subnet's first
+        /// host address).
         #[arg(long)]
-        gateway: Option<String>,
-        /// Allocate container addresses from this sub-range.
+        gateway: Vec<String>,
+        /// Allocate container addresses from this sub-range (once per family).
         #[arg(long)]
-        ip_range: Option<String>,
+        ip_range: Vec<String>,
+        /// Dual stack: an IPv6 subnet too (without an IPv6 --subnet, a /64
+        /// of the daemon's unique local prefix).
+        #[arg(long)]
+        ipv6: bool,
         #[arg(long)]
         mtu: Option<u32>,
         /// Upstream DNS server for names that are not local (IP or IP:PORT,
@@ -236,6 +242,9 @@ struct EndpointOpts {
     /// A static address (default: the next free one).
     #[arg(long)]
     ip: Option<String>,
+    /// A static IPv6 address on a dual-stack network.
+    #[arg(long)]
+    ip6: Option<String>,
     /// The interface's MTU (default: the network's).
     #[arg(long)]
     mtu: Option<u32>,
@@ -434,6 +443,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                     network: a.network.unwrap_or_else(|| daemon::BRIDGE.to_string()),
                     name: a.name,
                     ip: a.ep.ip,
+                    ip6: a.ep.ip6,
                     mtu: a.ep.mtu,
                     mac: a.ep.mac_address,
                     aliases: a.ep.alias,
@@ -581,6 +591,21 @@ fn real_main(cli: Cli) -> Result<i32> {
     Ok(0)
 }
 
+/// Splits the values of a per-family option (`--subnet` given for IPv4
+/// and IPv6) into its IPv4 and its IPv6 value: at most one of each.
+fn by_family(opt: &str, vals: Vec<String>) -> Result<(Option<String>, Option<String>)> {
+    let (mut v4, mut v6) = (None, None);
+    for v in vals {
+        let slot = if v.contains(':') { &mut v6 } else { &mut v4 };
+        if slot.is_some() {
+            let fam = if v.contains(':') { "IPv6" } else { "IPv4" };
+            anyhow::bail!("{opt} is given twice for {fam}: a network has one {fam} subnet");
+        }
+        *slot = Some(v);
+    }
+    Ok((v4, v6))
+}
+
 fn network(c: &Client, cmd: NetCmd) -> Result<()> {
     match cmd {
         NetCmd::Create {
@@ -590,11 +615,15 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
             subnet,
             gateway,
             ip_range,
+            ipv6,
             mtu,
             dns,
             no_dns_names,
             internal,
         } => {
+            let (subnet, subnet6) = by_family("--subnet", subnet)?;
+            let (gateway, gateway6) = by_family("--gateway", gateway)?;
+            let (ip_range, ip_range6) = by_family("--ip-range", ip_range)?;
             let s: NetworkSummary = c.call(
                 "POST",
                 "/networks",
@@ -605,6 +634,10 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     subnet,
                     gateway,
                     ip_range,
+                    ipv6,
+                    subnet6,
+                    gateway6,
+                    ip_range6,
                     mtu,
                     dns,
                     dns_names: Some(!no_dns_names),
@@ -677,6 +710,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     container,
                     netns,
                     ip: ep.ip,
+                    ip6: ep.ip6,
                     mtu: ep.mtu,
                     mac: ep.mac_address,
                     aliases: ep.alias,

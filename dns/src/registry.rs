@@ -6,7 +6,7 @@
 //! first), so a container attached to two networks resolves names of both.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub type NetId = u16;
 
@@ -15,8 +15,20 @@ pub struct Endpoint {
     pub container: String,
     pub aliases: Vec<String>,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
     /// Per-container upstream servers (`run --dns`).
     pub dns: Vec<SocketAddr>,
+}
+
+impl Endpoint {
+    /// Whether `ip` is one of its addresses.
+    fn has(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => a == self.ip,
+            IpAddr::V6(a) => Some(a) == self.ip6,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -121,12 +133,12 @@ impl Registry {
 
     /// Networks to search for a query from `client` arriving on `id`: that
     /// network first, then the client's other networks.
-    fn search_order(&self, id: NetId, client: Ipv4Addr) -> Vec<NetId> {
+    fn search_order(&self, id: NetId, client: IpAddr) -> Vec<NetId> {
         let mut order = vec![id];
         let who = self
             .nets
             .get(&id)
-            .and_then(|n| n.endpoints.iter().find(|e| e.ip == client))
+            .and_then(|n| n.endpoints.iter().find(|e| e.has(client)))
             .map(|e| e.container.clone());
         if let Some(who) = who {
             let mut others: Vec<NetId> = self
@@ -142,11 +154,12 @@ impl Registry {
         order
     }
 
-    /// Addresses for `name` (without the trailing dot) as seen by `client`.
-    pub fn lookup(&self, id: NetId, client: Ipv4Addr, name: &str) -> Found<Vec<Ipv4Addr>> {
+    /// Addresses for `name` (without the trailing dot) as seen by `client`:
+    /// the IPv4 ones, then the IPv6 ones.
+    pub fn lookup(&self, id: NetId, client: IpAddr, name: &str) -> Found<Vec<IpAddr>> {
         for nid in self.search_order(id, client) {
             let n = &self.nets[&nid];
-            let ips: Vec<Ipv4Addr> = n
+            let ips: Vec<&Endpoint> = n
                 .endpoints
                 .iter()
                 .filter(|e| {
@@ -154,20 +167,21 @@ impl Registry {
                         || e.aliases.iter().any(|a| eq(a, name))
                         || qualified(name, &e.container, &n.name)
                 })
-                .map(|e| e.ip)
                 .collect();
             if !ips.is_empty() {
-                return Found::Local(ips);
+                let v4 = ips.iter().map(|e| IpAddr::V4(e.ip));
+                let v6 = ips.iter().filter_map(|e| e.ip6.map(IpAddr::V6));
+                return Found::Local(v4.chain(v6).collect());
             }
         }
         Found::NotLocal
     }
 
     /// `container.network` for an address on one of `client`'s networks.
-    pub fn reverse(&self, id: NetId, client: Ipv4Addr, ip: Ipv4Addr) -> Found<String> {
+    pub fn reverse(&self, id: NetId, client: IpAddr, ip: IpAddr) -> Found<String> {
         for nid in self.search_order(id, client) {
             let n = &self.nets[&nid];
-            if let Some(e) = n.endpoints.iter().find(|e| e.ip == ip) {
+            if let Some(e) = n.endpoints.iter().find(|e| e.has(ip)) {
                 return Found::Local(format!("{}.{}", e.container, n.name));
             }
         }
@@ -176,11 +190,11 @@ impl Registry {
 
     /// Upstream servers for `client`: its own, else its network's (empty:
     /// the caller's defaults).
-    pub fn upstreams(&self, id: NetId, client: Ipv4Addr) -> Vec<SocketAddr> {
+    pub fn upstreams(&self, id: NetId, client: IpAddr) -> Vec<SocketAddr> {
         let Some(n) = self.nets.get(&id) else {
             return Vec::new();
         };
-        if let Some(e) = n.endpoints.iter().find(|e| e.ip == client) {
+        if let Some(e) = n.endpoints.iter().find(|e| e.has(client)) {
             if !e.dns.is_empty() {
                 return e.dns.clone();
             }
@@ -198,11 +212,12 @@ mod tests {
             container: c.into(),
             aliases: aliases.iter().map(|s| s.to_string()).collect(),
             ip: ip.parse().unwrap(),
+            ip6: None,
             dns: vec![],
         }
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -250,5 +265,27 @@ mod tests {
         assert_eq!(r.lookup(1, w, "web2"), Found::NotLocal);
         r.remove_endpoint(2, "db");
         assert_eq!(r.lookup(1, w, "db"), Found::NotLocal);
+    }
+
+    #[test]
+    fn dual_stack() {
+        let mut r = Registry::new();
+        r.set_network(1, "ds", true, vec![]);
+        let mut a = ep("a", "10.1.0.2", &["alias"]);
+        a.ip6 = Some("fd00::2".parse().unwrap());
+        r.add_endpoint(1, a);
+        r.add_endpoint(1, ep("b", "10.1.0.3", &[]));
+        // asked from b's IPv6-less address and from a's IPv6 address
+        for c in [ip("10.1.0.3"), ip("fd00::2")] {
+            assert_eq!(
+                r.lookup(1, c, "alias"),
+                Found::Local(vec![ip("10.1.0.2"), ip("fd00::2")])
+            );
+        }
+        assert_eq!(
+            r.reverse(1, ip("fd00::2"), ip("fd00::2")),
+            Found::Local("a.ds".into())
+        );
+        assert_eq!(r.reverse(1, ip("fd00::2"), ip("fd00::3")), Found::NotLocal);
     }
 }

@@ -5,10 +5,10 @@
 
 use crate::registry::{Found, NetId, Registry};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
@@ -112,7 +112,7 @@ impl Resolver {
 
     /// Decides what to do with `query`, received on network `net` from
     /// `client` over `transport`.
-    pub fn handle(&self, net: NetId, client: Ipv4Addr, query: &[u8], t: Transport) -> Outcome {
+    pub fn handle(&self, net: NetId, client: IpAddr, query: &[u8], t: Transport) -> Outcome {
         inc(&self.stats.queries);
         if query.len() < 12 || query[2] & 0x80 != 0 {
             // no room for an ID, or a response (QR set): never answer
@@ -159,14 +159,24 @@ impl Resolver {
             }
         } else {
             match reg.lookup(net, client, name) {
-                Found::Local(mut ips) => {
-                    if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
+                Found::Local(ips) => {
+                    let qt = q.query_type();
+                    let want = |ip: &IpAddr| match ip {
+                        IpAddr::V4(_) => matches!(qt, RecordType::A | RecordType::ANY),
+                        IpAddr::V6(_) => matches!(qt, RecordType::AAAA | RecordType::ANY),
+                    };
+                    let mut ips: Vec<IpAddr> = ips.into_iter().filter(want).collect();
+                    if !ips.is_empty() {
                         let k = self.rotate.fetch_add(1, Ordering::Relaxed) % ips.len();
                         ips.rotate_left(k);
-                        answers.extend(ips.into_iter().map(|ip| {
-                            Record::from_rdata(q.name().clone(), LOCAL_TTL, RData::A(A(ip)))
-                        }));
                     }
+                    answers.extend(ips.into_iter().map(|ip| {
+                        let data = match ip {
+                            IpAddr::V4(a) => RData::A(A(a)),
+                            IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+                        };
+                        Record::from_rdata(q.name().clone(), LOCAL_TTL, data)
+                    }));
                     true
                 }
                 Found::NotLocal => false,
@@ -254,15 +264,33 @@ fn header_error_from(r: &Message, code: ResponseCode) -> Vec<u8> {
     h.to_vec()
 }
 
-/// `4.3.2.1.in-addr.arpa` -> 1.2.3.4
-fn ptr_addr(name: &str) -> Option<Ipv4Addr> {
+/// `4.3.2.1.in-addr.arpa` -> 1.2.3.4; `b.a.9.8. ... .ip6.arpa` (32
+/// nibbles, lowest first) -> the IPv6 address.
+fn ptr_addr(name: &str) -> Option<IpAddr> {
     let lower = name.to_ascii_lowercase();
+    if let Some(rev) = lower.strip_suffix(".ip6.arpa") {
+        let mut v: u128 = 0;
+        let mut n = 0;
+        for (i, x) in rev.split('.').enumerate() {
+            // one hex digit per label
+            let d = match x.as_bytes() {
+                [c] => (*c as char).to_digit(16)?,
+                _ => return None,
+            };
+            if i >= 32 {
+                return None;
+            }
+            v |= (d as u128) << (4 * i);
+            n += 1;
+        }
+        return (n == 32).then(|| IpAddr::V6(Ipv6Addr::from(v)));
+    }
     let rev = lower.strip_suffix(".in-addr.arpa")?;
     let p: Vec<u8> = rev
         .split('.')
         .map(|x| x.parse::<u8>().ok())
         .collect::<Option<Vec<u8>>>()?;
-    (p.len() == 4).then(|| Ipv4Addr::new(p[3], p[2], p[1], p[0]))
+    (p.len() == 4).then(|| IpAddr::V4(Ipv4Addr::new(p[3], p[2], p[1], p[0])))
 }
 
 /// A query message for `name`/`qtype` (tests and tools).
@@ -295,6 +323,7 @@ mod tests {
                         container: format!("c{i}"),
                         aliases: vec!["svc".into()],
                         ip: Ipv4Addr::new(10, 0, 0, 2 + i),
+                        ip6: (i == 3).then(|| "fd00::5".parse().unwrap()),
                         dns: vec![],
                     },
                 );
@@ -303,7 +332,7 @@ mod tests {
         r
     }
 
-    const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const ME: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
     fn reply(o: Outcome) -> Message {
         match o {
@@ -329,11 +358,44 @@ mod tests {
         let m = reply(r.handle(
             1,
             ME,
-            &make_query(8, "c3", RecordType::AAAA, None),
+            &make_query(8, "c4", RecordType::AAAA, None),
             Transport::Udp,
         ));
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert!(m.answers.is_empty(), "NODATA");
+        // c3 is dual-stack: AAAA, and its ip6.arpa name, asked over IPv6
+        let m = reply(r.handle(
+            1,
+            "fd00::5".parse().unwrap(),
+            &make_query(8, "c3", RecordType::AAAA, None),
+            Transport::Udp,
+        ));
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.answers[0].data.to_string(), "fd00::5");
+        let ptr6 = "5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+        let m = reply(r.handle(
+            1,
+            ME,
+            &make_query(8, ptr6, RecordType::PTR, None),
+            Transport::Udp,
+        ));
+        assert_eq!(m.answers.len(), 1);
+        assert!(m.answers[0].data.to_string().starts_with("c3.n"));
+        // malformed ip6.arpa names are not ours: forwarded
+        for bad in [
+            "5.0.ip6.arpa.",
+            "50.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.",
+        ] {
+            assert_eq!(
+                r.handle(
+                    1,
+                    ME,
+                    &make_query(8, bad, RecordType::PTR, None),
+                    Transport::Udp
+                ),
+                Outcome::Forward
+            );
+        }
         let m = reply(r.handle(
             1,
             ME,

@@ -94,6 +94,7 @@ pub fn pipeline(data: &[u8]) {
         prefix: 24,
         routed: true,
         gateway: true,
+        v6: None,
     };
     let cfg1 = NetConfig {
         gateway_ip: GW1,
@@ -101,6 +102,7 @@ pub fn pipeline(data: &[u8]) {
         prefix: 24,
         routed: false,
         gateway: true,
+        v6: None,
     };
     let cfg2 = NetConfig {
         gateway_ip: Ipv4Addr::new(192, 168, 5, 1),
@@ -108,6 +110,7 @@ pub fn pipeline(data: &[u8]) {
         prefix: 24,
         routed: false,
         gateway: false,
+        v6: None,
     };
     sw.add_network(0, cfg0);
     sw.add_network(1, cfg1);
@@ -379,6 +382,7 @@ pub fn api(data: &[u8]) {
     match which % 7 {
         0 => {
             if let Ok(req) = serde_json::from_slice::<CreateNetwork>(body) {
+                let ula: ipnet::Ipv6Net = "fd12:3456:789a::/48".parse().expect("valid");
                 let existing = plan_network(
                     &CreateNetwork {
                         name: "existing".into(),
@@ -386,9 +390,13 @@ pub fn api(data: &[u8]) {
                         ..Default::default()
                     },
                     &[],
+                    ula,
                 )
                 .expect("a plain network plans");
-                if let Ok(rec) = plan_network(&req, &[&existing]) {
+                if let Ok(rec) = plan_network(&req, &[&existing], ula) {
+                    if let (Some(s), Some(g)) = (rec.subnet6, rec.gateway6) {
+                        assert!(s.contains(&g), "IPv6 gateway outside the subnet");
+                    }
                     assert!(
                         rec.subnet.contains(&rec.gateway),
                         "gateway outside the subnet"

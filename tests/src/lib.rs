@@ -832,7 +832,7 @@ pub fn serve_file(
     port: u16,
     blob: &Path,
 ) -> std::thread::JoinHandle<std::net::SocketAddr> {
-    let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+    let addr: std::net::IpAddr = ip.parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let b2 = blob.to_path_buf();
     let srv = in_ns(server, move || {

@@ -14,6 +14,7 @@ fn main() {
             prefix: 24,
             routed: false,
             gateway: true,
+            v6: None,
         },
     )
     .unwrap();

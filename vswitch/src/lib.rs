@@ -13,6 +13,7 @@ pub mod bufring;
 pub mod datapath;
 pub mod mac;
 pub mod router;
+pub mod router6;
 pub mod seal;
 pub mod switch;
 pub mod table;
@@ -28,6 +29,6 @@ pub use datapath::{
     VtepSnapshot, VtepStats,
 };
 pub use mac::Mac;
-pub use switch::{DropCounters, NetConfig, PortCounters, PortIdentity, PortKind, TrunkMode};
+pub use switch::{DropCounters, Net6, NetConfig, PortCounters, PortIdentity, PortKind, TrunkMode};
 pub use table::NetIdx;
 pub use tap::{in_netns, open_tap, NetnsRef, TapOptions};

@@ -11,6 +11,7 @@ use crate::vnet::{VnetHdr, VNET_HDR_LEN};
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -39,7 +40,11 @@ pub fn answer(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, D
         return Err(DropReason::Runt);
     }
     let vh = VnetHdr::parse(buf);
-    if u16::from_be_bytes([buf[VNET_HDR_LEN + 12], buf[VNET_HDR_LEN + 13]]) == ETHERTYPE_IPV4
+    let ethertype = u16::from_be_bytes([buf[VNET_HDR_LEN + 12], buf[VNET_HDR_LEN + 13]]);
+    if ethertype == ETHERTYPE_IPV6 {
+        return crate::router6::answer6(cfg, buf, len);
+    }
+    if ethertype == ETHERTYPE_IPV4
         && len >= VNET_HDR_LEN + ETH_HDR_LEN + 20
         && buf[VNET_HDR_LEN + ETH_HDR_LEN + 16..VNET_HDR_LEN + ETH_HDR_LEN + 20]
             != cfg.gateway_ip.octets()
@@ -269,6 +274,7 @@ mod tests {
             prefix: 24,
             routed: false,
             gateway: true,
+            v6: None,
         }
     }
 

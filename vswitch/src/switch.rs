@@ -8,7 +8,7 @@ use crate::table::{Learned, MacTable, NetIdx, PortIdx};
 use crate::vnet::{VnetHdr, VNET_HDR_LEN};
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const ETH_HDR_LEN: usize = wire::eth::HDR_LEN;
 
@@ -26,12 +26,27 @@ pub struct NetConfig {
     /// it). False where the gateway is an external router on a trunk's
     /// segment (macvlan, ipvlan): frames for it are switched like any other.
     pub gateway: bool,
+    /// The network's IPv6 side (dual stack), if it has one.
+    pub v6: Option<Net6>,
+}
+
+/// A network's IPv6 gateway address and subnet prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net6 {
+    pub gateway: Ipv6Addr,
+    pub prefix: u8,
 }
 
 impl NetConfig {
     /// Whether `ip` is inside this network's subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         wire::ipv4::same_subnet(ip, self.gateway_ip, self.prefix)
+    }
+
+    /// Whether `ip` is inside this network's IPv6 subnet.
+    pub fn contains6(&self, ip: Ipv6Addr) -> bool {
+        self.v6
+            .is_some_and(|v| wire::ipv6::same_subnet(ip, v.gateway, v.prefix))
     }
 }
 
@@ -241,12 +256,15 @@ pub enum TrunkMode {
 pub struct PortIdentity {
     pub mac: Mac,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl PortIdentity {
     /// Whether `frame` (Ethernet) speaks only as this identity: its source
     /// MAC; an Ethernet/IPv4 ARP's sender MAC and address (0.0.0.0 allowed:
-    /// probes); an IPv4 source (0.0.0.0 allowed: DHCP-style requests); no
+    /// probes); an IPv4 source (0.0.0.0 allowed: DHCP-style requests); an
+    /// IPv6 source (its own, link-local or `::`); no
     /// 802.1Q/802.1ad tag (that would hop onto a trunk's VLANs).
     #[inline]
     pub fn allows(&self, frame: &[u8]) -> bool {
@@ -273,6 +291,14 @@ impl PortIdentity {
             Some(eth::ETHERTYPE_ARP) => match wire::arp::Arp::new(&frame[eth::HDR_LEN..]) {
                 Some(a) => a.sender_mac() == self.mac.0 && own(&a.sender_ip().octets()),
                 None => true, // not Ethernet/IPv4 ARP: nobody takes it as such
+            },
+            // IPv6: its own address, its link-local ones (neighbour
+            // discovery, MLD) or `::` (duplicate address probes)
+            Some(eth::ETHERTYPE_IPV6) => match wire::ipv6::src(&frame[eth::HDR_LEN..]) {
+                None => true, // truncated: nobody takes it for IPv6
+                Some(s) => {
+                    Some(s) == self.ip6 || wire::ipv6::is_link_local(s) || s.is_unspecified()
+                }
             },
             Some(eth::ETHERTYPE_VLAN) | Some([0x88, 0xa8]) => false,
             _ => true,
@@ -590,6 +616,13 @@ fn decide_inner(
         if net.cfg.gateway && !from_trunk && is_arp_request_for(frame, net.cfg.gateway_ip) {
             return Decision::Gateway(p.net);
         }
+        // neighbour solicitations for the gateway's IPv6 address (to its
+        // solicited-node group, 33:33:ff:..): answered, not flooded
+        if let Some(v6) = net.cfg.v6.filter(|_| net.cfg.gateway && !from_trunk) {
+            if dst.0[..3] == [0x33, 0x33, 0xff] && crate::router6::is_ns_for(frame, v6.gateway) {
+                return Decision::Gateway(p.net);
+            }
+        }
         if let Some(t) = up_only {
             return Decision::Unicast(t);
         }
@@ -665,6 +698,7 @@ pub(crate) mod tests {
                 prefix: 24,
                 routed: false,
                 gateway: true,
+                v6: None,
             },
         );
         sw.add_network(
@@ -675,6 +709,7 @@ pub(crate) mod tests {
                 prefix: 24,
                 routed: false,
                 gateway: true,
+                v6: None,
             },
         );
         let a = sw.add_port(0, 1500);
@@ -812,6 +847,7 @@ pub(crate) mod tests {
                 prefix: 24,
                 routed: false,
                 gateway: false,
+                v6: None,
             },
         );
         let a = sw.add_port(0, 1500);

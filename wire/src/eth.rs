@@ -13,6 +13,7 @@ pub const BROADCAST: [u8; 6] = [0xff; 6];
 
 pub const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 pub const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+pub const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 /// 802.1Q tag; the tag is 4 bytes: this EtherType and the TCI.
 pub const ETHERTYPE_VLAN: [u8; 2] = [0x81, 0x00];
 pub const VLAN_TAG_LEN: usize = 4;

@@ -5,6 +5,10 @@
 //! - [`eth`]: Ethernet offsets, EtherTypes and a frame builder.
 //! - [`arp`]: a checked view of Ethernet/IPv4 ARP and its builders.
 //! - [`ipv4`]: IPv4 header offsets and the TTL decrement.
+//! - [`ipv6`]: IPv6 header offsets, a checked header view, the multicast
+//!   addresses of neighbour discovery and the pseudo-header sum.
+//! - [`icmpv6`]: ICMPv6 and neighbour discovery (solicitations parsed,
+//!   advertisements built).
 //! - [`tcp`]: TCP header offsets and flags.
 //! - [`csum`]: the Internet checksum (RFC 1071) and its incremental updates
 //!   (RFC 1624).
@@ -19,7 +23,9 @@ pub mod arp;
 pub mod csum;
 pub mod eth;
 pub mod gso;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 pub mod vnet;
 pub mod vxlan;

@@ -127,6 +127,21 @@ impl Core {
             // check before creating anything
             n.pool.clone().allocate(Some(ip))?;
         }
+        if let Some(ip6) = &req.ip6 {
+            let ip6 = ipam::parse_addr6(ip6)?;
+            let n = self.net(&req.network)?;
+            match &n.pool6 {
+                Some(p) => {
+                    p.clone().allocate(Some(ip6))?;
+                }
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "network {} has no IPv6 subnet: --ip6 needs a network created with --ipv6",
+                        req.network
+                    )))
+                }
+            }
+        }
         let path = self.begin_owned(&name, &req.dns, "")?;
         let r = self.connect(
             &req.network,
@@ -134,6 +149,7 @@ impl Core {
                 container: name.clone(),
                 netns: None,
                 ip: req.ip.clone(),
+                ip6: req.ip6.clone(),
                 mtu: req.mtu,
                 mac: req.mac.clone(),
                 aliases: req.aliases.clone(),
@@ -324,8 +340,14 @@ impl Core {
         // resolves names (it forwards the rest), else the upstream servers
         // themselves, minus loopback ones the container cannot reach
         let nameservers = match eps.first() {
-            Some((n, _)) if n.drv.resolver(&n.rec).is_some() => {
-                vec![n.drv.resolver(&n.rec).expect("checked").to_string()]
+            Some((n, e)) if n.drv.resolver(&n.rec).is_some() => {
+                let mut v = vec![n.drv.resolver(&n.rec).expect("checked").to_string()];
+                // a dual-stack endpoint asks over IPv6 too (the gateway's
+                // IPv6 address answers the same names)
+                if let (Some(g6), Some(_)) = (n.rec.gateway6, e.ip6) {
+                    v.push(g6.to_string());
+                }
+                v
             }
             first => {
                 let mut s = parse_servers(&c.dns).unwrap_or_default();

@@ -17,14 +17,14 @@ use smoltcp::wire::{
     EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint,
 };
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vswitch::vnet::VNET_HDR_LEN;
 use vswitch::{Injector, Mac, NetIdx, PuntHook};
-use wire::{arp, eth, ipv4};
+use wire::{arp, eth, icmpv6, ipv4, ipv6};
 
 /// Punted frames waiting for the service, at most.
 const QUEUE: usize = 4096;
@@ -42,6 +42,8 @@ pub enum Event {
         net: NetIdx,
         ip: Ipv4Addr,
         prefix: u8,
+        /// The gateway's IPv6 address and prefix, on a dual-stack network.
+        ip6: Option<(Ipv6Addr, u8)>,
         mac: Mac,
         mtu: u32,
     },
@@ -215,19 +217,28 @@ struct NetStack {
     udp: SocketHandle,
     tcp: Vec<TcpConn>,
     gw: Ipv4Addr,
+    gw6: Option<Ipv6Addr>,
     mac: Mac,
 }
 
 impl NetStack {
-    fn new(ip: Ipv4Addr, prefix: u8, mac: Mac, mtu: u32, now: SInstant) -> NetStack {
-        let (iface, dev) = gateway_iface(ip, prefix, mac, mtu, now);
+    fn new(
+        ip: Ipv4Addr,
+        prefix: u8,
+        ip6: Option<(Ipv6Addr, u8)>,
+        mac: Mac,
+        mtu: u32,
+        now: SInstant,
+    ) -> NetStack {
+        let (iface, dev) = gateway_iface(ip, prefix, ip6, mac, mtu, now);
         let mut sockets = SocketSet::new(Vec::new());
         let mut u = udp::Socket::new(
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1024]),
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1024]),
         );
+        // every address of the gateway (IPv4 and IPv6)
         let _ = u.bind(IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(ip)),
+            addr: None,
             port: DNS_PORT,
         });
         let udp = sockets.add(u);
@@ -254,13 +265,14 @@ impl NetStack {
             udp,
             tcp,
             gw: ip,
+            gw6: ip6.map(|(a, _)| a),
             mac,
         }
     }
 
     /// Queues a punted frame (see [`push_with_arp`]).
     fn push(&mut self, f: Vec<u8>) {
-        push_with_arp(&mut self.dev, self.gw, f);
+        push_with_arp(&mut self.dev, self.gw, self.gw6, f);
     }
 
     fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
@@ -272,7 +284,7 @@ impl NetStack {
                 Ok((d, meta)) => (d.to_vec(), meta.endpoint),
                 Err(_) => break,
             };
-            let IpAddress::Ipv4(client) = from.addr;
+            let client = ip_of(from.addr);
             match svc.resolver.handle(net, client, &q, Transport::Udp) {
                 Outcome::Reply(b) => {
                     let _ = sock.send_slice(&b, from);
@@ -311,13 +323,10 @@ impl NetStack {
                 s.abort();
                 continue;
             }
-            let client = match s.remote_endpoint() {
-                Some(IpEndpoint {
-                    addr: IpAddress::Ipv4(a),
-                    ..
-                }) => a,
-                _ => Ipv4Addr::UNSPECIFIED,
-            };
+            let client = s
+                .remote_endpoint()
+                .map(|e| ip_of(e.addr))
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             while c.inbuf.len() >= 2 {
                 let n = u16::from_be_bytes([c.inbuf[0], c.inbuf[1]]) as usize;
                 if c.inbuf.len() < 2 + n {
@@ -371,11 +380,21 @@ impl NetStack {
     }
 }
 
-/// A smoltcp interface with the gateway's MAC and address/prefix, and the
-/// queue device it reads punted frames from and writes frames to.
+/// A client's address as the resolver takes it.
+fn ip_of(a: IpAddress) -> IpAddr {
+    match a {
+        IpAddress::Ipv4(a) => IpAddr::V4(a),
+        IpAddress::Ipv6(a) => IpAddr::V6(a),
+    }
+}
+
+/// A smoltcp interface with the gateway's MAC and address/prefix (and
+/// IPv6 address/prefix on a dual-stack network), and the queue device it
+/// reads punted frames from and writes frames to.
 pub(super) fn gateway_iface(
     ip: Ipv4Addr,
     prefix: u8,
+    ip6: Option<(Ipv6Addr, u8)>,
     mac: Mac,
     mtu: u32,
     now: SInstant,
@@ -390,14 +409,19 @@ pub(super) fn gateway_iface(
     let mut iface = Interface::new(cfg, &mut dev, now);
     iface.update_ip_addrs(|a| {
         let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
+        if let Some((ip6, prefix6)) = ip6 {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(ip6), prefix6));
+        }
     });
     (iface, dev)
 }
 
 /// Queues a frame for smoltcp. Before an IPv4 frame, a synthetic ARP
 /// request from its sender teaches smoltcp the sender's MAC, so the answer
-/// needs no ARP round trip (smoltcp learns neighbours from ARP only).
-pub(super) fn push_with_arp(dev: &mut Queue, gw: Ipv4Addr, f: Vec<u8>) {
+/// needs no ARP round trip (smoltcp learns neighbours from ARP only); before
+/// an IPv6 frame to `gw6`, a synthetic neighbour solicitation does the same
+/// (its source link-layer option).
+pub(super) fn push_with_arp(dev: &mut Queue, gw: Ipv4Addr, gw6: Option<Ipv6Addr>, f: Vec<u8>) {
     let e = VNET_HDR_LEN;
     let frame = &f[e.min(f.len())..];
     if eth::ethertype(frame) == Some(eth::ETHERTYPE_IPV4) && frame.len() >= eth::HDR_LEN + 20 {
@@ -416,6 +440,27 @@ pub(super) fn push_with_arp(dev: &mut Queue, gw: Ipv4Addr, f: Vec<u8>) {
             eth::ETHERTYPE_ARP,
             &arp::request(mac, ip, gw),
         ));
+    }
+    if let (Some(gw6), Some(h)) = (
+        gw6.filter(|_| eth::ethertype(frame) == Some(eth::ETHERTYPE_IPV6)),
+        frame.get(eth::HDR_LEN..).and_then(ipv6::Header::new),
+    ) {
+        let src = h.src();
+        if !src.is_unspecified() && !src.is_multicast() {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&frame[eth::SRC..eth::SRC + 6]);
+            let dst = ipv6::solicited_node(gw6);
+            let mut p = [0u8; ipv6::HDR_LEN + icmpv6::ND_LEN + 8];
+            let n = p.len() - ipv6::HDR_LEN;
+            ipv6::emit(&mut p, n as u16, ipv6::PROTO_ICMPV6, 255, src, dst);
+            icmpv6::emit_ns(&mut p[ipv6::HDR_LEN..], gw6, mac, src, dst);
+            dev.rx.push_back(eth::vnet_frame(
+                ipv6::multicast_mac(dst),
+                mac,
+                eth::ETHERTYPE_IPV6,
+                &p,
+            ));
+        }
     }
     dev.rx.push_back(f);
 }
@@ -442,14 +487,14 @@ pub const MAX_INFLIGHT_PER_CLIENT: u32 = 256;
 struct Svc {
     resolver: Arc<Resolver>,
     /// Forwarded queries in flight, per client address.
-    inflight: Arc<std::sync::Mutex<HashMap<Ipv4Addr, u32>>>,
+    inflight: Arc<std::sync::Mutex<HashMap<IpAddr, u32>>>,
     /// The daemon's upstream servers (its --dns, else the host's resolv.conf).
     defaults: Vec<SocketAddr>,
     tx: mpsc::Sender<Event>,
 }
 
 impl Svc {
-    fn forward(&self, net: NetIdx, client: Ipv4Addr, q: Vec<u8>, to: Dest) {
+    fn forward(&self, net: NetIdx, client: IpAddr, q: Vec<u8>, to: Dest) {
         let t = match to {
             Dest::Udp(_) => Transport::Udp,
             Dest::Tcp(..) => Transport::Tcp,
@@ -532,12 +577,15 @@ pub async fn run(
                 net,
                 ip,
                 prefix,
+                ip6,
                 mac,
                 mtu,
             } => {
-                let same = nets.get(&net).is_some_and(|n| n.gw == ip && n.mac == mac);
+                let same = nets
+                    .get(&net)
+                    .is_some_and(|n| n.gw == ip && n.gw6 == ip6.map(|a| a.0) && n.mac == mac);
                 if !same {
-                    nets.insert(net, NetStack::new(ip, prefix, mac, mtu, now()));
+                    nets.insert(net, NetStack::new(ip, prefix, ip6, mac, mtu, now()));
                 }
             }
             Event::RemoveNet(net) => {

@@ -426,6 +426,7 @@ impl super::Core {
             self.cfg.tun_device.as_deref(),
         )?;
         let identity = super::driver::port_security(&n.rec).then_some(vswitch::PortIdentity {
+            ip6: e.ip6,
             mac: e.mac,
             ip: e.ip,
         });
@@ -535,6 +536,7 @@ impl super::Core {
         n.rec.endpoints.insert(
             key.clone(),
             super::EndpointRecord {
+                ip6: None,
                 netns: Default::default(),
                 ifname: format!("tn{}", &ep_id[..ep_id.len().min(11)]),
                 ip,

@@ -38,6 +38,11 @@ impl Core {
                         }
                     }
                 }
+                Undo::ReleaseIp6 { net, ip } => {
+                    if let Some(p) = self.nets.get_mut(&net).and_then(|n| n.pool6.as_mut()) {
+                        p.release(ip);
+                    }
+                }
                 Undo::RemovePort(port) => {
                     if let Err(e) = self.dp.remove_port(port, true, DP_TIMEOUT) {
                         log(format!("undo: removing port {port}: {e}"));
@@ -146,6 +151,7 @@ impl Core {
             netns::pick_ifname(&NetnsRef(crec.netns.clone()), &used, req.ifname.as_deref())
                 .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         let want = req.ip.as_deref().map(ipam::parse_addr).transpose()?;
+        let want6 = req.ip6.as_deref().map(ipam::parse_addr6).transpose()?;
         let mut maps = Vec::new();
         for spec in &req.ports {
             maps.extend(publish::parse(spec).map_err(ApiError::bad_request)?);
@@ -159,6 +165,11 @@ impl Core {
         )?;
         if !maps.is_empty() {
             n.drv.publishes(&n.rec).map_err(ApiError::bad_request)?;
+        }
+        if want6.is_some() && n.pool6.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "network {network} has no IPv6 subnet: --ip6 needs a network created with --ipv6"
+            )));
         }
         let mtu = check_mtu(req.mtu.unwrap_or(n.rec.mtu))?;
         let mac = req.mac.as_deref().map(parse_mac).transpose()?;
@@ -180,6 +191,20 @@ impl Core {
             ip,
             container: req.container.clone(),
         });
+        let n = self.nets.get_mut(network).expect("checked");
+        let ip6 = match n.pool6.as_mut().map(|p| p.allocate(want6)).transpose() {
+            Ok(a) => a,
+            Err(e) => {
+                self.undo(undo);
+                return Err(e.into());
+            }
+        };
+        if let Some(ip6) = ip6 {
+            undo.push(Undo::ReleaseIp6 {
+                net: network.to_string(),
+                ip: ip6,
+            });
+        }
         // bind the host ports first: a busy one fails before anything exists
         let published = if maps.is_empty() {
             None
@@ -196,6 +221,7 @@ impl Core {
             netns: crec.netns.clone(),
             ifname,
             ip,
+            ip6,
             mac: mac.unwrap_or_else(|| Mac::from_ipv4(ip)),
             mtu,
             default_route: !has_default,
@@ -274,6 +300,7 @@ impl Core {
             return Err(err.into());
         }
         n.pool.release(e.ip);
+        n.release6(&e);
         n.published.remove(container);
         let idx = n.idx;
         if Self::is_global(n) {

@@ -174,7 +174,7 @@ impl Core {
             }
         };
         req.options.insert("vni".into(), vni.to_string());
-        let rec = networks::plan_network(&req, &others)?;
+        let rec = networks::plan_network(&req, &others, self.ula6)?;
         cl.create_network(&rec, vni, keys.as_ref())?;
         self.store.save(&rec)?;
         let name = rec.name.clone();

@@ -1,8 +1,8 @@
 //! IP address management: subnets, gateways, ranges and allocations.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
@@ -162,6 +162,185 @@ pub fn first_host(net: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + 1)
 }
 
+// ---- IPv6 ----
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Ipam6Error {
+    #[error("invalid IPv6 subnet {0:?}: expected an IPv6 CIDR like fd00:1::/64")]
+    BadCidr(String),
+    #[error("invalid IPv6 subnet {given}: host bits are set, did you mean {net}?")]
+    HostBits { given: String, net: Ipv6Net },
+    #[error("IPv6 subnet {0} is too small: the prefix may be at most /120")]
+    TooSmall(Ipv6Net),
+    #[error("IPv6 subnet {0} is too large to hand out addresses from: use at most a /48, or pass --ip-range with a smaller range")]
+    TooLarge(Ipv6Net),
+    #[error("invalid IPv6 address {0:?}: expected an address like fd00:1::5")]
+    BadAddr(String),
+    #[error("address {ip} is outside subnet {subnet}")]
+    Outside { ip: Ipv6Addr, subnet: Ipv6Net },
+    #[error("IP range {range} is outside subnet {subnet}")]
+    RangeOutside { range: Ipv6Net, subnet: Ipv6Net },
+    #[error("address {0} is reserved (the subnet-router anycast or gateway address)")]
+    Reserved(Ipv6Addr),
+    #[error("address {0} is already in use")]
+    InUse(Ipv6Addr),
+    #[error("no free address left in {0} (address pool exhausted)")]
+    Exhausted(Ipv6Net),
+    #[error("IPv6 subnet {subnet} overlaps with network {network} ({other})")]
+    Overlap {
+        subnet: Ipv6Net,
+        network: String,
+        other: Ipv6Net,
+    },
+    #[error("no free /64 left in the default IPv6 pool {0}: pass --subnet with an IPv6 CIDR")]
+    NoFreeSubnet(Ipv6Net),
+}
+
+/// Parses an IPv6 subnet a network may have: no host bits, at most /120
+/// (room for a gateway and containers). A prefix shorter than /48 is
+/// refused unless an `--ip-range` narrows where addresses come from
+/// (`ranged`).
+pub fn parse_subnet6(s: &str, ranged: bool) -> Result<Ipv6Net, Ipam6Error> {
+    let net: Ipv6Net = s
+        .trim()
+        .parse()
+        .map_err(|_| Ipam6Error::BadCidr(s.to_string()))?;
+    if net.addr() != net.network() {
+        return Err(Ipam6Error::HostBits {
+            given: s.to_string(),
+            net: net.trunc(),
+        });
+    }
+    if net.prefix_len() > 120 {
+        return Err(Ipam6Error::TooSmall(net));
+    }
+    if net.prefix_len() < 48 && !ranged {
+        return Err(Ipam6Error::TooLarge(net));
+    }
+    Ok(net)
+}
+
+pub fn parse_addr6(s: &str) -> Result<Ipv6Addr, Ipam6Error> {
+    s.trim()
+        .parse()
+        .map_err(|_| Ipam6Error::BadAddr(s.to_string()))
+}
+
+pub fn overlaps6(a: &Ipv6Net, b: &Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// A random unique local /48 (RFC 4193: fd00::/8 and a 40-bit random
+/// global id): the daemon's default IPv6 pool, chosen once and kept.
+pub fn random_ula48() -> Ipv6Net {
+    let r: [u8; 5] = rand::random();
+    let a = Ipv6Addr::new(
+        0xfd00 | r[0] as u16,
+        u16::from_be_bytes([r[1], r[2]]),
+        u16::from_be_bytes([r[3], r[4]]),
+        0,
+        0,
+        0,
+        0,
+        0,
+    );
+    Ipv6Net::new(a, 48).expect("valid")
+}
+
+/// The first /64 of `pool` that overlaps none of `taken`.
+pub fn auto_subnet6(pool: Ipv6Net, taken: &[Ipv6Net]) -> Result<Ipv6Net, Ipam6Error> {
+    let base = u128::from(pool.network());
+    let count = 1u128 << (64 - pool.prefix_len().min(64));
+    (0..count.min(65536))
+        .map(|i| Ipv6Net::new(Ipv6Addr::from(base + (i << 64)), 64).expect("valid"))
+        .find(|c| taken.iter().all(|t| !overlaps6(c, t)))
+        .ok_or(Ipam6Error::NoFreeSubnet(pool))
+}
+
+/// The IPv6 addresses of one network.
+#[derive(Debug, Clone)]
+pub struct Pool6 {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+    pub range: Ipv6Net,
+    used: BTreeSet<Ipv6Addr>,
+}
+
+impl Pool6 {
+    pub fn new(
+        subnet: Ipv6Net,
+        gateway: Option<Ipv6Addr>,
+        range: Option<Ipv6Net>,
+    ) -> Result<Pool6, Ipam6Error> {
+        let gateway = gateway.unwrap_or_else(|| Ipv6Addr::from(u128::from(subnet.network()) + 1));
+        if !subnet.contains(&gateway) {
+            return Err(Ipam6Error::Outside {
+                ip: gateway,
+                subnet,
+            });
+        }
+        if gateway == subnet.network() {
+            return Err(Ipam6Error::Reserved(gateway));
+        }
+        let range = match range {
+            Some(r) if !(subnet.contains(&r.network()) && subnet.contains(&r.broadcast())) => {
+                return Err(Ipam6Error::RangeOutside { range: r, subnet })
+            }
+            Some(r) => r,
+            None => subnet,
+        };
+        Ok(Pool6 {
+            subnet,
+            gateway,
+            range,
+            used: BTreeSet::new(),
+        })
+    }
+
+    fn check(&self, ip: Ipv6Addr) -> Result<(), Ipam6Error> {
+        if !self.subnet.contains(&ip) {
+            return Err(Ipam6Error::Outside {
+                ip,
+                subnet: self.subnet,
+            });
+        }
+        if ip == self.subnet.network() || ip == self.gateway {
+            return Err(Ipam6Error::Reserved(ip));
+        }
+        if self.used.contains(&ip) {
+            return Err(Ipam6Error::InUse(ip));
+        }
+        Ok(())
+    }
+
+    /// Allocates `want`, or the lowest free address of the range (the
+    /// search passes at most every used address once).
+    pub fn allocate(&mut self, want: Option<Ipv6Addr>) -> Result<Ipv6Addr, Ipam6Error> {
+        let ip = match want {
+            Some(ip) => {
+                self.check(ip)?;
+                ip
+            }
+            None => {
+                let lo = u128::from(self.range.network());
+                let hi = u128::from(self.range.broadcast());
+                let tries = self.used.len() as u128 + 3;
+                (lo..=hi)
+                    .take(tries.min(hi - lo + 1) as usize)
+                    .map(Ipv6Addr::from)
+                    .find(|ip| self.check(*ip).is_ok())
+                    .ok_or(Ipam6Error::Exhausted(self.range))?
+            }
+        };
+        self.used.insert(ip);
+        Ok(ip)
+    }
+
+    pub fn release(&mut self, ip: Ipv6Addr) {
+        self.used.remove(&ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +451,65 @@ mod tests {
         assert_eq!(auto_subnet(&all), Err(IpamError::NoFreeSubnet));
         assert!(overlaps(&net("10.0.0.0/8"), &net("10.88.0.0/24")));
         assert!(!overlaps(&net("10.89.0.0/24"), &net("10.88.0.0/24")));
+    }
+
+    #[test]
+    fn ipv6_pools() {
+        let n6 = |s: &str| s.parse::<Ipv6Net>().unwrap();
+        let a6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(
+            parse_subnet6("fd00:1::/64", false).unwrap(),
+            n6("fd00:1::/64")
+        );
+        assert!(matches!(
+            parse_subnet6("fd00:1::/121", false),
+            Err(Ipam6Error::TooSmall(_))
+        ));
+        assert!(matches!(
+            parse_subnet6("fd00::/40", false),
+            Err(Ipam6Error::TooLarge(_))
+        ));
+        assert!(parse_subnet6("fd00::/40", true).is_ok());
+        assert!(matches!(
+            parse_subnet6("fd00:1::5/64", false),
+            Err(Ipam6Error::HostBits { .. })
+        ));
+        assert!(matches!(
+            parse_subnet6("10.0.0.0/24", false),
+            Err(Ipam6Error::BadCidr(_))
+        ));
+        let mut p = Pool6::new(n6("fd00:1::/64"), None, None).unwrap();
+        assert_eq!(p.gateway, a6("fd00:1::1"));
+        assert_eq!(p.allocate(None).unwrap(), a6("fd00:1::2"));
+        assert_eq!(p.allocate(None).unwrap(), a6("fd00:1::3"));
+        assert_eq!(
+            p.allocate(Some(a6("fd00:1::3"))),
+            Err(Ipam6Error::InUse(a6("fd00:1::3")))
+        );
+        assert!(matches!(
+            p.allocate(Some(a6("fd00:2::3"))),
+            Err(Ipam6Error::Outside { .. })
+        ));
+        assert_eq!(
+            p.allocate(Some(a6("fd00:1::"))),
+            Err(Ipam6Error::Reserved(a6("fd00:1::")))
+        );
+        p.release(a6("fd00:1::2"));
+        assert_eq!(p.allocate(None).unwrap(), a6("fd00:1::2"));
+        // a /120 fills up: 256 addresses minus the anycast and the gateway
+        let mut p = Pool6::new(n6("fd00:2::/120"), None, None).unwrap();
+        for _ in 0..254 {
+            p.allocate(None).unwrap();
+        }
+        assert_eq!(
+            p.allocate(None),
+            Err(Ipam6Error::Exhausted(n6("fd00:2::/120")))
+        );
+        let ula = random_ula48();
+        assert_eq!(ula.prefix_len(), 48);
+        assert_eq!(ula.addr().segments()[0] >> 8, 0xfd);
+        let first = auto_subnet6(ula, &[]).unwrap();
+        assert_eq!(first.network(), ula.network());
+        assert_ne!(auto_subnet6(ula, &[first]).unwrap(), first);
     }
 }

@@ -22,7 +22,7 @@ pub mod store;
 use crate::api::*;
 use anyhow::{Context, Result};
 use ipam::{IpamError, Pool};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -118,6 +118,18 @@ impl ApiError {
     }
 }
 
+impl From<ipam::Ipam6Error> for ApiError {
+    fn from(e: ipam::Ipam6Error) -> Self {
+        use ipam::Ipam6Error as E;
+        match e {
+            E::InUse(_) | E::Overlap { .. } | E::Exhausted(_) | E::NoFreeSubnet(_) => {
+                ApiError::conflict(e.to_string())
+            }
+            _ => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
 impl From<IpamError> for ApiError {
     fn from(e: IpamError) -> Self {
         match e {
@@ -147,6 +159,8 @@ pub struct Net {
     /// Why it is cut off from its segment, if it is (see `driver::Made`).
     down: Option<String>,
     pool: Pool,
+    /// The IPv6 addresses of a dual-stack network.
+    pool6: Option<ipam::Pool6>,
     gateway_mac: Mac,
     /// Container -> datapath port of its endpoint.
     ports: BTreeMap<String, PortId>,
@@ -166,6 +180,13 @@ pub struct Net {
 }
 
 impl Net {
+    /// Gives an endpoint's IPv6 address back to the pool.
+    fn release6(&mut self, e: &EndpointRecord) {
+        if let (Some(p), Some(a)) = (self.pool6.as_mut(), e.ip6) {
+            p.release(a);
+        }
+    }
+
     fn summary(&self) -> NetworkSummary {
         NetworkSummary {
             name: self.rec.name.clone(),
@@ -176,6 +197,10 @@ impl Net {
             subnet: self.rec.subnet.to_string(),
             gateway: self.rec.gateway.to_string(),
             ip_range: self.rec.ip_range.map(|r| r.to_string()),
+            ipv6: self.rec.subnet6.is_some(),
+            subnet6: self.rec.subnet6.map(|s| s.to_string()),
+            gateway6: self.rec.gateway6.map(|g| g.to_string()),
+            ip_range6: self.rec.ip_range6.map(|r| r.to_string()),
             mtu: self.rec.mtu,
             builtin: self.rec.builtin,
             endpoints: self.rec.endpoints.len(),
@@ -192,8 +217,13 @@ impl Net {
             netns: e.netns.display().to_string(),
             ifname: e.ifname.clone(),
             ip: format!("{}/{}", e.ip, self.rec.subnet.prefix_len()),
+            ip6: e
+                .ip6
+                .zip(self.rec.subnet6)
+                .map(|(a, s)| format!("{a}/{}", s.prefix_len())),
             mac: e.mac.to_string(),
             gateway: self.rec.gateway.to_string(),
+            gateway6: self.rec.gateway6.map(|g| g.to_string()),
             mtu: e.mtu,
             aliases: e.aliases.clone(),
             ports: e.ports.iter().map(|m| m.to_string()).collect(),
@@ -218,6 +248,9 @@ pub struct Core {
     nat_mark: Option<[u64; 4]>,
     /// Pools handed out by the Docker IPAM driver, by pool id (subnet).
     docker_pools: BTreeMap<String, ipam::Pool>,
+    /// Where networks' IPv6 subnets come from when none is given: a
+    /// unique local /48 chosen once and kept in the state directory.
+    ula6: Ipv6Net,
     /// The cluster store, with `--cluster-store`.
     cluster: Option<Arc<cluster::Cluster>>,
 }
@@ -277,6 +310,10 @@ enum Undo {
         net: String,
         ip: std::net::Ipv4Addr,
         container: String,
+    },
+    ReleaseIp6 {
+        net: String,
+        ip: std::net::Ipv6Addr,
     },
     RemovePort(PortId),
     Endpoint {

@@ -113,6 +113,10 @@ pub struct IfSpec {
     /// A default route through the interface itself, no gateway (ipvlan
     /// L3: everything beyond is routed by the other side).
     pub default_dev: bool,
+    /// Dual stack: the IPv6 address and prefix length, and the gateway
+    /// of the IPv6 default route.
+    pub ip6: Option<(std::net::Ipv6Addr, u8)>,
+    pub default_gw6: Option<std::net::Ipv6Addr>,
 }
 
 /// Opens (creating, or re-attaching to an existing persistent one) the TAP
@@ -125,11 +129,25 @@ pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Resul
         let fd = open_persistent_tap(&spec.ifname, tun)?;
         // Like Docker on an IPv4-only network: no IPv6 on the container
         // interface (no SLAAC, DAD, MLD or router solicitations to flood).
-        // This is the container's namespace, the host's sysctls are untouched.
-        let _ = std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.ifname),
-            "1",
-        );
+        // On a dual-stack network: IPv6 on, the static address usable at
+        // once (no duplicate address detection: tapnet's IPAM made it
+        // unique) and no router advertisements taken (the routes are
+        // tapnet's). This is the container's namespace, the host's sysctls
+        // are untouched.
+        let conf = format!("/proc/sys/net/ipv6/conf/{}", spec.ifname);
+        if spec.ip6.is_some() {
+            for (k, v) in [
+                ("accept_dad", "0"),
+                ("accept_ra", "0"),
+                ("autoconf", "0"),
+                ("disable_ipv6", "0"),
+            ] {
+                std::fs::write(format!("{conf}/{k}"), v)
+                    .with_context(|| format!("setting {conf}/{k} to {v}"))?;
+            }
+        } else {
+            let _ = std::fs::write(format!("{conf}/disable_ipv6"), "1");
+        }
         let r = netlink(|h| {
             let spec = spec.clone();
             async move { configure(&h, &spec).await }
@@ -408,11 +426,34 @@ async fn configure(h: &rtnetlink::Handle, s: &IfSpec) -> Result<()> {
             bail!("adding address {}/{} to {}: {e}", s.ip, s.prefix, s.ifname);
         }
     }
+    if let Some((ip6, prefix6)) = s.ip6 {
+        if let Err(e) = h
+            .address()
+            .add(idx, IpAddr::V6(ip6), prefix6)
+            .execute()
+            .await
+        {
+            if !is_eexist(&e) {
+                bail!("adding address {ip6}/{prefix6} to {}: {e}", s.ifname);
+            }
+        }
+    }
     h.link()
         .set(rtnetlink::LinkUnspec::new_with_index(idx).up().build())
         .execute()
         .await
         .with_context(|| format!("setting {} up", s.ifname))?;
+    if let Some(gw) = s.default_gw6 {
+        let route = rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .gateway(gw)
+            .output_interface(idx)
+            .build();
+        if let Err(e) = h.route().add(route).execute().await {
+            if !is_eexist(&e) {
+                bail!("adding IPv6 default route via {gw}: {e}");
+            }
+        }
+    }
     for dst in &s.link_routes {
         let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(*dst, 32)

@@ -13,6 +13,27 @@ impl Core {
             .context("too many networks")?;
         let mut pool = Pool::new(rec.subnet, Some(rec.gateway), rec.ip_range)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut pool6 = match rec.subnet6 {
+            Some(s) => Some(
+                ipam::Pool6::new(s, rec.gateway6, rec.ip_range6)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            None => None,
+        };
+        for (c, e) in rec.endpoints.iter_mut() {
+            let ok = match (&mut pool6, e.ip6) {
+                (Some(p), Some(a)) => p.allocate(Some(a)).is_ok(),
+                (None, Some(_)) => false,
+                _ => true,
+            };
+            if !ok {
+                log(format!(
+                    "network {}: endpoint {c} loses its IPv6 address {:?} (taken or outside the subnet)",
+                    rec.name, e.ip6
+                ));
+                e.ip6 = None;
+            }
+        }
         rec.endpoints
             .retain(|c, e| match pool.allocate(Some(e.ip)) {
                 Ok(_) => true,
@@ -32,6 +53,7 @@ impl Core {
             trunk: made.trunk,
             down: made.down.clone(),
             pool,
+            pool6,
             gateway_mac: Mac::from_ipv4(rec.gateway),
             ports: BTreeMap::new(),
             published: BTreeMap::new(),
@@ -68,6 +90,7 @@ impl Core {
                 container: c.clone(),
                 aliases: e.aliases.clone(),
                 ip: e.ip,
+                ip6: e.ip6,
                 dns: self
                     .containers
                     .get(c)
@@ -79,6 +102,7 @@ impl Core {
                 container: r.container.clone(),
                 aliases: r.aliases.clone(),
                 ip: r.ip,
+                ip6: None,
                 dns: vec![],
             }))
             .collect();
@@ -122,7 +146,7 @@ impl Core {
             return self.create_global(req);
         }
         let others: Vec<&NetworkRecord> = self.nets.values().map(|n| &n.rec).collect();
-        let rec = plan_network(&req, &others)?;
+        let rec = plan_network(&req, &others, self.ula6)?;
         let (drv, subnet) = (driver::lookup(&rec.driver)?, rec.subnet);
         self.store.save(&rec)?;
         if let Err(e) = self.add_net(rec) {
@@ -164,6 +188,10 @@ impl Core {
             subnet: String::new(),
             gateway: String::new(),
             ip_range: None,
+            ipv6: false,
+            subnet6: None,
+            gateway6: None,
+            ip_range6: None,
             mtu: 0,
             builtin: true,
             endpoints: self.containers.values().filter(|c| c.mode == name).count(),
@@ -353,7 +381,11 @@ impl Core {
 /// Checks a request for a new network against the existing ones and
 /// turns it into the record to store: every error is one clear line, and
 /// nothing is changed (no I/O: the fuzz targets call it with any body).
-pub fn plan_network(req: &CreateNetwork, others: &[&NetworkRecord]) -> ApiResult<NetworkRecord> {
+pub fn plan_network(
+    req: &CreateNetwork,
+    others: &[&NetworkRecord],
+    ula: Ipv6Net,
+) -> ApiResult<NetworkRecord> {
     check_name("network", &req.name)?;
     if others.iter().any(|r| r.name == req.name) || PSEUDO.contains(&req.name.as_str()) {
         return Err(ApiError::conflict(format!(
@@ -394,9 +426,16 @@ pub fn plan_network(req: &CreateNetwork, others: &[&NetworkRecord]) -> ApiResult
         })
         .transpose()?;
     let pool = Pool::new(subnet, gateway, range)?;
+    let (subnet6, gateway6, ip_range6) = plan_ipv6(req, others, ula)?;
     let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
     parse_servers(&req.dns)?;
     let drv = driver::lookup(req.driver.as_deref().unwrap_or("bridge"))?;
+    if subnet6.is_some() && drv.name() != "bridge" {
+        return Err(ApiError::bad_request(format!(
+            "--ipv6 is not supported on {} networks yet (bridge networks have it)",
+            drv.name()
+        )));
+    }
     let id = match &req.id {
         Some(id) => {
             let ok = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit());
@@ -424,6 +463,9 @@ pub fn plan_network(req: &CreateNetwork, others: &[&NetworkRecord]) -> ApiResult
         subnet,
         gateway: pool.gateway,
         ip_range: range,
+        subnet6,
+        gateway6,
+        ip_range6,
         mtu,
         builtin: false,
         dns_names: req.dns_names.unwrap_or(true),
@@ -433,4 +475,59 @@ pub fn plan_network(req: &CreateNetwork, others: &[&NetworkRecord]) -> ApiResult
     };
     drv.check(&mut rec, others)?;
     Ok(rec)
+}
+
+/// The IPv6 side of a new network: none without `--ipv6` (or an IPv6
+/// subnet); else its subnet (given, or the first free /64 of the daemon's
+/// unique local prefix `ula`), gateway and range, checked like IPv4's.
+fn plan_ipv6(
+    req: &CreateNetwork,
+    others: &[&NetworkRecord],
+    ula: Ipv6Net,
+) -> ApiResult<(Option<Ipv6Net>, Option<std::net::Ipv6Addr>, Option<Ipv6Net>)> {
+    if !req.ipv6 && req.subnet6.is_none() {
+        if req.gateway6.is_some() || req.ip_range6.is_some() {
+            return Err(ApiError::bad_request(
+                "an IPv6 --gateway or --ip-range needs --ipv6 and an IPv6 --subnet",
+            ));
+        }
+        return Ok((None, None, None));
+    }
+    let range = req
+        .ip_range6
+        .as_deref()
+        .map(|r| {
+            let n = ipam::parse_subnet6(r, false)?;
+            Ok::<_, ipam::Ipam6Error>(n)
+        })
+        .transpose()?;
+    let subnet = match &req.subnet6 {
+        Some(s) => {
+            let s = ipam::parse_subnet6(s, range.is_some())?;
+            if let Some((o, other)) = others
+                .iter()
+                .find_map(|r| r.subnet6.filter(|t| ipam::overlaps6(t, &s)).map(|t| (r, t)))
+            {
+                return Err(ipam::Ipam6Error::Overlap {
+                    subnet: s,
+                    network: o.name.clone(),
+                    other,
+                }
+                .into());
+            }
+            s
+        }
+        None => {
+            if req.gateway6.is_some() || range.is_some() {
+                return Err(ApiError::bad_request(
+                    "an IPv6 --gateway or --ip-range needs an IPv6 --subnet",
+                ));
+            }
+            let taken: Vec<Ipv6Net> = others.iter().filter_map(|r| r.subnet6).collect();
+            ipam::auto_subnet6(ula, &taken)?
+        }
+    };
+    let gateway = req.gateway6.as_deref().map(ipam::parse_addr6).transpose()?;
+    let pool = ipam::Pool6::new(subnet, gateway, range)?;
+    Ok((Some(subnet), Some(pool.gateway), range))
 }

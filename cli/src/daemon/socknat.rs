@@ -156,7 +156,7 @@ fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
 
 impl Net {
     fn new(ip: Ipv4Addr, prefix: u8, mac: Mac, mtu: u32, now: SInstant) -> Net {
-        let (mut iface, dev) = gateway_iface(ip, prefix, mac, mtu, now);
+        let (mut iface, dev) = gateway_iface(ip, prefix, None, mac, mtu, now);
         // any-IP: accept every destination, as a router would
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(ip);
@@ -234,7 +234,7 @@ impl Net {
                     }
                     return;
                 }
-                push_with_arp(&mut self.dev, self.gw, f);
+                push_with_arp(&mut self.dev, self.gw, None, f);
             }
             17 => {
                 if !self.udp.contains_key(&flow) && !self.udp_pending.contains(&flow) {
@@ -268,7 +268,7 @@ impl Net {
                     });
                     self.udp_sock.insert(ep, (self.sockets.add(u), now));
                 }
-                push_with_arp(&mut self.dev, self.gw, f);
+                push_with_arp(&mut self.dev, self.gw, None, f);
             }
             1 if f[l4] == 8 => {
                 // echo request: an ICMP datagram ("ping") socket per flow
@@ -355,7 +355,7 @@ impl Net {
             // no listener: smoltcp answers the SYN with a reset
             self.release(flow.0);
             svc.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
-            push_with_arp(&mut self.dev, self.gw, syn);
+            push_with_arp(&mut self.dev, self.gw, None, syn);
             return;
         };
         svc.stats.tcp_opened.fetch_add(1, Ordering::Relaxed);
@@ -431,7 +431,7 @@ impl Net {
                 task,
             },
         );
-        push_with_arp(&mut self.dev, self.gw, syn);
+        push_with_arp(&mut self.dev, self.gw, None, syn);
     }
 
     fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
@@ -440,7 +440,10 @@ impl Net {
         for (&(rip, rport), &(h, _)) in self.udp_sock.iter() {
             let s = self.sockets.get_mut::<udp::Socket>(h);
             while let Ok((d, meta)) = s.recv() {
-                let IpAddress::Ipv4(cip) = meta.endpoint.addr;
+                // the socket NAT's stack has IPv4 addresses only
+                let IpAddress::Ipv4(cip) = meta.endpoint.addr else {
+                    continue;
+                };
                 let flow = (cip, meta.endpoint.port, rip, rport);
                 let data = d.to_vec();
                 if !self.udp.contains_key(&flow) && !self.udp_pending.remove(&flow) {

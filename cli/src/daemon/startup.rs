@@ -138,7 +138,9 @@ impl Core {
         if !half.is_empty() {
             store.save_containers(&containers)?;
         }
+        let ula6 = store.ula_prefix()?;
         let mut core = Core {
+            ula6,
             cfg,
             store,
             dp,
@@ -163,6 +165,9 @@ impl Core {
                 subnet,
                 gateway: ipam::first_host(&subnet),
                 ip_range: None,
+                subnet6: None,
+                gateway6: None,
+                ip_range6: None,
                 mtu: 1500,
                 builtin: true,
                 dns_names: false,
@@ -398,6 +403,7 @@ impl Core {
                         let net = self.nets.get_mut(&n).expect("exists");
                         net.rec.endpoints.remove(&c);
                         net.pool.release(e.ip);
+                        net.release6(&e);
                         let idx = net.idx;
                         if self.cfg.uplink.is_some() {
                             let _ = self.dp.forget_host(idx, e.ip);

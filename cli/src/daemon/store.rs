@@ -3,12 +3,12 @@
 //! so a crash leaves either the old or the new document, never a torn one.
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use vswitch::Mac;
 
@@ -18,6 +18,9 @@ pub struct EndpointRecord {
     pub netns: PathBuf,
     pub ifname: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub mac: Mac,
     pub mtu: u32,
     /// Whether this endpoint owns the container's default route.
@@ -60,6 +63,14 @@ pub struct NetworkRecord {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub ip_range: Option<Ipv4Net>,
+    /// The IPv6 subnet of a dual-stack network (`--ipv6`), its gateway
+    /// and the range automatic addresses come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range6: Option<Ipv6Net>,
     pub mtu: u32,
     /// Pre-defined (`bridge`): cannot be removed.
     #[serde(default)]
@@ -302,6 +313,27 @@ impl Store {
         Ok(id)
     }
 
+    /// The daemon's unique local IPv6 prefix (a random fd??:..../48, see
+    /// `ipam::random_ula48`): made once and kept (`ula-prefix`), so the
+    /// default IPv6 subnets stay the same across restarts.
+    pub fn ula_prefix(&self) -> Result<Ipv6Net> {
+        let p = self.containers_dir().join("ula-prefix");
+        if let Ok(s) = fs::read_to_string(&p) {
+            if let Ok(n) = s.trim().parse::<Ipv6Net>() {
+                if n.prefix_len() == 48 && n.addr() == n.network() {
+                    return Ok(n);
+                }
+            }
+        }
+        let n = super::ipam::random_ula48();
+        write_atomic(
+            self.containers_dir(),
+            "ula-prefix",
+            n.to_string().as_bytes(),
+        )?;
+        Ok(n)
+    }
+
     /// An encrypted overlay network's keys, kept (readable by root only)
     /// so that a restart while the cluster store is away still has them.
     pub fn save_keys(&self, net: &str, ring: &super::cluster::KeyRing) -> Result<()> {
@@ -440,6 +472,9 @@ mod tests {
             subnet: "10.88.0.0/24".parse().unwrap(),
             gateway: "10.88.0.1".parse().unwrap(),
             ip_range: None,
+            subnet6: None,
+            gateway6: None,
+            ip_range6: None,
             mtu: 1500,
             builtin: false,
             dns_names: true,
@@ -453,6 +488,7 @@ mod tests {
                 netns: "/run/netns/x".into(),
                 ifname: "eth0".into(),
                 ip: "10.88.0.2".parse().unwrap(),
+                ip6: None,
                 mac: Mac([2, 0x42, 10, 88, 0, 2]),
                 mtu: 1500,
                 default_route: true,

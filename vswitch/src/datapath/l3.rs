@@ -80,6 +80,10 @@ impl State {
     pub(super) fn route_out(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize, now: u64) {
         let cfg = self.sw.network(net).expect("decided on it").cfg;
         const I: usize = VNET_HDR_LEN + 14;
+        if eth::ethertype(&self.pool.frame(b, len)[VNET_HDR_LEN..]) == Some(eth::ETHERTYPE_IPV6) {
+            self.route_out6(slot, net, b, len);
+            return;
+        }
         let dst = {
             let f = self.pool.frame(b, len);
             Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19])
@@ -155,6 +159,49 @@ impl State {
         let up = u.slot;
         if !self.post_write(slot, b, up) {
             self.recycle(slot, b);
+        }
+    }
+
+    /// A routed IPv6 packet from network `net`: never to another tapnet
+    /// network (dropped, as IPv4 is); anywhere else, the gateway has no
+    /// IPv6 route (yet) and says so with an ICMPv6 destination
+    /// unreachable (no route).
+    pub(super) fn route_out6(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize) {
+        let cfg = self.sw.network(net).expect("decided on it").cfg;
+        let Some(v6) = cfg.v6 else {
+            self.sw.count_drop(slot, DropReason::GatewayUnsupported);
+            self.recycle(slot, b);
+            return;
+        };
+        let dst = wire::ipv6::dst(&self.pool.frame(b, len)[VNET_HDR_LEN + 14..]);
+        if dst.is_some_and(|d| {
+            self.sw
+                .networks()
+                .any(|(_, n)| n.cfg.gateway && n.cfg.contains6(d))
+        }) {
+            self.sw.count_drop(slot, DropReason::NoRoute);
+            self.recycle(slot, b);
+            return;
+        }
+        match crate::router6::icmp6_error(
+            &cfg,
+            v6,
+            self.pool.whole_mut(b),
+            len,
+            wire::icmpv6::DEST_UNREACHABLE,
+            0,
+        ) {
+            Ok(n) => {
+                self.pool.lens[b] = n as u32;
+                self.sw.count_drop(slot, DropReason::NoRoute);
+                if !self.post_write(slot, b, slot) {
+                    self.recycle(slot, b);
+                }
+            }
+            Err(r) => {
+                self.sw.count_drop(slot, r);
+                self.recycle(slot, b);
+            }
         }
     }
 

@@ -1096,6 +1096,7 @@ mod tests {
             prefix: 24,
             routed: false,
             gateway: true,
+            v6: None,
         }
     }
 
@@ -1257,6 +1258,7 @@ mod tests {
                 prefix: 24,
                 routed: false,
                 gateway: true,
+                v6: None,
             },
         )
         .unwrap();

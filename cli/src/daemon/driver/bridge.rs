@@ -16,6 +16,13 @@ pub fn net_config(rec: &NetworkRecord) -> NetConfig {
         prefix: rec.subnet.prefix_len(),
         routed: !rec.internal,
         gateway: true,
+        v6: rec
+            .subnet6
+            .zip(rec.gateway6)
+            .map(|(s, gateway)| vswitch::Net6 {
+                gateway,
+                prefix: s.prefix_len(),
+            }),
     }
 }
 
@@ -35,6 +42,10 @@ impl NetworkDriver for Bridge {
             net: idx,
             ip: rec.gateway,
             prefix: rec.subnet.prefix_len(),
+            ip6: rec
+                .subnet6
+                .zip(rec.gateway6)
+                .map(|(s, g)| (g, s.prefix_len())),
             mac: cfg.gateway_mac,
             mtu: rec.mtu,
         });

@@ -197,6 +197,7 @@ fn create_trunked(
         prefix: 32,
         routed: false,
         gateway: dns.is_some(),
+        v6: None,
     };
     p.dp.add_network(idx, cfg)?;
     if let Some(ip) = dns {
@@ -205,6 +206,7 @@ fn create_trunked(
             net: idx,
             ip,
             prefix: 0,
+            ip6: None,
             mac: cfg.gateway_mac,
             mtu: rec.mtu,
         });

@@ -116,9 +116,15 @@ pub trait NetworkDriver: Sync {
                 .then_some(net.rec.gateway),
             default_dev: e.default_route && !self.default_via_gateway(&net.rec),
             link_routes: self.link_routes(&net.rec),
+            ip6: e.ip6.zip(net.rec.subnet6).map(|(a, s)| (a, s.prefix_len())),
+            default_gw6: net
+                .rec
+                .gateway6
+                .filter(|_| e.default_route && self.default_via_gateway(&net.rec)),
         };
         let fd = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec, p.tun_device)?;
         let identity = port_security(&net.rec).then_some(vswitch::PortIdentity {
+            ip6: e.ip6,
             mac: e.mac,
             ip: e.ip,
         });

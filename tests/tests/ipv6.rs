@@ -1,0 +1,316 @@
+//! IPv6 dual stack: a network with an IPv4 and an IPv6 subnet, its
+//! containers configured for both, the gateway answering neighbour
+//! discovery and ping on its IPv6 address, IPv6 switched between
+//! containers (100 MB, checksum compared), names resolved to AAAA records
+//! (through the C library and with dig, over IPv6 to the gateway), IPv6
+//! never routed to another network, and bad input refused in one line.
+
+use std::process::Stdio;
+use std::time::Duration;
+use tapnet_tests::*;
+
+/// The IPv6 address (without prefix) of `name`'s first endpoint.
+fn ip6_of(env: &Env, name: &str) -> String {
+    let v = env.json(&["ps", "--format", "json"]);
+    let c = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {v}"));
+    c["endpoints"][0]["ip6"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} has no IPv6 address: {c}"))
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn ping6(env: &Env, ns: &str, dst: &str) -> bool {
+    env.exec(ns, &["ping", "-6", "-c", "3", "-W", "1", "-i", "0.2", dst])
+        .status
+        .success()
+}
+
+#[test]
+fn dual_stack_network() {
+    let Some(mut env) = Env::new("dual_stack_network", &[]) else {
+        return;
+    };
+    require_tools(&["dig"], "bind9-dnsutils");
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.66.0.0/24",
+        "--subnet",
+        "fd00:66::/64",
+        "ds",
+    ]);
+    let n = env.inspect("ds");
+    assert_eq!(n["ipv6"], true, "{n}");
+    assert_eq!(n["subnet6"], "fd00:66::/64", "{n}");
+    assert_eq!(n["gateway6"], "fd00:66::1", "{n}");
+
+    let c1 = env.container("ds", "c1", &[]);
+    let c2 = env.container("ds", "c2", &["--ip6", "fd00:66::99"]);
+    assert_eq!(ip6_of(&env, "c1"), "fd00:66::2");
+    assert_eq!(ip6_of(&env, "c2"), "fd00:66::99");
+
+    // inside: the address (usable at once: no DAD), a link-local one, the
+    // IPv6 default route via the gateway, IPv4 as before
+    let a = env.exec_ok(&c1.ns, &["ip", "-6", "addr", "show", "dev", "eth0"]);
+    assert!(a.contains("inet6 fd00:66::2/64"), "{a}");
+    assert!(!a.contains("tentative"), "{a}");
+    assert!(
+        wait_until(Duration::from_secs(5), || env
+            .exec_ok(&c1.ns, &["ip", "-6", "addr", "show", "dev", "eth0"])
+            .contains("inet6 fe80::")),
+        "no link-local address"
+    );
+    let r = env.exec_ok(&c1.ns, &["ip", "-6", "route"]);
+    assert!(r.contains("default via fd00:66::1 dev eth0"), "{r}");
+    assert!(
+        ping(&env, &c1.ns, &c2.ip.to_string(), 2),
+        "IPv4 still works"
+    );
+
+    // ping both ways and to the gateway; the gateway's NDP answer is in
+    // c1's neighbour table with the gateway's MAC
+    assert!(ping6(&env, &c1.ns, "fd00:66::99"), "c1 -> c2 ping6 failed");
+    assert!(ping6(&env, &c2.ns, "fd00:66::2"), "c2 -> c1 ping6 failed");
+    assert!(
+        ping6(&env, &c1.ns, "fd00:66::1"),
+        "c1 -> gateway ping6 failed"
+    );
+    let neigh = env.exec_ok(&c1.ns, &["ip", "-6", "neigh", "show", "fd00:66::1"]);
+    let gw_mac = n["gateway_mac"].as_str().unwrap().to_string();
+    assert!(
+        neigh.contains(&gw_mac),
+        "gateway's neighbour entry: {neigh}"
+    );
+    assert!(
+        neigh.contains("router"),
+        "the gateway says it is a router: {neigh}"
+    );
+    let neigh = env.exec_ok(&c1.ns, &["ip", "-6", "neigh", "show", "fd00:66::99"]);
+    assert!(neigh.contains(&c2.mac), "c2's neighbour entry: {neigh}");
+    let gw = ctr(&env.counters("ds", "c1"), "gateway_replies");
+    assert!(gw >= 4, "the gateway answered NDP and ping: {gw}");
+
+    // 100 MB over IPv6 TCP, checksum compared
+    let blob = env.random_file("blob", 100 << 20);
+    let peer = download(&mut env, &c1.ns, &c2.ns, "fd00:66::99", 5000, &blob);
+    assert_eq!(peer.ip().to_string(), "fd00:66::2", "the server saw c1");
+
+    // names: AAAA and ip6.arpa over IPv6 to the gateway's IPv6 address,
+    // A still there, and the C library's view in a `run` container
+    let aaaa = env.exec_ok(
+        &c1.ns,
+        &["dig", "+short", "+tries=1", "AAAA", "c2", "@fd00:66::1"],
+    );
+    assert_eq!(aaaa.trim(), "fd00:66::99");
+    let a4 = env.exec_ok(
+        &c1.ns,
+        &["dig", "+short", "+tries=1", "A", "c2", "@fd00:66::1"],
+    );
+    assert_eq!(a4.trim(), c2.ip.to_string());
+    let ptr = env.exec_ok(
+        &c1.ns,
+        &[
+            "dig",
+            "+short",
+            "+tries=1",
+            "-x",
+            "fd00:66::99",
+            "@fd00:66::1",
+        ],
+    );
+    assert_eq!(ptr.trim(), "c2.ds.");
+    let tcp = env.exec_ok(
+        &c1.ns,
+        &["dig", "+short", "+tcp", "AAAA", "c1", "@fd00:66::1"],
+    );
+    assert_eq!(tcp.trim(), "fd00:66::2");
+    let o = env.ok(&[
+        "run",
+        "--network",
+        "ds",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf; getent ahostsv6 c2",
+    ]);
+    assert!(o.contains("nameserver 10.66.0.1"), "{o}");
+    assert!(o.contains("nameserver fd00:66::1"), "{o}");
+    assert!(o.contains("fd00:66::99"), "{o}");
+
+    // beyond the network: no IPv6 route (yet), said with an ICMPv6 error
+    let o = env.exec(&c1.ns, &["ping", "-6", "-c", "1", "-W", "1", "2001:db8::1"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(out.contains("Destination unreachable"), "{out}");
+    // hop limit 1 to a routed destination: time exceeded from the gateway
+    let o = env.exec(
+        &c1.ns,
+        &["ping", "-6", "-c", "1", "-W", "1", "-t", "1", "2001:db8::1"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Time exceeded"), "{out}");
+
+    // never to another tapnet network
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:67::/64",
+        "other",
+    ]);
+    let c3 = env.container("other", "c3", &[]);
+    let c3ip6 = ip6_of(&env, "c3");
+    assert!(c3ip6.starts_with("fd00:67::"), "{c3ip6}");
+    let before = ctr(&env.counters("ds", "c1"), "drops.no_route");
+    assert!(!ping6(&env, &c1.ns, &c3ip6), "IPv6 crossed networks");
+    assert!(ctr(&env.counters("ds", "c1"), "drops.no_route") > before);
+    assert!(
+        ping6(&env, &c3.ns, "fd00:67::1"),
+        "c3 reaches its own gateway"
+    );
+
+    // a restart keeps every address; traffic flows again
+    env.stop_daemon(libc::SIGTERM);
+    env.start_daemon();
+    assert_eq!(ip6_of(&env, "c2"), "fd00:66::99");
+    assert!(
+        wait_until(Duration::from_secs(10), || ping6(
+            &env,
+            &c1.ns,
+            "fd00:66::99"
+        )),
+        "ping6 after a restart"
+    );
+    let _ = Stdio::null();
+}
+
+#[test]
+fn ipv6_defaults_and_bad_input() {
+    let Some(mut env) = Env::new("ipv6_defaults_and_bad_input", &[]) else {
+        return;
+    };
+    // without an IPv6 subnet: a /64 of the daemon's unique local /48,
+    // the next network the next /64; the /48 survives a restart
+    env.ok(&["network", "create", "--ipv6", "auto1"]);
+    env.ok(&["network", "create", "--ipv6", "auto2"]);
+    let s1 = env.inspect("auto1")["subnet6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s2 = env.inspect("auto2")["subnet6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(s1.starts_with("fd") && s1.ends_with("::/64"), "{s1}");
+    assert_ne!(s1, s2);
+    let p48 = |s: &str| s.split(':').take(3).collect::<Vec<_>>().join(":");
+    assert_eq!(p48(&s1), p48(&s2), "one /48 for both");
+    env.stop_daemon(libc::SIGTERM);
+    env.start_daemon();
+    env.ok(&["network", "create", "--ipv6", "auto3"]);
+    let s3 = env.inspect("auto3")["subnet6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(p48(&s3), p48(&s1), "the /48 is kept across restarts");
+
+    // bad input: one clear line each, nothing created
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--ipv6",
+                "--subnet",
+                "fd00:1::/64",
+                "--subnet",
+                "fd00:2::/64",
+                "x",
+            ],
+            "given twice",
+        ),
+        (&["--ipv6", "--subnet", "fd00:1::/121", "x"], "at most /120"),
+        (&["--ipv6", "--subnet", "fd00::/40", "x"], "too large"),
+        (&["--ipv6", "--subnet", "fd00:1::5/64", "x"], "host bits"),
+        (
+            &["--ipv6", "--subnet", "fd00:zz::/64", "x"],
+            "invalid IPv6 subnet",
+        ),
+        (
+            &[
+                "--ipv6",
+                "--subnet",
+                "fd00:1::/64",
+                "--gateway",
+                "fd00:2::1",
+                "x",
+            ],
+            "outside",
+        ),
+        (
+            &["--subnet", "10.9.0.0/24", "--gateway", "fd00:2::1", "x"],
+            "needs --ipv6",
+        ),
+        (
+            &["--ipv6", "--subnet", &s1, "x"],
+            "overlaps with network auto1",
+        ),
+        (
+            &["--ipv6", "-d", "macvlan", "-o", "parent=lo", "x"],
+            "not supported on macvlan",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["network", "create"];
+        a.extend_from_slice(args);
+        let e = env.fail(&a);
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
+    assert!(env.tapnet(&["network", "inspect", "x"]).status.code() != Some(0));
+    // a --ip-range narrows a large subnet
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd01::/40",
+        "--ip-range",
+        "fd01:0:0:5::/64",
+        "big",
+    ]);
+    let c = env.container("big", "b1", &[]);
+    assert_eq!(ip6_of(&env, "b1"), "fd01:0:0:5::");
+    let _ = c;
+
+    // addresses: outside the subnet, taken, on a network without IPv6
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:99::/64",
+        "v6net",
+    ]);
+    env.ok(&["network", "create", "v4only"]);
+    env.container("v6net", "holder", &["--ip6", "fd00:99::10"]);
+    for (net, ip6, want) in [
+        ("v6net", "fd00:98::10", "outside subnet"),
+        ("v6net", "fd00:99::10", "already in use"),
+        ("v6net", "fd00:99::1", "reserved"),
+        ("v6net", "not-an-address", "invalid IPv6 address"),
+        ("v4only", "fd00:99::11", "has no IPv6 subnet"),
+    ] {
+        let e = env.fail(&["run", "--network", net, "--ip6", ip6, "--", "true"]);
+        assert!(e.contains(want), "{net} {ip6}: {e}");
+    }
+}
