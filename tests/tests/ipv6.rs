@@ -314,3 +314,119 @@ fn ipv6_defaults_and_bad_input() {
         assert!(e.contains(want), "{net} {ip6}: {e}");
     }
 }
+
+/// An echo server in `ns` on 0.0.0.0:`port` (IPv4 only: the relay brings
+/// IPv6 clients to it).
+fn echo_server(ns: &str, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                std::thread::spawn(move || {
+                    let mut r = c.try_clone().unwrap();
+                    let _ = std::io::copy(&mut r, &mut c);
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+    });
+    rx.recv().unwrap();
+}
+
+/// Sends `data` to `addr` (`IP:PORT`, `[IPv6]:PORT`) from `ns`; what came back.
+fn roundtrip(ns: &str, addr: &str, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    in_ns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut w = s.try_clone()?;
+        let t = std::thread::spawn(move || {
+            w.write_all(&data)?;
+            w.shutdown(std::net::Shutdown::Write)
+        });
+        let mut back = Vec::new();
+        s.read_to_end(&mut back)?;
+        t.join().unwrap()?;
+        Ok(back)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn published_ports_ipv6() {
+    let Some(mut env) = Env::new("published_ports_ipv6", &[]) else {
+        return;
+    };
+    let host = env.host_ns.clone();
+    // the host's own IPv6 address, on a veth pair in the daemon's namespace
+    for a in [
+        vec![
+            "-n", &host, "link", "add", "hostif", "type", "veth", "peer", "name", "hostif2",
+        ],
+        vec![
+            "-n",
+            &host,
+            "addr",
+            "add",
+            "2001:db8:100::10/64",
+            "dev",
+            "hostif",
+            "nodad",
+        ],
+        vec!["-n", &host, "link", "set", "hostif", "up"],
+        vec!["-n", &host, "link", "set", "hostif2", "up"],
+        vec!["-n", &host, "link", "set", "lo", "up"],
+    ] {
+        run_ok(std::process::Command::new("ip").args(a));
+    }
+    // an IPv4-only network: IPv6 clients still reach it through the relay
+    env.ok(&["network", "create", "app", "--subnet", "10.65.0.0/24"]);
+    let web = env.container("app", "web", &["-p", "18080:80", "-p", "[::1]:18081:81"]);
+    echo_server(&web.ns, 80);
+    echo_server(&web.ns, 81);
+    let ps = env.json(&["ps", "--format", "json"]);
+    let ports = ps[0]["endpoints"][0]["ports"].to_string();
+    assert!(ports.contains("[::1]:18081->81/tcp"), "{ports}");
+
+    let data: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    for addr in [
+        "127.0.0.1:18080",
+        "[::1]:18080",
+        "[2001:db8:100::10]:18080",
+        "[::1]:18081",
+    ] {
+        let back = roundtrip(&host, addr, data.clone()).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        assert!(back == data, "data differs via {addr}");
+    }
+    // [::1] only: not on IPv4
+    assert!(roundtrip(&host, "127.0.0.1:18081", vec![1]).is_err());
+    // the port is busy on [::] too: a second publish is refused
+    let e = env.fail(&[
+        "run",
+        "--network",
+        "app",
+        "-p",
+        "[::]:18080:80",
+        "--",
+        "true",
+    ]);
+    assert!(e.contains("18080"), "{e}");
+    // removing the endpoint frees both listeners
+    env.ok(&["rm", "web"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || roundtrip(
+            &host,
+            "[::1]:18080",
+            vec![1]
+        )
+        .is_err()),
+        "[::]:18080 still listening"
+    );
+}

@@ -347,7 +347,9 @@ impl Core {
             return;
         };
         for m in &e.ports {
-            if m.host_ip.is_some_and(|ip| ip != u.ip.addr()) {
+            if m.host_ip
+                .is_some_and(|ip| ip != std::net::IpAddr::V4(u.ip.addr()))
+            {
                 continue;
             }
             let proto = match m.proto {
@@ -397,7 +399,7 @@ impl Core {
                             "container": c,
                             "network": n.rec.name,
                             "proto": m.proto,
-                            "host": format!("{}:{}", m.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), m.host_port),
+                            "host": m.to_string().split("->").next().unwrap_or_default(),
                             "container_addr": format!("{}:{}", e.ip, m.ctr_port),
                             "listening": n.published.contains_key(c),
                         })

@@ -4,11 +4,15 @@
 //! connected to the container's own address; bytes move between the two
 //! TCP sockets with splice(2) through a pipe, never through a userspace
 //! buffer. UDP is relayed per client with an idle timeout.
+//!
+//! A port published on all addresses listens on `0.0.0.0` and on `[::]`
+//! (IPv6 only, so the two do not collide), as Docker 27 and later do; an
+//! IPv6 client reaches an IPv4-only container through the relay.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,8 +40,8 @@ impl std::fmt::Display for Proto {
 /// One published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortMap {
-    /// Host address to listen on (None: all).
-    pub host_ip: Option<Ipv4Addr>,
+    /// Host address to listen on (None: all, IPv4 and IPv6).
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub ctr_port: u16,
     pub proto: Proto,
@@ -46,6 +50,11 @@ pub struct PortMap {
 impl std::fmt::Display for PortMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(
+                f,
+                "[{ip}]:{}->{}/{}",
+                self.host_port, self.ctr_port, self.proto
+            ),
             Some(ip) => write!(
                 f,
                 "{ip}:{}->{}/{}",
@@ -75,7 +84,8 @@ fn range(s: &str, what: &str, spec: &str) -> Result<(u16, u16), String> {
 }
 
 /// Parses `[HOST_IP:]HOST_PORT[-END]:CTR_PORT[-END][/tcp|/udp]` into one
-/// mapping per port.
+/// mapping per port; an IPv6 HOST_IP is written in brackets
+/// (`[::1]:8080:80`).
 pub fn parse(spec: &str) -> Result<Vec<PortMap>, String> {
     let (addr, proto) = match spec.rsplit_once('/') {
         Some((a, "tcp")) => (a, Proto::Tcp),
@@ -87,14 +97,23 @@ pub fn parse(spec: &str) -> Result<Vec<PortMap>, String> {
         }
         None => (spec, Proto::Tcp),
     };
+    let bad_ip = |ip: &str| format!("invalid port mapping {spec:?}: bad host address {ip:?}");
+    // an IPv6 host address: `[ADDR]:` before the ports
+    let (v6, addr) = match addr.strip_prefix('[') {
+        Some(rest) => {
+            let (ip, ports) = rest.split_once("]:").ok_or_else(|| bad_ip(addr))?;
+            let ip: Ipv6Addr = ip.parse().map_err(|_| bad_ip(ip))?;
+            (Some(ip), ports)
+        }
+        None => (None, addr),
+    };
     let parts: Vec<&str> = addr.split(':').collect();
-    let (host_ip, hp, cp) = match parts.as_slice() {
-        [h, c] => (None, *h, *c),
-        [ip, h, c] => {
-            let ip: Ipv4Addr = ip
-                .parse()
-                .map_err(|_| format!("invalid port mapping {spec:?}: bad host address {ip:?}"))?;
-            (Some(ip).filter(|i| !i.is_unspecified()), *h, *c)
+    let (host_ip, hp, cp) = match (v6, parts.as_slice()) {
+        (Some(ip), [h, c]) => (Some(IpAddr::V6(ip)), *h, *c),
+        (None, [h, c]) => (None, *h, *c),
+        (None, [ip, h, c]) => {
+            let ip: Ipv4Addr = ip.parse().map_err(|_| bad_ip(ip))?;
+            (Some(IpAddr::V4(ip)), *h, *c)
         }
         _ => {
             return Err(format!(
@@ -102,6 +121,8 @@ pub fn parse(spec: &str) -> Result<Vec<PortMap>, String> {
         ))
         }
     };
+    // 0.0.0.0 and :: are "every address" (of that family)
+    let host_ip = host_ip.filter(|i| !(i.is_unspecified() && i.is_ipv4()));
     let (h0, h1) = range(hp, "host port", spec)?;
     let (c0, c1) = range(cp, "container port", spec)?;
     if h1 - h0 != c1 - c0 {
@@ -138,16 +159,21 @@ pub fn publish(netns: &Path, ctr_ip: Ipv4Addr, maps: &[PortMap]) -> Result<Publi
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
     for m in maps {
-        let addr = SocketAddr::from((m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), m.host_port));
-        match m.proto {
-            Proto::Tcp => match std::net::TcpListener::bind(addr) {
-                Ok(l) => tcp.push((*m, l)),
-                Err(e) => return Err(format!("cannot publish {m}: {addr}/tcp: {e}")),
-            },
-            Proto::Udp => match UdpSocket::bind(addr) {
-                Ok(s) => udp.push((*m, s)),
-                Err(e) => return Err(format!("cannot publish {m}: {addr}/udp: {e}")),
-            },
+        for addr in listen_addrs(m) {
+            let all_v6 = m.host_ip.is_none() && addr.is_ipv6();
+            match m.proto {
+                Proto::Tcp => match bind_tcp(addr) {
+                    Ok(l) => tcp.push((*m, l)),
+                    // a host without IPv6: the IPv4 listener serves alone
+                    Err(e) if all_v6 && no_ipv6(&e) => {}
+                    Err(e) => return Err(format!("cannot publish {m}: {addr}/tcp: {e}")),
+                },
+                Proto::Udp => match bind_udp(addr) {
+                    Ok(s) => udp.push((*m, s)),
+                    Err(e) if all_v6 && no_ipv6(&e) => {}
+                    Err(e) => return Err(format!("cannot publish {m}: {addr}/udp: {e}")),
+                },
+            }
         }
     }
     let rt = tokio::runtime::Handle::current();
@@ -200,6 +226,49 @@ pub fn publish(netns: &Path, ctr_ip: Ipv4Addr, maps: &[PortMap]) -> Result<Publi
         }));
     }
     Ok(Published { tasks })
+}
+
+/// Where mapping `m` listens: its host address, or `0.0.0.0` and `[::]`.
+fn listen_addrs(m: &PortMap) -> Vec<SocketAddr> {
+    match m.host_ip {
+        Some(ip) => vec![SocketAddr::new(ip, m.host_port)],
+        None => vec![
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), m.host_port),
+            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), m.host_port),
+        ],
+    }
+}
+
+/// The host has no IPv6 (disabled, or no such address family).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+    )
+}
+
+/// A socket bound to `addr`; an IPv6 one takes IPv6 only (the IPv4
+/// listener on the same port has IPv4), whatever the host's bindv6only.
+fn socket_for(addr: SocketAddr, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), ty, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if ty == socket2::Type::STREAM {
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket_for(addr, socket2::Type::STREAM)?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    Ok(socket_for(addr, socket2::Type::DGRAM)?.into())
 }
 
 /// Concurrent relayed TCP connections per published port.
@@ -360,8 +429,16 @@ mod tests {
             (8080, 80, Proto::Tcp)
         );
         let m = parse("127.0.0.1:5353:53/udp").unwrap();
-        assert_eq!(m[0].host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(m[0].host_ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         assert_eq!(m[0].proto, Proto::Udp);
+        let m = parse("[::1]:8080:80").unwrap();
+        assert_eq!(m[0].host_ip, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(m[0].to_string(), "[::1]:8080->80/tcp");
+        assert_eq!(parse("0.0.0.0:8080:80").unwrap()[0].host_ip, None);
+        assert_eq!(
+            parse("[::]:8080:80").unwrap()[0].host_ip,
+            Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+        );
         let m = parse("8000-8002:9000-9002").unwrap();
         assert_eq!(
             m.iter()
@@ -376,6 +453,10 @@ mod tests {
             "8000-8002:9000",
             "0:80",
             "1.2.3:80:80",
+            "[::1:80:80",
+            "[zz::1]:80:80",
+            "[::1]:1:80:80",
+            "::1:80:80",
             "9-8:9-8",
         ] {
             assert!(parse(bad).is_err(), "{bad} accepted");
