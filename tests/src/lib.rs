@@ -31,6 +31,10 @@ pub const INET_IP: &str = "203.0.113.1";
 pub const UPLINK_IP: &str = "203.0.113.2";
 /// The host namespace's own address in [`Env::with_host_link`].
 pub const HOST_IP: &str = "203.0.113.254";
+/// The "internet" server's IPv6 address in [`Env::with_host_link`].
+pub const INET_IP6: &str = "2001:db8:113::1";
+/// The host namespace's own IPv6 address in [`Env::with_host_link`].
+pub const HOST_IP6: &str = "2001:db8:113::254";
 
 /// Path of the `tapnet` binary: `$TAPNET_BIN`, or the one cargo built next
 /// to this test binary (`target/<profile>/tapnet`).
@@ -308,6 +312,15 @@ impl Env {
                     "dev",
                     "up0",
                 ]));
+                // and IPv6 on the same link (no DAD: usable at once)
+                for (ns, a, dev) in [
+                    (&host_ns, "2001:db8:113::254/64", "up0"),
+                    (&inet, "2001:db8:113::1/64", "inet0"),
+                ] {
+                    run_ok(
+                        Command::new("ip").args(["-n", ns, "addr", "add", a, "dev", dev, "nodad"]),
+                    );
+                }
                 // ICMP datagram sockets for everyone, in this namespace only
                 run_ok(Command::new("ip").args([
                     "netns",
@@ -933,7 +946,7 @@ pub fn many_connections(client: &str, server: &str, ip: &str, port: u16, n: usiz
 /// server saw the requests from.
 pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<String> {
     use std::net::UdpSocket;
-    let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+    let addr: std::net::IpAddr = ip.parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let srv = in_ns(server, move || {
         let s = UdpSocket::bind((addr, port)).unwrap();
@@ -952,7 +965,12 @@ pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<St
     });
     ready_rx.recv().unwrap();
     in_ns(client, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let any: std::net::SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
+        let s = UdpSocket::bind(any).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         s.connect((addr, port)).unwrap();
         let mut b = vec![0u8; 16384];
@@ -960,7 +978,9 @@ pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<St
             let n = if i >= 46 { 2000 * (i - 44) } else { i * 25 };
             let m = format!("q{i}:{}", "y".repeat(n));
             s.send(m.as_bytes()).unwrap();
-            let n = s.recv(&mut b).unwrap();
+            let n = s
+                .recv(&mut b)
+                .unwrap_or_else(|e| panic!("datagram {i} ({} bytes): {e}", m.len()));
             assert_eq!(&b[..n], format!("re:{m}").as_bytes(), "datagram {i}");
         }
     })

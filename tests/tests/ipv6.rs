@@ -147,8 +147,20 @@ fn dual_stack_network() {
     assert!(o.contains("nameserver fd00:66::1"), "{o}");
     assert!(o.contains("fd00:66::99"), "{o}");
 
-    // beyond the network: no IPv6 route (yet), said with an ICMPv6 error
-    let o = env.exec(&c1.ns, &["ping", "-6", "-c", "1", "-W", "1", "2001:db8::1"]);
+    // beyond an internal network: no route, said with an ICMPv6 error
+    // (c1's own network goes out through the socket NAT, which the
+    // `socket_nat_ipv6` test covers)
+    env.ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--ipv6",
+        "--subnet",
+        "fd00:69::/64",
+        "int",
+    ]);
+    let c4 = env.container("int", "c4", &[]);
+    let o = env.exec(&c4.ns, &["ping", "-6", "-c", "1", "-W", "1", "2001:db8::1"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success());
     assert!(out.contains("Destination unreachable"), "{out}");
@@ -429,4 +441,98 @@ fn published_ports_ipv6() {
         .is_err()),
         "[::]:18080 still listening"
     );
+}
+
+#[test]
+fn socket_nat_ipv6() {
+    let Some(mut env) = Env::with_host_link("socket_nat_ipv6", &[]) else {
+        return;
+    };
+    let inet = env.inet_ns();
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:68::/64",
+        "app",
+    ]);
+    let c = env.container("app", "c", &[]);
+    // TCP: 64 MiB download over IPv6 with a matching checksum; the server
+    // sees the host's own IPv6 address
+    let blob = env.random_file("blob", 64 << 20);
+    let peer = download(&mut env, &c.ns, &inet, INET_IP6, 7000, &blob);
+    assert_eq!(peer.ip().to_string(), HOST_IP6, "server saw {peer}");
+    // UDP both ways, 1 to 1,400 bytes (IPv6 fragments are not relayed:
+    // a larger datagram is a counted drop)
+    let from = udp6_roundtrips(&c.ns, &inet, 7001);
+    assert!(from.iter().all(|f| f == HOST_IP6), "{from:?}");
+    let nat = env.json(&["nat", "ls", "--format", "json"]);
+    let dropped = ctr(&nat["socket_nat"], "dropped");
+    let c2 = c.ns.clone();
+    in_ns(&c2, || {
+        let s = std::net::UdpSocket::bind("[::]:0").unwrap();
+        s.send_to(&[7u8; 4000], (INET_IP6, 7001)).unwrap();
+    })
+    .join()
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            let n = env.json(&["nat", "ls", "--format", "json"]);
+            ctr(&n["socket_nat"], "dropped") > dropped
+        }),
+        "a fragmented datagram is counted"
+    );
+    // ICMPv6 echo through a datagram socket
+    assert!(ping6(&env, &c.ns, INET_IP6), "ping6 through the socket NAT");
+    // a closed port: refused at once (the host's connection failed)
+    let o = env.exec(&c.ns, &["nc", "-z", "-w", "3", INET_IP6, "7999"]);
+    assert!(!o.status.success(), "connected to a closed port");
+    let nat = env.json(&["nat", "ls", "--format", "json"]);
+    assert!(ctr(&nat["socket_nat"], "tcp_refused") >= 1, "{nat}");
+    // IPv4 still goes out as before
+    let blob4 = env.random_file("blob4", 1 << 20);
+    let peer = download(&mut env, &c.ns, &inet, INET_IP, 7002, &blob4);
+    assert_eq!(peer.ip().to_string(), HOST_IP);
+}
+
+/// 30 UDP request/responses over IPv6 from `client` to an echo server
+/// this starts in `server` on [INET_IP6]:`port`, 1 to 1,400 bytes; the
+/// addresses the server saw them from.
+fn udp6_roundtrips(client: &str, server: &str, port: u16) -> Vec<String> {
+    use std::net::UdpSocket;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let srv = in_ns(server, move || {
+        let s = UdpSocket::bind((INET_IP6, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut b = vec![0u8; 16384];
+        (0..30)
+            .map(|_| {
+                let (n, from) = s.recv_from(&mut b).unwrap();
+                let mut r = b"re:".to_vec();
+                r.extend_from_slice(&b[..n]);
+                s.send_to(&r, from).unwrap();
+                from.ip().to_string()
+            })
+            .collect()
+    });
+    ready_rx.recv().unwrap();
+    in_ns(client, move || {
+        let s = UdpSocket::bind("[::]:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.connect((INET_IP6, port)).unwrap();
+        let mut b = vec![0u8; 16384];
+        for i in 0..30usize {
+            let m = format!("q{i}:{}", "y".repeat(i * 46));
+            s.send(m.as_bytes()).unwrap();
+            let n = s
+                .recv(&mut b)
+                .unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+            assert_eq!(&b[..n], format!("re:{m}").as_bytes(), "datagram {i}");
+        }
+    })
+    .join()
+    .expect("UDP client");
+    srv.join().expect("UDP server")
 }

@@ -153,7 +153,14 @@ impl phy::TxToken for TxTok<'_> {
         let frame = &b[VNET_HDR_LEN..];
         let arp_reply = eth::ethertype(frame) == Some(eth::ETHERTYPE_ARP)
             && arp::Arp::new(&frame[eth::HDR_LEN..]).is_some_and(|a| a.op() == arp::REPLY);
-        if !arp_reply {
+        // nor neighbour advertisements (the answers to synthetic
+        // solicitations: the switch answers for the gateway's IPv6 address)
+        const L4: usize = eth::HDR_LEN + ipv6::HDR_LEN;
+        let na = eth::ethertype(frame) == Some(eth::ETHERTYPE_IPV6)
+            && frame.len() > L4
+            && frame[eth::HDR_LEN + ipv6::NEXT_HEADER] == ipv6::PROTO_ICMPV6
+            && frame[L4] == icmpv6::NEIGHBOR_ADVERT;
+        if !arp_reply && !na {
             self.0.push(b);
         }
         r
@@ -184,6 +191,7 @@ impl phy::Device for Queue {
         cs.udp = Checksum::Tx;
         cs.tcp = Checksum::Tx;
         cs.icmpv4 = Checksum::Tx;
+        cs.icmpv6 = Checksum::Tx;
         c.checksum = cs;
         c
     }

@@ -7,6 +7,10 @@
 //! X:P go out of a host UDP socket per flow and the answers come back from
 //! X:P. Everything leaves with the host's own address and needs no
 //! privileges on the host: this is also the rootless back-end.
+//!
+//! Dual-stack networks: IPv6 flows go out of IPv6 host sockets the same
+//! way (TCP, UDP, and ICMPv6 echo through an `IPPROTO_ICMPV6` datagram
+//! socket).
 
 use super::dnsd::{frame_hook, gateway_iface, next_event, push_with_arp, send_control, Queue};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
@@ -14,7 +18,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +36,7 @@ const CREDIT: usize = 1 << 20;
 const TCP_BUF: usize = 1024 * 1024;
 
 /// (container address, port, remote address, port)
-type Flow = (Ipv4Addr, u16, Ipv4Addr, u16);
+type Flow = (IpAddr, u16, IpAddr, u16);
 
 pub enum Event {
     Frame(NetIdx, Vec<u8>),
@@ -40,6 +44,8 @@ pub enum Event {
         net: NetIdx,
         ip: Ipv4Addr,
         prefix: u8,
+        /// The gateway's IPv6 address and prefix, on a dual-stack network.
+        ip6: Option<(Ipv6Addr, u8)>,
         mac: Mac,
         mtu: u32,
     },
@@ -121,28 +127,39 @@ struct Net {
     dev: Queue,
     sockets: SocketSet<'static>,
     gw: Ipv4Addr,
+    gw6: Option<Ipv6Addr>,
     mac: Mac,
     /// SYNs waiting for the host's connection.
     syn: HashMap<Flow, Vec<u8>>,
     tcp: HashMap<Flow, Conn>,
     /// One smoltcp UDP socket per remote endpoint the containers talk to.
-    udp_sock: HashMap<(Ipv4Addr, u16), (SocketHandle, Instant)>,
+    udp_sock: HashMap<(IpAddr, u16), (SocketHandle, Instant)>,
     udp: HashMap<Flow, UdpFlow>,
     /// Echo flows: (container, identifier, remote, 0) -> sender, MAC.
     ping: HashMap<Flow, (UdpFlow, [u8; 6])>,
     /// Flows (SYNs waiting, TCP relays, UDP and echo flows) per container
     /// address: each holds a host socket, so each counts against the quota.
-    held: HashMap<Ipv4Addr, u32>,
+    held: HashMap<IpAddr, u32>,
     /// New UDP flows admitted (and held) whose first datagram smoltcp has
     /// not handed over yet (see `poll`).
     udp_pending: std::collections::HashSet<Flow>,
 }
 
-fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
+/// The transport protocol, addresses and transport header offset of an
+/// IPv4 frame, or of an IPv6 frame without extension headers; at least 8
+/// bytes of transport header. (IPv6 fragments are not taken: smoltcp 0.14
+/// reassembles and fragments IPv6 only on 6LoWPAN, so a UDP datagram
+/// larger than the link MTU cannot cross the IPv6 socket NAT; it is
+/// counted as dropped.)
+fn ip_l4(f: &[u8]) -> Option<(u8, IpAddr, IpAddr, usize)> {
     const I: usize = VNET_HDR_LEN + 14;
-    if f.len() < I + 20
-        || wire::eth::ethertype(&f[VNET_HDR_LEN..]) != Some(wire::eth::ETHERTYPE_IPV4)
-    {
+    let et = wire::eth::ethertype(f.get(VNET_HDR_LEN..)?)?;
+    if et == wire::eth::ETHERTYPE_IPV6 {
+        let h = wire::ipv6::Header::new(f.get(I..)?)?;
+        let l4 = I + wire::ipv6::HDR_LEN;
+        return (f.len() >= l4 + 8).then(|| (h.next_header(), h.src().into(), h.dst().into(), l4));
+    }
+    if f.len() < I + 20 || et != wire::eth::ETHERTYPE_IPV4 {
         return None;
     }
     let ihl = (f[I] & 0xf) as usize * 4;
@@ -151,20 +168,31 @@ fn ipv4_l4(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, usize)> {
     }
     let src = Ipv4Addr::new(f[I + 12], f[I + 13], f[I + 14], f[I + 15]);
     let dst = Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19]);
-    Some((f[I + 9], src, dst, I + ihl))
+    Some((f[I + 9], src.into(), dst.into(), I + ihl))
 }
 
 impl Net {
-    fn new(ip: Ipv4Addr, prefix: u8, mac: Mac, mtu: u32, now: SInstant) -> Net {
-        let (mut iface, dev) = gateway_iface(ip, prefix, None, mac, mtu, now);
+    fn new(
+        ip: Ipv4Addr,
+        prefix: u8,
+        ip6: Option<(Ipv6Addr, u8)>,
+        mac: Mac,
+        mtu: u32,
+        now: SInstant,
+    ) -> Net {
+        let (mut iface, dev) = gateway_iface(ip, prefix, ip6, mac, mtu, now);
         // any-IP: accept every destination, as a router would
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(ip);
+        if let Some((g6, _)) = ip6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(g6);
+        }
         Net {
             iface,
             dev,
             sockets: SocketSet::new(Vec::new()),
             gw: ip,
+            gw6: ip6.map(|a| a.0),
             mac,
             syn: HashMap::new(),
             tcp: HashMap::new(),
@@ -177,7 +205,7 @@ impl Net {
     }
 
     /// Whether container `src` may open one more flow; counts a refusal.
-    fn may_open(&self, src: Ipv4Addr, svc: &Svc) -> bool {
+    fn may_open(&self, src: IpAddr, svc: &Svc) -> bool {
         let ok = svc.quota == 0 || self.held.get(&src).copied().unwrap_or(0) < svc.quota;
         if !ok {
             svc.stats.quota_exceeded.fetch_add(1, Ordering::Relaxed);
@@ -185,11 +213,11 @@ impl Net {
         ok
     }
 
-    fn hold(&mut self, src: Ipv4Addr) {
+    fn hold(&mut self, src: IpAddr) {
         *self.held.entry(src).or_default() += 1;
     }
 
-    fn release(&mut self, src: Ipv4Addr) {
+    fn release(&mut self, src: IpAddr) {
         if let Some(h) = self.held.get_mut(&src) {
             *h -= 1;
             if *h == 0 {
@@ -200,7 +228,7 @@ impl Net {
 
     /// A routed frame from a container.
     fn frame(&mut self, net: NetIdx, f: Vec<u8>, svc: &Svc) {
-        let Some((proto, src, dst, l4)) = ipv4_l4(&f) else {
+        let Some((proto, src, dst, l4)) = ip_l4(&f) else {
             svc.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -234,7 +262,7 @@ impl Net {
                     }
                     return;
                 }
-                push_with_arp(&mut self.dev, self.gw, None, f);
+                push_with_arp(&mut self.dev, self.gw, self.gw6, f);
             }
             17 => {
                 if !self.udp.contains_key(&flow) && !self.udp_pending.contains(&flow) {
@@ -263,17 +291,29 @@ impl Net {
                         ),
                     );
                     let _ = u.bind(IpListenEndpoint {
-                        addr: Some(IpAddress::Ipv4(dst)),
+                        addr: Some(IpAddress::from(dst)),
                         port: dport,
                     });
                     self.udp_sock.insert(ep, (self.sockets.add(u), now));
                 }
-                push_with_arp(&mut self.dev, self.gw, None, f);
+                push_with_arp(&mut self.dev, self.gw, self.gw6, f);
             }
-            1 if f[l4] == 8 => {
-                // echo request: an ICMP datagram ("ping") socket per flow
+            // echo request (ICMP, ICMPv6): an ICMP datagram ("ping")
+            // socket per flow
+            1 | 58
+                if f[l4]
+                    == if proto == 1 {
+                        8
+                    } else {
+                        wire::icmpv6::ECHO_REQUEST
+                    } =>
+            {
                 const I: usize = VNET_HDR_LEN + 14;
-                let total = u16::from_be_bytes([f[I + 2], f[I + 3]]) as usize;
+                let total = if proto == 1 {
+                    u16::from_be_bytes([f[I + 2], f[I + 3]]) as usize
+                } else {
+                    wire::ipv6::HDR_LEN + u16::from_be_bytes([f[I + 4], f[I + 5]]) as usize
+                };
                 let end = (I + total).min(f.len());
                 let id = u16::from_be_bytes([f[l4 + 4], f[l4 + 5]]);
                 let key = (src, id, dst, 0);
@@ -311,6 +351,34 @@ impl Net {
         let Some((_, mac)) = self.ping.get(&flow) else {
             return;
         };
+        if let (IpAddr::V6(ctr), IpAddr::V6(remote)) = (flow.0, flow.2) {
+            if icmp.len() < 8 || icmp[0] != wire::icmpv6::ECHO_REPLY {
+                return;
+            }
+            let mut m = icmp;
+            m[4..6].copy_from_slice(&flow.1.to_be_bytes());
+            wire::icmpv6::fill_checksum(&mut m, remote, ctr);
+            let mut f = vec![0u8; VNET_HDR_LEN];
+            f.extend_from_slice(mac);
+            f.extend_from_slice(&self.mac.0);
+            f.extend_from_slice(&wire::eth::ETHERTYPE_IPV6);
+            let mut h = [0u8; wire::ipv6::HDR_LEN];
+            wire::ipv6::emit(
+                &mut h,
+                m.len() as u16,
+                wire::ipv6::PROTO_ICMPV6,
+                64,
+                remote,
+                ctr,
+            );
+            f.extend_from_slice(&h);
+            f.extend_from_slice(&m);
+            self.dev.tx.push(f);
+            return;
+        }
+        let (IpAddr::V4(ctr), IpAddr::V4(remote)) = (flow.0, flow.2) else {
+            return;
+        };
         if icmp.len() < 8 || icmp[0] != 0 {
             return;
         }
@@ -338,8 +406,8 @@ impl Net {
             0,
             0,
         ];
-        ip.extend_from_slice(&flow.2.octets());
-        ip.extend_from_slice(&flow.0.octets());
+        ip.extend_from_slice(&remote.octets());
+        ip.extend_from_slice(&ctr.octets());
         let c = wire::csum::checksum(&ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
         f.extend_from_slice(&ip);
@@ -355,7 +423,7 @@ impl Net {
             // no listener: smoltcp answers the SYN with a reset
             self.release(flow.0);
             svc.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
-            push_with_arp(&mut self.dev, self.gw, None, syn);
+            push_with_arp(&mut self.dev, self.gw, self.gw6, syn);
             return;
         };
         svc.stats.tcp_opened.fetch_add(1, Ordering::Relaxed);
@@ -368,7 +436,7 @@ impl Net {
         t.set_ack_delay(None);
         t.set_nagle_enabled(false);
         let _ = t.listen(IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(flow.2)),
+            addr: Some(IpAddress::from(flow.2)),
             port: flow.3,
         });
         let handle = self.sockets.add(t);
@@ -431,7 +499,7 @@ impl Net {
                 task,
             },
         );
-        push_with_arp(&mut self.dev, self.gw, None, syn);
+        push_with_arp(&mut self.dev, self.gw, self.gw6, syn);
     }
 
     fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
@@ -440,9 +508,9 @@ impl Net {
         for (&(rip, rport), &(h, _)) in self.udp_sock.iter() {
             let s = self.sockets.get_mut::<udp::Socket>(h);
             while let Ok((d, meta)) = s.recv() {
-                // the socket NAT's stack has IPv4 addresses only
-                let IpAddress::Ipv4(cip) = meta.endpoint.addr else {
-                    continue;
+                let cip = match meta.endpoint.addr {
+                    IpAddress::Ipv4(a) => IpAddr::V4(a),
+                    IpAddress::Ipv6(a) => IpAddr::V6(a),
                 };
                 let flow = (cip, meta.endpoint.port, rip, rport);
                 let data = d.to_vec();
@@ -571,7 +639,7 @@ impl Net {
             let _ = s.send_slice(
                 &d,
                 IpEndpoint {
-                    addr: IpAddress::Ipv4(flow.0),
+                    addr: IpAddress::from(flow.0),
                     port: flow.1,
                 },
             );
@@ -584,7 +652,11 @@ impl Net {
 fn udp_flow(net: NetIdx, flow: Flow, tx: mpsc::Sender<Event>) -> mpsc::Sender<Vec<u8>> {
     let (out, mut rx) = mpsc::channel::<Vec<u8>>(256);
     tokio::spawn(async move {
-        let Ok(s) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+        let any: SocketAddr = match flow.2 {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let Ok(s) = tokio::net::UdpSocket::bind(any).await else {
             return;
         };
         if s.connect((flow.2, flow.3)).await.is_err() {
@@ -612,8 +684,9 @@ fn udp_flow(net: NetIdx, flow: Flow, tx: mpsc::Sender<Event>) -> mpsc::Sender<Ve
     out
 }
 
-/// An ICMP datagram socket (`IPPROTO_ICMP`, what unprivileged ping uses,
-/// if net.ipv4.ping_group_range allows) for one echo flow.
+/// An ICMP datagram socket (`IPPROTO_ICMP`, or `IPPROTO_ICMPV6` for an
+/// IPv6 flow: what unprivileged ping uses, if net.ipv4.ping_group_range
+/// allows) for one echo flow.
 fn ping_flow(
     net: NetIdx,
     flow: Flow,
@@ -623,10 +696,14 @@ fn ping_flow(
     let (out, mut rx) = mpsc::channel::<Vec<u8>>(64);
     tokio::spawn(async move {
         let fd = unsafe {
+            let (af, proto) = match flow.2 {
+                IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+                IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+            };
             libc::socket(
-                libc::AF_INET,
+                af,
                 libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
+                proto,
             )
         };
         if fd < 0 {
@@ -701,12 +778,15 @@ pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector, quot
                 net,
                 ip,
                 prefix,
+                ip6,
                 mac,
                 mtu,
             } => {
-                let same = nets.get(&net).is_some_and(|n| n.gw == ip && n.mac == mac);
+                let same = nets
+                    .get(&net)
+                    .is_some_and(|n| n.gw == ip && n.gw6 == ip6.map(|a| a.0) && n.mac == mac);
                 if !same {
-                    nets.insert(net, Net::new(ip, prefix, mac, mtu, now()));
+                    nets.insert(net, Net::new(ip, prefix, ip6, mac, mtu, now()));
                 }
             }
             Event::RemoveNet(net) => {

@@ -163,9 +163,10 @@ impl State {
     }
 
     /// A routed IPv6 packet from network `net`: never to another tapnet
-    /// network (dropped, as IPv4 is); anywhere else, the gateway has no
-    /// IPv6 route (yet) and says so with an ICMPv6 destination
-    /// unreachable (no route).
+    /// network (dropped, as IPv4 is); without an uplink, to the socket NAT
+    /// behind the gateway (host IPv6 sockets); with an uplink (no NAT66
+    /// yet) or on an internal network, an ICMPv6 destination unreachable
+    /// (no route).
     pub(super) fn route_out6(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize) {
         let cfg = self.sw.network(net).expect("decided on it").cfg;
         let Some(v6) = cfg.v6 else {
@@ -182,6 +183,12 @@ impl State {
             self.sw.count_drop(slot, DropReason::NoRoute);
             self.recycle(slot, b);
             return;
+        }
+        if self.uplink.is_none() && cfg.routed {
+            if let Some(h) = self.cfg.route.clone() {
+                self.punt(Some(&h), slot, net, b, len);
+                return;
+            }
         }
         match crate::router6::icmp6_error(
             &cfg,

@@ -54,6 +54,10 @@ impl NetworkDriver for Bridge {
                 net: idx,
                 ip: rec.gateway,
                 prefix: rec.subnet.prefix_len(),
+                ip6: rec
+                    .subnet6
+                    .zip(rec.gateway6)
+                    .map(|(s, g)| (g, s.prefix_len())),
                 mac: cfg.gateway_mac,
                 mtu: rec.mtu,
             });
