@@ -59,6 +59,21 @@ def icmp(src, dst, typ, code, rest, data):
     return ipv4(src, dst, 1, m[:2] + struct.pack("!H", csum(m)) + m[4:])
 
 
+def ipv6(src, dst, nh, payload, hop=64):
+    return struct.pack("!IHBB16s16s", 0x60000000, len(payload), nh, hop, src, dst) + payload
+
+
+def icmp6(src, dst, typ, code, body, hop=64):
+    m = struct.pack("!BBH", typ, code, 0) + body
+    c = csum(src + dst + struct.pack("!IxxxB", len(m), 58) + m)
+    return ipv6(src, dst, 58, m[:2] + struct.pack("!H", c) + m[4:], hop)
+
+
+C0_6 = bytes.fromhex("fd000001000000000000000000000002")
+GW0_6 = bytes.fromhex("fd000001000000000000000000000001")
+SN_GW0 = bytes.fromhex("ff0200000000000000000001ff000001")
+
+
 def arp(op, sha, spa, tha, tpa):
     return struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + sha + spa + tha + tpa
 
@@ -119,6 +134,12 @@ def main():
                        arp(1, bytes([2, 7, 7, 7, 7, 7]), bytes([192, 168, 5, 20]), bytes(6), bytes([192, 168, 5, 9])), vlan=12)),
             rec(4, eth(bytes([2, 7, 7, 7, 7, 7]), bytes([2, 0x42, 192, 168, 5, 9]), 0x0800,
                        udp(bytes([192, 168, 5, 9]), bytes([192, 168, 5, 20]), 2, 1, b"out"))),
+        ],
+        "ipv6": [
+            rec(0, eth(bytes([0x33, 0x33, 0xFF, 0, 0, 1]), MAC_C0, 0x86DD,
+                       icmp6(C0_6, SN_GW0, 135, 0, bytes(4) + GW0_6 + bytes([1, 1]) + MAC_C0, hop=255))),
+            rec(0, eth(GW0_MAC, MAC_C0, 0x86DD, icmp6(C0_6, GW0_6, 128, 0, b"\0\1\0\1" + b"p" * 32))),
+            rec(0, eth(GW0_MAC, MAC_C0, 0x86DD, icmp6(C0_6, bytes.fromhex("20010db8000000000000000000000001"), 128, 0, b"\0\1\0\2", hop=1))),
         ],
         "fragments": [
             rec(0, eth(GW0_MAC, MAC_C0, 0x0800, ipv4(C0, INET, 17, udp(C0, INET, 40003, 9, b"a" * 64)[20:60], frag=0x2000, ident=7))),

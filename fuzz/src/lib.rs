@@ -94,7 +94,11 @@ pub fn pipeline(data: &[u8]) {
         prefix: 24,
         routed: true,
         gateway: true,
-        v6: None,
+        // dual stack: the gateway's IPv6 side (NDP, ping6, routing) too
+        v6: Some(vswitch::Net6 {
+            gateway: "fd00:1::1".parse().expect("valid"),
+            prefix: 64,
+        }),
     };
     let cfg1 = NetConfig {
         gateway_ip: GW1,
@@ -102,7 +106,10 @@ pub fn pipeline(data: &[u8]) {
         prefix: 24,
         routed: false,
         gateway: true,
-        v6: None,
+        v6: Some(vswitch::Net6 {
+            gateway: "fd00:2::1".parse().expect("valid"),
+            prefix: 120,
+        }),
     };
     let cfg2 = NetConfig {
         gateway_ip: Ipv4Addr::new(192, 168, 5, 1),
@@ -126,6 +133,7 @@ pub fn pipeline(data: &[u8]) {
         Some(PortIdentity {
             mac: Mac(MAC_C0),
             ip: C0,
+            ip6: Some("fd00:1::2".parse().expect("valid")),
         }),
     );
     let host_mac = Mac([2, 0x42, 192, 168, 5, 9]);
@@ -190,6 +198,15 @@ fn egress(x: &TrunkXform, trunk_port: u32, d: u32, f: &[u8]) {
 /// As the datapath's `route_out`: other tapnet networks are unreachable,
 /// internal networks answer with ICMP, the rest is masqueraded.
 fn route(nat: &mut nat::Nat, cfg: &NetConfig, n: u16, buf: &mut [u8], len: usize, now: u64) {
+    if wire::eth::ethertype(&buf[VNET_HDR_LEN..len]) == Some(wire::eth::ETHERTYPE_IPV6) {
+        // IPv6 has no NAT: unreachable, as the datapath answers
+        if let Some(v6) = cfg.v6 {
+            if let Ok(r) = vswitch::router6::icmp6_error(cfg, v6, buf, len, 1, 0) {
+                assert!(r <= BUF && r <= len.max(L3 + 48 + 1232));
+            }
+        }
+        return;
+    }
     if len < L3 + 20 {
         return;
     }
@@ -321,6 +338,7 @@ pub fn dns_query(data: &[u8]) {
                         container: name.into(),
                         aliases: vec![alias.into()],
                         ip: Ipv4Addr::new(10, 1, 0, ip),
+                        ip6: Some(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, ip as u16)),
                         dns: Vec::new(),
                     },
                 );
@@ -337,7 +355,12 @@ pub fn dns_query(data: &[u8]) {
         dns::Transport::Tcp
     };
     let net = 1 + (first >> 1 & 1) as u16;
-    let client = Ipv4Addr::new(10, 1, 0, first >> 2);
+    // a client asking over IPv4 or IPv6 (bit 7)
+    let client: std::net::IpAddr = if first & 0x80 == 0 {
+        Ipv4Addr::new(10, 1, 0, first >> 2).into()
+    } else {
+        std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, (first >> 2 & 0x1f) as u16).into()
+    };
     match r.handle(net, client, q, t) {
         dns::Outcome::Reply(b) => {
             use hickory_proto::serialize::binary::BinDecodable;
