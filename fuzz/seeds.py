@@ -74,6 +74,16 @@ GW0_6 = bytes.fromhex("fd000001000000000000000000000001")
 SN_GW0 = bytes.fromhex("ff0200000000000000000001ff000001")
 
 
+def udp6(src, dst, sport, dport, data):
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    c = csum(src + dst + struct.pack("!IxxxB", len(seg), 17) + seg) or 0xFFFF
+    return ipv6(src, dst, 17, seg[:6] + struct.pack("!H", c) + seg[8:])
+
+
+EXT6 = bytes.fromhex("20010db8011300000000000000000002")
+INET6 = bytes.fromhex("20010db8011300000000000000000001")
+
+
 def arp(op, sha, spa, tha, tpa):
     return struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + sha + spa + tha + tpa
 
@@ -151,6 +161,8 @@ def main():
         write("pipeline", name, b"".join(recs))
     # ---- nat: even = out from net 0, odd = in from the uplink
     nat = {
+        "udp6-roundtrip": [rec(0, eth(GW0_MAC, MAC_C0, 0x86DD, udp6(C0_6, INET6, 40000, 53, b"q6"))),
+                           rec(1, eth(UP_MAC, PARENT, 0x86DD, udp6(INET6, EXT6, 53, 40000, b"a6")))],
         "udp-roundtrip": [rec(0, out_udp), rec(1, eth(UP_MAC, PARENT, 0x0800, udp(INET, EXT, 53, 32768, b"a")))],
         "tcp-forward": [rec(1, eth(UP_MAC, PARENT, 0x0800, tcp(INET, EXT, 50000, 8080, 0x02))),
                         rec(0, eth(GW0_MAC, MAC_C0, 0x0800, tcp(C0, INET, 80, 50000, 0x12)))],

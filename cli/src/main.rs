@@ -114,6 +114,14 @@ struct DaemonArgs {
     /// The next hop for everything outside the uplink's subnet.
     #[arg(long, requires = "uplink")]
     uplink_gateway: Option<std::net::Ipv4Addr>,
+    /// NAT66: the IPv6 address (CIDR) tapnet owns on the uplink; dual-stack
+    /// networks' IPv6 traffic is masqueraded to it (like Docker's
+    /// ip6tables NAT).
+    #[arg(long, requires_all = ["uplink", "uplink_gateway6"])]
+    uplink_ip6: Option<String>,
+    /// The IPv6 next hop on the uplink.
+    #[arg(long, requires = "uplink_ip6")]
+    uplink_gateway6: Option<std::net::Ipv6Addr>,
     /// Ports (and ICMP identifiers) the NAT hands out.
     #[arg(long, default_value = "32768-60999")]
     nat_ports: String,
@@ -310,6 +318,17 @@ fn uplink_args(a: &DaemonArgs) -> Result<Option<daemon::UplinkArgs>> {
     let ip: ipnet::Ipv4Net = ip_s.parse().map_err(|_| {
         anyhow::anyhow!("invalid --uplink-ip {ip_s:?}: expected an IPv4 CIDR like 192.0.2.2/24")
     })?;
+    let ip6 = match a.uplink_ip6.as_deref() {
+        None => None,
+        Some(s) => {
+            let n: ipnet::Ipv6Net = s.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid --uplink-ip6 {s:?}: expected an IPv6 CIDR like 2001:db8::2/64"
+                )
+            })?;
+            Some(n)
+        }
+    };
     let (lo, hi) = a
         .nat_ports
         .split_once('-')
@@ -339,6 +358,8 @@ fn uplink_args(a: &DaemonArgs) -> Result<Option<daemon::UplinkArgs>> {
         iface: iface.clone(),
         ip,
         gateway: a.uplink_gateway.expect("clap requires it"),
+        ip6,
+        gateway6: a.uplink_gateway6,
         ports: (lo, hi),
         timeouts: t,
         quota: a.nat_quota,

@@ -53,7 +53,10 @@ pub const GW0_MAC: [u8; 6] = [2, 0x42, 10, 1, 0, 1];
 pub const PARENT_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 
 fn nat() -> nat::Nat {
-    let mut n = nat::Nat::new(nat::NatConfig::new(EXT));
+    let mut cfg = nat::NatConfig::new(EXT);
+    // NAT66 too (IPv6 frames are translated to this address)
+    cfg.external6 = Some("2001:db8:113::2".parse().expect("valid"));
+    let mut n = nat::Nat::new(cfg);
     n.add_forward(
         6,
         8080,
@@ -199,12 +202,19 @@ fn egress(x: &TrunkXform, trunk_port: u32, d: u32, f: &[u8]) {
 /// internal networks answer with ICMP, the rest is masqueraded.
 fn route(nat: &mut nat::Nat, cfg: &NetConfig, n: u16, buf: &mut [u8], len: usize, now: u64) {
     if wire::eth::ethertype(&buf[VNET_HDR_LEN..len]) == Some(wire::eth::ETHERTYPE_IPV6) {
-        // IPv6 has no NAT: unreachable, as the datapath answers
-        if let Some(v6) = cfg.v6 {
-            if let Ok(r) = vswitch::router6::icmp6_error(cfg, v6, buf, len, 1, 0) {
-                assert!(r <= BUF && r <= len.max(L3 + 48 + 1232));
+        // internal: unreachable, as the datapath answers; else NAT66
+        if !cfg.routed {
+            if let Some(v6) = cfg.v6 {
+                if let Ok(r) = vswitch::router6::icmp6_error(cfg, v6, buf, len, 1, 0) {
+                    assert!(r <= BUF && r <= len.max(L3 + 48 + 1232));
+                }
             }
+            return;
         }
+        let src_mac: [u8; 6] = buf[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
+            .try_into()
+            .expect("6");
+        let _ = nat.outbound(n, src_mac, &mut buf[..len], now);
         return;
     }
     if len < L3 + 20 {
@@ -256,6 +266,11 @@ fn uplink_in(nat: &mut nat::Nat, sw: &mut Switch, buf: &mut [u8], len: usize, no
             }
             Err(_) => {}
         },
+        wire::eth::ETHERTYPE_IPV6 => {
+            if let Ok(inside) = nat.inbound(&mut buf[..len], now) {
+                let _ = sw.table.lookup(inside.net, &Mac(inside.mac), now);
+            }
+        }
         _ => {}
     }
 }

@@ -1,7 +1,11 @@
-//! tapnet's masquerade (source NAT) for IPv4 TCP, UDP and ICMP echo.
+//! tapnet's masquerade (source NAT) for IPv4 TCP, UDP and ICMP echo, and
+//! for IPv6 TCP, UDP and ICMPv6 echo (NAT66, as Docker's ip6tables
+//! masquerade) when an external IPv6 address is configured.
 //!
 //! Frames are rewritten in place, in the datapath's receive buffers: a
-//! 10-byte `virtio_net_hdr`, then Ethernet, then IPv4. Outbound, the source
+//! 10-byte `virtio_net_hdr`, then Ethernet, then IPv4 or IPv6. One table
+//! holds both families (a connection's addresses are of one family; the
+//! port ranges are shared). Outbound, the source
 //! address becomes the external address and the source port (ICMP echo
 //! identifier) one allocated from a range; inbound, answers are mapped back,
 //! ICMP errors included (their embedded header too). Checksums are fixed
@@ -17,7 +21,7 @@ pub mod rst;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const VNET: usize = 10;
 const ETH: usize = 14;
@@ -27,11 +31,17 @@ const F_NEEDS_CSUM: u8 = 1;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+/// IPv6: where the header starts, its length, the fragment header.
+const IP6_LEN: usize = 40;
+const NH_FRAGMENT: u8 = 44;
 
 #[derive(Debug, Clone)]
 pub struct NatConfig {
     /// The address outbound traffic is masqueraded to.
     pub external: Ipv4Addr,
+    /// The IPv6 one (NAT66); None: IPv6 is not translated (Unsupported).
+    pub external6: Option<Ipv6Addr>,
     /// Source ports (TCP, UDP) and ICMP identifiers handed out.
     pub ports: (u16, u16),
     pub max_conns: usize,
@@ -72,6 +82,7 @@ impl Default for Timeouts {
 impl NatConfig {
     pub fn new(external: Ipv4Addr) -> NatConfig {
         NatConfig {
+            external6: None,
             external,
             ports: (32768, 60999),
             max_conns: 1 << 18,
@@ -84,7 +95,8 @@ impl NatConfig {
 /// Why a frame was not translated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatDrop {
-    /// Not IPv4 TCP/UDP/ICMP-echo we can translate, or truncated.
+    /// Not IPv4 or IPv6 TCP/UDP/ICMP-echo we can translate (an IPv6 header
+    /// chain with extension headers, say), or truncated.
     Unsupported,
     /// A fragment (we translate whole datagrams only).
     Fragment,
@@ -161,19 +173,19 @@ pub struct Inside {
 struct OutKey {
     proto: u8,
     net: u16,
-    src: Ipv4Addr,
+    src: IpAddr,
     sport: u16,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     dport: u16,
 }
 
 /// (outbound?, proto, source, destination, IP identification)
-type FragKey = (bool, u8, Ipv4Addr, Ipv4Addr, u16);
+type FragKey = (bool, u8, IpAddr, IpAddr, u16);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct InKey {
     proto: u8,
-    remote: Ipv4Addr,
+    remote: IpAddr,
     rport: u16,
     nport: u16,
 }
@@ -206,10 +218,10 @@ struct Conn {
 pub struct ConnRaw {
     pub proto: u8,
     pub net: u16,
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
     pub nport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
     pub tcp: TcpState,
     pub replied: bool,
@@ -229,13 +241,20 @@ pub struct ConnRaw {
 }
 
 impl ConnRaw {
-    /// As `tapnet nat ls` shows it; `ext` is the uplink address.
-    pub fn info(&self, ext: Ipv4Addr) -> ConnInfo {
+    /// As `tapnet nat ls` shows it; `ext` and `ext6` are the uplink's
+    /// addresses.
+    pub fn info(&self, ext: Ipv4Addr, ext6: Option<Ipv6Addr>) -> ConnInfo {
         let proto = match self.proto {
             PROTO_TCP => "tcp",
             PROTO_UDP => "udp",
+            PROTO_ICMPV6 => "icmpv6",
             _ => "icmp",
         };
+        let ext: IpAddr = match (self.src, ext6) {
+            (IpAddr::V6(_), Some(e6)) => e6.into(),
+            _ => ext.into(),
+        };
+        let sa = |a: IpAddr, p: u16| std::net::SocketAddr::new(a, p).to_string();
         let state = match self.proto {
             PROTO_TCP => format!("{:?}", self.tcp).to_lowercase(),
             _ if self.replied => "replied".into(),
@@ -244,9 +263,9 @@ impl ConnRaw {
         ConnInfo {
             proto: proto.into(),
             net: self.net,
-            inside: format!("{}:{}", self.src, self.sport),
-            outside: format!("{ext}:{}", self.nport),
-            remote: format!("{}:{}", self.dst, self.dport),
+            inside: sa(self.src, self.sport),
+            outside: sa(ext, self.nport),
+            remote: sa(self.dst, self.dport),
             state,
             idle_ms: self.idle_ms,
             expires_in_ms: self.expires_in_ms,
@@ -283,7 +302,7 @@ pub struct Nat {
     /// later fragments (no ports) follow it.
     frags: FxHashMap<FragKey, (u32, u64)>,
     /// Outbound connections per container (network, inside address).
-    per_src: FxHashMap<(u16, Ipv4Addr), u32>,
+    per_src: FxHashMap<(u16, IpAddr), u32>,
     pub stats: NatStats,
 }
 
@@ -307,8 +326,33 @@ fn ip4(b: &[u8], o: usize) -> [u8; 4] {
     [b[o], b[o + 1], b[o + 2], b[o + 3]]
 }
 
-/// The parts of an IPv4 packet NAT needs.
+fn ip6(b: &[u8], o: usize) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[o..o + 16]);
+    Ipv6Addr::from(a)
+}
+
+/// Offsets of the source and destination address in the IP header.
+fn addr_offsets(v6: bool) -> (usize, usize) {
+    if v6 {
+        (IP + 8, IP + 24)
+    } else {
+        (IP + 12, IP + 16)
+    }
+}
+
+fn read_addr(b: &[u8], o: usize, v6: bool) -> IpAddr {
+    if v6 {
+        ip6(b, o).into()
+    } else {
+        Ipv4Addr::from(ip4(b, o)).into()
+    }
+}
+
+/// The parts of an IPv4 or IPv6 packet NAT needs.
 struct Parsed {
+    /// IPv6 (else IPv4).
+    v6: bool,
     /// A first fragment (more follow).
     first_frag: bool,
     proto: u8,
@@ -316,9 +360,70 @@ struct Parsed {
     l4: usize,
     /// Bytes of L4 present.
     l4_len: usize,
+    src: IpAddr,
+    dst: IpAddr,
+}
+
+impl Parsed {
+    fn echo_request(&self) -> u8 {
+        if self.v6 {
+            wire::icmpv6::ECHO_REQUEST
+        } else {
+            8
+        }
+    }
+    fn echo_reply(&self) -> u8 {
+        if self.v6 {
+            wire::icmpv6::ECHO_REPLY
+        } else {
+            0
+        }
+    }
+    /// The ICMP protocol of the packet's family.
+    fn icmp(&self) -> u8 {
+        if self.v6 {
+            PROTO_ICMPV6
+        } else {
+            PROTO_ICMP
+        }
+    }
+}
+
+/// An IPv6 packet: its header directly followed by TCP, UDP or ICMPv6
+/// (a fragment header: [`NatDrop::Fragment`], not translated).
+fn parse6(b: &[u8]) -> Result<Parsed, NatDrop> {
+    if b.len() < IP + IP6_LEN || b[IP] >> 4 != 6 {
+        return Err(NatDrop::Unsupported);
+    }
+    let next = b[IP + 6];
+    if next == NH_FRAGMENT {
+        return Err(NatDrop::Fragment);
+    }
+    let l4 = IP + IP6_LEN;
+    // GSO super-frames may be longer than their (per-segment) length
+    let end = if b[1] != 0 {
+        b.len()
+    } else {
+        (l4 + rd16(b, IP + 4) as usize).min(b.len())
+    };
+    Ok(Parsed {
+        v6: true,
+        first_frag: false,
+        proto: next,
+        l4,
+        l4_len: end.saturating_sub(l4),
+        src: ip6(b, IP + 8).into(),
+        dst: ip6(b, IP + 24).into(),
+    })
 }
 
 fn parse(b: &[u8]) -> Result<Parsed, NatDrop> {
+    if b.len() >= IP
+        && b[VNET + wire::eth::ETHERTYPE..VNET + wire::eth::ETHERTYPE + 2]
+            == wire::eth::ETHERTYPE_IPV6
+    {
+        return parse6(b);
+    }
     if b.len() < IP + 20
         || b[VNET + wire::eth::ETHERTYPE..VNET + wire::eth::ETHERTYPE + 2]
             != wire::eth::ETHERTYPE_IPV4
@@ -343,10 +448,13 @@ fn parse(b: &[u8]) -> Result<Parsed, NatDrop> {
         (IP + total).min(b.len())
     };
     Ok(Parsed {
+        v6: false,
         first_frag: frag & 0x2000 != 0,
         proto: b[IP + 9],
         l4: IP + ihl,
         l4_len: end.saturating_sub(IP + ihl),
+        src: Ipv4Addr::from(ip4(b, IP + 12)).into(),
+        dst: Ipv4Addr::from(ip4(b, IP + 16)).into(),
     })
 }
 
@@ -390,6 +498,19 @@ impl Nat {
 
     pub fn external(&self) -> Ipv4Addr {
         self.cfg.external
+    }
+
+    pub fn external6(&self) -> Option<Ipv6Addr> {
+        self.cfg.external6
+    }
+
+    /// The external address of the packet's family, if there is one.
+    fn ext_for(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.cfg.external6.map(IpAddr::V6)
+        } else {
+            Some(self.cfg.external.into())
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -489,10 +610,15 @@ impl Nat {
             Err(NatDrop::Fragment) => return self.fragment(b, true, now).map(|_| ()),
             r => r?,
         };
+        let Some(ext) = self.ext_for(p.v6) else {
+            return Err(NatDrop::Unsupported);
+        };
         let (sport, dport) = match p.proto {
             PROTO_TCP | PROTO_UDP if p.l4_len >= 8 => (rd16(b, p.l4), rd16(b, p.l4 + 2)),
             // echo request: the identifier plays the port
-            PROTO_ICMP if p.l4_len >= 8 && b[p.l4] == 8 => (rd16(b, p.l4 + 4), 0),
+            x if x == p.icmp() && p.l4_len >= 8 && b[p.l4] == p.echo_request() => {
+                (rd16(b, p.l4 + 4), 0)
+            }
             _ => return Err(NatDrop::Unsupported),
         };
         if p.proto == PROTO_TCP && p.l4_len < 20 {
@@ -501,9 +627,9 @@ impl Nat {
         let key = OutKey {
             proto: p.proto,
             net,
-            src: ip4(b, IP + 12).into(),
+            src: p.src,
             sport,
-            dst: ip4(b, IP + 16).into(),
+            dst: p.dst,
             dport,
         };
         let id = match self.by_out.get(&key) {
@@ -521,7 +647,6 @@ impl Nat {
         }
         let c = self.conns[id as usize].as_ref().expect("indexed");
         let nport = c.nport;
-        let ext = self.cfg.external.octets();
         if p.first_frag {
             self.frags.insert(
                 (true, p.proto, key.src, key.dst, rd16(b, IP + 4)),
@@ -598,21 +723,24 @@ impl Nat {
     fn inbound_inner(&mut self, b: &mut [u8], now: u64) -> Result<Inside, NatDrop> {
         let p = match parse(b) {
             Err(NatDrop::Fragment) => {
-                if ip4(b, IP + 16) != self.cfg.external.octets() {
+                if b.len() < IP + 20 || ip4(b, IP + 16) != self.cfg.external.octets() {
                     return Err(NatDrop::NoConnection);
                 }
                 return self.fragment(b, false, now);
             }
             r => r?,
         };
-        if ip4(b, IP + 16) != self.cfg.external.octets() {
+        if Some(p.dst) != self.ext_for(p.v6) {
             return Err(NatDrop::NoConnection);
         }
-        let remote: Ipv4Addr = ip4(b, IP + 12).into();
+        let remote = p.src;
+        let errors: &[u8] = if p.v6 { &[1, 2, 3, 4] } else { &[3, 11, 12] };
         let (rport, nport) = match p.proto {
             PROTO_TCP | PROTO_UDP if p.l4_len >= 8 => (rd16(b, p.l4), rd16(b, p.l4 + 2)),
-            PROTO_ICMP if p.l4_len >= 8 && b[p.l4] == 0 => (0, rd16(b, p.l4 + 4)),
-            PROTO_ICMP if p.l4_len >= 8 && matches!(b[p.l4], 3 | 11 | 12) => {
+            x if x == p.icmp() && p.l4_len >= 8 && b[p.l4] == p.echo_reply() => {
+                (0, rd16(b, p.l4 + 4))
+            }
+            x if x == p.icmp() && p.l4_len >= 8 && errors.contains(&b[p.l4]) => {
                 return self.icmp_error_in(b, &p, now);
             }
             _ => return Err(NatDrop::Unsupported),
@@ -638,12 +766,12 @@ impl Nat {
             Self::tcp_track(c, b[p.l4 + wire::tcp::FLAGS], false);
         }
         let changed = before != (c.tcp, c.fin_out, c.fin_in, c.replied);
-        let (inside, sport, net, mac) = (c.out.src.octets(), c.out.sport, c.out.net, c.mac);
+        let (inside, sport, net, mac) = (c.out.src, c.out.sport, c.out.net, c.mac);
         if changed {
             self.stats.state_changes += 1;
         }
         if p.first_frag {
-            let ext = self.cfg.external;
+            let ext = self.cfg.external.into();
             self.frags
                 .insert((false, p.proto, remote, ext, rd16(b, IP + 4)), (id, now));
         }
@@ -657,6 +785,8 @@ impl Nat {
         let f = *self
             .forwards
             .get(&(key.proto, key.nport))
+            // published ports are IPv4 (an IPv6 client uses the relay)
+            .filter(|_| key.remote.is_ipv4())
             .ok_or(NatDrop::NoConnection)?;
         // TCP: only a SYN opens one
         if key.proto == PROTO_TCP && !wire::tcp::is_syn_only(b[p.l4 + wire::tcp::FLAGS]) {
@@ -668,7 +798,7 @@ impl Nat {
         let out = OutKey {
             proto: key.proto,
             net: f.net,
-            src: f.ip,
+            src: f.ip.into(),
             sport: f.port,
             dst: key.remote,
             dport: key.rport,
@@ -676,24 +806,39 @@ impl Nat {
         Ok(self.insert(out, key.nport, f.mac, true))
     }
 
-    /// An ICMP error about a packet we sent out: map the embedded header
-    /// back, then the outer destination.
+    /// An ICMP (ICMPv6) error about a packet we sent out: map the
+    /// embedded header back, then the outer destination.
     fn icmp_error_in(&mut self, b: &mut [u8], p: &Parsed, now: u64) -> Result<Inside, NatDrop> {
         let e = p.l4 + 8; // embedded IP header
         let end = p.l4 + p.l4_len;
-        if end < e + 20 || b[e] >> 4 != 4 {
+        let ext = self.ext_for(p.v6).ok_or(NatDrop::Unsupported)?;
+        let (esrc, edst) = if p.v6 {
+            (e + 8, e + 24)
+        } else {
+            (e + 12, e + 16)
+        };
+        let (el4, eproto) = if p.v6 {
+            if end < e + IP6_LEN + 8 || b[e] >> 4 != 6 {
+                return Err(NatDrop::Unsupported);
+            }
+            (e + IP6_LEN, b[e + 6])
+        } else {
+            if end < e + 20 || b[e] >> 4 != 4 {
+                return Err(NatDrop::Unsupported);
+            }
+            let eihl = (b[e] & 0xf) as usize * 4;
+            if eihl < 20 {
+                return Err(NatDrop::Unsupported);
+            }
+            (e + eihl, b[e + 9])
+        };
+        if end < el4 + 8 || read_addr(b, esrc, p.v6) != ext {
             return Err(NatDrop::Unsupported);
         }
-        let eihl = (b[e] & 0xf) as usize * 4;
-        let el4 = e + eihl;
-        if eihl < 20 || end < el4 + 8 || ip4(b, e + 12) != self.cfg.external.octets() {
-            return Err(NatDrop::Unsupported);
-        }
-        let eproto = b[e + 9];
-        let remote: Ipv4Addr = ip4(b, e + 16).into();
+        let remote = read_addr(b, edst, p.v6);
         let (rport, nport) = match eproto {
             PROTO_TCP | PROTO_UDP => (rd16(b, el4 + 2), rd16(b, el4)),
-            PROTO_ICMP if b[el4] == 8 => (0, rd16(b, el4 + 4)),
+            x if x == p.icmp() && b[el4] == p.echo_request() => (0, rd16(b, el4 + 4)),
             _ => return Err(NatDrop::Unsupported),
         };
         let key = InKey {
@@ -705,25 +850,42 @@ impl Nat {
         let &id = self.by_in.get(&key).ok_or(NatDrop::NoConnection)?;
         let c = self.conns[id as usize].as_mut().expect("indexed");
         c.last = now;
-        let inside = c.out.src.octets();
+        let inside = c.out.src;
         let (sport, net, mac) = (c.out.sport, c.out.net, c.mac);
         // embedded: source address and port back to the inside ones
-        let old = ip4(b, e + 12);
-        b[e + 12..e + 16].copy_from_slice(&inside);
-        let ec = csum::update32(rd16(b, e + 10), old, inside);
-        wr16(b, e + 10, ec);
+        match inside {
+            IpAddr::V4(a) => {
+                let old = ip4(b, esrc);
+                b[esrc..esrc + 4].copy_from_slice(&a.octets());
+                let ec = csum::update32(rd16(b, e + 10), old, a.octets());
+                wr16(b, e + 10, ec);
+            }
+            IpAddr::V6(a) => b[esrc..esrc + 16].copy_from_slice(&a.octets()),
+        }
         match eproto {
             PROTO_TCP | PROTO_UDP => wr16(b, el4, sport),
             _ => wr16(b, el4 + 4, sport),
         }
         // outer destination
-        let old = ip4(b, IP + 16);
-        b[IP + 16..IP + 20].copy_from_slice(&inside);
-        let hc = csum::update32(rd16(b, IP + 10), old, inside);
-        wr16(b, IP + 10, hc);
-        // the ICMP checksum covers the embedded packet: recompute (small)
+        let (_, dsto) = addr_offsets(p.v6);
+        match inside {
+            IpAddr::V4(a) => {
+                let old = ip4(b, dsto);
+                b[dsto..dsto + 4].copy_from_slice(&a.octets());
+                let hc = csum::update32(rd16(b, IP + 10), old, a.octets());
+                wr16(b, IP + 10, hc);
+            }
+            IpAddr::V6(a) => b[dsto..dsto + 16].copy_from_slice(&a.octets()),
+        }
+        // the ICMP checksum covers the embedded packet (and for ICMPv6 the
+        // pseudo-header): recompute (small)
         wr16(b, p.l4 + 2, 0);
-        let ic = csum::checksum(&b[p.l4..end]);
+        let ic = match (p.src, inside) {
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                wire::ipv6::upper_checksum(s, d, PROTO_ICMPV6, &b[p.l4..end])
+            }
+            _ => csum::checksum(&b[p.l4..end]),
+        };
         wr16(b, p.l4 + 2, ic);
         self.stats.icmp_errors_in += 1;
         Ok(Inside { net, mac })
@@ -733,18 +895,26 @@ impl Nat {
     /// its datagram, which must have passed first; only the address
     /// changes (and the IP header checksum; the L4 checksum is in the first).
     fn fragment(&mut self, b: &mut [u8], outbound: bool, now: u64) -> Result<Inside, NatDrop> {
-        let src: Ipv4Addr = ip4(b, IP + 12).into();
-        let dst: Ipv4Addr = ip4(b, IP + 16).into();
+        // IPv6 fragments are not translated
+        if b.len() < IP + 20 || b[IP] >> 4 != 4 {
+            return Err(NatDrop::Fragment);
+        }
+        let src: IpAddr = Ipv4Addr::from(ip4(b, IP + 12)).into();
+        let dst: IpAddr = Ipv4Addr::from(ip4(b, IP + 16)).into();
         let key = (outbound, b[IP + 9], src, dst, rd16(b, IP + 4));
         let &(id, _) = self.frags.get(&key).ok_or(NatDrop::Fragment)?;
         let Some(c) = self.conns[id as usize].as_mut() else {
             return Err(NatDrop::Fragment);
         };
         c.last = now;
+        let inside = match c.out.src {
+            IpAddr::V4(a) => a.octets(),
+            IpAddr::V6(_) => return Err(NatDrop::Fragment),
+        };
         let (ao, addr) = if outbound {
             (IP + 12, self.cfg.external.octets())
         } else {
-            (IP + 16, c.out.src.octets())
+            (IP + 16, inside)
         };
         let old = ip4(b, ao);
         b[ao..ao + 4].copy_from_slice(&addr);
@@ -783,7 +953,9 @@ impl Nat {
     /// forwarded) or its forward now leads elsewhere, or the table is
     /// full. A forwarded one needs its forward added first.
     pub fn restore(&mut self, r: &ConnRaw, now: u64) -> bool {
-        if !matches!(r.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP)
+        if !matches!(r.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6)
+            || r.src.is_ipv4() != r.dst.is_ipv4()
+            || (r.src.is_ipv6() && self.cfg.external6.is_none())
             || self.by_out.len() >= self.cfg.max_conns
         {
             return false;
@@ -806,7 +978,7 @@ impl Nat {
         let port_ok = if r.forwarded {
             self.forwards
                 .get(&(r.proto, r.nport))
-                .is_some_and(|f| f.net == r.net && f.ip == r.src && f.port == r.sport)
+                .is_some_and(|f| f.net == r.net && IpAddr::V4(f.ip) == r.src && f.port == r.sport)
         } else {
             (lo..=hi).contains(&r.nport) && !self.used[pidx(r.proto)].contains_key(&r.nport)
         };
@@ -840,7 +1012,7 @@ impl Nat {
     /// (the container is gone; a new one may get its address, and must not
     /// get its flows); returns how many. Published-port entries towards it
     /// go too (the forward itself is removed with the publish).
-    pub fn forget(&mut self, net: u16, src: Ipv4Addr, now: u64) -> usize {
+    pub fn forget(&mut self, net: u16, src: IpAddr, now: u64) -> usize {
         let mut n = 0;
         for i in 0..self.conns.len() {
             if self.conns[i]
@@ -925,54 +1097,80 @@ impl Nat {
     /// formats [`Self::entries_raw`] off the datapath thread).
     #[cfg(test)]
     pub fn entries(&self, now: u64) -> Vec<ConnInfo> {
-        let ext = self.cfg.external;
-        self.entries_raw(now).iter().map(|r| r.info(ext)).collect()
+        let (ext, ext6) = (self.cfg.external, self.cfg.external6);
+        self.entries_raw(now)
+            .iter()
+            .map(|r| r.info(ext, ext6))
+            .collect()
     }
 }
 
 /// Rewrites the source (outbound) or destination (inbound) address and
-/// port/identifier, fixing the IP header checksum and the L4 checksum
-/// (partial or full).
-fn rewrite(b: &mut [u8], p: &Parsed, addr: [u8; 4], source: bool, port: u16) {
-    let ao = if source { IP + 12 } else { IP + 16 };
-    let old = ip4(b, ao);
-    b[ao..ao + 4].copy_from_slice(&addr);
-    let hc = csum::update32(rd16(b, IP + 10), old, addr);
-    wr16(b, IP + 10, hc);
-    let partial = b[0] & F_NEEDS_CSUM != 0;
-    match p.proto {
-        PROTO_TCP | PROTO_UDP => {
-            let po = if source { p.l4 } else { p.l4 + 2 };
-            let old_port = rd16(b, po);
-            wr16(b, po, port);
-            let co = p.l4 + if p.proto == PROTO_TCP { 16 } else { 6 };
-            let c = rd16(b, co);
-            if p.proto == PROTO_UDP && c == 0 && !partial {
-                return; // UDP without a checksum
+/// port/identifier, fixing the IPv4 header checksum and the L4 checksum
+/// (partial or full; the ICMPv6 one covers the addresses too).
+fn rewrite(b: &mut [u8], p: &Parsed, addr: IpAddr, source: bool, port: u16) {
+    let (so, dso) = addr_offsets(p.v6);
+    let ao = if source { so } else { dso };
+    // the old and new address as 16-bit words (what every checksum sums)
+    let mut old_w = [0u16; 8];
+    let mut new_w = [0u16; 8];
+    let n = match addr {
+        IpAddr::V4(a) if !p.v6 => {
+            let old = ip4(b, ao);
+            b[ao..ao + 4].copy_from_slice(&a.octets());
+            let hc = csum::update32(rd16(b, IP + 10), old, a.octets());
+            wr16(b, IP + 10, hc);
+            for k in 0..2 {
+                old_w[k] = u16::from_be_bytes([old[2 * k], old[2 * k + 1]]);
+                new_w[k] = u16::from_be_bytes([a.octets()[2 * k], a.octets()[2 * k + 1]]);
             }
-            let c = if partial {
-                // only the pseudo-header is summed yet: the port is not
-                csum::partial_update32(c, old, addr)
-            } else {
-                let c = csum::update32(c, old, addr);
-                let c = csum::update16(c, old_port, port);
-                if p.proto == PROTO_UDP && c == 0 {
-                    0xffff
-                } else {
-                    c
-                }
-            };
-            wr16(b, co, c);
+            2
         }
-        PROTO_ICMP => {
-            let io = p.l4 + 4;
-            let old_id = rd16(b, io);
-            wr16(b, io, port);
-            let c = csum::update16(rd16(b, p.l4 + 2), old_id, port);
-            wr16(b, p.l4 + 2, c);
+        IpAddr::V6(a) if p.v6 => {
+            let old = ip6(b, ao);
+            b[ao..ao + 16].copy_from_slice(&a.octets());
+            old_w = old.segments();
+            new_w = a.segments();
+            8
         }
-        _ => {}
+        _ => return, // never: a connection keeps its family
+    };
+    // (an ICMPv4 checksum is never left partial: it has no pseudo-header)
+    let partial = b[0] & F_NEEDS_CSUM != 0 && p.proto != PROTO_ICMP;
+    // (checksum offset, port/identifier offset, whether the pseudo-header
+    // is in the checksum)
+    let (co, po, pseudo) = match p.proto {
+        PROTO_TCP => (p.l4 + 16, if source { p.l4 } else { p.l4 + 2 }, true),
+        PROTO_UDP => (p.l4 + 6, if source { p.l4 } else { p.l4 + 2 }, true),
+        PROTO_ICMP => (p.l4 + 2, p.l4 + 4, false),
+        PROTO_ICMPV6 => (p.l4 + 2, p.l4 + 4, true),
+        _ => return,
+    };
+    let old_port = rd16(b, po);
+    wr16(b, po, port);
+    let mut c = rd16(b, co);
+    if p.proto == PROTO_UDP && c == 0 && !partial && !p.v6 {
+        return; // IPv4 UDP without a checksum
     }
+    if partial {
+        // only the pseudo-header is summed yet: the port is not
+        if pseudo {
+            for k in 0..n {
+                c = csum::partial_update16(c, old_w[k], new_w[k]);
+            }
+        }
+    } else {
+        if pseudo {
+            for k in 0..n {
+                c = csum::update16(c, old_w[k], new_w[k]);
+            }
+        }
+        c = csum::update16(c, old_port, port);
+        if p.proto == PROTO_UDP && c == 0 {
+            c = 0xffff;
+        }
+    }
+    wr16(b, co, c);
 }
 
 #[cfg(test)]

@@ -458,3 +458,166 @@ fn restore_keeps_the_clock_and_the_closing_state() {
     assert_eq!((e.proto.as_str(), e.state.as_str()), ("tcp", "closing"));
     assert!(e.expires_in_ms <= 120_000 - 41_000);
 }
+
+// ---- NAT66 ----
+
+const C6: &str = "fd00:6a::2";
+const R6: &str = "2001:db8:113::1";
+const EXT6: &str = "2001:db8:113::2";
+
+fn a6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+fn nat66() -> Nat {
+    let mut cfg = NatConfig::new(EXT.into());
+    cfg.external6 = Some(a6(EXT6));
+    Nat::new(cfg)
+}
+
+/// vnet + Ethernet + IPv6 + L4 (`l4` bytes); the L4 checksum complete, or
+/// partial (the pseudo-header sum only, NEEDS_CSUM) when `partial`.
+fn frame6(src: &str, dst: &str, proto: u8, l4: &[u8], partial: bool) -> Vec<u8> {
+    let (s, d) = (a6(src), a6(dst));
+    let mut b = vec![0u8; VNET];
+    if partial {
+        b[0] = F_NEEDS_CSUM;
+    }
+    b.extend_from_slice(&[0xaa; 12]);
+    b.extend_from_slice(&[0x86, 0xdd]);
+    let mut h = [0u8; 40];
+    wire::ipv6::emit(&mut h, l4.len() as u16, proto, 64, s, d);
+    b.extend_from_slice(&h);
+    b.extend_from_slice(l4);
+    let co = IP + 40 + l4_csum_off(proto);
+    wr16(&mut b, co, 0);
+    let c = if partial {
+        let mut x = wire::ipv6::pseudo_sum(s, d, l4.len() as u32, proto);
+        while x >> 16 != 0 {
+            x = (x & 0xffff) + (x >> 16);
+        }
+        x as u16
+    } else {
+        wire::ipv6::upper_checksum(s, d, proto, &b[IP + 40..])
+    };
+    wr16(&mut b, co, c);
+    b
+}
+
+fn l4_csum_off(proto: u8) -> usize {
+    match proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        _ => 2,
+    }
+}
+
+/// Asserts the frame's L4 checksum: complete (sums to zero with the
+/// pseudo-header), or partial (equals the pseudo-header sum).
+fn valid6(b: &[u8], partial: bool) {
+    let (s, d) = (ip6(b, IP + 8), ip6(b, IP + 24));
+    let proto = b[IP + 6];
+    let seg = &b[IP + 40..];
+    if partial {
+        let mut x = wire::ipv6::pseudo_sum(s, d, seg.len() as u32, proto);
+        while x >> 16 != 0 {
+            x = (x & 0xffff) + (x >> 16);
+        }
+        assert_eq!(rd16(seg, l4_csum_off(proto)), x as u16, "partial checksum");
+    } else {
+        assert_eq!(wire::ipv6::upper_checksum(s, d, proto, seg), 0, "checksum");
+    }
+}
+
+#[test]
+fn nat66_tcp_udp_echo_full_and_partial_checksums() {
+    let mut n = nat66();
+    for partial in [false, true] {
+        for (proto, l4) in [
+            (PROTO_TCP, tcp(40000 + partial as u16, 80, wire::tcp::SYN)),
+            (PROTO_UDP, {
+                let mut u = vec![0x9c, 0x41, 0, 53, 0, 12, 0, 0];
+                u.extend_from_slice(b"abcd");
+                u[0] += partial as u8;
+                u
+            }),
+        ] {
+            let mut f = frame6(C6, R6, proto, &l4, partial);
+            n.outbound(3, MAC, &mut f, 1000).unwrap();
+            assert_eq!(ip6(&f, IP + 8), a6(EXT6), "source masqueraded");
+            valid6(&f, partial);
+            // the answer, back to the container
+            let nport = rd16(&f, IP + 40);
+            let mut r = l4.clone();
+            r[0..2].copy_from_slice(&l4[2..4]);
+            r[2..4].copy_from_slice(&nport.to_be_bytes());
+            if proto == PROTO_TCP {
+                r[wire::tcp::FLAGS] = wire::tcp::SYN | wire::tcp::ACK_FLAG;
+            }
+            let mut back = frame6(R6, EXT6, proto, &r, partial);
+            let inside = n.inbound(&mut back, 1001).unwrap();
+            assert_eq!((inside.net, inside.mac), (3, MAC));
+            assert_eq!(ip6(&back, IP + 24), a6(C6));
+            assert_eq!(rd16(&back, IP + 42), rd16(&l4, 0), "port restored");
+            valid6(&back, partial);
+        }
+    }
+    // ICMPv6 echo: the identifier is translated, the checksum (with its
+    // pseudo-header) stays right
+    let mut echo = vec![128, 0, 0, 0, 0x12, 0x34, 0, 1];
+    echo.extend_from_slice(&[7; 24]);
+    let mut f = frame6(C6, R6, PROTO_ICMPV6, &echo, false);
+    n.outbound(3, MAC, &mut f, 1000).unwrap();
+    valid6(&f, false);
+    let id = rd16(&f, IP + 44);
+    let mut rep = echo.clone();
+    rep[0] = 129;
+    rep[4..6].copy_from_slice(&id.to_be_bytes());
+    let mut back = frame6(R6, EXT6, PROTO_ICMPV6, &rep, false);
+    n.inbound(&mut back, 1001).unwrap();
+    assert_eq!(rd16(&back, IP + 44), 0x1234);
+    valid6(&back, false);
+    // a destination unreachable about the UDP flow: embedded packet and
+    // outer destination mapped back, ICMPv6 checksum recomputed
+    let mut u = vec![0x9c, 0x41, 0, 53, 0, 12, 0, 0];
+    u.extend_from_slice(b"abcd");
+    let mut out = frame6(C6, R6, PROTO_UDP, &u, false);
+    n.outbound(3, MAC, &mut out, 1002).unwrap();
+    let mut err = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(&out[IP..]);
+    let mut e = frame6(R6, EXT6, PROTO_ICMPV6, &err, false);
+    n.inbound(&mut e, 1003).unwrap();
+    assert_eq!(ip6(&e, IP + 24), a6(C6));
+    assert_eq!(ip6(&e, IP + 48 + 8), a6(C6), "embedded source");
+    assert_eq!(rd16(&e, IP + 48 + 40), 0x9c41, "embedded port");
+    valid6(&e, false);
+    assert_eq!(n.stats.icmp_errors_in, 1);
+    // the table shows them with the IPv6 external address
+    let shown = n.entries(1004);
+    assert!(shown
+        .iter()
+        .any(|c| c.outside.starts_with("[2001:db8:113::2]:")));
+    // forgotten with the container's IPv6 address
+    assert!(n.forget(3, a6(C6).into(), 1005) >= 3);
+}
+
+#[test]
+fn nat66_refuses_what_it_cannot_translate() {
+    // no external IPv6 address: IPv6 is unsupported, counted
+    let mut n = nat();
+    let mut f = frame6(C6, R6, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0], false);
+    assert_eq!(n.outbound(0, MAC, &mut f, 1), Err(NatDrop::Unsupported));
+    let mut n = nat66();
+    // a fragment header
+    let mut f = frame6(C6, R6, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0], false);
+    f[IP + 6] = 44;
+    assert_eq!(n.outbound(0, MAC, &mut f, 1), Err(NatDrop::Fragment));
+    // inbound for nobody, and truncated frames at every length
+    let mut f = frame6(R6, EXT6, PROTO_UDP, &[0, 53, 0x80, 0, 0, 8, 0, 0], false);
+    assert_eq!(n.inbound(&mut f, 1), Err(NatDrop::NoConnection));
+    for cut in 0..f.len() {
+        let mut g = f[..cut].to_vec();
+        let _ = n.inbound(&mut g, 1);
+        let _ = n.outbound(0, MAC, &mut g, 1);
+    }
+}

@@ -33,6 +33,8 @@ pub const UPLINK_IP: &str = "203.0.113.2";
 pub const HOST_IP: &str = "203.0.113.254";
 /// The "internet" server's IPv6 address in [`Env::with_host_link`].
 pub const INET_IP6: &str = "2001:db8:113::1";
+/// The address NAT66 tests give the uplink (`--uplink-ip6`).
+pub const UPLINK_IP6: &str = "2001:db8:113::2";
 /// The host namespace's own IPv6 address in [`Env::with_host_link`].
 pub const HOST_IP6: &str = "2001:db8:113::254";
 
@@ -291,6 +293,17 @@ impl Env {
                 "inet0",
             ]));
             run_ok(Command::new("ip").args(["-n", &inet, "link", "set", "inet0", "up"]));
+            // the "internet" has IPv6 too (no DAD: usable at once)
+            run_ok(Command::new("ip").args([
+                "-n",
+                &inet,
+                "addr",
+                "add",
+                "2001:db8:113::1/64",
+                "dev",
+                "inet0",
+                "nodad",
+            ]));
             if uplink {
                 for a in [
                     "--uplink",
@@ -313,14 +326,16 @@ impl Env {
                     "up0",
                 ]));
                 // and IPv6 on the same link (no DAD: usable at once)
-                for (ns, a, dev) in [
-                    (&host_ns, "2001:db8:113::254/64", "up0"),
-                    (&inet, "2001:db8:113::1/64", "inet0"),
-                ] {
-                    run_ok(
-                        Command::new("ip").args(["-n", ns, "addr", "add", a, "dev", dev, "nodad"]),
-                    );
-                }
+                run_ok(Command::new("ip").args([
+                    "-n",
+                    &host_ns,
+                    "addr",
+                    "add",
+                    "2001:db8:113::254/64",
+                    "dev",
+                    "up0",
+                    "nodad",
+                ]));
                 // ICMP datagram sockets for everyone, in this namespace only
                 run_ok(Command::new("ip").args([
                     "netns",

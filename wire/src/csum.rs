@@ -70,6 +70,13 @@ pub fn partial_update32(field: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     fold(f)
 }
 
+/// A partial checksum field after one 16-bit word of the pseudo-header
+/// (part of an IPv6 address, say) changed from `old` to `new`.
+#[inline]
+pub fn partial_update16(field: u16, old: u16, new: u16) -> u16 {
+    fold(add(add(field as u32, !old as u32 & 0xffff), new as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

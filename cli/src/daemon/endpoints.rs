@@ -315,7 +315,11 @@ impl Core {
         }
         // after the port: nothing it sends can make a connection again
         if self.cfg.uplink.is_some() {
-            if let Err(err) = self.dp.forget_host(idx, e.ip) {
+            let ips = std::iter::once(std::net::IpAddr::V4(e.ip)).chain(e.ip6.map(Into::into));
+            if let Some(err) = ips
+                .filter_map(|ip| self.dp.forget_host(idx, ip).err())
+                .next()
+            {
                 log(format!(
                     "forgetting the NAT connections of {container}: {err}"
                 ));
@@ -425,7 +429,7 @@ impl Core {
             j["connections"] = serde_json::json!(u
                 .connections
                 .iter()
-                .map(|c| c.info(u.ip))
+                .map(|c| c.info(u.ip, u.ip6))
                 .collect::<Vec<_>>());
             j
         });

@@ -78,6 +78,10 @@ pub struct UplinkArgs {
     pub iface: String,
     pub ip: Ipv4Net,
     pub gateway: std::net::Ipv4Addr,
+    /// NAT66: the IPv6 address (CIDR) tapnet owns on the uplink and the
+    /// IPv6 next hop.
+    pub ip6: Option<ipnet::Ipv6Net>,
+    pub gateway6: Option<std::net::Ipv6Addr>,
     pub ports: (u16, u16),
     pub timeouts: nat::Timeouts,
     /// NAT connections per container (0: no limit).

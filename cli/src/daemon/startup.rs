@@ -43,6 +43,7 @@ impl Core {
             let (fd, mac, mtu) = vswitch::uplink::open_packet_socket(&u.iface)
                 .with_context(|| format!("opening the uplink {}", u.iface))?;
             let mut nat = nat::NatConfig::new(u.ip.addr());
+            nat.external6 = u.ip6.map(|n| n.addr());
             nat.ports = u.ports;
             nat.timeouts = u.timeouts;
             nat.per_container = u.quota;
@@ -53,6 +54,8 @@ impl Core {
                 ip: u.ip.addr(),
                 prefix: u.ip.prefix_len(),
                 gateway: u.gateway,
+                ip6: u.ip6.map(|n| (n.addr(), n.prefix_len())),
+                gateway6: u.gateway6,
                 mtu,
                 nat,
             })?;
@@ -60,6 +63,11 @@ impl Core {
                 "uplink: {} ({mac}), masquerading to {} via {}, ports {}-{}",
                 u.iface, u.ip, u.gateway, u.ports.0, u.ports.1
             ));
+            if let (Some(ip6), Some(gw6)) = (u.ip6, u.gateway6) {
+                log(format!(
+                    "uplink: IPv6 masquerading (NAT66) to {ip6} via {gw6}"
+                ));
+            }
         }
         // the VXLAN endpoint and the store's client, before any overlay
         // network is restored (its driver needs the VTEP)
@@ -406,7 +414,10 @@ impl Core {
                         net.release6(&e);
                         let idx = net.idx;
                         if self.cfg.uplink.is_some() {
-                            let _ = self.dp.forget_host(idx, e.ip);
+                            let _ = self.dp.forget_host(idx, e.ip.into());
+                            if let Some(a) = e.ip6 {
+                                let _ = self.dp.forget_host(idx, a.into());
+                            }
                         }
                         changed = true;
                     }

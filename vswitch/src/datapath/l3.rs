@@ -17,6 +17,39 @@ impl Uplink {
         }
     }
 
+    /// Whether `ip` is on the uplink's IPv6 subnet.
+    pub(super) fn in_subnet6(&self, ip: std::net::Ipv6Addr) -> bool {
+        self.ip6
+            .is_some_and(|(a, p)| wire::ipv6::same_subnet(ip, a, p))
+    }
+
+    /// The IPv6 next hop for `dst`: itself on the subnet, else the gateway.
+    pub(super) fn next_hop6(&self, dst: std::net::Ipv6Addr) -> Option<std::net::Ipv6Addr> {
+        if self.in_subnet6(dst) {
+            Some(dst)
+        } else {
+            self.gateway6
+        }
+    }
+
+    /// A neighbour solicitation for `target` from the uplink's IPv6
+    /// address (to its solicited-node group).
+    pub(super) fn ns_request(&self, target: std::net::Ipv6Addr) -> Option<Vec<u8>> {
+        use wire::{icmpv6, ipv6};
+        let (me, _) = self.ip6?;
+        let dst = ipv6::solicited_node(target);
+        let mut p = [0u8; ipv6::HDR_LEN + icmpv6::ND_LEN + 8];
+        let n = (p.len() - ipv6::HDR_LEN) as u16;
+        ipv6::emit(&mut p, n, ipv6::PROTO_ICMPV6, 255, me, dst);
+        icmpv6::emit_ns(&mut p[ipv6::HDR_LEN..], target, self.mac.0, me, dst);
+        Some(eth::vnet_frame(
+            ipv6::multicast_mac(dst),
+            self.mac.0,
+            eth::ETHERTYPE_IPV6,
+            &p,
+        ))
+    }
+
     /// An ARP request for `ip` from the uplink address.
     pub(super) fn arp_request(&self, ip: Ipv4Addr) -> Vec<u8> {
         eth::vnet_frame(
@@ -51,6 +84,10 @@ impl State {
             nat: nat::Nat::new(u.nat),
             arp: FxHashMap::default(),
             last_arp_request: 0,
+            ip6: u.ip6,
+            gateway6: u.gateway6,
+            nd: FxHashMap::default(),
+            last_ns: 0,
             no_neighbor: 0,
             resets: false,
         });
@@ -73,6 +110,21 @@ impl State {
             u.last_arp_request = now;
             self.send_owned(slot, f);
         }
+        // and the IPv6 next hop's
+        let u = self.uplink.as_mut().expect("checked");
+        u.nd.retain(|_, (_, t)| now.saturating_sub(*t) < 300_000);
+        if let Some(g6) = u.gateway6 {
+            if u.nd
+                .get(&g6)
+                .is_none_or(|(_, t)| now.saturating_sub(*t) > 60_000)
+            {
+                if let Some(f) = u.ns_request(g6) {
+                    u.last_ns = now;
+                    let slot = u.slot;
+                    self.send_owned(slot, f);
+                }
+            }
+        }
     }
 
     /// A routed frame from network `net` (in `slot`'s buffer `b`): NAT it
@@ -81,7 +133,7 @@ impl State {
         let cfg = self.sw.network(net).expect("decided on it").cfg;
         const I: usize = VNET_HDR_LEN + 14;
         if eth::ethertype(&self.pool.frame(b, len)[VNET_HDR_LEN..]) == Some(eth::ETHERTYPE_IPV6) {
-            self.route_out6(slot, net, b, len);
+            self.route_out6(slot, net, b, len, now);
             return;
         }
         let dst = {
@@ -163,11 +215,19 @@ impl State {
     }
 
     /// A routed IPv6 packet from network `net`: never to another tapnet
-    /// network (dropped, as IPv4 is); without an uplink, to the socket NAT
-    /// behind the gateway (host IPv6 sockets); with an uplink (no NAT66
-    /// yet) or on an internal network, an ICMPv6 destination unreachable
-    /// (no route).
-    pub(super) fn route_out6(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize) {
+    /// network (dropped, as IPv4 is); with an uplink that has an IPv6
+    /// address, masqueraded to it (NAT66) and sent to its next hop; without
+    /// an uplink, to the socket NAT behind the gateway (host IPv6 sockets);
+    /// otherwise (an uplink without IPv6, an internal network) an ICMPv6
+    /// destination unreachable (no route).
+    pub(super) fn route_out6(
+        &mut self,
+        slot: PortIdx,
+        net: NetIdx,
+        b: usize,
+        len: usize,
+        now: u64,
+    ) {
         let cfg = self.sw.network(net).expect("decided on it").cfg;
         let Some(v6) = cfg.v6 else {
             self.sw.count_drop(slot, DropReason::GatewayUnsupported);
@@ -190,6 +250,10 @@ impl State {
                 return;
             }
         }
+        if cfg.routed && self.uplink.as_ref().is_some_and(|u| u.ip6.is_some()) {
+            self.nat66_out(slot, net, b, len, now);
+            return;
+        }
         match crate::router6::icmp6_error(
             &cfg,
             v6,
@@ -209,6 +273,146 @@ impl State {
                 self.sw.count_drop(slot, r);
                 self.recycle(slot, b);
             }
+        }
+    }
+
+    /// NAT66: masquerades the IPv6 packet in `slot`'s buffer `b` to the
+    /// uplink's IPv6 address and sends it to its next hop (found by
+    /// neighbour discovery; unknown yet: a solicitation goes out and the
+    /// packet is dropped, as for IPv4's ARP).
+    fn nat66_out(&mut self, slot: PortIdx, net: NetIdx, b: usize, len: usize, now: u64) {
+        let u = self.uplink.as_mut().expect("checked");
+        let f = self.pool.frame_mut(b, len);
+        let src_mac: [u8; 6] = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
+            .try_into()
+            .expect("6");
+        if u.nat.outbound(net, src_mac, f, now).is_err() {
+            self.sw.count_drop(slot, DropReason::NatFailed);
+            self.recycle(slot, b);
+            return;
+        }
+        let Some(dst) = wire::ipv6::dst(&f[VNET_HDR_LEN + 14..]) else {
+            self.recycle(slot, b);
+            return;
+        };
+        if Some(dst) == u.ip6.map(|a| a.0) {
+            // hairpin: to our own address, back in
+            self.deliver_in(slot, b, len, now);
+            return;
+        }
+        let hop = u.next_hop6(dst);
+        let Some(&(mac, _)) = hop.and_then(|h| u.nd.get(&h)) else {
+            u.no_neighbor += 1;
+            let up = u.slot;
+            let req = hop
+                .filter(|_| now.saturating_sub(u.last_ns) >= 100)
+                .and_then(|h| u.ns_request(h));
+            if req.is_some() {
+                u.last_ns = now;
+            }
+            self.sw.count_drop(slot, DropReason::NoRoute);
+            self.recycle(slot, b);
+            if let Some(r) = req {
+                self.send_owned(up, r);
+            }
+            return;
+        };
+        f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac.0);
+        f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&u.mac.0);
+        let up = u.slot;
+        if !self.post_write(slot, b, up) {
+            self.recycle(slot, b);
+        }
+    }
+
+    /// IPv6 from the uplink's wire: neighbour discovery for the uplink's
+    /// IPv6 address (answered; advertisements learned), or a packet for it
+    /// (translated back by the NAT).
+    fn uplink_rx6(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
+        use wire::{icmpv6, ipv6};
+        const I: usize = VNET_HDR_LEN + 14;
+        const L4: usize = I + ipv6::HDR_LEN;
+        let u = self.uplink.as_mut().expect("checked");
+        let Some((me, _)) = u.ip6 else {
+            self.recycle(slot, b);
+            return;
+        };
+        let f = self.pool.frame(b, len);
+        let Some(h) = ipv6::Header::new(&f[I..]) else {
+            self.recycle(slot, b);
+            return;
+        };
+        let (src, dst, hop) = (h.src(), h.dst(), h.hop_limit());
+        let end = (L4 + h.payload_len()).min(len);
+        if h.next_header() == ipv6::PROTO_ICMPV6 && end >= L4 + icmpv6::ND_LEN {
+            let msg = &f[L4..end];
+            match msg[icmpv6::TYPE] {
+                icmpv6::NEIGHBOR_SOLICIT => {
+                    let ns = icmpv6::NeighborSolicit::parse(src, dst, hop, msg);
+                    let Some(ns) = ns.filter(|n| n.target == me) else {
+                        self.recycle(slot, b);
+                        return;
+                    };
+                    let mut asker_mac = [0u8; 6];
+                    asker_mac.copy_from_slice(&f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]);
+                    if let Some(m) = ns.slla.filter(|_| !src.is_unspecified()) {
+                        if u.in_subnet6(src) || Some(src) == u.gateway6 || ipv6::is_link_local(src)
+                        {
+                            u.nd.insert(src, (Mac(m), now));
+                        }
+                    }
+                    // who has our address: we do (to all nodes for a DAD probe)
+                    let (to, to_mac, flags) = if src.is_unspecified() {
+                        let all = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+                        (all, ipv6::multicast_mac(all), icmpv6::NA_OVERRIDE)
+                    } else {
+                        (src, asker_mac, icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE)
+                    };
+                    let mac = u.mac;
+                    let w = self.pool.whole_mut(b);
+                    crate::vnet::VnetHdr::default().write(&mut w[..VNET_HDR_LEN]);
+                    w[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&to_mac);
+                    w[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&mac.0);
+                    w[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&eth::ETHERTYPE_IPV6);
+                    let n = icmpv6::NA_WITH_TLLA;
+                    ipv6::emit(&mut w[I..L4], n as u16, ipv6::PROTO_ICMPV6, 255, me, to);
+                    icmpv6::emit_na(&mut w[L4..L4 + n], flags, me, mac.0, me, to);
+                    self.pool.lens[b] = (L4 + n) as u32;
+                    if !self.post_write(slot, b, slot) {
+                        self.recycle(slot, b);
+                    }
+                    return;
+                }
+                icmpv6::NEIGHBOR_ADVERT if hop == 255 => {
+                    // target and its link-layer option: learned when we
+                    // asked (the next hop, or a neighbour already known)
+                    let mut t = [0u8; 16];
+                    t.copy_from_slice(&msg[icmpv6::ND_TARGET..icmpv6::ND_TARGET + 16]);
+                    let target = std::net::Ipv6Addr::from(t);
+                    let tlla = msg
+                        .get(icmpv6::ND_LEN..icmpv6::ND_LEN + 8)
+                        .filter(|o| o[0] == icmpv6::OPT_TLLA && o[1] == 1);
+                    let valid = ipv6::upper_checksum(src, dst, ipv6::PROTO_ICMPV6, msg) == 0;
+                    if let (Some(o), true) = (tlla, valid) {
+                        if Some(target) == u.gateway6
+                            || u.nd.contains_key(&target)
+                            || u.in_subnet6(target)
+                        {
+                            let mut m = [0u8; 6];
+                            m.copy_from_slice(&o[2..8]);
+                            u.nd.insert(target, (Mac(m), now));
+                        }
+                    }
+                    self.recycle(slot, b);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if dst == me {
+            self.deliver_in(slot, b, len, now);
+        } else {
+            self.recycle(slot, b);
         }
     }
 
@@ -259,6 +463,7 @@ impl State {
             {
                 self.deliver_in(slot, b, len, now);
             }
+            eth::ETHERTYPE_IPV6 => self.uplink_rx6(slot, b, len, now),
             _ => self.recycle(slot, b),
         }
     }
@@ -290,11 +495,20 @@ impl State {
                 return;
             }
         };
-        if f[I + 8] <= 1 {
-            self.recycle(slot, b);
-            return;
+        if eth::ethertype(&f[E..]) == Some(eth::ETHERTYPE_IPV6) {
+            // IPv6: the hop limit, no header checksum
+            if f[I + wire::ipv6::HOP_LIMIT] <= 1 {
+                self.recycle(slot, b);
+                return;
+            }
+            f[I + wire::ipv6::HOP_LIMIT] -= 1;
+        } else {
+            if f[I + 8] <= 1 {
+                self.recycle(slot, b);
+                return;
+            }
+            router::dec_ttl(f, I);
         }
-        router::dec_ttl(f, I);
         let dst_mac = Mac(inside.mac);
         let Some(n) = self.sw.network(inside.net) else {
             self.recycle(slot, b);

@@ -211,7 +211,7 @@ enum Cmd {
     SetTrunkPolicy(NetIdx, TrunkMode, Vec<(Ipv4Addr, Mac)>),
     AddForward(u8, u16, nat::Forward),
     RemoveForward(u8, u16),
-    ForgetHost(NetIdx, Ipv4Addr),
+    ForgetHost(NetIdx, std::net::IpAddr),
     RestoreNat(Vec<nat::ConnRaw>, mpsc::SyncSender<usize>),
     EnableResets,
     SetVtep(OwnedFd, Vec<OwnedFd>, std::net::SocketAddrV4, PortId),
@@ -241,6 +241,10 @@ pub struct UplinkConfig {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
+    /// NAT66: the IPv6 address (and prefix) tapnet owns on the uplink,
+    /// and the IPv6 next hop (`nat.external6` must be the same address).
+    pub ip6: Option<(std::net::Ipv6Addr, u8)>,
+    pub gateway6: Option<std::net::Ipv6Addr>,
     pub mtu: u32,
     pub nat: nat::NatConfig,
 }
@@ -281,6 +285,13 @@ pub struct UplinkSnapshot {
     pub gateway: Ipv4Addr,
     /// The gateway's MAC, once ARP found it.
     pub gateway_mac: Option<Mac>,
+    /// NAT66: the IPv6 address, next hop and its MAC (neighbour discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<std::net::Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6_mac: Option<Mac>,
     pub nat: nat::NatStats,
     /// Empty unless asked for ([`Datapath::snapshot`]).
     pub connections: Vec<nat::ConnRaw>,
@@ -533,7 +544,7 @@ impl Datapath {
     /// Drops the NAT connections of address `ip` on network `net`: its
     /// container is gone, and whoever gets the address next must not
     /// receive its flows.
-    pub fn forget_host(&self, net: NetIdx, ip: Ipv4Addr) -> Result<(), DatapathError> {
+    pub fn forget_host(&self, net: NetIdx, ip: std::net::IpAddr) -> Result<(), DatapathError> {
         self.send(Cmd::ForgetHost(net, ip))
     }
 
@@ -694,6 +705,11 @@ struct Uplink {
     /// IP -> (MAC, learned at ms).
     arp: FxHashMap<Ipv4Addr, (Mac, u64)>,
     last_arp_request: u64,
+    /// NAT66: the IPv6 address and prefix, next hop, neighbour cache.
+    ip6: Option<(std::net::Ipv6Addr, u8)>,
+    gateway6: Option<std::net::Ipv6Addr>,
+    nd: FxHashMap<std::net::Ipv6Addr, (Mac, u64)>,
+    last_ns: u64,
     no_neighbor: u64,
     /// Answer unowned TCP segments with resets ([`Datapath::enable_resets`]).
     resets: bool,
@@ -1047,6 +1063,9 @@ impl State {
                 mac: u.mac,
                 gateway: u.gateway,
                 gateway_mac: u.arp.get(&u.gateway).map(|e| e.0),
+                ip6: u.ip6.map(|a| a.0),
+                gateway6: u.gateway6,
+                gateway6_mac: u.gateway6.and_then(|g| u.nd.get(&g)).map(|e| e.0),
                 nat: u.nat.stats,
                 connections: if nat {
                     u.nat.entries_raw(now)
