@@ -12,6 +12,12 @@
 #   DUR=10 REPS=3 SP_DUR=5 MTU=1500 benches/e2e.sh
 # MODE selects the path:
 #   c2c      container -> container on one network (default)
+#   c2c6     the same on a dual-stack network, over IPv6 and over IPv4, and
+#            in the same run a kernel bridge (veth-br0-veth, as
+#            ../shared/anchors/bridge.sh builds it) carrying both; the TCP RR
+#            column is benches/tcprr.rs for all four rows (sockperf 3.7
+#            takes IPv4 addresses only; same method: one connection,
+#            64-byte messages, Nagle off, full round trip, p50)
 #   nat      container -> "internet" namespace through the root-mode NAT
 #            (uplink: a veth from the daemon's namespace, tn_e2e_inet)
 #   socknat  the same without an uplink: the socket NAT (host sockets,
@@ -47,6 +53,11 @@ done
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release -p tapnet -q || exit 1
 T="$PWD/target/release/tapnet"
+RR_TOOL=sockperf
+if [ "$MODE" = c2c6 ]; then
+	cargo build --release -p tapnet-benches --bin tcprr -q || exit 1
+	RR_TOOL="$PWD/target/release/tcprr"
+fi
 OUT="${OUT:-$(mktemp -d /tmp/tn_e2e.XXXXXX)}"
 export TAPNET_SOCKET="$OUT/tapnet.sock"
 PIDS=()
@@ -225,6 +236,21 @@ elif [ -n "$OVERLAY" ]; then
 elif [ "$MODE" = macvlan ]; then
 	tn network create -d macvlan -o parent=lanp0 --subnet 10.98.0.0/24 --gateway 10.98.0.1 \
 		--mtu "$MTU" bench >/dev/null || exit 1
+elif [ "$MODE" = c2c6 ]; then
+	tn network create bench --ipv6 --subnet 10.99.0.0/24 --subnet fd00:99::/64 --mtu "$MTU" >/dev/null || exit 1
+	# the kernel bridge, both families, on namespaces of its own
+	for n in kbr kb1 kb2; do ip netns add tn_e2e_$n && ip -n tn_e2e_$n link set lo up; done
+	ip -n tn_e2e_kbr link add br0 type bridge stp_state 0
+	ip -n tn_e2e_kbr link set br0 mtu "$MTU"
+	for i in 1 2; do
+		ip -n tn_e2e_kbr link add vb$i type veth peer name eth0 netns tn_e2e_kb$i
+		ip -n tn_e2e_kbr link set vb$i mtu "$MTU" master br0 up
+		ip -n tn_e2e_kb$i link set eth0 mtu "$MTU"
+		ip -n tn_e2e_kb$i addr add 10.77.1.$i/24 dev eth0
+		ip -n tn_e2e_kb$i addr add fd00:77::$i/64 dev eth0 nodad
+		ip -n tn_e2e_kb$i link set eth0 up
+	done
+	ip -n tn_e2e_kbr link set br0 up
 else
 	tn network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
 fi
@@ -250,6 +276,9 @@ fi
 LABEL="tapnet (tap-io_uring switch-tap)"
 case "$MODE" in
 c2c) ;;
+c2c6)
+	SRV_IP6=$(tn ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip6"].split("/")[0])')
+	;;
 nat)
 	S=tn_e2e_inet SB=203.0.113.1 TGT=203.0.113.1
 	LABEL="tapnet NAT out (container -> uplink, root mode)"
@@ -325,7 +354,11 @@ PY
 
 # measure: every test REPS times from $C to $S ($SB/$TGT); prints the row
 measure() {
-	bg $S "$OUT/sockperf-srv.log" sockperf server --tcp -i "$SB" -p 5301
+	if [ "$RR_TOOL" = sockperf ]; then
+		bg $S "$OUT/sockperf-srv.log" sockperf server --tcp -i "$SB" -p 5301
+	else
+		bg $S "$OUT/tcprr-srv.log" "$RR_TOOL" server "$SB" 5301
+	fi
 	SP=$BG
 	listening $S 5301
 	t1=() t4=() u=() ul=() pm=() pa=() sp=() r1=() r4=()
@@ -336,8 +369,13 @@ measure() {
 		[ "$MODE" = publish ] || nsx $C timeout 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 -q "$TGT" >"$OUT/ping.$rep" 2>&1
 		read -r a b < <(awk '/^rtt/ {split($4, v, "/"); printf "%.1f %.1f\n", v[1]*1000, v[2]*1000}' "$OUT/ping.$rep")
 		pm+=("$a"); pa+=("$b"); log "rep $rep ping: min $a us avg $b us"
-		nsx $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$TGT" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
-		p50=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/sockperf.$rep" | awk '/percentile 50.000 =/ {print $NF}')
+		if [ "$RR_TOOL" = sockperf ]; then
+			nsx $C timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$TGT" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/sockperf.$rep" 2>&1
+			p50=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/sockperf.$rep" | awk '/percentile 50.000 =/ {print $NF}')
+		else
+			nsx $C timeout $((SP_DUR + 20)) "$RR_TOOL" client "$TGT" 5301 "$SP_DUR" >"$OUT/tcprr.$rep" 2>&1
+			p50=$(awk '$1 == "p50" {print $2}' "$OUT/tcprr.$rep")
+		fi
 		sp+=("$p50"); log "rep $rep sockperf p50: $p50 us"
 	done
 	stop $SP
@@ -362,6 +400,22 @@ if [ -n "$OVERLAY" ]; then
 	measure
 	tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("host 1 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
 	T2 network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("host 2 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
+	log "logs in $OUT"
+	exit 0
+fi
+if [ "$MODE" = c2c6 ]; then
+	# four rows in one run: the kernel bridge and tapnet, IPv4 and IPv6
+	( C=tn_e2e_kb1 S=tn_e2e_kb2 SB=10.77.1.2 TGT=10.77.1.2 LABEL="kernel bridge, IPv4"
+	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
+	  measure )
+	( C=tn_e2e_kb1 S=tn_e2e_kb2 SB=fd00:77::2 TGT=fd00:77::2 LABEL="kernel bridge, IPv6"
+	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
+	  measure )
+	( LABEL="tapnet, IPv4 (dual-stack network)"; measure )
+	SB=$SRV_IP6 TGT=$SRV_IP6 LABEL="tapnet, IPv6"
+	for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
+	measure
+	tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("switch drops:", n["counters"]["drops"])'
 	log "logs in $OUT"
 	exit 0
 fi

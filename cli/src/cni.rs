@@ -240,6 +240,20 @@ pub fn result(version: &str, env: &Env, ep: &EndpointInfo, prev: Option<&Value>)
         ip["version"] = json!("4");
     }
     ips.push(ip);
+    // a dual-stack network: the IPv6 address, gateway and default route
+    if let Some(a6) = &ep.ip6 {
+        let mut i6 = json!({"address": a6, "interface": idx});
+        if let Some(g6) = &ep.gateway6 {
+            i6["gateway"] = json!(g6);
+            if ep.default_route {
+                routes.push(json!({"dst": "::/0", "gw": g6}));
+            }
+        }
+        if version == "0.4.0" {
+            i6["version"] = json!("6");
+        }
+        ips.push(i6);
+    }
     let mut dns = prev.map(|p| p["dns"].clone()).unwrap_or(Value::Null);
     if dns.is_null() && !ep.gateway.is_empty() {
         // the network's resolver answers on its gateway
@@ -286,19 +300,23 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
                     format!("network namespace {} does not exist", env.netns),
                 ));
             }
-            let ip = env
+            // `IP=` and the `ips` capability may name one address per
+            // family (a dual-stack network)
+            let bare = |s: &String| s.split('/').next().unwrap_or_default().to_string();
+            let asked: Vec<String> = env
                 .args
                 .get("IP")
-                .cloned()
-                .or_else(|| cfg.ips.first().cloned())
-                .map(|s| s.split('/').next().unwrap_or_default().to_string());
+                .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+                .unwrap_or_else(|| cfg.ips.clone());
+            let ip = asked.iter().find(|s| !s.contains(':')).map(bare);
+            let ip6 = asked.iter().find(|s| s.contains(':')).map(bare);
             let mac = env.args.get("MAC").cloned().or(cfg.mac.clone());
             let mut aliases = cfg.aliases.clone();
             if let Some(p) = env.args.get("K8S_POD_NAME").filter(|p| !p.is_empty()) {
                 aliases.push(p.clone());
             }
             let req = crate::api::Connect {
-                ip6: None,
+                ip6,
                 container: name,
                 netns: Some(env.netns.clone()),
                 ip,
@@ -522,5 +540,15 @@ mod tests {
         assert_eq!(r["ips"][1]["address"], "10.1.0.2/24");
         assert_eq!(r["dns"]["nameservers"][0], "9.9.9.9");
         assert_eq!(r["routes"][0]["gw"], "10.1.0.1");
+        // dual stack: the IPv6 address and default route as well
+        let ep6 = EndpointInfo {
+            ip6: Some("fd00:1::2/64".into()),
+            gateway6: Some("fd00:1::1".into()),
+            ..ep
+        };
+        let r = result("1.0.0", &env, &ep6, None);
+        assert_eq!(r["ips"][1]["address"], "fd00:1::2/64");
+        assert_eq!(r["ips"][1]["gateway"], "fd00:1::1");
+        assert_eq!(r["routes"][1]["dst"], "::/0");
     }
 }

@@ -592,3 +592,95 @@ fn nat66_uplink() {
     let peer = download(&mut env, &c.ns, &inet, INET_IP, 7102, &blob4);
     assert_eq!(peer.ip().to_string(), UPLINK_IP);
 }
+
+/// A neighbour advertisement from `from_mac` claiming `target` is at
+/// `from_mac` (router and override flags), to `to_mac`/`to`.
+fn spoofed_na(from_mac: [u8; 6], src: &str, to_mac: [u8; 6], to: &str, target: &str) -> Vec<u8> {
+    use wire::{icmpv6, ipv6};
+    let (src, to, target): (std::net::Ipv6Addr, std::net::Ipv6Addr, std::net::Ipv6Addr) = (
+        src.parse().unwrap(),
+        to.parse().unwrap(),
+        target.parse().unwrap(),
+    );
+    let mut f = Vec::new();
+    f.extend_from_slice(&to_mac);
+    f.extend_from_slice(&from_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    let mut h = [0u8; 40];
+    let n = icmpv6::NA_WITH_TLLA;
+    ipv6::emit(&mut h, n as u16, ipv6::PROTO_ICMPV6, 255, src, to);
+    f.extend_from_slice(&h);
+    let mut m = vec![0u8; n];
+    icmpv6::emit_na(
+        &mut m,
+        icmpv6::NA_ROUTER | icmpv6::NA_OVERRIDE,
+        target,
+        from_mac,
+        src,
+        to,
+    );
+    f.extend_from_slice(&m);
+    f
+}
+
+#[test]
+fn neighbour_spoofing_is_dropped() {
+    let Some(mut env) = Env::new("neighbour_spoofing_is_dropped", &[]) else {
+        return;
+    };
+    // the same attack on a network with port security (dropped) and on
+    // one without (it works: the frame is one Linux takes)
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:70::/64",
+        "safe",
+    ]);
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:71::/64",
+        "-o",
+        "port_security=false",
+        "open",
+    ]);
+    for (net, gw, expect_spoofed) in [("safe", "fd00:70::1", false), ("open", "fd00:71::1", true)] {
+        let v = env.container(net, &format!("{net}v"), &[]);
+        let a = env.container(net, &format!("{net}a"), &[]);
+        assert!(
+            ping6(&env, &v.ns, gw),
+            "{net}: the victim reaches its gateway"
+        );
+        let victim6 = ip6_of(&env, &v.name);
+        let attacker6 = ip6_of(&env, &a.name);
+        let gw_mac = env.inspect(net)["gateway_mac"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (am, vm) = (parse_mac(&a.mac), parse_mac(&v.mac));
+        let frame = spoofed_na(am, &attacker6, vm, &victim6, gw);
+        let before = ctr(&env.counters(net, &a.name), "drops.spoofed");
+        let ns = a.ns.clone();
+        let r = in_ns(&ns, move || send_raw("eth0", &[frame.clone(), frame]))
+            .join()
+            .unwrap();
+        assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        let neigh = env.exec_ok(&v.ns, &["ip", "-6", "neigh", "show", gw]);
+        let spoofed = ctr(&env.counters(net, &a.name), "drops.spoofed") - before;
+        if expect_spoofed {
+            assert!(neigh.contains(&a.mac), "{net}: the control took: {neigh}");
+            assert_eq!(spoofed, 0);
+        } else {
+            assert!(
+                neigh.contains(&gw_mac),
+                "{net}: gateway entry kept: {neigh}"
+            );
+            assert_eq!(spoofed, 2, "{net}: both frames counted");
+        }
+    }
+}

@@ -22,8 +22,10 @@ const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
 /// Answers an IPv6 frame addressed to the gateway (its MAC, or the
 /// solicited-node multicast of its address). `buf` holds the vnet header
-/// and the frame (`len` bytes in all) and has room after it; a reply is
-/// written in place and its total length returned.
+/// and the frame (`len` bytes in all) and has room after it (a receive
+/// buffer: at least the 86-byte advertisement, and for an ICMPv6 error
+/// 1,344 bytes); a reply is written in place and its total length
+/// returned.
 pub fn answer6(cfg: &NetConfig, buf: &mut [u8], len: usize) -> Result<GwAction, DropReason> {
     let Some(v6) = cfg.v6 else {
         // a network without IPv6: nothing here speaks it
@@ -203,7 +205,7 @@ pub fn icmp6_error(
         return Err(DropReason::GatewayUnsupported);
     }
     if h.next_header() == ipv6::PROTO_ICMPV6
-        && buf
+        && buf[..len]
             .get(L4)
             .is_some_and(|t| icmpv6::is_error(*t) || *t == icmpv6::NEIGHBOR_SOLICIT)
     {

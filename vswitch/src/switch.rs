@@ -261,6 +261,88 @@ pub struct PortIdentity {
 }
 
 impl PortIdentity {
+    /// IPv6 (`ip`: from the IPv6 header on): a source that is its own
+    /// address or a link-local one, or `::` for duplicate address probes
+    /// and MLD reports only; and neighbour discovery that speaks only for
+    /// itself, as ARP must (an advertisement's target is its own address
+    /// or its EUI-64 link-local one, link-layer options carry its own MAC;
+    /// no router advertisements or redirects: a container is no router).
+    fn allows6(&self, ip: &[u8]) -> bool {
+        use wire::{icmpv6, ipv6};
+        let Some(h) = ipv6::Header::new(ip) else {
+            return true; // truncated: nobody takes it for IPv6
+        };
+        let src = h.src();
+        let icmp = (h.next_header() == ipv6::PROTO_ICMPV6)
+            .then(|| &ip[ipv6::HDR_LEN..])
+            .filter(|m| !m.is_empty());
+        let ty = icmp.map(|m| m[icmpv6::TYPE]);
+        if src.is_unspecified() {
+            // MLD reports come behind a hop-by-hop header
+            return h.next_header() == 0 || ty == Some(icmpv6::NEIGHBOR_SOLICIT);
+        }
+        if Some(src) != self.ip6 && !ipv6::is_link_local(src) {
+            return false;
+        }
+        let Some(m) = icmp else {
+            return true;
+        };
+        match m[icmpv6::TYPE] {
+            134 | 137 => false,
+            icmpv6::NEIGHBOR_ADVERT | icmpv6::NEIGHBOR_SOLICIT => {
+                let Some(t) = m.get(icmpv6::ND_TARGET..icmpv6::ND_TARGET + 16) else {
+                    return false;
+                };
+                if m[icmpv6::TYPE] == icmpv6::NEIGHBOR_ADVERT
+                    && self.ip6.is_none_or(|a| t != a.octets())
+                    && t != self.link_local().octets()
+                {
+                    return false;
+                }
+                // every link-layer address option is its own MAC
+                let mut opts = &m[icmpv6::ND_LEN.min(m.len())..];
+                while opts.len() >= 8 {
+                    let len = opts[1] as usize * 8;
+                    if len == 0 || len > opts.len() {
+                        return false;
+                    }
+                    if matches!(opts[0], icmpv6::OPT_SLLA | icmpv6::OPT_TLLA)
+                        && opts[2..8] != self.mac.0
+                    {
+                        return false;
+                    }
+                    opts = &opts[len..];
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// The EUI-64 link-local address of its MAC (what Linux gives an
+    /// interface by default).
+    pub fn link_local(&self) -> Ipv6Addr {
+        let m = self.mac.0;
+        Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            m[0] ^ 2,
+            m[1],
+            m[2],
+            0xff,
+            0xfe,
+            m[3],
+            m[4],
+            m[5],
+        ])
+    }
+
     /// Whether `frame` (Ethernet) speaks only as this identity: its source
     /// MAC; an Ethernet/IPv4 ARP's sender MAC and address (0.0.0.0 allowed:
     /// probes); an IPv4 source (0.0.0.0 allowed: DHCP-style requests); an
@@ -292,14 +374,7 @@ impl PortIdentity {
                 Some(a) => a.sender_mac() == self.mac.0 && own(&a.sender_ip().octets()),
                 None => true, // not Ethernet/IPv4 ARP: nobody takes it as such
             },
-            // IPv6: its own address, its link-local ones (neighbour
-            // discovery, MLD) or `::` (duplicate address probes)
-            Some(eth::ETHERTYPE_IPV6) => match wire::ipv6::src(&frame[eth::HDR_LEN..]) {
-                None => true, // truncated: nobody takes it for IPv6
-                Some(s) => {
-                    Some(s) == self.ip6 || wire::ipv6::is_link_local(s) || s.is_unspecified()
-                }
-            },
+            Some(eth::ETHERTYPE_IPV6) => self.allows6(&frame[eth::HDR_LEN..]),
             Some(eth::ETHERTYPE_VLAN) | Some([0x88, 0xa8]) => false,
             _ => true,
         }
@@ -947,5 +1022,73 @@ pub(crate) mod tests {
             sw.decide(t, &frame(bc, m(1), 0x0806, 46), 0),
             Decision::FloodExcept(0, a)
         );
+    }
+
+    #[test]
+    fn port_security_ipv6_and_neighbour_discovery() {
+        use wire::{icmpv6, ipv6};
+        let me = Mac([2, 0x42, 10, 88, 0, 2]);
+        let id = PortIdentity {
+            mac: me,
+            ip: "10.88.0.2".parse().unwrap(),
+            ip6: Some("fd00::2".parse().unwrap()),
+        };
+        let ll = id.link_local();
+        assert_eq!(ll, "fe80::42:aff:fe58:2".parse::<Ipv6Addr>().unwrap());
+        // Ethernet + IPv6 + ICMPv6 message `m` from `src`
+        let f = |src: Ipv6Addr, m: &[u8]| {
+            let mut b = vec![0u8; 12];
+            b[6..12].copy_from_slice(&me.0);
+            b.extend_from_slice(&[0x86, 0xdd]);
+            let mut h = [0u8; 40];
+            ipv6::emit(
+                &mut h,
+                m.len() as u16,
+                58,
+                255,
+                src,
+                "ff02::1".parse().unwrap(),
+            );
+            b.extend_from_slice(&h);
+            b.extend_from_slice(m);
+            b
+        };
+        let na = |target: Ipv6Addr, mac: [u8; 6]| {
+            let mut m = [0u8; icmpv6::NA_WITH_TLLA];
+            icmpv6::emit_na(&mut m, icmpv6::NA_OVERRIDE, target, mac, target, target);
+            m.to_vec()
+        };
+        let ns = |mac: [u8; 6]| {
+            let mut m = [0u8; 32];
+            let t: Ipv6Addr = "fd00::1".parse().unwrap();
+            icmpv6::emit_ns(&mut m, t, mac, t, t);
+            m.to_vec()
+        };
+        let own6: Ipv6Addr = "fd00::2".parse().unwrap();
+        let other: Ipv6Addr = "fd00::3".parse().unwrap();
+        // its own advertisements, from its address or its link-local one
+        assert!(id.allows(&f(own6, &na(own6, me.0))));
+        assert!(id.allows(&f(ll, &na(ll, me.0))));
+        // for another address (the gateway's, say): refused
+        assert!(!id.allows(&f(ll, &na(other, me.0))));
+        assert!(!id.allows(&f(ll, &na("fd00::1".parse().unwrap(), me.0))));
+        // with another MAC in its option: refused
+        assert!(!id.allows(&f(own6, &na(own6, [2, 9, 9, 9, 9, 9]))));
+        assert!(!id.allows(&f(own6, &ns([2, 9, 9, 9, 9, 9]))));
+        assert!(id.allows(&f(own6, &ns(me.0))));
+        // duplicate address probes from :: yes, an advertisement from :: no
+        let mut probe = [0u8; 24];
+        probe[0] = icmpv6::NEIGHBOR_SOLICIT;
+        assert!(id.allows(&f(Ipv6Addr::UNSPECIFIED, &probe)));
+        assert!(!id.allows(&f(Ipv6Addr::UNSPECIFIED, &na(own6, me.0))));
+        // router advertisements and redirects: never from a container
+        assert!(!id.allows(&f(ll, &[134, 0, 0, 0, 64, 0, 0, 0])));
+        assert!(!id.allows(&f(ll, &[137, 0, 0, 0, 0, 0, 0, 0])));
+        // another source address, and truncated messages
+        assert!(!id.allows(&f(other, &[128, 0, 0, 0])));
+        let full = f(own6, &na(own6, me.0));
+        for cut in 14..full.len() {
+            let _ = id.allows(&full[..cut]);
+        }
     }
 }

@@ -107,3 +107,37 @@ pub fn open_packet_socket(ifname: &str) -> io::Result<(OwnedFd, Mac, u32)> {
     let mtu = unsafe { ifr.ifr_ifru.ifru_mtu } as u32;
     Ok((fd, mac, mtu))
 }
+
+/// Makes the interface the packet socket `fd` is bound to (`ifname`)
+/// accept frames for multicast `group` (a solicited-node group's
+/// `33:33:ff:..` address: neighbour solicitations for an address tapnet
+/// owns there, which a NIC's multicast filter would otherwise drop). Held
+/// as long as the socket is open.
+pub fn join_multicast(fd: &OwnedFd, ifname: &str, group: [u8; 6]) -> io::Result<()> {
+    const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
+    const PACKET_MR_MULTICAST: libc::c_ushort = 0;
+    let cname = std::ffi::CString::new(ifname)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
+    let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if idx == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    mr.mr_ifindex = idx as i32;
+    mr.mr_type = PACKET_MR_MULTICAST;
+    mr.mr_alen = 6;
+    mr.mr_address[..6].copy_from_slice(&group);
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_ADD_MEMBERSHIP,
+            &mr as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::packet_mreq>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

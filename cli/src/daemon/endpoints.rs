@@ -316,10 +316,10 @@ impl Core {
         // after the port: nothing it sends can make a connection again
         if self.cfg.uplink.is_some() {
             let ips = std::iter::once(std::net::IpAddr::V4(e.ip)).chain(e.ip6.map(Into::into));
-            if let Some(err) = ips
+            let errs: Vec<_> = ips
                 .filter_map(|ip| self.dp.forget_host(idx, ip).err())
-                .next()
-            {
+                .collect();
+            if let Some(err) = errs.first() {
                 log(format!(
                     "forgetting the NAT connections of {container}: {err}"
                 ));

@@ -142,8 +142,14 @@ pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Resul
                 ("autoconf", "0"),
                 ("disable_ipv6", "0"),
             ] {
-                std::fs::write(format!("{conf}/{k}"), v)
-                    .with_context(|| format!("setting {conf}/{k} to {v}"))?;
+                if let Err(e) = std::fs::write(format!("{conf}/{k}"), v) {
+                    // don't leave a half-configured device behind
+                    let _ = vswitch::tap::set_persist(&fd, false);
+                    bail!(
+                        "enabling IPv6 on {} ({k}): {e} (is IPv6 disabled on this host?)",
+                        spec.ifname
+                    );
+                }
             }
         } else {
             let _ = std::fs::write(format!("{conf}/disable_ipv6"), "1");

@@ -42,6 +42,9 @@ impl Core {
                         "network {}: dropping endpoint {c}: {err}",
                         rec.name
                     ));
+                    if let (Some(p), Some(a)) = (pool6.as_mut(), e.ip6) {
+                        p.release(a);
+                    }
                     false
                 }
             });

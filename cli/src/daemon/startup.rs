@@ -42,6 +42,17 @@ impl Core {
         if let Some(u) = &cfg.uplink {
             let (fd, mac, mtu) = vswitch::uplink::open_packet_socket(&u.iface)
                 .with_context(|| format!("opening the uplink {}", u.iface))?;
+            if let Some(ip6) = u.ip6 {
+                // neighbour solicitations for the uplink's IPv6 address
+                let group = wire::ipv6::multicast_mac(wire::ipv6::solicited_node(ip6.addr()));
+                vswitch::uplink::join_multicast(&fd, &u.iface, group).with_context(|| {
+                    format!(
+                        "joining the solicited-node group of {} on {}",
+                        ip6.addr(),
+                        u.iface
+                    )
+                })?;
+            }
             let mut nat = nat::NatConfig::new(u.ip.addr());
             nat.external6 = u.ip6.map(|n| n.addr());
             nat.ports = u.ports;
@@ -264,7 +275,11 @@ impl Core {
                 n.rec
                     .endpoints
                     .values()
-                    .any(|e| e.ip == s.conn.src && e.mac.0 == s.conn.mac)
+                    .any(|e| {
+                        let own = std::net::IpAddr::V4(e.ip) == s.conn.src
+                            || e.ip6.map(std::net::IpAddr::V6) == Some(s.conn.src);
+                        own && e.mac.0 == s.conn.mac
+                    })
                     .then_some(nat::ConnRaw {
                         net: n.idx,
                         idle_ms: s.conn.idle_ms.saturating_add(down),
