@@ -386,7 +386,7 @@ measure() {
 		"$PING" "$(median "${sp[@]}")" \
 		"DUR=$DUR REPS=$REPS; retrans1=${r1[*]} retrans4=${r4[*]}")
 	echo
-	echo "| path | MTU | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps (iperf3) | UDP loss % | L2 64B rx pps (trafgen) | ping min / avg RTT us | TCP RR RTT p50 us (sockperf) | notes |"
+	echo "| path | MTU | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps (iperf3) | UDP loss % | L2 64B rx pps (trafgen) | ping min / avg RTT us | TCP RR RTT p50 us ($(basename "$RR_TOOL")) | notes |"
 	echo "|---|---|---|---|---|---|---|---|---|---|"
 	echo "$row"
 	echo

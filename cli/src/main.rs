@@ -103,6 +103,14 @@ struct DaemonArgs {
     /// as in Docker).
     #[arg(long)]
     bridge_dns_names: bool,
+    /// IPv6 on the default `bridge` network too (as `dockerd --ipv6`): its
+    /// containers get an IPv6 address from --fixed-cidr-v6.
+    #[arg(long)]
+    ipv6: bool,
+    /// The default bridge's IPv6 subnet (default: a /64 of the daemon's
+    /// unique local prefix).
+    #[arg(long, requires = "ipv6", value_name = "CIDR")]
+    fixed_cidr_v6: Option<String>,
     /// Host interface for outbound NAT (root mode): tapnet sends and
     /// receives on it with a packet socket, as --uplink-ip.
     #[arg(long, requires_all = ["uplink_ip", "uplink_gateway"])]
@@ -452,6 +460,14 @@ fn real_main(cli: Cli) -> Result<i32> {
                 busy_poll_us: a.busy_poll_us,
                 dns: a.dns,
                 bridge_dns_names: a.bridge_dns_names,
+                bridge_ipv6: a.ipv6,
+                bridge_subnet6: match a.fixed_cidr_v6.as_deref() {
+                    None => None,
+                    Some(s) => Some(
+                        daemon::ipam::parse_subnet6(s, false)
+                            .map_err(|e| anyhow::anyhow!("--fixed-cidr-v6: {e}"))?,
+                    ),
+                },
                 uplink,
                 cluster,
             })?;

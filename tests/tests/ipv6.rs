@@ -684,3 +684,28 @@ fn neighbour_spoofing_is_dropped() {
         }
     }
 }
+
+#[test]
+fn default_bridge_ipv6() {
+    let Some(mut env) = Env::new(
+        "default_bridge_ipv6",
+        &["--ipv6", "--fixed-cidr-v6", "fd00:17::/64"],
+    ) else {
+        return;
+    };
+    let n = env.inspect("bridge");
+    assert_eq!(n["subnet6"], "fd00:17::/64", "{n}");
+    let b1 = env.container("bridge", "b1", &[]);
+    let b2 = env.container("bridge", "b2", &[]);
+    assert_eq!(ip6_of(&env, "b1"), "fd00:17::2");
+    assert!(ping6(&env, &b1.ns, "fd00:17::1"), "b1 -> gateway");
+    assert!(ping6(&env, &b2.ns, "fd00:17::2"), "b2 -> b1");
+    // a bad subnet stops the daemon before it starts, in one line
+    let o = std::process::Command::new(tapnet_bin())
+        .args(["daemon", "--ipv6", "--fixed-cidr-v6", "fd00:17::/121"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(e.contains("--fixed-cidr-v6") && e.contains("/120"), "{e}");
+}

@@ -65,6 +65,10 @@ pub struct DaemonConfig {
     pub dns: Vec<String>,
     /// Resolve container names on the default bridge too.
     pub bridge_dns_names: bool,
+    /// IPv6 on the default bridge (`--ipv6`), from this subnet
+    /// (`--fixed-cidr-v6`; None: a /64 of the unique local prefix).
+    pub bridge_ipv6: bool,
+    pub bridge_subnet6: Option<Ipv6Net>,
     pub uplink: Option<UplinkArgs>,
     /// Serve Docker's remote network driver protocol on this socket.
     pub docker_plugin: Option<PathBuf>,

@@ -4,6 +4,50 @@
 use super::*;
 
 impl Core {
+    /// Gives the default bridge the IPv6 side the daemon's `--ipv6` and
+    /// `--fixed-cidr-v6` ask for (or takes it away without `--ipv6`, as
+    /// dockerd does); true when the record changed. Its containers keep
+    /// their IPv6 address only while the subnet stays the same.
+    fn bridge_ipv6(&self, rec: &mut NetworkRecord, others: &[NetworkRecord]) -> Result<bool> {
+        if !self.cfg.bridge_ipv6 {
+            if rec.subnet6.is_none() {
+                return Ok(false);
+            }
+            log("bridge: IPv6 off (the daemon runs without --ipv6)");
+            rec.subnet6 = None;
+            rec.gateway6 = None;
+            rec.ip_range6 = None;
+            rec.endpoints.values_mut().for_each(|e| e.ip6 = None);
+            return Ok(true);
+        }
+        let want = match (self.cfg.bridge_subnet6, rec.subnet6) {
+            (Some(w), Some(cur)) if w == cur => return Ok(false),
+            (None, Some(_)) => return Ok(false),
+            (Some(w), _) => w,
+            (None, None) => {
+                let taken: Vec<Ipv6Net> = others.iter().filter_map(|r| r.subnet6).collect();
+                ipam::auto_subnet6(self.ula6, &taken).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
+        };
+        if let Some(o) = others
+            .iter()
+            .find(|r| r.subnet6.is_some_and(|t| ipam::overlaps6(&t, &want)))
+        {
+            anyhow::bail!(
+                "--fixed-cidr-v6 {want} overlaps with network {} ({})",
+                o.name,
+                o.subnet6.expect("found by it")
+            );
+        }
+        let pool = ipam::Pool6::new(want, None, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        log(format!("bridge: IPv6 {want} (gateway {})", pool.gateway));
+        rec.subnet6 = Some(want);
+        rec.gateway6 = Some(pool.gateway);
+        rec.ip_range6 = None;
+        rec.endpoints.values_mut().for_each(|e| e.ip6 = None);
+        Ok(true)
+    }
+
     /// Loads the state, starts the datapath, and re-attaches every endpoint
     /// whose namespace still exists (stale ones are removed).
     pub fn start(cfg: DaemonConfig) -> Result<Core> {
@@ -173,9 +217,10 @@ impl Core {
             docker_pools: BTreeMap::new(),
             cluster,
         };
+        let mut records = records;
         if !records.iter().any(|r| r.name == BRIDGE) {
             let subnet: Ipv4Net = "172.17.0.0/16".parse().expect("valid");
-            let rec = NetworkRecord {
+            let mut rec = NetworkRecord {
                 name: BRIDGE.into(),
                 id: random_hex(32),
                 driver: "bridge".into(),
@@ -194,8 +239,15 @@ impl Core {
                 internal: false,
                 endpoints: BTreeMap::new(),
             };
+            core.bridge_ipv6(&mut rec, &records)?;
             core.store.save(&rec)?;
             core.add_net(rec)?;
+        } else if let Some(i) = records.iter().position(|r| r.name == BRIDGE) {
+            let mut rec = records.remove(i);
+            if core.bridge_ipv6(&mut rec, &records)? {
+                core.store.save(&rec)?;
+            }
+            records.insert(i, rec);
         }
         for rec in records {
             let name = rec.name.clone();
