@@ -544,6 +544,16 @@ impl Env {
         v[0].clone()
     }
 
+    /// [`Env::inspect`] of a network that may not exist (yet): None then.
+    pub fn inspect_ok(&self, net: &str) -> Option<Value> {
+        let o = self.tapnet(&["network", "inspect", net]);
+        if !o.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        Some(v[0].clone())
+    }
+
     /// Counters of `container`'s port on `net`.
     pub fn counters(&self, net: &str, container: &str) -> Value {
         let v = self.inspect(net);

@@ -2,12 +2,14 @@
 //!
 //! A TAP opened with vnet headers hands over what the container's kernel
 //! left to "hardware": TCP super-frames up to 64 KiB (`GSO_TCPV4`), UDP
-//! super-datagrams (`GSO_UDP_L4`) and checksums that hold only the
+//! super-datagrams (`GSO_UDP_L4`), their IPv6 kind (`GSO_TCPV6`, IPv6
+//! without extension headers) and checksums that hold only the
 //! pseudo-header sum (`NEEDS_CSUM`). Between TAPs they pass untouched; on
 //! a wire that has no such offload (a VXLAN tunnel) each must become
 //! MTU-sized frames with complete checksums first: what a NIC's TSO would
 //! have done. Each segment gets its own IPv4 header (total length, an
-//! identification one higher than the previous, header checksum) and L4
+//! identification one higher than the previous, header checksum) or IPv6
+//! header (payload length) and L4
 //! header (TCP: sequence number advanced by the payload before it, FIN
 //! and PSH only on the last, CWR only on the first; UDP: its length), and
 //! a full L4 checksum.
@@ -18,8 +20,9 @@
 use crate::csum;
 use crate::eth;
 use crate::ipv4;
+use crate::ipv6;
 use crate::tcp;
-use crate::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_UDP_L4};
+use crate::vnet::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
 
 /// The most segments one frame may become: a 64 KiB frame at the smallest
 /// sensible MSS; a tiny `gso_size` (a container asking for thousands of
@@ -31,7 +34,8 @@ pub const MAX_SEGS: usize = 1024;
 pub enum Error {
     /// Headers missing, inconsistent or cut short.
     Malformed,
-    /// An offload this code does not do (IPv6 TSO, UFO fragmentation).
+    /// An offload this code does not do (UFO fragmentation, IPv6 with
+    /// extension headers).
     Unsupported,
 }
 
@@ -40,32 +44,64 @@ const UDP_HDR_LEN: usize = 8;
 const UDP_LEN: usize = 4;
 const UDP_CHECKSUM: usize = 6;
 
-/// The headers of an IPv4 TCP/UDP frame, checked to lie within it.
+/// The headers of an IPv4 or IPv6 TCP/UDP frame, checked to lie within it.
 struct L4v4 {
-    /// Offset of the L4 header (Ethernet + IPv4 header).
+    /// Offset of the L4 header (Ethernet + IP header).
     l4: usize,
     /// Offset of the payload (after the L4 header).
     payload: usize,
     /// End of the IP packet (Ethernet header + total length).
     end: usize,
+    /// IPv6 (else IPv4).
+    v6: bool,
+}
+
+impl L4v4 {
+    /// The source and destination address bytes in `f`.
+    fn addrs<'a>(&self, f: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+        const L3: usize = eth::HDR_LEN;
+        if self.v6 {
+            (
+                &f[L3 + ipv6::SRC..L3 + ipv6::SRC + 16],
+                &f[L3 + ipv6::DST..L3 + ipv6::DST + 16],
+            )
+        } else {
+            (
+                &f[L3 + ipv4::SRC..L3 + ipv4::SRC + 4],
+                &f[L3 + ipv4::DST..L3 + ipv4::DST + 4],
+            )
+        }
+    }
 }
 
 fn l4v4(f: &[u8], proto: u8) -> Result<L4v4, Error> {
     const L3: usize = eth::HDR_LEN;
-    if f.len() < L3 + ipv4::MIN_HDR_LEN || eth::ethertype(f) != Some(eth::ETHERTYPE_IPV4) {
-        return Err(Error::Malformed);
-    }
-    let ip = &f[L3..];
-    let ihl = ((ip[0] & 0x0f) as usize) * 4;
-    let total = u16::from_be_bytes([ip[ipv4::TOTAL_LEN], ip[ipv4::TOTAL_LEN + 1]]) as usize;
-    if ip[0] >> 4 != 4 || ihl < ipv4::MIN_HDR_LEN || total < ihl || L3 + total > f.len() {
-        return Err(Error::Malformed);
-    }
-    if ip[ipv4::PROTOCOL] != proto {
-        return Err(Error::Malformed);
-    }
-    let l4 = L3 + ihl;
-    let end = L3 + total;
+    let (l4, end, v6) = if eth::ethertype(f) == Some(eth::ETHERTYPE_IPV6) {
+        let h = ipv6::Header::new(f.get(L3..).ok_or(Error::Malformed)?).ok_or(Error::Malformed)?;
+        let end = L3 + ipv6::HDR_LEN + h.payload_len();
+        if end > f.len() {
+            return Err(Error::Malformed);
+        }
+        if h.next_header() != proto {
+            // an extension header, or another protocol
+            return Err(Error::Unsupported);
+        }
+        (L3 + ipv6::HDR_LEN, end, true)
+    } else {
+        if f.len() < L3 + ipv4::MIN_HDR_LEN || eth::ethertype(f) != Some(eth::ETHERTYPE_IPV4) {
+            return Err(Error::Malformed);
+        }
+        let ip = &f[L3..];
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        let total = u16::from_be_bytes([ip[ipv4::TOTAL_LEN], ip[ipv4::TOTAL_LEN + 1]]) as usize;
+        if ip[0] >> 4 != 4 || ihl < ipv4::MIN_HDR_LEN || total < ihl || L3 + total > f.len() {
+            return Err(Error::Malformed);
+        }
+        if ip[ipv4::PROTOCOL] != proto {
+            return Err(Error::Malformed);
+        }
+        (L3 + ihl, L3 + total, false)
+    };
     let l4_len = match proto {
         ipv4::PROTO_TCP if l4 + tcp::MIN_HDR_LEN <= end => {
             ((f[l4 + tcp::DATA_OFF] >> 4) as usize) * 4
@@ -85,18 +121,17 @@ fn l4v4(f: &[u8], proto: u8) -> Result<L4v4, Error> {
         l4,
         payload: l4 + l4_len,
         end,
+        v6,
     })
 }
 
-/// The TCP/UDP checksum over IPv4 from `src` to `dst` of an L4 header
-/// (checksum field zero, even length) followed by `data`.
+/// The TCP/UDP checksum over IPv4 or IPv6 (4- or 16-byte addresses) from
+/// `src` to `dst` of an L4 header (checksum field zero, even length)
+/// followed by `data`.
 fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, hdr: &[u8], data: &[u8]) -> u16 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(src);
-    pseudo[4..8].copy_from_slice(dst);
-    pseudo[9] = proto;
-    pseudo[10..].copy_from_slice(&((hdr.len() + data.len()) as u16).to_be_bytes());
-    let s = csum::sum(&pseudo) + csum::sum(hdr) + csum::sum(data);
+    let s = pseudo_sum(src, dst, proto, hdr.len() + data.len()) as u32
+        + csum::sum(hdr)
+        + csum::sum(data);
     let mut s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     !(s as u16)
@@ -186,7 +221,13 @@ fn each_segment(
     let size = h.gso_size as usize;
     match h.gso_type & !GSO_ECN {
         GSO_NONE => whole(h, f, prefix, partial, emit),
-        GSO_TCPV4 => split(f, ipv4::PROTO_TCP, size, mtu, prefix, partial, emit),
+        GSO_TCPV4 if eth::ethertype(f) == Some(eth::ETHERTYPE_IPV4) => {
+            split(f, ipv4::PROTO_TCP, size, mtu, prefix, partial, emit)
+        }
+        GSO_TCPV6 if eth::ethertype(f) == Some(eth::ETHERTYPE_IPV6) => {
+            split(f, ipv4::PROTO_TCP, size, mtu, prefix, partial, emit)
+        }
+        GSO_TCPV4 | GSO_TCPV6 => Err(Error::Malformed),
         GSO_UDP_L4 => split(f, ipv4::PROTO_UDP, size, mtu, prefix, partial, emit),
         _ => Err(Error::Unsupported),
     }
@@ -217,7 +258,7 @@ fn whole(
     if h.flags & F_NEEDS_CSUM != 0 && !keep {
         let cs = h.csum_start as usize;
         let field = cs + h.csum_offset as usize;
-        // the packet's end for IPv4 (no trailing bytes summed), else the frame's
+        // the packet's end (no trailing bytes summed), else the frame's
         let end = l4v4_end(f).unwrap_or(f.len());
         if field + 2 > end || cs > end {
             return Err(Error::Malformed);
@@ -233,12 +274,22 @@ fn whole(
     Ok(keep)
 }
 
+/// The transport protocol of an IPv4 frame, or of an IPv6 one without
+/// extension headers.
 fn ipv4_proto(f: &[u8]) -> Option<u8> {
+    if eth::ethertype(f) == Some(eth::ETHERTYPE_IPV6) {
+        return f.get(eth::HDR_LEN + ipv6::NEXT_HEADER).copied();
+    }
     (eth::ethertype(f) == Some(eth::ETHERTYPE_IPV4) && f.len() > eth::HDR_LEN + ipv4::PROTOCOL)
         .then(|| f[eth::HDR_LEN + ipv4::PROTOCOL])
 }
 
 fn l4v4_end(f: &[u8]) -> Option<usize> {
+    if eth::ethertype(f) == Some(eth::ETHERTYPE_IPV6) {
+        let h = ipv6::Header::new(f.get(eth::HDR_LEN..)?)?;
+        let end = eth::HDR_LEN + ipv6::HDR_LEN + h.payload_len();
+        return (end <= f.len()).then_some(end);
+    }
     if eth::ethertype(f) != Some(eth::ETHERTYPE_IPV4) || f.len() < eth::HDR_LEN + 4 {
         return None;
     }
@@ -264,7 +315,13 @@ fn split(
     partial: bool,
     mut emit: impl FnMut(&[u8], std::ops::Range<usize>),
 ) -> Result<bool, Error> {
-    let L4v4 { l4, payload, end } = l4v4(f, proto)?;
+    let hd = l4v4(f, proto)?;
+    let L4v4 {
+        l4,
+        payload,
+        end,
+        v6,
+    } = hd;
     let hdrs = payload - eth::HDR_LEN; // IP + L4 headers
     let room = mtu
         .checked_sub(hdrs)
@@ -277,10 +334,7 @@ fn split(
         return Err(Error::Malformed);
     }
     let ip_id = u16::from_be_bytes([f[eth::HDR_LEN + 4], f[eth::HDR_LEN + 5]]);
-    let (src, dst) = (
-        &f[eth::HDR_LEN + ipv4::SRC..eth::HDR_LEN + ipv4::SRC + 4],
-        &f[eth::HDR_LEN + ipv4::DST..eth::HDR_LEN + ipv4::DST + 4],
-    );
+    let (src, dst) = hd.addrs(f);
     let seq0 = (proto == ipv4::PROTO_TCP).then(|| {
         u32::from_be_bytes([
             f[l4 + tcp::SEQ],
@@ -296,14 +350,21 @@ fn split(
         let chunk = payload + (i * size).min(data_len)..payload + ((i + 1) * size).min(data_len);
         let s = &mut hb[p..p + payload];
         s.copy_from_slice(&f[..payload]);
-        // IPv4: length, identification, header checksum
         let ip = eth::HDR_LEN;
         let total = (hdrs + chunk.len()) as u16;
-        s[ip + ipv4::TOTAL_LEN..ip + ipv4::TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
-        s[ip + 4..ip + 6].copy_from_slice(&ip_id.wrapping_add(i as u16).to_be_bytes());
-        s[ip + ipv4::CHECKSUM..ip + ipv4::CHECKSUM + 2].fill(0);
-        let c = csum::checksum(&s[ip..l4]);
-        s[ip + ipv4::CHECKSUM..ip + ipv4::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+        if v6 {
+            // IPv6: the payload length (no identification, no checksum)
+            let plen = total - ipv6::HDR_LEN as u16;
+            s[ip + ipv6::PAYLOAD_LEN..ip + ipv6::PAYLOAD_LEN + 2]
+                .copy_from_slice(&plen.to_be_bytes());
+        } else {
+            // IPv4: length, identification, header checksum
+            s[ip + ipv4::TOTAL_LEN..ip + ipv4::TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
+            s[ip + 4..ip + 6].copy_from_slice(&ip_id.wrapping_add(i as u16).to_be_bytes());
+            s[ip + ipv4::CHECKSUM..ip + ipv4::CHECKSUM + 2].fill(0);
+            let c = csum::checksum(&s[ip..l4]);
+            s[ip + ipv4::CHECKSUM..ip + ipv4::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+        }
         let field = match seq0 {
             Some(seq0) => {
                 let seq = seq0.wrapping_add((i * size) as u32);
@@ -341,15 +402,16 @@ fn split(
     Ok(partial)
 }
 
-/// The folded (uncomplemented) sum of the IPv4 pseudo-header: what a
-/// partial checksum field holds.
+/// The folded (uncomplemented) sum of the IPv4 or IPv6 pseudo-header
+/// (4- or 16-byte addresses): what a partial checksum field holds. (The
+/// two differ in layout, not in their sum: addresses, protocol, length.)
 pub fn pseudo_sum(src: &[u8], dst: &[u8], proto: u8, l4_len: usize) -> u16 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(src);
-    pseudo[4..8].copy_from_slice(dst);
-    pseudo[9] = proto;
-    pseudo[10..].copy_from_slice(&(l4_len as u16).to_be_bytes());
-    csum::sum(&pseudo) as u16
+    let mut s = csum::sum(src) + csum::sum(dst) + proto as u32;
+    s += (l4_len as u32 >> 16) + (l4_len as u32 & 0xffff);
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
 }
 
 const TCP_PSH: u8 = 0x08;
@@ -556,10 +618,11 @@ mod tests {
             segment(&h, &bad, 1450, &[], false, &mut out, &mut lens),
             Err(Error::Malformed)
         );
+        // TCPV6 offload on an IPv4 frame: inconsistent
         let v6 = VnetHdr { gso_type: 4, ..h };
         assert_eq!(
             segment(&v6, &good, 1450, &[], false, &mut out, &mut lens),
-            Err(Error::Unsupported)
+            Err(Error::Malformed)
         );
         // a tiny MTU
         assert_eq!(
@@ -577,5 +640,103 @@ mod tests {
             Err(Error::Malformed)
         );
         let _ = (out, lens);
+    }
+
+    /// An Ethernet/IPv6/TCP frame with `len` payload bytes, as
+    /// [`tcp_frame`] for IPv4.
+    fn tcp6_frame(len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 20];
+        f[12..14].copy_from_slice(&eth::ETHERTYPE_IPV6);
+        let src: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let dst: std::net::Ipv6Addr = "fd00::3".parse().unwrap();
+        ipv6::emit(
+            &mut f[14..54],
+            (20 + len) as u16,
+            ipv4::PROTO_TCP,
+            64,
+            src,
+            dst,
+        );
+        let t = 54;
+        f[t + 4..t + 8].copy_from_slice(&0xffff_ff00_u32.to_be_bytes());
+        f[t + 12] = 5 << 4;
+        f[t + 13] = tcp::FIN | TCP_PSH | tcp::ACK_FLAG;
+        f.extend((0..len).map(|i| (i * 7) as u8));
+        f
+    }
+
+    #[test]
+    fn ipv6_tcp_is_segmented_with_right_checksums() {
+        let f = tcp6_frame(5000);
+        let h = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV6,
+            hdr_len: 74,
+            gso_size: 1380,
+            csum_start: 54,
+            csum_offset: 16,
+        };
+        for partial in [false, true] {
+            let (mut out, mut lens) = (Vec::new(), Vec::new());
+            segment(&h, &f, 1450, &[9; 8], partial, &mut out, &mut lens).unwrap();
+            assert_eq!(lens.len(), 4, "5000 bytes at MSS 1380");
+            let mut off = 0;
+            let mut seq = 0xffff_ff00_u32;
+            let mut got = Vec::new();
+            for (i, l) in lens.iter().enumerate() {
+                let s = &out[off + 8..off + l];
+                off += l;
+                let hdr = ipv6::Header::new(&s[14..]).unwrap();
+                assert_eq!(hdr.payload_len(), s.len() - 54, "segment {i} length");
+                assert!(s.len() - 14 <= 1450);
+                let tcp_seg = &s[54..];
+                assert_eq!(
+                    u32::from_be_bytes(tcp_seg[4..8].try_into().unwrap()),
+                    seq,
+                    "sequence number of segment {i}"
+                );
+                seq = seq.wrapping_add((tcp_seg.len() - 20) as u32);
+                let last = i + 1 == lens.len();
+                assert_eq!(tcp_seg[13] & tcp::FIN != 0, last, "FIN only on the last");
+                if partial {
+                    let want =
+                        pseudo_sum(&s[14 + 8..14 + 24], &s[14 + 24..14 + 40], 6, tcp_seg.len());
+                    assert_eq!(u16::from_be_bytes([tcp_seg[16], tcp_seg[17]]), want);
+                } else {
+                    assert_eq!(
+                        ipv6::upper_checksum(hdr.src(), hdr.dst(), 6, tcp_seg),
+                        0,
+                        "checksum of segment {i}"
+                    );
+                }
+                got.extend_from_slice(&tcp_seg[20..]);
+            }
+            assert_eq!(got, f[74..], "payload in order");
+        }
+        // an extension header: not done here
+        let mut x = f.clone();
+        x[14 + ipv6::NEXT_HEADER] = 0;
+        let (mut out, mut lens) = (Vec::new(), Vec::new());
+        assert_eq!(
+            segment(&h, &x, 1450, &[], false, &mut out, &mut lens),
+            Err(Error::Unsupported)
+        );
+        // a small IPv6 frame's partial checksum completed
+        let small = tcp6_frame(100);
+        let mut sf = small.clone();
+        let ps = pseudo_sum(&small[22..38], &small[38..54], 6, 120);
+        sf[54 + 16..54 + 18].copy_from_slice(&ps.to_be_bytes());
+        let hs = VnetHdr {
+            gso_type: GSO_NONE,
+            gso_size: 0,
+            ..h
+        };
+        let (mut out, mut lens) = (Vec::new(), Vec::new());
+        assert!(!segment(&hs, &sf, 1450, &[], false, &mut out, &mut lens).unwrap());
+        let hdr = ipv6::Header::new(&out[14..]).unwrap();
+        assert_eq!(ipv6::upper_checksum(hdr.src(), hdr.dst(), 6, &out[54..]), 0);
+        for cut in 0..f.len().min(120) {
+            let _ = segment(&h, &f[..cut], 1450, &[], false, &mut out, &mut lens);
+        }
     }
 }

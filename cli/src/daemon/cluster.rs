@@ -88,6 +88,9 @@ pub struct RemoteEp {
     pub host: String,
     pub container: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub mac: vswitch::Mac,
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -342,7 +345,7 @@ impl Cluster {
     /// Takes address `ip` of network `net` for `owner` (`HOST/CONTAINER`):
     /// true if it is now ours (it was free, or already ours: the lease is
     /// renewed), false if someone else holds it.
-    pub fn claim(&self, net: &str, ip: Ipv4Addr, owner: &str) -> ApiResult<bool> {
+    pub fn claim(&self, net: &str, ip: std::net::IpAddr, owner: &str) -> ApiResult<bool> {
         let k = key(&["ipam", net, &ip.to_string()]);
         let txn = Txn::new()
             .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
@@ -365,7 +368,7 @@ impl Cluster {
     }
 
     /// Gives address `ip` of network `net` back, if `owner` holds it.
-    pub fn release(&self, net: &str, ip: Ipv4Addr, owner: &str) -> ApiResult<()> {
+    pub fn release(&self, net: &str, ip: std::net::IpAddr, owner: &str) -> ApiResult<()> {
         let k = key(&["ipam", net, &ip.to_string()]);
         let txn = Txn::new()
             .when([Compare::value(k.clone(), CompareOp::Equal, owner)])

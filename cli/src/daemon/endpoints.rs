@@ -33,14 +33,26 @@ impl Core {
                         n.pool.release(ip);
                         if Self::is_global(n) {
                             if let Some(cl) = &self.cluster {
-                                let _ = cl.release(&net, ip, &format!("{}/{container}", cl.host));
+                                let _ = cl.release(
+                                    &net,
+                                    ip.into(),
+                                    &format!("{}/{container}", cl.host),
+                                );
                             }
                         }
                     }
                 }
-                Undo::ReleaseIp6 { net, ip } => {
-                    if let Some(p) = self.nets.get_mut(&net).and_then(|n| n.pool6.as_mut()) {
-                        p.release(ip);
+                Undo::ReleaseIp6 { net, ip, container } => {
+                    if let Some(n) = self.nets.get_mut(&net) {
+                        if let Some(p) = n.pool6.as_mut() {
+                            p.release(ip);
+                        }
+                        if Self::is_global(n) {
+                            if let Some(cl) = &self.cluster {
+                                let owner = format!("{}/{container}", cl.host);
+                                let _ = cl.release(&net, ip.into(), &owner);
+                            }
+                        }
                     }
                 }
                 Undo::RemovePort(port) => {
@@ -192,17 +204,27 @@ impl Core {
             container: req.container.clone(),
         });
         let n = self.nets.get_mut(network).expect("checked");
-        let ip6 = match n.pool6.as_mut().map(|p| p.allocate(want6)).transpose() {
+        let ip6 = if Self::is_global(n) {
+            self.allocate_global6(network, want6, &req.container)
+        } else {
+            n.pool6
+                .as_mut()
+                .map(|p| p.allocate(want6))
+                .transpose()
+                .map_err(ApiError::from)
+        };
+        let ip6 = match ip6 {
             Ok(a) => a,
             Err(e) => {
                 self.undo(undo);
-                return Err(e.into());
+                return Err(e);
             }
         };
         if let Some(ip6) = ip6 {
             undo.push(Undo::ReleaseIp6 {
                 net: network.to_string(),
                 ip: ip6,
+                container: req.container.clone(),
             });
         }
         // bind the host ports first: a busy one fails before anything exists
@@ -304,7 +326,7 @@ impl Core {
         n.published.remove(container);
         let idx = n.idx;
         if Self::is_global(n) {
-            self.withdraw_global(network, container, e.ip);
+            self.withdraw_global(network, container, &e);
         }
         self.uplink_forwards(idx, &e, false);
         let n = self.nets.get_mut(network).expect("checked");

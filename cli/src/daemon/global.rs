@@ -224,7 +224,7 @@ impl Core {
         for _ in 0..64 {
             let n = self.nets.get_mut(net).expect("checked");
             let ip = n.pool.allocate(want)?;
-            match cl.claim(net, ip, &owner) {
+            match cl.claim(net, ip.into(), &owner) {
                 Ok(true) => return Ok(ip),
                 Ok(false) if want.is_some() => {
                     n.pool.release(ip);
@@ -245,6 +245,48 @@ impl Core {
         )))
     }
 
+    /// An IPv6 address for `container` on dual-stack global network `net`
+    /// (None: the network has no IPv6), claimed in the store as IPv4
+    /// addresses are (see [`Self::allocate_global`]).
+    pub(super) fn allocate_global6(
+        &mut self,
+        net: &str,
+        want: Option<std::net::Ipv6Addr>,
+        container: &str,
+    ) -> ApiResult<Option<std::net::Ipv6Addr>> {
+        if self.nets[net].pool6.is_none() {
+            return Ok(None);
+        }
+        let cl = self.cluster()?.clone();
+        let owner = format!("{}/{container}", cl.host);
+        for _ in 0..64 {
+            let p = self
+                .nets
+                .get_mut(net)
+                .and_then(|n| n.pool6.as_mut())
+                .expect("checked");
+            let ip = p.allocate(want)?;
+            match cl.claim(net, ip.into(), &owner) {
+                Ok(true) => return Ok(Some(ip)),
+                Ok(false) if want.is_some() => {
+                    p.release(ip);
+                    return Err(ApiError::conflict(format!(
+                        "address {ip} is already in use in the cluster"
+                    )));
+                }
+                // another host's: stays marked here, next
+                Ok(false) => {}
+                Err(e) => {
+                    p.release(ip);
+                    return Err(e);
+                }
+            }
+        }
+        Err(ApiError::conflict(format!(
+            "no free IPv6 address found on {net} after 64 tries"
+        )))
+    }
+
     /// This host's endpoint on a global network, as the store holds it.
     fn remote_ep(&self, container: &str, e: &EndpointRecord) -> Option<RemoteEp> {
         let cl = self.cluster.as_ref()?;
@@ -252,6 +294,7 @@ impl Core {
             host: cl.host.clone(),
             container: container.to_string(),
             ip: e.ip,
+            ip6: e.ip6,
             mac: e.mac,
             aliases: e.aliases.clone(),
             vtep: cl.vtep,
@@ -270,14 +313,18 @@ impl Core {
 
     /// Withdraws an endpoint of global network `net` and its address (a
     /// store that is away forgets them when this host's lease expires).
-    pub(super) fn withdraw_global(&self, net: &str, container: &str, ip: Ipv4Addr) {
+    pub(super) fn withdraw_global(&self, net: &str, container: &str, e: &EndpointRecord) {
         let Some(cl) = self.cluster.as_ref() else {
             return;
         };
         let owner = format!("{}/{container}", cl.host);
         if let Err(e) = cl
             .delete_endpoint(net, container)
-            .and_then(|_| cl.release(net, ip, &owner))
+            .and_then(|_| cl.release(net, e.ip.into(), &owner))
+            .and_then(|_| match e.ip6 {
+                Some(a) => cl.release(net, a.into(), &owner),
+                None => Ok(()),
+            })
         {
             log(format!("{container} on {net}: {}", e.message));
         }
@@ -300,13 +347,15 @@ impl Core {
             };
             for (c, e) in eps {
                 let owner = format!("{}/{c}", cl.host);
-                match cl.claim(&name, e.ip, &owner) {
-                    Ok(true) => {}
-                    Ok(false) => log(format!(
-                        "{c} on {name}: address {} is held by another host in the cluster",
-                        e.ip
-                    )),
-                    Err(err) => log(format!("{c} on {name}: {}", err.message)),
+                let ips = std::iter::once(std::net::IpAddr::V4(e.ip)).chain(e.ip6.map(Into::into));
+                for ip in ips {
+                    match cl.claim(&name, ip, &owner) {
+                        Ok(true) => {}
+                        Ok(false) => log(format!(
+                            "{c} on {name}: address {ip} is held by another host in the cluster"
+                        )),
+                        Err(err) => log(format!("{c} on {name}: {}", err.message)),
+                    }
                 }
                 if let Err(err) = self.publish_global(&name, &c) {
                     log(format!("{c} on {name}: {}", err.message));
@@ -405,6 +454,8 @@ impl Core {
                 }
                 // the addresses other hosts hold: used here too
                 (["ipam", net, ip], v) => {
+                    // (IPv6 claims are not mirrored: allocate_global6
+                    // learns of other hosts' addresses by trying them)
                     let Ok(ip) = ip.parse::<Ipv4Addr>() else {
                         continue;
                     };

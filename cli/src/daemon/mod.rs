@@ -322,6 +322,7 @@ enum Undo {
     ReleaseIp6 {
         net: String,
         ip: std::net::Ipv6Addr,
+        container: String,
     },
     RemovePort(PortId),
     Endpoint {

@@ -105,7 +105,7 @@ impl Core {
                 container: r.container.clone(),
                 aliases: r.aliases.clone(),
                 ip: r.ip,
-                ip6: None,
+                ip6: r.ip6,
                 dns: vec![],
             }))
             .collect();
@@ -433,9 +433,9 @@ pub fn plan_network(
     let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
     parse_servers(&req.dns)?;
     let drv = driver::lookup(req.driver.as_deref().unwrap_or("bridge"))?;
-    if subnet6.is_some() && drv.name() != "bridge" {
+    if subnet6.is_some() && !matches!(drv.name(), "bridge" | "overlay") {
         return Err(ApiError::bad_request(format!(
-            "--ipv6 is not supported on {} networks yet (bridge networks have it)",
+            "--ipv6 is not supported on {} networks yet (bridge and overlay networks have it)",
             drv.name()
         )));
     }

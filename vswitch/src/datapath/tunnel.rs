@@ -1037,8 +1037,9 @@ impl State {
     }
 }
 
-/// A hash of the inner flow (addresses, protocol and ports of IPv4 TCP/UDP;
-/// the MACs otherwise): one flow always leaves from the same source port.
+/// A hash of the inner flow (addresses, protocol and ports of IPv4 or IPv6
+/// TCP/UDP; the MACs otherwise): one flow always leaves from the same
+/// source port.
 fn flow_hash(f: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
@@ -1051,6 +1052,17 @@ fn flow_hash(f: &[u8]) -> u64 {
         let ihl = ((ip[0] & 0x0f) as usize) * 4;
         if matches!(proto, ipv4::PROTO_TCP | ipv4::PROTO_UDP) && ip.len() >= ihl + 4 {
             ip[ihl..ihl + 4].hash(&mut h);
+        }
+    } else if let Some(ip) = f.get(L3..).filter(|ip| ip.len() >= wire::ipv6::HDR_LEN + 4) {
+        if eth::ethertype(f) == Some(eth::ETHERTYPE_IPV6) {
+            ip[wire::ipv6::SRC..wire::ipv6::DST + 16].hash(&mut h);
+            let proto = ip[wire::ipv6::NEXT_HEADER];
+            proto.hash(&mut h);
+            if matches!(proto, ipv4::PROTO_TCP | ipv4::PROTO_UDP) {
+                ip[wire::ipv6::HDR_LEN..wire::ipv6::HDR_LEN + 4].hash(&mut h);
+            }
+        } else {
+            f[..eth::HDR_LEN].hash(&mut h);
         }
     } else {
         f[..eth::HDR_LEN.min(f.len())].hash(&mut h);
@@ -1180,24 +1192,34 @@ fn merge_tcp(buf: &mut [u8], fr: &[(PortIdx, usize, usize, bool)]) -> Option<usi
 /// The vnet header for an inner frame from a tunnel: none needed, or (the
 /// sender left the TCP/UDP checksum partial) the offload header that says
 /// where the sum goes, so the container's kernel completes or trusts it.
-/// None: a partial frame that is not TCP/UDP over IPv4 (dropped).
+/// None: a partial frame that is not TCP/UDP over IPv4 or IPv6 (without
+/// extension headers) (dropped).
 fn rx_vnet(f: &[u8], partial: bool) -> Option<[u8; VNET_HDR_LEN]> {
     let mut out = [0u8; VNET_HDR_LEN];
     if !partial {
         return Some(out);
     }
     const IP: usize = eth::HDR_LEN;
-    if f.len() < IP + ipv4::MIN_HDR_LEN || eth::ethertype(f) != Some(eth::ETHERTYPE_IPV4) {
-        return None;
-    }
-    let ihl = ((f[IP] & 0x0f) as usize) * 4;
-    let off = match f[IP + ipv4::PROTOCOL] {
+    let (ihl, proto) = if eth::ethertype(f) == Some(eth::ETHERTYPE_IPV6) {
+        let h = wire::ipv6::Header::new(f.get(IP..)?)?;
+        (wire::ipv6::HDR_LEN, h.next_header())
+    } else {
+        if f.len() < IP + ipv4::MIN_HDR_LEN || eth::ethertype(f) != Some(eth::ETHERTYPE_IPV4) {
+            return None;
+        }
+        let ihl = ((f[IP] & 0x0f) as usize) * 4;
+        if ihl < ipv4::MIN_HDR_LEN {
+            return None;
+        }
+        (ihl, f[IP + ipv4::PROTOCOL])
+    };
+    let off = match proto {
         ipv4::PROTO_TCP => 16,
         ipv4::PROTO_UDP => 6,
         _ => return None,
     };
     let start = IP + ihl;
-    if ihl < ipv4::MIN_HDR_LEN || start + off as usize + 2 > f.len() {
+    if start + off as usize + 2 > f.len() {
         return None;
     }
     crate::vnet::VnetHdr {
