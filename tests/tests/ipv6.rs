@@ -277,8 +277,8 @@ fn ipv6_defaults_and_bad_input() {
             "overlaps with network auto1",
         ),
         (
-            &["--ipv6", "-d", "macvlan", "-o", "parent=lo", "x"],
-            "not supported on macvlan",
+            &["--ipv6", "-d", "ipvlan", "-o", "parent=lo", "x"],
+            "not supported on ipvlan",
         ),
     ];
     for (args, want) in cases {
@@ -708,4 +708,73 @@ fn default_bridge_ipv6() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(e.contains("--fixed-cidr-v6") && e.contains("/120"), "{e}");
+}
+
+#[test]
+fn macvlan_dual_stack() {
+    let Some(mut env) = Env::new("macvlan_dual_stack", &[]) else {
+        return;
+    };
+    // the segment: a "LAN" namespace behind a veth of the daemon's
+    // namespace, with an IPv4 and an IPv6 router address
+    let lan = format!("{}lan", env.prefix);
+    let host = env.host_ns.clone();
+    for a in [
+        vec!["netns", "add", &lan],
+        vec!["-n", &lan, "link", "set", "lo", "up"],
+        vec![
+            "-n", &host, "link", "add", "lan0", "type", "veth", "peer", "name", "peer0", "netns",
+            &lan,
+        ],
+        vec!["-n", &host, "link", "set", "lan0", "up"],
+        vec!["-n", &lan, "addr", "add", "10.79.0.1/24", "dev", "peer0"],
+        vec![
+            "-n",
+            &lan,
+            "addr",
+            "add",
+            "fd00:79::1/64",
+            "dev",
+            "peer0",
+            "nodad",
+        ],
+        vec!["-n", &lan, "link", "set", "peer0", "up"],
+    ] {
+        run_ok(std::process::Command::new("ip").args(a));
+    }
+    env.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=lan0",
+        "--ipv6",
+        "--subnet",
+        "10.79.0.0/24",
+        "--gateway",
+        "10.79.0.1",
+        "--subnet",
+        "fd00:79::/64",
+        "--gateway",
+        "fd00:79::1",
+        "mv6",
+    ]);
+    let c = env.container("mv6", "c", &[]);
+    let c6 = ip6_of(&env, "c");
+    assert_eq!(c6, "fd00:79::2");
+    let r = env.exec_ok(&c.ns, &["ip", "-6", "route"]);
+    assert!(r.contains("default via fd00:79::1"), "{r}");
+    // the router on the segment answers neighbour discovery itself
+    assert!(
+        ping6(&env, &c.ns, "fd00:79::1"),
+        "c -> the LAN's IPv6 router"
+    );
+    let neigh = env.exec_ok(&lan, &["ip", "-6", "neigh", "show", &c6]);
+    assert!(neigh.contains(&c.mac), "the LAN sees c's own MAC: {neigh}");
+    // 16 MiB over IPv6 from the segment, checksum compared
+    let blob = env.random_file("blob", 16 << 20);
+    let peer = download(&mut env, &c.ns, &lan, "fd00:79::1", 7201, &blob);
+    assert_eq!(peer.ip().to_string(), c6);
+    delete_netns(&lan);
 }

@@ -433,9 +433,9 @@ pub fn plan_network(
     let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
     parse_servers(&req.dns)?;
     let drv = driver::lookup(req.driver.as_deref().unwrap_or("bridge"))?;
-    if subnet6.is_some() && !matches!(drv.name(), "bridge" | "overlay") {
+    if subnet6.is_some() && !matches!(drv.name(), "bridge" | "overlay" | "macvlan") {
         return Err(ApiError::bad_request(format!(
-            "--ipv6 is not supported on {} networks yet (bridge and overlay networks have it)",
+            "--ipv6 is not supported on {} networks yet (bridge, overlay and macvlan networks have it)",
             drv.name()
         )));
     }
