@@ -192,6 +192,17 @@ fn dual_stack_network() {
         "c3 reaches its own gateway"
     );
 
+    // a container whose first network has no IPv6 takes its IPv6
+    // default route from the first one that has (as Docker does)
+    env.ok(&["network", "create", "--subnet", "10.72.0.0/24", "v4net"]);
+    let m = env.container("v4net", "m", &[]);
+    env.ok(&["network", "connect", "ds", "m"]);
+    let r = env.exec_ok(&m.ns, &["ip", "-6", "route", "show", "default"]);
+    assert!(r.contains("via fd00:66::1"), "{r}");
+    let r4 = env.exec_ok(&m.ns, &["ip", "route", "show", "default"]);
+    assert!(r4.contains("via 10.72.0.1"), "IPv4's stays: {r4}");
+    assert!(ping6(&env, &m.ns, "fd00:66::1"));
+
     // a restart keeps every address; traffic flows again
     env.stop_daemon(libc::SIGTERM);
     env.start_daemon();

@@ -544,6 +544,7 @@ impl super::Core {
                 mtu,
                 // Docker installs the routes from Join's answer
                 default_route: false,
+                default_route6: None,
                 owned_netns: false,
                 aliases: vec![],
                 ports: vec![],

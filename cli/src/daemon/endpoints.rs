@@ -158,6 +158,7 @@ impl Core {
     ) -> ApiResult<EndpointInfo> {
         let others = self.endpoints_of(&req.container);
         let has_default = others.iter().any(|(_, e)| e.default_route);
+        let has_default6 = others.iter().any(|(_, e)| e.has_default6());
         let used: Vec<String> = others.iter().map(|(_, e)| e.ifname.clone()).collect();
         let ifname =
             netns::pick_ifname(&NetnsRef(crec.netns.clone()), &used, req.ifname.as_deref())
@@ -247,6 +248,7 @@ impl Core {
             mac: mac.unwrap_or_else(|| Mac::from_ipv4(ip)),
             mtu,
             default_route: !has_default,
+            default_route6: Some(ip6.is_some() && !has_default6),
             owned_netns: crec.owned,
             aliases: req.aliases.clone(),
             ports: maps,

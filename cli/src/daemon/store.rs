@@ -25,6 +25,11 @@ pub struct EndpointRecord {
     pub mtu: u32,
     /// Whether this endpoint owns the container's default route.
     pub default_route: bool,
+    /// Whether it owns the IPv6 default route: the container's first
+    /// network with IPv6, which need not be its first network (None, in
+    /// records written before: as `default_route`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_route6: Option<bool>,
     /// Whether tapnet created the namespace (`tapnet run`) and deletes it.
     pub owned_netns: bool,
     /// Network-scoped DNS aliases.
@@ -39,6 +44,14 @@ pub struct EndpointRecord {
     /// renamed it, and its lifetime is Docker's (never removed as stale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<String>,
+}
+
+impl EndpointRecord {
+    /// Whether the container's IPv6 default route goes through this
+    /// endpoint's network.
+    pub fn has_default6(&self) -> bool {
+        self.ip6.is_some() && self.default_route6.unwrap_or(self.default_route)
+    }
 }
 
 fn yes() -> bool {
@@ -492,6 +505,7 @@ mod tests {
                 mac: Mac([2, 0x42, 10, 88, 0, 2]),
                 mtu: 1500,
                 default_route: true,
+                default_route6: None,
                 owned_netns: true,
                 aliases: vec![],
                 ports: vec![],

@@ -120,7 +120,7 @@ pub trait NetworkDriver: Sync {
             default_gw6: net
                 .rec
                 .gateway6
-                .filter(|_| e.default_route && self.default_via_gateway(&net.rec)),
+                .filter(|_| e.has_default6() && self.default_via_gateway(&net.rec)),
         };
         let fd = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec, p.tun_device)?;
         let identity = port_security(&net.rec).then_some(vswitch::PortIdentity {
