@@ -789,3 +789,75 @@ fn macvlan_dual_stack() {
     assert_eq!(peer.ip().to_string(), c6);
     delete_netns(&lan);
 }
+
+#[test]
+fn malformed_ipv6_is_counted() {
+    use wire::{icmpv6, ipv6};
+    let Some(mut env) = Env::new("malformed_ipv6_is_counted", &[]) else {
+        return;
+    };
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:73::/64",
+        "m6",
+    ]);
+    let c = env.container("m6", "c", &[]);
+    assert!(ping6(&env, &c.ns, "fd00:73::1"));
+    let gw_mac = parse_mac(env.inspect("m6")["gateway_mac"].as_str().unwrap());
+    let me = parse_mac(&c.mac);
+    let src: std::net::Ipv6Addr = ip6_of(&env, "c").parse().unwrap();
+    let gw: std::net::Ipv6Addr = "fd00:73::1".parse().unwrap();
+    // Ethernet to the gateway's MAC + IPv6 (payload length `plen`, next
+    // header `nh`, hop limit 255) + `body`
+    let frame = |plen: u16, nh: u8, body: &[u8]| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&gw_mac);
+        f.extend_from_slice(&me);
+        f.extend_from_slice(&[0x86, 0xdd]);
+        let mut h = [0u8; 40];
+        ipv6::emit(&mut h, plen, nh, 255, src, gw);
+        f.extend_from_slice(&h);
+        f.extend_from_slice(body);
+        f
+    };
+    let mut ns = [0u8; 32];
+    icmpv6::emit_ns(&mut ns, gw, me, src, gw);
+    let mut bad_sum = ns;
+    bad_sum[20] ^= 0xff;
+    let mut zero_opt = ns;
+    zero_opt[icmpv6::ND_LEN + 1] = 0;
+    icmpv6::fill_checksum(&mut zero_opt, src, gw);
+    let frames = vec![
+        // the payload length says more than the frame holds
+        frame(200, 58, &ns),
+        // a neighbour solicitation with a wrong checksum
+        frame(32, 58, &bad_sum),
+        // an option of length 0 (a parser that loops on it never ends)
+        frame(32, 58, &zero_opt),
+        // a hop-by-hop header chain to the gateway: nothing it answers
+        frame(16, 0, &[58, 0, 1, 4, 0, 0, 0, 0, 128, 0, 0, 0, 0, 0, 0, 0]),
+        // a header cut in the middle
+        frame(0, 58, &[])[..40].to_vec(),
+    ];
+    let before = env.counters("m6", "c");
+    let sum = |v: &serde_json::Value| {
+        ctr(v, "drops.malformed")
+            + ctr(v, "drops.gateway_unsupported")
+            + ctr(v, "drops.runt")
+            + ctr(v, "drops.spoofed")
+    };
+    let ns_c = c.ns.clone();
+    let r = in_ns(&ns_c, move || send_raw("eth0", &frames))
+        .join()
+        .unwrap();
+    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+    let ok = wait_until(Duration::from_secs(3), || {
+        sum(&env.counters("m6", "c")) >= sum(&before) + 5
+    });
+    assert!(ok, "five counted drops: {}", env.counters("m6", "c"));
+    // and the gateway still answers
+    assert!(ping6(&env, &c.ns, "fd00:73::1"));
+}
