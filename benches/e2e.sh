@@ -404,18 +404,47 @@ if [ -n "$OVERLAY" ]; then
 	exit 0
 fi
 if [ "$MODE" = c2c6 ]; then
-	# four rows in one run: the kernel bridge and tapnet, IPv4 and IPv6
-	( C=tn_e2e_kb1 S=tn_e2e_kb2 SB=10.77.1.2 TGT=10.77.1.2 LABEL="kernel bridge, IPv4"
-	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
-	  measure )
-	( C=tn_e2e_kb1 S=tn_e2e_kb2 SB=fd00:77::2 TGT=fd00:77::2 LABEL="kernel bridge, IPv6"
-	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
-	  measure )
-	( LABEL="tapnet, IPv4 (dual-stack network)"; measure )
-	SB=$SRV_IP6 TGT=$SRV_IP6 LABEL="tapnet, IPv6"
-	for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
-	measure
-	tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("switch drops:", n["counters"]["drops"])'
+	# four paths, interleaved rep by rep (A B C D A B C D ...) so that the
+	# VM's swings hit them alike: TCP 1-/4-stream (iperf3) and TCP RR p50
+	# (tcprr); medians, then the ratios the issue asks for
+	ROWS=("kernel bridge, IPv4|tn_e2e_kb1|tn_e2e_kb2|10.77.1.2"
+		"kernel bridge, IPv6|tn_e2e_kb1|tn_e2e_kb2|fd00:77::2"
+		"tapnet, IPv4|$C|$S|$SRV_IP"
+		"tapnet, IPv6|$C|$S|$SRV_IP6")
+	declare -A T1 T4 RR
+	for r in "${ROWS[@]}"; do
+		IFS='|' read -r _ c s a <<<"$r"
+		for _ in $(seq 20); do nsx $c ping -c 1 -W 1 -q "$a" >/dev/null 2>&1 && break; sleep 0.2; done
+	done
+	for rep in $(seq "$REPS"); do
+		for i in "${!ROWS[@]}"; do
+			IFS='|' read -r label C S SB <<<"${ROWS[i]}"
+			TGT=$SB
+			iperf "tcp1.$rep.$i"; T1[$i]+="${R% *} "
+			iperf "tcp4.$rep.$i" -P 4; T4[$i]+="${R% *} "
+			bg $S "$OUT/tcprr-srv.$i.log" "$RR_TOOL" server "$SB" 5301
+			srv=$BG
+			listening $S 5301
+			nsx $C timeout $((SP_DUR + 20)) "$RR_TOOL" client "$TGT" 5301 "$SP_DUR" >"$OUT/tcprr.$rep.$i" 2>&1
+			stop $srv
+			p50=$(awk '$1 == "p50" {print $2}' "$OUT/tcprr.$rep.$i")
+			RR[$i]+="$p50 "
+			log "rep $rep $label: tcp1 $(echo ${T1[$i]} | awk "{print \$NF}") tcp4 $(echo ${T4[$i]} | awk "{print \$NF}") rr $p50"
+		done
+	done
+	echo
+	echo "| path (interleaved, REPS=$REPS DUR=$DUR) | TCP 1-stream Gbps | TCP 4-stream Gbps | TCP RR p50 us (tcprr) |"
+	echo "|---|---|---|---|"
+	declare -A M1 M4 MR
+	for i in "${!ROWS[@]}"; do
+		M1[$i]=$(median ${T1[$i]}) M4[$i]=$(median ${T4[$i]}) MR[$i]=$(median ${RR[$i]})
+		echo "| ${ROWS[i]%%|*} | ${M1[$i]} | ${M4[$i]} | ${MR[$i]} |"
+	done
+	echo
+	ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f' % (a/b))" "$1" "$2"; }
+	echo "tapnet IPv6 / tapnet IPv4: TCP-1 $(ratio "${M1[3]}" "${M1[2]}"), TCP-4 $(ratio "${M4[3]}" "${M4[2]}"), RR p50 $(ratio "${MR[3]}" "${MR[2]}") (lower is better)"
+	echo "kernel bridge IPv6 / IPv4: TCP-1 $(ratio "${M1[1]}" "${M1[0]}"), TCP-4 $(ratio "${M4[1]}" "${M4[0]}"), RR p50 $(ratio "${MR[1]}" "${MR[0]}")"
+	echo "tapnet IPv6 / kernel bridge IPv6: TCP-1 $(ratio "${M1[3]}" "${M1[1]}"), TCP-4 $(ratio "${M4[3]}" "${M4[1]}"), RR p50 $(ratio "${MR[3]}" "${MR[1]}")"
 	log "logs in $OUT"
 	exit 0
 fi
