@@ -544,6 +544,23 @@ impl Env {
         v[0].clone()
     }
 
+    /// The IPv6 address (without prefix) of container `name`'s first
+    /// endpoint, as `ps` shows it.
+    pub fn ip6_of(&self, name: &str) -> String {
+        let v = self.json(&["ps", "--format", "json"]);
+        let c = v
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("no container {name} in {v}"));
+        c["endpoints"][0]["ip6"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no IPv6 address: {c}"))
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// [`Env::inspect`] of a network that may not exist (yet): None then.
     pub fn inspect_ok(&self, net: &str) -> Option<Value> {
         let o = self.tapnet(&["network", "inspect", net]);
@@ -970,7 +987,17 @@ pub fn many_connections(client: &str, server: &str, ip: &str, port: u16, n: usiz
 /// (larger than the MTU: fragmented both ways). Returns the addresses the
 /// server saw the requests from.
 pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<String> {
+    let sizes: Vec<usize> = (0..50)
+        .map(|i| if i >= 46 { 2000 * (i - 44) } else { i * 25 })
+        .collect();
+    udp_echo(client, server, ip, port, &sizes)
+}
+
+/// As [`udp_roundtrips`], one request of (about) each of `sizes` bytes.
+pub fn udp_echo(client: &str, server: &str, ip: &str, port: u16, sizes: &[usize]) -> Vec<String> {
     use std::net::UdpSocket;
+    let sizes = sizes.to_vec();
+    let count = sizes.len();
     let addr: std::net::IpAddr = ip.parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let srv = in_ns(server, move || {
@@ -978,7 +1005,7 @@ pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<St
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         ready_tx.send(()).unwrap();
         let mut b = vec![0u8; 16384];
-        (0..50)
+        (0..count)
             .map(|_| {
                 let (n, from) = s.recv_from(&mut b).unwrap();
                 let mut r = b"re:".to_vec();
@@ -999,8 +1026,7 @@ pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<St
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         s.connect((addr, port)).unwrap();
         let mut b = vec![0u8; 16384];
-        for i in 0..50 {
-            let n = if i >= 46 { 2000 * (i - 44) } else { i * 25 };
+        for (i, n) in sizes.into_iter().enumerate() {
             let m = format!("q{i}:{}", "y".repeat(n));
             s.send(m.as_bytes()).unwrap();
             let n = s
@@ -1012,6 +1038,47 @@ pub fn udp_roundtrips(client: &str, server: &str, ip: &str, port: u16) -> Vec<St
     .join()
     .expect("UDP client");
     srv.join().expect("UDP server")
+}
+
+/// A TCP server in `ns` on 0.0.0.0:`port`: echoes everything back.
+pub fn echo_server(ns: &str, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                std::thread::spawn(move || {
+                    let mut r = c.try_clone().unwrap();
+                    let _ = std::io::copy(&mut r, &mut c);
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+    });
+    rx.recv().unwrap();
+}
+
+/// Sends `data` to `addr` (`IP:PORT`, `[IPv6]:PORT`) from namespace `ns`
+/// over TCP; what came back.
+pub fn tcp_roundtrip(ns: &str, addr: &str, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    in_ns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut w = s.try_clone()?;
+        let t = std::thread::spawn(move || {
+            w.write_all(&data)?;
+            w.shutdown(std::net::Shutdown::Write)
+        });
+        let mut back = Vec::new();
+        s.read_to_end(&mut back)?;
+        t.join().unwrap()?;
+        Ok(back)
+    })
+    .join()
+    .unwrap()
 }
 
 /// A container image without a registry: a tar of a root filesystem with

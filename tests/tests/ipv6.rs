@@ -9,24 +9,6 @@ use std::process::Stdio;
 use std::time::Duration;
 use tapnet_tests::*;
 
-/// The IPv6 address (without prefix) of `name`'s first endpoint.
-fn ip6_of(env: &Env, name: &str) -> String {
-    let v = env.json(&["ps", "--format", "json"]);
-    let c = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no container {name} in {v}"));
-    c["endpoints"][0]["ip6"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{name} has no IPv6 address: {c}"))
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn ping6(env: &Env, ns: &str, dst: &str) -> bool {
     env.exec(ns, &["ping", "-6", "-c", "3", "-W", "1", "-i", "0.2", dst])
         .status
@@ -56,8 +38,8 @@ fn dual_stack_network() {
 
     let c1 = env.container("ds", "c1", &[]);
     let c2 = env.container("ds", "c2", &["--ip6", "fd00:66::99"]);
-    assert_eq!(ip6_of(&env, "c1"), "fd00:66::2");
-    assert_eq!(ip6_of(&env, "c2"), "fd00:66::99");
+    assert_eq!(env.ip6_of("c1"), "fd00:66::2");
+    assert_eq!(env.ip6_of("c2"), "fd00:66::99");
 
     // inside: the address (usable at once: no DAD), a link-local one, the
     // IPv6 default route via the gateway, IPv4 as before
@@ -182,7 +164,7 @@ fn dual_stack_network() {
         "other",
     ]);
     let c3 = env.container("other", "c3", &[]);
-    let c3ip6 = ip6_of(&env, "c3");
+    let c3ip6 = env.ip6_of("c3");
     assert!(c3ip6.starts_with("fd00:67::"), "{c3ip6}");
     let before = ctr(&env.counters("ds", "c1"), "drops.no_route");
     assert!(!ping6(&env, &c1.ns, &c3ip6), "IPv6 crossed networks");
@@ -206,7 +188,7 @@ fn dual_stack_network() {
     // a restart keeps every address; traffic flows again
     env.stop_daemon(libc::SIGTERM);
     env.start_daemon();
-    assert_eq!(ip6_of(&env, "c2"), "fd00:66::99");
+    assert_eq!(env.ip6_of("c2"), "fd00:66::99");
     assert!(
         wait_until(Duration::from_secs(10), || ping6(
             &env,
@@ -312,7 +294,7 @@ fn ipv6_defaults_and_bad_input() {
         "big",
     ]);
     let c = env.container("big", "b1", &[]);
-    assert_eq!(ip6_of(&env, "b1"), "fd01:0:0:5::");
+    assert_eq!(env.ip6_of("b1"), "fd01:0:0:5::");
     let _ = c;
 
     // addresses: outside the subnet, taken, on a network without IPv6
@@ -336,48 +318,6 @@ fn ipv6_defaults_and_bad_input() {
         let e = env.fail(&["run", "--network", net, "--ip6", ip6, "--", "true"]);
         assert!(e.contains(want), "{net} {ip6}: {e}");
     }
-}
-
-/// An echo server in `ns` on 0.0.0.0:`port` (IPv4 only: the relay brings
-/// IPv6 clients to it).
-fn echo_server(ns: &str, port: u16) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_ns(ns, move || {
-        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
-        tx.send(()).unwrap();
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(mut c) = c else { continue };
-                std::thread::spawn(move || {
-                    let mut r = c.try_clone().unwrap();
-                    let _ = std::io::copy(&mut r, &mut c);
-                    let _ = c.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-    });
-    rx.recv().unwrap();
-}
-
-/// Sends `data` to `addr` (`IP:PORT`, `[IPv6]:PORT`) from `ns`; what came back.
-fn roundtrip(ns: &str, addr: &str, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    in_ns(ns, move || {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut w = s.try_clone()?;
-        let t = std::thread::spawn(move || {
-            w.write_all(&data)?;
-            w.shutdown(std::net::Shutdown::Write)
-        });
-        let mut back = Vec::new();
-        s.read_to_end(&mut back)?;
-        t.join().unwrap()?;
-        Ok(back)
-    })
-    .join()
-    .unwrap()
 }
 
 #[test]
@@ -425,11 +365,12 @@ fn published_ports_ipv6() {
         "[2001:db8:100::10]:18080",
         "[::1]:18081",
     ] {
-        let back = roundtrip(&host, addr, data.clone()).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        let back =
+            tcp_roundtrip(&host, addr, data.clone()).unwrap_or_else(|e| panic!("{addr}: {e}"));
         assert!(back == data, "data differs via {addr}");
     }
     // [::1] only: not on IPv4
-    assert!(roundtrip(&host, "127.0.0.1:18081", vec![1]).is_err());
+    assert!(tcp_roundtrip(&host, "127.0.0.1:18081", vec![1]).is_err());
     // the port is busy on [::] too: a second publish is refused
     let e = env.fail(&[
         "run",
@@ -444,7 +385,7 @@ fn published_ports_ipv6() {
     // removing the endpoint frees both listeners
     env.ok(&["rm", "web"]);
     assert!(
-        wait_until(Duration::from_secs(5), || roundtrip(
+        wait_until(Duration::from_secs(5), || tcp_roundtrip(
             &host,
             "[::1]:18080",
             vec![1]
@@ -508,100 +449,11 @@ fn socket_nat_ipv6() {
 }
 
 /// 30 UDP request/responses over IPv6 from `client` to an echo server
-/// this starts in `server` on [INET_IP6]:`port`, 1 to 1,400 bytes; the
-/// addresses the server saw them from.
+/// this starts in `server` on [INET_IP6]:`port`, 1 to 1,400 bytes (no
+/// fragments); the addresses the server saw them from.
 fn udp6_roundtrips(client: &str, server: &str, port: u16) -> Vec<String> {
-    use std::net::UdpSocket;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let srv = in_ns(server, move || {
-        let s = UdpSocket::bind((INET_IP6, port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        ready_tx.send(()).unwrap();
-        let mut b = vec![0u8; 16384];
-        (0..30)
-            .map(|_| {
-                let (n, from) = s.recv_from(&mut b).unwrap();
-                let mut r = b"re:".to_vec();
-                r.extend_from_slice(&b[..n]);
-                s.send_to(&r, from).unwrap();
-                from.ip().to_string()
-            })
-            .collect()
-    });
-    ready_rx.recv().unwrap();
-    in_ns(client, move || {
-        let s = UdpSocket::bind("[::]:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.connect((INET_IP6, port)).unwrap();
-        let mut b = vec![0u8; 16384];
-        for i in 0..30usize {
-            let m = format!("q{i}:{}", "y".repeat(i * 46));
-            s.send(m.as_bytes()).unwrap();
-            let n = s
-                .recv(&mut b)
-                .unwrap_or_else(|e| panic!("datagram {i}: {e}"));
-            assert_eq!(&b[..n], format!("re:{m}").as_bytes(), "datagram {i}");
-        }
-    })
-    .join()
-    .expect("UDP client");
-    srv.join().expect("UDP server")
-}
-
-#[test]
-fn nat66_uplink() {
-    let Some(mut env) = Env::with_uplink(
-        "nat66_uplink",
-        &[
-            "--uplink-ip6",
-            "2001:db8:113::2/64",
-            "--uplink-gateway6",
-            INET_IP6,
-        ],
-    ) else {
-        return;
-    };
-    let inet = env.inet_ns();
-    env.ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "fd00:6a::/64",
-        "app",
-    ]);
-    let c = env.container("app", "c", &[]);
-    // a 64 MiB download over IPv6 through NAT66, checksum compared; the
-    // server sees the uplink's IPv6 address, not the container's
-    let blob = env.random_file("blob", 64 << 20);
-    let peer = download(&mut env, &c.ns, &inet, INET_IP6, 7100, &blob);
-    assert_eq!(peer.ip().to_string(), UPLINK_IP6, "server saw {peer}");
-    // UDP, and ICMPv6 echo (identifier translated)
-    let from = udp6_roundtrips(&c.ns, &inet, 7101);
-    assert!(from.iter().all(|f| f == UPLINK_IP6), "{from:?}");
-    assert!(ping6(&env, &c.ns, INET_IP6), "ping6 through NAT66");
-    // an ICMPv6 error about a translated packet comes back to the
-    // container: a closed UDP port in the "internet"
-    let o = env.exec(
-        &c.ns,
-        &[
-            "sh",
-            "-c",
-            "echo x | nc -u -w 2 2001:db8:113::1 7999; echo x | nc -u -w 1 2001:db8:113::1 7999",
-        ],
-    );
-    let _ = o;
-    // the table shows the IPv6 connections with the uplink's address
-    let nat = env.json(&["nat", "ls", "--format", "json"]);
-    let conns = nat["uplink"]["connections"].to_string();
-    assert!(conns.contains("[2001:db8:113::2]:"), "{conns}");
-    assert!(ctr(&nat["uplink"]["nat"], "icmp_errors_in") >= 1, "{nat}");
-    assert_eq!(nat["uplink"]["ip6"], UPLINK_IP6, "{nat}");
-    assert!(nat["uplink"]["gateway6_mac"].is_string(), "{nat}");
-    // IPv4 still masqueraded as before
-    let blob4 = env.random_file("blob4", 1 << 20);
-    let peer = download(&mut env, &c.ns, &inet, INET_IP, 7102, &blob4);
-    assert_eq!(peer.ip().to_string(), UPLINK_IP);
+    let sizes: Vec<usize> = (0..30).map(|i| i * 46).collect();
+    udp_echo(client, server, INET_IP6, port, &sizes)
 }
 
 /// A neighbour advertisement from `from_mac` claiming `target` is at
@@ -666,8 +518,8 @@ fn neighbour_spoofing_is_dropped() {
             ping6(&env, &v.ns, gw),
             "{net}: the victim reaches its gateway"
         );
-        let victim6 = ip6_of(&env, &v.name);
-        let attacker6 = ip6_of(&env, &a.name);
+        let victim6 = env.ip6_of(&v.name);
+        let attacker6 = env.ip6_of(&a.name);
         let gw_mac = env.inspect(net)["gateway_mac"]
             .as_str()
             .unwrap()
@@ -708,7 +560,7 @@ fn default_bridge_ipv6() {
     assert_eq!(n["subnet6"], "fd00:17::/64", "{n}");
     let b1 = env.container("bridge", "b1", &[]);
     let b2 = env.container("bridge", "b2", &[]);
-    assert_eq!(ip6_of(&env, "b1"), "fd00:17::2");
+    assert_eq!(env.ip6_of("b1"), "fd00:17::2");
     assert!(ping6(&env, &b1.ns, "fd00:17::1"), "b1 -> gateway");
     assert!(ping6(&env, &b2.ns, "fd00:17::2"), "b2 -> b1");
     // a bad subnet stops the daemon before it starts, in one line
@@ -772,7 +624,7 @@ fn macvlan_dual_stack() {
         "mv6",
     ]);
     let c = env.container("mv6", "c", &[]);
-    let c6 = ip6_of(&env, "c");
+    let c6 = env.ip6_of("c");
     assert_eq!(c6, "fd00:79::2");
     let r = env.exec_ok(&c.ns, &["ip", "-6", "route"]);
     assert!(r.contains("default via fd00:79::1"), "{r}");
@@ -808,7 +660,7 @@ fn malformed_ipv6_is_counted() {
     assert!(ping6(&env, &c.ns, "fd00:73::1"));
     let gw_mac = parse_mac(env.inspect("m6")["gateway_mac"].as_str().unwrap());
     let me = parse_mac(&c.mac);
-    let src: std::net::Ipv6Addr = ip6_of(&env, "c").parse().unwrap();
+    let src: std::net::Ipv6Addr = env.ip6_of("c").parse().unwrap();
     let gw: std::net::Ipv6Addr = "fd00:73::1".parse().unwrap();
     // Ethernet to the gateway's MAC + IPv6 (payload length `plen`, next
     // header `nh`, hop limit 255) + `body`

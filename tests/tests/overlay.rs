@@ -718,25 +718,6 @@ fn cluster_store_flags_are_checked() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--cluster-advertise"));
 }
 
-/// The IPv6 address (without prefix) of `name`'s first endpoint on `h`.
-fn ip6_on(h: &Env, name: &str) -> String {
-    let v = h.json(&["ps", "--format", "json"]);
-    let c = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()
-        .clone();
-    c["endpoints"][0]["ip6"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{name} has no IPv6 address: {c}"))
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn overlay_dual_stack() {
     if !can_run("overlay_dual_stack") {
@@ -768,7 +749,7 @@ fn overlay_dual_stack() {
     );
     let a = h1.container("ov6", "a", &[]);
     let b = h2.container("ov6", "b", &[]);
-    let (a6, b6) = (ip6_on(&h1, "a"), ip6_on(&h2, "b"));
+    let (a6, b6) = (h1.ip6_of("a"), h2.ip6_of("b"));
     assert_ne!(a6, b6, "the cluster hands out each IPv6 address once");
     // across hosts over IPv6: ping, by name (AAAA from the other host's
     // endpoint), and 32 MiB of TCP (TSO6 super-frames segmented for the

@@ -3,54 +3,15 @@
 //! refused at publish time; ports released with the endpoint and restored
 //! after a daemon restart.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 use tapnet_tests::*;
 
 const HOST_ADDR: &str = "198.51.100.10";
 
-/// A TCP server in `ns` on `port`: echoes everything back.
-fn echo_server(ns: &str, port: u16) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_ns(ns, move || {
-        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
-        tx.send(()).unwrap();
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(mut c) = c else { continue };
-                std::thread::spawn(move || {
-                    let mut r = c.try_clone().unwrap();
-                    let _ = std::io::copy(&mut r, &mut c);
-                    let _ = c.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-    });
-    rx.recv().unwrap();
-}
-
 /// Sends `data` to addr:port from namespace `ns` and returns what came back.
 fn roundtrip(ns: &str, addr: &str, port: u16, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    let addr = addr.to_string();
-    in_ns(ns, move || {
-        let mut s = TcpStream::connect_timeout(
-            &(addr.parse::<Ipv4Addr>().unwrap(), port).into(),
-            Duration::from_secs(3),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut w = s.try_clone()?;
-        let t = std::thread::spawn(move || {
-            w.write_all(&data)?;
-            w.shutdown(std::net::Shutdown::Write)
-        });
-        let mut back = Vec::new();
-        s.read_to_end(&mut back)?;
-        t.join().unwrap()?;
-        Ok(back)
-    })
-    .join()
-    .unwrap()
+    tcp_roundtrip(ns, &format!("{addr}:{port}"), data)
 }
 
 fn random(n: usize) -> Vec<u8> {

@@ -38,21 +38,25 @@ const DNS_PORT: u16 = 53;
 
 pub enum Event {
     Frame(NetIdx, Vec<u8>),
-    AddNet {
-        net: NetIdx,
-        ip: Ipv4Addr,
-        prefix: u8,
-        /// The gateway's IPv6 address and prefix, on a dual-stack network.
-        ip6: Option<(Ipv6Addr, u8)>,
-        mac: Mac,
-        mtu: u32,
-    },
+    AddNet(NetIdx, GatewayAddrs),
     RemoveNet(NetIdx),
     Answer {
         net: NetIdx,
         to: Dest,
         bytes: Vec<u8>,
     },
+}
+
+/// Who the gateway is on a network, for the services behind it (this
+/// resolver and the socket NAT): its addresses, MAC and MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayAddrs {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    /// The IPv6 address and prefix, on a dual-stack network.
+    pub ip6: Option<(Ipv6Addr, u8)>,
+    pub mac: Mac,
+    pub mtu: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -224,21 +228,12 @@ struct NetStack {
     sockets: SocketSet<'static>,
     udp: SocketHandle,
     tcp: Vec<TcpConn>,
-    gw: Ipv4Addr,
-    gw6: Option<Ipv6Addr>,
-    mac: Mac,
+    gw: GatewayAddrs,
 }
 
 impl NetStack {
-    fn new(
-        ip: Ipv4Addr,
-        prefix: u8,
-        ip6: Option<(Ipv6Addr, u8)>,
-        mac: Mac,
-        mtu: u32,
-        now: SInstant,
-    ) -> NetStack {
-        let (iface, dev) = gateway_iface(ip, prefix, ip6, mac, mtu, now);
+    fn new(gw: GatewayAddrs, now: SInstant) -> NetStack {
+        let (iface, dev) = gateway_iface(&gw, now);
         let mut sockets = SocketSet::new(Vec::new());
         let mut u = udp::Socket::new(
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1024]),
@@ -272,15 +267,13 @@ impl NetStack {
             sockets,
             udp,
             tcp,
-            gw: ip,
-            gw6: ip6.map(|(a, _)| a),
-            mac,
+            gw,
         }
     }
 
     /// Queues a punted frame (see [`push_with_arp`]).
     fn push(&mut self, f: Vec<u8>) {
-        push_with_arp(&mut self.dev, self.gw, self.gw6, f);
+        push_with_arp(&mut self.dev, &self.gw, f);
     }
 
     fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
@@ -399,14 +392,14 @@ fn ip_of(a: IpAddress) -> IpAddr {
 /// A smoltcp interface with the gateway's MAC and address/prefix (and
 /// IPv6 address/prefix on a dual-stack network), and the queue device it
 /// reads punted frames from and writes frames to.
-pub(super) fn gateway_iface(
-    ip: Ipv4Addr,
-    prefix: u8,
-    ip6: Option<(Ipv6Addr, u8)>,
-    mac: Mac,
-    mtu: u32,
-    now: SInstant,
-) -> (Interface, Queue) {
+pub(super) fn gateway_iface(gw: &GatewayAddrs, now: SInstant) -> (Interface, Queue) {
+    let GatewayAddrs {
+        ip,
+        prefix,
+        ip6,
+        mac,
+        mtu,
+    } = *gw;
     let mut dev = Queue {
         rx: VecDeque::new(),
         tx: Vec::new(),
@@ -427,9 +420,11 @@ pub(super) fn gateway_iface(
 /// Queues a frame for smoltcp. Before an IPv4 frame, a synthetic ARP
 /// request from its sender teaches smoltcp the sender's MAC, so the answer
 /// needs no ARP round trip (smoltcp learns neighbours from ARP only); before
-/// an IPv6 frame to `gw6`, a synthetic neighbour solicitation does the same
-/// (its source link-layer option).
-pub(super) fn push_with_arp(dev: &mut Queue, gw: Ipv4Addr, gw6: Option<Ipv6Addr>, f: Vec<u8>) {
+/// an IPv6 frame on a dual-stack network, a synthetic neighbour
+/// solicitation for the gateway's IPv6 address does the same (its source
+/// link-layer option).
+pub(super) fn push_with_arp(dev: &mut Queue, g: &GatewayAddrs, f: Vec<u8>) {
+    let (gw, gw6) = (g.ip, g.ip6.map(|a| a.0));
     let e = VNET_HDR_LEN;
     let frame = &f[e.min(f.len())..];
     if eth::ethertype(frame) == Some(eth::ETHERTYPE_IPV4) && frame.len() >= eth::HDR_LEN + 20 {
@@ -581,19 +576,9 @@ pub async fn run(
                     n.push(f);
                 }
             }
-            Event::AddNet {
-                net,
-                ip,
-                prefix,
-                ip6,
-                mac,
-                mtu,
-            } => {
-                let same = nets
-                    .get(&net)
-                    .is_some_and(|n| n.gw == ip && n.gw6 == ip6.map(|a| a.0) && n.mac == mac);
-                if !same {
-                    nets.insert(net, NetStack::new(ip, prefix, ip6, mac, mtu, now()));
+            Event::AddNet(net, gw) => {
+                if nets.get(&net).is_none_or(|n| n.gw != gw) {
+                    nets.insert(net, NetStack::new(gw, now()));
                 }
             }
             Event::RemoveNet(net) => {

@@ -12,7 +12,9 @@
 //! way (TCP, UDP, and ICMPv6 echo through an `IPPROTO_ICMPV6` datagram
 //! socket).
 
-use super::dnsd::{frame_hook, gateway_iface, next_event, push_with_arp, send_control, Queue};
+use super::dnsd::{
+    frame_hook, gateway_iface, next_event, push_with_arp, send_control, GatewayAddrs, Queue,
+};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SInstant;
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use vswitch::vnet::VNET_HDR_LEN;
-use vswitch::{Injector, Mac, NetIdx, PuntHook};
+use vswitch::{Injector, NetIdx, PuntHook};
 
 const QUEUE: usize = 8192;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,15 +42,7 @@ type Flow = (IpAddr, u16, IpAddr, u16);
 
 pub enum Event {
     Frame(NetIdx, Vec<u8>),
-    AddNet {
-        net: NetIdx,
-        ip: Ipv4Addr,
-        prefix: u8,
-        /// The gateway's IPv6 address and prefix, on a dual-stack network.
-        ip6: Option<(Ipv6Addr, u8)>,
-        mac: Mac,
-        mtu: u32,
-    },
+    AddNet(NetIdx, GatewayAddrs),
     RemoveNet(NetIdx),
     Connected(NetIdx, Flow, Option<tokio::net::TcpStream>),
     HostData(NetIdx, Flow, u64, Vec<u8>),
@@ -126,9 +120,7 @@ struct Net {
     iface: Interface,
     dev: Queue,
     sockets: SocketSet<'static>,
-    gw: Ipv4Addr,
-    gw6: Option<Ipv6Addr>,
-    mac: Mac,
+    gw: GatewayAddrs,
     /// SYNs waiting for the host's connection.
     syn: HashMap<Flow, Vec<u8>>,
     tcp: HashMap<Flow, Conn>,
@@ -172,28 +164,19 @@ fn ip_l4(f: &[u8]) -> Option<(u8, IpAddr, IpAddr, usize)> {
 }
 
 impl Net {
-    fn new(
-        ip: Ipv4Addr,
-        prefix: u8,
-        ip6: Option<(Ipv6Addr, u8)>,
-        mac: Mac,
-        mtu: u32,
-        now: SInstant,
-    ) -> Net {
-        let (mut iface, dev) = gateway_iface(ip, prefix, ip6, mac, mtu, now);
+    fn new(gw: GatewayAddrs, now: SInstant) -> Net {
+        let (mut iface, dev) = gateway_iface(&gw, now);
         // any-IP: accept every destination, as a router would
         iface.set_any_ip(true);
-        let _ = iface.routes_mut().add_default_ipv4_route(ip);
-        if let Some((g6, _)) = ip6 {
+        let _ = iface.routes_mut().add_default_ipv4_route(gw.ip);
+        if let Some((g6, _)) = gw.ip6 {
             let _ = iface.routes_mut().add_default_ipv6_route(g6);
         }
         Net {
             iface,
             dev,
             sockets: SocketSet::new(Vec::new()),
-            gw: ip,
-            gw6: ip6.map(|a| a.0),
-            mac,
+            gw,
             syn: HashMap::new(),
             tcp: HashMap::new(),
             udp_sock: HashMap::new(),
@@ -262,7 +245,7 @@ impl Net {
                     }
                     return;
                 }
-                push_with_arp(&mut self.dev, self.gw, self.gw6, f);
+                push_with_arp(&mut self.dev, &self.gw, f);
             }
             17 => {
                 if !self.udp.contains_key(&flow) && !self.udp_pending.contains(&flow) {
@@ -296,7 +279,7 @@ impl Net {
                     });
                     self.udp_sock.insert(ep, (self.sockets.add(u), now));
                 }
-                push_with_arp(&mut self.dev, self.gw, self.gw6, f);
+                push_with_arp(&mut self.dev, &self.gw, f);
             }
             // echo request (ICMP, ICMPv6): an ICMP datagram ("ping")
             // socket per flow
@@ -360,7 +343,7 @@ impl Net {
             wire::icmpv6::fill_checksum(&mut m, remote, ctr);
             let mut f = vec![0u8; VNET_HDR_LEN];
             f.extend_from_slice(mac);
-            f.extend_from_slice(&self.mac.0);
+            f.extend_from_slice(&self.gw.mac.0);
             f.extend_from_slice(&wire::eth::ETHERTYPE_IPV6);
             let mut h = [0u8; wire::ipv6::HDR_LEN];
             wire::ipv6::emit(
@@ -390,7 +373,7 @@ impl Net {
         let total = 20 + m.len();
         let mut f = vec![0u8; VNET_HDR_LEN];
         f.extend_from_slice(mac);
-        f.extend_from_slice(&self.mac.0);
+        f.extend_from_slice(&self.gw.mac.0);
         f.extend_from_slice(&wire::eth::ETHERTYPE_IPV4);
         let mut ip = vec![
             0x45,
@@ -423,7 +406,7 @@ impl Net {
             // no listener: smoltcp answers the SYN with a reset
             self.release(flow.0);
             svc.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
-            push_with_arp(&mut self.dev, self.gw, self.gw6, syn);
+            push_with_arp(&mut self.dev, &self.gw, syn);
             return;
         };
         svc.stats.tcp_opened.fetch_add(1, Ordering::Relaxed);
@@ -499,7 +482,7 @@ impl Net {
                 task,
             },
         );
-        push_with_arp(&mut self.dev, self.gw, self.gw6, syn);
+        push_with_arp(&mut self.dev, &self.gw, syn);
     }
 
     fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
@@ -774,19 +757,9 @@ pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector, quot
                     n.frame(net, f, &svc);
                 }
             }
-            Event::AddNet {
-                net,
-                ip,
-                prefix,
-                ip6,
-                mac,
-                mtu,
-            } => {
-                let same = nets
-                    .get(&net)
-                    .is_some_and(|n| n.gw == ip && n.gw6 == ip6.map(|a| a.0) && n.mac == mac);
-                if !same {
-                    nets.insert(net, Net::new(ip, prefix, ip6, mac, mtu, now()));
+            Event::AddNet(net, gw) => {
+                if nets.get(&net).is_none_or(|n| n.gw != gw) {
+                    nets.insert(net, Net::new(gw, now()));
                 }
             }
             Event::RemoveNet(net) => {

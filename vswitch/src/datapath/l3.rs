@@ -140,24 +140,14 @@ impl State {
             let f = self.pool.frame(b, len);
             Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19])
         };
-        // other tapnet networks are never reachable from here
         // (a macvlan or ipvlan network's subnet is a real segment's: routed
         // like any other destination)
-        if self
+        let tapnet_net = self
             .sw
             .networks()
-            .any(|(_, n)| n.cfg.gateway && n.cfg.contains(dst))
-        {
-            self.sw.count_drop(slot, DropReason::NoRoute);
-            self.recycle(slot, b);
+            .any(|(_, n)| n.cfg.gateway && n.cfg.contains(dst));
+        if self.route_taken(slot, net, b, len, tapnet_net) {
             return;
-        }
-        if self.uplink.is_none() && cfg.routed {
-            if let Some(h) = self.cfg.route.clone() {
-                // the socket NAT behind the gateway takes it
-                self.punt(Some(&h), slot, net, b, len);
-                return;
-            }
         }
         if self.uplink.is_none() || !cfg.routed {
             // a router without a route: network unreachable
@@ -192,26 +182,69 @@ impl State {
             return;
         }
         let hop = u.next_hop(dst);
-        let Some(&(mac, _)) = u.arp.get(&hop) else {
+        let mac = u.arp.get(&hop).map(|e| e.0);
+        let ask = (mac.is_none() && now.saturating_sub(u.last_arp_request) >= 100).then(|| {
+            u.last_arp_request = now;
+            u.arp_request(hop)
+        });
+        self.uplink_send(slot, b, len, mac, ask);
+    }
+
+    /// Sends the routed frame in `slot`'s buffer `b` out of the uplink to
+    /// its next hop's `mac`; with none known yet, drops it (no_route) and
+    /// sends `ask` (an ARP request or a neighbour solicitation) instead.
+    fn uplink_send(
+        &mut self,
+        slot: PortIdx,
+        b: usize,
+        len: usize,
+        mac: Option<Mac>,
+        ask: Option<Vec<u8>>,
+    ) {
+        let u = self.uplink.as_mut().expect("an uplink");
+        let (up, own) = (u.slot, u.mac);
+        let Some(mac) = mac else {
             u.no_neighbor += 1;
-            let up = u.slot;
-            let req = (now.saturating_sub(u.last_arp_request) >= 100).then(|| {
-                u.last_arp_request = now;
-                u.arp_request(hop)
-            });
             self.sw.count_drop(slot, DropReason::NoRoute);
             self.recycle(slot, b);
-            if let Some(f) = req {
+            if let Some(f) = ask {
                 self.send_owned(up, f);
             }
             return;
         };
+        let f = self.pool.frame_mut(b, len);
         f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac.0);
-        f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&u.mac.0);
-        let up = u.slot;
+        f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&own.0);
         if !self.post_write(slot, b, up) {
             self.recycle(slot, b);
         }
+    }
+
+    /// What routing does alike for both families before the uplink: a
+    /// packet for another tapnet network (`tapnet_net`) is dropped, never
+    /// routed there; without an uplink a routed network's packets go to the
+    /// socket NAT behind the gateway. True when the frame was taken.
+    fn route_taken(
+        &mut self,
+        slot: PortIdx,
+        net: NetIdx,
+        b: usize,
+        len: usize,
+        tapnet_net: bool,
+    ) -> bool {
+        if tapnet_net {
+            self.sw.count_drop(slot, DropReason::NoRoute);
+            self.recycle(slot, b);
+            return true;
+        }
+        let routed = self.sw.network(net).is_some_and(|n| n.cfg.routed);
+        if self.uplink.is_none() && routed {
+            if let Some(h) = self.cfg.route.clone() {
+                self.punt(Some(&h), slot, net, b, len);
+                return true;
+            }
+        }
+        false
     }
 
     /// A routed IPv6 packet from network `net`: never to another tapnet
@@ -235,20 +268,13 @@ impl State {
             return;
         };
         let dst = wire::ipv6::dst(&self.pool.frame(b, len)[VNET_HDR_LEN + 14..]);
-        if dst.is_some_and(|d| {
+        let tapnet_net = dst.is_some_and(|d| {
             self.sw
                 .networks()
                 .any(|(_, n)| n.cfg.gateway && n.cfg.contains6(d))
-        }) {
-            self.sw.count_drop(slot, DropReason::NoRoute);
-            self.recycle(slot, b);
+        });
+        if self.route_taken(slot, net, b, len, tapnet_net) {
             return;
-        }
-        if self.uplink.is_none() && cfg.routed {
-            if let Some(h) = self.cfg.route.clone() {
-                self.punt(Some(&h), slot, net, b, len);
-                return;
-            }
         }
         if cfg.routed && self.uplink.as_ref().is_some_and(|u| u.ip6.is_some()) {
             self.nat66_out(slot, net, b, len, now);
@@ -301,28 +327,14 @@ impl State {
             return;
         }
         let hop = u.next_hop6(dst);
-        let Some(&(mac, _)) = hop.and_then(|h| u.nd.get(&h)) else {
-            u.no_neighbor += 1;
-            let up = u.slot;
-            let req = hop
-                .filter(|_| now.saturating_sub(u.last_ns) >= 100)
-                .and_then(|h| u.ns_request(h));
-            if req.is_some() {
-                u.last_ns = now;
-            }
-            self.sw.count_drop(slot, DropReason::NoRoute);
-            self.recycle(slot, b);
-            if let Some(r) = req {
-                self.send_owned(up, r);
-            }
-            return;
-        };
-        f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac.0);
-        f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&u.mac.0);
-        let up = u.slot;
-        if !self.post_write(slot, b, up) {
-            self.recycle(slot, b);
+        let mac = hop.and_then(|h| u.nd.get(&h)).map(|e| e.0);
+        let ask = hop
+            .filter(|_| mac.is_none() && now.saturating_sub(u.last_ns) >= 100)
+            .and_then(|h| u.ns_request(h));
+        if ask.is_some() {
+            u.last_ns = now;
         }
+        self.uplink_send(slot, b, len, mac, ask);
     }
 
     /// IPv6 from the uplink's wire: neighbour discovery for the uplink's

@@ -38,8 +38,7 @@ impl NetworkDriver for Bridge {
     fn create(&self, p: &Plumbing, idx: NetIdx, rec: &NetworkRecord) -> Result<Made> {
         let cfg = net_config(rec);
         p.dp.add_network(idx, cfg)?;
-        p.dns_svc.send(dnsd::Event::AddNet {
-            net: idx,
+        let gw = dnsd::GatewayAddrs {
             ip: rec.gateway,
             prefix: rec.subnet.prefix_len(),
             ip6: rec
@@ -48,19 +47,10 @@ impl NetworkDriver for Bridge {
                 .map(|(s, g)| (g, s.prefix_len())),
             mac: cfg.gateway_mac,
             mtu: rec.mtu,
-        });
+        };
+        p.dns_svc.send(dnsd::Event::AddNet(idx, gw));
         if let Some(s) = p.socknat {
-            s.send(socknat::Event::AddNet {
-                net: idx,
-                ip: rec.gateway,
-                prefix: rec.subnet.prefix_len(),
-                ip6: rec
-                    .subnet6
-                    .zip(rec.gateway6)
-                    .map(|(s, g)| (g, s.prefix_len())),
-                mac: cfg.gateway_mac,
-                mtu: rec.mtu,
-            });
+            s.send(socknat::Event::AddNet(idx, gw));
         }
         Ok(Made::default())
     }

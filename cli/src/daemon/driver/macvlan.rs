@@ -202,14 +202,16 @@ fn create_trunked(
     p.dp.add_network(idx, cfg)?;
     if let Some(ip) = dns {
         // prefix 0: every container address is on the resolver's link
-        p.dns_svc.send(dnsd::Event::AddNet {
-            net: idx,
-            ip,
-            prefix: 0,
-            ip6: None,
-            mac: cfg.gateway_mac,
-            mtu: rec.mtu,
-        });
+        p.dns_svc.send(dnsd::Event::AddNet(
+            idx,
+            dnsd::GatewayAddrs {
+                ip,
+                prefix: 0,
+                ip6: None,
+                mac: cfg.gateway_mac,
+                mtu: rec.mtu,
+            },
+        ));
     }
     let hosts: Vec<_> = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
     p.dp.set_trunk_policy(idx, mode, hosts.clone())?;
