@@ -6,10 +6,17 @@
 #
 #   sudo REPS=5 DUR=4 SP_DUR=3 benches/compare.sh
 #
-# First slice (issue 14): container to container.
+# Rows (issue 14; more follow):
 #   veth           two namespaces on one veth pair: the ceiling
 #   kernel bridge  veth-br0-veth, as ../shared/anchors/bridge.sh builds it
 #   tapnet         two `tapnet run` containers on one network
+#   kernel routing a namespace -> veth -> a router namespace that forwards
+#                  (ip_forward in that namespace only) -> veth -> "the
+#                  internet": the iptables-free reference for outbound NAT.
+#                  It does not translate (no NAT without iptables or nft),
+#                  so it is the cheaper path: the comparison favours it
+#   tapnet NAT out a container -> the root-mode uplink (masquerade in the
+#                  datapath) -> the "internet" namespace
 # Columns, as the anchors measure them: TCP 1-/4-stream (iperf3 -t DUR
 # [-P 4], receiver rate), UDP 64 B (iperf3 -u -l 64 -b 0, datagrams
 # received per second), TCP RR p50 (sockperf ping-pong --tcp -m 64
@@ -64,10 +71,31 @@ for i in 1 2; do
 	ip -n tn_cmp_kb$i link set eth0 up
 done
 ip -n tn_cmp_kbr link set br0 up
-# tapnet
-mkns tn_cmp_host
+# kernel routing: client - router - "internet"
+mkns tn_cmp_rc tn_cmp_rtr tn_cmp_rinet
+ip -n tn_cmp_rc link add eth0 type veth peer name in0 netns tn_cmp_rtr
+ip -n tn_cmp_rtr link add out0 type veth peer name eth0 netns tn_cmp_rinet
+ip -n tn_cmp_rc addr add 10.78.0.2/24 dev eth0
+ip -n tn_cmp_rtr addr add 10.78.0.1/24 dev in0
+ip -n tn_cmp_rtr addr add 198.18.0.1/24 dev out0
+ip -n tn_cmp_rinet addr add 198.18.0.2/24 dev eth0
+for l in "tn_cmp_rc eth0" "tn_cmp_rtr in0" "tn_cmp_rtr out0" "tn_cmp_rinet eth0"; do
+	set -- $l
+	ip -n "$1" link set "$2" mtu "$MTU" up
+done
+ip -n tn_cmp_rc route add default via 10.78.0.1
+ip -n tn_cmp_rinet route add 10.78.0.0/24 via 198.18.0.1
+ip netns exec tn_cmp_rtr sysctl -q -w net.ipv4.ip_forward=1
+# tapnet, with a root-mode uplink (a veth of its namespace) to the
+# "internet" namespace
+mkns tn_cmp_host tn_cmp_inet
+ip -n tn_cmp_host link add up0 type veth peer name eth0 netns tn_cmp_inet
+ip -n tn_cmp_host link set up0 mtu "$MTU" up
+ip -n tn_cmp_inet addr add 203.0.113.1/24 dev eth0
+ip -n tn_cmp_inet link set eth0 mtu "$MTU" up
 nsenter --net=/run/netns/tn_cmp_host "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_cmp_ \
-	--dns 127.0.0.1 >"$OUT/daemon.log" 2>&1 &
+	--dns 127.0.0.1 --uplink up0 --uplink-ip 203.0.113.2/24 --uplink-gateway 203.0.113.1 \
+	>"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 "$T" network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
@@ -81,8 +109,11 @@ SRV=$("$T" ps --format json | python3 -c 'import json,sys; print([c for c in jso
 # label|client ns|server ns|server address
 ROWS=("veth (ceiling)|tn_cmp_v1|tn_cmp_v2|10.76.1.2"
 	"kernel bridge|tn_cmp_kb1|tn_cmp_kb2|10.77.1.2"
-	"tapnet|tn_cmp_cli|tn_cmp_srv|$SRV")
-REF=1 # the row the ratios compare against
+	"tapnet|tn_cmp_cli|tn_cmp_srv|$SRV"
+	"kernel routing (router namespace, no NAT)|tn_cmp_rc|tn_cmp_rinet|198.18.0.2"
+	"tapnet NAT out (root-mode uplink)|tn_cmp_cli|tn_cmp_inet|203.0.113.1")
+# tapnet row:reference row, for the ratio lines
+PAIRS=("2:1" "4:3")
 for r in "${ROWS[@]}"; do
 	IFS='|' read -r _ c _ a <<<"$r"
 	for _ in $(seq 20); do nsx "$c" ping -c 1 -W 1 -q "$a" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -146,22 +177,24 @@ med() { stats "$1" | awk '{print $1}'; }
 ratio() { python3 -c "import sys
 try: print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))
 except Exception: print('NA')" "$1" "$2"; }
-REFL=$(echo "${ROWS[REF]}" | cut -d'|' -f1)
+label() { echo "${ROWS[$1]}" | cut -d'|' -f1; }
 echo
-echo "Container to container, interleaved: REPS=$REPS DUR=$DUR SP_DUR=$SP_DUR MTU=$MTU, $(date -u +%Y-%m-%d) (median [min-max]; x: tapnet/$REFL, RR: lower is better)"
+echo "Interleaved: REPS=$REPS DUR=$DUR SP_DUR=$SP_DUR MTU=$MTU, $(date -u +%Y-%m-%d) (median [min-max]; RR: lower is better)"
 echo
 echo "| path | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps | TCP RR p50 us |"
 echo "|---|---|---|---|---|"
 for i in "${!ROWS[@]}"; do
-	printf '| %s | %s | %s | %s | %s |\n' "$(echo "${ROWS[i]}" | cut -d'|' -f1)" \
+	printf '| %s | %s | %s | %s | %s |\n' "$(label "$i")" \
 		"$(stats "${V[$i,tcp1]}")" "$(stats "${V[$i,tcp4]}")" "$(stats "${V[$i,udp64]}")" "$(stats "${V[$i,rr]}")"
 done
-T_I=$((${#ROWS[@]} - 1))
-printf '| **tapnet / %s** | **%sx** | **%sx** | **%sx** | **%sx** |\n' "$REFL" \
-	"$(ratio "$(med "${V[$T_I,tcp1]}")" "$(med "${V[$REF,tcp1]}")")" \
-	"$(ratio "$(med "${V[$T_I,tcp4]}")" "$(med "${V[$REF,tcp4]}")")" \
-	"$(ratio "$(med "${V[$T_I,udp64]}")" "$(med "${V[$REF,udp64]}")")" \
-	"$(ratio "$(med "${V[$T_I,rr]}")" "$(med "${V[$REF,rr]}")")"
+for p in "${PAIRS[@]}"; do
+	a=${p%:*} b=${p#*:}
+	printf '| **%s / %s** | **%sx** | **%sx** | **%sx** | **%sx** |\n' "$(label "$a")" "$(label "$b")" \
+		"$(ratio "$(med "${V[$a,tcp1]}")" "$(med "${V[$b,tcp1]}")")" \
+		"$(ratio "$(med "${V[$a,tcp4]}")" "$(med "${V[$b,tcp4]}")")" \
+		"$(ratio "$(med "${V[$a,udp64]}")" "$(med "${V[$b,udp64]}")")" \
+		"$(ratio "$(med "${V[$a,rr]}")" "$(med "${V[$b,rr]}")")"
+done
 echo
 "$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet switch drops:", {k: v for k, v in n["counters"]["drops"].items() if v})'
 log "logs in $OUT"
