@@ -266,11 +266,17 @@ fn uplink_in(nat: &mut nat::Nat, sw: &mut Switch, buf: &mut [u8], len: usize, no
             }
             Err(_) => {}
         },
-        wire::eth::ETHERTYPE_IPV6 => {
-            if let Ok(inside) = nat.inbound(&mut buf[..len], now) {
+        wire::eth::ETHERTYPE_IPV6 => match nat.inbound(&mut buf[..len], now) {
+            Ok(inside) => {
                 let _ = sw.table.lookup(inside.net, &Mac(inside.mac), now);
             }
-        }
+            Err(nat::NatDrop::NoConnection) => {
+                if let Some(r) = nat::rst::reset_for(&buf[..len], [2, 0, 0, 0, 0, 0xee]) {
+                    assert_eq!(r.len(), L3 + 60, "a reset is headers only");
+                }
+            }
+            Err(_) => {}
+        },
         _ => {}
     }
 }

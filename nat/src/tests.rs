@@ -621,3 +621,47 @@ fn nat66_refuses_what_it_cannot_translate() {
         let _ = n.outbound(0, MAC, &mut g, 1);
     }
 }
+
+#[test]
+fn an_ipv6_segment_nobody_owns_gets_a_reset() {
+    // an ACK for a connection lost in a restart: <SEQ=SEG.ACK><CTL=RST>
+    let mut t = tcp(80, 40000, wire::tcp::ACK_FLAG);
+    t[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes()); // their ack
+    let f = frame6(R6, EXT6, PROTO_TCP, &t, false);
+    assert_eq!(
+        nat66().inbound(&mut f.clone(), 1),
+        Err(NatDrop::NoConnection)
+    );
+    let r = rst::reset_for(&f, [2, 0, 0, 0, 0, 0xee]).expect("a reset");
+    assert_eq!(r.len(), IP + 40 + 20, "headers only");
+    assert_eq!(&r[VNET + 12..VNET + 14], &[0x86, 0xdd]);
+    assert_eq!(ip6(&r, IP + 8), a6(EXT6));
+    assert_eq!(ip6(&r, IP + 24), a6(R6));
+    let seg = &r[IP + 40..];
+    assert_eq!(rd16(seg, 0), 40000);
+    assert_eq!(rd16(seg, 2), 80);
+    assert_eq!(&seg[4..8], &0x1234_5678u32.to_be_bytes());
+    assert_eq!(seg[wire::tcp::FLAGS], wire::tcp::RST);
+    assert_eq!(
+        wire::ipv6::upper_checksum(a6(EXT6), a6(R6), PROTO_TCP, seg),
+        0,
+        "checksum"
+    );
+    // a SYN (no ACK): <SEQ=0><ACK=SEG.SEQ+1><CTL=RST,ACK>
+    let mut syn = tcp(80, 40001, wire::tcp::SYN);
+    syn.truncate(20);
+    syn[4..8].copy_from_slice(&7u32.to_be_bytes());
+    let r = rst::reset_for(&frame6(R6, EXT6, PROTO_TCP, &syn, false), [2; 6]).unwrap();
+    let seg = &r[IP + 40..];
+    assert_eq!(&seg[8..12], &8u32.to_be_bytes());
+    assert_eq!(seg[wire::tcp::FLAGS], wire::tcp::RST | wire::tcp::ACK_FLAG);
+    // never for a reset, an extension header, or a cut segment
+    let r0 = frame6(R6, EXT6, PROTO_TCP, &tcp(80, 40002, wire::tcp::RST), false);
+    assert!(rst::reset_for(&r0, [2; 6]).is_none());
+    let mut x = f.clone();
+    x[IP + 6] = 0;
+    assert!(rst::reset_for(&x, [2; 6]).is_none());
+    for cut in 0..f.len() {
+        let _ = rst::reset_for(&f[..cut], [2; 6]);
+    }
+}

@@ -456,6 +456,74 @@ fn udp6_roundtrips(client: &str, server: &str, port: u16) -> Vec<String> {
     udp_echo(client, server, INET_IP6, port, &sizes)
 }
 
+#[test]
+fn nat66_uplink() {
+    let Some(mut env) = Env::with_uplink(
+        "nat66_uplink",
+        &[
+            "--uplink-ip6",
+            "2001:db8:113::2/64",
+            "--uplink-gateway6",
+            INET_IP6,
+        ],
+    ) else {
+        return;
+    };
+    let inet = env.inet_ns();
+    env.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:6a::/64",
+        "app",
+    ]);
+    let c = env.container("app", "c", &[]);
+    // a 64 MiB download over IPv6 through NAT66, checksum compared; the
+    // server sees the uplink's IPv6 address, not the container's
+    let blob = env.random_file("blob", 64 << 20);
+    let peer = download(&mut env, &c.ns, &inet, INET_IP6, 7100, &blob);
+    assert_eq!(peer.ip().to_string(), UPLINK_IP6, "server saw {peer}");
+    // UDP, and ICMPv6 echo (identifier translated)
+    let from = udp6_roundtrips(&c.ns, &inet, 7101);
+    assert!(from.iter().all(|f| f == UPLINK_IP6), "{from:?}");
+    assert!(ping6(&env, &c.ns, INET_IP6), "ping6 through NAT66");
+    // an ICMPv6 error about a translated packet comes back to the
+    // container: a closed UDP port in the "internet"
+    env.exec(
+        &c.ns,
+        &[
+            "sh",
+            "-c",
+            "echo x | nc -u -w 2 2001:db8:113::1 7999; echo x | nc -u -w 1 2001:db8:113::1 7999",
+        ],
+    );
+    // the table shows the IPv6 connections with the uplink's address
+    let nat = env.json(&["nat", "ls", "--format", "json"]);
+    let conns = nat["uplink"]["connections"].to_string();
+    assert!(conns.contains("[2001:db8:113::2]:"), "{conns}");
+    assert!(ctr(&nat["uplink"]["nat"], "icmp_errors_in") >= 1, "{nat}");
+    assert_eq!(nat["uplink"]["ip6"], UPLINK_IP6, "{nat}");
+    assert!(nat["uplink"]["gateway6_mac"].is_string(), "{nat}");
+    // IPv4 still masqueraded as before
+    let blob4 = env.random_file("blob4", 1 << 20);
+    let peer = download(&mut env, &c.ns, &inet, INET_IP, 7102, &blob4);
+    assert_eq!(peer.ip().to_string(), UPLINK_IP);
+    // TCP to the uplink's IPv6 address that no connection owns: refused
+    // with a reset (as the owning host's stack would), not left to time out
+    let e = in_ns(&inet, || {
+        std::net::TcpStream::connect_timeout(
+            &"[2001:db8:113::2]:9".parse().unwrap(),
+            Duration::from_secs(3),
+        )
+        .map(|_| ())
+    })
+    .join()
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+}
+
 /// A neighbour advertisement from `from_mac` claiming `target` is at
 /// `from_mac` (router and override flags), to `to_mac`/`to`.
 fn spoofed_na(from_mac: [u8; 6], src: &str, to_mac: [u8; 6], to: &str, target: &str) -> Vec<u8> {
