@@ -17,6 +17,9 @@
 #                  so it is the cheaper path: the comparison favours it
 #   tapnet NAT out a container -> the root-mode uplink (masquerade in the
 #                  datapath) -> the "internet" namespace
+#   pasta -t splice  host 127.0.0.1 -> pasta's port forwarding (splice) ->
+#                  a namespace, as ../shared/anchors/pasta.sh builds it
+#   tapnet published host 127.0.0.1 -> a container's published port
 # Columns, as the anchors measure them: TCP 1-/4-stream (iperf3 -t DUR
 # [-P 4], receiver rate), UDP 64 B (iperf3 -u -l 64 -b 0, datagrams
 # received per second), TCP RR p50 (sockperf ping-pong --tcp -m 64
@@ -26,7 +29,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DUR:-4}" REPS="${REPS:-5}" SP_DUR="${SP_DUR:-3}" MTU="${MTU:-1500}"
 [ "$(id -u)" = 0 ] || { echo "compare.sh: run as root" >&2; exit 1; }
-for t in iperf3 sockperf python3 timeout; do
+for t in iperf3 sockperf python3 timeout pasta; do
 	command -v $t >/dev/null || { echo "compare.sh: missing $t (scripts/deps.sh installs it)" >&2; exit 1; }
 done
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -86,6 +89,19 @@ done
 ip -n tn_cmp_rc route add default via 10.78.0.1
 ip -n tn_cmp_rinet route add 10.78.0.0/24 via 198.18.0.1
 ip netns exec tn_cmp_rtr sysctl -q -w net.ipv4.ip_forward=1
+# pasta: its port forwarding from a "host" namespace into a namespace;
+# pasta needs a routable interface on the host side: a veth into a
+# dead-end namespace (as the anchor does)
+mkns tn_cmp_phost tn_cmp_pns tn_cmp_pvoid
+ip -n tn_cmp_phost link add ext0 type veth peer name ext0p netns tn_cmp_pvoid
+ip -n tn_cmp_phost addr add 10.79.9.1/24 dev ext0
+ip -n tn_cmp_phost link set ext0 up
+ip -n tn_cmp_pvoid link set ext0p up
+ip -n tn_cmp_phost route add default via 10.79.9.254 dev ext0
+ip netns exec tn_cmp_phost pasta -f --config-net -I tap0 --runas 0:0 \
+	-t 5201,5301 -u 5201 -T none -U none --netns tn_cmp_pns >"$OUT/pasta.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do ip -n tn_cmp_pns link show tap0 >/dev/null 2>&1 && break; sleep 0.1; done
 # tapnet, with a root-mode uplink (a veth of its namespace) to the
 # "internet" namespace
 mkns tn_cmp_host tn_cmp_inet
@@ -100,22 +116,27 @@ PIDS+=($!)
 for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 "$T" network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
 for c in cli srv; do
-	"$T" run --network bench --name $c -- sleep 100000 >"$OUT/$c.log" 2>&1 &
+	PUB=()
+	[ $c = srv ] && PUB=(-p 5201:5201 -p 5201:5201/udp -p 5301:5301)
+	"$T" run --network bench --name $c "${PUB[@]}" -- sleep 100000 >"$OUT/$c.log" 2>&1 &
 	PIDS+=($!)
 done
 for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
 SRV=$("$T" ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
 
-# label|client ns|server ns|server address
+# label|client ns|server ns|address the client connects to|address the
+# server listens on (default: the same)
 ROWS=("veth (ceiling)|tn_cmp_v1|tn_cmp_v2|10.76.1.2"
 	"kernel bridge|tn_cmp_kb1|tn_cmp_kb2|10.77.1.2"
 	"tapnet|tn_cmp_cli|tn_cmp_srv|$SRV"
 	"kernel routing (router namespace, no NAT)|tn_cmp_rc|tn_cmp_rinet|198.18.0.2"
-	"tapnet NAT out (root-mode uplink)|tn_cmp_cli|tn_cmp_inet|203.0.113.1")
+	"tapnet NAT out (root-mode uplink)|tn_cmp_cli|tn_cmp_inet|203.0.113.1"
+	"pasta -t, L4 splice (host 127.0.0.1 -> ns)|tn_cmp_phost|tn_cmp_pns|127.0.0.1|0.0.0.0"
+	"tapnet published port (host 127.0.0.1 -> container)|tn_cmp_host|tn_cmp_srv|127.0.0.1|$SRV")
 # tapnet row:reference row, for the ratio lines
-PAIRS=("2:1" "4:3")
+PAIRS=("2:1" "4:3" "6:5")
 for r in "${ROWS[@]}"; do
-	IFS='|' read -r _ c _ a <<<"$r"
+	IFS='|' read -r _ c _ a _ <<<"$r"
 	for _ in $(seq 20); do nsx "$c" ping -c 1 -W 1 -q "$a" >/dev/null 2>&1 && break; sleep 0.2; done
 done
 
@@ -124,9 +145,9 @@ listening() { # NS PORT
 	return 1
 }
 # iperf3 client run -> R (Gbps, or pps with -u)
-iperf() { # CLIENT SERVER ADDR TAG ARGS...
-	local c=$1 s=$2 a=$3 tag=$4; shift 4
-	nsx "$s" timeout -k 5 $((DUR + 30)) iperf3 -s -1 -B "$a" -p 5201 >"$OUT/$tag.srv" 2>&1 &
+iperf() { # CLIENT SERVER ADDR BIND TAG ARGS...
+	local c=$1 s=$2 a=$3 bind=$4 tag=$5; shift 5
+	nsx "$s" timeout -k 5 $((DUR + 30)) iperf3 -s -1 -B "$bind" -p 5201 >"$OUT/$tag.srv" 2>&1 &
 	local srv=$!
 	listening "$s" 5201
 	nsx "$c" timeout -k 5 $((DUR + 30)) iperf3 -c "$a" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
@@ -145,9 +166,9 @@ except Exception:
 PY
 )
 }
-rr() { # CLIENT SERVER ADDR TAG -> R (p50 us)
-	local c=$1 s=$2 a=$3 tag=$4
-	nsx "$s" timeout -k 5 $((SP_DUR + 30)) sockperf server --tcp -i "$a" -p 5301 >"$OUT/$tag.srv" 2>&1 &
+rr() { # CLIENT SERVER ADDR BIND TAG -> R (p50 us)
+	local c=$1 s=$2 a=$3 bind=$4 tag=$5
+	nsx "$s" timeout -k 5 $((SP_DUR + 30)) sockperf server --tcp -i "$bind" -p 5301 >"$OUT/$tag.srv" 2>&1 &
 	local srv=$!
 	listening "$s" 5301
 	nsx "$c" timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$a" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/$tag" 2>&1
@@ -160,11 +181,12 @@ declare -A V # V[row,col] = values
 COLS=(tcp1 tcp4 udp64 rr)
 for rep in $(seq "$REPS"); do
 	for i in "${!ROWS[@]}"; do
-		IFS='|' read -r label c s a <<<"${ROWS[i]}"
-		iperf "$c" "$s" "$a" "tcp1.$rep.$i"; V[$i,tcp1]+="$R "
-		iperf "$c" "$s" "$a" "tcp4.$rep.$i" -P 4; V[$i,tcp4]+="$R "
-		iperf "$c" "$s" "$a" "udp.$rep.$i" -u -l 64 -b 0; V[$i,udp64]+="$R "
-		rr "$c" "$s" "$a" "rr.$rep.$i"; V[$i,rr]+="$R "
+		IFS='|' read -r label c s a bind <<<"${ROWS[i]}"
+		bind=${bind:-$a}
+		iperf "$c" "$s" "$a" "$bind" "tcp1.$rep.$i"; V[$i,tcp1]+="$R "
+		iperf "$c" "$s" "$a" "$bind" "tcp4.$rep.$i" -P 4; V[$i,tcp4]+="$R "
+		iperf "$c" "$s" "$a" "$bind" "udp.$rep.$i" -u -l 64 -b 0; V[$i,udp64]+="$R "
+		rr "$c" "$s" "$a" "$bind" "rr.$rep.$i"; V[$i,rr]+="$R "
 		log "rep $rep/$REPS $label: tcp1 $(echo ${V[$i,tcp1]} | awk '{print $NF}') tcp4 $(echo ${V[$i,tcp4]} | awk '{print $NF}') udp64 $(echo ${V[$i,udp64]} | awk '{print $NF}') rr $R"
 	done
 done
@@ -198,3 +220,4 @@ done
 echo
 "$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet switch drops:", {k: v for k, v in n["counters"]["drops"].items() if v})'
 log "logs in $OUT"
+exit 0

@@ -14,7 +14,9 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       # the encrypted overlay test looks at the underlay with it
       tcpdump
       # the IPv6 test checks AAAA and ip6.arpa answers with dig
-      bind9-dnsutils)
+      bind9-dnsutils
+      # benches/compare.sh sets pasta's port forwarding beside tapnet's
+      passt)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
