@@ -151,19 +151,8 @@ impl State {
         }
         if self.uplink.is_none() || !cfg.routed {
             // a router without a route: network unreachable
-            match router::icmp_error(&cfg, self.pool.whole_mut(b), len, 3, 0) {
-                Ok(n) => {
-                    self.pool.lens[b] = n as u32;
-                    self.sw.count_drop(slot, DropReason::NoRoute);
-                    if !self.post_write(slot, b, slot) {
-                        self.recycle(slot, b);
-                    }
-                }
-                Err(r) => {
-                    self.sw.count_drop(slot, r);
-                    self.recycle(slot, b);
-                }
-            }
+            let r = router::icmp_error(&cfg, self.pool.whole_mut(b), len, 3, 0);
+            self.unreachable(slot, b, r);
             return;
         }
         let u = self.uplink.as_mut().expect("checked");
@@ -217,6 +206,25 @@ impl State {
         f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&own.0);
         if !self.post_write(slot, b, up) {
             self.recycle(slot, b);
+        }
+    }
+
+    /// A packet nothing routes: the ICMP or ICMPv6 error written in its
+    /// place (`r`: its length) goes back to the sender, counted as
+    /// no_route; a packet no error may answer is dropped, counted as `r`.
+    fn unreachable(&mut self, slot: PortIdx, b: usize, r: Result<usize, DropReason>) {
+        match r {
+            Ok(n) => {
+                self.pool.lens[b] = n as u32;
+                self.sw.count_drop(slot, DropReason::NoRoute);
+                if !self.post_write(slot, b, slot) {
+                    self.recycle(slot, b);
+                }
+            }
+            Err(r) => {
+                self.sw.count_drop(slot, r);
+                self.recycle(slot, b);
+            }
         }
     }
 
@@ -280,26 +288,15 @@ impl State {
             self.nat66_out(slot, net, b, len, now);
             return;
         }
-        match crate::router6::icmp6_error(
+        let r = crate::router6::icmp6_error(
             &cfg,
             v6,
             self.pool.whole_mut(b),
             len,
             wire::icmpv6::DEST_UNREACHABLE,
             0,
-        ) {
-            Ok(n) => {
-                self.pool.lens[b] = n as u32;
-                self.sw.count_drop(slot, DropReason::NoRoute);
-                if !self.post_write(slot, b, slot) {
-                    self.recycle(slot, b);
-                }
-            }
-            Err(r) => {
-                self.sw.count_drop(slot, r);
-                self.recycle(slot, b);
-            }
-        }
+        );
+        self.unreachable(slot, b, r);
     }
 
     /// NAT66: masquerades the IPv6 packet in `slot`'s buffer `b` to the
