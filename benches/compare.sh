@@ -6,20 +6,39 @@
 #
 #   sudo REPS=5 DUR=4 SP_DUR=3 benches/compare.sh
 #
-# Rows (issue 14; more follow):
-#   veth           two namespaces on one veth pair: the ceiling
-#   kernel bridge  veth-br0-veth, as ../shared/anchors/bridge.sh builds it
-#   tapnet         two `tapnet run` containers on one network
-#   kernel routing a namespace -> veth -> a router namespace that forwards
-#                  (ip_forward in that namespace only) -> veth -> "the
-#                  internet": the iptables-free reference for outbound NAT.
-#                  It does not translate (no NAT without iptables or nft),
-#                  so it is the cheaper path: the comparison favours it
-#   tapnet NAT out a container -> the root-mode uplink (masquerade in the
-#                  datapath) -> the "internet" namespace
-#   pasta -t splice  host 127.0.0.1 -> pasta's port forwarding (splice) ->
-#                  a namespace, as ../shared/anchors/pasta.sh builds it
-#   tapnet published host 127.0.0.1 -> a container's published port
+# SETS picks the groups of rows (default: all of them):
+#   switch   veth (two namespaces on one veth pair: the ceiling); the
+#            kernel bridge (veth-br0-veth, as ../shared/anchors/bridge.sh
+#            builds it); tapnet (two `tapnet run` containers, one network)
+#   nat      kernel routing: a namespace -> veth -> a router namespace that
+#            forwards (ip_forward in that namespace only) -> veth -> "the
+#            internet", the iptables-free reference for outbound NAT. It
+#            does not translate (no NAT without iptables or nft), so it is
+#            the cheaper path: the comparison favours it. tapnet NAT out: a
+#            container -> the root-mode uplink (masquerade in the datapath)
+#            -> the "internet" namespace
+#   socknat  outbound through host sockets, the rootless back-ends, at MTU
+#            1500 and 65520: slirp4netns, pasta (its tap path) and
+#            tapnet's socket NAT (a second daemon, no uplink), each in the
+#            same "host" namespace whose veth leads to a server namespace.
+#            The anchors send to the host's loopback instead; here all
+#            three go where outbound traffic goes, out of the host. The
+#            unprivileged daemon (e2e.sh MODE=rootless) runs this same
+#            path
+#   publish  into a container: pasta -t (as ../shared/anchors/pasta.sh
+#            builds it) from the host's 127.0.0.1 (its L4 splice path) and
+#            from the host's own non-loopback address (its tap path);
+#            tapnet's published port from the host's 127.0.0.1 (the relay)
+#            and from the "internet" namespace to the root-mode uplink's
+#            address (DNAT in the datapath)
+#   dns      its own table: dnsperf (Debian's) against tapnet's resolver
+#            (a container asks its gateway), dnsmasq and aardvark-dns (each
+#            on the kernel bridge's gateway address, asked by a namespace
+#            on that bridge, as Podman's containers ask aardvark-dns), all
+#            serving the same two local names. Queries/s: DNS_DUR seconds,
+#            100 queries outstanding (dnsperf's default). p50/p99 latency:
+#            a second run at a fixed DNS_QPS offered load every server
+#            sustains, from dnsperf's per-query times (-v)
 # Columns, as the anchors measure them: TCP 1-/4-stream (iperf3 -t DUR
 # [-P 4], receiver rate), UDP 64 B (iperf3 -u -l 64 -b 0, datagrams
 # received per second), TCP RR p50 (sockperf ping-pong --tcp -m 64
@@ -28,8 +47,16 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DUR:-4}" REPS="${REPS:-5}" SP_DUR="${SP_DUR:-3}" MTU="${MTU:-1500}"
+DNS_DUR="${DNS_DUR:-4}" DNS_QPS="${DNS_QPS:-20000}"
+SETS="${SETS:-switch nat socknat publish dns}"
+has() { [[ " $SETS " == *" $1 "* ]]; }
 [ "$(id -u)" = 0 ] || { echo "compare.sh: run as root" >&2; exit 1; }
-for t in iperf3 sockperf python3 timeout pasta; do
+AARDVARK=$(command -v aardvark-dns || echo /usr/lib/podman/aardvark-dns)
+need=(iperf3 sockperf python3 timeout)
+has socknat && need+=(pasta slirp4netns unshare)
+has publish && need+=(pasta)
+has dns && need+=(dnsperf dnsmasq "$AARDVARK")
+for t in "${need[@]}"; do
 	command -v $t >/dev/null || { echo "compare.sh: missing $t (scripts/deps.sh installs it)" >&2; exit 1; }
 done
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -51,59 +78,23 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# (foreground only: in the background, $! would be the subshell, not the
+# command, and killing it would leave the command running)
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 mkns() { for n in "$@"; do ip netns add "$n" && ip -n "$n" link set lo up; done; }
 
-# veth: the ceiling
-mkns tn_cmp_v1 tn_cmp_v2
-ip -n tn_cmp_v1 link add eth0 type veth peer name eth0 netns tn_cmp_v2
-for i in 1 2; do
-	ip -n tn_cmp_v$i link set eth0 mtu "$MTU"
-	ip -n tn_cmp_v$i addr add 10.76.1.$i/24 dev eth0
-	ip -n tn_cmp_v$i link set eth0 up
-done
-# the kernel bridge
-mkns tn_cmp_kbr tn_cmp_kb1 tn_cmp_kb2
-ip -n tn_cmp_kbr link add br0 type bridge stp_state 0
-ip -n tn_cmp_kbr link set br0 mtu "$MTU"
-for i in 1 2; do
-	ip -n tn_cmp_kbr link add vb$i type veth peer name eth0 netns tn_cmp_kb$i
-	ip -n tn_cmp_kbr link set vb$i mtu "$MTU" master br0 up
-	ip -n tn_cmp_kb$i link set eth0 mtu "$MTU"
-	ip -n tn_cmp_kb$i addr add 10.77.1.$i/24 dev eth0
-	ip -n tn_cmp_kb$i link set eth0 up
-done
-ip -n tn_cmp_kbr link set br0 up
-# kernel routing: client - router - "internet"
-mkns tn_cmp_rc tn_cmp_rtr tn_cmp_rinet
-ip -n tn_cmp_rc link add eth0 type veth peer name in0 netns tn_cmp_rtr
-ip -n tn_cmp_rtr link add out0 type veth peer name eth0 netns tn_cmp_rinet
-ip -n tn_cmp_rc addr add 10.78.0.2/24 dev eth0
-ip -n tn_cmp_rtr addr add 10.78.0.1/24 dev in0
-ip -n tn_cmp_rtr addr add 198.18.0.1/24 dev out0
-ip -n tn_cmp_rinet addr add 198.18.0.2/24 dev eth0
-for l in "tn_cmp_rc eth0" "tn_cmp_rtr in0" "tn_cmp_rtr out0" "tn_cmp_rinet eth0"; do
-	set -- $l
-	ip -n "$1" link set "$2" mtu "$MTU" up
-done
-ip -n tn_cmp_rc route add default via 10.78.0.1
-ip -n tn_cmp_rinet route add 10.78.0.0/24 via 198.18.0.1
-ip netns exec tn_cmp_rtr sysctl -q -w net.ipv4.ip_forward=1
-# pasta: its port forwarding from a "host" namespace into a namespace;
-# pasta needs a routable interface on the host side: a veth into a
-# dead-end namespace (as the anchor does)
-mkns tn_cmp_phost tn_cmp_pns tn_cmp_pvoid
-ip -n tn_cmp_phost link add ext0 type veth peer name ext0p netns tn_cmp_pvoid
-ip -n tn_cmp_phost addr add 10.79.9.1/24 dev ext0
-ip -n tn_cmp_phost link set ext0 up
-ip -n tn_cmp_pvoid link set ext0p up
-ip -n tn_cmp_phost route add default via 10.79.9.254 dev ext0
-ip netns exec tn_cmp_phost pasta -f --config-net -I tap0 --runas 0:0 \
-	-t 5201,5301 -u 5201 -T none -U none --netns tn_cmp_pns >"$OUT/pasta.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do ip -n tn_cmp_pns link show tap0 >/dev/null 2>&1 && break; sleep 0.1; done
+# label|client ns|server ns|address the client connects to|address the
+# server listens on (default: the same)
+ROWS=()
+PAIRS=() # tapnet row:reference row, for the ratio lines
+row() { ROWS+=("$1"); LAST=$((${#ROWS[@]} - 1)); }
+waitaddr() { # NS DEV ADDR
+	for _ in $(seq 100); do ip -n "$1" -br addr show "$2" 2>/dev/null | grep -q "$3" && return 0; sleep 0.1; done
+	return 1
+}
+
 # tapnet, with a root-mode uplink (a veth of its namespace) to the
-# "internet" namespace
+# "internet" namespace: every set but socknat uses this daemon
 mkns tn_cmp_host tn_cmp_inet
 ip -n tn_cmp_host link add up0 type veth peer name eth0 netns tn_cmp_inet
 ip -n tn_cmp_host link set up0 mtu "$MTU" up
@@ -118,26 +109,175 @@ for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; d
 for c in cli srv; do
 	PUB=()
 	[ $c = srv ] && PUB=(-p 5201:5201 -p 5201:5201/udp -p 5301:5301)
-	"$T" run --network bench --name $c "${PUB[@]}" -- sleep 100000 >"$OUT/$c.log" 2>&1 &
+	"$T" run --network bench --name $c --ip 10.99.0.$([ $c = cli ] && echo 3 || echo 2) "${PUB[@]}" \
+		-- sleep 100000 >"$OUT/$c.log" 2>&1 &
 	PIDS+=($!)
 done
 for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
-SRV=$("$T" ps --format json | python3 -c 'import json,sys; print([c for c in json.load(sys.stdin) if c["name"]=="srv"][0]["endpoints"][0]["ip"].split("/")[0])')
+SRV=10.99.0.2
 
-# label|client ns|server ns|address the client connects to|address the
-# server listens on (default: the same)
-ROWS=("veth (ceiling)|tn_cmp_v1|tn_cmp_v2|10.76.1.2"
-	"kernel bridge|tn_cmp_kb1|tn_cmp_kb2|10.77.1.2"
-	"tapnet|tn_cmp_cli|tn_cmp_srv|$SRV"
-	"kernel routing (router namespace, no NAT)|tn_cmp_rc|tn_cmp_rinet|198.18.0.2"
-	"tapnet NAT out (root-mode uplink)|tn_cmp_cli|tn_cmp_inet|203.0.113.1"
-	"pasta -t, L4 splice (host 127.0.0.1 -> ns)|tn_cmp_phost|tn_cmp_pns|127.0.0.1|0.0.0.0"
-	"tapnet published port (host 127.0.0.1 -> container)|tn_cmp_host|tn_cmp_srv|127.0.0.1|$SRV")
-# tapnet row:reference row, for the ratio lines
-PAIRS=("2:1" "4:3" "6:5")
+if has switch; then
+	mkns tn_cmp_v1 tn_cmp_v2
+	ip -n tn_cmp_v1 link add eth0 type veth peer name eth0 netns tn_cmp_v2
+	for i in 1 2; do
+		ip -n tn_cmp_v$i link set eth0 mtu "$MTU"
+		ip -n tn_cmp_v$i addr add 10.76.1.$i/24 dev eth0
+		ip -n tn_cmp_v$i link set eth0 up
+	done
+fi
+if has switch || has dns; then
+	mkns tn_cmp_kbr tn_cmp_kb1 tn_cmp_kb2
+	ip -n tn_cmp_kbr link add br0 type bridge stp_state 0
+	ip -n tn_cmp_kbr link set br0 mtu "$MTU"
+	for i in 1 2; do
+		ip -n tn_cmp_kbr link add vb$i type veth peer name eth0 netns tn_cmp_kb$i
+		ip -n tn_cmp_kbr link set vb$i mtu "$MTU" master br0 up
+		ip -n tn_cmp_kb$i link set eth0 mtu "$MTU"
+		ip -n tn_cmp_kb$i addr add 10.77.1.$i/24 dev eth0
+		ip -n tn_cmp_kb$i link set eth0 up
+	done
+	ip -n tn_cmp_kbr link set br0 up
+fi
+if has switch; then
+	row "veth (ceiling)|tn_cmp_v1|tn_cmp_v2|10.76.1.2"
+	row "kernel bridge|tn_cmp_kb1|tn_cmp_kb2|10.77.1.2"; ref=$LAST
+	row "tapnet|tn_cmp_cli|tn_cmp_srv|$SRV"; PAIRS+=("$LAST:$ref")
+fi
+
+if has nat; then
+	# kernel routing: client - router - "internet"
+	mkns tn_cmp_rc tn_cmp_rtr tn_cmp_rinet
+	ip -n tn_cmp_rc link add eth0 type veth peer name in0 netns tn_cmp_rtr
+	ip -n tn_cmp_rtr link add out0 type veth peer name eth0 netns tn_cmp_rinet
+	ip -n tn_cmp_rc addr add 10.78.0.2/24 dev eth0
+	ip -n tn_cmp_rtr addr add 10.78.0.1/24 dev in0
+	ip -n tn_cmp_rtr addr add 198.18.0.1/24 dev out0
+	ip -n tn_cmp_rinet addr add 198.18.0.2/24 dev eth0
+	for l in "tn_cmp_rc eth0" "tn_cmp_rtr in0" "tn_cmp_rtr out0" "tn_cmp_rinet eth0"; do
+		set -- $l
+		ip -n "$1" link set "$2" mtu "$MTU" up
+	done
+	ip -n tn_cmp_rc route add default via 10.78.0.1
+	ip -n tn_cmp_rinet route add 10.78.0.0/24 via 198.18.0.1
+	ip netns exec tn_cmp_rtr sysctl -q -w net.ipv4.ip_forward=1
+	row "kernel routing (router namespace, no NAT)|tn_cmp_rc|tn_cmp_rinet|198.18.0.2"; ref=$LAST
+	row "tapnet NAT out (root-mode uplink)|tn_cmp_cli|tn_cmp_inet|203.0.113.1"; PAIRS+=("$LAST:$ref")
+fi
+
+if has socknat; then
+	# the "host" of the socket NATs: a veth to the server namespace
+	# (198.19.0.1) and a default route to an address nobody has (pasta
+	# wants one to copy; the gateway address is its alias for the host)
+	mkns tn_cmp_shost tn_cmp_sinet
+	ip -n tn_cmp_shost link add ext0 type veth peer name eth0 netns tn_cmp_sinet
+	ip -n tn_cmp_shost addr add 198.19.0.2/24 dev ext0
+	ip -n tn_cmp_sinet addr add 198.19.0.1/24 dev eth0
+	ip -n tn_cmp_shost link set ext0 up
+	ip -n tn_cmp_sinet link set eth0 up
+	ip -n tn_cmp_shost route add default via 198.19.0.254 dev ext0
+	ip netns exec tn_cmp_shost sysctl -q -w net.ipv4.ping_group_range="0 2147483647"
+	for m in 1500 65520; do
+		# slirp4netns: a namespace made by unshare(1), attached by name
+		unshare --net -- sleep 100000 &
+		spid=$!
+		PIDS+=($spid)
+		for _ in $(seq 100); do
+			[ "$(readlink /proc/$spid/ns/net 2>/dev/null)" != "$(readlink /proc/self/ns/net)" ] && break
+			sleep 0.05
+		done
+		ip netns attach tn_cmp_sl$m $spid
+		ip netns exec tn_cmp_shost slirp4netns --configure --mtu=$m $spid tap0 >"$OUT/slirp.$m.log" 2>&1 &
+		PIDS+=($!)
+		waitaddr tn_cmp_sl$m tap0 10.0.2.100 || { cat "$OUT/slirp.$m.log" >&2; exit 1; }
+		# pasta: its namespace's MTU is 65520; 1500 is set inside, as the
+		# anchor does
+		mkns tn_cmp_pt$m
+		ip netns exec tn_cmp_shost pasta -f --config-net -I tap0 --runas 0:0 \
+			-t none -u none -T none -U none --netns tn_cmp_pt$m >"$OUT/pasta.$m.log" 2>&1 &
+		PIDS+=($!)
+		waitaddr tn_cmp_pt$m tap0 198.19.0.2 || { cat "$OUT/pasta.$m.log" >&2; exit 1; }
+		ip -n tn_cmp_pt$m link set tap0 mtu $m
+	done
+	mkdir -p "$OUT/s"
+	nsenter --net=/run/netns/tn_cmp_shost "$T" daemon --state-dir "$OUT/s/state" --socket "$OUT/s/tapnet.sock" \
+		--netns-prefix tn_cmp_s_ --dns 127.0.0.1 >"$OUT/s/daemon.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 50); do TAPNET_SOCKET="$OUT/s/tapnet.sock" "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
+	for m in 1500 65520; do
+		TAPNET_SOCKET="$OUT/s/tapnet.sock" "$T" network create sn$m --mtu $m >/dev/null || exit 1
+		TAPNET_SOCKET="$OUT/s/tapnet.sock" "$T" run --network sn$m --name c$m -- sleep 100000 >"$OUT/s/c$m.log" 2>&1 &
+		PIDS+=($!)
+	done
+	for _ in $(seq 100); do [ "$(TAPNET_SOCKET="$OUT/s/tapnet.sock" "$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
+	for m in 1500 65520; do
+		row "slirp4netns out, MTU $m|tn_cmp_sl$m|tn_cmp_sinet|198.19.0.1"; sl=$LAST
+		row "pasta out (tap path), MTU $m|tn_cmp_pt$m|tn_cmp_sinet|198.19.0.1"; pt=$LAST
+		row "tapnet socket NAT out, MTU $m|tn_cmp_s_c$m|tn_cmp_sinet|198.19.0.1"
+		PAIRS+=("$LAST:$sl" "$LAST:$pt")
+	done
+fi
+
+if has publish; then
+	# pasta: its port forwarding from a "host" namespace into a namespace;
+	# pasta needs a routable interface on the host side: a veth into a
+	# dead-end namespace (as the anchor does)
+	mkns tn_cmp_phost tn_cmp_pns tn_cmp_pvoid
+	ip -n tn_cmp_phost link add ext0 type veth peer name ext0p netns tn_cmp_pvoid
+	ip -n tn_cmp_phost addr add 10.79.9.1/24 dev ext0
+	ip -n tn_cmp_phost link set ext0 up
+	ip -n tn_cmp_pvoid link set ext0p up
+	ip -n tn_cmp_phost route add default via 10.79.9.254 dev ext0
+	ip netns exec tn_cmp_phost pasta -f --config-net -I tap0 --runas 0:0 \
+		-t 5201,5301 -u 5201 -T none -U none --netns tn_cmp_pns >"$OUT/pasta.log" 2>&1 &
+	PIDS+=($!)
+	waitaddr tn_cmp_pns tap0 10.79.9.1 || { cat "$OUT/pasta.log" >&2; exit 1; }
+	row "pasta -t, L4 splice (host 127.0.0.1 -> ns)|tn_cmp_phost|tn_cmp_pns|127.0.0.1|0.0.0.0"; ref=$LAST
+	row "tapnet published port (host 127.0.0.1 -> container)|tn_cmp_host|tn_cmp_srv|127.0.0.1|$SRV"
+	PAIRS+=("$LAST:$ref")
+	row "pasta -t, tap path (host address -> ns)|tn_cmp_phost|tn_cmp_pns|10.79.9.1|0.0.0.0"; ref=$LAST
+	row "tapnet published port (uplink address -> container, DNAT)|tn_cmp_inet|tn_cmp_srv|203.0.113.2|$SRV"
+	PAIRS+=("$LAST:$ref")
+fi
+
+if has dns; then
+	# dnsmasq (.253) and aardvark-dns (.254, port 53 as netavark runs it
+	# for Podman) on the kernel bridge; both know cli and srv, as tapnet
+	# knows its two containers. aardvark-dns answers a container by its
+	# network's domain (Podman's containers search dns.podman) and sends
+	# single labels upstream, so it is asked for srv.dns.podman
+	ip -n tn_cmp_kbr addr add 10.77.1.253/24 dev br0
+	ip -n tn_cmp_kbr addr add 10.77.1.254/24 dev br0
+	ip netns exec tn_cmp_kbr dnsmasq -k -C /dev/null --no-resolv --no-hosts --user=root --pid-file= \
+		--listen-address=10.77.1.253 --bind-interfaces \
+		--host-record=cli,10.77.1.1 --host-record=srv,10.77.1.2 >"$OUT/dnsmasq.log" 2>&1 &
+	PIDS+=($!)
+	mkdir -p "$OUT/aardvark"
+	printf '10.77.1.254\n%064x 10.77.1.1  cli\n%064x 10.77.1.2  srv\n' 1 2 >"$OUT/aardvark/cmp"
+	# it forks into the background and leaves its PID in the directory
+	ip netns exec tn_cmp_kbr "$AARDVARK" --config "$OUT/aardvark" -p 53 run >"$OUT/aardvark.log" 2>&1
+	for _ in $(seq 50); do [ -s "$OUT/aardvark/aardvark.pid" ] && break; sleep 0.1; done
+	PIDS+=("$(cat "$OUT/aardvark/aardvark.pid")")
+	printf 'srv A\n' >"$OUT/q.local"
+	printf 'srv.dns.podman A\n' >"$OUT/q.podman"
+	# label|client ns|server|query file
+	DNS_ROWS=("dnsmasq 2.90|tn_cmp_kb1|10.77.1.253|$OUT/q.local"
+		"aardvark-dns 1.4|tn_cmp_kb1|10.77.1.254|$OUT/q.podman"
+		"tapnet|tn_cmp_cli|10.99.0.1|$OUT/q.local")
+	for r in "${DNS_ROWS[@]}"; do
+		IFS='|' read -r label c a q <<<"$r"
+		for _ in $(seq 20); do
+			nsx "$c" dig +short +tries=1 +time=1 @"$a" -q "$(cut -d' ' -f1 "$q")" A | grep -q . && continue 2
+			sleep 0.2
+		done
+		echo "compare.sh: $label at $a does not answer" >&2
+		exit 1
+	done
+fi
+
 for r in "${ROWS[@]}"; do
 	IFS='|' read -r _ c _ a _ <<<"$r"
-	for _ in $(seq 20); do nsx "$c" ping -c 1 -W 1 -q "$a" >/dev/null 2>&1 && break; sleep 0.2; done
+	# (slirp4netns and pasta do not answer pings to other hosts: a few tries)
+	for _ in $(seq 5); do nsx "$c" ping -c 1 -W 1 -q "$a" >/dev/null 2>&1 && break; sleep 0.2; done
 done
 
 listening() { # NS PORT
@@ -147,7 +287,7 @@ listening() { # NS PORT
 # iperf3 client run -> R (Gbps, or pps with -u)
 iperf() { # CLIENT SERVER ADDR BIND TAG ARGS...
 	local c=$1 s=$2 a=$3 bind=$4 tag=$5; shift 5
-	nsx "$s" timeout -k 5 $((DUR + 30)) iperf3 -s -1 -B "$bind" -p 5201 >"$OUT/$tag.srv" 2>&1 &
+	ip netns exec "$s" timeout -k 5 $((DUR + 30)) iperf3 -s -1 -B "$bind" -p 5201 >"$OUT/$tag.srv" 2>&1 &
 	local srv=$!
 	listening "$s" 5201
 	nsx "$c" timeout -k 5 $((DUR + 30)) iperf3 -c "$a" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
@@ -168,11 +308,13 @@ PY
 }
 rr() { # CLIENT SERVER ADDR BIND TAG -> R (p50 us)
 	local c=$1 s=$2 a=$3 bind=$4 tag=$5
-	nsx "$s" timeout -k 5 $((SP_DUR + 30)) sockperf server --tcp -i "$bind" -p 5301 >"$OUT/$tag.srv" 2>&1 &
+	ip netns exec "$s" timeout -k 5 $((SP_DUR + 30)) sockperf server --tcp -i "$bind" -p 5301 >"$OUT/$tag.srv" 2>&1 &
 	local srv=$!
 	listening "$s" 5301
 	nsx "$c" timeout $((SP_DUR + 20)) sockperf ping-pong --tcp -i "$a" -p 5301 -t "$SP_DUR" -m 64 --full-rtt >"$OUT/$tag" 2>&1
 	kill $srv 2>/dev/null; wait $srv 2>/dev/null
+	# the next row's server may share this namespace: let the port go
+	for _ in $(seq 100); do nsx "$s" ss -Hltn "sport = :5301" | grep -q . || break; sleep 0.05; done
 	R=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/$tag" | awk '/percentile 50.000 =/ {print $NF}')
 	[ -n "$R" ] || R=NA
 }
@@ -191,6 +333,38 @@ for rep in $(seq "$REPS"); do
 	done
 done
 
+# dnsperf -> Q (answered queries/s), P50/P99 (ms, from -v per-query times)
+dnsperf_run() { # CLIENT SERVER QUERYFILE TAG ARGS...
+	local c=$1 a=$2 q=$3 tag=$4; shift 4
+	nsx "$c" timeout $((DNS_DUR + 20)) dnsperf -s "$a" -d "$q" -l "$DNS_DUR" "$@" >"$OUT/$tag" 2>&1
+	read -r Q P50 P99 < <(python3 - "$OUT/$tag" <<'PY'
+import sys
+qps, lat = "NA", []
+for line in open(sys.argv[1], errors="replace"):
+    f = line.split()
+    if line.startswith("> NOERROR") and len(f) >= 5:
+        lat.append(float(f[-1]) * 1e3)
+    elif line.strip().startswith("Queries per second:"):
+        qps = "%.0f" % float(f[-1])
+lat.sort()
+p = lambda x: "%.3f" % lat[min(len(lat) - 1, int(len(lat) * x))] if lat else "NA"
+print(qps, p(0.50), p(0.99))
+PY
+)
+}
+if has dns; then
+	for rep in $(seq "$REPS"); do
+		for i in "${!DNS_ROWS[@]}"; do
+			IFS='|' read -r label c a q <<<"${DNS_ROWS[i]}"
+			dnsperf_run "$c" "$a" "$q" "dns.$rep.$i"
+			V[d$i,qps]+="$Q "
+			dnsperf_run "$c" "$a" "$q" "dnslat.$rep.$i" -Q "$DNS_QPS" -v
+			V[d$i,p50]+="$P50 " V[d$i,p99]+="$P99 "
+			log "rep $rep/$REPS dns $label: $(echo ${V[d$i,qps]} | awk '{print $NF}') q/s; at $DNS_QPS q/s p50 $P50 p99 $P99 ms"
+		done
+	done
+fi
+
 # median [min-max] of a list; the ratio of two medians
 stats() { printf '%s\n' $1 | grep -E '^[0-9.]+$' | sort -g | awk '
 	function f(x) { return (x >= 1000) ? sprintf("%.0f", x) : sprintf("%.4g", x) }
@@ -201,8 +375,9 @@ try: print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))
 except Exception: print('NA')" "$1" "$2"; }
 label() { echo "${ROWS[$1]}" | cut -d'|' -f1; }
 echo
-echo "Interleaved: REPS=$REPS DUR=$DUR SP_DUR=$SP_DUR MTU=$MTU, $(date -u +%Y-%m-%d) (median [min-max]; RR: lower is better)"
+echo "Interleaved: REPS=$REPS DUR=$DUR SP_DUR=$SP_DUR MTU=$MTU SETS=\"$SETS\", $(date -u +%Y-%m-%d) (median [min-max]; RR and latency: lower is better)"
 echo
+[ ${#ROWS[@]} -gt 0 ] && {
 echo "| path | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps | TCP RR p50 us |"
 echo "|---|---|---|---|---|"
 for i in "${!ROWS[@]}"; do
@@ -217,6 +392,24 @@ for p in "${PAIRS[@]}"; do
 		"$(ratio "$(med "${V[$a,udp64]}")" "$(med "${V[$b,udp64]}")")" \
 		"$(ratio "$(med "${V[$a,rr]}")" "$(med "${V[$b,rr]}")")"
 done
+}
+if has dns; then
+	echo
+	echo "DNS, local names over UDP: dnsperf -l $DNS_DUR (100 outstanding) for queries/s; -Q $DNS_QPS -v for latency"
+	echo
+	echo "| server | queries/s | p50 ms at $DNS_QPS q/s | p99 ms at $DNS_QPS q/s |"
+	echo "|---|---|---|---|"
+	for i in "${!DNS_ROWS[@]}"; do
+		printf '| %s | %s | %s | %s |\n' "${DNS_ROWS[i]%%|*}" "$(stats "${V[d$i,qps]}")" "$(stats "${V[d$i,p50]}")" "$(stats "${V[d$i,p99]}")"
+	done
+	t=$((${#DNS_ROWS[@]} - 1))
+	for i in $(seq 0 $((t - 1))); do
+		printf '| **tapnet / %s** | **%sx** | **%sx** | **%sx** |\n' "${DNS_ROWS[i]%%|*}" \
+			"$(ratio "$(med "${V[d$t,qps]}")" "$(med "${V[d$i,qps]}")")" \
+			"$(ratio "$(med "${V[d$t,p50]}")" "$(med "${V[d$i,p50]}")")" \
+			"$(ratio "$(med "${V[d$t,p99]}")" "$(med "${V[d$i,p99]}")")"
+	done
+fi
 echo
 "$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet switch drops:", {k: v for k, v in n["counters"]["drops"].items() if v})'
 log "logs in $OUT"

@@ -15,8 +15,10 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       tcpdump
       # the IPv6 test checks AAAA and ip6.arpa answers with dig
       bind9-dnsutils
-      # benches/compare.sh sets pasta's port forwarding beside tapnet's
-      passt)
+      # benches/compare.sh measures tapnet next to the paths it replaces:
+      # pasta, slirp4netns, and for DNS dnsperf against dnsmasq and
+      # aardvark-dns
+      passt slirp4netns dnsperf dnsmasq-base aardvark-dns)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
