@@ -35,7 +35,9 @@
 #            (a container asks its gateway), dnsmasq and aardvark-dns (each
 #            on the kernel bridge's gateway address, asked by a namespace
 #            on that bridge, as Podman's containers ask aardvark-dns), all
-#            serving the same two local names. Queries/s: DNS_DUR seconds,
+#            serving the same two local names; and forwarded names, each
+#            resolver to an upstream on its namespace's loopback, with and
+#            without a cache (dnsmasq's, tapnet's). Queries/s: DNS_DUR seconds,
 #            100 queries outstanding (dnsperf's default). p50/p99 latency:
 #            a second run at a fixed DNS_QPS offered load every server
 #            sustains, from dnsperf's per-query times (-v)
@@ -84,8 +86,10 @@ nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 mkns() { for n in "$@"; do ip netns add "$n" && ip -n "$n" link set lo up; done; }
 
 # label|client ns|server ns|address the client connects to|address the
-# server listens on (default: the same)
+# server listens on (default: the same)|the forwarding process, if any
+# (its CPU is reported)
 ROWS=()
+declare -A SLPID PTPID
 PAIRS=() # tapnet row:reference row, for the ratio lines
 row() { ROWS+=("$1"); LAST=$((${#ROWS[@]} - 1)); }
 waitaddr() { # NS DEV ADDR
@@ -104,6 +108,7 @@ nsenter --net=/run/netns/tn_cmp_host "$T" daemon --state-dir "$OUT/state" --netn
 	--dns 127.0.0.1 --uplink up0 --uplink-ip 203.0.113.2/24 --uplink-gateway 203.0.113.1 \
 	>"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
+DPID=$! # nsenter execs the daemon: this is its PID
 for _ in $(seq 50); do "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 "$T" network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
 for c in cli srv; do
@@ -141,7 +146,7 @@ fi
 if has switch; then
 	row "veth (ceiling)|tn_cmp_v1|tn_cmp_v2|10.76.1.2"
 	row "kernel bridge|tn_cmp_kb1|tn_cmp_kb2|10.77.1.2"; ref=$LAST
-	row "tapnet|tn_cmp_cli|tn_cmp_srv|$SRV"; PAIRS+=("$LAST:$ref")
+	row "tapnet|tn_cmp_cli|tn_cmp_srv|$SRV||$DPID"; PAIRS+=("$LAST:$ref")
 fi
 
 if has nat; then
@@ -161,7 +166,7 @@ if has nat; then
 	ip -n tn_cmp_rinet route add 10.78.0.0/24 via 198.18.0.1
 	ip netns exec tn_cmp_rtr sysctl -q -w net.ipv4.ip_forward=1
 	row "kernel routing (router namespace, no NAT)|tn_cmp_rc|tn_cmp_rinet|198.18.0.2"; ref=$LAST
-	row "tapnet NAT out (root-mode uplink)|tn_cmp_cli|tn_cmp_inet|203.0.113.1"; PAIRS+=("$LAST:$ref")
+	row "tapnet NAT out (root-mode uplink)|tn_cmp_cli|tn_cmp_inet|203.0.113.1||$DPID"; PAIRS+=("$LAST:$ref")
 fi
 
 if has socknat; then
@@ -188,6 +193,7 @@ if has socknat; then
 		ip netns attach tn_cmp_sl$m $spid
 		ip netns exec tn_cmp_shost slirp4netns --configure --mtu=$m $spid tap0 >"$OUT/slirp.$m.log" 2>&1 &
 		PIDS+=($!)
+		SLPID[$m]=$!
 		waitaddr tn_cmp_sl$m tap0 10.0.2.100 || { cat "$OUT/slirp.$m.log" >&2; exit 1; }
 		# pasta: its namespace's MTU is 65520; 1500 is set inside, as the
 		# anchor does
@@ -195,6 +201,7 @@ if has socknat; then
 		ip netns exec tn_cmp_shost pasta -f --config-net -I tap0 --runas 0:0 \
 			-t none -u none -T none -U none --netns tn_cmp_pt$m >"$OUT/pasta.$m.log" 2>&1 &
 		PIDS+=($!)
+		PTPID[$m]=$!
 		waitaddr tn_cmp_pt$m tap0 198.19.0.2 || { cat "$OUT/pasta.$m.log" >&2; exit 1; }
 		ip -n tn_cmp_pt$m link set tap0 mtu $m
 	done
@@ -202,6 +209,7 @@ if has socknat; then
 	nsenter --net=/run/netns/tn_cmp_shost "$T" daemon --state-dir "$OUT/s/state" --socket "$OUT/s/tapnet.sock" \
 		--netns-prefix tn_cmp_s_ --dns 127.0.0.1 >"$OUT/s/daemon.log" 2>&1 &
 	PIDS+=($!)
+	SPID=$!
 	for _ in $(seq 50); do TAPNET_SOCKET="$OUT/s/tapnet.sock" "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 	for m in 1500 65520; do
 		TAPNET_SOCKET="$OUT/s/tapnet.sock" "$T" network create sn$m --mtu $m >/dev/null || exit 1
@@ -210,9 +218,9 @@ if has socknat; then
 	done
 	for _ in $(seq 100); do [ "$(TAPNET_SOCKET="$OUT/s/tapnet.sock" "$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
 	for m in 1500 65520; do
-		row "slirp4netns out, MTU $m|tn_cmp_sl$m|tn_cmp_sinet|198.19.0.1"; sl=$LAST
-		row "pasta out (tap path), MTU $m|tn_cmp_pt$m|tn_cmp_sinet|198.19.0.1"; pt=$LAST
-		row "tapnet socket NAT out, MTU $m|tn_cmp_s_c$m|tn_cmp_sinet|198.19.0.1"
+		row "slirp4netns out, MTU $m|tn_cmp_sl$m|tn_cmp_sinet|198.19.0.1||${SLPID[$m]}"; sl=$LAST
+		row "pasta out (tap path), MTU $m|tn_cmp_pt$m|tn_cmp_sinet|198.19.0.1||${PTPID[$m]}"; pt=$LAST
+		row "tapnet socket NAT out, MTU $m|tn_cmp_s_c$m|tn_cmp_sinet|198.19.0.1||$SPID"
 		PAIRS+=("$LAST:$sl" "$LAST:$pt")
 	done
 fi
@@ -230,39 +238,77 @@ if has publish; then
 	ip netns exec tn_cmp_phost pasta -f --config-net -I tap0 --runas 0:0 \
 		-t 5201,5301 -u 5201 -T none -U none --netns tn_cmp_pns >"$OUT/pasta.log" 2>&1 &
 	PIDS+=($!)
+	PASTA_PID=$!
 	waitaddr tn_cmp_pns tap0 10.79.9.1 || { cat "$OUT/pasta.log" >&2; exit 1; }
-	row "pasta -t, L4 splice (host 127.0.0.1 -> ns)|tn_cmp_phost|tn_cmp_pns|127.0.0.1|0.0.0.0"; ref=$LAST
-	row "tapnet published port (host 127.0.0.1 -> container)|tn_cmp_host|tn_cmp_srv|127.0.0.1|$SRV"
+	row "pasta -t, L4 splice (host 127.0.0.1 -> ns)|tn_cmp_phost|tn_cmp_pns|127.0.0.1|0.0.0.0|$PASTA_PID"; ref=$LAST
+	row "tapnet published port (host 127.0.0.1 -> container)|tn_cmp_host|tn_cmp_srv|127.0.0.1|$SRV|$DPID"
 	PAIRS+=("$LAST:$ref")
-	row "pasta -t, tap path (host address -> ns)|tn_cmp_phost|tn_cmp_pns|10.79.9.1|0.0.0.0"; ref=$LAST
-	row "tapnet published port (uplink address -> container, DNAT)|tn_cmp_inet|tn_cmp_srv|203.0.113.2|$SRV"
+	row "pasta -t, tap path (host address -> ns)|tn_cmp_phost|tn_cmp_pns|10.79.9.1|0.0.0.0|$PASTA_PID"; ref=$LAST
+	row "tapnet published port (uplink address -> container, DNAT)|tn_cmp_inet|tn_cmp_srv|203.0.113.2|$SRV|$DPID"
 	PAIRS+=("$LAST:$ref")
 fi
 
 if has dns; then
-	# dnsmasq (.253) and aardvark-dns (.254, port 53 as netavark runs it
-	# for Podman) on the kernel bridge; both know cli and srv, as tapnet
-	# knows its two containers. aardvark-dns answers a container by its
-	# network's domain (Podman's containers search dns.podman) and sends
-	# single labels upstream, so it is asked for srv.dns.podman
-	ip -n tn_cmp_kbr addr add 10.77.1.253/24 dev br0
-	ip -n tn_cmp_kbr addr add 10.77.1.254/24 dev br0
+	# Local names: dnsmasq (.253) and aardvark-dns (.254, port 53 as
+	# netavark runs it for Podman) on the kernel bridge; both know cli and
+	# srv, as tapnet knows its two containers. aardvark-dns answers a
+	# container by its network's domain (Podman's containers search
+	# dns.podman) and sends single labels upstream, so it is asked for
+	# srv.dns.podman.
+	# Forwarded names: every resolver forwards to an "upstream" dnsmasq on
+	# its own namespace's loopback that knows fwd.example (TTL 600):
+	# dnsmasq with its cache (150 entries, its default) and without
+	# (--cache-size=0, on .252), aardvark-dns (no cache), tapnet with its
+	# cache and without (--dns-cache 0: a third daemon, tn_cmp_d_*)
+	upstream() { # NS: the upstream on 127.0.0.1:53 of NS
+		ip netns exec "$1" dnsmasq -k -C /dev/null --no-resolv --no-hosts --user=root --pid-file= \
+			--listen-address=127.0.0.1 --bind-interfaces --local-ttl=600 \
+			--host-record=fwd.example,192.0.2.80 >"$OUT/upstream.$1.log" 2>&1 &
+		PIDS+=($!)
+	}
+	for a in 252 253 254; do ip -n tn_cmp_kbr addr add 10.77.1.$a/24 dev br0; done
+	upstream tn_cmp_kbr
 	ip netns exec tn_cmp_kbr dnsmasq -k -C /dev/null --no-resolv --no-hosts --user=root --pid-file= \
-		--listen-address=10.77.1.253 --bind-interfaces \
+		--listen-address=10.77.1.253 --bind-interfaces --server=127.0.0.1 \
 		--host-record=cli,10.77.1.1 --host-record=srv,10.77.1.2 >"$OUT/dnsmasq.log" 2>&1 &
 	PIDS+=($!)
+	ip netns exec tn_cmp_kbr dnsmasq -k -C /dev/null --no-resolv --no-hosts --user=root --pid-file= \
+		--listen-address=10.77.1.252 --bind-interfaces --server=127.0.0.1 --cache-size=0 \
+		>"$OUT/dnsmasq-nocache.log" 2>&1 &
+	PIDS+=($!)
 	mkdir -p "$OUT/aardvark"
-	printf '10.77.1.254\n%064x 10.77.1.1  cli\n%064x 10.77.1.2  srv\n' 1 2 >"$OUT/aardvark/cmp"
+	# first line: the addresses it listens on, then the network's servers
+	printf '10.77.1.254 127.0.0.1\n%064x 10.77.1.1  cli\n%064x 10.77.1.2  srv\n' 1 2 >"$OUT/aardvark/cmp"
 	# it forks into the background and leaves its PID in the directory
 	ip netns exec tn_cmp_kbr "$AARDVARK" --config "$OUT/aardvark" -p 53 run >"$OUT/aardvark.log" 2>&1
 	for _ in $(seq 50); do [ -s "$OUT/aardvark/aardvark.pid" ] && break; sleep 0.1; done
 	PIDS+=("$(cat "$OUT/aardvark/aardvark.pid")")
+	upstream tn_cmp_host
+	mkns tn_cmp_dhost
+	upstream tn_cmp_dhost
+	mkdir -p "$OUT/d"
+	DT() { TAPNET_SOCKET="$OUT/d/tapnet.sock" "$T" "$@"; }
+	nsenter --net=/run/netns/tn_cmp_dhost "$T" daemon --state-dir "$OUT/d/state" --socket "$OUT/d/tapnet.sock" \
+		--netns-prefix tn_cmp_d_ --dns 127.0.0.1 --dns-cache 0 >"$OUT/d/daemon.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 50); do DT network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
+	DT network create dnsn --subnet 10.98.0.0/24 >/dev/null || exit 1
+	DT run --network dnsn --name dq -- sleep 100000 >"$OUT/d/dq.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 100); do [ "$(DT ps -q | wc -l)" = 1 ] && break; sleep 0.1; done
 	printf 'srv A\n' >"$OUT/q.local"
 	printf 'srv.dns.podman A\n' >"$OUT/q.podman"
+	printf 'fwd.example A\n' >"$OUT/q.fwd"
 	# label|client ns|server|query file
-	DNS_ROWS=("dnsmasq 2.90|tn_cmp_kb1|10.77.1.253|$OUT/q.local"
-		"aardvark-dns 1.4|tn_cmp_kb1|10.77.1.254|$OUT/q.podman"
-		"tapnet|tn_cmp_cli|10.99.0.1|$OUT/q.local")
+	DNS_ROWS=("local: dnsmasq 2.90|tn_cmp_kb1|10.77.1.253|$OUT/q.local"
+		"local: aardvark-dns 1.4|tn_cmp_kb1|10.77.1.254|$OUT/q.podman"
+		"local: tapnet|tn_cmp_cli|10.99.0.1|$OUT/q.local"
+		"forwarded: dnsmasq, its cache|tn_cmp_kb1|10.77.1.253|$OUT/q.fwd"
+		"forwarded: dnsmasq, no cache|tn_cmp_kb1|10.77.1.252|$OUT/q.fwd"
+		"forwarded: aardvark-dns (no cache)|tn_cmp_kb1|10.77.1.254|$OUT/q.fwd"
+		"forwarded: tapnet, its cache|tn_cmp_cli|10.99.0.1|$OUT/q.fwd"
+		"forwarded: tapnet, --dns-cache 0|tn_cmp_d_dq|10.98.0.1|$OUT/q.fwd")
+	DNS_PAIRS=("2:0" "2:1" "6:3" "7:4" "7:5")
 	for r in "${DNS_ROWS[@]}"; do
 		IFS='|' read -r label c a q <<<"$r"
 		for _ in $(seq 20); do
@@ -284,13 +330,27 @@ listening() { # NS PORT
 	for _ in $(seq 200); do nsx "$1" ss -Hltn "sport = :$2" | grep -q . && return 0; sleep 0.05; done
 	return 1
 }
-# iperf3 client run -> R (Gbps, or pps with -u)
-iperf() { # CLIENT SERVER ADDR BIND TAG ARGS...
-	local c=$1 s=$2 a=$3 bind=$4 tag=$5; shift 5
+# CPU: the machine's busy jiffies (all but idle and iowait) and total from
+# /proc/stat, a process's utime+stime (all its threads) from /proc/PID/stat
+NCPU=$(nproc) HZ=$(getconf CLK_TCK)
+cpu_now() { # [PID] -> "total busy proc nanoseconds"
+	local p=0
+	[ -n "${1:-}" ] && p=$(awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null)
+	awk -v p="${p:-0}" -v t="$(date +%s%N)" '/^cpu / {s = 0; for (i = 2; i <= 9; i++) s += $i; print s, s - $5 - $6, p, t}' /proc/stat
+}
+# iperf3 client run -> R (Gbps, or pps with -u); BUSY (cores busy on the
+# whole machine) and PROC (cores the forwarding process used) meanwhile
+iperf() { # CLIENT SERVER ADDR BIND TAG PID ARGS...
+	local c=$1 s=$2 a=$3 bind=$4 tag=$5 pid=$6; shift 6
 	ip netns exec "$s" timeout -k 5 $((DUR + 30)) iperf3 -s -1 -B "$bind" -p 5201 >"$OUT/$tag.srv" 2>&1 &
 	local srv=$!
 	listening "$s" 5201
+	local c0 c1
+	c0=$(cpu_now "$pid")
 	nsx "$c" timeout -k 5 $((DUR + 30)) iperf3 -c "$a" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
+	c1=$(cpu_now "$pid")
+	read -r BUSY PROC < <(echo "$c0 $c1" | awk -v n="$NCPU" -v hz="$HZ" -v pid="$pid" '{
+		printf "%.2f %s\n", ($6 - $2) / ($5 - $1) * n, pid == "" ? "NA" : sprintf("%.2f", ($7 - $3) / hz / (($8 - $4) / 1e9)) }')
 	wait $srv 2>/dev/null
 	R=$(python3 - "$OUT/$tag.json" <<'PY'
 import json, sys
@@ -323,11 +383,14 @@ declare -A V # V[row,col] = values
 COLS=(tcp1 tcp4 udp64 rr)
 for rep in $(seq "$REPS"); do
 	for i in "${!ROWS[@]}"; do
-		IFS='|' read -r label c s a bind <<<"${ROWS[i]}"
+		IFS='|' read -r label c s a bind pid <<<"${ROWS[i]}"
 		bind=${bind:-$a}
-		iperf "$c" "$s" "$a" "$bind" "tcp1.$rep.$i"; V[$i,tcp1]+="$R "
-		iperf "$c" "$s" "$a" "$bind" "tcp4.$rep.$i" -P 4; V[$i,tcp4]+="$R "
-		iperf "$c" "$s" "$a" "$bind" "udp.$rep.$i" -u -l 64 -b 0; V[$i,udp64]+="$R "
+		iperf "$c" "$s" "$a" "$bind" "tcp1.$rep.$i" "$pid"; V[$i,tcp1]+="$R "
+		V[$i,busy]+="$BUSY " V[$i,proc]+="$PROC "
+		# core-seconds the machine spent per gigabyte moved
+		V[$i,cpb]+="$(awk -v b="$BUSY" -v r="$R" 'BEGIN {if (r + 0 > 0) printf "%.3f", b / (r / 8)}') "
+		iperf "$c" "$s" "$a" "$bind" "tcp4.$rep.$i" "$pid" -P 4; V[$i,tcp4]+="$R "
+		iperf "$c" "$s" "$a" "$bind" "udp.$rep.$i" "$pid" -u -l 64 -b 0; V[$i,udp64]+="$R "
 		rr "$c" "$s" "$a" "$bind" "rr.$rep.$i"; V[$i,rr]+="$R "
 		log "rep $rep/$REPS $label: tcp1 $(echo ${V[$i,tcp1]} | awk '{print $NF}') tcp4 $(echo ${V[$i,tcp4]} | awk '{print $NF}') udp64 $(echo ${V[$i,udp64]} | awk '{print $NF}') rr $R"
 	done
@@ -392,22 +455,32 @@ for p in "${PAIRS[@]}"; do
 		"$(ratio "$(med "${V[$a,udp64]}")" "$(med "${V[$b,udp64]}")")" \
 		"$(ratio "$(med "${V[$a,rr]}")" "$(med "${V[$b,rr]}")")"
 done
+echo
+echo "CPU during the TCP 1-stream runs ($NCPU vCPUs): cores busy on the whole machine; cores the"
+echo "forwarding process used (all its threads); core-seconds the machine spent per GB moved"
+echo
+echo "| path | TCP 1-stream Gbps | cores busy | forwarder cores | core-s per GB |"
+echo "|---|---|---|---|---|"
+for i in "${!ROWS[@]}"; do
+	printf '| %s | %s | %s | %s | %s |\n' "$(label "$i")" "$(med "${V[$i,tcp1]}")" \
+		"$(med "${V[$i,busy]}")" "$(med "${V[$i,proc]}")" "$(med "${V[$i,cpb]}")"
+done
 }
 if has dns; then
 	echo
-	echo "DNS, local names over UDP: dnsperf -l $DNS_DUR (100 outstanding) for queries/s; -Q $DNS_QPS -v for latency"
+	echo "DNS over UDP: dnsperf -l $DNS_DUR (100 outstanding) for queries/s; -Q $DNS_QPS -v for latency"
 	echo
 	echo "| server | queries/s | p50 ms at $DNS_QPS q/s | p99 ms at $DNS_QPS q/s |"
 	echo "|---|---|---|---|"
 	for i in "${!DNS_ROWS[@]}"; do
 		printf '| %s | %s | %s | %s |\n' "${DNS_ROWS[i]%%|*}" "$(stats "${V[d$i,qps]}")" "$(stats "${V[d$i,p50]}")" "$(stats "${V[d$i,p99]}")"
 	done
-	t=$((${#DNS_ROWS[@]} - 1))
-	for i in $(seq 0 $((t - 1))); do
-		printf '| **tapnet / %s** | **%sx** | **%sx** | **%sx** |\n' "${DNS_ROWS[i]%%|*}" \
-			"$(ratio "$(med "${V[d$t,qps]}")" "$(med "${V[d$i,qps]}")")" \
-			"$(ratio "$(med "${V[d$t,p50]}")" "$(med "${V[d$i,p50]}")")" \
-			"$(ratio "$(med "${V[d$t,p99]}")" "$(med "${V[d$i,p99]}")")"
+	for p in "${DNS_PAIRS[@]}"; do
+		a=${p%:*} b=${p#*:}
+		printf '| **%s / %s** | **%sx** | **%sx** | **%sx** |\n' "${DNS_ROWS[a]%%|*}" "${DNS_ROWS[b]%%|*}" \
+			"$(ratio "$(med "${V[d$a,qps]}")" "$(med "${V[d$b,qps]}")")" \
+			"$(ratio "$(med "${V[d$a,p50]}")" "$(med "${V[d$b,p50]}")")" \
+			"$(ratio "$(med "${V[d$a,p99]}")" "$(med "${V[d$b,p99]}")")"
 	done
 fi
 echo

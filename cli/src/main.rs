@@ -148,6 +148,10 @@ struct DaemonArgs {
     /// counted as quota_exceeded.
     #[arg(long, default_value_t = 1024)]
     nat_quota: u32,
+    /// Forwarded DNS answers the resolver keeps for their TTL (at most an
+    /// hour; negative answers 5 minutes); 0 turns the cache off.
+    #[arg(long, value_name = "ENTRIES", default_value_t = dns::cache::DEFAULT_CAPACITY)]
+    dns_cache: usize,
     /// The cluster store that overlay networks share (Docker's flag):
     /// etcd://HOST:PORT[,HOST:PORT...].
     #[arg(long, value_name = "URL", requires = "cluster_advertise")]
@@ -455,6 +459,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 rx_buffers: a.rx_buffers,
                 max_macs_per_port: a.max_macs_per_port,
                 nat_quota: a.nat_quota,
+                dns_cache: a.dns_cache,
                 docker_plugin: a.docker_plugin.clone(),
                 multishot: !a.single_read,
                 busy_poll_us: a.busy_poll_us,

@@ -6,13 +6,16 @@
 //!   with FORMERR/NOTIMP/SERVFAIL, EDNS and truncation; hickory-proto for
 //!   the wire format.
 //! - [`upstream`]: forwarding over UDP/TCP with short timeouts.
+//! - [`cache`]: forwarded answers kept for their TTL (bounded, capped).
 //!
 //! The crate sees DNS messages, not frames or fds: the daemon's gateway
 //! stack terminates UDP and TCP port 53 and hands it the payloads.
 
+pub mod cache;
 pub mod registry;
 pub mod resolver;
 pub mod upstream;
 
+pub use cache::Cache;
 pub use registry::{Endpoint, NetId, Registry};
 pub use resolver::{Outcome, Resolver, StatsSnapshot, Transport};

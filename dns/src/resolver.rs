@@ -3,6 +3,7 @@
 //! except the 12-byte header of a message hickory refused (to say FORMERR
 //! to the right ID).
 
+use crate::cache::{Cache, DEFAULT_CAPACITY};
 use crate::registry::{Found, NetId, Registry};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
@@ -10,7 +11,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 /// TTL of local answers. Short, because names change the moment a
 /// container exits, is renamed or disconnected (Docker uses 600 s).
@@ -50,6 +51,9 @@ pub struct Stats {
     /// Queries answered SERVFAIL at once: their container already had its
     /// share of queries waiting for an upstream server.
     pub throttled: AtomicU64,
+    /// Forwarded queries answered from the cache (counted in `forwarded`
+    /// too).
+    pub cached: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     #[serde(default)]
     pub throttled: u64,
+    #[serde(default)]
+    pub cached: u64,
 }
 
 impl Stats {
@@ -81,6 +87,7 @@ impl Stats {
             truncated: g(&self.truncated),
             dropped: g(&self.dropped),
             throttled: g(&self.throttled),
+            cached: g(&self.cached),
         }
     }
 }
@@ -92,6 +99,9 @@ fn inc(a: &AtomicU64) {
 pub struct Resolver {
     pub registry: RwLock<Registry>,
     pub stats: Stats,
+    /// Forwarded answers (see [`crate::cache`]); the forwarding side asks
+    /// it before going upstream and fills it afterwards.
+    pub cache: Mutex<Cache>,
     rotate: AtomicUsize,
 }
 
@@ -103,9 +113,16 @@ impl Default for Resolver {
 
 impl Resolver {
     pub fn new() -> Resolver {
+        Resolver::with_cache(DEFAULT_CAPACITY)
+    }
+
+    /// A resolver whose cache keeps at most `entries` forwarded answers
+    /// (0: no cache).
+    pub fn with_cache(entries: usize) -> Resolver {
         Resolver {
             registry: RwLock::new(Registry::new()),
             stats: Stats::default(),
+            cache: Mutex::new(Cache::new(entries)),
             rotate: AtomicUsize::new(0),
         }
     }

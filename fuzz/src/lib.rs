@@ -393,6 +393,21 @@ pub fn dns_query(data: &[u8]) {
     }
     // and what a failed forward sends back
     let _ = r.servfail(q, t);
+    // the cache, fed a hostile upstream: the input as the answer to a
+    // well-formed query, then as a query for what is stored; a hit must be
+    // a well-formed message
+    let now = std::time::Instant::now();
+    let mut c = dns::Cache::new(4);
+    let good =
+        dns::resolver::make_query(0x1234, "x.example.", hickory_proto::rr::RecordType::A, None);
+    c.put(1, &good, t, q, now);
+    let _ = c.get(1, &good, t, now);
+    if let Some(b) = c.get(1, q, t, now + std::time::Duration::from_secs(1)) {
+        use hickory_proto::serialize::binary::BinDecodable;
+        if let Err(e) = hickory_proto::op::Message::from_bytes(&b) {
+            panic!("the cache answered with a malformed message: {e}");
+        }
+    }
 }
 
 /// The API's JSON bodies, through what the daemon does with them before

@@ -1,8 +1,8 @@
 //! DNS helpers for tests: a fake upstream resolver and a tiny client.
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +12,9 @@ use std::time::Duration;
 pub use dns::resolver::make_query;
 
 /// The fake upstream's answer to `query` (None: it stays silent):
-/// `up.example` -> 192.0.2.10 (TTL 1234), `slow.example` -> no answer,
-/// anything else -> NXDOMAIN.
+/// `up.example` -> 192.0.2.10 (TTL 1234), `short.example` -> 192.0.2.11
+/// (TTL 2), `gone.example` -> NXDOMAIN with an SOA (negative TTL 2),
+/// `slow.example` -> no answer, anything else -> NXDOMAIN (no SOA).
 pub fn upstream_answer(query: &[u8]) -> Option<Vec<u8>> {
     upstream_answer_with(query, Ipv4Addr::new(192, 0, 2, 10))
 }
@@ -36,6 +37,19 @@ pub fn upstream_answer_with(query: &[u8], up: Ipv4Addr) -> Option<Vec<u8>> {
             ));
         }
         "up.example." => {}
+        "short.example." => {
+            r.add_answer(Record::from_rdata(
+                q.queries[0].name().clone(),
+                2,
+                RData::A(A(Ipv4Addr::new(192, 0, 2, 11))),
+            ));
+        }
+        "gone.example." => {
+            r.metadata.response_code = ResponseCode::NXDomain;
+            let zone = Name::from_ascii("example.").ok()?;
+            let soa = SOA::new(zone.clone(), zone.clone(), 1, 3600, 600, 86400, 2);
+            r.add_authority(Record::from_rdata(zone, 60, RData::SOA(soa)));
+        }
         _ => r.metadata.response_code = ResponseCode::NXDomain,
     }
     r.to_vec().ok()

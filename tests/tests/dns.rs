@@ -483,3 +483,93 @@ fn forwarded_queries_in_flight_are_capped_per_container() {
     let a = ask(&other.ns, gw, "greedy", RecordType::A, false).expect("an answer");
     assert_eq!(addrs(&parse(&a)), vec![greedy.ip]);
 }
+
+/// Forwarded answers come from the cache until their TTL runs out: the
+/// upstream sees one query per name per TTL; negative answers are kept for
+/// their SOA's negative TTL; a hit carries the query's ID and the TTL
+/// left; `--dns-cache 0` turns it off.
+#[test]
+fn forwarded_answers_are_cached_for_their_ttl() {
+    let Some(mut env) = Env::new("dns_cache", &[]) else {
+        return;
+    };
+    let seen = in_ns(&env.host_ns, fake_upstream).join().unwrap();
+    env.ok(&["network", "create", "c", "--subnet", "10.71.0.0/24"]);
+    let c = env.container("c", "client", &[]);
+    let gw: Ipv4Addr = "10.71.0.1".parse().unwrap();
+    let upstream = || seen.load(std::sync::atomic::Ordering::Relaxed);
+    let query = |id: u16, name: &str| {
+        let q = make_query(id, name, RecordType::A, None);
+        let ns = c.ns.clone();
+        parse(
+            &in_ns(&ns, move || udp_query(gw, &q, T))
+                .join()
+                .unwrap()
+                .expect("an answer"),
+        )
+    };
+
+    let first = query(1, "up.example");
+    assert_eq!(
+        addrs(&first),
+        vec!["192.0.2.10".parse::<Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(upstream(), 1);
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = query(2, "UP.example");
+    assert_eq!(again.metadata.id, 2, "the hit answers the query's ID");
+    assert_eq!(again.queries[0].name().to_ascii(), "UP.example.");
+    assert_eq!(addrs(&again), addrs(&first));
+    assert!(
+        again.answers[0].ttl < 1234,
+        "TTL left: {}",
+        again.answers[0].ttl
+    );
+    assert_eq!(upstream(), 1, "the second query came from the cache");
+
+    // TTL 2: kept two seconds, then asked again
+    query(3, "short.example");
+    query(4, "short.example");
+    assert_eq!(upstream(), 2);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(addrs(&query(5, "short.example")).len(), 1);
+    assert_eq!(upstream(), 3, "an expired answer is asked for again");
+
+    // negative: NXDOMAIN with an SOA is kept (its negative TTL, 2 s);
+    // without an SOA it is not
+    for id in [6, 7] {
+        assert_eq!(
+            query(id, "gone.example").metadata.response_code,
+            ResponseCode::NXDomain
+        );
+    }
+    assert_eq!(upstream(), 4);
+    for id in [8, 9] {
+        assert_eq!(
+            query(id, "nope.example").metadata.response_code,
+            ResponseCode::NXDomain
+        );
+    }
+    assert_eq!(upstream(), 6, "NXDOMAIN without an SOA is not kept");
+    let stats = env.inspect("c")["dns"]["stats"].clone();
+    assert_eq!(ctr(&stats, "cached"), 3, "{stats}");
+    assert_eq!(ctr(&stats, "forwarded"), 9, "{stats}");
+
+    // off
+    let Some(mut off) = Env::new("dns_cache_off", &["--dns-cache", "0"]) else {
+        return;
+    };
+    let seen = in_ns(&off.host_ns, fake_upstream).join().unwrap();
+    off.ok(&["network", "create", "c", "--subnet", "10.71.0.0/24"]);
+    let c = off.container("c", "client", &[]);
+    for id in 1..=3u16 {
+        let q = make_query(id, "up.example", RecordType::A, None);
+        let ns = c.ns.clone();
+        in_ns(&ns, move || udp_query(gw, &q, T))
+            .join()
+            .unwrap()
+            .expect("an answer");
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(ctr(&off.inspect("c")["dns"]["stats"], "cached"), 0);
+}

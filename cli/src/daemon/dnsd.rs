@@ -502,6 +502,33 @@ impl Svc {
             Dest::Udp(_) => Transport::Udp,
             Dest::Tcp(..) => Transport::Tcp,
         };
+        let mut servers = self
+            .resolver
+            .registry
+            .read()
+            .map(|r| r.upstreams(net, client))
+            .unwrap_or_default();
+        if servers.is_empty() {
+            servers = self.defaults.clone();
+        }
+        // the cache is per set of upstream servers (a network may have its
+        // own): they are its scope
+        let scope = {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&servers, &mut h);
+            std::hash::Hasher::finish(&h)
+        };
+        let hit = self
+            .resolver
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(scope, &q, t, std::time::Instant::now());
+        if let Some(bytes) = hit {
+            self.resolver.stats.cached.fetch_add(1, Ordering::Relaxed);
+            let _ = self.tx.try_send(Event::Answer { net, to, bytes });
+            return;
+        }
         {
             let mut m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             let n = m.entry(client).or_default();
@@ -517,15 +544,6 @@ impl Svc {
             }
             *n += 1;
         }
-        let mut servers = self
-            .resolver
-            .registry
-            .read()
-            .map(|r| r.upstreams(net, client))
-            .unwrap_or_default();
-        if servers.is_empty() {
-            servers = self.defaults.clone();
-        }
         let resolver = self.resolver.clone();
         let tx = self.tx.clone();
         let inflight = self.inflight.clone();
@@ -539,6 +557,13 @@ impl Svc {
                         m.remove(&client);
                     }
                 }
+            }
+            if let Some(a) = &a {
+                resolver
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(scope, &q, t, a, std::time::Instant::now());
             }
             let bytes = a.unwrap_or_else(|| resolver.servfail(&q, t));
             let _ = tx.send(Event::Answer { net, to, bytes }).await;

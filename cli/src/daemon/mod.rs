@@ -59,6 +59,8 @@ pub struct DaemonConfig {
     /// packet NAT's connections; the socket NAT's TCP, UDP and ping flows,
     /// each a host socket); 0: no limit.
     pub nat_quota: u32,
+    /// Entries of the DNS cache of forwarded answers (0: off).
+    pub dns_cache: usize,
     pub multishot: bool,
     pub busy_poll_us: u32,
     /// Upstream DNS servers (empty: the host's /etc/resolv.conf).

@@ -143,7 +143,7 @@ impl Core {
                 Some(Arc::new(cl))
             }
         };
-        let resolver = Arc::new(dns::Resolver::new());
+        let resolver = Arc::new(dns::Resolver::with_cache(cfg.dns_cache));
         tokio::runtime::Handle::current().spawn(dnsd::run(
             dns_rx,
             dns_svc.tx.clone(),
