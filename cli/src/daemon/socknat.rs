@@ -734,8 +734,29 @@ struct Svc {
     quota: u32,
 }
 
+/// Starts the service loop on a thread of its own (`tapnet-socknat`) with
+/// a single-threaded runtime: the loop, every connection's relay task and
+/// every host socket's readiness live on that one thread, so a request
+/// and its answer cross threads only between the datapath and this loop
+/// (on the daemon's shared runtime the relay tasks ran on the other
+/// worker, and every segment crossed twice more).
+pub fn start(
+    rx: mpsc::Receiver<Event>,
+    nat: SockNat,
+    dp: Injector,
+    quota: u32,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("tapnet-socknat".into())
+        .spawn(move || rt.block_on(run(rx, nat, dp, quota)))?;
+    Ok(())
+}
+
 /// The service loop: owns every network's stack.
-pub async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector, quota: u32) {
+async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector, quota: u32) {
     let svc = Svc {
         tx: nat.tx.clone(),
         stats: nat.stats.clone(),

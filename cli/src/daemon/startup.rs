@@ -73,16 +73,15 @@ impl Core {
             ..Default::default()
         })
         .context("starting the datapath")?;
-        let socknat = sock.map(|(s, rx)| {
-            tokio::runtime::Handle::current().spawn(socknat::run(
-                rx,
-                s.clone(),
-                dp.injector(),
-                cfg.nat_quota,
-            ));
-            log("outbound: socket NAT through the host's own sockets (no --uplink)");
-            s
-        });
+        let socknat = match sock {
+            Some((s, rx)) => {
+                socknat::start(rx, s.clone(), dp.injector(), cfg.nat_quota)
+                    .context("starting the socket NAT")?;
+                log("outbound: socket NAT through the host's own sockets (no --uplink)");
+                Some(s)
+            }
+            None => None,
+        };
         if let Some(u) = &cfg.uplink {
             let (fd, mac, mtu) = vswitch::uplink::open_packet_socket(&u.iface)
                 .with_context(|| format!("opening the uplink {}", u.iface))?;
