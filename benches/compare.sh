@@ -50,6 +50,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DUR:-4}" REPS="${REPS:-5}" SP_DUR="${SP_DUR:-3}" MTU="${MTU:-1500}"
 DNS_DUR="${DNS_DUR:-4}" DNS_QPS="${DNS_QPS:-20000}"
+# extra options for every tapnet daemon (e.g. --busy-poll-us 20)
+TAPNET_ARGS="${TAPNET_ARGS:-}"
 SETS="${SETS:-switch nat socknat publish dns}"
 has() { [[ " $SETS " == *" $1 "* ]]; }
 [ "$(id -u)" = 0 ] || { echo "compare.sh: run as root" >&2; exit 1; }
@@ -104,7 +106,7 @@ ip -n tn_cmp_host link add up0 type veth peer name eth0 netns tn_cmp_inet
 ip -n tn_cmp_host link set up0 mtu "$MTU" up
 ip -n tn_cmp_inet addr add 203.0.113.1/24 dev eth0
 ip -n tn_cmp_inet link set eth0 mtu "$MTU" up
-nsenter --net=/run/netns/tn_cmp_host "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_cmp_ \
+nsenter --net=/run/netns/tn_cmp_host "$T" daemon $TAPNET_ARGS --state-dir "$OUT/state" --netns-prefix tn_cmp_ \
 	--dns 127.0.0.1 --uplink up0 --uplink-ip 203.0.113.2/24 --uplink-gateway 203.0.113.1 \
 	>"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
@@ -206,7 +208,7 @@ if has socknat; then
 		ip -n tn_cmp_pt$m link set tap0 mtu $m
 	done
 	mkdir -p "$OUT/s"
-	nsenter --net=/run/netns/tn_cmp_shost "$T" daemon --state-dir "$OUT/s/state" --socket "$OUT/s/tapnet.sock" \
+	nsenter --net=/run/netns/tn_cmp_shost "$T" daemon $TAPNET_ARGS --state-dir "$OUT/s/state" --socket "$OUT/s/tapnet.sock" \
 		--netns-prefix tn_cmp_s_ --dns 127.0.0.1 >"$OUT/s/daemon.log" 2>&1 &
 	PIDS+=($!)
 	SPID=$!
@@ -288,7 +290,7 @@ if has dns; then
 	upstream tn_cmp_dhost
 	mkdir -p "$OUT/d"
 	DT() { TAPNET_SOCKET="$OUT/d/tapnet.sock" "$T" "$@"; }
-	nsenter --net=/run/netns/tn_cmp_dhost "$T" daemon --state-dir "$OUT/d/state" --socket "$OUT/d/tapnet.sock" \
+	nsenter --net=/run/netns/tn_cmp_dhost "$T" daemon $TAPNET_ARGS --state-dir "$OUT/d/state" --socket "$OUT/d/tapnet.sock" \
 		--netns-prefix tn_cmp_d_ --dns 127.0.0.1 --dns-cache 0 >"$OUT/d/daemon.log" 2>&1 &
 	PIDS+=($!)
 	for _ in $(seq 50); do DT network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
@@ -438,7 +440,7 @@ try: print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))
 except Exception: print('NA')" "$1" "$2"; }
 label() { echo "${ROWS[$1]}" | cut -d'|' -f1; }
 echo
-echo "Interleaved: REPS=$REPS DUR=$DUR SP_DUR=$SP_DUR MTU=$MTU SETS=\"$SETS\", $(date -u +%Y-%m-%d) (median [min-max]; RR and latency: lower is better)"
+echo "Interleaved: REPS=$REPS DUR=$DUR SP_DUR=$SP_DUR MTU=$MTU SETS=\"$SETS\" TAPNET_ARGS=\"$TAPNET_ARGS\", $(date -u +%Y-%m-%d) (median [min-max]; RR and latency: lower is better)"
 echo
 [ ${#ROWS[@]} -gt 0 ] && {
 echo "| path | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps | TCP RR p50 us |"

@@ -89,6 +89,8 @@ fn bench(c: &mut Criterion) {
         (2u32, 1u32, 0usize, "2 ports, 1 MAC each, unicast"),
         (16, 16, 0, "16 ports, 256 MACs, unicast"),
         (64, 256, 0, "64 ports, 16k MACs, unicast"),
+        (1000, 1, 0, "1000 ports, 1 MAC each, unicast"),
+        (1000, 100, 0, "1000 ports, 100k MACs, unicast"),
         (16, 16, 16, "16 ports, 256 MACs, 1/16 broadcast"),
     ] {
         let mut s = setup(ports, hosts, bcast);
