@@ -31,6 +31,15 @@
 #            tapnet's published port from the host's 127.0.0.1 (the relay)
 #            and from the "internet" namespace to the root-mode uplink's
 #            address (DNAT in the datapath)
+#   macvlan  a container on a macvlan network -> a peer on the parent's
+#            segment (a namespace behind a veth), and a kernel macvlan
+#            device (bridge mode) on a second veth to the same peer
+#   overlay  a container on host 1 -> one on host 2 of an overlay network
+#            (two daemons in two namespaces on an underlay veth, MTU 1500,
+#            etcd on host 1), and the kernel's VXLAN path Docker's overlay
+#            uses (veth - bridge - vxlan - underlay, static FDB, as
+#            ../shared/anchors/vxlan.sh builds it); the CPU column counts
+#            host 1's daemon only
 #   dns      its own table: dnsperf (Debian's) against tapnet's resolver
 #            (a container asks its gateway), dnsmasq and aardvark-dns (each
 #            on the kernel bridge's gateway address, asked by a namespace
@@ -52,7 +61,7 @@ DUR="${DUR:-4}" REPS="${REPS:-5}" SP_DUR="${SP_DUR:-3}" MTU="${MTU:-1500}"
 DNS_DUR="${DNS_DUR:-4}" DNS_QPS="${DNS_QPS:-20000}"
 # extra options for every tapnet daemon (e.g. --busy-poll-us 20)
 TAPNET_ARGS="${TAPNET_ARGS:-}"
-SETS="${SETS:-switch nat socknat publish dns}"
+SETS="${SETS:-switch nat socknat publish macvlan overlay dns}"
 has() { [[ " $SETS " == *" $1 "* ]]; }
 [ "$(id -u)" = 0 ] || { echo "compare.sh: run as root" >&2; exit 1; }
 AARDVARK=$(command -v aardvark-dns || echo /usr/lib/podman/aardvark-dns)
@@ -60,6 +69,7 @@ need=(iperf3 sockperf python3 timeout)
 has socknat && need+=(pasta slirp4netns unshare)
 has publish && need+=(pasta)
 has dns && need+=(dnsperf dnsmasq "$AARDVARK")
+has overlay && need+=(etcd etcdctl bridge)
 for t in "${need[@]}"; do
 	command -v $t >/dev/null || { echo "compare.sh: missing $t (scripts/deps.sh installs it)" >&2; exit 1; }
 done
@@ -91,7 +101,7 @@ mkns() { for n in "$@"; do ip netns add "$n" && ip -n "$n" link set lo up; done;
 # server listens on (default: the same)|the forwarding process, if any
 # (its CPU is reported)
 ROWS=()
-declare -A SLPID PTPID
+declare -A SLPID PTPID OPID
 PAIRS=() # tapnet row:reference row, for the ratio lines
 row() { ROWS+=("$1"); LAST=$((${#ROWS[@]} - 1)); }
 waitaddr() { # NS DEV ADDR
@@ -225,6 +235,88 @@ if has socknat; then
 		row "tapnet socket NAT out, MTU $m|tn_cmp_s_c$m|tn_cmp_sinet|198.19.0.1||$SPID"
 		PAIRS+=("$LAST:$sl" "$LAST:$pt")
 	done
+fi
+
+if has macvlan; then
+	# the parent's segment: two veths from the daemon's namespace to
+	# tn_cmp_lan, one the parent of tapnet's macvlan network, one the
+	# parent of a kernel macvlan device (bridge mode) in tn_cmp_kmv
+	mkns tn_cmp_lan tn_cmp_kmv
+	for i in 0 1; do
+		ip -n tn_cmp_host link add lanp$i type veth peer name lan$i netns tn_cmp_lan
+		ip -n tn_cmp_host link set lanp$i mtu "$MTU" up
+		ip -n tn_cmp_lan addr add 10.9$((8 - i)).0.1/24 dev lan$i
+		ip -n tn_cmp_lan link set lan$i mtu "$MTU" up
+	done
+	ip -n tn_cmp_host link add kmv0 link lanp1 type macvlan mode bridge
+	ip -n tn_cmp_host link set kmv0 netns tn_cmp_kmv
+	ip -n tn_cmp_kmv addr add 10.97.0.2/24 dev kmv0
+	ip -n tn_cmp_kmv link set kmv0 mtu "$MTU" up
+	"$T" network create -d macvlan -o parent=lanp0 --subnet 10.98.0.0/24 --gateway 10.98.0.1 \
+		--mtu "$MTU" mvnet >/dev/null || exit 1
+	"$T" run --network mvnet --name mv --ip 10.98.0.2 -- sleep 100000 >"$OUT/mv.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 3 ] && break; sleep 0.1; done
+	row "kernel macvlan (bridge mode) -> a peer on the parent's segment|tn_cmp_kmv|tn_cmp_lan|10.97.0.1"; ref=$LAST
+	row "tapnet macvlan -> a peer on the parent's segment|tn_cmp_mv|tn_cmp_lan|10.98.0.1||$DPID"
+	PAIRS+=("$LAST:$ref")
+fi
+
+if has overlay; then
+	# two hosts (namespaces) on an underlay veth (MTU 1500), etcd on host
+	# 1, a tapnet daemon on each; and the kernel's VXLAN path Docker's
+	# overlay uses (veth - bridge - vxlan - underlay, static FDB, as
+	# ../shared/anchors/vxlan.sh builds it) on two more
+	mkns tn_cmp_o1 tn_cmp_o2
+	ip -n tn_cmp_o1 link add ul0 type veth peer name ul0 netns tn_cmp_o2
+	for i in 1 2; do
+		ip -n tn_cmp_o$i addr add 10.77.8.$i/24 dev ul0
+		ip -n tn_cmp_o$i link set ul0 mtu 1500 up
+	done
+	ip netns exec tn_cmp_o1 etcd --name n1 --data-dir "$OUT/etcd" \
+		--listen-client-urls http://10.77.8.1:2379 --advertise-client-urls http://10.77.8.1:2379 \
+		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+		--initial-cluster n1=http://127.0.0.1:2380 >"$OUT/etcd.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 100); do ip netns exec tn_cmp_o1 etcdctl --endpoints http://10.77.8.1:2379 endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+	for i in 1 2; do
+		mkdir -p "$OUT/o$i"
+		nsenter --net=/run/netns/tn_cmp_o$i "$T" daemon $TAPNET_ARGS --state-dir "$OUT/o$i/state" \
+			--socket "$OUT/o$i/tapnet.sock" --netns-prefix tn_cmp_o${i}_ --dns 127.0.0.1 \
+			--cluster-store etcd://10.77.8.1:2379 --cluster-advertise 10.77.8.$i >"$OUT/o$i/daemon.log" 2>&1 &
+		PIDS+=($!)
+		OPID[$i]=$!
+		for _ in $(seq 100); do TAPNET_SOCKET="$OUT/o$i/tapnet.sock" "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
+	done
+	TAPNET_SOCKET="$OUT/o1/tapnet.sock" "$T" network create -d overlay --subnet 10.96.0.0/24 ov >/dev/null || exit 1
+	for _ in $(seq 100); do TAPNET_SOCKET="$OUT/o2/tapnet.sock" "$T" network ls -q | grep -qx ov && break; sleep 0.1; done
+	for i in 1 2; do
+		TAPNET_SOCKET="$OUT/o$i/tapnet.sock" "$T" run --network ov --name c --ip 10.96.0.1$i -- sleep 100000 >"$OUT/o$i/c.log" 2>&1 &
+		PIDS+=($!)
+	done
+	for i in 1 2; do
+		for _ in $(seq 100); do [ "$(TAPNET_SOCKET="$OUT/o$i/tapnet.sock" "$T" ps -q | wc -l)" = 1 ] && break; sleep 0.1; done
+	done
+	mkns tn_cmp_kh1 tn_cmp_kh2 tn_cmp_kc1 tn_cmp_kc2
+	ip -n tn_cmp_kh1 link add ul0 type veth peer name ul0 netns tn_cmp_kh2
+	for i in 1 2; do
+		h=tn_cmp_kh$i c=tn_cmp_kc$i o=$((3 - i))
+		ip -n $h link set ul0 mtu 1500 up
+		ip -n $h addr add 10.77.18.$i/24 dev ul0
+		ip -n $h link add br0 type bridge stp_state 0
+		ip -n $h link add vxlan0 type vxlan id 4096 dstport 4789 local 10.77.18.$i nolearning
+		ip -n $h link set vxlan0 mtu 1450 master br0 up
+		ip -n $h link add vc$i type veth peer name eth0 netns $c
+		ip -n $h link set vc$i mtu 1450 master br0 up
+		ip -n $h link set br0 up
+		ip -n $c link set eth0 address 02:42:0a:4d:13:0$i mtu 1450 up
+		ip -n $c addr add 10.77.19.$i/24 dev eth0
+		bridge -n $h fdb append 02:42:0a:4d:13:0$o dev vxlan0 dst 10.77.18.$o self permanent
+		ip -n $c neigh add 10.77.19.$o lladdr 02:42:0a:4d:13:0$o dev eth0 nud permanent
+	done
+	row "kernel VXLAN (bridge - vxlan - underlay veth)|tn_cmp_kc1|tn_cmp_kc2|10.77.19.2"; ref=$LAST
+	row "tapnet overlay (host 1 -> host 2)|tn_cmp_o1_c|tn_cmp_o2_c|10.96.0.12||${OPID[1]}"
+	PAIRS+=("$LAST:$ref")
 fi
 
 if has publish; then
