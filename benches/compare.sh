@@ -59,6 +59,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DUR:-4}" REPS="${REPS:-5}" SP_DUR="${SP_DUR:-3}" MTU="${MTU:-1500}"
 DNS_DUR="${DNS_DUR:-4}" DNS_QPS="${DNS_QPS:-20000}"
+# IDLE=N idle containers beside the measuring ones (see below)
 # extra options for every tapnet daemon (e.g. --busy-poll-us 20)
 TAPNET_ARGS="${TAPNET_ARGS:-}"
 SETS="${SETS:-switch nat socknat publish macvlan overlay dns}"
@@ -132,6 +133,17 @@ for c in cli srv; do
 done
 for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
 SRV=10.99.0.2
+# IDLE=N: N more containers on the measured network, idle, attached
+# before anything is measured (the switch's tables and the datapath's
+# port set grow; the two measuring containers should not notice)
+if [ "${IDLE:-0}" -gt 0 ]; then
+	for i in $(seq "$IDLE"); do
+		"$T" run --network bench --name "idle$i" -- sleep 100000 >/dev/null 2>&1 &
+		PIDS+=($!)
+	done
+	for _ in $(seq 600); do [ "$("$T" ps -q | wc -l)" -ge $((IDLE + 2)) ] && break; sleep 0.1; done
+	log "$(("$("$T" ps -q | wc -l)" - 2)) idle containers attached; daemon RSS $(awk '/VmRSS/ {print $2, $3}' /proc/$DPID/status)"
+fi
 
 if has switch; then
 	mkns tn_cmp_v1 tn_cmp_v2
@@ -256,7 +268,7 @@ if has macvlan; then
 		--mtu "$MTU" mvnet >/dev/null || exit 1
 	"$T" run --network mvnet --name mv --ip 10.98.0.2 -- sleep 100000 >"$OUT/mv.log" 2>&1 &
 	PIDS+=($!)
-	for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" = 3 ] && break; sleep 0.1; done
+	for _ in $(seq 100); do [ "$("$T" ps -q | wc -l)" -ge $((3 + ${IDLE:-0})) ] && break; sleep 0.1; done
 	row "kernel macvlan (bridge mode) -> a peer on the parent's segment|tn_cmp_kmv|tn_cmp_lan|10.97.0.1"; ref=$LAST
 	row "tapnet macvlan -> a peer on the parent's segment|tn_cmp_mv|tn_cmp_lan|10.98.0.1||$DPID"
 	PAIRS+=("$LAST:$ref")
@@ -532,7 +544,7 @@ try: print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))
 except Exception: print('NA')" "$1" "$2"; }
 label() { echo "${ROWS[$1]}" | cut -d'|' -f1; }
 echo
-echo "Interleaved: REPS=$REPS DUR=$DUR SP_DUR=$SP_DUR MTU=$MTU SETS=\"$SETS\" TAPNET_ARGS=\"$TAPNET_ARGS\", $(date -u +%Y-%m-%d) (median [min-max]; RR and latency: lower is better)"
+echo "Interleaved: REPS=$REPS DUR=$DUR SP_DUR=$SP_DUR MTU=$MTU SETS=\"$SETS\" TAPNET_ARGS=\"$TAPNET_ARGS\" IDLE=${IDLE:-0}, $(date -u +%Y-%m-%d) (median [min-max]; RR and latency: lower is better)"
 echo
 [ ${#ROWS[@]} -gt 0 ] && {
 echo "| path | TCP 1-stream Gbps | TCP 4-stream Gbps | UDP 64B rx pps | TCP RR p50 us |"
