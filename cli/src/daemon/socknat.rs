@@ -526,7 +526,9 @@ impl Net {
                         c.blocked.store(true, Ordering::Release);
                         break;
                     };
-                    let mut buf = vec![0u8; 65536];
+                    // sized to what is queued: a 64-byte request should
+                    // not cost zeroing 64 KiB
+                    let mut buf = vec![0u8; s.recv_queue().clamp(1, 65536)];
                     match s.recv_slice(&mut buf) {
                         Ok(n) if n > 0 => {
                             buf.truncate(n);
