@@ -57,6 +57,7 @@
 # here; processes are stopped by PID.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 DUR="${DUR:-4}" REPS="${REPS:-5}" SP_DUR="${SP_DUR:-3}" MTU="${MTU:-1500}"
 DNS_DUR="${DNS_DUR:-4}" DNS_QPS="${DNS_QPS:-20000}"
 # IDLE=N idle containers beside the measuring ones (see below)
@@ -155,17 +156,7 @@ if has switch; then
 	done
 fi
 if has switch || has dns; then
-	mkns tn_cmp_kbr tn_cmp_kb1 tn_cmp_kb2
-	ip -n tn_cmp_kbr link add br0 type bridge stp_state 0
-	ip -n tn_cmp_kbr link set br0 mtu "$MTU"
-	for i in 1 2; do
-		ip -n tn_cmp_kbr link add vb$i type veth peer name eth0 netns tn_cmp_kb$i
-		ip -n tn_cmp_kbr link set vb$i mtu "$MTU" master br0 up
-		ip -n tn_cmp_kb$i link set eth0 mtu "$MTU"
-		ip -n tn_cmp_kb$i addr add 10.77.1.$i/24 dev eth0
-		ip -n tn_cmp_kb$i link set eth0 up
-	done
-	ip -n tn_cmp_kbr link set br0 up
+	kernel_bridge tn_cmp_ "$MTU"
 fi
 if has switch; then
 	row "veth (ceiling)|tn_cmp_v1|tn_cmp_v2|10.76.1.2"
@@ -309,23 +300,7 @@ if has overlay; then
 	for i in 1 2; do
 		for _ in $(seq 100); do [ "$(TAPNET_SOCKET="$OUT/o$i/tapnet.sock" "$T" ps -q | wc -l)" = 1 ] && break; sleep 0.1; done
 	done
-	mkns tn_cmp_kh1 tn_cmp_kh2 tn_cmp_kc1 tn_cmp_kc2
-	ip -n tn_cmp_kh1 link add ul0 type veth peer name ul0 netns tn_cmp_kh2
-	for i in 1 2; do
-		h=tn_cmp_kh$i c=tn_cmp_kc$i o=$((3 - i))
-		ip -n $h link set ul0 mtu 1500 up
-		ip -n $h addr add 10.77.18.$i/24 dev ul0
-		ip -n $h link add br0 type bridge stp_state 0
-		ip -n $h link add vxlan0 type vxlan id 4096 dstport 4789 local 10.77.18.$i nolearning
-		ip -n $h link set vxlan0 mtu 1450 master br0 up
-		ip -n $h link add vc$i type veth peer name eth0 netns $c
-		ip -n $h link set vc$i mtu 1450 master br0 up
-		ip -n $h link set br0 up
-		ip -n $c link set eth0 address 02:42:0a:4d:13:0$i mtu 1450 up
-		ip -n $c addr add 10.77.19.$i/24 dev eth0
-		bridge -n $h fdb append 02:42:0a:4d:13:0$o dev vxlan0 dst 10.77.18.$o self permanent
-		ip -n $c neigh add 10.77.19.$o lladdr 02:42:0a:4d:13:0$o dev eth0 nud permanent
-	done
+	kernel_vxlan tn_cmp_
 	row "kernel VXLAN (bridge - vxlan - underlay veth)|tn_cmp_kc1|tn_cmp_kc2|10.77.19.2"; ref=$LAST
 	row "tapnet overlay (host 1 -> host 2)|tn_cmp_o1_c|tn_cmp_o2_c|10.96.0.12||${OPID[1]}"
 	PAIRS+=("$LAST:$ref")

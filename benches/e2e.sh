@@ -44,6 +44,7 @@
 #   overlay-encrypted  the same with -o encrypted
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 DUR="${DUR:-10}" REPS="${REPS:-3}" SP_DUR="${SP_DUR:-5}" MTU="${MTU:-1500}" MODE="${MODE:-c2c}"
 PING_COUNT="${PING_COUNT:-200}" PING_INTERVAL="${PING_INTERVAL:-0.01}"
 [ "$(id -u)" = 0 ] || { echo "e2e.sh: run as root" >&2; exit 1; }
@@ -161,23 +162,7 @@ if [ -n "$OVERLAY" ]; then
 	CLUSTER=(--cluster-store etcd://10.77.8.1:2379)
 	DAEMON_ARGS="${DAEMON_ARGS:-} ${CLUSTER[*]} --cluster-advertise 10.77.8.1"
 	# the kernel's path, on namespaces of its own (as the anchor builds it)
-	for n in kh1 kh2 kc1 kc2; do ip netns add tn_e2e_$n && ip -n tn_e2e_$n link set lo up; done
-	ip -n tn_e2e_kh1 link add ul0 type veth peer name ul0 netns tn_e2e_kh2
-	for i in 1 2; do
-		h=tn_e2e_kh$i c=tn_e2e_kc$i o=$((3 - i))
-		ip -n $h link set ul0 mtu 1500 up
-		ip -n $h addr add 10.77.18.$i/24 dev ul0
-		ip -n $h link add br0 type bridge stp_state 0
-		ip -n $h link add vxlan0 type vxlan id 4096 dstport 4789 local 10.77.18.$i nolearning
-		ip -n $h link set vxlan0 mtu 1450 master br0 up
-		ip -n $h link add vc$i type veth peer name eth0 netns $c
-		ip -n $h link set vc$i mtu 1450 master br0 up
-		ip -n $h link set br0 up
-		ip -n $c link set eth0 address 02:42:0a:4d:13:0$i mtu 1450 up
-		ip -n $c addr add 10.77.19.$i/24 dev eth0
-		bridge -n $h fdb append 02:42:0a:4d:13:0$o dev vxlan0 dst 10.77.18.$o self permanent
-		ip -n $c neigh add 10.77.19.$o lladdr 02:42:0a:4d:13:0$o dev eth0 nud permanent
-	done
+	kernel_vxlan tn_e2e_
 fi
 nsenter --net=/run/netns/tn_e2e_host "${AS[@]}" "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
 	--dns 127.0.0.1 "${UPLINK[@]}" ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
@@ -239,18 +224,7 @@ elif [ "$MODE" = macvlan ]; then
 elif [ "$MODE" = c2c6 ]; then
 	tn network create bench --ipv6 --subnet 10.99.0.0/24 --subnet fd00:99::/64 --mtu "$MTU" >/dev/null || exit 1
 	# the kernel bridge, both families, on namespaces of its own
-	for n in kbr kb1 kb2; do ip netns add tn_e2e_$n && ip -n tn_e2e_$n link set lo up; done
-	ip -n tn_e2e_kbr link add br0 type bridge stp_state 0
-	ip -n tn_e2e_kbr link set br0 mtu "$MTU"
-	for i in 1 2; do
-		ip -n tn_e2e_kbr link add vb$i type veth peer name eth0 netns tn_e2e_kb$i
-		ip -n tn_e2e_kbr link set vb$i mtu "$MTU" master br0 up
-		ip -n tn_e2e_kb$i link set eth0 mtu "$MTU"
-		ip -n tn_e2e_kb$i addr add 10.77.1.$i/24 dev eth0
-		ip -n tn_e2e_kb$i addr add fd00:77::$i/64 dev eth0 nodad
-		ip -n tn_e2e_kb$i link set eth0 up
-	done
-	ip -n tn_e2e_kbr link set br0 up
+	kernel_bridge tn_e2e_ "$MTU" v6
 else
 	tn network create bench --subnet 10.99.0.0/24 --mtu "$MTU" >/dev/null || exit 1
 fi
