@@ -276,12 +276,7 @@ if has overlay; then
 		ip -n tn_cmp_o$i addr add 10.77.8.$i/24 dev ul0
 		ip -n tn_cmp_o$i link set ul0 mtu 1500 up
 	done
-	ip netns exec tn_cmp_o1 etcd --name n1 --data-dir "$OUT/etcd" \
-		--listen-client-urls http://10.77.8.1:2379 --advertise-client-urls http://10.77.8.1:2379 \
-		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-		--initial-cluster n1=http://127.0.0.1:2380 >"$OUT/etcd.log" 2>&1 &
-	PIDS+=($!)
-	for _ in $(seq 100); do ip netns exec tn_cmp_o1 etcdctl --endpoints http://10.77.8.1:2379 endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+	start_etcd tn_cmp_o1 || { echo "etcd did not start: $OUT/etcd.log" >&2; exit 1; }
 	for i in 1 2; do
 		mkdir -p "$OUT/o$i"
 		nsenter --net=/run/netns/tn_cmp_o$i "$T" daemon $TAPNET_ARGS --state-dir "$OUT/o$i/state" \

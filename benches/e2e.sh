@@ -153,12 +153,7 @@ if [ -n "$OVERLAY" ]; then
 		ip -n $h addr add 10.77.8.$i/24 dev ul0
 		ip -n $h link set ul0 mtu 1500 up
 	done
-	ip netns exec tn_e2e_host etcd --name n1 --data-dir "$OUT/etcd" \
-		--listen-client-urls http://10.77.8.1:2379 --advertise-client-urls http://10.77.8.1:2379 \
-		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-		--initial-cluster n1=http://127.0.0.1:2380 >"$OUT/etcd.log" 2>&1 &
-	PIDS+=($!)
-	for _ in $(seq 100); do ip netns exec tn_e2e_host etcdctl --endpoints http://10.77.8.1:2379 endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+	start_etcd tn_e2e_host || { echo "etcd did not start: $OUT/etcd.log" >&2; exit 1; }
 	CLUSTER=(--cluster-store etcd://10.77.8.1:2379)
 	DAEMON_ARGS="${DAEMON_ARGS:-} ${CLUSTER[*]} --cluster-advertise 10.77.8.1"
 	# the kernel's path, on namespaces of its own (as the anchor builds it)

@@ -44,3 +44,19 @@ kernel_vxlan() { # PREFIX
 		ip -n "$c" neigh add 10.77.19.$o lladdr 02:42:0a:4d:13:0$o dev eth0 nud permanent
 	done
 }
+
+# etcd for the overlay hosts, in namespace NS, clients on 10.77.8.1:2379
+# (host 1's underlay address), data in OUT/etcd; its PID joins PIDS, and
+# it is healthy when this returns.
+start_etcd() { # NS
+	ip netns exec "$1" etcd --name n1 --data-dir "$OUT/etcd" \
+		--listen-client-urls http://10.77.8.1:2379 --advertise-client-urls http://10.77.8.1:2379 \
+		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+		--initial-cluster n1=http://127.0.0.1:2380 >"$OUT/etcd.log" 2>&1 &
+	PIDS+=($!)
+	for _ in $(seq 100); do
+		ip netns exec "$1" etcdctl --endpoints http://10.77.8.1:2379 endpoint health >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	return 1
+}
