@@ -70,7 +70,7 @@ AARDVARK=$(command -v aardvark-dns || echo /usr/lib/podman/aardvark-dns)
 need=(iperf3 sockperf python3 timeout)
 has socknat && need+=(pasta slirp4netns unshare)
 has publish && need+=(pasta)
-has dns && need+=(dnsperf dnsmasq "$AARDVARK")
+has dns && need+=(dnsperf dnsmasq dig "$AARDVARK")
 has overlay && need+=(etcd etcdctl bridge)
 for t in "${need[@]}"; do
 	command -v $t >/dev/null || { echo "compare.sh: missing $t (scripts/deps.sh installs it)" >&2; exit 1; }
@@ -205,6 +205,10 @@ if has socknat; then
 			[ "$(readlink /proc/$spid/ns/net 2>/dev/null)" != "$(readlink /proc/self/ns/net)" ] && break
 			sleep 0.05
 		done
+		# never attach (and let slirp4netns configure) this script's own
+		# namespace
+		[ "$(readlink /proc/$spid/ns/net 2>/dev/null)" != "$(readlink /proc/self/ns/net)" ] ||
+			{ echo "compare.sh: unshare made no namespace" >&2; exit 1; }
 		ip netns attach tn_cmp_sl$m $spid
 		ip netns exec tn_cmp_shost slirp4netns --configure --mtu=$m $spid tap0 >"$OUT/slirp.$m.log" 2>&1 &
 		PIDS+=($!)

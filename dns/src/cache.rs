@@ -18,9 +18,15 @@
 //! folded), type, class, the transport, whether the query had EDNS, its
 //! DO and CD bits. A UDP hit larger than the client's UDP size is a miss.
 //!
-//! Bounded: at most `capacity` entries; a full cache first forgets the
-//! oldest insertions. Expired entries go when they are next asked for or
-//! pushed out.
+//! Bounded: at most `capacity` entries of at most [`MAX_ANSWER`] bytes
+//! each, kept as the upstream sent them (a container cannot make the cache
+//! hold more than `capacity` x 1232 bytes of answers); a full cache first
+//! forgets the oldest insertions. Expired entries go when they are next
+//! asked for or pushed out. Answers to forwarded queries were checked
+//! for our own random ID and the query's question before they get here
+//! (`upstream`), and the caller scopes entries by network, so one
+//! network's containers cannot see from a cached TTL what another's
+//! asked.
 
 use crate::resolver::{Transport, CLASSIC_UDP};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
@@ -34,6 +40,8 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 pub const MAX_TTL: u32 = 3600;
 /// The longest a negative answer is kept.
 pub const MAX_NEGATIVE_TTL: u32 = 300;
+/// The largest answer kept (bytes; the EDNS payload we offer clients).
+pub const MAX_ANSWER: usize = crate::resolver::OUR_EDNS_PAYLOAD as usize;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Key {
@@ -48,7 +56,8 @@ struct Key {
 }
 
 struct Entry {
-    msg: Message,
+    /// The answer as the upstream sent it.
+    bytes: Vec<u8>,
     stored: Instant,
     expires: Instant,
     /// Its line in `Cache::order`.
@@ -99,7 +108,7 @@ impl Cache {
             return None;
         }
         let aged = now.duration_since(e.stored).as_secs().min(u32::MAX as u64) as u32;
-        let mut r = e.msg.clone();
+        let mut r = Message::from_vec(&e.bytes).ok()?;
         r.metadata.id = q.metadata.id;
         r.metadata.recursion_desired = q.metadata.recursion_desired;
         r.queries = q.queries.clone();
@@ -110,6 +119,11 @@ impl Cache {
             .chain(r.additionals.iter_mut())
         {
             rec.ttl = rec.ttl.saturating_sub(aged);
+            // a client takes the smaller of an SOA's TTL and its MINIMUM
+            // as the negative TTL: both must have aged
+            if let RData::SOA(soa) = &mut rec.data {
+                soa.minimum = soa.minimum.saturating_sub(aged);
+            }
         }
         let bytes = r.to_vec().ok()?;
         if t == Transport::Udp {
@@ -134,7 +148,7 @@ impl Cache {
         answer: &[u8],
         now: Instant,
     ) -> bool {
-        if self.capacity == 0 {
+        if self.capacity == 0 || answer.len() > MAX_ANSWER {
             return false;
         }
         let (Ok(q), Ok(a)) = (Message::from_vec(query), Message::from_vec(answer)) else {
@@ -159,14 +173,14 @@ impl Cache {
         self.map.insert(
             key,
             Entry {
-                msg: a,
+                bytes: answer.to_vec(),
                 stored: now,
                 expires: now + Duration::from_secs(ttl as u64),
                 seq: self.seq,
             },
         );
         // re-stored keys leave stale lines behind: keep the queue bounded
-        if self.order.len() > 2 * self.capacity.max(16) {
+        if self.order.len() > self.capacity.max(16).saturating_mul(2) {
             let map = &self.map;
             self.order
                 .retain(|(k, seq)| map.get(k).is_some_and(|e| e.seq == *seq));
@@ -353,11 +367,14 @@ mod tests {
         let hit = c
             .get(1, &q, Transport::Udp, base + Duration::from_secs(10))
             .unwrap();
-        assert_eq!(
-            Message::from_vec(&hit).unwrap().metadata.response_code,
-            ResponseCode::NXDomain
-        );
+        let m = Message::from_vec(&hit).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(ttls(&hit), vec![110]);
+        // the SOA's MINIMUM (30) has aged too: min(110, 20) s are left
+        match &m.authorities[0].data {
+            RData::SOA(soa) => assert_eq!(soa.minimum, 20),
+            other => panic!("{other:?}"),
+        }
         assert!(c
             .get(1, &q, Transport::Udp, base + Duration::from_secs(30))
             .is_none());
@@ -449,6 +466,11 @@ mod tests {
         let qe = make_query(9, "big.example.", RecordType::A, Some(1232));
         c.put(1, &qe, Transport::Udp, &answer(&qe, &big), base);
         assert!(c.get(1, &qe, Transport::Udp, base).is_some());
+        // larger than MAX_ANSWER: never stored (a container's own domain
+        // must not fill the daemon's memory)
+        let huge = answer(&qe, &[60; 100]);
+        assert!(huge.len() > MAX_ANSWER);
+        assert!(!c.put(1, &qe, Transport::Tcp, &huge, base));
         // capacity 0: off
         let mut off = Cache::new(0);
         assert!(!off.put(1, &q, Transport::Udp, &answer(&q, &[60]), base));

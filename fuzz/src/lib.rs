@@ -394,18 +394,25 @@ pub fn dns_query(data: &[u8]) {
     // and what a failed forward sends back
     let _ = r.servfail(q, t);
     // the cache, fed a hostile upstream: the input as the answer to a
-    // well-formed query, then as a query for what is stored; a hit must be
-    // a well-formed message
+    // well-formed query (ID 0x1234, x.example A); what it serves for that
+    // query, at once and aged, must be a well-formed message with the
+    // asker's ID
     let now = std::time::Instant::now();
     let mut c = dns::Cache::new(4);
     let good =
         dns::resolver::make_query(0x1234, "x.example.", hickory_proto::rr::RecordType::A, None);
     c.put(1, &good, t, q, now);
-    let _ = c.get(1, &good, t, now);
-    if let Some(b) = c.get(1, q, t, now + std::time::Duration::from_secs(1)) {
+    let again =
+        dns::resolver::make_query(0x4321, "X.example.", hickory_proto::rr::RecordType::A, None);
+    let later = now + std::time::Duration::from_secs(7);
+    for b in [c.get(1, &good, t, now), c.get(1, &again, t, later)]
+        .into_iter()
+        .flatten()
+    {
         use hickory_proto::serialize::binary::BinDecodable;
-        if let Err(e) = hickory_proto::op::Message::from_bytes(&b) {
-            panic!("the cache answered with a malformed message: {e}");
+        match hickory_proto::op::Message::from_bytes(&b) {
+            Ok(m) => assert!(m.metadata.id == 0x1234 || m.metadata.id == 0x4321),
+            Err(e) => panic!("the cache answered with a malformed message: {e}"),
         }
     }
 }

@@ -511,11 +511,12 @@ impl Svc {
         if servers.is_empty() {
             servers = self.defaults.clone();
         }
-        // the cache is per set of upstream servers (a network may have its
-        // own): they are its scope
+        // the cache is per network (one network's containers must not
+        // learn from a TTL what another's asked) and per set of upstream
+        // servers (a container may have its own)
         let scope = {
             let mut h = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&servers, &mut h);
+            std::hash::Hash::hash(&(net, &servers), &mut h);
             std::hash::Hasher::finish(&h)
         };
         let hit = self
