@@ -96,7 +96,9 @@ struct DaemonArgs {
     /// some CPU while traffic flows; an idle datapath never spins (0: off).
     /// Default: 50 with --uplink; 0 without (the socket NAT, the rootless
     /// back-end: there the spinning thread takes CPU from the socket
-    /// relay, and a rootless daemon shares its user's machine).
+    /// relay, and a rootless daemon shares its user's machine). Set, it
+    /// applies to the socket NAT's thread too (its request/response
+    /// latency for its rate of small datagrams).
     #[arg(long, value_name = "MICROSECONDS")]
     busy_poll_us: Option<u32>,
     /// Upstream DNS server (IP or IP:PORT) for names that are not local;

@@ -10,7 +10,23 @@ use tapnet_tests::*;
 
 #[test]
 fn socket_nat_tcp_udp_and_many_connections() {
-    let Some(mut env) = Env::with_host_link("socket_nat_tcp_udp_and_many_connections", &[]) else {
+    socket_nat_with(&[]);
+}
+
+/// The same with busy polling (the socket NAT's thread and the datapath
+/// poll for 50 us after traffic before they sleep).
+#[test]
+fn socket_nat_with_busy_polling() {
+    socket_nat_with(&["--busy-poll-us", "50"]);
+}
+
+fn socket_nat_with(args: &[&str]) {
+    let name = if args.is_empty() {
+        "socket_nat_tcp_udp_and_many_connections"
+    } else {
+        "socket_nat_busy"
+    };
+    let Some(mut env) = Env::with_host_link(name, args) else {
         return;
     };
     let inet = env.inet_ns();

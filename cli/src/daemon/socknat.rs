@@ -742,23 +742,34 @@ struct Svc {
 /// and its answer cross threads only between the datapath and this loop
 /// (on the daemon's shared runtime the relay tasks ran on the other
 /// worker, and every segment crossed twice more).
+///
+/// `spin`: after handling events, poll for the next one (yielding to the
+/// runtime, which polls the host sockets without sleeping) this long
+/// before sleeping; zero: never.
 pub fn start(
     rx: mpsc::Receiver<Event>,
     nat: SockNat,
     dp: Injector,
     quota: u32,
+    spin: Duration,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     std::thread::Builder::new()
         .name("tapnet-socknat".into())
-        .spawn(move || rt.block_on(run(rx, nat, dp, quota)))?;
+        .spawn(move || rt.block_on(run(rx, nat, dp, quota, spin)))?;
     Ok(())
 }
 
 /// The service loop: owns every network's stack.
-async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector, quota: u32) {
+async fn run(
+    mut rx: mpsc::Receiver<Event>,
+    nat: SockNat,
+    dp: Injector,
+    quota: u32,
+    spin: Duration,
+) {
     let svc = Svc {
         tx: nat.tx.clone(),
         stats: nat.stats.clone(),
@@ -767,13 +778,36 @@ async fn run(mut rx: mpsc::Receiver<Event>, nat: SockNat, dp: Injector, quota: u
     let t0 = Instant::now();
     let now = || SInstant::from_micros(t0.elapsed().as_micros() as i64);
     let mut nets: HashMap<NetIdx, Net> = HashMap::new();
+    let mut busy_until: Option<Instant> = None;
     loop {
-        let delays = nets
-            .values_mut()
-            .map(|n| n.iface.poll_delay(now(), &n.sockets));
-        let Some(first) = next_event(&mut rx, delays).await else {
-            return;
+        let mut spun = None;
+        if let Some(until) = busy_until.take() {
+            while Instant::now() < until {
+                match rx.try_recv() {
+                    Ok(ev) => {
+                        spun = Some(ev);
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+        }
+        let first = match spun {
+            Some(ev) => Some(ev),
+            None => {
+                let delays = nets
+                    .values_mut()
+                    .map(|n| n.iface.poll_delay(now(), &n.sockets));
+                let Some(first) = next_event(&mut rx, delays).await else {
+                    return;
+                };
+                first
+            }
         };
+        if first.is_some() && !spin.is_zero() {
+            busy_until = Some(Instant::now() + spin);
+        }
         let handle = |ev: Event, nets: &mut HashMap<NetIdx, Net>| match ev {
             Event::Frame(net, f) => {
                 if let Some(n) = nets.get_mut(&net) {

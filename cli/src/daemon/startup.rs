@@ -75,8 +75,14 @@ impl Core {
         .context("starting the datapath")?;
         let socknat = match sock {
             Some((s, rx)) => {
-                socknat::start(rx, s.clone(), dp.injector(), cfg.nat_quota)
-                    .context("starting the socket NAT")?;
+                socknat::start(
+                    rx,
+                    s.clone(),
+                    dp.injector(),
+                    cfg.nat_quota,
+                    std::time::Duration::from_micros(cfg.busy_poll_us as u64),
+                )
+                .context("starting the socket NAT")?;
                 log("outbound: socket NAT through the host's own sockets (no --uplink)");
                 Some(s)
             }
