@@ -26,25 +26,7 @@ fn segment(src: [u8; 4], sport: u16, flags: u8) -> Vec<u8> {
     b.extend_from_slice(&0x0800u16.to_be_bytes());
     let dst = [198, 51, 100, 7];
     let payload = b"hello, world";
-    let total = 20 + 20 + payload.len();
-    let mut ip = vec![
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        1,
-        0x40,
-        0,
-        64,
-        6,
-        0,
-        0,
-    ];
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let c = nat::csum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let ip = wire::ipv4::emit(20 + payload.len(), 6, 64, src.into(), dst.into());
     let mut tcp = vec![0u8; 20];
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&443u16.to_be_bytes());

@@ -10,26 +10,13 @@ fn frame(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; VNET];
     b.extend_from_slice(&[0xaa; 12]);
     b.extend_from_slice(&[8, 0]);
-    let total = 20 + l4.len();
-    let mut ip = vec![
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        1,
-        0x40,
-        0,
-        64,
+    b.extend_from_slice(&wire::ipv4::emit(
+        l4.len(),
         proto,
-        0,
-        0,
-    ];
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let c = csum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    b.extend_from_slice(&ip);
+        64,
+        src.into(),
+        dst.into(),
+    ));
     b.extend_from_slice(l4);
     fix_l4(&mut b);
     b

@@ -370,30 +370,17 @@ impl Net {
         m[2..4].copy_from_slice(&[0, 0]);
         let c = wire::csum::checksum(&m);
         m[2..4].copy_from_slice(&c.to_be_bytes());
-        let total = 20 + m.len();
         let mut f = vec![0u8; VNET_HDR_LEN];
         f.extend_from_slice(mac);
         f.extend_from_slice(&self.gw.mac.0);
         f.extend_from_slice(&wire::eth::ETHERTYPE_IPV4);
-        let mut ip = vec![
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            0,
-            0x40,
-            0,
+        f.extend_from_slice(&wire::ipv4::emit(
+            m.len(),
+            wire::ipv4::PROTO_ICMP,
             64,
-            1,
-            0,
-            0,
-        ];
-        ip.extend_from_slice(&remote.octets());
-        ip.extend_from_slice(&ctr.octets());
-        let c = wire::csum::checksum(&ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        f.extend_from_slice(&ip);
+            remote,
+            ctr,
+        ));
         f.extend_from_slice(&m);
         self.dev.tx.push(f);
     }
