@@ -373,7 +373,8 @@ if has dns; then
 	PIDS+=($!)
 	for _ in $(seq 50); do DT network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 	DT network create dnsn --subnet 10.98.0.0/24 >/dev/null || exit 1
-	DT run --network dnsn --name dq -- sleep 100000 >"$OUT/d/dq.log" 2>&1 &
+	# (not through DT: in the background, $! would be the subshell)
+	TAPNET_SOCKET="$OUT/d/tapnet.sock" "$T" run --network dnsn --name dq -- sleep 100000 >"$OUT/d/dq.log" 2>&1 &
 	PIDS+=($!)
 	for _ in $(seq 100); do [ "$(DT ps -q | wc -l)" = 1 ] && break; sleep 0.1; done
 	printf 'srv A\n' >"$OUT/q.local"
