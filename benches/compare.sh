@@ -82,16 +82,7 @@ OUT="${OUT:-$(mktemp -d /tmp/tn_cmp.XXXXXX)}"
 export TAPNET_SOCKET="$OUT/tapnet.sock"
 PIDS=()
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-cleanup() {
-	local i
-	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-		kill "${PIDS[i]}" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "${PIDS[i]}" 2>/dev/null
-		wait "${PIDS[i]}" 2>/dev/null
-	done
-	for ns in $(ip netns list | awk '/^tn_cmp_/ {print $1}'); do ip netns del "$ns"; done
-}
+cleanup() { stop_all tn_cmp_ 50; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 # (foreground only: in the background, $! would be the subshell, not the

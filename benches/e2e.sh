@@ -64,14 +64,9 @@ export TAPNET_SOCKET="$OUT/tapnet.sock"
 PIDS=()
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 cleanup() {
-	local i
-	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-		kill "${PIDS[i]}" 2>/dev/null
-		# dockerd takes a while: its containers first
-		for _ in $(seq 150); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "${PIDS[i]}" 2>/dev/null
-		wait "${PIDS[i]}" 2>/dev/null
-	done
+	# (dockerd takes a while: its containers first; the namespaces go
+	# after Docker's mounts)
+	stop_all "" 150
 	[ "$MODE" = docker ] && umount -R -l "$OUT/docker/exec" 2>/dev/null
 	for ns in $(ip netns list | awk '/^tn_e2e_/ {print $1}'); do ip netns del "$ns"; done
 }

@@ -60,3 +60,18 @@ start_etcd() { # NS
 	done
 	return 1
 }
+
+# Stops the processes in PIDS, newest first: TERM, up to TENTHS tenths of
+# a second to go, then KILL; then deletes the namespaces named PREFIX*
+# (none for an empty PREFIX).
+stop_all() { # PREFIX TENTHS
+	local i
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		kill "${PIDS[i]}" 2>/dev/null
+		for _ in $(seq "$2"); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "${PIDS[i]}" 2>/dev/null
+		wait "${PIDS[i]}" 2>/dev/null
+	done
+	[ -n "$1" ] || return 0
+	for ns in $(ip netns list | awk -v p="$1" 'index($1, p) == 1 {print $1}'); do ip netns del "$ns"; done
+}
