@@ -9,7 +9,9 @@
 # SETS picks the groups of rows (default: all of them):
 #   switch   veth (two namespaces on one veth pair: the ceiling); the
 #            kernel bridge (veth-br0-veth, as ../shared/anchors/bridge.sh
-#            builds it); tapnet (two `tapnet run` containers, one network)
+#            builds it); tapnet (two `tapnet run` containers, one network);
+#            the same on a second daemon with WORKERS (default 2)
+#            datapath workers (--datapath-workers)
 #   nat      kernel routing: a namespace -> veth -> a router namespace that
 #            forwards (ip_forward in that namespace only) -> veth -> "the
 #            internet", the iptables-free reference for outbound NAT. It
@@ -152,7 +154,28 @@ fi
 if has switch; then
 	row "veth (ceiling)|tn_cmp_v1|tn_cmp_v2|10.76.1.2"
 	row "kernel bridge|tn_cmp_kb1|tn_cmp_kb2|10.77.1.2"; ref=$LAST
-	row "tapnet|tn_cmp_cli|tn_cmp_srv|$SRV||$DPID"; PAIRS+=("$LAST:$ref")
+	row "tapnet|tn_cmp_cli|tn_cmp_srv|$SRV||$DPID"; PAIRS+=("$LAST:$ref"); one=$LAST
+	# the same with more datapath workers (WORKERS, default 2: container
+	# TAPs with that many queues): a second daemon, busy polling as the
+	# first has it by default with its uplink
+	WORKERS="${WORKERS:-2}"
+	mkns tn_cmp_whost
+	mkdir -p "$OUT/w"
+	nsenter --net=/run/netns/tn_cmp_whost "$T" daemon --busy-poll-us 50 $TAPNET_ARGS --datapath-workers "$WORKERS" \
+		--state-dir "$OUT/w/state" --socket "$OUT/w/tapnet.sock" --netns-prefix tn_cmp_w_ --dns 127.0.0.1 \
+		>"$OUT/w/daemon.log" 2>&1 &
+	PIDS+=($!)
+	WPID=$!
+	for _ in $(seq 50); do TAPNET_SOCKET="$OUT/w/tapnet.sock" "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
+	TAPNET_SOCKET="$OUT/w/tapnet.sock" "$T" network create wbench --subnet 10.95.0.0/24 --mtu "$MTU" >/dev/null || exit 1
+	for c in cli srv; do
+		TAPNET_SOCKET="$OUT/w/tapnet.sock" "$T" run --network wbench --name $c \
+			--ip 10.95.0.$([ $c = cli ] && echo 3 || echo 2) -- sleep 100000 >"$OUT/w/$c.log" 2>&1 &
+		PIDS+=($!)
+	done
+	for _ in $(seq 100); do [ "$(TAPNET_SOCKET="$OUT/w/tapnet.sock" "$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
+	row "tapnet, $WORKERS datapath workers|tn_cmp_w_cli|tn_cmp_w_srv|10.95.0.2||$WPID"
+	PAIRS+=("$LAST:$ref" "$LAST:$one")
 fi
 
 if has nat; then
@@ -557,5 +580,8 @@ if has dns; then
 fi
 echo
 "$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet switch drops:", {k: v for k, v in n["counters"]["drops"].items() if v})'
+if has switch; then
+	TAPNET_SOCKET="$OUT/w/tapnet.sock" "$T" network inspect wbench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet workers (main first):", n.get("datapath_workers"))'
+fi
 log "logs in $OUT"
 exit 0

@@ -207,6 +207,10 @@ pub struct NetworkInspect {
     /// tunnel's and the VTEP's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<serde_json::Value>,
+    /// With `--datapath-workers` > 1: what each worker (the main one
+    /// first) switched itself and handed over, daemon-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datapath_workers: Vec<vswitch::datapath::WorkerSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

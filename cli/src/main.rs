@@ -101,6 +101,16 @@ struct DaemonArgs {
     /// latency for its rate of small datagrams).
     #[arg(long, value_name = "MICROSECONDS")]
     busy_poll_us: Option<u32>,
+    /// Datapath worker threads (1-64): with more than one, container TAPs
+    /// get one queue per worker (IFF_MULTI_QUEUE), the kernel spreads
+    /// their flows over the queues, and helper workers switch known
+    /// container-to-container unicast on their queues themselves (the
+    /// rest goes through the main worker). Worth it with cores to spare
+    /// beside the containers' own work; TAPs made with another count keep
+    /// theirs until re-created.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    datapath_workers: u16,
     /// Upstream DNS server (IP or IP:PORT) for names that are not local;
     /// repeatable. Default: the nameservers of the host's /etc/resolv.conf.
     #[arg(long = "dns", value_name = "SERVER")]
@@ -468,6 +478,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 dns_cache: a.dns_cache,
                 docker_plugin: a.docker_plugin.clone(),
                 multishot: !a.single_read,
+                datapath_workers: a.datapath_workers as usize,
                 busy_poll_us: a.busy_poll_us.unwrap_or(if a.uplink.is_some() {
                     daemon::DEFAULT_BUSY_POLL_US
                 } else {

@@ -38,8 +38,9 @@ pub enum Learned {
     NetFull,
 }
 
+/// The table's key: network and MAC in one word.
 #[inline]
-fn key(net: NetIdx, mac: &Mac) -> u64 {
+pub fn key(net: NetIdx, mac: &Mac) -> u64 {
     (net as u64) << 48 | mac.as_u64()
 }
 
@@ -58,6 +59,9 @@ pub struct MacTable {
     per_net: FxHashMap<NetIdx, u32>,
     pub moves: u64,
     pub full_drops: u64,
+    /// Bumped whenever an entry appears, moves or goes: a copy made at one
+    /// version is current while the version is unchanged.
+    pub version: u64,
 }
 
 impl MacTable {
@@ -74,6 +78,7 @@ impl MacTable {
             per_net: FxHashMap::default(),
             moves: 0,
             full_drops: 0,
+            version: 0,
         }
     }
 
@@ -81,6 +86,7 @@ impl MacTable {
     /// ports of those it drops.
     fn retain_counted(&mut self, mut keep: impl FnMut(u64, &Entry) -> bool) {
         let (per_port, per_net) = (&mut self.per_port, &mut self.per_net);
+        let before = self.map.len();
         self.map.retain(|k, e| {
             let kept = keep(*k, e);
             if !kept {
@@ -97,6 +103,9 @@ impl MacTable {
             }
             kept
         });
+        if self.map.len() != before {
+            self.version += 1;
+        }
     }
 
     /// Sets the most MACs one network may have learned (0: no limit).
@@ -140,6 +149,7 @@ impl MacTable {
                 // the common case: one hash, updated in place
                 e.last_seen = now;
                 return if expired {
+                    self.version += 1;
                     Learned::New
                 } else {
                     Learned::Refreshed
@@ -158,6 +168,7 @@ impl MacTable {
             );
             *self.count(from) -= 1;
             *self.count(port) += 1;
+            self.version += 1;
             if expired {
                 return Learned::New;
             }
@@ -184,6 +195,7 @@ impl MacTable {
         );
         *self.count(port) += 1;
         *self.per_net.entry(net).or_default() += 1;
+        self.version += 1;
         Learned::New
     }
 

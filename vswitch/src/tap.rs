@@ -121,7 +121,10 @@ fn ioctl_err(what: &str, name: &str) -> io::Error {
 }
 
 /// Opens (creating if needed) TAP device `opts.name` in the *current
-/// thread's* network namespace; returns one fd per queue.
+/// thread's* network namespace; returns one fd per queue. An existing
+/// device keeps the queue mode it was made with: a single-queue one gives
+/// one fd whatever `opts.queues` says, and a multi-queue one is attached
+/// as such even for one queue (the kernel refuses a mode change).
 pub fn open_tap(opts: &TapOptions) -> io::Result<Vec<OwnedFd>> {
     let name = &opts.name;
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
@@ -131,7 +134,9 @@ pub fn open_tap(opts: &TapOptions) -> io::Result<Vec<OwnedFd>> {
         ));
     }
     let cname = CString::new(name.as_str()).expect("checked");
-    let queues = opts.queues.max(1);
+    let mut queues = opts.queues.max(1);
+    let mut multi = queues > 1;
+    let mut flipped = false;
     let mut fds = Vec::with_capacity(queues);
     let dev = CString::new(
         opts.clone_device
@@ -141,7 +146,8 @@ pub fn open_tap(opts: &TapOptions) -> io::Result<Vec<OwnedFd>> {
             .as_encoded_bytes(),
     )
     .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad TUN device path"))?;
-    for q in 0..queues {
+    let mut q = 0;
+    while q < queues {
         let fd = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if fd < 0 {
             let e = io::Error::last_os_error();
@@ -162,11 +168,24 @@ pub fn open_tap(opts: &TapOptions) -> io::Result<Vec<OwnedFd>> {
         if opts.offload {
             req.flags |= IFF_VNET_HDR;
         }
-        if queues > 1 {
+        if multi {
             req.flags |= IFF_MULTI_QUEUE;
         }
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            return Err(ioctl_err("TUNSETIFF", name));
+            let e = io::Error::last_os_error();
+            if q == 0 && e.raw_os_error() == Some(libc::EINVAL) && !flipped {
+                // the device exists in the other queue mode: take it as it is
+                flipped = true;
+                multi = !multi;
+                if !multi {
+                    queues = 1;
+                }
+                continue;
+            }
+            return Err(io::Error::new(
+                e.kind(),
+                format!("TAP {name}: TUNSETIFF: {e}"),
+            ));
         }
         if q == 0 {
             if opts.offload {
@@ -187,6 +206,7 @@ pub fn open_tap(opts: &TapOptions) -> io::Result<Vec<OwnedFd>> {
             set_persist(&fd, opts.persist).map_err(|_| ioctl_err("TUNSETPERSIST", name))?;
         }
         fds.push(fd);
+        q += 1;
     }
     Ok(fds)
 }

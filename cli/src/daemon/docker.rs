@@ -418,7 +418,7 @@ impl super::Core {
         how: super::netns::DockerTap,
     ) -> anyhow::Result<vswitch::PortId> {
         let n = &self.nets[net];
-        let (fd, at) = super::netns::open_docker_tap(
+        let (fds, at) = super::netns::open_docker_tap(
             how,
             &super::netns::docker_tap_alias(e.docker.as_deref().unwrap_or_default()),
             e.mac,
@@ -431,10 +431,10 @@ impl super::Core {
             ip: e.ip,
         });
         // (if the switch refuses it, the TAP must not outlive this)
-        let keep = fd.try_clone()?;
+        let keep = fds[0].try_clone()?;
         let port = self
             .dp
-            .add_secured_port(key, n.idx, n.rec.mtu, fd, identity)
+            .add_port_queues(key, n.idx, n.rec.mtu, fds, identity)
             .inspect_err(|_| {
                 let _ = vswitch::tap::set_persist(&keep, false);
             })?;
@@ -447,14 +447,14 @@ impl super::Core {
     pub(super) fn docker_let_go(&self, e: &super::EndpointRecord) {
         let how = super::netns::DockerTap::Find { sandbox: None };
         let alias = super::netns::docker_tap_alias(e.docker.as_deref().unwrap_or_default());
-        if let Ok((fd, _)) = super::netns::open_docker_tap(
+        if let Ok((fds, _)) = super::netns::open_docker_tap(
             how,
             &alias,
             e.mac,
             &e.ifname,
             self.cfg.tun_device.as_deref(),
         ) {
-            let _ = vswitch::tap::set_persist(&fd, false);
+            let _ = vswitch::tap::set_persist(&fds[0], false);
         }
     }
 

@@ -70,6 +70,8 @@ pub struct DaemonConfig {
     pub dns_cache: usize,
     pub multishot: bool,
     pub busy_poll_us: u32,
+    /// Datapath worker threads (queues per container TAP).
+    pub datapath_workers: usize,
     /// Upstream DNS servers (empty: the host's /etc/resolv.conf).
     pub dns: Vec<String>,
     /// Resolve container names on the default bridge too.

@@ -10,6 +10,19 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use vswitch::{in_netns, open_tap, Mac, NetnsRef, TapOptions};
 
+/// A TAP's fds, one per queue (the first always there): one per datapath
+/// worker.
+pub type Queues = Vec<OwnedFd>;
+
+/// Queues each container TAP is opened with: the datapath's workers. Set
+/// once, when the daemon starts its datapath.
+static TAP_QUEUES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// See [`TAP_QUEUES`].
+pub fn set_tap_queues(n: usize) {
+    TAP_QUEUES.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Where namespaces are bind-mounted unless the daemon says otherwise
 /// (rootless: a directory of its own mount namespace).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -122,11 +135,12 @@ pub struct IfSpec {
 /// Opens (creating, or re-attaching to an existing persistent one) the TAP
 /// device inside `ns` and configures it: MAC, MTU, address, up, default
 /// route. Idempotent, so a restarted daemon can call it on a live endpoint.
-pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Result<OwnedFd> {
+pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Result<Queues> {
     let spec = spec.clone();
     let tun = tun.map(Path::to_path_buf);
-    in_netns(ns, move || -> Result<OwnedFd> {
-        let fd = open_persistent_tap(&spec.ifname, tun)?;
+    in_netns(ns, move || -> Result<Queues> {
+        let fds = open_persistent_tap(&spec.ifname, tun)?;
+        let fd = &fds[0];
         // Like Docker on an IPv4-only network: no IPv6 on the container
         // interface (no SLAAC, DAD, MLD or router solicitations to flood).
         // On a dual-stack network: IPv6 on, the static address usable at
@@ -144,7 +158,7 @@ pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Resul
             ] {
                 if let Err(e) = std::fs::write(format!("{conf}/{k}"), v) {
                     // don't leave a half-configured device behind
-                    let _ = vswitch::tap::set_persist(&fd, false);
+                    let _ = vswitch::tap::set_persist(fd, false);
                     bail!(
                         "enabling IPv6 on {} ({k}): {e} (is IPv6 disabled on this host?)",
                         spec.ifname
@@ -160,28 +174,29 @@ pub fn setup_endpoint(ns: &NetnsRef, spec: &IfSpec, tun: Option<&Path>) -> Resul
         });
         if let Err(e) = r {
             // don't leave a half-configured device behind
-            let _ = vswitch::tap::set_persist(&fd, false);
+            let _ = vswitch::tap::set_persist(fd, false);
             return Err(e);
         }
-        Ok(fd)
+        Ok(fds)
     })?
 }
 
 /// Opens the persistent TAP `name` of the calling thread's namespace,
-/// creating it if there is none.
-fn open_persistent_tap(name: &str, tun: Option<PathBuf>) -> Result<OwnedFd> {
+/// creating it if there is none, with [`TAP_QUEUES`] queues (one if it
+/// exists with one).
+fn open_persistent_tap(name: &str, tun: Option<PathBuf>) -> Result<Queues> {
     let opts = TapOptions {
         name: name.to_string(),
         offload: true,
         persist: true,
-        queues: 1,
+        queues: TAP_QUEUES.load(std::sync::atomic::Ordering::Relaxed),
         clone_device: tun,
     };
     // EBUSY: the device's queue is still held by a previous daemon that
     // just died (its io_uring is torn down asynchronously and releases the
     // TAP file a moment after the process is gone).
     let t0 = std::time::Instant::now();
-    let mut fds = loop {
+    let fds = loop {
         match open_tap(&opts) {
             Err(e)
                 if e.kind() == std::io::ErrorKind::ResourceBusy
@@ -198,7 +213,7 @@ fn open_persistent_tap(name: &str, tun: Option<PathBuf>) -> Result<OwnedFd> {
             t0.elapsed().as_millis()
         );
     }
-    Ok(fds.pop().expect("one queue"))
+    Ok(fds)
 }
 
 /// The alias tapnet gives the TAP of Docker endpoint `ep_id` (kept when
@@ -230,11 +245,11 @@ pub fn open_docker_tap(
     mac: Mac,
     tap: &str,
     tun: Option<&Path>,
-) -> Result<(OwnedFd, String)> {
+) -> Result<(Queues, String)> {
     let tun = tun.map(Path::to_path_buf);
     match how {
         DockerTap::Create { mtu } => {
-            let fd = open_persistent_tap(tap, tun)?;
+            let fds = open_persistent_tap(tap, tun)?;
             // Docker sets no MTU on a remote driver's interface: the
             // network's goes with the TAP into the container
             let (name, alias) = (tap.to_string(), alias.to_string());
@@ -250,9 +265,9 @@ pub fn open_docker_tap(
                     .with_context(|| format!("setting MTU {mtu} and the alias of {name}"))
             })
             .inspect_err(|_| {
-                let _ = vswitch::tap::set_persist(&fd, false);
+                let _ = vswitch::tap::set_persist(&fds[0], false);
             })?;
-            Ok((fd, tap.to_string()))
+            Ok((fds, tap.to_string()))
         }
         DockerTap::Find { sandbox } => {
             if let Some(ns) = sandbox {
@@ -276,16 +291,16 @@ pub fn open_docker_tap(
 /// if there is one. Opening is by name, which would create a device if
 /// the one listed went away in between: checked after, and such a new
 /// device is let go.
-fn open_tagged(alias: &str, mac: Mac, tun: Option<PathBuf>) -> Result<Option<(OwnedFd, String)>> {
+fn open_tagged(alias: &str, mac: Mac, tun: Option<PathBuf>) -> Result<Option<(Queues, String)>> {
     let Some(name) = link_tagged(alias, mac)? else {
         return Ok(None);
     };
-    let fd = open_persistent_tap(&name, tun)?;
+    let fds = open_persistent_tap(&name, tun)?;
     if link_tagged(alias, mac)?.as_deref() != Some(name.as_str()) {
-        let _ = vswitch::tap::set_persist(&fd, false);
+        let _ = vswitch::tap::set_persist(&fds[0], false);
         bail!("interface {name} went away while it was being opened");
     }
-    Ok(Some((fd, name)))
+    Ok(Some((fds, name)))
 }
 
 /// The name of the calling thread's namespace's interface with `alias`

@@ -221,6 +221,7 @@ impl Core {
                 },
                 trunk: None,
                 overlay: None,
+                datapath_workers: Vec::new(),
             });
         }
         let n = self.net(name)?;
@@ -267,6 +268,7 @@ impl Core {
             })
             .collect();
         Ok(NetworkInspect {
+            datapath_workers: snap.workers.clone(),
             summary: n.summary(),
             created: n.rec.created,
             gateway_mac: n.gateway_mac.to_string(),

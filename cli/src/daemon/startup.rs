@@ -65,6 +65,7 @@ impl Core {
             max_macs_per_port: cfg.max_macs_per_port,
             multishot: cfg.multishot,
             busy_poll_us: cfg.busy_poll_us,
+            workers: cfg.datapath_workers,
             punt: Some(dns_svc.hook()),
             route: sock.as_ref().map(|(s, _)| s.hook()),
             on_error: Some(vswitch::datapath::ErrorHook(Arc::new(|m: &str| {
@@ -73,6 +74,7 @@ impl Core {
             ..Default::default()
         })
         .context("starting the datapath")?;
+        netns::set_tap_queues(dp.workers());
         let socknat = match sock {
             Some((s, rx)) => {
                 socknat::start(

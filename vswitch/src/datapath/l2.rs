@@ -10,6 +10,10 @@ impl State {
     /// through the switch. The buffer is written on or recycled.
     #[inline]
     pub(super) fn frame_in(&mut self, slot: PortIdx, b: usize, len: usize, now: u64) {
+        if self.helper.is_some() {
+            self.fast_in(slot, b, len);
+            return;
+        }
         match self.sw.port(slot).map(|p| (p.kind, p.net)) {
             Some((PortKind::Uplink, _)) => {
                 self.uplink_rx(slot, b, len, now);

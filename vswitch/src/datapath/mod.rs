@@ -21,6 +21,7 @@
 //! that the worker reads through the ring; commands are applied between
 //! batches, and the worker never waits for the control plane.
 
+mod fast;
 mod io;
 mod l2;
 mod l3;
@@ -28,6 +29,7 @@ mod pool;
 mod routed;
 mod tunnel;
 
+pub use fast::{FastTable, WorkerSnapshot};
 pub use tunnel::{open_vtep, TunnelSnapshot, VtepSnapshot, VtepStats};
 
 use crate::mac::Mac;
@@ -109,6 +111,10 @@ pub struct DatapathConfig {
     /// At most this many MACs learned per network (0: no limit): one
     /// network cannot fill the table the others share.
     pub max_macs_per_network: u32,
+    /// Worker threads: 1, or one main worker and `workers - 1` helpers
+    /// that each read one more queue of every container TAP (see
+    /// [`fast`]); ports then take one fd per worker.
+    pub workers: usize,
 }
 
 impl Default for DatapathConfig {
@@ -125,6 +131,7 @@ impl Default for DatapathConfig {
             on_error: None,
             max_macs_per_port: 64,
             max_macs_per_network: 16384,
+            workers: 1,
         }
     }
 }
@@ -184,6 +191,8 @@ pub struct Snapshot {
     pub rx_buffer_bytes: u64,
     /// The VXLAN endpoint and its tunnels, if there is one.
     pub vtep: Option<VtepSnapshot>,
+    /// Per worker (the main one first), with more than one.
+    pub workers: Vec<WorkerSnapshot>,
 }
 
 enum Cmd {
@@ -228,6 +237,9 @@ enum Cmd {
         Vec<(Ipv4Addr, Mac, std::net::SocketAddrV4)>,
         Vec<std::net::SocketAddrV4>,
     ),
+    /// Frames a helper worker could not switch (see [`fast`]), and its
+    /// count of frames waiting.
+    Handoff(Vec<(PortId, Vec<u8>)>, Arc<std::sync::atomic::AtomicU32>),
     Shutdown,
 }
 
@@ -323,60 +335,14 @@ impl Injector {
     }
 }
 
-/// Handle to a running datapath worker.
-pub struct Datapath {
+/// A worker thread and how to reach it.
+struct Lane {
     tx: mpsc::Sender<Cmd>,
     efd: Arc<OwnedFd>,
-    next_port: AtomicU64,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Datapath {
-    /// Starts the worker thread (named `tapnet-dp`).
-    pub fn start(cfg: DatapathConfig) -> Result<Datapath, DatapathError> {
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(DatapathError::Setup(std::io::Error::last_os_error()));
-        }
-        let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let wefd = efd.clone();
-        let thread = std::thread::Builder::new()
-            .name("tapnet-dp".into())
-            .spawn(move || {
-                let ring = match make_ring(cfg.ring_entries) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let mut w = match Worker::new(cfg, ring, rx, wefd) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                w.run();
-                w.release();
-            })
-            .map_err(DatapathError::Setup)?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(DatapathError::Setup(e)),
-            Err(_) => return Err(DatapathError::Stopped),
-        }
-        Ok(Datapath {
-            tx,
-            efd,
-            next_port: AtomicU64::new(1),
-            thread: Some(thread),
-        })
-    }
-
+impl Lane {
     fn send(&self, c: Cmd) -> Result<(), DatapathError> {
         self.tx.send(c).map_err(|_| DatapathError::Stopped)?;
         let one: u64 = 1;
@@ -385,6 +351,139 @@ impl Datapath {
             return Err(DatapathError::Stopped);
         }
         Ok(())
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.send(Cmd::Shutdown);
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a worker thread is besides its ring and ports.
+enum Role {
+    Main(Option<fast::Publisher>),
+    Helper(Box<fast::Helper>),
+}
+
+/// Starts worker thread `name`; returns once its ring is set up.
+fn spawn_worker(
+    name: String,
+    cfg: DatapathConfig,
+    role: Role,
+) -> Result<(Lane, mpsc::Sender<Cmd>), DatapathError> {
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(DatapathError::Setup(std::io::Error::last_os_error()));
+    }
+    let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let wefd = efd.clone();
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let ring = match make_ring(cfg.ring_entries) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut w = match Worker::new(cfg, ring, rx, wefd, role) {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            w.run();
+            w.release();
+        })
+        .map_err(DatapathError::Setup)?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(DatapathError::Setup(e)),
+        Err(_) => return Err(DatapathError::Stopped),
+    }
+    Ok((
+        Lane {
+            tx: tx.clone(),
+            efd,
+            thread: Some(thread),
+        },
+        tx,
+    ))
+}
+
+/// Handle to a running datapath: its main worker and helpers.
+pub struct Datapath {
+    tx: mpsc::Sender<Cmd>,
+    efd: Arc<OwnedFd>,
+    next_port: AtomicU64,
+    main: Lane,
+    /// Helper workers (see [`fast`]), reading queues 1.. of every TAP.
+    helpers: Vec<Lane>,
+}
+
+impl Datapath {
+    /// Starts the main worker thread (named `tapnet-dp`) and, with
+    /// `cfg.workers` > 1, its helpers (`tapnet-dp1`, ...).
+    pub fn start(cfg: DatapathConfig) -> Result<Datapath, DatapathError> {
+        let workers = cfg.workers.clamp(1, 64);
+        let table: fast::Shared = Default::default();
+        let publisher = (workers > 1).then(|| fast::Publisher {
+            table: table.clone(),
+            version: u64::MAX,
+            dirty: true,
+            at: 0,
+            stats: Default::default(),
+        });
+        let (main, tx) = spawn_worker("tapnet-dp".into(), cfg.clone(), Role::Main(publisher))?;
+        let mut dp = Datapath {
+            tx,
+            efd: main.efd.clone(),
+            next_port: AtomicU64::new(1),
+            main,
+            helpers: Vec::new(),
+        };
+        for k in 1..workers {
+            let helper = fast::Helper {
+                table: arc_swap::Cache::new(table.clone()),
+                main: dp.tx.clone(),
+                main_efd: dp.efd.clone(),
+                waiting: Default::default(),
+                pending: Vec::new(),
+                stats: Default::default(),
+            };
+            // helpers sleep when idle: a spinning helper would take the
+            // core the main worker or a container needs
+            let hcfg = DatapathConfig {
+                busy_poll_us: 0,
+                punt: None,
+                route: None,
+                ..cfg.clone()
+            };
+            let (lane, _) = spawn_worker(
+                format!("tapnet-dp{k}"),
+                hcfg,
+                Role::Helper(Box::new(helper)),
+            )?;
+            dp.helpers.push(lane);
+        }
+        Ok(dp)
+    }
+
+    /// Worker threads (the main one and its helpers): how many queues a
+    /// container TAP should have.
+    pub fn workers(&self) -> usize {
+        1 + self.helpers.len()
+    }
+
+    fn send(&self, c: Cmd) -> Result<(), DatapathError> {
+        self.main.send(c)
     }
 
     /// Adds or updates a network.
@@ -418,7 +517,29 @@ impl Datapath {
         fd: OwnedFd,
         identity: Option<PortIdentity>,
     ) -> Result<PortId, DatapathError> {
+        self.add_port_queues(name, net, mtu, vec![fd], identity)
+    }
+
+    /// [`Self::add_secured_port`] for a TAP with one fd per queue
+    /// (`IFF_MULTI_QUEUE`): the main worker reads the first, helper k the
+    /// (k+1)-th; queues without a worker are closed, workers without a
+    /// queue leave the port to the others.
+    pub fn add_port_queues(
+        &self,
+        name: &str,
+        net: NetIdx,
+        mtu: u32,
+        fds: Vec<OwnedFd>,
+        identity: Option<PortIdentity>,
+    ) -> Result<PortId, DatapathError> {
         let id = self.next_port.fetch_add(1, Ordering::Relaxed);
+        let mut fds = fds.into_iter();
+        let Some(fd) = fds.next() else {
+            return Err(DatapathError::Setup(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a port needs at least one fd",
+            )));
+        };
         self.send(Cmd::AddPort {
             id,
             name: name.to_string(),
@@ -427,6 +548,16 @@ impl Datapath {
             fd,
             identity,
         })?;
+        for (h, fd) in self.helpers.iter().zip(fds) {
+            h.send(Cmd::AddPort {
+                id,
+                name: name.to_string(),
+                net,
+                mtu,
+                fd,
+                identity,
+            })?;
+        }
         Ok(id)
     }
 
@@ -439,17 +570,29 @@ impl Datapath {
         delete_device: bool,
         timeout: Duration,
     ) -> Result<(), DatapathError> {
-        let (done, rx) = mpsc::sync_channel(1);
-        self.send(Cmd::RemovePort {
-            id,
-            delete_device,
-            done,
-        })?;
-        match rx.recv_timeout(timeout) {
-            Ok(()) => Ok(()),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(DatapathError::Timeout(timeout)),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(DatapathError::Stopped),
+        // every worker closes its queue (the device goes with the last)
+        let deadline = std::time::Instant::now() + timeout;
+        let mut waits = Vec::new();
+        for lane in std::iter::once(&self.main).chain(&self.helpers) {
+            let (done, rx) = mpsc::sync_channel(1);
+            lane.send(Cmd::RemovePort {
+                id,
+                delete_device,
+                done,
+            })?;
+            waits.push(rx);
         }
+        for rx in waits {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(()) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(DatapathError::Timeout(timeout))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(DatapathError::Stopped),
+            }
+        }
+        Ok(())
     }
 
     /// Counters of every port, the live MAC table (unsorted), the uplink
@@ -466,12 +609,26 @@ impl Datapath {
     }
 
     fn snapshot_of(&self, timeout: Duration, nat: bool) -> Result<Snapshot, DatapathError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.send(Cmd::Snapshot(tx, nat))?;
-        rx.recv_timeout(timeout).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => DatapathError::Timeout(timeout),
-            mpsc::RecvTimeoutError::Disconnected => DatapathError::Stopped,
-        })
+        let ask = |lane: &Lane, nat| {
+            let (tx, rx) = mpsc::sync_channel(1);
+            lane.send(Cmd::Snapshot(tx, nat))?;
+            rx.recv_timeout(timeout).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => DatapathError::Timeout(timeout),
+                mpsc::RecvTimeoutError::Disconnected => DatapathError::Stopped,
+            })
+        };
+        let mut s = ask(&self.main, nat)?;
+        // a port's counters are the sum over the workers that read it
+        for h in &self.helpers {
+            let hs = ask(h, false)?;
+            for hp in hs.ports {
+                if let Some(p) = s.ports.iter_mut().find(|p| p.id == hp.id) {
+                    p.counters += hp.counters;
+                }
+            }
+            s.workers.extend(hs.workers);
+        }
+        Ok(s)
     }
 
     /// Sends frames into network `net` as if from its gateway: each frame
@@ -619,16 +776,17 @@ impl Datapath {
         self.send(Cmd::SetAging(aging))
     }
 
-    /// Stops the worker; ports are closed but their (persistent) devices kept.
+    /// Stops the workers; ports are closed but their (persistent) devices kept.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = self.send(Cmd::Shutdown);
-            let _ = t.join();
+        // helpers first: they hand frames to the main worker
+        for h in &mut self.helpers {
+            h.stop();
         }
+        self.main.stop();
     }
 }
 
@@ -754,6 +912,10 @@ struct State {
     /// The VXLAN endpoint (overlay networks).
     vtep: Option<tunnel::Vtep>,
     worker_errors: u64,
+    /// The main worker of several: publishes its table for the helpers.
+    publisher: Option<fast::Publisher>,
+    /// A helper worker: its fast path and hand-over (see [`fast`]).
+    helper: Option<Box<fast::Helper>>,
 }
 
 impl Worker {
@@ -763,6 +925,7 @@ impl Worker {
         ring: IoUring,
         rx: mpsc::Receiver<Cmd>,
         efd: Arc<OwnedFd>,
+        role: Role,
     ) -> std::io::Result<Worker> {
         let mut sw = Switch::new(cfg.aging.as_millis() as u64, cfg.max_macs);
         sw.table.set_port_limit(cfg.max_macs_per_port);
@@ -772,7 +935,16 @@ impl Worker {
             ring.submitter().register_probe(&mut probe).is_ok()
                 && probe.is_supported(opcode::ReadMulti::CODE)
         };
-        let pool = Pool::new(cfg.rx_buffers)?;
+        let (publisher, helper) = match role {
+            Role::Main(p) => (p, None),
+            Role::Helper(h) => (None, Some(h)),
+        };
+        let spare = if publisher.is_some() {
+            fast::SPARE_BUFFERS
+        } else {
+            0
+        };
+        let pool = Pool::new(cfg.rx_buffers, spare)?;
         // SAFETY: the ring memory lives in `pool` until it is unregistered
         // (Worker::release) after the last read.
         unsafe {
@@ -811,6 +983,8 @@ impl Worker {
                 routed: FxHashMap::default(),
                 vtep: None,
                 worker_errors: 0,
+                publisher,
+                helper,
             },
         })
     }
@@ -880,6 +1054,8 @@ impl Worker {
             for &(u, res, flags) in &cqes {
                 self.st.complete(u, res, flags, now);
             }
+            self.st.flush_handoffs();
+            self.st.maybe_publish(now);
         }
     }
 
@@ -911,7 +1087,12 @@ impl State {
 
     fn apply_commands(&mut self) {
         while let Ok(c) = self.rx.try_recv() {
+            if let Some(p) = self.publisher.as_mut() {
+                // ports or networks may change what helpers may switch
+                p.dirty |= !matches!(c, Cmd::Handoff(..) | Cmd::Snapshot(..) | Cmd::Inject(..));
+            }
             match c {
+                Cmd::Handoff(frames, waiting) => self.take_handoff(frames, &waiting),
                 Cmd::AddNetwork(n, cfg) => self.sw.add_network(n, cfg),
                 Cmd::RemoveNetwork(n) => {
                     self.sw.remove_network(n);
@@ -1051,6 +1232,13 @@ impl State {
             rx_buffers_in_use: self.pool.out(),
             rx_buffer_bytes: self.pool.bytes() as u64,
             vtep: self.vtep_snapshot(),
+            workers: self
+                .publisher
+                .as_ref()
+                .map(|p| p.stats)
+                .or(self.helper.as_ref().map(|h| h.stats))
+                .into_iter()
+                .collect(),
             read_mode: if self.multishot {
                 "multishot"
             } else {
@@ -1252,6 +1440,84 @@ mod tests {
         }
         let s = dp.snapshot_ports(Duration::from_secs(5)).unwrap();
         assert_eq!(s.rx_buffers, 2);
+        dp.shutdown();
+    }
+
+    /// Two workers; socketpairs stand in for the queues of two TAPs.
+    /// Until the main worker has learned both MACs, a frame read by the
+    /// helper is handed over (and leaves through queue 0); after, the
+    /// helper switches it itself, out of its own queue.
+    #[test]
+    fn helper_switches_known_unicast_and_hands_over_the_rest() {
+        use std::os::unix::net::UnixDatagram;
+        let dp = Datapath::start(DatapathConfig {
+            rx_buffers: 4,
+            workers: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(dp.workers(), 2);
+        dp.add_network(0, net_10_1()).unwrap();
+        let pair = || {
+            let (sw, me) = UnixDatagram::pair().unwrap();
+            me.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            (OwnedFd::from(sw), me)
+        };
+        let ((a0_sw, a0), (a1_sw, a1)) = (pair(), pair());
+        let ((b0_sw, b0), (b1_sw, b1)) = (pair(), pair());
+        let pa = dp
+            .add_port_queues("a", 0, 1500, vec![a0_sw, a1_sw], None)
+            .unwrap();
+        dp.add_port_queues("b", 0, 1500, vec![b0_sw, b1_sw], None)
+            .unwrap();
+        let ma = Mac([2, 0, 0, 0, 0, 0xa]);
+        let mb = Mac([2, 0, 0, 0, 0, 0xb]);
+        let mut buf = [0u8; 2048];
+        // nothing learned: the helper hands it over, the main worker floods
+        let f = crate::switch::tests::frame(mb, ma, 0x0800, 46);
+        a1.send(&f).unwrap();
+        let n = b0.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &f[..]);
+        // b answers through queue 0: both MACs known to the main worker
+        let g = crate::switch::tests::frame(ma, mb, 0x0800, 46);
+        b0.send(&g).unwrap();
+        let n = a0.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &g[..]);
+        // once published, the helper switches a -> b itself, out of queue 1
+        let t0 = std::time::Instant::now();
+        loop {
+            let mut f = f.clone();
+            f[30] = 0x55;
+            a1.send(&f).unwrap();
+            b1.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            if let Ok(n) = b1.recv(&mut buf) {
+                assert_eq!(&buf[..n], &f[..]);
+                break;
+            }
+            // (handed over meanwhile: it came out of queue 0)
+            let n = b0.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &f[..]);
+            assert!(t0.elapsed() < Duration::from_secs(5), "never fast");
+        }
+        // a broadcast is still the main worker's, also from the helper
+        let bc = crate::switch::tests::frame(Mac([0xff; 6]), ma, 0x0800, 46);
+        a1.send(&bc).unwrap();
+        let n = b0.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &bc[..]);
+        let s = dp.snapshot(Duration::from_secs(5)).unwrap();
+        assert_eq!(s.workers.len(), 2);
+        assert!(s.workers[1].switched >= 1, "{:?}", s.workers);
+        assert!(s.workers[1].handed_off >= 2, "{:?}", s.workers);
+        assert_eq!(s.workers[0].handed_off, s.workers[1].handed_off);
+        // a's counters are the sum over both workers
+        let sa = s.ports.iter().find(|p| p.id == pa).unwrap();
+        assert_eq!(
+            sa.counters.rx_frames,
+            s.workers[1].handed_off + s.workers[1].switched
+        );
+        dp.remove_port(pa, false, Duration::from_secs(5)).unwrap();
+        assert_eq!(dp.snapshot(Duration::from_secs(5)).unwrap().ports.len(), 1);
         dp.shutdown();
     }
 

@@ -36,27 +36,42 @@ pub(super) struct Pool {
     out: u32,
     /// Ports whose read ended (or could not start) for want of a buffer.
     pub starved: VecDeque<PortIdx>,
+    /// Buffers after the ring's, never in the ring: frames that came in
+    /// some other way than a read (handed over by a helper worker) are
+    /// switched from these, as if read.
+    spare: Vec<u16>,
 }
 
 impl Pool {
-    /// A pool of `n` buffers (rounded up to a power of two, at most 32768).
+    /// A pool of `n` buffers (rounded up to a power of two, at most 32768)
+    /// in the ring and `spare` more outside it ([`Pool::take_spare`]).
     /// The caller registers [`Pool::ring_addr`] as group [`BGID`] before
     /// the first read.
-    pub fn new(n: usize) -> std::io::Result<Pool> {
+    pub fn new(n: usize, spare: usize) -> std::io::Result<Pool> {
         let n = n.clamp(2, 32768).next_power_of_two();
+        let spare = spare.min(32768);
         let mut ring = BufRing::new(n as u16)?;
-        let mut mem = vec![0u8; n * BUF_SIZE].into_boxed_slice();
+        let mut mem = vec![0u8; (n + spare) * BUF_SIZE].into_boxed_slice();
         for b in 0..n {
             ring.push(mem[b * BUF_SIZE..].as_mut_ptr(), BUF_SIZE as u32, b as u16);
         }
         Ok(Pool {
             mem,
-            lens: vec![0; n].into_boxed_slice(),
-            refs: vec![0; n].into_boxed_slice(),
+            lens: vec![0; n + spare].into_boxed_slice(),
+            refs: vec![0; n + spare].into_boxed_slice(),
             ring,
             out: 0,
             starved: VecDeque::new(),
+            spare: (n..n + spare).rev().map(|b| b as u16).collect(),
         })
+    }
+
+    /// A spare buffer for a frame that was not read into the ring's, if
+    /// one is free; it goes back with [`Pool::put`] like any other.
+    pub fn take_spare(&mut self) -> Option<usize> {
+        let b = self.spare.pop()? as usize;
+        self.lens[b] = 0;
+        Some(b)
     }
 
     pub fn ring_addr(&self) -> u64 {
@@ -93,6 +108,10 @@ impl Pool {
     /// Puts buffer `b` back into the ring.
     #[inline]
     pub fn put(&mut self, b: usize) {
+        if b >= self.ring.entries() as usize {
+            self.spare.push(b as u16);
+            return;
+        }
         self.out -= 1;
         let ptr = self.mem[b * BUF_SIZE..].as_mut_ptr();
         self.ring.push(ptr, BUF_SIZE as u32, b as u16);

@@ -122,13 +122,13 @@ pub trait NetworkDriver: Sync {
                 .gateway6
                 .filter(|_| e.has_default6() && self.default_via_gateway(&net.rec)),
         };
-        let fd = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec, p.tun_device)?;
+        let fds = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec, p.tun_device)?;
         let identity = port_security(&net.rec).then_some(vswitch::PortIdentity {
             ip6: e.ip6,
             mac: e.mac,
             ip: e.ip,
         });
-        Ok(p.dp.add_secured_port(container, net.idx, e.mtu, fd, identity)?)
+        Ok(p.dp.add_port_queues(container, net.idx, e.mtu, fds, identity)?)
     }
 
     /// Called after the network's endpoints changed (and after restore).

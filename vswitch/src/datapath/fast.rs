@@ -1,0 +1,215 @@
+//! Helper workers: more than one core switching between TAPs.
+//!
+//! With `DatapathConfig::workers` = N > 1, container TAPs are opened with
+//! N queues (`IFF_MULTI_QUEUE`). The main worker reads queue 0 of every
+//! TAP and owns everything with state: the learning table, the gateway,
+//! the NAT, trunks, tunnels. Helper worker k reads queue k of every TAP
+//! on a ring, a buffer pool and a thread of its own, and does only the
+//! common case itself: a unicast frame from a container to another
+//! container of the same network, when the main worker's table already
+//! knows both MACs (the source on the port it came in on) and the network
+//! has no trunk. Everything else (broadcast, ARP, the gateway, routed
+//! traffic, a MAC not learned yet, a trunk's network) is handed to the
+//! main worker, which switches it exactly as if it had read it.
+//!
+//! The kernel spreads a TAP's transmitted flows over its queues by flow
+//! hash, and then sends a flow where its replies were written (tun's
+//! "automq" flow table), so a flow stays on one worker and its replies
+//! too, and flows the main worker answers (the gateway, the NAT) move to
+//! queue 0 after their first reply.
+//!
+//! The table helpers read is a copy the main worker publishes (at most
+//! every [`PUBLISH_EVERY_MS`], whenever an entry appeared, moved or went,
+//! or a command changed ports or networks): helpers read it through an
+//! [`ArcSwap`] with no lock, and the main worker never waits for them.
+//! A frame a helper switches does not refresh its source MAC's age; a MAC
+//! that only ever talks through a helper ages out of the main table and
+//! its next frame goes through the main worker once, which learns it
+//! again.
+
+use super::*;
+use arc_swap::ArcSwap;
+
+/// How often, at most, the main worker publishes a changed table.
+pub(super) const PUBLISH_EVERY_MS: u64 = 1;
+
+/// Frames handed to the main worker and not taken yet, per helper; more
+/// are dropped (counted) so a flood cannot grow memory without bound.
+const MAX_WAITING: u32 = 2048;
+
+/// Spare buffers the main worker keeps for handed-over frames.
+pub(super) const SPARE_BUFFERS: usize = 256;
+
+/// What a helper may switch by itself: (network, MAC) -> the port id the
+/// MAC was learned on, for container ports of networks without a trunk.
+#[derive(Default)]
+pub struct FastTable {
+    macs: FxHashMap<u64, PortId>,
+}
+
+pub(super) type Shared = Arc<ArcSwap<FastTable>>;
+
+/// The main worker's side: where it publishes.
+pub(super) struct Publisher {
+    pub table: Shared,
+    /// The table version last published.
+    pub version: u64,
+    /// A command may have changed ports or networks since.
+    pub dirty: bool,
+    pub at: u64,
+    pub stats: WorkerSnapshot,
+}
+
+/// A helper worker's own state.
+pub(super) struct Helper {
+    pub table: arc_swap::Cache<Shared, Arc<FastTable>>,
+    pub main: mpsc::Sender<Cmd>,
+    pub main_efd: Arc<OwnedFd>,
+    /// Frames handed over and not yet taken by the main worker.
+    pub waiting: Arc<std::sync::atomic::AtomicU32>,
+    pub pending: Vec<(PortId, Vec<u8>)>,
+    pub stats: WorkerSnapshot,
+}
+
+/// What one worker did, besides the per-port counters (merged into the
+/// ports' own).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerSnapshot {
+    /// Frames this worker switched on its fast path (helpers).
+    pub switched: u64,
+    /// Frames handed to the main worker (helpers), or taken from the
+    /// helpers (the main worker).
+    pub handed_off: u64,
+    /// Frames dropped on the way: a helper's queue to the main worker was
+    /// full, or the main worker had no spare buffer.
+    pub handoff_drops: u64,
+}
+
+impl State {
+    /// A helper's frame from port `slot` in buffer `b`: switched to its
+    /// destination's queue if the fast path knows it, else handed over.
+    #[inline]
+    pub(super) fn fast_in(&mut self, slot: PortIdx, b: usize, len: usize) {
+        let (Some(p), Some(sp)) = (self.ports[slot as usize].as_ref(), self.sw.port(slot)) else {
+            self.recycle(slot, b);
+            return;
+        };
+        let (id, net) = (p.id, sp.net);
+        self.pool.lens[b] = len as u32;
+        let h = self.helper.as_mut().expect("a helper");
+        let frame = self.pool.frame(b, len);
+        let out = frame
+            .get(VNET_HDR_LEN..)
+            .filter(|e| e.len() >= eth::HDR_LEN)
+            .and_then(|e| {
+                let dst = Mac::from_slice(e);
+                if dst.is_multicast() {
+                    return None;
+                }
+                let t = h.table.load();
+                let src = Mac::from_slice(&e[6..]);
+                if t.macs.get(&crate::table::key(net, &src)) != Some(&id) {
+                    return None;
+                }
+                t.macs.get(&crate::table::key(net, &dst)).copied()
+            })
+            .filter(|&o| o != id)
+            .and_then(|o| self.ids.get(&o).copied());
+        if let Some(out) = out {
+            // counted as received here (or as the drop)
+            if self.sw.admit(slot, frame).is_ok() && self.post_write(slot, b, out) {
+                self.helper.as_mut().expect("a helper").stats.switched += 1;
+            } else {
+                self.recycle(slot, b);
+            }
+            return;
+        }
+        let waiting = h.waiting.load(Ordering::Relaxed) as usize + h.pending.len();
+        if waiting >= MAX_WAITING as usize {
+            h.stats.handoff_drops += 1;
+        } else {
+            h.pending.push((id, frame.to_vec()));
+            h.stats.handed_off += 1;
+        }
+        self.recycle(slot, b);
+    }
+
+    /// After a batch (helpers): hands the frames it could not switch to
+    /// the main worker, with one wake-up.
+    pub(super) fn flush_handoffs(&mut self) {
+        let Some(h) = self.helper.as_mut() else {
+            return;
+        };
+        if h.pending.is_empty() {
+            return;
+        }
+        let frames = std::mem::take(&mut h.pending);
+        h.waiting.fetch_add(frames.len() as u32, Ordering::Relaxed);
+        if h.main.send(Cmd::Handoff(frames, h.waiting.clone())).is_ok() {
+            let one: u64 = 1;
+            // SAFETY: an 8-byte write from a live u64 to an eventfd
+            unsafe { libc::write(h.main_efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        }
+    }
+
+    /// The main worker takes frames a helper handed over: each is switched
+    /// from a spare buffer as if read from its port.
+    pub(super) fn take_handoff(
+        &mut self,
+        frames: Vec<(PortId, Vec<u8>)>,
+        waiting: &std::sync::atomic::AtomicU32,
+    ) {
+        waiting.fetch_sub(frames.len() as u32, Ordering::Relaxed);
+        let now = now_ms();
+        for (id, f) in frames {
+            let Some(&slot) = self.ids.get(&id) else {
+                continue; // the port is gone
+            };
+            let Some(b) = self.pool.take_spare() else {
+                if let Some(p) = self.publisher.as_mut() {
+                    p.stats.handoff_drops += 1;
+                }
+                continue;
+            };
+            let len = f.len().min(BUF_SIZE);
+            self.pool.frame_mut(b, len).copy_from_slice(&f[..len]);
+            if let Some(p) = self.publisher.as_mut() {
+                p.stats.handed_off += 1;
+            }
+            self.frame_in(slot, b, len, now);
+        }
+    }
+
+    /// After a batch (the main worker): publishes its table for the
+    /// helpers if it changed, at most every [`PUBLISH_EVERY_MS`].
+    pub(super) fn maybe_publish(&mut self, now: u64) {
+        let Some(p) = self.publisher.as_ref() else {
+            return;
+        };
+        if (p.version == self.sw.table.version && !p.dirty)
+            || now.saturating_sub(p.at) < PUBLISH_EVERY_MS
+        {
+            return;
+        }
+        let mut t = FastTable::default();
+        for (net, mac, e) in self.sw.table.entries(now) {
+            let plain = self.sw.network(net).is_some_and(|n| n.trunk.is_none());
+            let tap = self
+                .sw
+                .port(e.port)
+                .is_some_and(|sp| sp.kind == PortKind::Tap);
+            let id = self.ports.get(e.port as usize).and_then(|p| p.as_ref());
+            if let (true, true, Some(port)) = (plain, tap, id) {
+                if port.state == PortState::Up {
+                    t.macs.insert(crate::table::key(net, &mac), port.id);
+                }
+            }
+        }
+        let version = self.sw.table.version;
+        let p = self.publisher.as_mut().expect("checked");
+        p.table.store(Arc::new(t));
+        p.version = version;
+        p.dirty = false;
+        p.at = now;
+    }
+}
