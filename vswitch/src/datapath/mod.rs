@@ -458,10 +458,8 @@ impl Datapath {
                 pending: Vec::new(),
                 stats: Default::default(),
             };
-            // helpers sleep when idle: a spinning helper would take the
-            // core the main worker or a container needs
+            // (busy polling as the main worker: after traffic only)
             let hcfg = DatapathConfig {
-                busy_poll_us: 0,
                 punt: None,
                 route: None,
                 ..cfg.clone()
