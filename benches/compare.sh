@@ -10,7 +10,7 @@
 #   switch   veth (two namespaces on one veth pair: the ceiling); the
 #            kernel bridge (veth-br0-veth, as ../shared/anchors/bridge.sh
 #            builds it); tapnet (two `tapnet run` containers, one network);
-#            the same on a second daemon with WORKERS (default 2)
+#            the same on a second daemon with WORKERS (default 1)
 #            datapath workers (--datapath-workers)
 #   nat      kernel routing: a namespace -> veth -> a router namespace that
 #            forwards (ip_forward in that namespace only) -> veth -> "the
@@ -155,10 +155,11 @@ if has switch; then
 	row "veth (ceiling)|tn_cmp_v1|tn_cmp_v2|10.76.1.2"
 	row "kernel bridge|tn_cmp_kb1|tn_cmp_kb2|10.77.1.2"; ref=$LAST
 	row "tapnet|tn_cmp_cli|tn_cmp_srv|$SRV||$DPID"; PAIRS+=("$LAST:$ref"); one=$LAST
-	# the same with more datapath workers (WORKERS, default 2: container
-	# TAPs with that many queues): a second daemon, busy polling as the
-	# first has it by default with its uplink
-	WORKERS="${WORKERS:-2}"
+	# the same with another number of datapath workers (WORKERS, default
+	# 1; the first daemon has its default, one per CPU up to 4, unless
+	# TAPNET_ARGS says): a second daemon, busy polling as the first has it
+	# by default with its uplink
+	WORKERS="${WORKERS:-1}"
 	mkns tn_cmp_whost
 	mkdir -p "$OUT/w"
 	nsenter --net=/run/netns/tn_cmp_whost "$T" daemon --busy-poll-us 50 $TAPNET_ARGS --datapath-workers "$WORKERS" \
@@ -174,7 +175,7 @@ if has switch; then
 		PIDS+=($!)
 	done
 	for _ in $(seq 100); do [ "$(TAPNET_SOCKET="$OUT/w/tapnet.sock" "$T" ps -q | wc -l)" = 2 ] && break; sleep 0.1; done
-	row "tapnet, $WORKERS datapath workers|tn_cmp_w_cli|tn_cmp_w_srv|10.95.0.2||$WPID"
+	row "tapnet, --datapath-workers $WORKERS|tn_cmp_w_cli|tn_cmp_w_srv|10.95.0.2||$WPID"
 	PAIRS+=("$LAST:$ref" "$LAST:$one")
 fi
 

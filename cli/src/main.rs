@@ -105,12 +105,12 @@ struct DaemonArgs {
     /// get one queue per worker (IFF_MULTI_QUEUE), the kernel spreads
     /// their flows over the queues, and helper workers switch known
     /// container-to-container unicast on their queues themselves (the
-    /// rest goes through the main worker). Worth it with cores to spare
-    /// beside the containers' own work; TAPs made with another count keep
-    /// theirs until re-created.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    /// rest goes through the main worker). Default: one per CPU, at most
+    /// 4. TAPs made with another count keep theirs until re-created. The
+    /// last one given counts.
+    #[arg(long, value_name = "N", overrides_with = "datapath_workers",
           value_parser = clap::value_parser!(u16).range(1..=64))]
-    datapath_workers: u16,
+    datapath_workers: Option<u16>,
     /// Upstream DNS server (IP or IP:PORT) for names that are not local;
     /// repeatable. Default: the nameservers of the host's /etc/resolv.conf.
     #[arg(long = "dns", value_name = "SERVER")]
@@ -478,7 +478,9 @@ fn real_main(cli: Cli) -> Result<i32> {
                 dns_cache: a.dns_cache,
                 docker_plugin: a.docker_plugin.clone(),
                 multishot: !a.single_read,
-                datapath_workers: a.datapath_workers as usize,
+                datapath_workers: a.datapath_workers.map(usize::from).unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+                }),
                 busy_poll_us: a.busy_poll_us.unwrap_or(if a.uplink.is_some() {
                     daemon::DEFAULT_BUSY_POLL_US
                 } else {

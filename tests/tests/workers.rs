@@ -135,7 +135,7 @@ fn two_workers_share_the_switching() {
 
     // restarted with one worker: c1's two-queue TAP is taken as it is
     env.stop_daemon(libc::SIGTERM);
-    env.daemon_args = vec![];
+    env.daemon_args = vec!["--datapath-workers".into(), "1".into()];
     env.start_daemon();
     let c3 = env.container("n1", "c3", &[]);
     assert_eq!(num_tx_queues(&env, &c3.ns), 1, "a new TAP with one worker");

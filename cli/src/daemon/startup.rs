@@ -172,7 +172,8 @@ impl Core {
         ));
         if let Ok(snap) = dp.snapshot_ports(DP_TIMEOUT) {
             log(format!(
-                "datapath: io_uring, {} reads, {} receive buffers ({} MiB) shared by all ports",
+                "datapath: io_uring, {} worker(s), {} reads, {} receive buffers ({} MiB) per worker shared by all ports",
+                dp.workers(),
                 snap.read_mode,
                 snap.rx_buffers,
                 snap.rx_buffer_bytes >> 20
