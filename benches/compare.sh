@@ -581,8 +581,6 @@ if has dns; then
 fi
 echo
 "$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet switch drops:", {k: v for k, v in n["counters"]["drops"].items() if v})'
-if has switch; then
-	TAPNET_SOCKET="$OUT/w/tapnet.sock" "$T" network inspect wbench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet workers (main first):", n.get("datapath_workers"))'
-fi
+"$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet datapath workers (main first; one worker: none):", n.get("datapath_workers"))'
 log "logs in $OUT"
 exit 0

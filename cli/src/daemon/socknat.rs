@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
+use vswitch::datapath::DirectWriter;
 use vswitch::vnet::VNET_HDR_LEN;
 use vswitch::{Injector, NetIdx, PuntHook};
 
@@ -723,6 +724,10 @@ struct Svc {
     quota: u32,
 }
 
+/// At most this many answer frames per round are written into the TAPs
+/// by the socket NAT's thread itself (see [`start`]).
+const DIRECT_MAX: usize = 2;
+
 /// Starts the service loop on a thread of its own (`tapnet-socknat`) with
 /// a single-threaded runtime: the loop, every connection's relay task and
 /// every host socket's readiness live on that one thread, so a request
@@ -733,10 +738,15 @@ struct Svc {
 /// `spin`: after handling events, poll for the next one (yielding to the
 /// runtime, which polls the host sockets without sleeping) this long
 /// before sleeping; zero: never.
+///
+/// `direct`: answers for a known container are written into its TAP from
+/// this thread (the rest, e.g. ARP broadcasts, through `dp`): an answer
+/// then wakes only the container, not the datapath thread too.
 pub fn start(
     rx: mpsc::Receiver<Event>,
     nat: SockNat,
     dp: Injector,
+    direct: Option<DirectWriter>,
     quota: u32,
     spin: Duration,
 ) -> std::io::Result<()> {
@@ -745,7 +755,7 @@ pub fn start(
         .build()?;
     std::thread::Builder::new()
         .name("tapnet-socknat".into())
-        .spawn(move || rt.block_on(run(rx, nat, dp, quota, spin)))?;
+        .spawn(move || rt.block_on(run(rx, nat, dp, direct, quota, spin)))?;
     Ok(())
 }
 
@@ -754,6 +764,7 @@ async fn run(
     mut rx: mpsc::Receiver<Event>,
     nat: SockNat,
     dp: Injector,
+    direct: Option<DirectWriter>,
     quota: u32,
     spin: Duration,
 ) {
@@ -855,7 +866,14 @@ async fn run(
         for (net, n) in nets.iter_mut() {
             n.poll(ts, *net, &svc);
             if !n.dev.tx.is_empty() {
-                let frames = std::mem::take(&mut n.dev.tx);
+                let mut frames = std::mem::take(&mut n.dev.tx);
+                // a few frames (a request's answer): written here, without
+                // waking the datapath; a burst (a bulk transfer) goes to
+                // the datapath, whose one batched submit costs this busy
+                // thread less than a write per frame
+                if let Some(d) = direct.as_ref().filter(|_| frames.len() <= DIRECT_MAX) {
+                    frames.retain(|f| !d.write(*net, f));
+                }
                 let _ = dp.inject(*net, frames);
             }
         }

@@ -66,6 +66,8 @@ impl Core {
             multishot: cfg.multishot,
             busy_poll_us: cfg.busy_poll_us,
             workers: cfg.datapath_workers,
+            // the socket NAT writes its answers into the TAPs itself
+            direct_writes: sock.is_some(),
             punt: Some(dns_svc.hook()),
             route: sock.as_ref().map(|(s, _)| s.hook()),
             on_error: Some(vswitch::datapath::ErrorHook(Arc::new(|m: &str| {
@@ -81,6 +83,7 @@ impl Core {
                     rx,
                     s.clone(),
                     dp.injector(),
+                    dp.direct_writer(),
                     cfg.nat_quota,
                     std::time::Duration::from_micros(cfg.busy_poll_us as u64),
                 )

@@ -40,11 +40,73 @@ const MAX_WAITING: u32 = 2048;
 /// Spare buffers the main worker keeps for handed-over frames.
 pub(super) const SPARE_BUFFERS: usize = 256;
 
-/// What a helper may switch by itself: (network, MAC) -> the port id the
-/// MAC was learned on, for container ports of networks without a trunk.
+/// What a helper may switch by itself: (network, MAC) -> the port the MAC
+/// was learned on, for container ports of networks without a trunk; and
+/// where a service may write a container's frames itself
+/// ([`DirectWriter`]).
 #[derive(Default)]
 pub struct FastTable {
-    macs: FxHashMap<u64, PortId>,
+    macs: FxHashMap<u64, FastPort>,
+}
+
+struct FastPort {
+    id: PortId,
+    direct: Option<Arc<DirectPort>>,
+}
+
+/// A container TAP that services write to themselves (a duplicate of the
+/// main worker's fd, closed when the port is gone from the table and
+/// from the worker), and the frames they wrote, added to the port's
+/// counters.
+pub(super) struct DirectPort {
+    pub fd: OwnedFd,
+    pub tx_frames: AtomicU64,
+    pub tx_bytes: AtomicU64,
+}
+
+/// See [`Datapath::direct_writer`].
+#[derive(Clone)]
+pub struct DirectWriter {
+    pub(super) table: Shared,
+}
+
+impl DirectWriter {
+    /// Writes `frame` (vnet header + Ethernet, from the gateway) straight
+    /// into the TAP of the container its destination MAC was learned on,
+    /// on the calling thread; false when that is not a known container
+    /// (broadcast, not learned, not a plain TAP, the write failed): then
+    /// it goes through [`Injector::inject`]. A service that answers
+    /// containers saves the datapath thread's wake-up per answer this way.
+    pub fn write(&self, net: NetIdx, frame: &[u8]) -> bool {
+        let Some(e) = frame
+            .get(VNET_HDR_LEN..)
+            .filter(|e| e.len() >= eth::HDR_LEN)
+        else {
+            return false;
+        };
+        let dst = Mac::from_slice(e);
+        if dst.is_multicast() {
+            return false;
+        }
+        // a guard, not a cache: an old table (and the fds only it still
+        // holds) goes as soon as the main worker publishes a new one
+        let t = self.table.load();
+        let Some(d) = t
+            .macs
+            .get(&crate::table::key(net, &dst))
+            .and_then(|p| p.direct.as_ref())
+        else {
+            return false;
+        };
+        // SAFETY: a write from a live buffer to an fd the table keeps open
+        let n = unsafe { libc::write(d.fd.as_raw_fd(), frame.as_ptr() as *const _, frame.len()) };
+        if n < 0 {
+            return false;
+        }
+        d.tx_frames.fetch_add(1, Ordering::Relaxed);
+        d.tx_bytes.fetch_add(e.len() as u64, Ordering::Relaxed);
+        true
+    }
 }
 
 pub(super) type Shared = Arc<ArcSwap<FastTable>>;
@@ -108,10 +170,10 @@ impl State {
                 }
                 let t = h.table.load();
                 let src = Mac::from_slice(&e[6..]);
-                if t.macs.get(&crate::table::key(net, &src)) != Some(&id) {
+                if t.macs.get(&crate::table::key(net, &src)).map(|p| p.id) != Some(id) {
                     return None;
                 }
-                t.macs.get(&crate::table::key(net, &dst)).copied()
+                t.macs.get(&crate::table::key(net, &dst)).map(|p| p.id)
             })
             .filter(|&o| o != id)
             .and_then(|o| self.ids.get(&o).copied());
@@ -191,6 +253,14 @@ impl State {
         {
             return;
         }
+        self.publish(now);
+    }
+
+    /// Publishes the table now (see [`Self::maybe_publish`]).
+    pub(super) fn publish(&mut self, now: u64) {
+        if self.publisher.is_none() {
+            return;
+        }
         let mut t = FastTable::default();
         for (net, mac, e) in self.sw.table.entries(now) {
             let plain = self.sw.network(net).is_some_and(|n| n.trunk.is_none());
@@ -201,7 +271,11 @@ impl State {
             let id = self.ports.get(e.port as usize).and_then(|p| p.as_ref());
             if let (true, true, Some(port)) = (plain, tap, id) {
                 if port.state == PortState::Up {
-                    t.macs.insert(crate::table::key(net, &mac), port.id);
+                    let fp = FastPort {
+                        id: port.id,
+                        direct: port.direct.clone(),
+                    };
+                    t.macs.insert(crate::table::key(net, &mac), fp);
                 }
             }
         }

@@ -339,9 +339,16 @@ impl State {
         let p = self.ports[slot as usize].take().expect("checked");
         self.sw.free_port(slot);
         self.ids.remove(&p.id);
+        if p.direct.is_some() {
+            // the published table holds a duplicate of the fd: the device
+            // must not outlive the port because of it
+            self.publish(now_ms());
+        }
         if p.delete_device {
             let _ = crate::tap::set_persist(&p.fd, false);
         }
+        // (the duplicate first: the last close of the device is this port's)
+        drop(p.direct);
         drop(p.fd);
         for d in p.done {
             let _ = d.send(());
@@ -389,10 +396,22 @@ impl State {
         fd: OwnedFd,
     ) -> PortIdx {
         let slot = self.sw.add_port_kind(kind, net, mtu);
+        // a duplicate for the services' direct writes (container TAPs)
+        let direct = (kind == PortKind::Tap && self.publisher.is_some())
+            .then(|| fd.try_clone().ok())
+            .flatten()
+            .map(|d| {
+                Arc::new(fast::DirectPort {
+                    fd: d,
+                    tx_frames: AtomicU64::new(0),
+                    tx_bytes: AtomicU64::new(0),
+                })
+            });
         let port = IoPort {
             id,
             name,
             fd,
+            direct,
             xform: None,
             tunnel: None,
             armed: false,

@@ -29,7 +29,7 @@ mod pool;
 mod routed;
 mod tunnel;
 
-pub use fast::{FastTable, WorkerSnapshot};
+pub use fast::{DirectWriter, FastTable, WorkerSnapshot};
 pub use tunnel::{open_vtep, TunnelSnapshot, VtepSnapshot, VtepStats};
 
 use crate::mac::Mac;
@@ -115,6 +115,9 @@ pub struct DatapathConfig {
     /// that each read one more queue of every container TAP (see
     /// [`fast`]); ports then take one fd per worker.
     pub workers: usize,
+    /// Let services write answers into container TAPs themselves
+    /// ([`Datapath::direct_writer`]).
+    pub direct_writes: bool,
 }
 
 impl Default for DatapathConfig {
@@ -132,6 +135,7 @@ impl Default for DatapathConfig {
             max_macs_per_port: 64,
             max_macs_per_network: 16384,
             workers: 1,
+            direct_writes: false,
         }
     }
 }
@@ -426,6 +430,7 @@ pub struct Datapath {
     main: Lane,
     /// Helper workers (see [`fast`]), reading queues 1.. of every TAP.
     helpers: Vec<Lane>,
+    direct: Option<DirectWriter>,
 }
 
 impl Datapath {
@@ -434,7 +439,7 @@ impl Datapath {
     pub fn start(cfg: DatapathConfig) -> Result<Datapath, DatapathError> {
         let workers = cfg.workers.clamp(1, 64);
         let table: fast::Shared = Default::default();
-        let publisher = (workers > 1).then(|| fast::Publisher {
+        let publisher = (workers > 1 || cfg.direct_writes).then(|| fast::Publisher {
             table: table.clone(),
             version: u64::MAX,
             dirty: true,
@@ -448,6 +453,9 @@ impl Datapath {
             next_port: AtomicU64::new(1),
             main,
             helpers: Vec::new(),
+            direct: cfg.direct_writes.then(|| DirectWriter {
+                table: table.clone(),
+            }),
         };
         for k in 1..workers {
             let helper = fast::Helper {
@@ -472,6 +480,12 @@ impl Datapath {
             dp.helpers.push(lane);
         }
         Ok(dp)
+    }
+
+    /// With `direct_writes`: a handle that writes frames for containers
+    /// straight into their TAPs (see [`DirectWriter::write`]).
+    pub fn direct_writer(&self) -> Option<DirectWriter> {
+        self.direct.clone()
     }
 
     /// Worker threads (the main one and its helpers): how many queues a
@@ -836,6 +850,8 @@ struct IoPort {
     /// A tunnel port's encapsulation (None for other ports).
     tunnel: Option<Box<tunnel::Tunnel>>,
     fd: OwnedFd,
+    /// A container TAP services may write to (see [`fast::DirectWriter`]).
+    direct: Option<Arc<fast::DirectPort>>,
     /// A read (multishot or single) is posted.
     armed: bool,
     /// Waiting in [`Pool::starved`] for a buffer.
@@ -1266,13 +1282,18 @@ impl State {
             let (Some(p), Some(sp)) = (p, self.sw.port(slot as PortIdx)) else {
                 continue;
             };
+            let mut counters = sp.counters;
+            if let Some(d) = &p.direct {
+                counters.tx_frames += d.tx_frames.load(Ordering::Relaxed);
+                counters.tx_bytes += d.tx_bytes.load(Ordering::Relaxed);
+            }
             s.ports.push(PortSnapshot {
                 id: p.id,
                 name: p.name.clone(),
                 kind: sp.kind,
                 net: sp.net,
                 state: p.state,
-                counters: sp.counters,
+                counters,
             });
         }
         for (net, mac, e) in self.sw.table.entries(now) {
@@ -1516,6 +1537,63 @@ mod tests {
         );
         dp.remove_port(pa, false, Duration::from_secs(5)).unwrap();
         assert_eq!(dp.snapshot(Duration::from_secs(5)).unwrap().ports.len(), 1);
+        dp.shutdown();
+    }
+
+    /// A service writes a container's frame into its TAP itself once the
+    /// container's MAC is learned; counted as the port's tx; not for
+    /// broadcast or unknown MACs, nor once the port is gone.
+    #[test]
+    fn direct_writes_reach_a_learned_container() {
+        use std::os::unix::net::UnixDatagram;
+        let dp = Datapath::start(DatapathConfig {
+            rx_buffers: 4,
+            direct_writes: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let w = dp.direct_writer().expect("direct writes on");
+        dp.add_network(0, net_10_1()).unwrap();
+        let (a_sw, a) = UnixDatagram::pair().unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let pa = dp.add_port("a", 0, 1500, a_sw.into()).unwrap();
+        let ma = Mac([2, 0, 0, 0, 0, 0xa]);
+        let gw = Mac([2, 0x42, 10, 1, 0, 1]);
+        let to_a = crate::switch::tests::frame(ma, gw, 0x0800, 46);
+        assert!(!w.write(0, &to_a), "not learned yet");
+        // a speaks (to nobody): learned, and published
+        a.send(&crate::switch::tests::frame(
+            Mac([2, 0, 0, 0, 0, 0xb]),
+            ma,
+            0x0800,
+            46,
+        ))
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        while !w.write(0, &to_a) {
+            assert!(t0.elapsed() < Duration::from_secs(5), "never published");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut buf = [0u8; 2048];
+        let n = a.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &to_a[..]);
+        assert!(!w.write(
+            0,
+            &crate::switch::tests::frame(Mac([0xff; 6]), gw, 0x0800, 46)
+        ));
+        assert!(!w.write(1, &to_a), "another network");
+        assert!(!w.write(0, &to_a[..10]), "a runt");
+        let s = dp.snapshot(Duration::from_secs(5)).unwrap();
+        let sa = s.ports.iter().find(|p| p.id == pa).unwrap();
+        assert_eq!(sa.counters.tx_frames, 1);
+        assert_eq!(
+            sa.counters.tx_bytes,
+            (to_a.len() - crate::vnet::VNET_HDR_LEN) as u64
+        );
+        dp.remove_port(pa, false, Duration::from_secs(5)).unwrap();
+        assert!(!w.write(0, &to_a), "the port is gone");
+        // every duplicate of a's end is closed: a sees its peer gone
+        assert!(a.send(&to_a).is_err(), "a's peer still open");
         dp.shutdown();
     }
 
