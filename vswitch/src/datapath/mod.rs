@@ -444,6 +444,7 @@ impl Datapath {
             version: u64::MAX,
             dirty: true,
             at: 0,
+            gap_ms: 0,
             stats: Default::default(),
         });
         let (main, tx) = spawn_worker("tapnet-dp".into(), cfg.clone(), Role::Main(publisher))?;
