@@ -139,7 +139,9 @@ fn churn_leaves_nothing_behind() {
     std::thread::sleep(Duration::from_millis(500));
     let warm = env.spawn_in(
         &a.ns,
-        &["iperf3", "-c", &ip, "-t", "2"],
+        // (8 streams: the kernel spreads them over every queue of the
+        // TAPs, so every datapath worker's pool is warm)
+        &["iperf3", "-c", &ip, "-t", "2", "-P", "8"],
         Stdio::null(),
         Stdio::null(),
     );

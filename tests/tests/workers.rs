@@ -115,13 +115,14 @@ fn two_workers_share_the_switching() {
     // the main worker took what the helper handed over (none dropped)
     assert_eq!(w[0]["handed_off"].as_u64().unwrap(), handed, "{w:?}");
     assert_eq!(w[1]["handoff_drops"].as_u64().unwrap(), 0, "{w:?}");
-    // c2's counters are the sum over both workers: at least the helper's
-    // fast-path frames plus what the main worker delivered
-    let rx = ctr(&v["endpoints"]["c1"]["counters"], "rx_frames");
-    let tx = ctr(&v["endpoints"]["c2"]["counters"], "tx_frames");
+    // a port's counters are the sum over both workers: every frame the
+    // helper switched came in on c1 or c2, and went out of the other
+    let c = |n: &str, k: &str| ctr(&v["endpoints"][n]["counters"], k);
+    let rx = c("c1", "rx_frames") + c("c2", "rx_frames");
+    let tx = c("c1", "tx_frames") + c("c2", "tx_frames");
     assert!(
-        rx >= switched && tx > 0,
-        "c1 rx {rx}, c2 tx {tx}, helper {switched}"
+        rx >= switched && tx >= switched,
+        "rx {rx}, tx {tx}, helper {switched}"
     );
 
     // a container leaves while the other stays: its queues close on both

@@ -66,8 +66,9 @@ impl Core {
             multishot: cfg.multishot,
             busy_poll_us: cfg.busy_poll_us,
             workers: cfg.datapath_workers,
-            // the socket NAT writes its answers into the TAPs itself
-            direct_writes: sock.is_some(),
+            // the DNS service and the socket NAT write answers into the
+            // TAPs themselves
+            direct_writes: true,
             punt: Some(dns_svc.hook()),
             route: sock.as_ref().map(|(s, _)| s.hook()),
             on_error: Some(vswitch::datapath::ErrorHook(Arc::new(|m: &str| {
@@ -158,6 +159,7 @@ impl Core {
             dns_rx,
             dns_svc.tx.clone(),
             dp.injector(),
+            dp.direct_writer(),
             resolver.clone(),
             dns_defaults.clone(),
         ));

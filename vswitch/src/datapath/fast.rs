@@ -41,19 +41,24 @@ const MAX_WAITING: u32 = 2048;
 /// Spare buffers the main worker keeps for handed-over frames.
 pub(super) const SPARE_BUFFERS: usize = 256;
 
-/// What a helper may switch by itself: (network, MAC) -> the port the MAC
-/// was learned on, for container ports of networks without a trunk; and
-/// where a service may write a container's frames itself
-/// ([`DirectWriter`]).
+/// What a helper may switch by itself: (network, MAC) -> the port id the
+/// MAC was learned on, for container ports of networks without a trunk.
 #[derive(Default)]
 pub struct FastTable {
-    macs: FxHashMap<u64, FastPort>,
+    macs: FxHashMap<u64, PortId>,
 }
 
-struct FastPort {
-    id: PortId,
-    direct: Option<Arc<DirectPort>>,
+/// Where a service may write a container's frames itself
+/// ([`DirectWriter`]): (network, MAC) -> its TAP. A table of its own, read
+/// only through short-lived guards: the helpers keep their last
+/// [`FastTable`] while idle, and an old table kept here would keep the
+/// TAPs of removed ports open.
+#[derive(Default)]
+pub(super) struct DirectTable {
+    macs: FxHashMap<u64, Arc<DirectPort>>,
 }
+
+pub(super) type SharedDirect = Arc<ArcSwap<DirectTable>>;
 
 /// A container TAP that services write to themselves (a duplicate of the
 /// main worker's fd, closed when the port is gone from the table and
@@ -68,7 +73,7 @@ pub(super) struct DirectPort {
 /// See [`Datapath::direct_writer`].
 #[derive(Clone)]
 pub struct DirectWriter {
-    pub(super) table: Shared,
+    pub(super) table: SharedDirect,
 }
 
 impl DirectWriter {
@@ -92,11 +97,7 @@ impl DirectWriter {
         // a guard, not a cache: an old table (and the fds only it still
         // holds) goes as soon as the main worker publishes a new one
         let t = self.table.load();
-        let Some(d) = t
-            .macs
-            .get(&crate::table::key(net, &dst))
-            .and_then(|p| p.direct.as_ref())
-        else {
+        let Some(d) = t.macs.get(&crate::table::key(net, &dst)) else {
             return false;
         };
         // SAFETY: a write from a live buffer to an fd the table keeps open
@@ -115,6 +116,8 @@ pub(super) type Shared = Arc<ArcSwap<FastTable>>;
 /// The main worker's side: where it publishes.
 pub(super) struct Publisher {
     pub table: Shared,
+    /// With direct writes.
+    pub direct: Option<SharedDirect>,
     /// The table version last published.
     pub version: u64,
     /// A command may have changed ports or networks since.
@@ -175,10 +178,10 @@ impl State {
                 }
                 let t = h.table.load();
                 let src = Mac::from_slice(&e[6..]);
-                if t.macs.get(&crate::table::key(net, &src)).map(|p| p.id) != Some(id) {
+                if t.macs.get(&crate::table::key(net, &src)) != Some(&id) {
                     return None;
                 }
-                t.macs.get(&crate::table::key(net, &dst)).map(|p| p.id)
+                t.macs.get(&crate::table::key(net, &dst)).copied()
             })
             .filter(|&o| o != id)
             .and_then(|o| self.ids.get(&o).copied());
@@ -268,6 +271,7 @@ impl State {
         }
         let t0 = std::time::Instant::now();
         let mut t = FastTable::default();
+        let mut d = DirectTable::default();
         for (net, mac, e) in self.sw.table.entries(now) {
             let plain = self.sw.network(net).is_some_and(|n| n.trunk.is_none());
             let tap = self
@@ -277,17 +281,20 @@ impl State {
             let id = self.ports.get(e.port as usize).and_then(|p| p.as_ref());
             if let (true, true, Some(port)) = (plain, tap, id) {
                 if port.state == PortState::Up {
-                    let fp = FastPort {
-                        id: port.id,
-                        direct: port.direct.clone(),
-                    };
-                    t.macs.insert(crate::table::key(net, &mac), fp);
+                    let k = crate::table::key(net, &mac);
+                    t.macs.insert(k, port.id);
+                    if let Some(dp) = &port.direct {
+                        d.macs.insert(k, dp.clone());
+                    }
                 }
             }
         }
         let version = self.sw.table.version;
         let p = self.publisher.as_mut().expect("checked");
         p.table.store(Arc::new(t));
+        if let Some(direct) = &p.direct {
+            direct.store(Arc::new(d));
+        }
         p.version = version;
         p.dirty = false;
         p.at = now;

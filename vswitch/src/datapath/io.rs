@@ -397,16 +397,17 @@ impl State {
     ) -> PortIdx {
         let slot = self.sw.add_port_kind(kind, net, mtu);
         // a duplicate for the services' direct writes (container TAPs)
-        let direct = (kind == PortKind::Tap && self.publisher.is_some())
-            .then(|| fd.try_clone().ok())
-            .flatten()
-            .map(|d| {
-                Arc::new(fast::DirectPort {
-                    fd: d,
-                    tx_frames: AtomicU64::new(0),
-                    tx_bytes: AtomicU64::new(0),
-                })
-            });
+        let direct = (kind == PortKind::Tap
+            && self.publisher.as_ref().is_some_and(|p| p.direct.is_some()))
+        .then(|| fd.try_clone().ok())
+        .flatten()
+        .map(|d| {
+            Arc::new(fast::DirectPort {
+                fd: d,
+                tx_frames: AtomicU64::new(0),
+                tx_bytes: AtomicU64::new(0),
+            })
+        });
         let port = IoPort {
             id,
             name,

@@ -439,8 +439,10 @@ impl Datapath {
     pub fn start(cfg: DatapathConfig) -> Result<Datapath, DatapathError> {
         let workers = cfg.workers.clamp(1, 64);
         let table: fast::Shared = Default::default();
+        let direct: Option<fast::SharedDirect> = cfg.direct_writes.then(Default::default);
         let publisher = (workers > 1 || cfg.direct_writes).then(|| fast::Publisher {
             table: table.clone(),
+            direct: direct.clone(),
             version: u64::MAX,
             dirty: true,
             at: 0,
@@ -454,9 +456,7 @@ impl Datapath {
             next_port: AtomicU64::new(1),
             main,
             helpers: Vec::new(),
-            direct: cfg.direct_writes.then(|| DirectWriter {
-                table: table.clone(),
-            }),
+            direct: direct.map(|table| DirectWriter { table }),
         };
         for k in 1..workers {
             let helper = fast::Helper {
@@ -1547,17 +1547,23 @@ mod tests {
     #[test]
     fn direct_writes_reach_a_learned_container() {
         use std::os::unix::net::UnixDatagram;
+        // (two workers: an idle helper keeps its last table, which must
+        // not keep a's fd open)
         let dp = Datapath::start(DatapathConfig {
             rx_buffers: 4,
             direct_writes: true,
+            workers: 2,
             ..Default::default()
         })
         .unwrap();
         let w = dp.direct_writer().expect("direct writes on");
         dp.add_network(0, net_10_1()).unwrap();
         let (a_sw, a) = UnixDatagram::pair().unwrap();
+        let (a1_sw, a1) = UnixDatagram::pair().unwrap();
         a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let pa = dp.add_port("a", 0, 1500, a_sw.into()).unwrap();
+        let pa = dp
+            .add_port_queues("a", 0, 1500, vec![a_sw.into(), a1_sw.into()], None)
+            .unwrap();
         let ma = Mac([2, 0, 0, 0, 0, 0xa]);
         let gw = Mac([2, 0x42, 10, 1, 0, 1]);
         let to_a = crate::switch::tests::frame(ma, gw, 0x0800, 46);
@@ -1578,6 +1584,14 @@ mod tests {
         let mut buf = [0u8; 2048];
         let n = a.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], &to_a[..]);
+        // the helper reads a frame (and loads the current table), then idles
+        a1.send(&crate::switch::tests::frame(
+            Mac([2, 0, 0, 0, 0, 0xb]),
+            ma,
+            0x0800,
+            46,
+        ))
+        .unwrap();
         assert!(!w.write(
             0,
             &crate::switch::tests::frame(Mac([0xff; 6]), gw, 0x0800, 46)
@@ -1593,8 +1607,9 @@ mod tests {
         );
         dp.remove_port(pa, false, Duration::from_secs(5)).unwrap();
         assert!(!w.write(0, &to_a), "the port is gone");
-        // every duplicate of a's end is closed: a sees its peer gone
+        // every duplicate of a's ends is closed: a sees its peers gone
         assert!(a.send(&to_a).is_err(), "a's peer still open");
+        assert!(a1.send(&to_a).is_err(), "a1's peer still open");
         dp.shutdown();
     }
 
