@@ -22,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use vswitch::datapath::DirectWriter;
 use vswitch::vnet::VNET_HDR_LEN;
 use vswitch::{Injector, Mac, NetIdx, PuntHook};
 use wire::{arp, eth, icmpv6, ipv4, ipv6};
@@ -578,7 +577,6 @@ pub async fn run(
     mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<Event>,
     dp: Injector,
-    direct: Option<DirectWriter>,
     resolver: Arc<Resolver>,
     defaults: Vec<SocketAddr>,
 ) {
@@ -628,13 +626,7 @@ pub async fn run(
         for (net, n) in nets.iter_mut() {
             n.poll(ts, *net, &svc);
             if !n.dev.tx.is_empty() {
-                let mut frames = std::mem::take(&mut n.dev.tx);
-                // an answer or two: written into the container's TAP here,
-                // without waking the datapath; a burst (under load) goes
-                // through the datapath's batched writes
-                if let Some(d) = direct.as_ref().filter(|_| frames.len() <= 2) {
-                    frames.retain(|f| !d.write(*net, f));
-                }
+                let frames = std::mem::take(&mut n.dev.tx);
                 let _ = dp.inject(*net, frames);
             }
         }

@@ -66,9 +66,10 @@ impl Core {
             multishot: cfg.multishot,
             busy_poll_us: cfg.busy_poll_us,
             workers: cfg.datapath_workers,
-            // the DNS service and the socket NAT write answers into the
-            // TAPs themselves
-            direct_writes: true,
+            // the socket NAT writes its answers into the TAPs itself (the
+            // DNS service gained nothing from it: with an uplink the
+            // datapath is busy polling when answers come)
+            direct_writes: sock.is_some(),
             punt: Some(dns_svc.hook()),
             route: sock.as_ref().map(|(s, _)| s.hook()),
             on_error: Some(vswitch::datapath::ErrorHook(Arc::new(|m: &str| {
@@ -159,7 +160,6 @@ impl Core {
             dns_rx,
             dns_svc.tx.clone(),
             dp.injector(),
-            dp.direct_writer(),
             resolver.clone(),
             dns_defaults.clone(),
         ));
