@@ -13,6 +13,8 @@ cargo build --release --workspace --bins
 cargo test --release --workspace "$@"
 # the datapath's fallback for kernels without multishot reads, end to end
 TAPNET_DAEMON_ARGS=--single-read cargo test --release -p tapnet-tests --test l2 --test malformed "$@"
+# the socket NAT without busy polling (on by default), end to end
+TAPNET_DAEMON_ARGS="--socknat-busy-poll-us 0" cargo test --release -p tapnet-tests --test socknat "$@"
 # one datapath worker (the default is one per CPU, up to 4), end to end
 TAPNET_DAEMON_ARGS="--datapath-workers 1" cargo test --release -p tapnet-tests --test l2 --test malformed --test nat "$@"
 # the fuzz harnesses: the committed corpus (seeds and past crashes) replayed,

@@ -70,6 +70,8 @@ pub struct DaemonConfig {
     pub dns_cache: usize,
     pub multishot: bool,
     pub busy_poll_us: u32,
+    /// The socket NAT thread's busy polling (0: off).
+    pub socknat_busy_poll_us: u32,
     /// Datapath worker threads (queues per container TAP).
     pub datapath_workers: usize,
     /// Upstream DNS servers (empty: the host's /etc/resolv.conf).

@@ -87,7 +87,7 @@ impl Core {
                     dp.injector(),
                     dp.direct_writer(),
                     cfg.nat_quota,
-                    std::time::Duration::from_micros(cfg.busy_poll_us as u64),
+                    std::time::Duration::from_micros(cfg.socknat_busy_poll_us as u64),
                 )
                 .context("starting the socket NAT")?;
                 log("outbound: socket NAT through the host's own sockets (no --uplink)");
