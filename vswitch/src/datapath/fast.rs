@@ -23,10 +23,11 @@
 //! an entry appeared, moved or went,
 //! or a command changed ports or networks): helpers read it through an
 //! [`ArcSwap`] with no lock, and the main worker never waits for them.
-//! A frame a helper switches does not refresh its source MAC's age; a MAC
-//! that only ever talks through a helper ages out of the main table and
-//! its next frame goes through the main worker once, which learns it
-//! again.
+//! A helper remembers, per port, the source MAC it last switched from,
+//! and reports them to the main worker every second, which refreshes
+//! their entries (a MAC that only talks through a helper would otherwise
+//! age out while it talks). Within that second the main worker's table
+//! may show an entry as aged while the helper still switches its frames.
 
 use super::*;
 use arc_swap::ArcSwap;
@@ -189,6 +190,10 @@ impl State {
             // counted as received here (or as the drop)
             if self.sw.admit(slot, frame).is_ok() && self.post_write(slot, b, out) {
                 self.helper.as_mut().expect("a helper").stats.switched += 1;
+                let src = Mac::from_slice(&self.pool.frame(b, len)[VNET_HDR_LEN + 6..]);
+                if let Some(p) = self.ports[slot as usize].as_mut() {
+                    p.seen = Some(src);
+                }
             } else {
                 self.recycle(slot, b);
             }
@@ -219,6 +224,48 @@ impl State {
             let one: u64 = 1;
             // SAFETY: an 8-byte write from a live u64 to an eventfd
             unsafe { libc::write(h.main_efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        }
+    }
+
+    /// Every second (helpers): the source MACs switched from each port
+    /// since the last report go to the main worker, which refreshes them.
+    pub(super) fn report_seen(&mut self) {
+        let Some(h) = self.helper.as_ref() else {
+            return;
+        };
+        let seen: Vec<(PortId, Mac)> = self
+            .ports
+            .iter_mut()
+            .flatten()
+            .filter_map(|p| p.seen.take().map(|m| (p.id, m)))
+            .collect();
+        if seen.is_empty() {
+            return;
+        }
+        if h.main.send(Cmd::Seen(seen)).is_ok() {
+            let one: u64 = 1;
+            // SAFETY: an 8-byte write from a live u64 to an eventfd
+            unsafe { libc::write(h.main_efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        }
+    }
+
+    /// The main worker refreshes what a helper saw (see
+    /// [`Self::report_seen`]): learned again on the same port, so an
+    /// entry that aged meanwhile comes back.
+    pub(super) fn refresh_seen(&mut self, seen: Vec<(PortId, Mac)>) {
+        let now = now_ms();
+        for (id, mac) in seen {
+            let Some(&slot) = self.ids.get(&id) else {
+                continue;
+            };
+            // (not for a port on its way out: its entries are gone)
+            let up = self.ports[slot as usize]
+                .as_ref()
+                .is_some_and(|p| p.state == PortState::Up);
+            let Some(net) = self.sw.port(slot).map(|p| p.net).filter(|_| up) else {
+                continue;
+            };
+            self.sw.table.learn(net, &mac, slot, now);
         }
     }
 

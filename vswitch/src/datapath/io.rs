@@ -143,6 +143,7 @@ impl State {
                     self.last_age = now;
                     self.uplink_tick(now);
                     self.routed_tick(now);
+                    self.report_seen();
                 }
                 if !self.exiting {
                     self.post_tick();
@@ -413,6 +414,7 @@ impl State {
             name,
             fd,
             direct,
+            seen: None,
             xform: None,
             tunnel: None,
             armed: false,

@@ -244,6 +244,9 @@ enum Cmd {
     /// Frames a helper worker could not switch (see [`fast`]), and its
     /// count of frames waiting.
     Handoff(Vec<(PortId, Vec<u8>)>, Arc<std::sync::atomic::AtomicU32>),
+    /// Source MACs a helper switched frames from, by port, since its last
+    /// report: their entries are refreshed.
+    Seen(Vec<(PortId, Mac)>),
     Shutdown,
 }
 
@@ -853,6 +856,9 @@ struct IoPort {
     fd: OwnedFd,
     /// A container TAP services may write to (see [`fast::DirectWriter`]).
     direct: Option<Arc<fast::DirectPort>>,
+    /// A helper's: the source MAC it last switched from this port since
+    /// its last report to the main worker (see [`fast`]).
+    seen: Option<Mac>,
     /// A read (multishot or single) is posted.
     armed: bool,
     /// Waiting in [`Pool::starved`] for a buffer.
@@ -1104,10 +1110,14 @@ impl State {
         while let Ok(c) = self.rx.try_recv() {
             if let Some(p) = self.publisher.as_mut() {
                 // ports or networks may change what helpers may switch
-                p.dirty |= !matches!(c, Cmd::Handoff(..) | Cmd::Snapshot(..) | Cmd::Inject(..));
+                p.dirty |= !matches!(
+                    c,
+                    Cmd::Handoff(..) | Cmd::Seen(..) | Cmd::Snapshot(..) | Cmd::Inject(..)
+                );
             }
             match c {
                 Cmd::Handoff(frames, waiting) => self.take_handoff(frames, &waiting),
+                Cmd::Seen(seen) => self.refresh_seen(seen),
                 Cmd::AddNetwork(n, cfg) => self.sw.add_network(n, cfg),
                 Cmd::RemoveNetwork(n) => {
                     self.sw.remove_network(n);
