@@ -220,11 +220,11 @@ impl State {
         }
         let frames = std::mem::take(&mut h.pending);
         h.waiting.fetch_add(frames.len() as u32, Ordering::Relaxed);
-        if h.main.send(Cmd::Handoff(frames, h.waiting.clone())).is_ok() {
-            let one: u64 = 1;
-            // SAFETY: an 8-byte write from a live u64 to an eventfd
-            unsafe { libc::write(h.main_efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
-        }
+        let _ = post(
+            &h.main,
+            &h.main_efd,
+            Cmd::Handoff(frames, h.waiting.clone()),
+        );
     }
 
     /// Every second (helpers): the source MACs switched from each port
@@ -242,11 +242,7 @@ impl State {
         if seen.is_empty() {
             return;
         }
-        if h.main.send(Cmd::Seen(seen)).is_ok() {
-            let one: u64 = 1;
-            // SAFETY: an 8-byte write from a live u64 to an eventfd
-            unsafe { libc::write(h.main_efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
-        }
+        let _ = post(&h.main, &h.main_efd, Cmd::Seen(seen));
     }
 
     /// The main worker refreshes what a helper saw (see

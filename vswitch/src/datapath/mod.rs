@@ -330,16 +330,20 @@ impl Injector {
         if frames.is_empty() {
             return Ok(());
         }
-        self.tx
-            .send(Cmd::Inject(net, frames))
-            .map_err(|_| DatapathError::Stopped)?;
-        let one: u64 = 1;
-        let r = unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
-        if r != 8 {
-            return Err(DatapathError::Stopped);
-        }
-        Ok(())
+        post(&self.tx, &self.efd, Cmd::Inject(net, frames))
     }
+}
+
+/// Queues `c` for a worker and wakes it through its eventfd.
+fn post(tx: &mpsc::Sender<Cmd>, efd: &OwnedFd, c: Cmd) -> Result<(), DatapathError> {
+    tx.send(c).map_err(|_| DatapathError::Stopped)?;
+    let one: u64 = 1;
+    // SAFETY: an 8-byte write from a live u64 to an eventfd
+    let r = unsafe { libc::write(efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+    if r != 8 {
+        return Err(DatapathError::Stopped);
+    }
+    Ok(())
 }
 
 /// A worker thread and how to reach it.
@@ -351,13 +355,7 @@ struct Lane {
 
 impl Lane {
     fn send(&self, c: Cmd) -> Result<(), DatapathError> {
-        self.tx.send(c).map_err(|_| DatapathError::Stopped)?;
-        let one: u64 = 1;
-        let r = unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
-        if r != 8 {
-            return Err(DatapathError::Stopped);
-        }
-        Ok(())
+        post(&self.tx, &self.efd, c)
     }
 
     fn stop(&mut self) {
@@ -548,24 +546,16 @@ impl Datapath {
         fds: Vec<OwnedFd>,
         identity: Option<PortIdentity>,
     ) -> Result<PortId, DatapathError> {
-        let id = self.next_port.fetch_add(1, Ordering::Relaxed);
-        let mut fds = fds.into_iter();
-        let Some(fd) = fds.next() else {
+        if fds.is_empty() {
             return Err(DatapathError::Setup(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "a port needs at least one fd",
             )));
-        };
-        self.send(Cmd::AddPort {
-            id,
-            name: name.to_string(),
-            net,
-            mtu,
-            fd,
-            identity,
-        })?;
-        for (h, fd) in self.helpers.iter().zip(fds) {
-            h.send(Cmd::AddPort {
+        }
+        let id = self.next_port.fetch_add(1, Ordering::Relaxed);
+        let lanes = std::iter::once(&self.main).chain(&self.helpers);
+        for (lane, fd) in lanes.zip(fds) {
+            lane.send(Cmd::AddPort {
                 id,
                 name: name.to_string(),
                 net,
