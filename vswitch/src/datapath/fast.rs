@@ -182,15 +182,14 @@ impl State {
                 if t.macs.get(&crate::table::key(net, &src)) != Some(&id) {
                     return None;
                 }
-                t.macs.get(&crate::table::key(net, &dst)).copied()
+                let o = *t.macs.get(&crate::table::key(net, &dst))?;
+                (o != id).then_some((src, o))
             })
-            .filter(|&o| o != id)
-            .and_then(|o| self.ids.get(&o).copied());
-        if let Some(out) = out {
+            .and_then(|(src, o)| Some((src, *self.ids.get(&o)?)));
+        if let Some((src, out)) = out {
             // counted as received here (or as the drop)
             if self.sw.admit(slot, frame).is_ok() && self.post_write(slot, b, out) {
                 self.helper.as_mut().expect("a helper").stats.switched += 1;
-                let src = Mac::from_slice(&self.pool.frame(b, len)[VNET_HDR_LEN + 6..]);
                 if let Some(p) = self.ports[slot as usize].as_mut() {
                     p.seen = Some(src);
                 }

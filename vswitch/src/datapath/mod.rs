@@ -1541,6 +1541,78 @@ mod tests {
         dp.shutdown();
     }
 
+    /// A MAC whose frames only the helper switches stays in the main
+    /// worker's table: the helper reports it every second.
+    #[test]
+    fn helper_keeps_the_macs_it_switches_learned() {
+        use std::os::unix::net::UnixDatagram;
+        let dp = Datapath::start(DatapathConfig {
+            rx_buffers: 4,
+            workers: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        dp.add_network(0, net_10_1()).unwrap();
+        let pair = || {
+            let (sw, me) = UnixDatagram::pair().unwrap();
+            me.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            (OwnedFd::from(sw), me)
+        };
+        let ((a0_sw, a0), (a1_sw, a1)) = (pair(), pair());
+        let ((b0_sw, b0), (b1_sw, b1)) = (pair(), pair());
+        dp.add_port_queues("a", 0, 1500, vec![a0_sw, a1_sw], None)
+            .unwrap();
+        dp.add_port_queues("b", 0, 1500, vec![b0_sw, b1_sw], None)
+            .unwrap();
+        let ma = Mac([2, 0, 0, 0, 0, 0xa]);
+        let mb = Mac([2, 0, 0, 0, 0, 0xb]);
+        let mut buf = [0u8; 2048];
+        // both learned through queue 0 (b's first frame floods to a)
+        b0.send(&crate::switch::tests::frame(ma, mb, 0x0800, 46))
+            .unwrap();
+        a1.send(&crate::switch::tests::frame(mb, ma, 0x0800, 46))
+            .unwrap();
+        b0.recv(&mut buf).unwrap();
+        dp.set_aging(Duration::from_secs(2)).unwrap();
+        // 4 s of a -> b through the helper only (twice the aging time)
+        // once it switches them: its entries never age, so nothing goes
+        // back to the main worker
+        let handed = || dp.snapshot(Duration::from_secs(5)).unwrap().workers[1].handed_off;
+        let mut since: Option<(std::time::Instant, u64)> = None;
+        let mut fast = 0;
+        while since.is_none_or(|(t0, _)| t0.elapsed() < Duration::from_secs(4)) {
+            a1.send(&crate::switch::tests::frame(mb, ma, 0x0800, 46))
+                .unwrap();
+            b1.set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            if b1.recv(&mut buf).is_ok() {
+                fast += 1;
+                since.get_or_insert_with(|| (std::time::Instant::now(), handed()));
+            } else {
+                let _ = b0.recv(&mut buf);
+            }
+            // and b -> a, so b's entry is one the helper sees too
+            b1.send(&crate::switch::tests::frame(ma, mb, 0x0800, 46))
+                .unwrap();
+            a1.set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            if a1.recv(&mut buf).is_err() {
+                let _ = a0.recv(&mut buf);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(fast > 50, "the helper switched {fast}");
+        let before = since.expect("fast").1;
+        assert_eq!(handed(), before, "frames went back to the main worker");
+        let s = dp.snapshot(Duration::from_secs(5)).unwrap();
+        let a = s.macs.iter().find(|m| m.mac == ma);
+        assert!(
+            a.is_some_and(|m| m.age_ms <= 1500),
+            "a's entry: {a:?} (aging 2 s)"
+        );
+        dp.shutdown();
+    }
+
     /// A service writes a container's frame into its TAP itself once the
     /// container's MAC is learned; counted as the port's tx; not for
     /// broadcast or unknown MACs, nor once the port is gone.
