@@ -473,7 +473,10 @@ impl Net {
         push_with_arp(&mut self.dev, &self.gw, syn);
     }
 
-    fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) {
+    /// Runs the stack and moves data between it and the host sockets'
+    /// tasks; true when data was handed to a host writer (see `run`).
+    fn poll(&mut self, now: SInstant, net: NetIdx, svc: &Svc) -> bool {
+        let mut to_host = false;
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         // UDP: datagrams from containers go out of their flow's host socket
         for (&(rip, rport), &(h, _)) in self.udp_sock.iter() {
@@ -496,7 +499,7 @@ impl Net {
                     }
                 });
                 f.last = Instant::now();
-                let _ = f.out.try_send(data);
+                to_host |= f.out.try_send(data).is_ok();
             }
         }
         // admitted datagrams smoltcp dropped: their hold goes
@@ -521,6 +524,7 @@ impl Net {
                         Ok(n) if n > 0 => {
                             buf.truncate(n);
                             permit.send(buf);
+                            to_host = true;
                         }
                         _ => break,
                     }
@@ -591,6 +595,7 @@ impl Net {
             self.sockets.remove(h);
         }
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        to_host
     }
 
     fn host_data(&mut self, flow: Flow, gen: u64, d: Vec<u8>) {
@@ -863,8 +868,19 @@ async fn run(
             budget -= 1;
         }
         let ts = now();
+        let mut to_host = false;
         for (net, n) in nets.iter_mut() {
-            n.poll(ts, *net, &svc);
+            to_host |= n.poll(ts, *net, &svc);
+        }
+        if to_host {
+            // a request goes to its host socket before the frames this
+            // round made (the ACK for it) are written: each write into a
+            // TAP runs the container's TCP input on this thread, and the
+            // request should not wait behind it (the host writers are
+            // tasks on this thread: yielding runs them)
+            tokio::task::yield_now().await;
+        }
+        for (net, n) in nets.iter_mut() {
             if !n.dev.tx.is_empty() {
                 let mut frames = std::mem::take(&mut n.dev.tx);
                 // a few frames (a request's answer): written here, without
