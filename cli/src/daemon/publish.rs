@@ -291,87 +291,168 @@ fn in_ns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -
 }
 
 fn relay_tcp(client: std::net::TcpStream, ns: &Path, to: SocketAddr) -> Result<()> {
-    client.set_nonblocking(false)?;
     let inner = in_ns(ns, move || {
         TcpStream::connect_timeout(&to, Duration::from_secs(5))
     })?
     .with_context(|| format!("connecting to {to} in the container"))?;
     let _ = client.set_nodelay(true);
     let _ = inner.set_nodelay(true);
-    let (c2, i2) = (client.try_clone()?, inner.try_clone()?);
-    let up = std::thread::spawn(move || pump(&c2, &i2));
-    let down = pump(&inner, &client);
-    let up = up
-        .join()
-        .map_err(|_| anyhow::anyhow!("relay thread panicked"))?;
-    down.and(up).map(|_| ()).map_err(Into::into)
+    client.set_nonblocking(true)?;
+    inner.set_nonblocking(true)?;
+    relay_pair(&client, &inner).map_err(Into::into)
 }
 
-/// Moves bytes from `from` to `to` with splice(2) until EOF, then shuts
-/// down `to`'s write side.
-fn pump(from: &TcpStream, to: &TcpStream) -> std::io::Result<u64> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// One direction of a relayed connection: bytes from `from` wait in a
+/// pipe until `to` takes them.
+struct Pipe<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    rd: OwnedFd,
+    wr: OwnedFd,
+    /// Bytes in the pipe.
+    queued: usize,
+    /// `from` reached EOF (and `to`'s write side was shut once drained).
+    eof: bool,
+}
+
+const PIPE_SIZE: usize = 1 << 20;
+
+impl<'a> Pipe<'a> {
+    fn new(from: &'a TcpStream, to: &'a TcpStream) -> std::io::Result<Pipe<'a>> {
+        let mut fds = [0; 2];
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // a smaller pipe only means more rounds
+        unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        Ok(Pipe {
+            from,
+            to,
+            rd,
+            wr,
+            queued: 0,
+            eof: false,
+        })
     }
-    let (pr, pw) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-    let mut total = 0u64;
-    let r = loop {
+
+    /// Moves what it can without blocking: drains the pipe into `to`, then
+    /// reads `from` into it and drains again, until a side would block or
+    /// `from` ends. Err: the connection failed.
+    fn step(&mut self) -> std::io::Result<()> {
+        loop {
+            while self.queued > 0 {
+                match splice(self.rd.as_raw_fd(), self.to.as_raw_fd(), self.queued)? {
+                    Some(n) => self.queued -= n,
+                    None => return Ok(()), // `to` is full: wait for POLLOUT
+                }
+            }
+            if self.eof {
+                return Ok(());
+            }
+            match splice(self.from.as_raw_fd(), self.wr.as_raw_fd(), PIPE_SIZE)? {
+                Some(0) => {
+                    self.eof = true;
+                    let _ = self.to.shutdown(std::net::Shutdown::Write);
+                    return Ok(());
+                }
+                Some(n) => self.queued = n,
+                None => return Ok(()), // nothing to read: wait for POLLIN
+            }
+        }
+    }
+
+    /// The poll(2) events this direction waits for on `from` and on `to`.
+    fn wants(&self) -> (libc::c_short, libc::c_short) {
+        if self.queued > 0 {
+            (0, libc::POLLOUT)
+        } else if !self.eof {
+            (libc::POLLIN, 0)
+        } else {
+            (0, 0)
+        }
+    }
+}
+
+/// splice(2) without blocking: Some(bytes moved), None if it would block.
+fn splice(from: i32, to: i32, len: usize) -> std::io::Result<Option<usize>> {
+    loop {
         let n = unsafe {
             libc::splice(
-                from.as_raw_fd(),
+                from,
                 std::ptr::null_mut(),
-                pw.as_raw_fd(),
+                to,
                 std::ptr::null_mut(),
-                1 << 20,
-                libc::SPLICE_F_MOVE,
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
             )
         };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Relays both directions between `a` and `b` (non-blocking sockets) on
+/// this one thread, with splice(2) through a pipe per direction, until both
+/// directions have ended; each side's write is shut when the other side
+/// ends. One thread for both directions, as an event loop would: a request
+/// and its answer are handled by the same thread, which stays warm on its
+/// CPU (two blocking threads, one per direction, cost a request-response
+/// round trip more here).
+fn relay_pair(a: &TcpStream, b: &TcpStream) -> std::io::Result<()> {
+    let mut up = Pipe::new(a, b)?;
+    let mut down = Pipe::new(b, a)?;
+    let r = loop {
+        if let Err(e) = up.step().and_then(|_| down.step()) {
             break Err(e);
         }
-        if n == 0 {
-            break Ok(total);
+        if up.eof && down.eof && up.queued == 0 && down.queued == 0 {
+            break Ok(());
         }
-        let mut left = n as usize;
-        while left > 0 {
-            let m = unsafe {
-                libc::splice(
-                    pr.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    to.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    left,
-                    libc::SPLICE_F_MOVE,
-                )
-            };
-            if m < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                let _ = to.shutdown(std::net::Shutdown::Write);
-                return Err(e);
+        let ((up_a, up_b), (down_b, down_a)) = (up.wants(), down.wants());
+        let mut fds = [
+            libc::pollfd {
+                fd: a.as_raw_fd(),
+                events: up_a | down_a,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: up_b | down_b,
+                revents: 0,
+            },
+        ];
+        // a socket this relay waits nothing from is left out: a hung-up
+        // socket would otherwise wake the loop again and again
+        for f in fds.iter_mut() {
+            if f.events == 0 {
+                f.fd = -1;
             }
-            left -= m as usize;
         }
-        total += n as u64;
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                break Err(e);
+            }
+        }
     };
-    let _ = to.shutdown(std::net::Shutdown::Write);
+    let _ = a.shutdown(std::net::Shutdown::Both);
+    let _ = b.shutdown(std::net::Shutdown::Both);
     // a peer that reset the connection is the normal end of a relay
     match r {
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(total),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r,
     }
 }
 
-/// One socket inside the container per client address, dropped after
-/// [`UDP_IDLE`] without traffic.
 async fn relay_udp(host: Arc<tokio::net::UdpSocket>, ns: Arc<PathBuf>, to: SocketAddr) {
     let mut clients: HashMap<SocketAddr, (Arc<tokio::net::UdpSocket>, JoinHandle<()>)> =
         HashMap::new();
