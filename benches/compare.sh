@@ -306,7 +306,7 @@ if has overlay; then
 		for _ in $(seq 100); do TAPNET_SOCKET="$OUT/o$i/tapnet.sock" "$T" network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 	done
 	TAPNET_SOCKET="$OUT/o1/tapnet.sock" "$T" network create -d overlay --subnet 10.96.0.0/24 ov >/dev/null || exit 1
-	for _ in $(seq 100); do TAPNET_SOCKET="$OUT/o2/tapnet.sock" "$T" network ls -q | grep -qx ov && break; sleep 0.1; done
+	for _ in $(seq 100); do TAPNET_SOCKET="$OUT/o2/tapnet.sock" "$T" network ls --format '{{.Name}}' | grep -qx ov && break; sleep 0.1; done
 	for i in 1 2; do
 		TAPNET_SOCKET="$OUT/o$i/tapnet.sock" "$T" run --network ov --name c --ip 10.96.0.1$i -- sleep 100000 >"$OUT/o$i/c.log" 2>&1 &
 		PIDS+=($!)
@@ -580,7 +580,7 @@ if has dns; then
 	done
 fi
 echo
-"$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet switch drops:", {k: v for k, v in n["counters"]["drops"].items() if v})'
-"$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("tapnet datapath workers (main first; one worker: none):", n.get("datapath_workers"))'
+"$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]["Tapnet"]; print("tapnet switch drops:", {k: v for k, v in n["counters"]["drops"].items() if v})'
+"$T" network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]["Tapnet"]; print("tapnet datapath workers (main first; one worker: none):", n.get("datapath_workers"))'
 log "logs in $OUT"
 exit 0

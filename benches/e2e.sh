@@ -207,7 +207,7 @@ elif [ -n "$OVERLAY" ]; then
 	ENC=()
 	[ "$MODE" = overlay-encrypted ] && ENC=(-o encrypted)
 	tn network create -d overlay --subnet 10.99.0.0/24 "${ENC[@]}" bench >/dev/null || exit 1
-	for _ in $(seq 100); do T2 network ls -q | grep -qx bench && break; sleep 0.1; done
+	for _ in $(seq 100); do T2 network ls --format "{{.Name}}" | grep -qx bench && break; sleep 0.1; done
 elif [ "$MODE" = macvlan ]; then
 	tn network create -d macvlan -o parent=lanp0 --subnet 10.98.0.0/24 --gateway 10.98.0.1 \
 		--mtu "$MTU" bench >/dev/null || exit 1
@@ -360,10 +360,10 @@ if [ -n "$OVERLAY" ]; then
 	  LABEL="kernel VXLAN (veth-br-vxlan ~ underlay ~ vxlan-br-veth, static FDB)"
 	  for _ in $(seq 20); do nsx $C ping -c 1 -W 1 -q "$SB" >/dev/null 2>&1 && break; sleep 0.2; done
 	  measure )
-	MTU=$(tn network inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])')
+	MTU=$(tn network inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Tapnet"]["mtu"])')
 	measure
-	tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("host 1 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
-	T2 network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("host 2 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
+	tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]["Tapnet"]; print("host 1 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
+	T2 network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]["Tapnet"]; print("host 2 VTEP:", json.dumps(n["overlay"]["vtep_counters"]))'
 	log "logs in $OUT"
 	exit 0
 fi
@@ -434,5 +434,5 @@ if [ "$MODE" = docker ]; then
 fi
 measure
 echo
-tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]; print("switch drops:", n["counters"]["drops"])'
+tn network inspect bench | python3 -c 'import json,sys; n=json.load(sys.stdin)[0]["Tapnet"]; print("switch drops:", n["counters"]["drops"])'
 log "logs in $OUT"

@@ -41,6 +41,9 @@ pub struct CreateNetwork {
     /// the networks Docker creates through the plugin.
     #[serde(default)]
     pub id: Option<String>,
+    /// Metadata (`--label KEY=VALUE`), as Docker's networks have.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -141,6 +144,11 @@ pub struct NetworkSummary {
     /// parent that was missing at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds (0: pre-defined).
+    #[serde(default)]
+    pub created: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

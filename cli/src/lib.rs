@@ -7,4 +7,5 @@ pub mod api;
 pub mod client;
 pub mod cni;
 pub mod daemon;
+pub mod dockerfmt;
 pub mod run;

@@ -1,6 +1,6 @@
 //! `tapnet`: daemon, control API and CLI.
 
-use tapnet::{api, client, daemon, run};
+use tapnet::{api, client, daemon, dockerfmt, run};
 
 use anyhow::Result;
 use api::*;
@@ -242,20 +242,44 @@ enum NetCmd {
         /// No routing beyond the network: no outbound NAT, no published ports.
         #[arg(long)]
         internal: bool,
+        /// Metadata KEY=VALUE (repeatable), shown by inspect, matched by
+        /// `ls --filter label=...`.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        label: Vec<String>,
     },
-    /// List networks.
+    /// List networks (Docker's columns: NETWORK ID, NAME, DRIVER, SCOPE).
     #[command(alias = "list")]
     Ls {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-        /// Only names.
+        /// table (default), json (tapnet's own fields), a Go template
+        /// (`{{.Name}}`; keys: ID Name Driver Scope IPv6 Internal Labels
+        /// CreatedAt Subnet Gateway MTU Endpoints) or `table TEMPLATE`.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Only network ids.
         #[arg(short, long)]
         quiet: bool,
+        /// driver=, id=, label=KEY[=VALUE], name=, scope=, type=custom|builtin
+        /// (repeatable: one key's values are alternatives, all keys must
+        /// match).
+        #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Whole ids.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Also SUBNET, GATEWAY, MTU and ENDPOINTS.
+        #[arg(short, long)]
+        long: bool,
     },
-    /// Show a network as JSON: subnet, gateway, endpoints, MACs, counters.
+    /// Show networks as JSON with Docker's field names (Name, Id, IPAM,
+    /// Containers, ...) and tapnet's own view (endpoints with per-port
+    /// counters, the MAC table, DNS) under `Tapnet`.
     Inspect {
         #[arg(required = true)]
         names: Vec<String>,
+        /// A Go template run on each network (`{{json .}}`,
+        /// `{{range .IPAM.Config}}{{.Subnet}}{{end}}`).
+        #[arg(short, long)]
+        format: Option<String>,
     },
     /// Remove networks.
     #[command(alias = "remove")]
@@ -424,12 +448,17 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
 
 /// `-o KEY=VALUE` options; a key given twice keeps the last value.
 fn parse_opts(opts: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    parse_kv("option", opts)
+}
+
+/// KEY=VALUE pairs (`what`: option, label); a bare KEY has an empty value.
+fn parse_kv(what: &str, opts: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
     opts.iter()
         .map(|o| match o.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
             // a bare key (Docker's `-o encrypted`): an empty value
             None if !o.is_empty() => Ok((o.to_string(), String::new())),
-            _ => anyhow::bail!("invalid option {o:?}: use KEY=VALUE"),
+            _ => anyhow::bail!("invalid {what} {o:?}: use KEY=VALUE"),
         })
         .collect()
 }
@@ -696,6 +725,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
             dns,
             no_dns_names,
             internal,
+            label,
         } => {
             let (subnet, subnet6) = by_family("--subnet", subnet)?;
             let (gateway, gateway6) = by_family("--gateway", gateway)?;
@@ -719,53 +749,73 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
                     dns_names: Some(!no_dns_names),
                     internal,
                     id: None,
+                    labels: parse_kv("label", &label)?,
                 }),
             )?;
             println!("{}", s.id);
         }
-        NetCmd::Ls { format, quiet } => {
+        NetCmd::Ls {
+            format,
+            quiet,
+            filter,
+            no_trunc,
+            long,
+        } => {
+            let out = dockerfmt::Output::parse(&format).map_err(anyhow::Error::msg)?;
+            let filter = dockerfmt::NetFilter::parse(&filter).map_err(anyhow::Error::msg)?;
             let ns: Vec<NetworkSummary> = c.get("/networks")?;
-            if format == Format::Json {
+            let ns: Vec<NetworkSummary> = ns.into_iter().filter(|n| filter.matches(n)).collect();
+            if quiet {
+                for n in &ns {
+                    println!(
+                        "{}",
+                        if no_trunc {
+                            &n.id[..]
+                        } else {
+                            &n.id[..12.min(n.id.len())]
+                        }
+                    );
+                }
+            } else if matches!(out, dockerfmt::Output::Json) {
                 json_out(&ns)?;
-            } else if quiet {
-                ns.iter().for_each(|n| println!("{}", n.name));
             } else {
-                let rows = ns
-                    .into_iter()
-                    .map(|n| {
-                        vec![
-                            n.id[..12.min(n.id.len())].to_string(),
-                            n.name,
-                            n.driver,
-                            n.scope,
-                            n.subnet,
-                            n.gateway,
-                            n.mtu.to_string(),
-                            n.endpoints.to_string(),
-                        ]
-                    })
+                let rows: Vec<serde_json::Value> = ns
+                    .iter()
+                    .map(|n| dockerfmt::net_ls_row(n, no_trunc))
                     .collect();
-                print_table(
-                    &[
-                        "NETWORK ID",
-                        "NAME",
-                        "DRIVER",
-                        "SCOPE",
-                        "SUBNET",
-                        "GATEWAY",
-                        "MTU",
-                        "ENDPOINTS",
-                    ],
-                    rows,
-                );
+                let cols = if long {
+                    dockerfmt::NET_LS_LONG
+                } else {
+                    dockerfmt::NET_LS_DEFAULT
+                };
+                let text = dockerfmt::print_rows(&out, &rows, cols, dockerfmt::NET_LS_KEYS)
+                    .map_err(anyhow::Error::msg)?;
+                print!("{text}");
             }
         }
-        NetCmd::Inspect { names } => {
+        NetCmd::Inspect { names, format } => {
+            let tmpl = format
+                .as_deref()
+                .map(dockerfmt::template)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let ctrs: Vec<ContainerInfo> = c.get("/containers")?;
+            let ids = ctrs.into_iter().map(|c| (c.name, c.id)).collect();
             let mut out = Vec::new();
             for n in names {
-                out.push(c.get::<serde_json::Value>(&format!("/networks/{n}"))?);
+                // as JSON: the summary's endpoint count and the endpoint
+                // map share a key (the map comes last and wins)
+                let n: serde_json::Value = c.get(&format!("/networks/{n}"))?;
+                out.push(dockerfmt::net_inspect(&n, &ids));
             }
-            json_out(&out)?;
+            match tmpl {
+                Some(t) => {
+                    for n in &out {
+                        println!("{}", dockerfmt::render(&t, n).map_err(anyhow::Error::msg)?);
+                    }
+                }
+                None => json_out(&out)?,
+            }
         }
         NetCmd::Rm { names } => {
             for n in names {

@@ -539,9 +539,10 @@ impl Env {
         serde_json::from_str(&s).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{s}"))
     }
 
+    /// tapnet's own view of a network (`Tapnet` in `network inspect`).
     pub fn inspect(&self, net: &str) -> Value {
         let v = self.json(&["network", "inspect", net]);
-        v[0].clone()
+        v[0]["Tapnet"].clone()
     }
 
     /// The IPv6 address (without prefix) of container `name`'s first
@@ -568,7 +569,7 @@ impl Env {
             return None;
         }
         let v: Value = serde_json::from_slice(&o.stdout).ok()?;
-        Some(v[0].clone())
+        Some(v[0]["Tapnet"].clone())
     }
 
     /// Counters of `container`'s port on `net`.

@@ -528,6 +528,6 @@ fn docker_creates_and_removes_tapnet_networks() {
     dk.ok(&["rm", "-f", "web2"]);
     // Docker's rm removes it from tapnet
     dk.ok(&["network", "rm", "dn"]);
-    let nets = env.ok(&["network", "ls", "-q"]);
+    let nets = env.ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(!nets.contains("docker-"), "{nets}");
 }

@@ -28,7 +28,7 @@ fn ipam_and_cli_errors() {
         return;
     };
     // the default network exists without being created
-    let ls = env.ok(&["network", "ls"]);
+    let ls = env.ok(&["network", "ls", "--long"]);
     assert!(
         ls.contains("bridge") && ls.contains("172.17.0.0/16"),
         "{ls}"

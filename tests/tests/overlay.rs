@@ -287,7 +287,7 @@ fn overlay_survives_faults() {
     h1.ok(&["network", "create", "--subnet", "10.96.0.0/24", "local1"]);
     for h in [&h2, &h3] {
         assert!(wait_until(Duration::from_secs(10), || h
-            .ok(&["network", "ls", "-q"])
+            .ok(&["network", "ls", "--format", "{{.Name}}"])
             .contains("ov2")));
     }
     let a = h1.container("ov1", "a", &[]);
@@ -364,7 +364,7 @@ fn overlay_survives_faults() {
     });
     assert!(ok, "{}", h1.daemon_log());
     assert!(wait_until(Duration::from_secs(10), || h3
-        .ok(&["network", "ls", "-q"])
+        .ok(&["network", "ls", "--format", "{{.Name}}"])
         .contains("ov3")));
 
     // host 2 dies: 1 and 3 keep talking; b leaves their tables when its
@@ -417,7 +417,7 @@ fn overlay_addresses_are_unique_under_contention() {
     hosts[0].ok(&["network", "create", "-d", "overlay", "ov1"]);
     for h in &hosts {
         assert!(wait_until(Duration::from_secs(10), || h
-            .ok(&["network", "ls", "-q"])
+            .ok(&["network", "ls", "--format", "{{.Name}}"])
             .contains("ov1")));
     }
     // every host attaches its 50 at the same time as the others
@@ -575,7 +575,7 @@ fn overlay_encrypted() {
         "pln",
     ]);
     assert!(wait_until(Duration::from_secs(10), || h2
-        .ok(&["network", "ls", "-q"])
+        .ok(&["network", "ls", "--format", "{{.Name}}"])
         .contains("pln")));
     let i = h2.inspect("sec");
     assert_eq!(i["overlay"]["encrypted"], true, "{i}");

@@ -174,7 +174,7 @@ fn corrupt_state_files_are_set_aside() {
     std::fs::write(&bad, &text[..text.len() / 2]).unwrap();
     std::fs::write(st.join("containers.json"), b"{\"c1\": {\"netns\"").unwrap();
     env.start_daemon();
-    let ls = env.ok(&["network", "ls", "-q"]);
+    let ls = env.ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(ls.lines().any(|l| l == "good"), "{ls}");
     assert!(!ls.lines().any(|l| l == "bad"), "{ls}");
     let log = env.daemon_log();

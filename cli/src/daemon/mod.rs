@@ -228,6 +228,8 @@ impl Net {
             dns_names: self.rec.dns_names,
             internal: self.rec.internal,
             down: self.down.clone(),
+            labels: self.rec.labels.clone(),
+            created: self.rec.created,
         }
     }
 

@@ -198,6 +198,8 @@ impl Core {
             mtu: 0,
             builtin: true,
             endpoints: self.containers.values().filter(|c| c.mode == name).count(),
+            labels: BTreeMap::new(),
+            created: 0,
             dns_names: false,
             internal: false,
             down: None,
@@ -392,6 +394,15 @@ pub fn plan_network(
     ula: Ipv6Net,
 ) -> ApiResult<NetworkRecord> {
     check_name("network", &req.name)?;
+    if let Some(k) = req
+        .labels
+        .keys()
+        .find(|k| k.trim().is_empty() || k.contains('='))
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid label {k:?}: a label is KEY=VALUE with a non-empty KEY"
+        )));
+    }
     if others.iter().any(|r| r.name == req.name) || PSEUDO.contains(&req.name.as_str()) {
         return Err(ApiError::conflict(format!(
             "network with name {} already exists",
@@ -477,6 +488,7 @@ pub fn plan_network(
         dns: req.dns.clone(),
         internal: req.internal,
         endpoints: BTreeMap::new(),
+        labels: req.labels.clone(),
     };
     drv.check(&mut rec, others)?;
     Ok(rec)

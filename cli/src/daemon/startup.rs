@@ -251,6 +251,7 @@ impl Core {
                 dns: vec![],
                 internal: false,
                 endpoints: BTreeMap::new(),
+                labels: BTreeMap::new(),
             };
             core.bridge_ipv6(&mut rec, &records)?;
             core.store.save(&rec)?;

@@ -99,6 +99,9 @@ pub struct NetworkRecord {
     pub internal: bool,
     /// Container name -> endpoint.
     pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// `--label KEY=VALUE`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A container: a network namespace known by name.
@@ -494,6 +497,7 @@ mod tests {
             dns: vec![],
             internal: false,
             endpoints: BTreeMap::new(),
+            labels: BTreeMap::new(),
         };
         r.endpoints.insert(
             "c1".into(),
