@@ -261,6 +261,9 @@ pub struct ContainerInfo {
     /// Things asked for that do not apply (e.g. `-p` with `host`).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

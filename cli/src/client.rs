@@ -125,6 +125,16 @@ impl Client {
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(method_get(), path, None::<&()>)
     }
+
+    /// [`Client::get`], with None when the daemon answers 404 (no such
+    /// object).
+    pub fn get_opt<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        let (code, _) = self.request(method_get(), path, None)?;
+        if code == 404 {
+            return Ok(None);
+        }
+        self.get(path).map(Some)
+    }
 }
 
 fn method_get() -> &'static str {

@@ -9,7 +9,7 @@
 //! row and aligns the tab-separated cells, as Docker does; the escapes `\t`
 //! and `\n` written literally in a format string mean a tab and a newline.
 
-use crate::api::NetworkSummary;
+use crate::api::{ContainerInfo, NetworkSummary};
 use gotmpl::{Template, Value};
 use serde_json::{json, Map, Value as Json};
 use std::collections::BTreeMap;
@@ -469,6 +469,111 @@ pub fn net_inspect(n: &Json, ctr_ids: &BTreeMap<String, String>) -> Json {
     })
 }
 
+/// `HOST:PORT->CPORT/PROTO` (as tapnet lists published ports) as
+/// Docker's `Ports` entry: (`CPORT/PROTO`, HostIp, HostPort).
+fn port_entry(p: &str) -> Option<(String, String, String)> {
+    let (host, ctr) = p.split_once("->")?;
+    let (ip, port) = host.rsplit_once(':')?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    Some((ctr.to_string(), ip.to_string(), port.to_string()))
+}
+
+/// `inspect`'s JSON for a container, in the shape of Docker's container
+/// inspect as far as the network goes (Id, Created, Name, HostConfig's
+/// NetworkMode, NetworkSettings with SandboxKey, Ports and Networks.{net}:
+/// IPAddress, IPPrefixLen, Gateway, MacAddress, NetworkID, EndpointID,
+/// Aliases, DNSNames, DriverOpts, the IPv6 fields), with the container as
+/// tapnet's API gives it under `Tapnet`. `net_ids`: network name -> id.
+pub fn ctr_inspect(c: &ContainerInfo, net_ids: &BTreeMap<String, String>) -> Json {
+    let mut ports: Map<String, Json> = Map::new();
+    let mut networks = Map::new();
+    let split = |a: &str| -> (String, u64) {
+        match a.split_once('/') {
+            Some((ip, len)) => (ip.to_string(), len.parse().unwrap_or(0)),
+            None => (a.to_string(), 0),
+        }
+    };
+    for e in &c.endpoints {
+        for p in &e.ports {
+            if let Some((key, ip, port)) = port_entry(p) {
+                let list = ports.entry(key).or_insert_with(|| json!([]));
+                if let Some(l) = list.as_array_mut() {
+                    l.push(json!({ "HostIp": ip, "HostPort": port }));
+                }
+            }
+        }
+        let net_id = net_ids.get(&e.network).cloned().unwrap_or_default();
+        let (ip, len) = split(&e.ip);
+        let (ip6, len6) = e.ip6.as_deref().map(split).unwrap_or_default();
+        let mut names = vec![c.name.clone()];
+        names.extend(e.aliases.iter().cloned());
+        networks.insert(
+            e.network.clone(),
+            json!({
+                "IPAMConfig": null,
+                "Links": null,
+                "Aliases": e.aliases,
+                "MacAddress": e.mac,
+                "DriverOpts": null,
+                "NetworkID": net_id,
+                "EndpointID": endpoint_id(&net_id, &c.id),
+                "Gateway": e.gateway,
+                "IPAddress": ip,
+                "IPPrefixLen": len,
+                "IPv6Gateway": e.gateway6.clone().unwrap_or_default(),
+                "GlobalIPv6Address": ip6,
+                "GlobalIPv6PrefixLen": len6,
+                "DNSNames": names,
+            }),
+        );
+    }
+    // host and none: Docker lists the pseudo-network with empty addresses
+    if c.network_mode == "host" || c.network_mode == "none" {
+        networks.insert(
+            c.network_mode.clone(),
+            json!({
+                "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "",
+                "DriverOpts": null,
+                "NetworkID": net_ids.get(&c.network_mode).cloned().unwrap_or_default(),
+                "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
+                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                "DNSNames": null,
+            }),
+        );
+    }
+    // the network it was started on: the one its default route uses
+    let mode = if c.network_mode.is_empty() {
+        c.endpoints
+            .iter()
+            .find(|e| e.default_route)
+            .or(c.endpoints.first())
+            .map(|e| e.network.clone())
+            .unwrap_or_else(|| "none".into())
+    } else {
+        c.network_mode.clone()
+    };
+    // Docker fills the top-level address fields from the default bridge
+    let bridge = c.endpoints.iter().find(|e| e.network == "bridge");
+    let (bip, blen) = bridge.map(|e| split(&e.ip)).unwrap_or_default();
+    let own = serde_json::to_value(c).unwrap_or(Json::Null);
+    json!({
+        "Id": c.id,
+        "Created": rfc3339(c.created),
+        "Name": format!("/{}", c.name),
+        "HostConfig": { "NetworkMode": mode },
+        "NetworkSettings": {
+            "SandboxKey": c.netns,
+            "Ports": ports,
+            "Gateway": bridge.map(|e| e.gateway.clone()).unwrap_or_default(),
+            "IPAddress": bip,
+            "IPPrefixLen": blen,
+            "MacAddress": bridge.map(|e| e.mac.clone()).unwrap_or_default(),
+            "Networks": networks,
+        },
+        "Tapnet": own,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,6 +746,24 @@ mod tests {
         assert!(Output::parse("{{.Name").is_err());
         let out = Output::parse("{{.Nope.Deeper}}").unwrap();
         assert!(print_rows(&out, &rows, NET_LS_DEFAULT, NET_LS_KEYS).is_err());
+    }
+
+    #[test]
+    fn published_ports_as_dockers_ports() {
+        let e = |p: &str| port_entry(p).unwrap();
+        assert_eq!(
+            e("0.0.0.0:8080->80/tcp"),
+            ("80/tcp".into(), "0.0.0.0".into(), "8080".into())
+        );
+        assert_eq!(
+            e("[::1]:8080->80/tcp"),
+            ("80/tcp".into(), "::1".into(), "8080".into())
+        );
+        assert_eq!(
+            e("127.0.0.1:53->53/udp"),
+            ("53/udp".into(), "127.0.0.1".into(), "53".into())
+        );
+        assert!(port_entry("garbage").is_none());
     }
 
     #[test]

@@ -49,6 +49,20 @@ enum Cmd {
     },
     /// Rename a container (its DNS name changes at once).
     Rename { old: String, new: String },
+    /// Containers or networks as JSON in Docker's shape (a container:
+    /// NetworkSettings.Networks.{net}, Ports; a network: as `network
+    /// inspect`), tapnet's own view under `Tapnet`.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// A Go template run on each object.
+        #[arg(short, long)]
+        format: Option<String>,
+        /// Look only among containers or only among networks (a name may
+        /// be both: a container is taken first).
+        #[arg(long = "type", value_parser = ["container", "network"])]
+        kind: Option<String>,
+    },
     /// Show the NAT: uplink, counters, connection table.
     #[command(subcommand)]
     Nat(NatCmd),
@@ -606,6 +620,55 @@ fn real_main(cli: Cli) -> Result<i32> {
             for n in names {
                 c.call::<serde_json::Value>("DELETE", &format!("/containers/{n}"), None::<&()>)?;
                 println!("{n}");
+            }
+        }
+        Cmd::Inspect {
+            names,
+            format,
+            kind,
+        } => {
+            let tmpl = format
+                .as_deref()
+                .map(dockerfmt::template)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let nets: Vec<NetworkSummary> = c.get("/networks")?;
+            let net_ids = nets.into_iter().map(|n| (n.name, n.id)).collect();
+            let mut ctr_ids = None;
+            let (mut out, mut missing) = (Vec::new(), Vec::new());
+            for n in names {
+                if kind.as_deref() != Some("network") {
+                    if let Some(ci) = c.get_opt::<ContainerInfo>(&format!("/containers/{n}"))? {
+                        out.push(dockerfmt::ctr_inspect(&ci, &net_ids));
+                        continue;
+                    }
+                }
+                if kind.as_deref() != Some("container") {
+                    if let Some(ni) = c.get_opt::<serde_json::Value>(&format!("/networks/{n}"))? {
+                        let ids = match &ctr_ids {
+                            Some(ids) => ids,
+                            None => {
+                                let ctrs: Vec<ContainerInfo> = c.get("/containers")?;
+                                ctr_ids.insert(ctrs.into_iter().map(|c| (c.name, c.id)).collect())
+                            }
+                        };
+                        out.push(dockerfmt::net_inspect(&ni, ids));
+                        continue;
+                    }
+                }
+                missing.push(n);
+            }
+            // what exists is printed; then the error, as Docker does
+            match tmpl {
+                Some(t) => {
+                    for o in &out {
+                        println!("{}", dockerfmt::render(&t, o).map_err(anyhow::Error::msg)?);
+                    }
+                }
+                None => json_out(&out)?,
+            }
+            if !missing.is_empty() {
+                anyhow::bail!("no such object: {}", missing.join(", "));
             }
         }
         Cmd::Nat(NatCmd::Ls { format }) => {

@@ -235,6 +235,74 @@ fn docker_compatible_ls_and_inspect() {
     let e = env.fail(&["network", "inspect", "-f", "{{.Nope}}", "front"]);
     assert!(e.contains("Nope") && e.lines().count() == 1, "{e}");
 
+    // tapnet inspect: a container in Docker's shape, a network as above
+    env.ok(&["network", "connect", "back", "web", "--alias", "www"]);
+    let pub_ = env.container(
+        "front",
+        "pub",
+        &["-p", "18080:80", "-p", "127.0.0.1:15353:53/udp"],
+    );
+    let v = env.json(&["inspect", "web", "front", "pub"]);
+    let w = &v[0];
+    assert_eq!(w["Name"], "/web");
+    assert_eq!(w["Id"], web_id);
+    assert_eq!(w["HostConfig"]["NetworkMode"], "front");
+    let n = &w["NetworkSettings"]["Networks"];
+    assert_eq!(n["front"]["IPAddress"], web.ip.to_string());
+    assert_eq!(n["front"]["IPPrefixLen"], 24);
+    assert_eq!(n["front"]["Gateway"], "10.66.0.1");
+    assert_eq!(n["front"]["MacAddress"], web.mac);
+    assert_eq!(n["front"]["NetworkID"], f["Id"]);
+    // the same endpoint id from both sides
+    assert_eq!(
+        n["front"]["EndpointID"],
+        f["Containers"][&web_id]["EndpointID"]
+    );
+    assert_eq!(n["back"]["Aliases"], serde_json::json!(["www"]));
+    assert!(
+        n["back"]["IPAddress"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("10.67.0.")),
+        "{n}"
+    );
+    assert!(
+        w["NetworkSettings"]["SandboxKey"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty()),
+        "{w}"
+    );
+    assert_eq!(v[1]["Name"], "front");
+    assert_eq!(v[1]["IPAM"]["Config"][0]["Subnet"], "10.66.0.0/24");
+    let ports = &v[2]["NetworkSettings"]["Ports"];
+    assert_eq!(ports["80/tcp"][0]["HostPort"], "18080", "{ports}");
+    assert_eq!(ports["80/tcp"][0]["HostIp"], "0.0.0.0", "{ports}");
+    assert_eq!(ports["53/udp"][0]["HostIp"], "127.0.0.1", "{ports}");
+    // the template Docker's own test runs against dockerd (tests/docker.rs)
+    let ip = env.ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"back\").IPAddress}}",
+        "web",
+    ]);
+    assert!(ip.trim().starts_with("10.67.0."), "{ip}");
+    let ip = env.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.front.IPAddress}}",
+        "pub",
+    ]);
+    assert_eq!(ip.trim(), pub_.ip.to_string());
+    // --type, and a name that is nothing: the others printed, then a one-line error
+    let e = env.fail(&["inspect", "--type", "network", "web"]);
+    assert!(
+        e.contains("no such object: web") && e.lines().count() == 1,
+        "{e}"
+    );
+    let o = env.tapnet(&["inspect", "-f", "{{.Name}}", "web", "nothing"]);
+    assert!(!o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "/web");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such object: nothing"));
+
     // bad labels: a clear error, nothing stored
     let before = env.ok(&["network", "ls"]);
     let e = env.fail(&["network", "create", "x", "--label", "=v"]);

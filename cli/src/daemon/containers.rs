@@ -332,6 +332,7 @@ impl Core {
                     nameservers: t.nameservers,
                     host_netns: t.host_netns,
                     warnings: vec![],
+                    created: c.created,
                 });
             }
         }
@@ -379,6 +380,7 @@ impl Core {
             // a host container keeps the host's resolv.conf
             nameservers: if c.mode == HOST { vec![] } else { nameservers },
             warnings: vec![],
+            created: c.created,
         })
     }
 

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
@@ -169,7 +169,10 @@ fn router(s: Shared) -> Router {
         )
         .route(
             "/containers/{name}",
-            delete(|State(s): State<Shared>, Path(n): Path<String>| async move {
+            get(|State(s): State<Shared>, Path(n): Path<String>| async move {
+                with_core(s, move |c| c.container_info(&n)).await
+            })
+            .delete(|State(s): State<Shared>, Path(n): Path<String>| async move {
                 with_core(s, move |c| c.remove_container(&n)).await
             }),
         )
