@@ -18,7 +18,9 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       # benches/compare.sh measures tapnet next to the paths it replaces:
       # pasta, slirp4netns, and for DNS dnsperf against dnsmasq and
       # aardvark-dns
-      passt slirp4netns dnsperf dnsmasq-base aardvark-dns)
+      passt slirp4netns dnsperf dnsmasq-base aardvark-dns
+      # the metrics test checks tapnet's /metrics with promtool
+      prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,8 +28,23 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
 	echo "deps.sh: installing ${missing[*]}" >&2
 	export DEBIAN_FRONTEND=noninteractive
+	# no service may start on install (dockerd would change the host's
+	# iptables, prometheus would listen on :9090): the tests start what
+	# they need inside their own namespaces. policy-rc.d is the standard
+	# switch; one already there is left alone.
+	policy=
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod +x /usr/sbin/policy-rc.d
+		policy=1
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
 	apt-get update -q >/dev/null
 	apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+	if [ -n "$policy" ]; then
+		rm -f /usr/sbin/policy-rc.d
+		trap - EXIT
+	fi
 fi
 # Rust: the machine's toolchain if it is recent enough, else rustup's stable.
 need="1.91"

@@ -180,6 +180,10 @@ struct DaemonArgs {
     #[arg(long, value_name = "PATH", num_args = 0..=1,
           default_missing_value = "/run/docker/plugins/tapnet.sock")]
     docker_plugin: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics, OpenMetrics text) on this
+    /// address, e.g. 127.0.0.1:9323 (Docker's metrics port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// The most NAT connections (or socket-NAT flows, each a host socket)
     /// one container may hold at once (0: no limit); more are refused and
     /// counted as quota_exceeded.
@@ -527,6 +531,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 nat_quota: a.nat_quota,
                 dns_cache: a.dns_cache,
                 docker_plugin: a.docker_plugin.clone(),
+                metrics_addr: a.metrics_addr,
                 multishot: !a.single_read,
                 datapath_workers: a.datapath_workers.map(usize::from).unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))

@@ -18,4 +18,4 @@ pub mod upstream;
 
 pub use cache::Cache;
 pub use registry::{Endpoint, NetId, Registry};
-pub use resolver::{Outcome, Resolver, StatsSnapshot, Transport};
+pub use resolver::{Latency, LatencySnapshot, Outcome, Resolver, StatsSnapshot, Transport};

@@ -54,6 +54,60 @@ pub struct Stats {
     /// Forwarded queries answered from the cache (counted in `forwarded`
     /// too).
     pub cached: AtomicU64,
+    /// How long answers took, from the query reaching the service to the
+    /// answer leaving it (the service records them).
+    pub latency: Latency,
+}
+
+/// Upper bounds (seconds) of the latency histogram's buckets: local
+/// answers take microseconds, forwarded ones an upstream round trip.
+pub const LATENCY_BOUNDS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+
+/// A latency histogram of atomic counters: recording is lock-free.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+/// A copy of [`Latency`]: (upper bound, count) per bucket, not
+/// cumulative, the last bound infinite; the sum in seconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencySnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        LatencySnapshot {
+            count: buckets.iter().map(|b| b.1).sum(),
+            buckets,
+            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -325,6 +379,21 @@ pub fn make_query(id: u16, name: &str, qtype: RecordType, edns: Option<u16>) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn latency_buckets() {
+        let l = Latency::default();
+        l.observe(std::time::Duration::from_micros(30));
+        l.observe(std::time::Duration::from_micros(700));
+        l.observe(std::time::Duration::from_secs(3));
+        let s = l.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets.len(), LATENCY_BOUNDS.len() + 1);
+        assert_eq!(s.buckets[0], (0.000_05, 1));
+        assert_eq!(s.buckets[4], (0.001, 1));
+        assert_eq!(s.buckets.last().map(|b| b.1), Some(1));
+        assert!((s.sum_seconds - 3.00073).abs() < 1e-9);
+    }
+
     use super::*;
     use crate::registry::Endpoint;
 

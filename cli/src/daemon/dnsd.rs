@@ -286,11 +286,13 @@ impl NetStack {
                 Err(_) => break,
             };
             let client = ip_of(from.addr);
+            let t0 = std::time::Instant::now();
             match svc.resolver.handle(net, client, &q, Transport::Udp) {
                 Outcome::Reply(b) => {
                     let _ = sock.send_slice(&b, from);
+                    svc.resolver.stats.latency.observe(t0.elapsed());
                 }
-                Outcome::Forward => svc.forward(net, client, q, Dest::Udp(from)),
+                Outcome::Forward => svc.forward(net, client, q, Dest::Udp(from), t0),
                 Outcome::Drop => {}
             }
         }
@@ -334,11 +336,15 @@ impl NetStack {
                     break;
                 }
                 let q: Vec<u8> = c.inbuf.drain(..2 + n).skip(2).collect();
+                let t0 = std::time::Instant::now();
                 match svc.resolver.handle(net, client, &q, Transport::Tcp) {
-                    Outcome::Reply(b) => send_framed(s, &b),
+                    Outcome::Reply(b) => {
+                        send_framed(s, &b);
+                        svc.resolver.stats.latency.observe(t0.elapsed());
+                    }
                     Outcome::Forward => {
                         c.pending += 1;
-                        svc.forward(net, client, q, Dest::Tcp(i, c.gen));
+                        svc.forward(net, client, q, Dest::Tcp(i, c.gen), t0);
                     }
                     Outcome::Drop => {}
                 }
@@ -497,7 +503,9 @@ struct Svc {
 }
 
 impl Svc {
-    fn forward(&self, net: NetIdx, client: IpAddr, q: Vec<u8>, to: Dest) {
+    /// Answers `q` from the cache or an upstream server; `t0`: when the
+    /// query came (for the latency histogram).
+    fn forward(&self, net: NetIdx, client: IpAddr, q: Vec<u8>, to: Dest, t0: std::time::Instant) {
         let t = match to {
             Dest::Udp(_) => Transport::Udp,
             Dest::Tcp(..) => Transport::Tcp,
@@ -527,6 +535,7 @@ impl Svc {
             .get(scope, &q, t, std::time::Instant::now());
         if let Some(bytes) = hit {
             self.resolver.stats.cached.fetch_add(1, Ordering::Relaxed);
+            self.resolver.stats.latency.observe(t0.elapsed());
             let _ = self.tx.try_send(Event::Answer { net, to, bytes });
             return;
         }
@@ -540,6 +549,7 @@ impl Svc {
                     .throttled
                     .fetch_add(1, Ordering::Relaxed);
                 let bytes = self.resolver.servfail(&q, t);
+                self.resolver.stats.latency.observe(t0.elapsed());
                 let _ = self.tx.try_send(Event::Answer { net, to, bytes });
                 return;
             }
@@ -567,6 +577,7 @@ impl Svc {
                     .put(scope, &q, t, a, std::time::Instant::now());
             }
             let bytes = a.unwrap_or_else(|| resolver.servfail(&q, t));
+            resolver.stats.latency.observe(t0.elapsed());
             let _ = tx.send(Event::Answer { net, to, bytes }).await;
         });
     }

@@ -9,6 +9,7 @@ pub mod driver;
 mod endpoints;
 mod global;
 pub mod ipam;
+mod metrics;
 pub mod netns;
 mod networks;
 pub use networks::plan_network;
@@ -85,6 +86,8 @@ pub struct DaemonConfig {
     pub uplink: Option<UplinkArgs>,
     /// Serve Docker's remote network driver protocol on this socket.
     pub docker_plugin: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) on this TCP address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The cluster store and this host's VTEP (overlay networks).
     pub cluster: Option<cluster::ClusterArgs>,
 }

@@ -354,6 +354,30 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
             let _ = axum::serve(l, r).await;
         });
     }
+    // Prometheus metrics, on TCP
+    if let Some(addr) = cfg.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (--metrics-addr)"))?;
+        eprintln!("tapnet: metrics on http://{addr}/metrics");
+        let s = shared.clone();
+        let r = Router::new().route(
+            "/metrics",
+            get(|| async move {
+                let Json(text) = with_core(s, |c| c.metrics_text()).await?;
+                Ok::<_, ApiError>((
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                ))
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(l, r).await;
+        });
+    }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal");

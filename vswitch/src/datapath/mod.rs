@@ -197,6 +197,10 @@ pub struct Snapshot {
     pub vtep: Option<VtepSnapshot>,
     /// Per worker (the main one first), with more than one.
     pub workers: Vec<WorkerSnapshot>,
+    /// Per worker (the main one first): nanoseconds its loop spent
+    /// handling completions and submitting (not waiting, not busy
+    /// polling).
+    pub busy_ns: Vec<u64>,
 }
 
 enum Cmd {
@@ -633,6 +637,7 @@ impl Datapath {
                 }
             }
             s.workers.extend(hs.workers);
+            s.busy_ns.extend(hs.busy_ns);
         }
         Ok(s)
     }
@@ -923,6 +928,8 @@ struct State {
     /// The VXLAN endpoint (overlay networks).
     vtep: Option<tunnel::Vtep>,
     worker_errors: u64,
+    /// See [`Snapshot::busy_ns`].
+    busy_ns: u64,
     /// The main worker of several: publishes its table for the helpers.
     publisher: Option<fast::Publisher>,
     /// A helper worker: its fast path and hand-over (see [`fast`]).
@@ -994,6 +1001,7 @@ impl Worker {
                 routed: FxHashMap::default(),
                 vtep: None,
                 worker_errors: 0,
+                busy_ns: 0,
                 publisher,
                 helper,
             },
@@ -1021,8 +1029,12 @@ impl Worker {
         let spin = self.st.cfg.busy_poll_us;
         let spin_for = Duration::from_micros(spin as u64);
         let mut had_work = false;
+        // when this round's work began (busy time: see Snapshot::busy_ns)
+        let mut busy_since = std::time::Instant::now();
         loop {
-            if let Err(e) = self.flush() {
+            let flushed = self.flush();
+            self.st.busy_ns += busy_since.elapsed().as_nanos() as u64;
+            if let Err(e) = flushed {
                 self.st.report(&format!("submit failed: {e}"));
                 break;
             }
@@ -1043,7 +1055,9 @@ impl Worker {
                     };
                 }
             }
-            match self.ring.submit_and_wait(1) {
+            let waited = self.ring.submit_and_wait(1);
+            busy_since = std::time::Instant::now();
+            match waited {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
@@ -1243,6 +1257,7 @@ impl State {
             mac_table_full: self.sw.table.full_drops,
             aging_ms: self.sw.table.aging_ms(),
             worker_errors: self.worker_errors,
+            busy_ns: vec![self.busy_ns],
             rx_buffers: self.pool.entries() as u32,
             rx_buffers_in_use: self.pool.out(),
             rx_buffer_bytes: self.pool.bytes() as u64,
