@@ -35,6 +35,82 @@ impl Client {
         }
     }
 
+    /// GET `path` and hand each line of the (chunked) answer to `line` as
+    /// it comes, until the daemon ends the stream or `line` returns false.
+    /// An error status becomes an error carrying the daemon's message.
+    pub fn stream(&self, path: &str, mut line: impl FnMut(&str) -> bool) -> Result<()> {
+        use std::io::BufRead;
+        let mut s = self.connect()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: tapnet\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut r = std::io::BufReader::new(s);
+        let mut status = String::new();
+        r.read_line(&mut status)?;
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("malformed answer from the daemon"))?;
+        let mut chunked = false;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 || h == "\r\n" {
+                break;
+            }
+            let h = h.to_ascii_lowercase();
+            chunked |= h.starts_with("transfer-encoding:") && h.contains("chunked");
+        }
+        if !(200..300).contains(&code) || !chunked {
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest)?;
+            let rest = if chunked { dechunk(&rest)? } else { rest };
+            if !(200..300).contains(&code) {
+                let msg = serde_json::from_slice::<ErrorBody>(&rest)
+                    .map(|e| e.message)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&rest).into_owned());
+                bail!("{msg}");
+            }
+            for l in String::from_utf8_lossy(&rest).lines() {
+                if !line(l) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let mut pending = Vec::new();
+        loop {
+            let mut size = String::new();
+            if r.read_line(&mut size)? == 0 {
+                return Ok(());
+            }
+            let n = usize::from_str_radix(size.trim(), 16)
+                .map_err(|_| anyhow!("malformed chunk from the daemon"))?;
+            if n == 0 {
+                return Ok(());
+            }
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk)?;
+            pending.extend_from_slice(&chunk[..n]);
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = pending.drain(..=i).collect();
+                if !line(String::from_utf8_lossy(&l).trim_end()) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<UnixStream> {
+        UnixStream::connect(&self.socket).map_err(|e| {
+            anyhow!(
+                "cannot reach the tapnet daemon at {}: {e} (is `tapnet daemon` running? use --socket or TAPNET_SOCKET for another socket)",
+                self.socket.display()
+            )
+        })
+    }
+
     fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Vec<u8>)> {
         let mut s = UnixStream::connect(&self.socket).map_err(|e| {
             anyhow!(

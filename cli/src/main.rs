@@ -49,6 +49,26 @@ enum Cmd {
     },
     /// Rename a container (its DNS name changes at once).
     Rename { old: String, new: String },
+    /// Stream what happens (networks created and removed, containers
+    /// started and gone, endpoints connected, ports published, MACs moving,
+    /// spoofed frames, NAT exhaustion) as it happens, like `docker events`.
+    Events {
+        /// Also what happened since: unix seconds, or a duration ago
+        /// (30s, 10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// End then (same forms; 0s: now, so only what is past is shown).
+        #[arg(long)]
+        until: Option<String>,
+        /// table (a line per event, as Docker prints them) or json (one
+        /// object per line).
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// type=network|container|datapath|nat, action=..., or any actor
+        /// attribute, e.g. container=web (repeatable: all must match).
+        #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+    },
     /// Containers or networks as JSON in Docker's shape (a container:
     /// NetworkSettings.Networks.{net}, Ports; a network: as `network
     /// inspect`), tapnet's own view under `Tapnet`.
@@ -481,6 +501,43 @@ fn parse_kv(what: &str, opts: &[String]) -> Result<std::collections::BTreeMap<St
         .collect()
 }
 
+/// `--since`, `--until`: unix seconds, or a duration ago (30s, 10m, 2h).
+fn since_secs(s: &str) -> Result<u64> {
+    if let Ok(t) = s.parse::<u64>() {
+        return Ok(t);
+    }
+    let d = humantime::parse_duration(s).map_err(|e| {
+        anyhow::anyhow!("invalid --since {s:?}: unix seconds or a duration (10m): {e}")
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(now.saturating_sub(d).as_secs())
+}
+
+/// An event as `docker events` prints it: time, type, action, id and the
+/// attributes in parentheses.
+fn event_line(e: &serde_json::Value) -> String {
+    let nanos = e["timeNano"].as_u64().unwrap_or(0);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+    let attrs: Vec<String> = e["Actor"]["Attributes"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} {} {} {} ({})",
+        humantime::format_rfc3339_nanos(t),
+        e["Type"].as_str().unwrap_or_default(),
+        e["Action"].as_str().unwrap_or_default(),
+        e["Actor"]["ID"].as_str().unwrap_or_default(),
+        attrs.join(", ")
+    )
+}
+
 fn json_out<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -626,6 +683,54 @@ fn real_main(cli: Cli) -> Result<i32> {
                 c.call::<serde_json::Value>("DELETE", &format!("/containers/{n}"), None::<&()>)?;
                 println!("{n}");
             }
+        }
+        Cmd::Events {
+            since,
+            until,
+            format,
+            filter,
+        } => {
+            let json = match format.as_str() {
+                "json" => true,
+                "table" => false,
+                f => anyhow::bail!("invalid --format {f:?}: table or json"),
+            };
+            let since = since.as_deref().map(since_secs).transpose()?;
+            let until = until.as_deref().map(since_secs).transpose()?;
+            let filter = filter
+                .iter()
+                .map(|f| {
+                    f.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("invalid filter {f:?}: use KEY=VALUE"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut q: Vec<String> = Vec::new();
+            if let Some(t) = since {
+                q.push(format!("since={t}"));
+            }
+            if let Some(t) = until {
+                q.push(format!("until={t}"));
+            }
+            let path = format!("/events?{}", q.join("&"));
+            c.stream(&path, |l| {
+                let Ok(e) = serde_json::from_str::<serde_json::Value>(l) else {
+                    return true;
+                };
+                let field = |k: &str| match k {
+                    "type" => e["Type"].as_str().map(str::to_string),
+                    "action" => e["Action"].as_str().map(str::to_string),
+                    "id" => e["Actor"]["ID"].as_str().map(str::to_string),
+                    k => e["Actor"]["Attributes"][k].as_str().map(str::to_string),
+                };
+                if !filter.iter().all(|(k, v)| field(k).as_deref() == Some(v)) {
+                    return true;
+                }
+                let out = if json { l.to_string() } else { event_line(&e) };
+                // a closed pipe ends the stream
+                use std::io::Write;
+                writeln!(std::io::stdout(), "{out}").is_ok() && std::io::stdout().flush().is_ok()
+            })?;
         }
         Cmd::Inspect {
             names,

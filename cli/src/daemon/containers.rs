@@ -44,7 +44,29 @@ impl Core {
             }
             self.store.save_containers(&self.containers)?;
         }
+        let mode = if info.network_mode.is_empty() {
+            info.endpoints
+                .first()
+                .map(|e| e.network.clone())
+                .unwrap_or_default()
+        } else {
+            info.network_mode.clone()
+        };
+        self.ctr_event("start", &info.name, &[("network_mode", &mode)]);
         Ok(info)
+    }
+
+    /// Emits a `container` event for container `name` (its id, name and
+    /// `more`).
+    pub(super) fn ctr_event(&self, action: &str, name: &str, more: &[(&str, &str)]) {
+        let id = self
+            .containers
+            .get(name)
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let mut attrs = vec![("name", name)];
+        attrs.extend_from_slice(more);
+        self.events.emit("container", action, &id, &attrs);
     }
 
     /// The client watching a container: (id, the `run` process).
@@ -97,6 +119,7 @@ impl Core {
         }
         let name = name.clone();
         log(format!("container {name}: its run is gone; removing it"));
+        self.ctr_event("die", &name, &[]);
         if let Err(e) = self.remove_container(&name) {
             log(format!("removing container {name}: {}", e.message));
         }
@@ -452,6 +475,7 @@ impl Core {
             .get(name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
+
         // its command is stopped (SIGTERM, then SIGKILL), as docker rm -f
         // does, on a thread of its own: the grace period must not hold the
         // daemon; the namespace is known by identity, as its path goes now
@@ -483,6 +507,8 @@ impl Core {
             self.store.save_containers(&self.containers)?;
         }
         log(format!("removed container {name}"));
+        self.events
+            .emit("container", "destroy", &c.id, &[("name", name)]);
         Ok(())
     }
 

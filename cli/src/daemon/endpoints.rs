@@ -294,6 +294,14 @@ impl Core {
         log(format!("connected {} to {network} as {ip}", req.container));
         let info = n.endpoint_info(&req.container, &rec);
         self.dns_sync(network);
+        self.net_event_with("connect", network, &[("container", &req.container)]);
+        for p in &info.ports {
+            self.ctr_event(
+                "publish",
+                &req.container,
+                &[("network", network), ("port", p)],
+            );
+        }
         Ok(info)
     }
 
@@ -352,6 +360,15 @@ impl Core {
         let n = &self.nets[network];
         n.drv.endpoints_changed(&self.plumbing(), n);
         log(format!("disconnected {container} from {network}"));
+        for m in &e.ports {
+            let p = m.to_string();
+            self.ctr_event(
+                "unpublish",
+                container,
+                &[("network", network), ("port", &p)],
+            );
+        }
+        self.net_event_with("disconnect", network, &[("container", container)]);
         self.dns_sync(network);
         // an attached (not owned) namespace with no endpoint left is forgotten
         if self.endpoints_of(container).is_empty()

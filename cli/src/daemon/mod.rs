@@ -7,6 +7,7 @@ pub mod dnsd;
 pub mod docker;
 pub mod driver;
 mod endpoints;
+pub mod events;
 mod global;
 pub mod ipam;
 mod metrics;
@@ -259,6 +260,8 @@ impl Net {
 }
 
 pub struct Core {
+    /// What happens, for `tapnet events` (see [`events`]).
+    events: Arc<events::Events>,
     cfg: DaemonConfig,
     store: Store,
     dp: Datapath,

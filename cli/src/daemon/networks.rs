@@ -146,7 +146,9 @@ impl Core {
                     req.name
                 )));
             }
-            return self.create_global(req);
+            let s = self.create_global(req)?;
+            self.net_event("create", &s.name);
+            return Ok(s);
         }
         let others: Vec<&NetworkRecord> = self.nets.values().map(|n| &n.rec).collect();
         let rec = plan_network(&req, &others, self.ula6)?;
@@ -166,6 +168,7 @@ impl Core {
             drv.name(),
             req.name
         ));
+        self.net_event("create", &req.name);
         Ok(self.nets[&req.name].summary())
     }
 
@@ -355,6 +358,9 @@ impl Core {
 
     /// Removes network `name` here (it has no endpoints).
     pub(super) fn remove_local(&mut self, name: &str) -> ApiResult<()> {
+        self.net(name)?;
+        // said before it goes (its id and driver go with it)
+        self.net_event("destroy", name);
         let n = self.net(name)?;
         let idx = n.idx;
         self.store.remove(name)?;
@@ -369,6 +375,21 @@ impl Core {
         self.nets.remove(name);
         log(format!("removed network {name}"));
         Ok(())
+    }
+
+    /// Emits a `network` event for network `name` (with its id, name and
+    /// driver, as Docker's network events carry); `more`: extra attributes.
+    pub(super) fn net_event_with(&self, action: &str, name: &str, more: &[(&str, &str)]) {
+        let Some(n) = self.nets.get(name) else {
+            return;
+        };
+        let mut attrs = vec![("name", name), ("type", n.rec.driver.as_str())];
+        attrs.extend_from_slice(more);
+        self.events.emit("network", action, &n.rec.id, &attrs);
+    }
+
+    pub(super) fn net_event(&self, action: &str, name: &str) {
+        self.net_event_with(action, name, &[]);
     }
 
     pub fn prune_networks(&mut self) -> ApiResult<Pruned> {

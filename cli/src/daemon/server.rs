@@ -50,6 +50,85 @@ where
     .map(Json)
 }
 
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Unix seconds: the backlog from then first.
+    since: Option<u64>,
+    /// Unix seconds: the stream ends then (at once if it is past).
+    until: Option<u64>,
+}
+
+/// `GET /events`: one JSON event per line, the backlog from `since` first,
+/// then as they happen, until the client goes. A subscriber too slow for
+/// the bus's capacity is told how many it missed, in a line of its own.
+async fn events_stream(s: Shared, since: Option<u64>, until: Option<u64>) -> ApiResult<Response> {
+    let Json(bus) = with_core(s, |c| Ok(c.events())).await?;
+    let (mut past, rx) = bus.subscribe(since);
+    let end = until.unwrap_or(u64::MAX);
+    past.retain(|e| e.time <= end);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // how long the live part lasts (None: until the client goes)
+    let left = until.map(|u| std::time::Duration::from_secs(u).saturating_sub(now));
+    let line = |e: &super::events::Event| {
+        let mut b = serde_json::to_vec(e).unwrap_or_default();
+        b.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(b))
+    };
+    let past = futures::stream::iter(past.into_iter().map(move |e| line(&e)));
+    let live = futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => return Some((line(&e), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let note = format!("{{\"missed\":{n}}}\n");
+                    return Some((Ok(Bytes::from(note)), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    use futures::StreamExt;
+    let live = match left {
+        Some(d) => live.take_until(tokio::time::sleep(d)).boxed(),
+        None => live.boxed(),
+    };
+    let body = axum::body::Body::from_stream(past.chain(live));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response())
+}
+
+/// While someone listens to events, turns the datapath's counters into
+/// events once a second (MAC moves, spoofed frames, NAT exhaustion).
+fn watch_datapath(s: Shared) {
+    tokio::spawn(async move {
+        let Ok(Json(bus)) = with_core(s.clone(), |c| Ok(c.events())).await else {
+            return;
+        };
+        let mut last: Option<super::events::DpMarks> = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = bus.subscribed.notified() => {}
+            }
+            if !bus.watched() {
+                last = None;
+                continue;
+            }
+            let Ok(Json(now)) = with_core(s.clone(), |c| c.dp_marks()).await else {
+                continue;
+            };
+            super::events::dp_events(&bus, last.as_ref().unwrap_or(&now), &now, last.is_none());
+            last = Some(now);
+        }
+    });
+}
+
 fn body<T: DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(b)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
@@ -148,6 +227,12 @@ fn router(s: Shared) -> Router {
                     }
                     Ok::<_, ApiError>(Json(info))
                 }),
+        )
+        .route(
+            "/events",
+            get(|State(s): State<Shared>, q: axum::extract::Query<EventsQuery>| async move {
+                events_stream(s, q.since, q.until).await
+            }),
         )
         .route(
             "/nat",
@@ -354,6 +439,7 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
             let _ = axum::serve(l, r).await;
         });
     }
+    watch_datapath(shared.clone());
     // Prometheus metrics, on TCP
     if let Some(addr) = cfg.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr)

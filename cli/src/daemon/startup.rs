@@ -216,6 +216,7 @@ impl Core {
         }
         let ula6 = store.ula_prefix()?;
         let mut core = Core {
+            events: Default::default(),
             ula6,
             cfg,
             store,
