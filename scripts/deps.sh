@@ -20,7 +20,10 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       # aardvark-dns
       passt slirp4netns dnsperf dnsmasq-base aardvark-dns
       # the metrics test checks tapnet's /metrics with promtool
-      prometheus)
+      prometheus
+      # capture filters compile with libpcap; the capture test reads
+      # tapnet's pcapng with tshark
+      libpcap-dev tshark)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

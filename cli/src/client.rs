@@ -39,65 +39,120 @@ impl Client {
     /// it comes, until the daemon ends the stream or `line` returns false.
     /// An error status becomes an error carrying the daemon's message.
     pub fn stream(&self, path: &str, mut line: impl FnMut(&str) -> bool) -> Result<()> {
-        use std::io::BufRead;
+        let mut pending = Vec::new();
+        self.stream_bytes(path, |b| {
+            pending.extend_from_slice(b);
+            while let Some(i) = pending.iter().position(|&c| c == b'\n') {
+                let l: Vec<u8> = pending.drain(..=i).collect();
+                if !line(String::from_utf8_lossy(&l).trim_end()) {
+                    return false;
+                }
+            }
+            true
+        })
+    }
+
+    /// GET `path` and hand the answer's bytes to `chunk` as they come,
+    /// until the daemon ends the stream or `chunk` returns false. While
+    /// nothing comes, `chunk` is called with no bytes every 200 ms (so a
+    /// caller can stop on a signal). An error status becomes an error
+    /// carrying the daemon's message.
+    pub fn stream_bytes(&self, path: &str, mut chunk: impl FnMut(&[u8]) -> bool) -> Result<()> {
         let mut s = self.connect()?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: tapnet\r\nConnection: close\r\n\r\n"
         )?;
-        let mut r = std::io::BufReader::new(s);
-        let mut status = String::new();
-        r.read_line(&mut status)?;
-        let code: u16 = status
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("malformed answer from the daemon"))?;
-        let mut chunked = false;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut tmp = vec![0u8; 64 * 1024];
+        // the head, then (chunked) the body's chunks, each decoded as soon
+        // as it is whole
+        let mut head: Option<(u16, bool)> = None;
+        let mut body_err = Vec::new();
         loop {
-            let mut h = String::new();
-            if r.read_line(&mut h)? == 0 || h == "\r\n" {
-                break;
-            }
-            let h = h.to_ascii_lowercase();
-            chunked |= h.starts_with("transfer-encoding:") && h.contains("chunked");
-        }
-        if !(200..300).contains(&code) || !chunked {
-            let mut rest = Vec::new();
-            r.read_to_end(&mut rest)?;
-            let rest = if chunked { dechunk(&rest)? } else { rest };
-            if !(200..300).contains(&code) {
-                let msg = serde_json::from_slice::<ErrorBody>(&rest)
-                    .map(|e| e.message)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&rest).into_owned());
-                bail!("{msg}");
-            }
-            for l in String::from_utf8_lossy(&rest).lines() {
-                if !line(l) {
-                    break;
+            let n = match s.read(&mut tmp) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if head.is_some_and(|h| (200..300).contains(&h.0)) && !chunk(&[]) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e).context("reading the daemon's answer"),
+            };
+            buf.extend_from_slice(&tmp[..n]);
+            if head.is_none() {
+                let mut h = [httparse::EMPTY_HEADER; 32];
+                let mut r = httparse::Response::new(&mut h);
+                match r.parse(&buf).context("malformed answer from the daemon")? {
+                    httparse::Status::Complete(off) => {
+                        let chunked = r.headers.iter().any(|h| {
+                            h.name.eq_ignore_ascii_case("transfer-encoding")
+                                && String::from_utf8_lossy(h.value).contains("chunked")
+                        });
+                        head = Some((r.code.unwrap_or(500), chunked));
+                        buf.drain(..off);
+                    }
+                    httparse::Status::Partial if n > 0 => continue,
+                    httparse::Status::Partial => {
+                        bail!("the tapnet daemon closed the connection without an answer")
+                    }
                 }
             }
-            return Ok(());
-        }
-        let mut pending = Vec::new();
-        loop {
-            let mut size = String::new();
-            if r.read_line(&mut size)? == 0 {
+            let (code, chunked) = head.expect("parsed above");
+            if !(200..300).contains(&code) || !chunked {
+                // a whole answer: kept until the end
+                body_err.append(&mut buf);
+                if n > 0 {
+                    continue;
+                }
+                let rest = if chunked {
+                    dechunk(&body_err)?
+                } else {
+                    std::mem::take(&mut body_err)
+                };
+                if !(200..300).contains(&code) {
+                    let msg = serde_json::from_slice::<ErrorBody>(&rest)
+                        .map(|e| e.message)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&rest).into_owned());
+                    bail!("{msg}");
+                }
+                chunk(&rest);
                 return Ok(());
             }
-            let n = usize::from_str_radix(size.trim(), 16)
-                .map_err(|_| anyhow!("malformed chunk from the daemon"))?;
-            if n == 0 {
-                return Ok(());
-            }
-            let mut chunk = vec![0u8; n + 2];
-            r.read_exact(&mut chunk)?;
-            pending.extend_from_slice(&chunk[..n]);
-            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                let l: Vec<u8> = pending.drain(..=i).collect();
-                if !line(String::from_utf8_lossy(&l).trim_end()) {
+            // whole chunks: SIZE CRLF DATA CRLF
+            loop {
+                let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    break;
+                };
+                let size = std::str::from_utf8(&buf[..eol])
+                    .ok()
+                    .and_then(|l| {
+                        usize::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok()
+                    })
+                    .ok_or_else(|| anyhow!("malformed chunk from the daemon"))?;
+                if size == 0 {
                     return Ok(());
                 }
+                if buf.len() < eol + 2 + size + 2 {
+                    break;
+                }
+                let keep = chunk(&buf[eol + 2..eol + 2 + size]);
+                buf.drain(..eol + 2 + size + 2);
+                if !keep {
+                    return Ok(());
+                }
+            }
+            if n == 0 {
+                return Ok(());
             }
         }
     }

@@ -4,6 +4,7 @@
 //! take) here.
 
 pub mod api;
+pub mod capture;
 pub mod client;
 pub mod cni;
 pub mod daemon;

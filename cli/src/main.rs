@@ -49,6 +49,28 @@ enum Cmd {
     },
     /// Rename a container (its DNS name changes at once).
     Rename { old: String, new: String },
+    /// Capture frames as the switch sees them, as pcapng (tshark,
+    /// Wireshark and tcpdump -r read it) or a line per frame.
+    Capture {
+        /// A network (all its ports) or a container (all its ports).
+        target: String,
+        /// With a network: only this container's port; with a container:
+        /// only its port on this network.
+        #[arg(long)]
+        port: Option<String>,
+        /// Write pcapng to FILE (-: standard output, e.g. `| tshark -r -`)
+        /// instead of printing a line per frame.
+        #[arg(short = 'w', value_name = "FILE")]
+        write: Option<String>,
+        /// Stop after N frames.
+        #[arg(short = 'c', value_name = "N")]
+        count: Option<u64>,
+        /// Bytes kept of each frame (default 262144).
+        #[arg(short = 's', value_name = "SNAPLEN")]
+        snaplen: Option<u32>,
+        /// A tcpdump filter expression (icmp, tcp port 80, host 10.0.0.2).
+        filter: Vec<String>,
+    },
     /// Stream what happens (networks created and removed, containers
     /// started and gone, endpoints connected, ports published, MACs moving,
     /// spoofed frames, NAT exhaustion) as it happens, like `docker events`.
@@ -683,6 +705,96 @@ fn real_main(cli: Cli) -> Result<i32> {
                 c.call::<serde_json::Value>("DELETE", &format!("/containers/{n}"), None::<&()>)?;
                 println!("{n}");
             }
+        }
+        Cmd::Capture {
+            target,
+            port,
+            write,
+            count,
+            snaplen,
+            filter,
+        } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("target", &target);
+            if let Some(p) = &port {
+                q.append_pair("port", p);
+            }
+            if !filter.is_empty() {
+                q.append_pair("filter", &filter.join(" "));
+            }
+            if let Some(n) = snaplen {
+                q.append_pair("snaplen", &n.to_string());
+            }
+            if let Some(n) = count {
+                q.append_pair("count", &n.to_string());
+            }
+            let path = format!("/capture?{}", q.finish());
+            let mut sink: Option<Box<dyn std::io::Write>> = match write.as_deref() {
+                Some("-") => Some(Box::new(std::io::stdout())),
+                Some(f) => Some(Box::new(anyhow::Context::with_context(
+                    std::fs::File::create(f),
+                    || format!("creating {f}"),
+                )?)),
+                None => None,
+            };
+            let mut reader = tapnet::capture::Reader::default();
+            let (mut frames, mut drops, mut failed) = (0u64, 0u64, None);
+            // Ctrl-C (or SIGTERM) ends the capture with its summary, as
+            // tcpdump's does
+            static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            extern "C" fn on_signal(_: libc::c_int) {
+                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            unsafe {
+                libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+                libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+            }
+            c.stream_bytes(&path, |b| {
+                if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                    return false;
+                }
+                if let Some(w) = sink.as_mut() {
+                    // a reader that went away (a closed pipe) ends it
+                    if w.write_all(b).and_then(|_| w.flush()).is_err() {
+                        return false;
+                    }
+                }
+                match reader.feed(b) {
+                    Ok(items) => {
+                        for i in items {
+                            match i {
+                                tapnet::capture::Item::Frame {
+                                    iface,
+                                    out,
+                                    time,
+                                    len,
+                                    data,
+                                } => {
+                                    frames += 1;
+                                    if sink.is_none() {
+                                        println!(
+                                            "{}",
+                                            tapnet::capture::line(&iface, out, time, len, &data)
+                                        );
+                                    }
+                                }
+                                tapnet::capture::Item::Drops(n) => drops = n,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
+                !count.is_some_and(|n| frames >= n)
+            })?;
+            if let Some(e) = failed {
+                anyhow::bail!("{e}");
+            }
+            eprintln!(
+                "{frames} frames captured; {drops} dropped by the capture (its reader was too slow; the network lost none)"
+            );
         }
         Cmd::Events {
             since,

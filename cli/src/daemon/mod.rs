@@ -1,6 +1,7 @@
 //! `tapnet daemon`: owns the datapath, the IPAM and the persistent state, and
 //! serves the control API.
 
+pub mod capture;
 pub mod cluster;
 mod containers;
 pub mod dnsd;

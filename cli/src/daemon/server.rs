@@ -102,6 +102,24 @@ async fn events_stream(s: Shared, since: Option<u64>, until: Option<u64>) -> Api
         .into_response())
 }
 
+/// `GET /capture`: the pcapng stream of a capture (see [`super::capture`]),
+/// until the client goes or `count` frames were sent.
+async fn capture_stream(s: Shared, q: super::capture::CaptureQuery) -> ApiResult<Response> {
+    let Json(started) = with_core(s, move |c| c.start_capture(&q)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    tokio::task::spawn_blocking(move || super::capture::pump(started, tx));
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(Bytes::from(b)), rx))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-pcapng")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
 /// While someone listens to events, turns the datapath's counters into
 /// events once a second (MAC moves, spoofed frames, NAT exhaustion).
 fn watch_datapath(s: Shared) {
@@ -227,6 +245,12 @@ fn router(s: Shared) -> Router {
                     }
                     Ok::<_, ApiError>(Json(info))
                 }),
+        )
+        .route(
+            "/capture",
+            get(|State(s): State<Shared>, q: axum::extract::Query<super::capture::CaptureQuery>| async move {
+                capture_stream(s, q.0).await
+            }),
         )
         .route(
             "/events",

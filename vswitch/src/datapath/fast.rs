@@ -325,7 +325,9 @@ impl State {
                 if port.state == PortState::Up {
                     let k = crate::table::key(net, &mac);
                     t.macs.insert(k, port.id);
-                    if let Some(dp) = &port.direct {
+                    // paused while capturing: a direct write passes no
+                    // worker, so no capture would see it
+                    if let Some(dp) = port.direct.as_ref().filter(|_| self.captures.is_empty()) {
                         d.macs.insert(k, dp.clone());
                     }
                 }

@@ -111,6 +111,12 @@ impl State {
             }
             return false;
         }
+        if !self.captures.is_empty() {
+            self.capture_buf(dst, b, len as usize, true);
+        }
+        let Some(d) = self.ports.get_mut(dst as usize).and_then(|d| d.as_mut()) else {
+            return false;
+        };
         if d.tunnel.is_some() {
             self.tunnel_tx(b, dst);
             return false;
@@ -212,6 +218,9 @@ impl State {
         let b = buf.expect("checked");
         // keep the port reading while this frame is switched
         self.arm(slot);
+        if !self.captures.is_empty() {
+            self.capture_buf(slot, b, res as usize, false);
+        }
         self.frame_in(slot, b, res as usize, now);
     }
 
@@ -296,6 +305,9 @@ impl State {
 
     /// Writes an owned frame (vnet header + Ethernet) to port `t`.
     pub(super) fn send_owned(&mut self, t: PortIdx, frame: Vec<u8>) {
+        if !self.captures.is_empty() {
+            self.capture(t, &frame, true);
+        }
         let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
             return;
         };

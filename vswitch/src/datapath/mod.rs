@@ -21,6 +21,7 @@
 //! that the worker reads through the ring; commands are applied between
 //! batches, and the worker never waits for the control plane.
 
+mod capture;
 mod fast;
 mod io;
 mod l2;
@@ -29,6 +30,9 @@ mod pool;
 mod routed;
 mod tunnel;
 
+pub use capture::{
+    Capture, CaptureFilter, CaptureTarget, CapturedFrame, CAPTURE_BYTES, CAPTURE_QUEUE,
+};
 pub use fast::{DirectWriter, FastTable, WorkerSnapshot};
 pub use tunnel::{open_vtep, TunnelSnapshot, VtepSnapshot, VtepStats};
 
@@ -221,6 +225,9 @@ enum Cmd {
     },
     /// With the NAT connection table or without it.
     Snapshot(mpsc::SyncSender<Snapshot>, bool),
+    /// See [`capture`].
+    StartCapture(Box<capture::WorkerCapture>),
+    StopCapture(u64),
     SetAging(Duration),
     Inject(NetIdx, Vec<Vec<u8>>),
     SetUplink(Box<UplinkConfig>, PortId),
@@ -930,6 +937,8 @@ struct State {
     worker_errors: u64,
     /// See [`Snapshot::busy_ns`].
     busy_ns: u64,
+    /// Running captures (see [`capture`]); empty but for those.
+    captures: Vec<capture::WorkerCapture>,
     /// The main worker of several: publishes its table for the helpers.
     publisher: Option<fast::Publisher>,
     /// A helper worker: its fast path and hand-over (see [`fast`]).
@@ -1002,6 +1011,7 @@ impl Worker {
                 vtep: None,
                 worker_errors: 0,
                 busy_ns: 0,
+                captures: Vec::new(),
                 publisher,
                 helper,
             },
@@ -1151,6 +1161,8 @@ impl State {
                 Cmd::Snapshot(reply, nat) => {
                     let _ = reply.send(self.snapshot(nat));
                 }
+                Cmd::StartCapture(c) => self.capture_cmd_start(*c),
+                Cmd::StopCapture(id) => self.capture_cmd_stop(id),
                 Cmd::SetAging(d) => self.sw.table.set_aging_ms(d.as_millis() as u64),
                 Cmd::SetUplink(u, id) => self.set_uplink(*u, id),
                 Cmd::AddTrunk(net, t, id) => {
