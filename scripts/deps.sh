@@ -23,7 +23,9 @@ pkgs=(iproute2 iputils-ping netcat-openbsd iperf3 sockperf procps coreutils util
       prometheus
       # capture filters compile with libpcap; the capture test reads
       # tapnet's pcapng with tshark
-      libpcap-dev tshark)
+      libpcap-dev tshark
+      # the packaging test renders the man pages and installs the package
+      man-db dpkg-dev)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

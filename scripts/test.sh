@@ -21,3 +21,6 @@ TAPNET_DAEMON_ARGS="--datapath-workers 1" cargo test --release -p tapnet-tests -
 # then a short bounded fuzzing pass of every target (scripts/fuzz.sh)
 (cd fuzz && cargo test --release -q)
 ./scripts/fuzz.sh "${FUZZ_SECS:-15}"
+# packaging: completions, man pages, cargo install, the Debian package
+# (built, installed with dpkg and removed again)
+./tests/packaging.sh

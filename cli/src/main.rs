@@ -4,7 +4,7 @@ use tapnet::{api, client, daemon, dockerfmt, run};
 
 use anyhow::Result;
 use api::*;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use client::Client;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +49,13 @@ enum Cmd {
     },
     /// Rename a container (its DNS name changes at once).
     Rename { old: String, new: String },
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), e.g. `tapnet completion bash >
+    /// /etc/bash_completion.d/tapnet`.
+    Completion { shell: clap_complete::Shell },
+    /// Write the man pages (tapnet.1, tapnet-network.1, ...) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Capture frames as the switch sees them, as pcapng (tshark,
     /// Wireshark and tcpdump -r read it) or a line per frame.
     Capture {
@@ -639,6 +646,14 @@ fn real_main(cli: Cli) -> Result<i32> {
             })?;
         }
         Cmd::Network(n) => network(&c, n)?,
+        Cmd::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tapnet", &mut std::io::stdout());
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()))?;
+        }
         Cmd::Run(a) => {
             return run::run(
                 &c,
