@@ -75,6 +75,11 @@ enum Cmd {
         /// Bytes kept of each frame (default 262144).
         #[arg(short = 's', value_name = "SNAPLEN")]
         snaplen: Option<u32>,
+        /// Cut GSO super-frames (a container's TCP/UDP segmentation
+        /// offload, up to 64 KiB) into the MTU-sized frames they stand
+        /// for, with complete checksums, as the wire would carry them.
+        #[arg(long)]
+        segment: bool,
         /// A tcpdump filter expression (icmp, tcp port 80, host 10.0.0.2).
         filter: Vec<String>,
     },
@@ -727,6 +732,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             write,
             count,
             snaplen,
+            segment,
             filter,
         } => {
             let mut q = form_urlencoded::Serializer::new(String::new());
@@ -742,6 +748,9 @@ fn real_main(cli: Cli) -> Result<i32> {
             }
             if let Some(n) = count {
                 q.append_pair("count", &n.to_string());
+            }
+            if segment {
+                q.append_pair("segment", "true");
             }
             let path = format!("/capture?{}", q.finish());
             let mut sink: Option<Box<dyn std::io::Write>> = match write.as_deref() {

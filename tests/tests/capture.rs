@@ -221,6 +221,64 @@ fn capture_with_tshark() {
     let v = env.inspect("cap");
     assert_eq!(ctr(&v, "counters.drops.tx_error"), 0, "{v}");
 
+    // 3b. GSO: the same transfer captured twice, as the switch carries it
+    // (super-frames above the MTU) and --segment (MTU-sized frames with
+    // complete checksums, which tshark verifies)
+    let (whole, segd) = (env.dir.join("gso.pcapng"), env.dir.join("seg.pcapng"));
+    let a = env.spawn_tapnet(&[
+        "capture",
+        "c2",
+        "-w",
+        whole.to_str().unwrap(),
+        "-c",
+        "30",
+        "tcp port 7003 and greater 1000",
+    ]);
+    let b = env.spawn_tapnet(&[
+        "capture",
+        "c2",
+        "--segment",
+        "-w",
+        segd.to_str().unwrap(),
+        "-c",
+        "30",
+        "tcp port 7003 and greater 1000",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    echo_server(&c2.ns, 7003);
+    tcp_roundtrip(&c1.ns, &format!("{}:7003", c2.ip), vec![9u8; 4 << 20]).unwrap();
+    assert!(env.wait_bg(a, Duration::from_secs(10)).success());
+    assert!(env.wait_bg(b, Duration::from_secs(10)).success());
+    let lens = |f: &std::path::Path| -> Vec<u32> {
+        tshark(f, &["frame.len"])
+            .iter()
+            .map(|r| r[0].parse().unwrap())
+            .collect()
+    };
+    let (lw, ls) = (lens(&whole), lens(&segd));
+    assert!(lw.iter().any(|&l| l > 1514), "no super-frame seen: {lw:?}");
+    assert_eq!(ls.len(), 30, "{ls:?}");
+    assert!(
+        ls.iter().all(|&l| l <= 1514),
+        "--segment left a frame above the MTU: {ls:?}"
+    );
+    let bad = Command::new("tshark")
+        .args([
+            "-r",
+            segd.to_str().unwrap(),
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-Y",
+            "tcp.checksum.status == 0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        bad.stdout.is_empty(),
+        "bad TCP checksums: {}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+
     // 4. bad input: one line each, nothing started
     let e = env.fail(&["capture", "cap", "-c", "1", "tcp port"]);
     assert!(

@@ -13,7 +13,9 @@
 //! most four times a second in an
 //! Interface Statistics Block (isb_ifdrop, on interface 0), so a reader
 //! knows what it missed. GSO super-frames are written as they are, up to
-//! 64 KiB (the snap length cuts them like any frame).
+//! 64 KiB (the snap length cuts them like any frame), or with `segment`
+//! cut into the frames they stand for, checksums completed
+//! (`wire::gso`, the overlay's segmentation).
 
 use super::{ApiError, ApiResult, Core};
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
@@ -46,6 +48,10 @@ pub struct CaptureQuery {
     pub snaplen: Option<u32>,
     /// End after this many frames.
     pub count: Option<u64>,
+    /// Cut GSO super-frames into the MTU-sized frames they stand for (and
+    /// complete offloaded checksums), as the receiver's kernel would.
+    #[serde(default)]
+    pub segment: bool,
 }
 
 /// Compiles a tcpdump expression for Ethernet frames. Err: libpcap's
@@ -62,6 +68,7 @@ pub struct Started {
     pub ifaces: Vec<(u64, String)>,
     pub snaplen: u32,
     pub count: Option<u64>,
+    pub segment: bool,
 }
 
 impl Core {
@@ -137,15 +144,19 @@ impl Core {
                 }
             }
         });
+        // segmenting needs whole frames: the snap length is applied to
+        // each segment then
+        let keep = if q.segment { 0 } else { snaplen as usize };
         let cap = self
             .dp
-            .start_capture(target, make, snaplen as usize)
+            .start_capture(target, make, keep)
             .map_err(ApiError::internal)?;
         Ok(Started {
             cap,
             ifaces,
             snaplen,
             count: q.count,
+            segment: q.segment,
         })
     }
 }
@@ -186,6 +197,7 @@ pub fn pump(s: Started, out: tokio::sync::mpsc::Sender<Vec<u8>>) {
         return;
     }
     let (mut written, mut last_drops, mut stats_at) = (0u64, 0u64, Instant::now());
+    let (mut segs, mut lens) = (Vec::new(), Vec::new());
     loop {
         let first = match s.cap.frames.recv_timeout(Duration::from_millis(250)) {
             Ok(f) => Some(f),
@@ -200,16 +212,38 @@ pub fn pump(s: Started, out: tokio::sync::mpsc::Sender<Vec<u8>>) {
             if !ids.contains_key(&f.port) {
                 add(&mut w, &mut ids, f.port, format!("port-{}", f.port));
             }
-            let epb = EnhancedPacketBlock {
-                interface_id: ids.get(&f.port).copied().unwrap_or(0),
-                timestamp: f.time,
-                original_len: f.len,
-                data: Cow::Owned(f.data),
-                // direction: 1 inbound (read from the port), 2 outbound
-                options: vec![EnhancedPacketOption::Flags(if f.out { 2 } else { 1 })],
+            let iface = ids.get(&f.port).copied().unwrap_or(0);
+            // direction: 1 inbound (read from the port), 2 outbound
+            let flags = if f.out { 2 } else { 1 };
+            let h = wire::vnet::VnetHdr::parse(&f.vnet);
+            segs.clear();
+            lens.clear();
+            let cut = s.segment
+                && (h.is_gso() || h.flags & wire::vnet::F_NEEDS_CSUM != 0)
+                && wire::gso::segment(&h, &f.data, 65_535, &[], false, &mut segs, &mut lens)
+                    .is_ok();
+            let pieces: Vec<&[u8]> = if cut {
+                let mut at = 0;
+                lens.iter()
+                    .map(|&n| {
+                        at += n;
+                        &segs[at - n..at]
+                    })
+                    .collect()
+            } else {
+                vec![&f.data[..]]
             };
-            if w.write_pcapng_block(epb).is_ok() {
-                written += 1;
+            for p in pieces {
+                let epb = EnhancedPacketBlock {
+                    interface_id: iface,
+                    timestamp: f.time,
+                    original_len: if cut { p.len() as u32 } else { f.len },
+                    data: Cow::Borrowed(&p[..p.len().min(snaplen as usize)]),
+                    options: vec![EnhancedPacketOption::Flags(flags)],
+                };
+                if w.write_pcapng_block(epb).is_ok() {
+                    written += 1;
+                }
             }
             if s.count.is_some_and(|c| written >= c) {
                 break;

@@ -41,6 +41,9 @@ pub struct CapturedFrame {
     /// The frame's whole length; `data` may be shorter (snap length).
     pub len: u32,
     pub data: Vec<u8>,
+    /// Its vnet header (GSO and checksum offload), for a reader that
+    /// segments super-frames.
+    pub vnet: [u8; VNET_HDR_LEN],
 }
 
 /// A frame filter: true to capture. Run on the Ethernet frame.
@@ -198,12 +201,15 @@ fn offer(captures: &mut [WorkerCapture], id: PortId, net: NetIdx, frame: &[u8], 
                 c.drops.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            vnet.copy_from_slice(&frame[..VNET_HDR_LEN]);
             let cf = CapturedFrame {
                 port: id,
                 out,
                 time: t,
                 len: f.len() as u32,
                 data: f[..keep].to_vec(),
+                vnet,
             };
             // counted before it is sent: the reader may take it at once
             c.queued.fetch_add(keep as u64, Ordering::Relaxed);
