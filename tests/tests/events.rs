@@ -218,3 +218,44 @@ fn events_as_they_happen() {
         "{e}"
     );
 }
+
+/// The packet NAT refusing flows beyond a container's share
+/// (`--nat-quota`) is an event while someone listens.
+#[test]
+fn nat_exhaustion_is_an_event() {
+    let Some(mut env) = Env::with_uplink("nat_exhaustion_is_an_event", &["--nat-quota", "2"])
+    else {
+        return;
+    };
+    env.ok(&["network", "create", "q", "--subnet", "10.69.0.0/24"]);
+    let c = env.container("q", "greedy", &[]);
+    let sub = env.spawn_tapnet(&["events", "--format", "json", "--filter", "type=nat"]);
+    std::thread::sleep(Duration::from_millis(800));
+    // five UDP flows out (five source ports): two fit the quota
+    in_ns(&c.ns, || {
+        for port in 6101..6106u16 {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            s.send_to(b"hi", (INET_IP, 7300)).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let log = env.bg_log(sub);
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("quota_exceeded"))),
+        "no NAT event: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let e: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(e["Type"], "nat");
+    assert_eq!(e["Action"], "exhausted");
+    assert_eq!(e["Actor"]["Attributes"]["reason"], "quota_exceeded");
+    let n: u64 = e["Actor"]["Attributes"]["count"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&n), "{e}");
+}

@@ -194,6 +194,14 @@ fn prometheus_metrics_during_traffic() {
         .unwrap_or(0.0)
     };
     assert!(out(&after) > out(&before) + 1000.0);
+    // the network's sums: at least c1's bytes
+    let net_rx = value(
+        &after,
+        "tapnet_network_rx_bytes_total",
+        &["network=\"app\""],
+    )
+    .unwrap_or(0.0);
+    assert!(net_rx >= rx(&after), "{net_rx} < {}", rx(&after));
     // the network and the datapath
     assert_eq!(
         value(&after, "tapnet_network_endpoints", &["network=\"app\""]),

@@ -313,6 +313,42 @@ impl Scrape {
             COUNTER,
             drops,
         ));
+        // per network: the sums over its ports (its containers', its
+        // trunk or tunnel)
+        let net_fields: [(&str, &str, Field); 4] = [
+            (
+                "tapnet_network_rx_frames_total",
+                "Frames received from the network's ports",
+                |c| c.rx_frames,
+            ),
+            (
+                "tapnet_network_rx_bytes_total",
+                "Bytes received from the network's ports",
+                |c| c.rx_bytes,
+            ),
+            (
+                "tapnet_network_tx_frames_total",
+                "Frames sent to the network's ports",
+                |c| c.tx_frames,
+            ),
+            (
+                "tapnet_network_tx_bytes_total",
+                "Bytes sent to the network's ports",
+                |c| c.tx_bytes,
+            ),
+        ];
+        for (name, help, f) in net_fields {
+            let rows = self.nets.iter().map(|(l, _, _)| {
+                let sum: u64 = self
+                    .ports
+                    .iter()
+                    .filter(|(pl, _)| pl.first() == l.first())
+                    .map(|(_, c)| f(c))
+                    .sum();
+                (l.clone(), sum as f64)
+            });
+            out.push(family(name, help, COUNTER, rows));
+        }
         out.push(family(
             "tapnet_network_endpoints",
             "Endpoints attached to the network",
