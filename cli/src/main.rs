@@ -535,6 +535,65 @@ fn parse_kv(what: &str, opts: &[String]) -> Result<std::collections::BTreeMap<St
         .collect()
 }
 
+/// `inspect` and `network inspect`: each name as a container (unless
+/// `kind` is network) or a network (unless it is container), in Docker's
+/// shape, as JSON or through the template `format`. `strict` (`network
+/// inspect`): a missing one is the daemon's error at once; else what
+/// exists is printed, then the names that are nothing, in one error.
+fn inspect(
+    c: &Client,
+    names: &[String],
+    format: Option<&str>,
+    kind: Option<&str>,
+    strict: bool,
+) -> Result<()> {
+    let tmpl = format
+        .map(dockerfmt::template)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let nets: Vec<NetworkSummary> = c.get("/networks")?;
+    let net_ids = nets.into_iter().map(|n| (n.name, n.id)).collect();
+    let ctrs: Vec<ContainerInfo> = c.get("/containers")?;
+    let ctr_ids = ctrs.into_iter().map(|c| (c.name, c.id)).collect();
+    let (mut out, mut missing) = (Vec::new(), Vec::new());
+    for n in names {
+        if kind != Some("network") {
+            if let Some(ci) = c.get_opt::<ContainerInfo>(&format!("/containers/{n}"))? {
+                out.push(dockerfmt::ctr_inspect(&ci, &net_ids));
+                continue;
+            }
+        }
+        if kind != Some("container") {
+            // as JSON: the summary's endpoint count and the endpoint map
+            // share a key (the map comes last and wins)
+            let path = format!("/networks/{n}");
+            let ni = if strict {
+                Some(c.get::<serde_json::Value>(&path)?)
+            } else {
+                c.get_opt::<serde_json::Value>(&path)?
+            };
+            if let Some(ni) = ni {
+                out.push(dockerfmt::net_inspect(&ni, &ctr_ids));
+                continue;
+            }
+        }
+        missing.push(n.as_str());
+    }
+    // what exists is printed; then the error, as Docker does
+    match tmpl {
+        Some(t) => {
+            for o in &out {
+                println!("{}", dockerfmt::render(&t, o).map_err(anyhow::Error::msg)?);
+            }
+        }
+        None => json_out(&out)?,
+    }
+    if !missing.is_empty() {
+        anyhow::bail!("no such object: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
 /// `--since`, `--until`: unix seconds, or a duration ago (30s, 10m, 2h).
 fn since_secs(s: &str) -> Result<u64> {
     if let Ok(t) = s.parse::<u64>() {
@@ -872,51 +931,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             names,
             format,
             kind,
-        } => {
-            let tmpl = format
-                .as_deref()
-                .map(dockerfmt::template)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let nets: Vec<NetworkSummary> = c.get("/networks")?;
-            let net_ids = nets.into_iter().map(|n| (n.name, n.id)).collect();
-            let mut ctr_ids = None;
-            let (mut out, mut missing) = (Vec::new(), Vec::new());
-            for n in names {
-                if kind.as_deref() != Some("network") {
-                    if let Some(ci) = c.get_opt::<ContainerInfo>(&format!("/containers/{n}"))? {
-                        out.push(dockerfmt::ctr_inspect(&ci, &net_ids));
-                        continue;
-                    }
-                }
-                if kind.as_deref() != Some("container") {
-                    if let Some(ni) = c.get_opt::<serde_json::Value>(&format!("/networks/{n}"))? {
-                        let ids = match &ctr_ids {
-                            Some(ids) => ids,
-                            None => {
-                                let ctrs: Vec<ContainerInfo> = c.get("/containers")?;
-                                ctr_ids.insert(ctrs.into_iter().map(|c| (c.name, c.id)).collect())
-                            }
-                        };
-                        out.push(dockerfmt::net_inspect(&ni, ids));
-                        continue;
-                    }
-                }
-                missing.push(n);
-            }
-            // what exists is printed; then the error, as Docker does
-            match tmpl {
-                Some(t) => {
-                    for o in &out {
-                        println!("{}", dockerfmt::render(&t, o).map_err(anyhow::Error::msg)?);
-                    }
-                }
-                None => json_out(&out)?,
-            }
-            if !missing.is_empty() {
-                anyhow::bail!("no such object: {}", missing.join(", "));
-            }
-        }
+        } => inspect(&c, &names, format.as_deref(), kind.as_deref(), false)?,
         Cmd::Nat(NatCmd::Ls { format }) => {
             let v: serde_json::Value = c.get("/nat")?;
             let str_of = |x: &serde_json::Value| match x {
@@ -1103,28 +1118,7 @@ fn network(c: &Client, cmd: NetCmd) -> Result<()> {
             }
         }
         NetCmd::Inspect { names, format } => {
-            let tmpl = format
-                .as_deref()
-                .map(dockerfmt::template)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let ctrs: Vec<ContainerInfo> = c.get("/containers")?;
-            let ids = ctrs.into_iter().map(|c| (c.name, c.id)).collect();
-            let mut out = Vec::new();
-            for n in names {
-                // as JSON: the summary's endpoint count and the endpoint
-                // map share a key (the map comes last and wins)
-                let n: serde_json::Value = c.get(&format!("/networks/{n}"))?;
-                out.push(dockerfmt::net_inspect(&n, &ids));
-            }
-            match tmpl {
-                Some(t) => {
-                    for n in &out {
-                        println!("{}", dockerfmt::render(&t, n).map_err(anyhow::Error::msg)?);
-                    }
-                }
-                None => json_out(&out)?,
-            }
+            inspect(c, &names, format.as_deref(), Some("network"), true)?
         }
         NetCmd::Rm { names } => {
             for n in names {

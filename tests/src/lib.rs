@@ -811,6 +811,23 @@ pub fn in_ns<T: Send + 'static>(
     })
 }
 
+/// An Ethernet frame, padded to the 60-byte minimum.
+pub fn eth_frame(dst: [u8; 6], src: [u8; 6], ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype);
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// Sends `frames` out of `eth0` in namespace `ns`; every send must succeed.
+pub fn send_frames_from(ns: &str, frames: Vec<Vec<u8>>) {
+    let r = in_ns(ns, move || send_raw("eth0", &frames)).join().unwrap();
+    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+}
+
 /// Sends raw Ethernet frames out of `ifname` with an AF_PACKET socket (call
 /// inside [`in_ns`]). Returns per-frame results.
 pub fn send_raw(ifname: &str, frames: &[Vec<u8>]) -> Vec<std::io::Result<usize>> {

@@ -9,16 +9,6 @@ use serde_json::Value;
 use std::time::Duration;
 use tapnet_tests::*;
 
-fn eth(dst: [u8; 6], src: [u8; 6], ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype);
-    f.extend_from_slice(payload);
-    f.resize(f.len().max(60), 0);
-    f
-}
-
 /// An IPv4 frame (UDP to port 9, no checksum needed for the switch's
 /// port-security check) from `src` with source address `sip`.
 fn udp_frame(dmac: [u8; 6], smac: [u8; 6], sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
@@ -34,12 +24,7 @@ fn udp_frame(dmac: [u8; 6], smac: [u8; 6], sip: [u8; 4], dip: [u8; 4]) -> Vec<u8
     }
     ip[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
     ip.extend_from_slice(&[0x30, 0x39, 0, 9, 0, 8, 0, 0]);
-    eth(dmac, smac, [8, 0], &ip)
-}
-
-fn send_from(ns: &str, frames: Vec<Vec<u8>>) {
-    let r = in_ns(ns, move || send_raw("eth0", &frames)).join().unwrap();
-    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+    eth_frame(dmac, smac, [8, 0], &ip)
 }
 
 fn ip4(s: &str) -> [u8; 4] {
@@ -80,7 +65,7 @@ fn events_as_they_happen() {
     let c1 = env.container("evn", "c1", &[]);
     let c2 = env.container("evn", "c2", &["-p", "18081:80"]);
     // spoofed: c1 sends with c2's address (port security, the default)
-    send_from(
+    send_frames_from(
         &c1.ns,
         vec![udp_frame(
             parse_mac(&c2.mac),
@@ -103,9 +88,14 @@ fn events_as_they_happen() {
     let a1 = env.container("open", "a1", &[]);
     let v2 = env.container("open", "v2", &[]);
     assert!(ping(&env, &v2.ns, "10.64.0.1", 1));
-    send_from(
+    send_frames_from(
         &a1.ns,
-        vec![eth([0xff; 6], parse_mac(&v2.mac), [0x88, 0xb5], b"moved")],
+        vec![eth_frame(
+            [0xff; 6],
+            parse_mac(&v2.mac),
+            [0x88, 0xb5],
+            b"moved",
+        )],
     );
     // the datapath watcher reads its counters once a second
     std::thread::sleep(Duration::from_millis(2500));
@@ -123,14 +113,17 @@ fn events_as_they_happen() {
             .position(|x| x.0 == t && x.1 == a && x.2 == n)
             .unwrap_or_else(|| panic!("no {t} {a} {n} in:\n{text}"))
     };
+    // a network event about a container
+    let pos_ctr = |action: &str, c: &str| {
+        s.iter()
+            .zip(&events)
+            .position(|(x, e)| x.1 == action && e["Actor"]["Attributes"]["container"] == c)
+            .unwrap_or_else(|| panic!("no {action} of {c} in:\n{text}"))
+    };
     // in the order they happened
     let created = pos("network", "create", "evn");
     let started = pos("container", "start", "c1");
-    let connected = s
-        .iter()
-        .zip(&events)
-        .position(|(x, e)| x.1 == "connect" && e["Actor"]["Attributes"]["container"] == "c1")
-        .expect("connect c1");
+    let connected = pos_ctr("connect", "c1");
     assert!(created < started && created < connected, "{text}");
     let publish = &events[pos("container", "publish", "c2")];
     assert_eq!(
@@ -160,11 +153,7 @@ fn events_as_they_happen() {
     );
     // removing c2: unpublished, disconnected, destroyed, in that order
     let unpub = pos("container", "unpublish", "c2");
-    let disc = s
-        .iter()
-        .zip(&events)
-        .position(|(x, e)| x.1 == "disconnect" && e["Actor"]["Attributes"]["container"] == "c2")
-        .expect("disconnect c2");
+    let disc = pos_ctr("disconnect", "c2");
     let destroyed = pos("container", "destroy", "c2");
     assert!(unpub < disc && disc < destroyed, "{text}");
 

@@ -17,16 +17,6 @@ fn ip4(s: &str) -> [u8; 4] {
     s.parse::<std::net::Ipv4Addr>().unwrap().octets()
 }
 
-fn eth(dst: [u8; 6], src: [u8; 6], ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype);
-    f.extend_from_slice(payload);
-    f.resize(f.len().max(60), 0);
-    f
-}
-
 /// A gratuitous ARP reply: "`ip` is at `sha`", broadcast.
 fn garp(src: [u8; 6], sha: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
     let mut a = vec![0, 1, 8, 0, 6, 4, 0, 2];
@@ -35,7 +25,7 @@ fn garp(src: [u8; 6], sha: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
     // target hardware address = sender's: what Linux takes as gratuitous
     a.extend_from_slice(&sha);
     a.extend_from_slice(&ip);
-    eth([0xff; 6], src, [8, 6], &a)
+    eth_frame([0xff; 6], src, [8, 6], &a)
 }
 
 /// An ICMP echo request from `src` to `dst` (checksums right).
@@ -73,7 +63,7 @@ fn ping_frame(dmac: [u8; 6], smac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u
     let c = csum(&ip);
     ip[10..12].copy_from_slice(&c);
     ip.extend_from_slice(&icmp);
-    eth(dmac, smac, [8, 0], &ip)
+    eth_frame(dmac, smac, [8, 0], &ip)
 }
 
 fn neigh_mac(env: &Env, ns: &str, ip: &str) -> String {
@@ -83,11 +73,6 @@ fn neigh_mac(env: &Env, ns: &str, ip: &str) -> String {
         .nth(1)
         .unwrap_or("")
         .to_string()
-}
-
-fn send_from(ns: &str, frames: Vec<Vec<u8>>) {
-    let r = in_ns(ns, move || send_raw("eth0", &frames)).join().unwrap();
-    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
 }
 
 /// Runs every attack on `net` (containers a1 attacker, v2 victim, o3
@@ -106,14 +91,14 @@ fn attacks(env: &mut Env, net: &str, subnet: &str, opts: &[&str]) -> (String, St
     assert!(ping(env, &o3.ns, &gw, 1));
     assert_eq!(neigh_mac(env, &o3.ns, &v2.ip.to_string()), v2.mac);
     let (me, v2mac) = (mac(&a1.mac), mac(&v2.mac));
-    send_from(
+    send_frames_from(
         &a1.ns,
         vec![
             // ARP poisoning: v2's address and the gateway's are "at" a1
             garp(me, me, ip4(&v2.ip.to_string())),
             garp(me, me, ip4(&gw)),
             // a forged source MAC (v2's)
-            eth([0xff; 6], v2mac, [0x88, 0xb5], b"forged-mac"),
+            eth_frame([0xff; 6], v2mac, [0x88, 0xb5], b"forged-mac"),
             // a forged source address (v2's) to o3
             ping_frame(
                 mac(&o3.mac),
@@ -124,7 +109,7 @@ fn attacks(env: &mut Env, net: &str, subnet: &str, opts: &[&str]) -> (String, St
             // 0.0.0.0 is for DHCP requests only, not a free pass
             ping_frame(mac(&o3.mac), me, [0; 4], ip4(&o3.ip.to_string())),
             // a VLAN-tagged frame (VLAN hopping onto a trunk)
-            eth([0xff; 6], me, [0x81, 0], &[0, 10, 0x88, 0xb5, 1, 2, 3]),
+            eth_frame([0xff; 6], me, [0x81, 0], &[0, 10, 0x88, 0xb5, 1, 2, 3]),
         ],
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -211,9 +196,9 @@ fn a_port_gets_only_its_share_of_the_mac_table() {
     let a = env.container("open", "a", &[]);
     let b = env.container("open", "b", &[]);
     let frames: Vec<Vec<u8>> = (0..100u8)
-        .map(|i| eth([0xff; 6], [2, 0xee, 0, 0, 1, i], [0x88, 0xb5], b"flood"))
+        .map(|i| eth_frame([0xff; 6], [2, 0xee, 0, 0, 1, i], [0x88, 0xb5], b"flood"))
         .collect();
-    send_from(&a.ns, frames);
+    send_frames_from(&a.ns, frames);
     std::thread::sleep(Duration::from_millis(300));
     let v = env.inspect("open");
     let on_a = v["mac_table"]

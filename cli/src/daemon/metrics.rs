@@ -230,6 +230,16 @@ fn with(labels: &Labels, k: &'static str, v: impl Into<String>) -> Labels {
     l
 }
 
+/// Rows labelled `key` = each name, e.g. drops by reason.
+fn keyed<'a>(
+    key: &'static str,
+    rows: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Vec<(Labels, f64)> {
+    rows.into_iter()
+        .map(|(k, v)| (vec![(key, k.to_string())], v as f64))
+        .collect()
+}
+
 fn one(v: u64) -> [(Labels, f64); 1] {
     [(vec![], v as f64)]
 }
@@ -457,16 +467,10 @@ impl Scrape {
                 "tapnet_nat_translated_packets_total",
                 "Packets the packet NAT translated",
                 COUNTER,
-                [
-                    (
-                        vec![("direction", "out".to_string())],
-                        st.translated_out as f64,
-                    ),
-                    (
-                        vec![("direction", "in".to_string())],
-                        st.translated_in as f64,
-                    ),
-                ],
+                keyed(
+                    "direction",
+                    [("out", st.translated_out), ("in", st.translated_in)],
+                ),
             ));
             out.push(family(
                 "tapnet_nat_connections_created_total",
@@ -480,19 +484,21 @@ impl Scrape {
                 COUNTER,
                 one(st.expired),
             ));
-            let r = |k: &str, v: u64| (vec![("reason", k.to_string())], v as f64);
             out.push(family(
                 "tapnet_nat_drops_total",
                 "Packets the packet NAT dropped or refused, by reason",
                 COUNTER,
-                [
-                    r("ports_exhausted", st.ports_exhausted),
-                    r("table_full", st.table_full),
-                    r("unsupported", st.unsupported),
-                    r("no_connection", st.no_connection),
-                    r("quota_exceeded", st.quota_exceeded),
-                    r("fragments", st.fragments),
-                ],
+                keyed(
+                    "reason",
+                    [
+                        ("ports_exhausted", st.ports_exhausted),
+                        ("table_full", st.table_full),
+                        ("unsupported", st.unsupported),
+                        ("no_connection", st.no_connection),
+                        ("quota_exceeded", st.quota_exceeded),
+                        ("fragments", st.fragments),
+                    ],
+                ),
             ));
         }
         if !self.socknat.is_empty() {
@@ -500,30 +506,30 @@ impl Scrape {
                 "tapnet_socknat_events_total",
                 "The socket NAT's flows and refusals, by event",
                 COUNTER,
-                self.socknat
-                    .iter()
-                    .map(|(k, v)| (vec![("event", k.to_string())], *v as f64)),
+                keyed("event", self.socknat.iter().copied()),
             ));
         }
         // DNS
         let d = &self.dns;
-        let q = |k: &str, v: u64| (vec![("result", k.to_string())], v as f64);
         out.push(family(
             "tapnet_dns_queries_total",
             "DNS queries the resolver took, by what became of them",
             COUNTER,
-            [
-                q("local", d.local),
-                q("nodata", d.nodata),
-                q("forwarded", d.forwarded),
-                q("cached", d.cached),
-                q("servfail", d.servfail),
-                q("formerr", d.formerr),
-                q("notimp", d.notimp),
-                q("truncated", d.truncated),
-                q("dropped", d.dropped),
-                q("throttled", d.throttled),
-            ],
+            keyed(
+                "result",
+                [
+                    ("local", d.local),
+                    ("nodata", d.nodata),
+                    ("forwarded", d.forwarded),
+                    ("cached", d.cached),
+                    ("servfail", d.servfail),
+                    ("formerr", d.formerr),
+                    ("notimp", d.notimp),
+                    ("truncated", d.truncated),
+                    ("dropped", d.dropped),
+                    ("throttled", d.throttled),
+                ],
+            ),
         ));
         out.push(family(
             "tapnet_dns_requests_total",
