@@ -160,17 +160,15 @@ fn events_as_they_happen() {
     // the past, filtered, in Docker's text format; --until ends it
     env.ok(&["rm", "a1", "v2"]);
     env.ok(&["network", "rm", "open"]);
-    let past = env.ok(&[
-        "events",
-        "--since",
-        "5m",
-        "--until",
-        "0s",
-        "--filter",
-        "type=network",
-        "--filter",
-        "name=evn",
-    ]);
+    // what happened in the last 5 minutes, through `filters`
+    let past_of = |filters: &[&str]| {
+        let mut a = vec!["events", "--since", "5m", "--until", "0s"];
+        for f in filters {
+            a.extend(["--filter", f]);
+        }
+        env.ok(&a)
+    };
+    let past = past_of(&["type=network", "name=evn"]);
     let lines: Vec<&str> = past.lines().collect();
     assert!(lines.len() >= 3, "{past}");
     assert!(
@@ -188,17 +186,7 @@ fn events_as_they_happen() {
         .split(' ')
         .next()
         .is_some_and(|t| t.ends_with('Z') && t.contains('T')));
-    let gone = env.ok(&[
-        "events",
-        "--since",
-        "5m",
-        "--until",
-        "0s",
-        "--filter",
-        "action=destroy",
-        "--filter",
-        "type=network",
-    ]);
+    let gone = past_of(&["action=destroy", "type=network"]);
     assert!(gone.contains("name=open"), "{gone}");
     // bad input: one line
     let e = env.fail(&["events", "--since", "yesterday-ish"]);
