@@ -219,6 +219,9 @@ pub struct NetworkInspect {
     /// first) switched itself and handed over, daemon-wide.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datapath_workers: Vec<vswitch::datapath::WorkerSnapshot>,
+    /// Packet captures running (daemon-wide).
+    #[serde(default)]
+    pub captures: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

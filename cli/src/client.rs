@@ -142,17 +142,28 @@ impl Client {
                 if size == 0 {
                     return Ok(());
                 }
-                if buf.len() < eol + 2 + size + 2 {
+                let end = eol
+                    .checked_add(size)
+                    .and_then(|e| e.checked_add(4))
+                    .filter(|&e| e <= 1 << 30)
+                    .ok_or_else(|| anyhow!("malformed chunk from the daemon"))?;
+                if buf.len() < end {
                     break;
                 }
-                let keep = chunk(&buf[eol + 2..eol + 2 + size]);
-                buf.drain(..eol + 2 + size + 2);
+                if &buf[end - 2..end] != b"\r\n" {
+                    bail!("malformed chunk from the daemon");
+                }
+                let keep = chunk(&buf[eol + 2..end - 2]);
+                buf.drain(..end);
                 if !keep {
                     return Ok(());
                 }
             }
             if n == 0 {
-                return Ok(());
+                // the daemon went away in the middle of the stream
+                bail!(
+                    "the tapnet daemon ended the stream early (did it stop or crash? see its log)"
+                );
             }
         }
     }

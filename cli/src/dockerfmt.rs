@@ -647,6 +647,7 @@ mod tests {
             trunk: None,
             overlay: None,
             datapath_workers: vec![],
+            captures: 0,
         }
     }
 

@@ -44,6 +44,7 @@ fn tapnet(env: &Env) -> Command {
 #[test]
 fn capture_with_tshark() {
     require_tools(&["tshark"], "tshark");
+    require_tools(&["dig"], "bind9-dnsutils");
     let Some(mut env) = Env::new("capture_with_tshark", &[]) else {
         return;
     };
@@ -277,6 +278,48 @@ fn capture_with_tshark() {
         bad.stdout.is_empty(),
         "bad TCP checksums: {}",
         String::from_utf8_lossy(&bad.stdout)
+    );
+
+    // 3c. what the gateway's services inject is seen too: a DNS query
+    // to the gateway (In on c1) and its answer (Out on c1)
+    let dns = env.dir.join("dns.pcapng");
+    let d = env.spawn_tapnet(&[
+        "capture",
+        "c1",
+        "-w",
+        dns.to_str().unwrap(),
+        "-c",
+        "2",
+        "udp port 53",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let a = env.exec_ok(&c1.ns, &["dig", "+short", "+tries=1", "c2", "@10.65.0.1"]);
+    assert_eq!(a.trim(), c2ip);
+    assert!(env.wait_bg(d, Duration::from_secs(10)).success());
+    let rows = tshark(
+        &dns,
+        &["frame.packet_flags_direction", "dns.flags.response"],
+    );
+    assert_eq!(
+        rows,
+        [
+            vec!["0x00000001".to_string(), "0".to_string()],
+            vec!["0x00000002".to_string(), "1".to_string()]
+        ],
+        "{rows:?}"
+    );
+
+    // 3d. a capture whose reader goes away ends, even when no frame comes
+    // (it would keep the socket NAT's direct writes paused)
+    let idle = env.spawn_tapnet(&["capture", "cap", "tcp port 9"]);
+    assert!(wait_until(Duration::from_secs(5), || env.inspect("cap")
+        ["captures"]
+        == 1));
+    unsafe { libc::kill(env.bg_pid(idle) as i32, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(5), || env.inspect("cap")["captures"]
+            == 0),
+        "the capture outlived its reader"
     );
 
     // 4. bad input: one line each, nothing started

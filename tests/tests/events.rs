@@ -194,6 +194,26 @@ fn events_as_they_happen() {
         e.contains("invalid --since") && e.lines().count() == 1,
         "{e}"
     );
+
+    // a subscriber does not keep the daemon from stopping: its stream
+    // ends, and the daemon exits on SIGTERM
+    let late = env.spawn_tapnet(&["events"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = env.daemon_pid().expect("daemon");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split(' ').nth(2) == Some("Z"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), gone),
+        "the daemon did not stop while a subscriber listened"
+    );
+    env.stop_daemon(libc::SIGTERM);
+    assert!(
+        env.wait_bg(late, Duration::from_secs(5)).success(),
+        "the subscriber's stream did not end cleanly"
+    );
 }
 
 /// The packet NAT refusing flows beyond a container's share

@@ -164,7 +164,13 @@ impl Core {
 /// Writes the capture as pcapng into `out` (chunks of the stream) until
 /// the reader goes (`out` closed), `count` frames were written, or the
 /// datapath ends it.
-pub fn pump(s: Started, out: tokio::sync::mpsc::Sender<Vec<u8>>) {
+/// Also ends when the daemon stops (`stop` turns true); a reader that went
+/// away is noticed within 250 ms even when no frame comes.
+pub fn pump(
+    s: Started,
+    out: tokio::sync::mpsc::Sender<Vec<u8>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let Ok(mut w) = PcapNgWriter::new(Vec::new()) else {
         return;
     };
@@ -199,6 +205,9 @@ pub fn pump(s: Started, out: tokio::sync::mpsc::Sender<Vec<u8>>) {
     let (mut written, mut last_drops, mut stats_at) = (0u64, 0u64, Instant::now());
     let (mut segs, mut lens) = (Vec::new(), Vec::new());
     loop {
+        if out.is_closed() || *stop.borrow() {
+            return;
+        }
         let first = match s.cap.frames.recv_timeout(Duration::from_millis(250)) {
             Ok(f) => Some(f),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
@@ -234,6 +243,11 @@ pub fn pump(s: Started, out: tokio::sync::mpsc::Sender<Vec<u8>>) {
                 vec![&f.data[..]]
             };
             for p in pieces {
+                // a count is of frames written: a super-frame's segments
+                // each count, and the last may stop part way
+                if s.count.is_some_and(|c| written >= c) {
+                    break;
+                }
                 let epb = EnhancedPacketBlock {
                     interface_id: iface,
                     timestamp: f.time,
@@ -259,7 +273,18 @@ pub fn pump(s: Started, out: tokio::sync::mpsc::Sender<Vec<u8>>) {
                 .unwrap_or_default();
             let isb = InterfaceStatisticsBlock {
                 interface_id: 0,
-                timestamp: now.as_nanos() as u64,
+                // pcap-file 2.0 writes this field as one u64, where
+                // pcapng has the high 32 bits first, then the low 32
+                // bits (each in the section's byte order): swapped here
+                // so the two come out in that order
+                timestamp: {
+                    let ns = now.as_nanos() as u64;
+                    if cfg!(target_endian = "little") {
+                        ns.rotate_left(32)
+                    } else {
+                        ns
+                    }
+                },
                 options: vec![
                     InterfaceStatisticsOption::IsbIfDrop(drops),
                     InterfaceStatisticsOption::Comment(Cow::Borrowed(

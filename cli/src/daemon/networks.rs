@@ -227,6 +227,7 @@ impl Core {
                 trunk: None,
                 overlay: None,
                 datapath_workers: Vec::new(),
+                captures: 0,
             });
         }
         let n = self.net(name)?;
@@ -273,6 +274,7 @@ impl Core {
             })
             .collect();
         Ok(NetworkInspect {
+            captures: snap.captures,
             datapath_workers: snap.workers.clone(),
             summary: n.summary(),
             created: n.rec.created,
@@ -358,9 +360,9 @@ impl Core {
 
     /// Removes network `name` here (it has no endpoints).
     pub(super) fn remove_local(&mut self, name: &str) -> ApiResult<()> {
-        self.net(name)?;
-        // said before it goes (its id and driver go with it)
-        self.net_event("destroy", name);
+        let n = self.net(name)?;
+        // its id and driver go with it: kept for the event
+        let (id, driver) = (n.rec.id.clone(), n.rec.driver.clone());
         let n = self.net(name)?;
         let idx = n.idx;
         self.store.remove(name)?;
@@ -374,6 +376,12 @@ impl Core {
             .remove_network(idx);
         self.nets.remove(name);
         log(format!("removed network {name}"));
+        self.events.emit(
+            "network",
+            "destroy",
+            &id,
+            &[("name", name), ("type", &driver)],
+        );
         Ok(())
     }
 

@@ -17,6 +17,17 @@ use std::sync::{Arc, Mutex};
 
 pub(super) type Shared = Arc<Mutex<Option<Core>>>;
 
+/// Set when the daemon stops: the streams that would otherwise never end
+/// (`/events`, `/capture` on a quiet network) end then, so the graceful
+/// shutdown, which waits for every connection, does not wait forever.
+static STOPPING: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> = std::sync::OnceLock::new();
+
+pub(super) fn stopping() -> tokio::sync::watch::Receiver<bool> {
+    STOPPING
+        .get_or_init(|| tokio::sync::watch::channel(false).0)
+        .subscribe()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -90,6 +101,10 @@ async fn events_stream(s: Shared, since: Option<u64>, until: Option<u64>) -> Api
         }
     });
     use futures::StreamExt;
+    let mut stop = stopping();
+    let live = live.take_until(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
     let live = match left {
         Some(d) => live.take_until(tokio::time::sleep(d)).boxed(),
         None => live.boxed(),
@@ -107,7 +122,8 @@ async fn events_stream(s: Shared, since: Option<u64>, until: Option<u64>) -> Api
 async fn capture_stream(s: Shared, q: super::capture::CaptureQuery) -> ApiResult<Response> {
     let Json(started) = with_core(s, move |c| c.start_capture(&q)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-    tokio::task::spawn_blocking(move || super::capture::pump(started, tx));
+    let stop = stopping();
+    tokio::task::spawn_blocking(move || super::capture::pump(started, tx, stop));
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -495,6 +511,9 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
         }
+        STOPPING
+            .get_or_init(|| tokio::sync::watch::channel(false).0)
+            .send_replace(true);
     };
     axum::serve(listener, router(shared.clone()))
         .with_graceful_shutdown(shutdown)

@@ -13,7 +13,8 @@
 //! Where frames are seen: every read from a port ("in", from the
 //! container) and every write to a port ("out"), on whichever worker does
 //! it; a frame handed from a helper to the main worker is seen once, where
-//! it was read. The socket NAT's direct writes (which bypass the
+//! it was read; frames the gateway's services inject, and frames a tunnel
+//! decapsulates, where they enter. The socket NAT's direct writes (which bypass the
 //! datapath) are paused while a capture runs, so its answers are seen too.
 //! Frames are Ethernet frames without the vnet header; GSO super-frames
 //! (up to 64 KiB) are copied as they are.
@@ -156,6 +157,18 @@ impl State {
         if let Some((id, net)) = self.capture_port(slot) {
             offer(&mut self.captures, id, net, self.pool.frame(b, len), out);
         }
+    }
+
+    /// Whether a write of a pool buffer to `dst` sends it as it is (an Up
+    /// port that rewrites nothing): then it is captured there; a rewritten
+    /// copy is captured where it is sent (`send_owned`).
+    pub(super) fn plain_dst(&self, dst: PortIdx) -> bool {
+        self.ports
+            .get(dst as usize)
+            .and_then(|d| d.as_ref())
+            .is_some_and(|d| {
+                d.state == PortState::Up && !d.xform.as_ref().is_some_and(|x| x.rewrites())
+            })
     }
 
     fn capture_port(&self, slot: PortIdx) -> Option<(PortId, NetIdx)> {

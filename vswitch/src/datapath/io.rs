@@ -93,6 +93,9 @@ impl State {
             return false;
         }
         let (ptr, len) = (self.pool.ptr(b), self.pool.lens[b]);
+        if !self.captures.is_empty() && self.plain_dst(dst) {
+            self.capture_buf(dst, b, len as usize, true);
+        }
         let Some(d) = self.ports.get_mut(dst as usize).and_then(|d| d.as_mut()) else {
             return false;
         };
@@ -111,12 +114,6 @@ impl State {
             }
             return false;
         }
-        if !self.captures.is_empty() {
-            self.capture_buf(dst, b, len as usize, true);
-        }
-        let Some(d) = self.ports.get_mut(dst as usize).and_then(|d| d.as_mut()) else {
-            return false;
-        };
         if d.tunnel.is_some() {
             self.tunnel_tx(b, dst);
             return false;
@@ -281,13 +278,23 @@ impl State {
                 Some(p) => p,
                 None => self.sw.network(net).expect("checked").ports[i],
             };
+            // the gateway's services answer containers, not the segment
+            let to_container = self
+                .ports
+                .get(t as usize)
+                .and_then(|d| d.as_ref())
+                .is_some_and(|d| {
+                    d.state == PortState::Up && d.xform.is_none() && d.tunnel.is_none()
+                });
+            if !to_container {
+                continue;
+            }
+            if !self.captures.is_empty() {
+                self.capture(t, &frame, true);
+            }
             let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
                 continue;
             };
-            // the gateway's services answer containers, not the segment
-            if d.state != PortState::Up || d.xform.is_some() || d.tunnel.is_some() {
-                continue;
-            }
             d.inflight += 1;
             writes += 1;
             // the Vec's heap buffer does not move while it sits in `injects`
@@ -305,15 +312,20 @@ impl State {
 
     /// Writes an owned frame (vnet header + Ethernet) to port `t`.
     pub(super) fn send_owned(&mut self, t: PortIdx, frame: Vec<u8>) {
+        if self
+            .ports
+            .get(t as usize)
+            .and_then(|d| d.as_ref())
+            .is_none_or(|d| d.state != PortState::Up)
+        {
+            return;
+        }
         if !self.captures.is_empty() {
             self.capture(t, &frame, true);
         }
         let Some(d) = self.ports.get_mut(t as usize).and_then(|d| d.as_mut()) else {
             return;
         };
-        if d.state != PortState::Up {
-            return;
-        }
         let idx = self.inject_free.pop().unwrap_or_else(|| {
             self.injects.push(None);
             self.injects.len() - 1

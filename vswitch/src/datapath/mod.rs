@@ -205,6 +205,8 @@ pub struct Snapshot {
     /// handling completions and submitting (not waiting, not busy
     /// polling).
     pub busy_ns: Vec<u64>,
+    /// Captures running (the main worker's count).
+    pub captures: usize,
 }
 
 enum Cmd {
@@ -1270,6 +1272,7 @@ impl State {
             aging_ms: self.sw.table.aging_ms(),
             worker_errors: self.worker_errors,
             busy_ns: vec![self.busy_ns],
+            captures: self.captures.iter().filter(|c| !c.gone).count(),
             rx_buffers: self.pool.entries() as u32,
             rx_buffers_in_use: self.pool.out(),
             rx_buffer_bytes: self.pool.bytes() as u64,

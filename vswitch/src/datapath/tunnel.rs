@@ -545,6 +545,9 @@ impl State {
                     if let Some(v) = self.vtep.as_mut() {
                         v.stats.rx_merged += k as u64;
                     }
+                    if !self.captures.is_empty() {
+                        self.capture_buf(rx[0].0, b, total, false);
+                    }
                     self.frame_in(rx[0].0, b, total, now);
                 }
                 None => {
@@ -555,6 +558,9 @@ impl State {
                         f[VNET_HDR_LEN..].copy_from_slice(&self.pool.frame(b, fo + n)[fo..]);
                         if let Some(h) = rx_vnet(&f[VNET_HDR_LEN..], partial) {
                             f[..VNET_HDR_LEN].copy_from_slice(&h);
+                            if !self.captures.is_empty() {
+                                self.capture(t, &f, false);
+                            }
                             self.switch_owned(t, f, now);
                         }
                     }
@@ -583,6 +589,9 @@ impl State {
         match rx_vnet(&w[VNET_HDR_LEN..VNET_HDR_LEN + n], partial) {
             Some(h) => {
                 w[..VNET_HDR_LEN].copy_from_slice(&h);
+                if !self.captures.is_empty() {
+                    self.capture_buf(t, b, n + VNET_HDR_LEN, false);
+                }
                 self.frame_in(t, b, n + VNET_HDR_LEN, now);
             }
             None => self.recycle(slot, b),
