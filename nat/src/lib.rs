@@ -213,6 +213,17 @@ struct Conn {
     replied: bool,
 }
 
+/// The connection table counted (see [`Nat::summary`]): what a metrics
+/// scrape needs, without copying the table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NatSummary {
+    /// (IP protocol, state) -> connections. TCP states: syn_sent,
+    /// established, closing, closed; other protocols: replied, unreplied.
+    pub conns: Vec<((u8, &'static str), u64)>,
+    /// IP protocol -> distinct external ports in use.
+    pub ports_in_use: Vec<(u8, u64)>,
+}
+
 /// A connection as plain data (see [`Nat::entries_raw`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ConnRaw {
@@ -1066,6 +1077,38 @@ impl Nat {
     /// The connection table as plain data (no formatting, no allocation
     /// per entry beyond the vector): cheap enough for the datapath thread;
     /// [`ConnRaw::info`] formats it elsewhere.
+    /// Counts the table by protocol and state, and the distinct external
+    /// ports per protocol (a bitmap per protocol: no allocation per
+    /// connection).
+    pub fn summary(&self) -> NatSummary {
+        let mut conns: std::collections::BTreeMap<(u8, &'static str), u64> = Default::default();
+        let mut ports: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
+        for c in self.conns.iter().flatten() {
+            let state = if c.out.proto == 6 {
+                match c.tcp {
+                    TcpState::SynSent => "syn_sent",
+                    TcpState::Established => "established",
+                    TcpState::Closing => "closing",
+                    TcpState::Closed => "closed",
+                }
+            } else if c.replied {
+                "replied"
+            } else {
+                "unreplied"
+            };
+            *conns.entry((c.out.proto, state)).or_default() += 1;
+            let bits = ports.entry(c.out.proto).or_insert_with(|| vec![0u64; 1024]);
+            bits[c.nport as usize / 64] |= 1 << (c.nport % 64);
+        }
+        NatSummary {
+            conns: conns.into_iter().collect(),
+            ports_in_use: ports
+                .into_iter()
+                .map(|(p, b)| (p, b.iter().map(|w| w.count_ones() as u64).sum()))
+                .collect(),
+        }
+    }
+
     pub fn entries_raw(&self, now: u64) -> Vec<ConnRaw> {
         self.conns
             .iter()

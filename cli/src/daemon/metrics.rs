@@ -82,13 +82,11 @@ impl Core {
     }
 
     fn scrape(&self) -> ApiResult<Scrape> {
-        // the NAT's connection table only when there is a packet NAT
-        let snap = if self.cfg.uplink.is_some() {
-            self.dp.snapshot(DP_TIMEOUT)
-        } else {
-            self.dp.snapshot_ports(DP_TIMEOUT)
-        }
-        .map_err(ApiError::internal)?;
+        // the NAT's table counted on the datapath thread, not copied
+        let snap = self
+            .dp
+            .snapshot_summary(DP_TIMEOUT)
+            .map_err(ApiError::internal)?;
         let mut s = Scrape {
             containers: self.containers.len() as u64,
             mac_moves: snap.mac_moves,
@@ -141,26 +139,16 @@ impl Core {
                 stats: u.nat,
                 ..Default::default()
             };
-            let mut used: BTreeMap<String, std::collections::BTreeSet<u16>> = BTreeMap::new();
-            for c in &u.connections {
-                let proto = proto_name(c.proto);
-                let state = if c.proto == 6 {
-                    match c.tcp {
-                        nat::TcpState::SynSent => "syn_sent",
-                        nat::TcpState::Established => "established",
-                        nat::TcpState::Closing => "closing",
-                        nat::TcpState::Closed => "closed",
-                    }
-                    .to_string()
-                } else if c.replied {
-                    "replied".into()
-                } else {
-                    "unreplied".into()
-                };
-                *n.conns.entry((proto.clone(), state)).or_default() += 1;
-                used.entry(proto).or_default().insert(c.nport);
+            if let Some(sum) = &u.summary {
+                for ((p, state), v) in &sum.conns {
+                    n.conns.insert((proto_name(*p), state.to_string()), *v);
+                }
+                n.ports_used = sum
+                    .ports_in_use
+                    .iter()
+                    .map(|(p, v)| (proto_name(*p), *v))
+                    .collect();
             }
-            n.ports_used = used.into_iter().map(|(k, v)| (k, v.len() as u64)).collect();
             if let Some(a) = &self.cfg.uplink {
                 n.ports_available = (a.ports.1 as u64).saturating_sub(a.ports.0 as u64) + 1;
             }

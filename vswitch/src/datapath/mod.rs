@@ -209,6 +209,14 @@ pub struct Snapshot {
     pub captures: usize,
 }
 
+/// How much of the NAT's table a snapshot carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NatDetail {
+    None,
+    Summary,
+    Table,
+}
+
 enum Cmd {
     AddNetwork(NetIdx, NetConfig),
     RemoveNetwork(NetIdx),
@@ -226,7 +234,7 @@ enum Cmd {
         done: mpsc::SyncSender<()>,
     },
     /// With the NAT connection table or without it.
-    Snapshot(mpsc::SyncSender<Snapshot>, bool),
+    Snapshot(mpsc::SyncSender<Snapshot>, NatDetail),
     /// See [`capture`].
     StartCapture(Box<capture::WorkerCapture>),
     StopCapture(u64),
@@ -327,6 +335,9 @@ pub struct UplinkSnapshot {
     pub nat: nat::NatStats,
     /// Empty unless asked for ([`Datapath::snapshot`]).
     pub connections: Vec<nat::ConnRaw>,
+    /// The table counted, when asked for ([`Datapath::snapshot_summary`]).
+    #[serde(skip)]
+    pub summary: Option<nat::NatSummary>,
     /// Routed frames dropped because the next hop's MAC is unknown.
     pub no_neighbor: u64,
 }
@@ -618,16 +629,23 @@ impl Datapath {
     /// and its NAT connection table (as plain data: formatting is the
     /// caller's, off the datapath thread).
     pub fn snapshot(&self, timeout: Duration) -> Result<Snapshot, DatapathError> {
-        self.snapshot_of(timeout, true)
+        self.snapshot_of(timeout, NatDetail::Table)
     }
 
     /// [`Self::snapshot`] without the NAT connection table (up to
     /// hundreds of thousands of entries): what `network inspect` needs.
     pub fn snapshot_ports(&self, timeout: Duration) -> Result<Snapshot, DatapathError> {
-        self.snapshot_of(timeout, false)
+        self.snapshot_of(timeout, NatDetail::None)
     }
 
-    fn snapshot_of(&self, timeout: Duration, nat: bool) -> Result<Snapshot, DatapathError> {
+    /// [`Self::snapshot_ports`] with the NAT's table counted (by protocol
+    /// and state, ports in use) on the worker instead of copied: what a
+    /// metrics scrape needs.
+    pub fn snapshot_summary(&self, timeout: Duration) -> Result<Snapshot, DatapathError> {
+        self.snapshot_of(timeout, NatDetail::Summary)
+    }
+
+    fn snapshot_of(&self, timeout: Duration, nat: NatDetail) -> Result<Snapshot, DatapathError> {
         let ask = |lane: &Lane, nat| {
             let (tx, rx) = mpsc::sync_channel(1);
             lane.send(Cmd::Snapshot(tx, nat))?;
@@ -639,7 +657,7 @@ impl Datapath {
         let mut s = ask(&self.main, nat)?;
         // a port's counters are the sum over the workers that read it
         for h in &self.helpers {
-            let hs = ask(h, false)?;
+            let hs = ask(h, NatDetail::None)?;
             for hp in hs.ports {
                 if let Some(p) = s.ports.iter_mut().find(|p| p.id == hp.id) {
                     p.counters += hp.counters;
@@ -1258,7 +1276,7 @@ impl State {
         }
     }
 
-    fn snapshot(&self, nat: bool) -> Snapshot {
+    fn snapshot(&self, nat: NatDetail) -> Snapshot {
         let now = now_ms();
         let id_of = |slot: PortIdx| {
             self.ports
@@ -1300,11 +1318,12 @@ impl State {
                 gateway6: u.gateway6,
                 gateway6_mac: u.gateway6.and_then(|g| u.nd.get(&g)).map(|e| e.0),
                 nat: u.nat.stats,
-                connections: if nat {
+                connections: if nat == NatDetail::Table {
                     u.nat.entries_raw(now)
                 } else {
                     Vec::new()
                 },
+                summary: (nat == NatDetail::Summary).then(|| u.nat.summary()),
                 no_neighbor: u.no_neighbor,
             }),
             ..Default::default()
