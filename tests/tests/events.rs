@@ -97,6 +97,8 @@ fn events_as_they_happen() {
             b"moved",
         )],
     );
+    // a run whose command exits: start, die, destroy
+    env.ok(&["run", "--network", "evn", "--name", "short", "--", "true"]);
     // the datapath watcher reads its counters once a second
     std::thread::sleep(Duration::from_millis(2500));
     env.ok(&["rm", "c2"]);
@@ -155,6 +157,12 @@ fn events_as_they_happen() {
     let unpub = pos("container", "unpublish", "c2");
     let disc = pos_ctr("disconnect", "c2");
     let destroyed = pos("container", "destroy", "c2");
+    let (s0, s1, s2) = (
+        pos("container", "start", "short"),
+        pos("container", "die", "short"),
+        pos("container", "destroy", "short"),
+    );
+    assert!(s0 < s1 && s1 < s2, "{text}");
     assert!(unpub < disc && disc < destroyed, "{text}");
 
     // the past, filtered, in Docker's text format; --until ends it

@@ -119,7 +119,6 @@ impl Core {
         }
         let name = name.clone();
         log(format!("container {name}: its run is gone; removing it"));
-        self.ctr_event("die", &name, &[]);
         if let Err(e) = self.remove_container(&name) {
             log(format!("removing container {name}: {}", e.message));
         }
@@ -507,6 +506,12 @@ impl Core {
             self.store.save_containers(&self.containers)?;
         }
         log(format!("removed container {name}"));
+        // a container with a command (a run's) saw it exit or stopped it,
+        // as docker rm -f: die, then destroy
+        if c.process.is_some() || c.client.is_some() {
+            self.events
+                .emit("container", "die", &c.id, &[("name", name)]);
+        }
         self.events
             .emit("container", "destroy", &c.id, &[("name", name)]);
         Ok(())
