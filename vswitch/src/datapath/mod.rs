@@ -1512,12 +1512,11 @@ mod tests {
         dp.shutdown();
     }
 
-    /// Two workers; socketpairs stand in for the queues of two TAPs.
-    /// Until the main worker has learned both MACs, a frame read by the
-    /// helper is handed over (and leaves through queue 0); after, the
-    /// helper switches it itself, out of its own queue.
-    #[test]
-    fn helper_switches_known_unicast_and_hands_over_the_rest() {
+    /// A datapath with two workers, and ports a and b on network 0 with
+    /// two queues each (socketpairs, 5 s read timeouts): the datapath,
+    /// a's port id, and the far ends [a queue 0, a queue 1, b queue 0, b
+    /// queue 1].
+    fn two_workers_two_ports() -> (Datapath, PortId, [std::os::unix::net::UnixDatagram; 4]) {
         use std::os::unix::net::UnixDatagram;
         let dp = Datapath::start(DatapathConfig {
             rx_buffers: 4,
@@ -1539,6 +1538,16 @@ mod tests {
             .unwrap();
         dp.add_port_queues("b", 0, 1500, vec![b0_sw, b1_sw], None)
             .unwrap();
+        (dp, pa, [a0, a1, b0, b1])
+    }
+
+    /// Two workers; socketpairs stand in for the queues of two TAPs.
+    /// Until the main worker has learned both MACs, a frame read by the
+    /// helper is handed over (and leaves through queue 0); after, the
+    /// helper switches it itself, out of its own queue.
+    #[test]
+    fn helper_switches_known_unicast_and_hands_over_the_rest() {
+        let (dp, pa, [a0, a1, b0, b1]) = two_workers_two_ports();
         let ma = Mac([2, 0, 0, 0, 0, 0xa]);
         let mb = Mac([2, 0, 0, 0, 0, 0xb]);
         let mut buf = [0u8; 2048];
@@ -1594,25 +1603,7 @@ mod tests {
     /// worker's table: the helper reports it every second.
     #[test]
     fn helper_keeps_the_macs_it_switches_learned() {
-        use std::os::unix::net::UnixDatagram;
-        let dp = Datapath::start(DatapathConfig {
-            rx_buffers: 4,
-            workers: 2,
-            ..Default::default()
-        })
-        .unwrap();
-        dp.add_network(0, net_10_1()).unwrap();
-        let pair = || {
-            let (sw, me) = UnixDatagram::pair().unwrap();
-            me.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            (OwnedFd::from(sw), me)
-        };
-        let ((a0_sw, a0), (a1_sw, a1)) = (pair(), pair());
-        let ((b0_sw, b0), (b1_sw, b1)) = (pair(), pair());
-        dp.add_port_queues("a", 0, 1500, vec![a0_sw, a1_sw], None)
-            .unwrap();
-        dp.add_port_queues("b", 0, 1500, vec![b0_sw, b1_sw], None)
-            .unwrap();
+        let (dp, _, [a0, a1, b0, b1]) = two_workers_two_ports();
         let ma = Mac([2, 0, 0, 0, 0, 0xa]);
         let mb = Mac([2, 0, 0, 0, 0, 0xb]);
         let mut buf = [0u8; 2048];
