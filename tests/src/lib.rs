@@ -457,6 +457,23 @@ impl Env {
         self.bg.len() - 1
     }
 
+    /// Starts `tapnet capture ARGS` in the background (see
+    /// [`Env::spawn_tapnet`]) and waits until the daemon runs it (one more
+    /// capture in `network inspect NET`'s Tapnet.captures).
+    pub fn spawn_capture(&mut self, net: &str, args: &[&str]) -> usize {
+        let running = |e: &Env| e.inspect(net)["captures"].as_u64().unwrap_or(0);
+        let before = running(self);
+        let mut a = vec!["capture"];
+        a.extend_from_slice(args);
+        let idx = self.spawn_tapnet(&a);
+        assert!(
+            wait_until(Duration::from_secs(5), || running(self) > before),
+            "tapnet capture {args:?} did not start: {}",
+            std::fs::read_to_string(self.bg_log(idx)).unwrap_or_default()
+        );
+        idx
+    }
+
     /// The PID of background process `idx`.
     pub fn bg_pid(&self, idx: usize) -> u32 {
         self.bg[idx].id()
@@ -809,6 +826,25 @@ pub fn in_ns<T: Send + 'static>(
         assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
         f()
     })
+}
+
+/// tshark's `fields` (tab-separated) for every frame of `file`.
+pub fn tshark_fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut c = Command::new("tshark");
+    c.arg("-r").arg(file).args(["-T", "fields"]);
+    for f in fields {
+        c.args(["-e", f]);
+    }
+    let o = c.output().expect("tshark (scripts/deps.sh installs it)");
+    assert!(
+        o.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
 }
 
 /// An Ethernet frame, padded to the 60-byte minimum.

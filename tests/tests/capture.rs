@@ -11,30 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use tapnet_tests::*;
 
-/// tshark's fields (tab-separated) for every frame of `file`.
-fn tshark(file: &std::path::Path, fields: &[&str]) -> Vec<Vec<String>> {
-    let mut args = vec![
-        "-r".to_string(),
-        file.display().to_string(),
-        "-T".into(),
-        "fields".into(),
-    ];
-    for f in fields {
-        args.push("-e".into());
-        args.push(f.to_string());
-    }
-    let o = Command::new("tshark").args(&args).output().expect("tshark");
-    assert!(
-        o.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| l.split('\t').map(str::to_string).collect())
-        .collect()
-}
-
 fn tapnet(env: &Env) -> Command {
     let mut c = Command::new(&env.bin);
     c.env("TAPNET_SOCKET", &env.sock);
@@ -56,8 +32,7 @@ fn capture_with_tshark() {
     // 1. a file: 5 pings c1 -> c2 with the filter icmp, while TCP flows too
     let file = env.dir.join("icmp.pcapng");
     let f = file.display().to_string();
-    let cap = env.spawn_tapnet(&["capture", "cap", "-w", &f, "-c", "20", "icmp"]);
-    std::thread::sleep(Duration::from_millis(500));
+    let cap = env.spawn_capture("cap", &["cap", "-w", &f, "-c", "20", "icmp"]);
     echo_server(&c2.ns, 7000);
     let got = tcp_roundtrip(&c1.ns, &format!("{}:7000", c2.ip), vec![7u8; 100_000]).unwrap();
     assert_eq!(got.len(), 100_000);
@@ -70,7 +45,7 @@ fn capture_with_tshark() {
         env.wait_bg(cap, Duration::from_secs(10)).success(),
         "capture did not end after -c 20"
     );
-    let rows = tshark(
+    let rows = tshark_fields(
         &file,
         &[
             "frame.interface_name",
@@ -145,8 +120,7 @@ fn capture_with_tshark() {
     );
 
     // 3. a line per frame without -w
-    let lines_bg = env.spawn_tapnet(&["capture", "cap", "--port", "c1", "-c", "2", "icmp"]);
-    std::thread::sleep(Duration::from_millis(500));
+    let lines_bg = env.spawn_capture("cap", &["cap", "--port", "c1", "-c", "2", "icmp"]);
     let _ = env.exec(&c1.ns, &["ping", "-c", "1", &c2.ip.to_string()]);
     assert!(env.wait_bg(lines_bg, Duration::from_secs(10)).success());
     let text = std::fs::read_to_string(env.bg_log(lines_bg)).unwrap();
@@ -226,32 +200,35 @@ fn capture_with_tshark() {
     // (super-frames above the MTU) and --segment (MTU-sized frames with
     // complete checksums, which tshark verifies)
     let (whole, segd) = (env.dir.join("gso.pcapng"), env.dir.join("seg.pcapng"));
-    let a = env.spawn_tapnet(&[
-        "capture",
-        "c2",
-        "-w",
-        whole.to_str().unwrap(),
-        "-c",
-        "30",
-        "tcp port 7003 and greater 1000",
-    ]);
-    let b = env.spawn_tapnet(&[
-        "capture",
-        "c2",
-        "--segment",
-        "-w",
-        segd.to_str().unwrap(),
-        "-c",
-        "30",
-        "tcp port 7003 and greater 1000",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
+    let a = env.spawn_capture(
+        "cap",
+        &[
+            "c2",
+            "-w",
+            whole.to_str().unwrap(),
+            "-c",
+            "30",
+            "tcp port 7003 and greater 1000",
+        ],
+    );
+    let b = env.spawn_capture(
+        "cap",
+        &[
+            "c2",
+            "--segment",
+            "-w",
+            segd.to_str().unwrap(),
+            "-c",
+            "30",
+            "tcp port 7003 and greater 1000",
+        ],
+    );
     echo_server(&c2.ns, 7003);
     tcp_roundtrip(&c1.ns, &format!("{}:7003", c2.ip), vec![9u8; 4 << 20]).unwrap();
     assert!(env.wait_bg(a, Duration::from_secs(10)).success());
     assert!(env.wait_bg(b, Duration::from_secs(10)).success());
     let lens = |f: &std::path::Path| -> Vec<u32> {
-        tshark(f, &["frame.len"])
+        tshark_fields(f, &["frame.len"])
             .iter()
             .map(|r| r[0].parse().unwrap())
             .collect()
@@ -283,20 +260,14 @@ fn capture_with_tshark() {
     // 3c. what the gateway's services inject is seen too: a DNS query
     // to the gateway (In on c1) and its answer (Out on c1)
     let dns = env.dir.join("dns.pcapng");
-    let d = env.spawn_tapnet(&[
-        "capture",
-        "c1",
-        "-w",
-        dns.to_str().unwrap(),
-        "-c",
-        "2",
-        "udp port 53",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
+    let d = env.spawn_capture(
+        "cap",
+        &["c1", "-w", dns.to_str().unwrap(), "-c", "2", "udp port 53"],
+    );
     let a = env.exec_ok(&c1.ns, &["dig", "+short", "+tries=1", "c2", "@10.65.0.1"]);
     assert_eq!(a.trim(), c2ip);
     assert!(env.wait_bg(d, Duration::from_secs(10)).success());
-    let rows = tshark(
+    let rows = tshark_fields(
         &dns,
         &["frame.packet_flags_direction", "dns.flags.response"],
     );
@@ -311,10 +282,8 @@ fn capture_with_tshark() {
 
     // 3d. a capture whose reader goes away ends, even when no frame comes
     // (it would keep the socket NAT's direct writes paused)
-    let idle = env.spawn_tapnet(&["capture", "cap", "tcp port 9"]);
-    assert!(wait_until(Duration::from_secs(5), || env.inspect("cap")
-        ["captures"]
-        == 1));
+    let idle = env.spawn_capture("cap", &["cap", "tcp port 9"]);
+    assert_eq!(env.inspect("cap")["captures"], 1);
     unsafe { libc::kill(env.bg_pid(idle) as i32, libc::SIGKILL) };
     assert!(
         wait_until(Duration::from_secs(5), || env.inspect("cap")["captures"]

@@ -205,47 +205,29 @@ fn overlay_across_three_hosts() {
     // requests, inbound on the tunnel's interface) and what it sends back
     require_tools(&["tshark"], "tshark");
     let pcap = h1.dir.join("ov.pcapng");
-    let cap = h1.spawn_tapnet(&[
-        "capture",
+    let cap = h1.spawn_capture(
         "ov1",
-        "-w",
-        pcap.to_str().unwrap(),
-        "-c",
-        "4",
-        "icmp",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
+        &["ov1", "-w", pcap.to_str().unwrap(), "-c", "4", "icmp"],
+    );
     assert!(ping(&h3, &c.ns, &a.ip.to_string(), 2));
     assert!(h1.wait_bg(cap, Duration::from_secs(10)).success());
-    let o = std::process::Command::new("tshark")
-        .args([
-            "-r",
-            pcap.to_str().unwrap(),
-            "-T",
-            "fields",
-            "-e",
+    let rows = tshark_fields(
+        &pcap,
+        &[
             "frame.interface_name",
-        ])
-        .args([
-            "-e",
             "frame.packet_flags_direction",
-            "-e",
             "icmp.type",
-            "-e",
             "ip.src",
-        ])
-        .output()
-        .unwrap();
-    let rows = String::from_utf8_lossy(&o.stdout).to_string();
-    let cip = c.ip.to_string();
+        ],
+    );
+    let (cip, aip) = (c.ip.to_string(), a.ip.to_string());
     let want = [
-        format!("overlay@ov1\t0x00000001\t8\t{cip}"),
-        format!("a@ov1\t0x00000002\t8\t{cip}"),
-        format!("a@ov1\t0x00000001\t0\t{}", a.ip),
-        format!("overlay@ov1\t0x00000002\t0\t{}", a.ip),
+        ["overlay@ov1", "0x00000001", "8", &cip],
+        ["a@ov1", "0x00000002", "8", &cip],
+        ["a@ov1", "0x00000001", "0", &aip],
+        ["overlay@ov1", "0x00000002", "0", &aip],
     ];
-    let got: Vec<&str> = rows.lines().collect();
-    assert_eq!(got, want, "{rows}");
+    assert_eq!(rows, want, "{rows:?}");
     // 100 MB over TCP, segmented and encapsulated, checksum compared
     let blob = h1.random_file("blob", 100 << 20);
     download(&mut h1, &a.ns, &c.ns, &c.ip.to_string(), 7001, &blob);
