@@ -674,6 +674,13 @@ mod tests {
             "web 10.1.0.2/24 02:42:0a:01:00:02"
         );
         assert_eq!(run("{{index .Labels \"env\"}}"), "prod");
+        // the README's examples
+        assert_eq!(
+            run("{{range .Containers}}{{.Name}} {{.IPv4Address}}{{\"\\n\"}}{{end}}"),
+            "web 10.1.0.2/24\n"
+        );
+        let c: Json = serde_json::from_str(&run("{{json .Tapnet.counters}}")).unwrap();
+        assert_eq!(c["rx_frames"], 0);
         assert_eq!(run("{{.Tapnet.mtu}}"), "1500");
         // {{json .}}: the whole object, one line, that parses back
         let j: Json = serde_json::from_str(&run("{{json .}}")).unwrap();
