@@ -157,6 +157,7 @@ fi
 nsenter --net=/run/netns/tn_e2e_host "${AS[@]}" "$T" daemon --state-dir "$OUT/state" --netns-prefix tn_e2e_ \
 	--dns 127.0.0.1 "${UPLINK[@]}" ${DAEMON_ARGS:-} >"$OUT/daemon.log" 2>&1 &
 PIDS+=($!)
+DPID=$! # (nsenter execs the daemon; rootless: setpriv and env exec too)
 for _ in $(seq 50); do tn network ls -q >/dev/null 2>&1 && break; sleep 0.1; done
 if [ "$MODE" = docker ]; then
 	D="$OUT/docker"
@@ -299,7 +300,12 @@ iperf() { # TAG ARGS... -> R
 	bg $S "$OUT/$tag.srv.log" iperf3 -s -1 -B "$SB" -p 5201
 	local srv=$BG
 	listening $S 5201
+	# the daemon's CPU (utime + stime of all its threads) meanwhile
+	local t0 t1
+	t0=$(awk '{print $14 + $15}' "/proc/$DPID/stat")
 	nsx $C timeout -k 5 $((DUR + 30)) iperf3 -c "$TGT" -p 5201 -t "$DUR" -J "$@" >"$OUT/$tag.json" 2>&1
+	t1=$(awk '{print $14 + $15}' "/proc/$DPID/stat")
+	DTICKS=$((t1 - t0))
 	sleep 0.2; stop $srv
 	R=$(python3 - "$OUT/$tag.json" <<'PY'
 import json, sys
@@ -375,7 +381,11 @@ if [ "$MODE" = c2c6 ]; then
 		"kernel bridge, IPv6|tn_e2e_kb1|tn_e2e_kb2|fd00:77::2"
 		"tapnet, IPv4|$C|$S|$SRV_IP"
 		"tapnet, IPv6|$C|$S|$SRV_IP6")
-	declare -A T1 T4 RR
+	declare -A T1 T4 RR CPB CPB4
+	HZ=$(getconf CLK_TCK)
+	gb_cost() { # TICKS IPERF_JSON -> core-seconds per GB received
+		python3 -c 'import json,sys; b=json.load(open(sys.argv[2]))["end"]["sum_received"]["bytes"]; print("%.3f" % (int(sys.argv[1]) / float(sys.argv[3]) / (b / 1e9)))' "$1" "$2" "$HZ" 2>/dev/null || echo NA
+	}
 	for r in "${ROWS[@]}"; do
 		IFS='|' read -r _ c s a <<<"$r"
 		for _ in $(seq 20); do nsx $c ping -c 1 -W 1 -q "$a" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -385,7 +395,10 @@ if [ "$MODE" = c2c6 ]; then
 			IFS='|' read -r label C S SB <<<"${ROWS[i]}"
 			TGT=$SB
 			iperf "tcp1.$rep.$i"; T1[$i]+="${R% *} "
+			# tapnet's own cost: its core-seconds per GB moved (1 stream)
+			[ $i -ge 2 ] && CPB[$i]+="$(gb_cost "$DTICKS" "$OUT/tcp1.$rep.$i.json") "
 			iperf "tcp4.$rep.$i" -P 4; T4[$i]+="${R% *} "
+			[ $i -ge 2 ] && CPB4[$i]+="$(gb_cost "$DTICKS" "$OUT/tcp4.$rep.$i.json") "
 			bg $S "$OUT/tcprr-srv.$i.log" "$RR_TOOL" server "$SB" 5301
 			srv=$BG
 			listening $S 5301
@@ -409,6 +422,7 @@ if [ "$MODE" = c2c6 ]; then
 	echo "tapnet IPv6 / tapnet IPv4: TCP-1 $(ratio "${M1[3]}" "${M1[2]}"), TCP-4 $(ratio "${M4[3]}" "${M4[2]}"), RR p50 $(ratio "${MR[3]}" "${MR[2]}") (lower is better)"
 	echo "kernel bridge IPv6 / IPv4: TCP-1 $(ratio "${M1[1]}" "${M1[0]}"), TCP-4 $(ratio "${M4[1]}" "${M4[0]}"), RR p50 $(ratio "${MR[1]}" "${MR[0]}")"
 	echo "tapnet IPv6 / kernel bridge IPv6: TCP-1 $(ratio "${M1[3]}" "${M1[1]}"), TCP-4 $(ratio "${M4[3]}" "${M4[1]}"), RR p50 $(ratio "${MR[3]}" "${MR[1]}")"
+	echo "tapnet's own CPU, core-seconds per GB (median; TCP 1-stream / 4-stream): IPv4 $(median ${CPB[2]}) / $(median ${CPB4[2]}), IPv6 $(median ${CPB[3]}) / $(median ${CPB4[3]})"
 	log "logs in $OUT"
 	exit 0
 fi
