@@ -11,7 +11,9 @@
 //! Tests need root. Without it they are skipped, except under `CI=true`,
 //! where they fail.
 
+pub mod cluster;
 pub mod dnsutil;
+pub mod dockerd;
 
 use serde_json::Value;
 use std::fs::File;

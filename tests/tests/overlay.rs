@@ -3,146 +3,10 @@
 //! and socket) and a real etcd (Debian's etcd-server) in a namespace of
 //! its own on the underlay, started and stopped here.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+use tapnet_tests::cluster::*;
 use tapnet_tests::*;
-
-/// The underlay: `tn_<tag>_ul` with bridge br0, 10.93.0.0/24; etcd at
-/// 10.93.0.100 in `tn_<tag>_etcd`. Deleted (etcd stopped) when dropped.
-struct Underlay {
-    ul: String,
-    etcd_ns: String,
-    etcd: Option<Child>,
-    dir: PathBuf,
-}
-
-const ETCD: &str = "10.93.0.100";
-
-fn ip(args: &[&str]) {
-    run_ok(Command::new("ip").args(args));
-}
-
-impl Underlay {
-    fn new(tag: &str) -> Underlay {
-        require_tools(&["etcd", "etcdctl"], "etcd-server etcd-client");
-        let ul = format!("tn_{tag}_ul");
-        let etcd_ns = format!("tn_{tag}_etcd");
-        for ns in [&ul, &etcd_ns] {
-            delete_netns(ns);
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &ul, "link", "set", "br0", "up"]);
-        let dir = std::env::temp_dir().join(format!("tn_{tag}_etcd"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut u = Underlay {
-            ul,
-            etcd_ns,
-            etcd: None,
-            dir,
-        };
-        u.plug(&u.etcd_ns.clone(), "e", ETCD);
-        u.start_etcd();
-        u
-    }
-
-    /// A veth from namespace `ns` (`ul0`, address `addr`/24) to the bridge.
-    fn plug(&self, ns: &str, tag: &str, addr: &str) {
-        let port = format!("p{tag}");
-        ip(&[
-            "-n", &self.ul, "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns",
-            ns,
-        ]);
-        ip(&["-n", &self.ul, "link", "set", &port, "master", "br0", "up"]);
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "ul0"]);
-        ip(&["-n", ns, "link", "set", "ul0", "up"]);
-    }
-
-    fn start_etcd(&mut self) {
-        let d = self.dir.display().to_string();
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("etcd.log"))
-            .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.etcd_ns, "etcd", "--name", "n1"])
-            .args(["--data-dir", &format!("{d}/data")])
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:2379,http://{ETCD}:2379"),
-                "--advertise-client-urls",
-                &format!("http://{ETCD}:2379"),
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "n1=http://127.0.0.1:2380",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.etcd = Some(child);
-        let ns = self.etcd_ns.clone();
-        let up = wait_until(Duration::from_secs(20), || {
-            Command::new("ip")
-                .args(["netns", "exec", &ns, "etcdctl", "--endpoints"])
-                .arg(format!("http://{ETCD}:2379"))
-                .args(["endpoint", "health"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        assert!(
-            up,
-            "etcd did not come up: {}",
-            std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
-        );
-    }
-
-    fn stop_etcd(&mut self) {
-        if let Some(mut c) = self.etcd.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-    }
-
-    /// The daemon flags of host `i` (10.93.0.i on the underlay).
-    fn host(&self, test: &str, i: u8) -> Env {
-        let addr = format!("10.93.0.{i}");
-        let store = format!("etcd://{ETCD}:2379");
-        let env = Env::new_with(
-            test,
-            &["--cluster-store", &store, "--cluster-advertise", &addr],
-            &|host_ns| self.plug(host_ns, &format!("h{i}"), &addr),
-        )
-        .expect("runs as root (checked)");
-        let ok = wait_until(Duration::from_secs(15), || {
-            env.daemon_log().contains("cluster store etcd://")
-                && env.daemon_log().contains("connected as host")
-        });
-        assert!(
-            ok,
-            "host {i} did not join the cluster: {}",
-            env.daemon_log()
-        );
-        env
-    }
-}
-
-impl Drop for Underlay {
-    fn drop(&mut self) {
-        self.stop_etcd();
-        delete_netns(&self.etcd_ns);
-        delete_netns(&self.ul);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Namespaces of one test: `tn_<t><pid>_*`.
 fn tag(t: char) -> String {
@@ -252,6 +116,16 @@ fn overlay_across_three_hosts() {
     // host 2 has no endpoint: it sees both as peers
     let p2 = h2.inspect("ov1")["overlay"]["peers"].to_string();
     assert!(p2.contains("\"a\"") && p2.contains("\"c\""), "{p2}");
+    // another overlay network comes and goes (its tunnel port shares the
+    // VTEP's socket): ov1 keeps receiving on every host
+    h1.ok(&["network", "create", "-d", "overlay", "ov9"]);
+    let ok = wait_until(Duration::from_secs(10), || h3.inspect_ok("ov9").is_some());
+    assert!(ok, "ov9 not on host 3: {}", h3.daemon_log());
+    h1.ok(&["network", "rm", "ov9"]);
+    let ok = wait_until(Duration::from_secs(10), || h3.inspect_ok("ov9").is_none());
+    assert!(ok, "ov9 still on host 3");
+    assert!(ping(&h3, &c.ns, &a.ip.to_string(), 2), "ov1 after ov9 went");
+    assert!(ping(&h1, &a.ns, &c.ip.to_string(), 2), "ov1 after ov9 went");
     drop(h2);
     let _ = &mut h3;
 }

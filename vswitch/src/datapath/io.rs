@@ -203,8 +203,14 @@ impl State {
                 // out of buffers: re-armed as soon as one comes back
                 // ENETDOWN: a trunk's parent went down; the packet socket
                 // reports it once and reads again when it comes back
-                libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ENETDOWN | 0 => self.arm(slot),
-                libc::ECANCELED => {}
+                // ECANCELED while the port is up: a cancel meant for
+                // another port that shares its open file; it reads on
+                libc::ENOBUFS
+                | libc::EAGAIN
+                | libc::EINTR
+                | libc::ENETDOWN
+                | libc::ECANCELED
+                | 0 => self.arm(slot),
                 _ => {
                     // EBADFD and friends: the device is gone or detached.
                     p.state = PortState::Failed;
@@ -395,13 +401,23 @@ impl State {
             return;
         }
         p.state = PortState::Closing;
-        if p.tunnel.is_some() {
+        let tunnel = p.tunnel.is_some();
+        if tunnel {
             self.forget_tunnel(slot);
         }
         let p = self.ports[slot as usize].as_mut().expect("checked");
         // a routed segment goes with its trunk (the slot may be reused)
         self.routed.retain(|_, r| r.trunk != slot);
         self.sw.detach_port(slot);
+        if tunnel {
+            // A tunnel's fd is a duplicate of the VTEP's socket, and a
+            // cancel by fd matches the open file: it would end the VTEP's
+            // reads (every overlay network on this host) as well. A
+            // tunnel port has no reads, and its sends complete by
+            // themselves: it is freed when the last one has.
+            self.maybe_free(slot);
+            return;
+        }
         let e =
             opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(p.fd.as_raw_fd())).all())
                 .build()
