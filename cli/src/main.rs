@@ -230,7 +230,9 @@ struct DaemonArgs {
     #[arg(long, value_name = "KIND=SECS")]
     nat_timeout: Vec<String>,
     /// Serve Docker's remote network driver protocol (`docker network
-    /// create -d tapnet`) on this socket.
+    /// create -d tapnet`) on this socket; with --cluster-store also the
+    /// global-scope `tapnet-overlay` plugin, on tapnet-overlay.sock next
+    /// to it.
     #[arg(long, value_name = "PATH", num_args = 0..=1,
           default_missing_value = "/run/docker/plugins/tapnet.sock")]
     docker_plugin: Option<PathBuf>,

@@ -24,6 +24,16 @@
 //! directory, `docker-ipam.json`: Docker holds their ids across a restart
 //! of tapnet).
 //!
+//! A daemon with a cluster store serves a second plugin, `tapnet-overlay`
+//! (a socket of its own next to the first), whose scope is global: with
+//! dockerd's own cluster store (`--cluster-store`, Docker 20.10) every
+//! Docker host sees its networks, and each is a tapnet overlay network,
+//! created once (Docker sends CreateNetwork to the host that runs `docker
+//! network create` only; the other hosts' tapnet daemons learn it from
+//! tapnet's store, under the same name and id). Docker's IPAM then hands
+//! out addresses for the whole cluster, and tapnet claims each in its
+//! store as it does its own.
+//!
 //! Errors are `{"Err": "..."}` with the same one-line messages as the
 //! CLI; unknown methods answer 404.
 
@@ -38,6 +48,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+
+/// The global-scope plugin's name (its socket is `tapnet-overlay.sock`).
+pub const OVERLAY_PLUGIN: &str = "tapnet-overlay";
 
 /// Docker's content type for plugin answers.
 const CT: &str = "application/vnd.docker.plugins.v1+json";
@@ -82,8 +95,10 @@ pub fn network_name(id: &str) -> String {
 }
 
 /// Docker's CreateNetwork as tapnet's: options `tapnet.KEY=VALUE` (from
-/// `-o`) become the network's options, `tapnet.driver` its driver.
-fn create_request(c: &CreateNet) -> Result<CreateNetwork, String> {
+/// `-o`) become the network's options, `tapnet.driver` its driver. For
+/// the global plugin (`global`) the driver is overlay, and Docker's own
+/// overlay option `encrypted` is taken as tapnet's.
+fn create_request(c: &CreateNet, global: bool) -> Result<CreateNetwork, String> {
     if c.network_id.is_empty() {
         return Err("CreateNetwork without a NetworkID".into());
     }
@@ -109,6 +124,10 @@ fn create_request(c: &CreateNet) -> Result<CreateNetwork, String> {
             );
             continue;
         }
+        if global && k == "encrypted" {
+            options.insert(k, v);
+            continue;
+        }
         let Some(k) = k.strip_prefix("tapnet.") else {
             continue; // Docker's own (com.docker.*)
         };
@@ -116,6 +135,16 @@ fn create_request(c: &CreateNet) -> Result<CreateNetwork, String> {
             driver = Some(v);
         } else {
             options.insert(k.to_string(), v);
+        }
+    }
+    if global {
+        match driver.as_deref() {
+            None | Some("overlay") => driver = Some("overlay".into()),
+            Some(d) => {
+                return Err(format!(
+                    "the {OVERLAY_PLUGIN} plugin makes overlay networks only; use -d tapnet -o tapnet.driver={d}"
+                ))
+            }
         }
     }
     let v4 = c.ipv4_data.first();
@@ -137,7 +166,16 @@ fn create_request(c: &CreateNet) -> Result<CreateNetwork, String> {
     })
 }
 
-async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> Response {
+/// One of the two plugins: `tapnet` (local scope) or `tapnet-overlay`
+/// (global scope).
+#[derive(Clone)]
+struct Plugin {
+    s: Shared,
+    global: bool,
+}
+
+async fn method(State(p): State<Plugin>, Path(m): Path<String>, body: Bytes) -> Response {
+    let (s, global) = (p.s, p.global);
     match m.as_str() {
         "Plugin.Activate" => answer(json!({ "Implements": ["NetworkDriver", "IpamDriver"] })),
         "IpamDriver.GetCapabilities" => answer(json!({ "RequiresMACAddress": false })),
@@ -202,12 +240,13 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
             }
         }
         "NetworkDriver.GetCapabilities" => {
-            answer(json!({ "Scope": "local", "ConnectivityScope": "local" }))
+            let scope = if global { "global" } else { "local" };
+            answer(json!({ "Scope": scope, "ConnectivityScope": scope }))
         }
         "NetworkDriver.CreateNetwork" => {
             let req = match serde_json::from_slice::<CreateNet>(&body)
                 .map_err(|e| format!("invalid CreateNetwork body: {e}"))
-                .and_then(|c| create_request(&c))
+                .and_then(|c| create_request(&c, global))
             {
                 Ok(r) => r,
                 Err(e) => return fail(e),
@@ -333,8 +372,11 @@ async fn method(State(s): State<Shared>, Path(m): Path<String>, body: Bytes) -> 
     }
 }
 
-pub fn router(s: Shared) -> Router {
-    Router::new().route("/{method}", post(method)).with_state(s)
+/// The plugin's routes: `global` for `tapnet-overlay`.
+pub fn router(s: Shared, global: bool) -> Router {
+    Router::new()
+        .route("/{method}", post(method))
+        .with_state(Plugin { s, global })
 }
 
 #[cfg(test)]
@@ -352,7 +394,7 @@ mod tests {
             "IPv6Data": []
         }))
         .unwrap();
-        let r = create_request(&c).unwrap();
+        let r = create_request(&c, false).unwrap();
         assert_eq!(r.name, "docker-ce17aa001122");
         assert_eq!(r.driver.as_deref(), Some("macvlan"));
         assert_eq!(r.options.get("parent").map(String::as_str), Some("eth0"));
@@ -530,8 +572,16 @@ impl super::Core {
             }
         }
         let mtu = n.rec.mtu;
+        let global = Self::is_global(n);
+        if global {
+            // Docker's IPAM chose it for the whole cluster; claimed in the
+            // store as tapnet's own addresses are
+            self.allocate_global(&name, Some(ip), &key)?;
+        }
         let n = self.nets.get_mut(&name).expect("checked");
-        n.pool.allocate(Some(ip))?;
+        if !global {
+            n.pool.allocate(Some(ip))?;
+        }
         let mac = mac.unwrap_or_else(|| vswitch::Mac::from_ipv4(ip));
         n.rec.endpoints.insert(
             key.clone(),
@@ -552,12 +602,22 @@ impl super::Core {
             },
         );
         if let Err(e) = self.store.save(&n.rec) {
-            n.rec.endpoints.remove(&key);
+            let rec = n.rec.endpoints.remove(&key).expect("inserted");
             n.pool.release(ip);
+            if global {
+                self.withdraw_global(&name, &key, &rec);
+            }
             return Err(e.into());
         }
         let n = &self.nets[&name];
         n.drv.endpoints_changed(&self.plumbing(), n);
+        if global {
+            // the other hosts learn of it (and route to it) from the store
+            if let Err(e) = self.publish_global(&name, &key) {
+                let _ = self.disconnect_inner(&name, &key);
+                return Err(e);
+            }
+        }
         Ok(mac)
     }
 

@@ -460,9 +460,17 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
         sock.display(),
         cfg.state_dir.display()
     );
-    // Docker's remote network driver, on a socket of its own
-    let docker_sock = cfg.docker_plugin.clone();
-    if let Some(p) = &docker_sock {
+    // Docker's remote network driver, on a socket of its own; with a
+    // cluster store also the global-scope one, next to it
+    let mut docker_socks = Vec::new();
+    if let Some(p) = &cfg.docker_plugin {
+        docker_socks.push((p.clone(), false));
+        if cfg.cluster.is_some() {
+            let name = format!("{}.sock", super::docker::OVERLAY_PLUGIN);
+            docker_socks.push((p.with_file_name(name), true));
+        }
+    }
+    for (p, global) in &docker_socks {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -470,11 +478,16 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
         let l = tokio::net::UnixListener::bind(p)
             .with_context(|| format!("listening on {} (--docker-plugin)", p.display()))?;
         restrict_socket(p, rootless)?;
+        let driver = if *global {
+            super::docker::OVERLAY_PLUGIN
+        } else {
+            "tapnet"
+        };
         eprintln!(
-            "tapnet: Docker network plugin on {} (docker network create -d tapnet)",
+            "tapnet: Docker network plugin on {} (docker network create -d {driver})",
             p.display()
         );
-        let r = super::docker::router(shared.clone());
+        let r = super::docker::router(shared.clone(), *global);
         tokio::spawn(async move {
             let _ = axum::serve(l, r).await;
         });
@@ -527,7 +540,7 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
         tokio::task::spawn_blocking(move || c.shutdown()).await?;
     }
     let _ = std::fs::remove_file(&sock);
-    if let Some(p) = docker_sock {
+    for (p, _) in docker_socks {
         let _ = std::fs::remove_file(p);
     }
     Ok(())

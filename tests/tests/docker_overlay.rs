@@ -1,0 +1,301 @@
+//! Docker on several hosts: the `tapnet-overlay` plugin (global scope)
+//! with dockerd's own cluster store (Docker 20.10's `--cluster-store`),
+//! two hosts on an underlay, one etcd for both Docker and tapnet. A
+//! network made with `docker network create` on host 1 is Docker's and
+//! tapnet's on host 2 as well; containers on the two hosts reach each
+//! other by name (Docker's embedded DNS) over tapnet's VXLAN.
+
+use std::time::Duration;
+use tapnet_tests::cluster::*;
+use tapnet_tests::dockerd::*;
+use tapnet_tests::*;
+
+#[test]
+fn docker_overlay_across_two_hosts() {
+    if !can_run("docker_overlay_across_two_hosts") {
+        return;
+    }
+    let tag = format!("k{:05x}", std::process::id() & 0xfffff);
+    // (dropped in reverse: dockerd before tapnet, the underlay last)
+    let mut dirs = Vec::new();
+    let u = Underlay::new(&tag);
+    let store = format!("etcd://{ETCD}:2379");
+    let mut hosts = Vec::new();
+    let mut dockers = Vec::new();
+    for i in 1..=2u8 {
+        let plugins = std::env::temp_dir().join(format!("tn_{tag}_plug{i}"));
+        std::fs::create_dir_all(&plugins).unwrap();
+        dirs.push(RmDir(plugins.clone()));
+        let sock = plugins.join("tapnet.sock");
+        let env = u.host_with(
+            &format!("docker_ov{i}"),
+            i,
+            &["--docker-plugin", &sock.to_string_lossy()],
+        );
+        assert!(
+            plugins.join("tapnet-overlay.sock").exists(),
+            "no global plugin socket: {}",
+            env.daemon_log()
+        );
+        let dk = Dockerd::start_with(
+            &env,
+            &plugins,
+            &["--cluster-store", &store, "--cluster-advertise", "ul0:2376"],
+        );
+        let tar = busybox_rootfs_tar(&dk.dir, &format!("hello from host {i}"));
+        dk.ok(&["import", &tar.to_string_lossy(), "tn-busybox"]);
+        hosts.push(env);
+        dockers.push(dk);
+    }
+    // the local plugin stays local; the global one refuses other drivers
+    let e = dockers[0].fail(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet-overlay",
+        "-o",
+        "tapnet.driver=macvlan",
+        "bad",
+    ]);
+    assert!(e.contains("overlay networks only"), "{e}");
+    let id = dockers[0].ok(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet-overlay",
+        "--subnet",
+        "10.95.0.0/24",
+        "dov",
+    ]);
+    let name = format!("docker-{}", &id[..12]);
+    // Docker's view on both hosts: the same network, scope global
+    for dk in &dockers {
+        let ok = wait_until(Duration::from_secs(15), || {
+            dk.docker(&[
+                "network",
+                "ls",
+                "--format",
+                "{{.Name}} {{.Driver}} {{.Scope}}",
+            ])
+            .stdout
+            .split(|b| *b == b'\n')
+            .any(|l| l == b"dov tapnet-overlay global")
+        });
+        assert!(ok, "{}", dk.ok(&["network", "ls"]));
+    }
+    // tapnet's view on both: one overlay network with Docker's id
+    for h in &hosts {
+        let ok = wait_until(Duration::from_secs(15), || {
+            h.json(&["network", "ls", "--format", "json"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == id.as_str() && n["name"] == name.as_str())
+        });
+        assert!(ok, "{}", h.ok(&["network", "ls"]));
+        let n = &h.json(&["network", "inspect", &name])[0];
+        assert_eq!(n["Scope"], "global", "{n}");
+        assert_eq!(n["Tapnet"]["subnet"], "10.95.0.0/24", "{n}");
+    }
+    // a web server on host 2, asked by name from host 1
+    dockers[1].ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "dov",
+        "tn-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let web_ip = dockers[1].ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"dov\").IPAddress}}",
+        "web",
+    ]);
+    // host 1's tapnet has host 2's endpoint as a peer (from the store)
+    let ok = wait_until(Duration::from_secs(15), || {
+        hosts[0].inspect(&name)["overlay"]
+            .to_string()
+            .contains(&web_ip)
+    });
+    assert!(ok, "{}", hosts[0].inspect(&name));
+    // by address (tapnet's tunnel), then by name (Docker's DNS as well)
+    let ping = dockers[0].docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "dov",
+        "tn-busybox",
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "5",
+        &web_ip,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&ping.stdout).contains("3 packets received"),
+        "{} {}\nhost 1: {}\nhost 2: {}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr),
+        hosts[0].inspect(&name),
+        hosts[1].inspect(&name)
+    );
+    let ns = dockers[0].docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "dov",
+        "tn-busybox",
+        "nslookup",
+        "web",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&ns.stdout).contains(&web_ip),
+        "{} {}",
+        String::from_utf8_lossy(&ns.stdout),
+        String::from_utf8_lossy(&ns.stderr)
+    );
+    let got = dockers[0].ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dov",
+        "tn-busybox",
+        // (busybox 1.35's wget -T crashes here)
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://web/",
+    ]);
+    assert_eq!(got, "hello from host 2");
+    let ping = dockers[0].ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dov",
+        "tn-busybox",
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "5",
+        "web",
+    ]);
+    assert!(ping.contains("3 packets received"), "{ping}");
+    // two addresses Docker handed out on two hosts: both claimed in
+    // tapnet's store, and distinct
+    dockers[0].ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "--network",
+        "dov",
+        "tn-busybox",
+        "sleep",
+        "1000",
+    ]);
+    let c1_ip = dockers[0].ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"dov\").IPAddress}}",
+        "c1",
+    ]);
+    assert_ne!(c1_ip, web_ip);
+    let got = dockers[1].ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "dov",
+        "tn-busybox",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "5",
+        "c1",
+    ]);
+    assert!(got.contains("2 packets received"), "{got}");
+    // in use on host 2: Docker refuses the removal on host 1
+    dockers[0].ok(&["rm", "-f", "c1"]);
+    let e = dockers[0].fail(&["network", "rm", "dov"]);
+    assert!(e.contains("active endpoints"), "{e}");
+    dockers[1].ok(&["rm", "-f", "web"]);
+    // host 2's endpoint leaves host 1's peers, then the network goes
+    let ok = wait_until(Duration::from_secs(15), || {
+        !hosts[0].inspect(&name)["overlay"]
+            .to_string()
+            .contains(&web_ip)
+    });
+    assert!(ok, "{}", hosts[0].inspect(&name));
+    dockers[0].ok(&["network", "rm", "dov"]);
+    for h in &hosts {
+        let ok = wait_until(Duration::from_secs(15), || h.inspect_ok(&name).is_none());
+        assert!(ok, "{name} still on a host: {}", h.ok(&["network", "ls"]));
+    }
+    // Docker's own overlay option: an encrypted tapnet overlay network
+    dockers[0].ok(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet-overlay",
+        "--subnet",
+        "10.96.0.0/24",
+        "-o",
+        "encrypted",
+        "denc",
+    ]);
+    let id = dockers[1].ok(&["network", "inspect", "-f", "{{.Id}}", "denc"]);
+    let enc = format!("docker-{}", &id[..12]);
+    let ok = wait_until(Duration::from_secs(15), || {
+        hosts[1]
+            .inspect_ok(&enc)
+            .is_some_and(|n| n["overlay"]["encrypted"] == true)
+    });
+    assert!(ok, "{}", hosts[1].ok(&["network", "ls"]));
+    dockers[1].ok(&[
+        "run",
+        "-d",
+        "--name",
+        "s1",
+        "--network",
+        "denc",
+        "tn-busybox",
+        "sleep",
+        "1000",
+    ]);
+    let got = dockers[0].docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "denc",
+        "tn-busybox",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "5",
+        "s1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains("2 packets received"),
+        "{}\nhost 1: {}\nhost 2: {}",
+        String::from_utf8_lossy(&got.stdout),
+        hosts[0].inspect(&enc)["overlay"],
+        hosts[1].inspect(&enc)["overlay"]
+    );
+    let sealed = hosts[0].inspect(&enc)["overlay"]["vtep_counters"]["tx_datagrams"].clone();
+    assert!(sealed.as_u64().unwrap_or(0) > 0, "{sealed}");
+    dockers[1].ok(&["rm", "-f", "s1"]);
+    drop(dockers);
+    drop(hosts);
+}
