@@ -501,29 +501,7 @@ fn overlay_encrypted() {
         .contains("\"q\"")));
     // what the underlay carries to host 2 (its port on the bridge)
     let cap = u.dir.join("ul.pcap");
-    let mut dump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &u.ul,
-            "tcpdump",
-            "--immediate-mode",
-            "-i",
-            "ph2",
-            "-U",
-            "-s",
-            "0",
-            "-w",
-        ])
-        .arg(&cap)
-        .args(["udp", "port", "4789"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || cap
-        .metadata()
-        .is_ok_and(|m| m.len() >= 24)));
+    let dump = tcpdump_to_host2(&u, &cap);
     // capturing once it sees the plain network's pings
     let live = wait_until(Duration::from_secs(10), || {
         ping(&h1, &p.ns, &q.ip.to_string(), 1);
@@ -535,11 +513,7 @@ fn overlay_encrypted() {
     let plain = "TAPNET-PLAIN-MARKER-51b2e0";
     assert_eq!(tcp_message(&a.ns, &b.ns, b.ip, 7100, secret), secret);
     assert_eq!(tcp_message(&p.ns, &q.ns, q.ip, 7101, plain), plain);
-    // (what the capture buffered is written before it ends)
-    std::thread::sleep(Duration::from_millis(1200));
-    unsafe { libc::kill(dump.id() as i32, libc::SIGTERM) };
-    let _ = dump.wait();
-    let bytes = std::fs::read(&cap).unwrap();
+    let bytes = stop_tcpdump(dump, &cap);
     let has = |m: &str| bytes.windows(m.len()).any(|w| w == m.as_bytes());
     assert!(
         has(plain),
@@ -587,7 +561,97 @@ fn overlay_encrypted() {
     assert_eq!(tcp_message(&b.ns, &a.ns, a.ip, 7102, secret), secret);
     let s = h1.inspect("sec")["overlay"]["vtep_counters"].clone();
     assert_eq!(ctr(&s, "rx_bad_tag") + ctr(&s, "rx_no_key"), 0, "{s}");
+    // sequence numbers (half of each nonce) start above a floor kept in
+    // the state directory ahead of the clock, so a clock set back between
+    // two runs cannot repeat a nonce
+    let floor_file = h1.state_dir().join("seal-seq");
+    let read_floor = || -> u64 {
+        let s = std::fs::read_to_string(&floor_file).unwrap();
+        s.trim().parse().unwrap()
+    };
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let kept = read_floor();
+    assert!(
+        kept > now_ns() + 500_000_000_000,
+        "{kept}: not ahead of the clock"
+    );
+    // as if the clock had been set back an hour since the last run
+    let floor = now_ns() + 3_600_000_000_000;
+    h1.stop_daemon(libc::SIGTERM);
+    std::fs::write(&floor_file, floor.to_string()).unwrap();
+    h1.start_daemon();
+    assert!(wait_until(Duration::from_secs(15), || h1
+        .daemon_log()
+        .matches("connected as host")
+        .count()
+        >= 2));
+    assert!(read_floor() > floor, "the floor was not kept ahead");
+    let dump = tcpdump_to_host2(&u, &cap);
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(
+            &h1,
+            &a.ns,
+            &b.ip.to_string(),
+            1
+        )),
+        "a -> b after host 1's restart"
+    );
+    let bytes = stop_tcpdump(dump, &cap);
+    let seqs: Vec<u64> = vxlan_payloads(&bytes, [10, 93, 0, 2])
+        .into_iter()
+        .filter(|d| d.len() > 60 && d[0] & 0x09 == 0x09)
+        .map(|d| u64::from_be_bytes(d[16..24].try_into().unwrap()))
+        .collect();
+    assert!(!seqs.is_empty(), "no sealed datagram captured");
+    assert!(
+        seqs.iter().all(|&q| q > floor),
+        "sealed below the kept floor {floor}: {seqs:?}"
+    );
     let _ = (&mut h1, &mut h2, &p);
+}
+
+/// tcpdump on host 2's port of the underlay bridge (VXLAN only), writing
+/// `cap`; running once the file has its header.
+fn tcpdump_to_host2(u: &Underlay, cap: &std::path::Path) -> std::process::Child {
+    let _ = std::fs::remove_file(cap);
+    let dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &u.ul,
+            "tcpdump",
+            "--immediate-mode",
+            "-i",
+            "ph2",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(cap)
+        .args(["udp", "port", "4789"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || cap
+        .metadata()
+        .is_ok_and(|m| m.len() >= 24)));
+    dump
+}
+
+/// Stops a [`tcpdump_to_host2`] and returns what it wrote.
+fn stop_tcpdump(mut dump: std::process::Child, cap: &std::path::Path) -> Vec<u8> {
+    // (what the capture buffered is written before it ends)
+    std::thread::sleep(Duration::from_millis(1200));
+    unsafe { libc::kill(dump.id() as i32, libc::SIGTERM) };
+    let _ = dump.wait();
+    std::fs::read(cap).unwrap()
 }
 
 #[test]

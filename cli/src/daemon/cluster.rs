@@ -41,6 +41,13 @@ pub const PREFIX: &str = "/tapnet/v1/";
 pub const TTL_SECS: i64 = 10;
 /// The most one store operation may take before the API says so.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How far ahead of the clock the sealing sequence floor is kept (10
+/// minutes of ns): far more than the datapath can seal between two
+/// refreshes (one number per datagram), so a restart starts above every
+/// number used before it, whatever the clock says then.
+pub const SEAL_FLOOR_AHEAD_NS: u64 = 600_000_000_000;
+/// How often the floor is moved along with the clock.
+pub const SEAL_FLOOR_REFRESH: Duration = Duration::from_secs(60);
 
 /// `--cluster-store`, `--cluster-advertise`, `--data-path-port`.
 #[derive(Debug, Clone)]

@@ -14,6 +14,27 @@ impl Core {
         self.cluster.clone()
     }
 
+    /// Keeps the sealing sequence floor ahead of the clock (called every
+    /// [`cluster::SEAL_FLOOR_REFRESH`]): the datapath seals with numbers
+    /// at or above the clock in ns, one more per datagram, so the kept
+    /// floor stays above every number used as long as it is refreshed
+    /// before the clock catches up with it. It never goes down (a clock
+    /// set back leaves it where it is).
+    pub fn keep_seal_floor(&mut self) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let want = vswitch::seal::now_ns().saturating_add(cluster::SEAL_FLOOR_AHEAD_NS);
+        // (rewritten once the clock has moved a refresh further)
+        if want < self.seal_kept + cluster::SEAL_FLOOR_REFRESH.as_nanos() as u64 {
+            return;
+        }
+        match self.store.save_seal_floor(want) {
+            Ok(()) => self.seal_kept = want,
+            Err(e) => log(format!("keeping the sealing sequence floor: {e:#}")),
+        }
+    }
+
     /// Hands network `net`'s keys (as the store has them) to its tunnel.
     pub(super) fn program_keys(&mut self, net: &str) {
         let Some(n) = self.nets.get_mut(net) else {

@@ -283,6 +283,9 @@ pub struct Core {
     ula6: Ipv6Net,
     /// The cluster store, with `--cluster-store`.
     cluster: Option<Arc<cluster::Cluster>>,
+    /// The sealing sequence floor last kept in the state directory (see
+    /// [`Core::keep_seal_floor`]).
+    seal_kept: u64,
 }
 
 fn valid_name(s: &str) -> bool {

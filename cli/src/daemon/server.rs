@@ -493,6 +493,22 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
         });
     }
     watch_datapath(shared.clone());
+    if cfg.cluster.is_some() {
+        // the sealing sequence floor moves along with the clock (kept
+        // while the store is away too: sealing goes on then)
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(super::cluster::SEAL_FLOOR_REFRESH);
+            loop {
+                tick.tick().await;
+                let _ = with_core(s.clone(), |c| {
+                    c.keep_seal_floor();
+                    Ok(())
+                })
+                .await;
+            }
+        });
+    }
     // Prometheus metrics, on TCP
     if let Some(addr) = cfg.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr)

@@ -138,6 +138,7 @@ impl Core {
         }
         // the VXLAN endpoint and the store's client, before any overlay
         // network is restored (its driver needs the VTEP)
+        let mut seal_kept = 0;
         let cluster = match &cfg.cluster {
             None => None,
             Some(a) => {
@@ -145,7 +146,15 @@ impl Core {
                 let fd = vswitch::open_vtep(local).with_context(|| {
                     format!("opening the VXLAN endpoint on {local} (--cluster-advertise, --data-path-port)")
                 })?;
-                dp.set_vtep(fd, local)?;
+                // sealed datagrams start above every sequence number an
+                // earlier run may have used (its floor, kept ahead of the
+                // clock it had), even if the clock was set back since
+                let floor = store.seal_floor()?.max(vswitch::seal::now_ns());
+                seal_kept = floor.saturating_add(cluster::SEAL_FLOOR_AHEAD_NS);
+                store
+                    .save_seal_floor(seal_kept)
+                    .context("keeping the sealing sequence floor")?;
+                dp.set_vtep(fd, local, floor)?;
                 let host = store.host_id()?;
                 let cl = cluster::Cluster::new(a, host.clone());
                 log(format!(
@@ -230,6 +239,7 @@ impl Core {
             nat_mark: None,
             docker_pools: BTreeMap::new(),
             cluster,
+            seal_kept,
         };
         let mut records = records;
         if !records.iter().any(|r| r.name == BRIDGE) {

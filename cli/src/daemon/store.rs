@@ -350,6 +350,30 @@ impl Store {
         Ok(n)
     }
 
+    /// The sealing sequence floor kept in `seal-seq` (see
+    /// `Core::keep_seal_floor`), 0 when there is none yet. A file that
+    /// holds no number is an error: starting from the clock instead could
+    /// repeat a nonce.
+    pub fn seal_floor(&self) -> Result<u64> {
+        let p = self.containers_dir().join("seal-seq");
+        match fs::read_to_string(&p) {
+            Ok(s) => s
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: not a sequence number", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    pub fn save_seal_floor(&self, floor: u64) -> Result<()> {
+        write_atomic(
+            self.containers_dir(),
+            "seal-seq",
+            floor.to_string().as_bytes(),
+        )
+    }
+
     /// An encrypted overlay network's keys, kept (readable by root only)
     /// so that a restart while the cluster store is away still has them.
     pub fn save_keys(&self, net: &str, ring: &super::cluster::KeyRing) -> Result<()> {

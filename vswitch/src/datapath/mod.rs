@@ -248,7 +248,7 @@ enum Cmd {
     ForgetHost(NetIdx, std::net::IpAddr),
     RestoreNat(Vec<nat::ConnRaw>, mpsc::SyncSender<usize>),
     EnableResets,
-    SetVtep(OwnedFd, Vec<OwnedFd>, std::net::SocketAddrV4, PortId),
+    SetVtep(OwnedFd, Vec<OwnedFd>, std::net::SocketAddrV4, PortId, u64),
     AddTunnel {
         net: NetIdx,
         vni: u32,
@@ -744,14 +744,18 @@ impl Datapath {
     }
 
     /// Sets the VXLAN endpoint (once): the sockets from [`open_vtep`] on
-    /// `local`.
+    /// `local`. Sealed datagrams carry sequence numbers (half their
+    /// nonce) from `seq_floor` up, and never below the clock in ns: the
+    /// caller keeps a floor above every number an earlier run may have
+    /// used, so a clock set back between two runs cannot repeat a nonce.
     pub fn set_vtep(
         &self,
         (rx, tx): (OwnedFd, Vec<OwnedFd>),
         local: std::net::SocketAddrV4,
+        seq_floor: u64,
     ) -> Result<PortId, DatapathError> {
         let id = self.next_port.fetch_add(1, Ordering::Relaxed);
-        self.send(Cmd::SetVtep(rx, tx, local, id))?;
+        self.send(Cmd::SetVtep(rx, tx, local, id, seq_floor))?;
         Ok(id)
     }
 
@@ -1256,7 +1260,7 @@ impl State {
                         self.inject(net, f);
                     }
                 }
-                Cmd::SetVtep(fd, tx, local, id) => self.set_vtep(fd, tx, local, id),
+                Cmd::SetVtep(fd, tx, local, id, floor) => self.set_vtep(fd, tx, local, id, floor),
                 Cmd::AddTunnel {
                     net,
                     vni,

@@ -163,6 +163,9 @@ pub(super) struct Vtep {
     /// reads, one datagram each.
     msg: Box<libc::msghdr>,
     pub recvmsg: bool,
+    /// The lowest sequence number a sealed datagram may carry (see
+    /// [`crate::Datapath::set_vtep`]).
+    pub seq_floor: u64,
     /// The inner frames of one read being delivered: (tunnel port,
     /// offset, length, checksum left partial by the sender).
     rx: Vec<(PortIdx, usize, usize, bool)>,
@@ -193,6 +196,7 @@ impl Vtep {
             iov: Vec::with_capacity(128),
             msg: Box::new(recv_msghdr()),
             recvmsg: false,
+            seq_floor: 0,
             rx: Vec::with_capacity(64),
             lens: Vec::with_capacity(64),
         }
@@ -881,6 +885,7 @@ impl State {
         tx: Vec<OwnedFd>,
         local: SocketAddrV4,
         id: PortId,
+        seq_floor: u64,
     ) {
         if self.vtep.is_some() {
             return; // one per datapath
@@ -903,6 +908,7 @@ impl State {
         let slot = self.add_io_port(PortKind::Vtep, id, "vtep".into(), VTEP_NET, 65535, fd);
         let mut v = Vtep::new(slot, local, tx);
         v.recvmsg = self.multishot;
+        v.seq_floor = seq_floor;
         v.stats.rx_gro = gro;
         self.vtep = Some(v);
         self.arm(slot);
@@ -973,7 +979,11 @@ impl State {
                 .vtep
                 .as_ref()
                 .map_or(Ipv4Addr::UNSPECIFIED, |v| *v.local.ip());
-            p.tunnel = Some(Box::new(Tunnel::new(vni, mtu, sealed, me)));
+            let mut t = Tunnel::new(vni, mtu, sealed, me);
+            // (a clock set back since the last run must not bring back
+            // sequence numbers that run sealed with)
+            t.seq = t.seq.max(self.vtep.as_ref().map_or(0, |v| v.seq_floor));
+            p.tunnel = Some(Box::new(t));
         }
         if let Some(v) = self.vtep.as_mut() {
             v.vnis.insert(vni, slot);
