@@ -107,6 +107,16 @@ impl Underlay {
         );
     }
 
+    /// Keys and values under `prefix` in the store (etcdctl's lines).
+    pub fn etcd_get_prefix(&self, prefix: &str) -> String {
+        run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &self.etcd_ns, "etcdctl", "--endpoints"])
+                .arg(format!("http://{ETCD}:2379"))
+                .args(["get", "--prefix", prefix]),
+        )
+    }
+
     pub fn stop_etcd(&mut self) {
         if let Some(mut c) = self.etcd.take() {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

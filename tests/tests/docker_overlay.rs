@@ -47,7 +47,22 @@ fn docker_overlay_across_two_hosts() {
         hosts.push(env);
         dockers.push(dk);
     }
-    // the local plugin stays local; the global one refuses other drivers
+    // the local plugin stays local (one Docker host's)
+    dockers[0].ok(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--subnet",
+        "10.97.0.0/24",
+        "dloc",
+    ]);
+    let ls = dockers[0].ok(&["network", "ls", "--format", "{{.Name}} {{.Scope}}"]);
+    assert!(ls.lines().any(|l| l == "dloc local"), "{ls}");
+    let ls = dockers[1].ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!ls.lines().any(|l| l == "dloc"), "{ls}");
+    dockers[0].ok(&["network", "rm", "dloc"]);
+    // the global one refuses other drivers
     let e = dockers[0].fail(&[
         "network",
         "create",
@@ -211,6 +226,19 @@ fn docker_overlay_across_two_hosts() {
         "c1",
     ]);
     assert_ne!(c1_ip, web_ip);
+    // both claimed in tapnet's store, each by its host's endpoint
+    let ipam = u.etcd_get_prefix(&format!("/tapnet/v1/ipam/{name}/"));
+    for ip in [&web_ip, &c1_ip] {
+        let held = ipam
+            .lines()
+            .skip_while(|l| !l.ends_with(&format!("/{ip}")))
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            held.starts_with("host-") && held.contains("/docker-"),
+            "{ip}: {ipam}"
+        );
+    }
     let got = dockers[1].ok(&[
         "run",
         "--rm",
@@ -227,8 +255,9 @@ fn docker_overlay_across_two_hosts() {
     assert!(got.contains("2 packets received"), "{got}");
     // in use on host 2: Docker refuses the removal on host 1
     dockers[0].ok(&["rm", "-f", "c1"]);
+    // (Docker counts endpoints on every host in its own store)
     let e = dockers[0].fail(&["network", "rm", "dov"]);
-    assert!(e.contains("active endpoints"), "{e}");
+    assert!(e.contains("dov") && e.contains("active endpoints"), "{e}");
     dockers[1].ok(&["rm", "-f", "web"]);
     // host 2's endpoint leaves host 1's peers, then the network goes
     let ok = wait_until(Duration::from_secs(15), || {
@@ -293,8 +322,12 @@ fn docker_overlay_across_two_hosts() {
         hosts[0].inspect(&enc)["overlay"],
         hosts[1].inspect(&enc)["overlay"]
     );
-    let sealed = hosts[0].inspect(&enc)["overlay"]["vtep_counters"]["tx_datagrams"].clone();
-    assert!(sealed.as_u64().unwrap_or(0) > 0, "{sealed}");
+    // (the ping went through the encrypted network's own tunnel)
+    let t = hosts[0].inspect(&enc)["overlay"]["tunnel_port"]["counters"].clone();
+    assert!(
+        ctr(&t, "tx_frames") >= 2 && ctr(&t, "rx_frames") >= 2,
+        "{t}"
+    );
     dockers[1].ok(&["rm", "-f", "s1"]);
     drop(dockers);
     drop(hosts);

@@ -351,15 +351,10 @@ fn overlay_addresses_are_unique_under_contention() {
     }
     assert_eq!(all.len(), 3 * PER_HOST, "{all:?}");
     // the store holds one address per endpoint, each by its holder
-    let keys = Command::new("ip")
-        .args(["netns", "exec", &u.etcd_ns, "etcdctl", "--endpoints"])
-        .arg(format!("http://{ETCD}:2379"))
-        .args(["get", "--prefix", "/tapnet/v1/ipam/ov1/", "--keys-only"])
-        .output()
-        .unwrap();
-    let n = String::from_utf8_lossy(&keys.stdout)
+    let n = u
+        .etcd_get_prefix("/tapnet/v1/ipam/ov1/")
         .lines()
-        .filter(|l| !l.is_empty())
+        .filter(|l| l.starts_with("/tapnet/v1/ipam/ov1/"))
         .count();
     assert_eq!(n, 3 * PER_HOST);
     // and every host knows the other hosts' 100
@@ -576,8 +571,9 @@ fn overlay_encrypted() {
             .as_nanos() as u64
     };
     let kept = read_floor();
+    // (a minute ahead, stored again every 5 s)
     assert!(
-        kept > now_ns() + 500_000_000_000,
+        kept > now_ns() + 40_000_000_000,
         "{kept}: not ahead of the clock"
     );
     // as if the clock had been set back an hour since the last run

@@ -56,6 +56,59 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The sequence numbers a VTEP may seal with, shared by the datapath
+/// (which seals) and the control plane (which keeps a bound on them across
+/// runs): every number sealed is at most `ceiling`, a value the control
+/// plane has stored before it raised the ceiling to it, and `used` is the
+/// highest sealed so far. A run started with the stored value as its
+/// floor never repeats a number of an earlier run, whatever the clock
+/// says: no (key, nonce) pair is used twice.
+#[derive(Debug)]
+pub struct SeqBounds {
+    used: std::sync::atomic::AtomicU64,
+    ceiling: std::sync::atomic::AtomicU64,
+}
+
+impl SeqBounds {
+    /// Numbers above `floor`, up to `ceiling` (until raised).
+    pub fn new(floor: u64, ceiling: u64) -> SeqBounds {
+        SeqBounds {
+            used: floor.into(),
+            ceiling: ceiling.into(),
+        }
+    }
+
+    /// The highest number sealed (or the floor).
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn ceiling(&self) -> u64 {
+        self.ceiling.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Raises the ceiling to `c` (never lowers it); the caller has stored
+    /// `c` first.
+    pub fn raise_ceiling(&self, c: u64) {
+        self.ceiling
+            .fetch_max(c, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes `n` numbers after `seq` for one sender, never below the
+    /// clock: the first of them, or None when they would pass the
+    /// ceiling (nothing is taken then).
+    pub fn take(&self, seq: u64, n: u64) -> Option<u64> {
+        let first = seq.max(self.used()).max(now_ns()).checked_add(1)?;
+        let last = first.checked_add(n.saturating_sub(1))?;
+        if last > self.ceiling() {
+            return None;
+        }
+        self.used
+            .fetch_max(last, std::sync::atomic::Ordering::Relaxed);
+        Some(first)
+    }
+}
+
 /// A network's keys: the one to seal with and every one to open with.
 pub struct KeySet {
     primary: Option<(u32, LessSafeKey)>,
@@ -220,6 +273,29 @@ impl ReplayWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_numbers_stay_between_the_floor_and_the_ceiling() {
+        // a floor an hour ahead of the clock (the clock set back since
+        // the last run): numbers start above it, not at the clock
+        let floor = now_ns() + 3_600_000_000_000;
+        let b = SeqBounds::new(floor, floor + 100);
+        let first = b.take(0, 10).unwrap();
+        assert_eq!(first, floor + 1);
+        assert_eq!(b.used(), floor + 10);
+        // another sender (tunnel) of the same VTEP: above every number used
+        assert_eq!(b.take(0, 1), Some(floor + 11));
+        // never past the ceiling: nothing taken
+        assert_eq!(b.take(floor + 11, 90), None);
+        assert_eq!(b.used(), floor + 11);
+        b.raise_ceiling(floor + 200);
+        b.raise_ceiling(floor + 50); // never lowered
+        assert_eq!(b.ceiling(), floor + 200);
+        assert_eq!(b.take(floor + 11, 90), Some(floor + 12));
+        // no wrap at the top
+        let top = SeqBounds::new(u64::MAX - 1, u64::MAX);
+        assert_eq!(top.take(0, 2), None);
+    }
 
     fn datagram(n: usize) -> Vec<u8> {
         let mut d = wire::vxlan::emit(4096).to_vec();

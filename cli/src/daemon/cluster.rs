@@ -41,13 +41,17 @@ pub const PREFIX: &str = "/tapnet/v1/";
 pub const TTL_SECS: i64 = 10;
 /// The most one store operation may take before the API says so.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
-/// How far ahead of the clock the sealing sequence floor is kept (10
-/// minutes of ns): far more than the datapath can seal between two
-/// refreshes (one number per datagram), so a restart starts above every
-/// number used before it, whatever the clock says then.
-pub const SEAL_FLOOR_AHEAD_NS: u64 = 600_000_000_000;
-/// How often the floor is moved along with the clock.
-pub const SEAL_FLOOR_REFRESH: Duration = Duration::from_secs(60);
+/// How far ahead of the clock (or of the highest number sealed) the
+/// stored bound on sealing sequence numbers is kept: a minute of ns. A
+/// restart starts above it, so it is also how far ahead of the clock a
+/// restarted sender's numbers may be.
+pub const SEAL_FLOOR_AHEAD_NS: u64 = 60_000_000_000;
+/// How often the bound is moved along (the datapath stops sealing at the
+/// bound if it is not, dropping and counting).
+pub const SEAL_FLOOR_REFRESH: Duration = Duration::from_secs(5);
+/// A stored bound further ahead of the clock than this stops the start
+/// (a broken file, or a clock far behind).
+pub const SEAL_FLOOR_MAX_AHEAD_NS: u64 = 366 * 86_400 * 1_000_000_000;
 
 /// `--cluster-store`, `--cluster-advertise`, `--data-path-port`.
 #[derive(Debug, Clone)]

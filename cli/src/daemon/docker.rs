@@ -111,6 +111,7 @@ fn create_request(c: &CreateNet, global: bool) -> Result<CreateNetwork, String> 
     let mut options = BTreeMap::new();
     let mut driver = None;
     let mut mtu = None;
+    let mut encrypted = None;
     for (k, v) in generic {
         let v = match v {
             Value::String(s) => s,
@@ -124,8 +125,9 @@ fn create_request(c: &CreateNet, global: bool) -> Result<CreateNetwork, String> 
             );
             continue;
         }
-        if global && k == "encrypted" {
-            options.insert(k, v);
+        // Docker's own overlay option
+        if k == "encrypted" {
+            encrypted = Some(v);
             continue;
         }
         let Some(k) = k.strip_prefix("tapnet.") else {
@@ -146,6 +148,12 @@ fn create_request(c: &CreateNet, global: bool) -> Result<CreateNetwork, String> 
                 ))
             }
         }
+    }
+    if let Some(v) = encrypted {
+        if driver.as_deref() != Some("overlay") {
+            return Err("-o encrypted is for overlay networks (-d tapnet-overlay, or -o tapnet.driver=overlay)".into());
+        }
+        options.insert("encrypted".into(), v);
     }
     let v4 = c.ipv4_data.first();
     let strip = |s: &str| s.split('/').next().unwrap_or_default().to_string();
@@ -177,6 +185,12 @@ struct Plugin {
 async fn method(State(p): State<Plugin>, Path(m): Path<String>, body: Bytes) -> Response {
     let (s, global) = (p.s, p.global);
     match m.as_str() {
+        // the global plugin has no IPAM: tapnet's pools are per host, and
+        // Docker's default IPAM already spans the cluster
+        "Plugin.Activate" if global => answer(json!({ "Implements": ["NetworkDriver"] })),
+        m if global && m.starts_with("IpamDriver.") => fail(format!(
+            "the {OVERLAY_PLUGIN} plugin has no IPAM driver: use Docker's default IPAM (its addresses span the cluster)"
+        )),
         "Plugin.Activate" => answer(json!({ "Implements": ["NetworkDriver", "IpamDriver"] })),
         "IpamDriver.GetCapabilities" => answer(json!({ "RequiresMACAddress": false })),
         "IpamDriver.GetDefaultAddressSpaces" => answer(json!({
@@ -403,6 +417,32 @@ mod tests {
         assert_eq!(r.gateway.as_deref(), Some("10.99.0.1"));
         assert_eq!(r.mtu, Some(9000));
     }
+
+    #[test]
+    fn the_global_plugin_makes_overlay_networks() {
+        let net = |generic: Value| -> CreateNet {
+            serde_json::from_value(json!({
+                "NetworkID": "ab".repeat(32),
+                "Options": {"com.docker.network.generic": generic},
+                "IPv4Data": [{"Pool": "10.95.0.0/24", "Gateway": "10.95.0.1/24"}]
+            }))
+            .unwrap()
+        };
+        let r = create_request(&net(json!({"encrypted": ""})), true).unwrap();
+        assert_eq!(r.driver.as_deref(), Some("overlay"));
+        assert_eq!(r.options.get("encrypted").map(String::as_str), Some(""));
+        let e = create_request(&net(json!({"tapnet.driver": "macvlan"})), true).unwrap_err();
+        assert!(e.contains("overlay networks only"), "{e}");
+        // the local plugin: encrypted only with the overlay driver
+        let e = create_request(&net(json!({"encrypted": ""})), false).unwrap_err();
+        assert!(e.contains("for overlay networks"), "{e}");
+        let r = create_request(
+            &net(json!({"encrypted": "", "tapnet.driver": "overlay"})),
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.options.get("encrypted").map(String::as_str), Some(""));
+    }
 }
 
 /// Docker's port map (`com.docker.network.portmap`) as tapnet's.
@@ -546,6 +586,10 @@ impl super::Core {
     ) -> super::ApiResult<vswitch::Mac> {
         let name = network_name(net_id);
         let key = endpoint_key(ep_id);
+        if self.net(&name).is_err() {
+            // a global network this host's watch has not brought yet
+            self.fetch_global(&name);
+        }
         let n = self.net(&name)?;
         if n.rec.endpoints.contains_key(&key) {
             if self.docker_ep(ep_id).is_ok() {
@@ -576,7 +620,7 @@ impl super::Core {
         if global {
             // Docker's IPAM chose it for the whole cluster; claimed in the
             // store as tapnet's own addresses are
-            self.allocate_global(&name, Some(ip), &key)?;
+            self.claim_given(&name, ip, &key)?;
         }
         let n = self.nets.get_mut(&name).expect("checked");
         if !global {
@@ -614,7 +658,9 @@ impl super::Core {
         if global {
             // the other hosts learn of it (and route to it) from the store
             if let Err(e) = self.publish_global(&name, &key) {
-                let _ = self.disconnect_inner(&name, &key);
+                if let Err(e2) = self.disconnect_inner(&name, &key) {
+                    super::log(format!("removing {key} from {name}: {}", e2.message));
+                }
                 return Err(e);
             }
         }

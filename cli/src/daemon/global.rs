@@ -14,24 +14,31 @@ impl Core {
         self.cluster.clone()
     }
 
-    /// Keeps the sealing sequence floor ahead of the clock (called every
-    /// [`cluster::SEAL_FLOOR_REFRESH`]): the datapath seals with numbers
-    /// at or above the clock in ns, one more per datagram, so the kept
-    /// floor stays above every number used as long as it is refreshed
-    /// before the clock catches up with it. It never goes down (a clock
-    /// set back leaves it where it is).
+    /// Moves the stored bound on sealing sequence numbers along (called
+    /// every [`cluster::SEAL_FLOOR_REFRESH`]): a minute ahead of the clock
+    /// or of the highest number sealed, whichever is higher; stored first,
+    /// then handed to the datapath, which never seals past it. So every
+    /// number a run used is below what it stored, and the next run starts
+    /// above that. It never goes down. When it cannot be stored, the
+    /// datapath stops sealing at the old bound (counted) rather than risk
+    /// a repeated nonce.
     pub fn keep_seal_floor(&mut self) {
-        if self.cluster.is_none() {
+        let Some((bounds, kept)) = self.seal.as_ref() else {
             return;
-        }
-        let want = vswitch::seal::now_ns().saturating_add(cluster::SEAL_FLOOR_AHEAD_NS);
-        // (rewritten once the clock has moved a refresh further)
-        if want < self.seal_kept + cluster::SEAL_FLOOR_REFRESH.as_nanos() as u64 {
+        };
+        let want = vswitch::seal::now_ns()
+            .max(bounds.used())
+            .saturating_add(cluster::SEAL_FLOOR_AHEAD_NS);
+        // (stored again once it has moved a refresh further)
+        if want < kept.saturating_add(cluster::SEAL_FLOOR_REFRESH.as_nanos() as u64) {
             return;
         }
         match self.store.save_seal_floor(want) {
-            Ok(()) => self.seal_kept = want,
-            Err(e) => log(format!("keeping the sealing sequence floor: {e:#}")),
+            Ok(()) => {
+                bounds.raise_ceiling(want);
+                self.seal = Some((bounds.clone(), want));
+            }
+            Err(e) => log(format!("keeping the sealing sequence bound: {e:#}")),
         }
     }
 
@@ -264,6 +271,51 @@ impl Core {
         Err(ApiError::conflict(format!(
             "no free address found on {net} after 64 tries"
         )))
+    }
+
+    /// An address Docker's IPAM chose for the whole cluster (`ip`, for
+    /// `container` on global network `net`): claimed in the store, which
+    /// decides (the local pool may still mark an address another host is
+    /// releasing), and marked used here.
+    pub(super) fn claim_given(
+        &mut self,
+        net: &str,
+        ip: Ipv4Addr,
+        container: &str,
+    ) -> ApiResult<()> {
+        let cl = self.cluster()?.clone();
+        let owner = format!("{}/{container}", cl.host);
+        if !cl.claim(net, ip.into(), &owner)? {
+            return Err(ApiError::conflict(format!(
+                "address {ip} is already in use in the cluster"
+            )));
+        }
+        let n = self.nets.get_mut(net).expect("checked");
+        // (already marked: another host's, on its way out)
+        let _ = n.pool.allocate(Some(ip));
+        Ok(())
+    }
+
+    /// Network `name` from the store when this host's watch has not
+    /// brought it yet (Docker's CreateEndpoint may come first): joined as
+    /// the watch would join it; nothing when the store has no such network.
+    pub(super) fn fetch_global(&mut self, name: &str) {
+        if self.nets.contains_key(name) {
+            return;
+        }
+        let Some(cl) = self.cluster.clone() else {
+            return;
+        };
+        let Ok(all) = cl.networks() else {
+            return;
+        };
+        if let Some(v) = all
+            .into_iter()
+            .find(|r| r.name == name)
+            .and_then(|r| serde_json::to_vec(&r).ok())
+        {
+            self.global_network(name, &v);
+        }
     }
 
     /// An IPv6 address for `container` on dual-stack global network `net`

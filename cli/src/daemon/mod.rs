@@ -283,9 +283,10 @@ pub struct Core {
     ula6: Ipv6Net,
     /// The cluster store, with `--cluster-store`.
     cluster: Option<Arc<cluster::Cluster>>,
-    /// The sealing sequence floor last kept in the state directory (see
+    /// The sealing sequence numbers' bounds (with a cluster store) and
+    /// the bound last stored in the state directory (see
     /// [`Core::keep_seal_floor`]).
-    seal_kept: u64,
+    seal: Option<(Arc<vswitch::seal::SeqBounds>, u64)>,
 }
 
 fn valid_name(s: &str) -> bool {

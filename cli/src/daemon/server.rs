@@ -464,6 +464,13 @@ async fn serve(cfg: DaemonConfig, rootless: bool) -> Result<()> {
     // cluster store also the global-scope one, next to it
     let mut docker_socks = Vec::new();
     if let Some(p) = &cfg.docker_plugin {
+        let global = format!("{}.sock", super::docker::OVERLAY_PLUGIN);
+        if cfg.cluster.is_some() && p.file_name().is_some_and(|f| *f == *global) {
+            anyhow::bail!(
+                "--docker-plugin {}: that name is the global plugin's socket, made next to the local one; name the local one differently (e.g. tapnet.sock)",
+                p.display()
+            );
+        }
         docker_socks.push((p.clone(), false));
         if cfg.cluster.is_some() {
             let name = format!("{}.sock", super::docker::OVERLAY_PLUGIN);

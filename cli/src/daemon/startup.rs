@@ -138,7 +138,7 @@ impl Core {
         }
         // the VXLAN endpoint and the store's client, before any overlay
         // network is restored (its driver needs the VTEP)
-        let mut seal_kept = 0;
+        let mut seal = None;
         let cluster = match &cfg.cluster {
             None => None,
             Some(a) => {
@@ -147,14 +147,24 @@ impl Core {
                     format!("opening the VXLAN endpoint on {local} (--cluster-advertise, --data-path-port)")
                 })?;
                 // sealed datagrams start above every sequence number an
-                // earlier run may have used (its floor, kept ahead of the
-                // clock it had), even if the clock was set back since
-                let floor = store.seal_floor()?.max(vswitch::seal::now_ns());
-                seal_kept = floor.saturating_add(cluster::SEAL_FLOOR_AHEAD_NS);
+                // earlier run may have used (the bound it stored), even if
+                // the clock was set back since
+                let now = vswitch::seal::now_ns();
+                let floor = store.seal_floor()?;
+                if floor > now.saturating_add(cluster::SEAL_FLOOR_MAX_AHEAD_NS) {
+                    anyhow::bail!(
+                        "the sealing sequence bound in {} is more than a year ahead of the clock: fix the clock, or (if the clock is right) remove the file",
+                        store.seal_floor_path().display()
+                    );
+                }
+                let floor = floor.max(now);
+                let kept = floor.saturating_add(cluster::SEAL_FLOOR_AHEAD_NS);
                 store
-                    .save_seal_floor(seal_kept)
-                    .context("keeping the sealing sequence floor")?;
-                dp.set_vtep(fd, local, floor)?;
+                    .save_seal_floor(kept)
+                    .context("keeping the sealing sequence bound")?;
+                let bounds = Arc::new(vswitch::seal::SeqBounds::new(floor, kept));
+                seal = Some((bounds.clone(), kept));
+                dp.set_vtep(fd, local, bounds)?;
                 let host = store.host_id()?;
                 let cl = cluster::Cluster::new(a, host.clone());
                 log(format!(
@@ -239,7 +249,7 @@ impl Core {
             nat_mark: None,
             docker_pools: BTreeMap::new(),
             cluster,
-            seal_kept,
+            seal,
         };
         let mut records = records;
         if !records.iter().any(|r| r.name == BRIDGE) {

@@ -350,12 +350,12 @@ impl Store {
         Ok(n)
     }
 
-    /// The sealing sequence floor kept in `seal-seq` (see
+    /// The bound on sealing sequence numbers kept in `seal-seq` (see
     /// `Core::keep_seal_floor`), 0 when there is none yet. A file that
     /// holds no number is an error: starting from the clock instead could
     /// repeat a nonce.
     pub fn seal_floor(&self) -> Result<u64> {
-        let p = self.containers_dir().join("seal-seq");
+        let p = self.seal_floor_path();
         match fs::read_to_string(&p) {
             Ok(s) => s
                 .trim()
@@ -364,6 +364,10 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
+    }
+
+    pub fn seal_floor_path(&self) -> PathBuf {
+        self.containers_dir().join("seal-seq")
     }
 
     pub fn save_seal_floor(&self, floor: u64) -> Result<()> {

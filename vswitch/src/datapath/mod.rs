@@ -248,7 +248,13 @@ enum Cmd {
     ForgetHost(NetIdx, std::net::IpAddr),
     RestoreNat(Vec<nat::ConnRaw>, mpsc::SyncSender<usize>),
     EnableResets,
-    SetVtep(OwnedFd, Vec<OwnedFd>, std::net::SocketAddrV4, PortId, u64),
+    SetVtep(
+        OwnedFd,
+        Vec<OwnedFd>,
+        std::net::SocketAddrV4,
+        PortId,
+        Arc<crate::seal::SeqBounds>,
+    ),
     AddTunnel {
         net: NetIdx,
         vni: u32,
@@ -744,18 +750,19 @@ impl Datapath {
     }
 
     /// Sets the VXLAN endpoint (once): the sockets from [`open_vtep`] on
-    /// `local`. Sealed datagrams carry sequence numbers (half their
-    /// nonce) from `seq_floor` up, and never below the clock in ns: the
-    /// caller keeps a floor above every number an earlier run may have
-    /// used, so a clock set back between two runs cannot repeat a nonce.
+    /// `local`. Sealed datagrams take their sequence numbers (half their
+    /// nonce) from `seq`, never below the clock in ns: the caller starts
+    /// it above every number an earlier run may have used and raises its
+    /// ceiling as it stores new bounds, so a clock set back between two
+    /// runs cannot repeat a nonce (see [`crate::seal::SeqBounds`]).
     pub fn set_vtep(
         &self,
         (rx, tx): (OwnedFd, Vec<OwnedFd>),
         local: std::net::SocketAddrV4,
-        seq_floor: u64,
+        seq: Arc<crate::seal::SeqBounds>,
     ) -> Result<PortId, DatapathError> {
         let id = self.next_port.fetch_add(1, Ordering::Relaxed);
-        self.send(Cmd::SetVtep(rx, tx, local, id, seq_floor))?;
+        self.send(Cmd::SetVtep(rx, tx, local, id, seq))?;
         Ok(id)
     }
 

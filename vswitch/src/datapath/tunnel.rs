@@ -25,6 +25,7 @@
 
 use super::*;
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 
 /// The pseudo-network the VTEP's reading port sits in (no flooding, no
 /// MACs): its frames are dispatched by VNI.
@@ -100,6 +101,9 @@ pub struct VtepStats {
     pub rx_bad_tag: u64,
     pub rx_no_key: u64,
     pub tx_no_key: u64,
+    /// Sealed sends dropped: their sequence numbers would pass the stored
+    /// bound (the control plane could not store the next one).
+    pub tx_seq_ceiling: u64,
     /// Frames for the tunnel with no VTEP to go to.
     pub tx_no_peer: u64,
     /// Offloaded frames that could not be segmented.
@@ -163,9 +167,9 @@ pub(super) struct Vtep {
     /// reads, one datagram each.
     msg: Box<libc::msghdr>,
     pub recvmsg: bool,
-    /// The lowest sequence number a sealed datagram may carry (see
+    /// The sequence numbers sealed datagrams may carry (see
     /// [`crate::Datapath::set_vtep`]).
-    pub seq_floor: u64,
+    pub seq: Arc<seal::SeqBounds>,
     /// The inner frames of one read being delivered: (tunnel port,
     /// offset, length, checksum left partial by the sender).
     rx: Vec<(PortIdx, usize, usize, bool)>,
@@ -196,7 +200,7 @@ impl Vtep {
             iov: Vec::with_capacity(128),
             msg: Box::new(recv_msghdr()),
             recvmsg: false,
-            seq_floor: 0,
+            seq: Arc::new(seal::SeqBounds::new(0, 0)),
             rx: Vec::with_capacity(64),
             lens: Vec::with_capacity(64),
         }
@@ -821,9 +825,15 @@ impl State {
                 return;
             };
             v.sealed.clear();
-            // never below the clock: a receiver's new window takes only
-            // recent sequence numbers
-            t.seq = t.seq.max(seal::now_ns());
+            // never below the clock (a receiver's new window takes only
+            // recent sequence numbers), never one an earlier run may have
+            // used, never past what the control plane has stored
+            let Some(first) = v.seq.take(t.seq, v.lens.len() as u64) else {
+                v.stats.tx_seq_ceiling += 1;
+                self.sw.count_drop(dst, DropReason::TxError);
+                return;
+            };
+            t.seq = first - 1;
             let mut off = 0;
             for l in v.lens.iter_mut() {
                 t.seq += 1;
@@ -885,7 +895,7 @@ impl State {
         tx: Vec<OwnedFd>,
         local: SocketAddrV4,
         id: PortId,
-        seq_floor: u64,
+        seq: Arc<seal::SeqBounds>,
     ) {
         if self.vtep.is_some() {
             return; // one per datapath
@@ -908,7 +918,7 @@ impl State {
         let slot = self.add_io_port(PortKind::Vtep, id, "vtep".into(), VTEP_NET, 65535, fd);
         let mut v = Vtep::new(slot, local, tx);
         v.recvmsg = self.multishot;
-        v.seq_floor = seq_floor;
+        v.seq = seq;
         v.stats.rx_gro = gro;
         self.vtep = Some(v);
         self.arm(slot);
@@ -979,11 +989,7 @@ impl State {
                 .vtep
                 .as_ref()
                 .map_or(Ipv4Addr::UNSPECIFIED, |v| *v.local.ip());
-            let mut t = Tunnel::new(vni, mtu, sealed, me);
-            // (a clock set back since the last run must not bring back
-            // sequence numbers that run sealed with)
-            t.seq = t.seq.max(self.vtep.as_ref().map_or(0, |v| v.seq_floor));
-            p.tunnel = Some(Box::new(t));
+            p.tunnel = Some(Box::new(Tunnel::new(vni, mtu, sealed, me)));
         }
         if let Some(v) = self.vtep.as_mut() {
             v.vnis.insert(vni, slot);
