@@ -17,7 +17,8 @@
 #            ../shared/anchors/bridge.sh builds it) carrying both; the TCP RR
 #            column is benches/tcprr.rs for all four rows (sockperf 3.7
 #            takes IPv4 addresses only; same method: one connection,
-#            64-byte messages, Nagle off, full round trip, p50)
+#            64-byte messages, Nagle off, full round trip, p50; RR_CONNS
+#            connections a rep, default 3, the median over all of them)
 #   nat      container -> "internet" namespace through the root-mode NAT
 #            (uplink: a veth from the daemon's namespace, tn_e2e_inet)
 #   socknat  the same without an uplink: the socket NAT (host sockets,
@@ -402,10 +403,17 @@ if [ "$MODE" = c2c6 ]; then
 			bg $S "$OUT/tcprr-srv.$i.log" "$RR_TOOL" server "$SB" 5301
 			srv=$BG
 			listening $S 5301
-			nsx $C timeout $((SP_DUR + 20)) "$RR_TOOL" client "$TGT" 5301 "$SP_DUR" >"$OUT/tcprr.$rep.$i" 2>&1
+			# RR_CONNS connections one after another, each one's p50
+			# kept: where the kernel and the scheduler put a connection
+			# (which queue, which CPU) moves its p50 between two values
+			# here, in both families, so one connection per rep makes
+			# the median a coin toss
+			for k in $(seq "${RR_CONNS:-3}"); do
+				nsx $C timeout $((SP_DUR + 20)) "$RR_TOOL" client "$TGT" 5301 "$SP_DUR" >"$OUT/tcprr.$rep.$i.$k" 2>&1
+				p50=$(awk '$1 == "p50" {print $2}' "$OUT/tcprr.$rep.$i.$k")
+				RR[$i]+="$p50 "
+			done
 			stop $srv
-			p50=$(awk '$1 == "p50" {print $2}' "$OUT/tcprr.$rep.$i")
-			RR[$i]+="$p50 "
 			log "rep $rep $label: tcp1 $(echo ${T1[$i]} | awk "{print \$NF}") tcp4 $(echo ${T4[$i]} | awk "{print \$NF}") rr $p50"
 		done
 	done

@@ -111,6 +111,24 @@ impl Dockerd {
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
+    /// `docker run --rm --network NET tn-busybox CMD...` (the image the
+    /// tests import).
+    pub fn run_rm(&self, net: &str, cmd: &[&str]) -> std::process::Output {
+        let mut args = vec!["run", "--rm", "--network", net, "tn-busybox"];
+        args.extend_from_slice(cmd);
+        self.docker(&args)
+    }
+
+    /// Container `ctr`'s address on network `net`, as Docker has it.
+    pub fn ip_on(&self, ctr: &str, net: &str) -> String {
+        self.ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            ctr,
+        ])
+    }
+
     pub fn fail(&self, args: &[&str]) -> String {
         let o = self.docker(args);
         assert!(!o.status.success(), "docker {args:?} succeeded");

@@ -128,12 +128,7 @@ fn docker_overlay_across_two_hosts() {
         "-h",
         "/www",
     ]);
-    let web_ip = dockers[1].ok(&[
-        "inspect",
-        "-f",
-        "{{(index .NetworkSettings.Networks \"dov\").IPAddress}}",
-        "web",
-    ]);
+    let web_ip = dockers[1].ip_on("web", "dov");
     // host 1's tapnet has host 2's endpoint as a peer (from the store)
     let ok = wait_until(Duration::from_secs(15), || {
         hosts[0].inspect(&name)["overlay"]
@@ -142,69 +137,20 @@ fn docker_overlay_across_two_hosts() {
     });
     assert!(ok, "{}", hosts[0].inspect(&name));
     // by address (tapnet's tunnel), then by name (Docker's DNS as well)
-    let ping = dockers[0].docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "dov",
-        "tn-busybox",
-        "ping",
-        "-c",
-        "3",
-        "-W",
-        "5",
-        &web_ip,
-    ]);
+    let out = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let ping = out(dockers[0].run_rm("dov", &["ping", "-c", "3", "-W", "5", &web_ip]));
     assert!(
-        String::from_utf8_lossy(&ping.stdout).contains("3 packets received"),
-        "{} {}\nhost 1: {}\nhost 2: {}",
-        String::from_utf8_lossy(&ping.stdout),
-        String::from_utf8_lossy(&ping.stderr),
+        ping.contains("3 packets received"),
+        "{ping}\nhost 1: {}\nhost 2: {}",
         hosts[0].inspect(&name),
         hosts[1].inspect(&name)
     );
-    let ns = dockers[0].docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "dov",
-        "tn-busybox",
-        "nslookup",
-        "web",
-    ]);
-    assert!(
-        String::from_utf8_lossy(&ns.stdout).contains(&web_ip),
-        "{} {}",
-        String::from_utf8_lossy(&ns.stdout),
-        String::from_utf8_lossy(&ns.stderr)
-    );
-    let got = dockers[0].ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "dov",
-        "tn-busybox",
-        // (busybox 1.35's wget -T crashes here)
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        "http://web/",
-    ]);
-    assert_eq!(got, "hello from host 2");
-    let ping = dockers[0].ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "dov",
-        "tn-busybox",
-        "ping",
-        "-c",
-        "3",
-        "-W",
-        "5",
-        "web",
-    ]);
+    let ns = out(dockers[0].run_rm("dov", &["nslookup", "web"]));
+    assert!(ns.contains(&web_ip), "{ns}");
+    // (busybox 1.35's wget -T crashes here)
+    let got = out(dockers[0].run_rm("dov", &["wget", "-q", "-O", "-", "http://web/"]));
+    assert_eq!(got.trim(), "hello from host 2");
+    let ping = out(dockers[0].run_rm("dov", &["ping", "-c", "3", "-W", "5", "web"]));
     assert!(ping.contains("3 packets received"), "{ping}");
     // two addresses Docker handed out on two hosts: both claimed in
     // tapnet's store, and distinct
@@ -219,12 +165,7 @@ fn docker_overlay_across_two_hosts() {
         "sleep",
         "1000",
     ]);
-    let c1_ip = dockers[0].ok(&[
-        "inspect",
-        "-f",
-        "{{(index .NetworkSettings.Networks \"dov\").IPAddress}}",
-        "c1",
-    ]);
+    let c1_ip = dockers[0].ip_on("c1", "dov");
     assert_ne!(c1_ip, web_ip);
     // both claimed in tapnet's store, each by its host's endpoint
     let ipam = u.etcd_get_prefix(&format!("/tapnet/v1/ipam/{name}/"));
@@ -239,19 +180,7 @@ fn docker_overlay_across_two_hosts() {
             "{ip}: {ipam}"
         );
     }
-    let got = dockers[1].ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "dov",
-        "tn-busybox",
-        "ping",
-        "-c",
-        "2",
-        "-W",
-        "5",
-        "c1",
-    ]);
+    let got = out(dockers[1].run_rm("dov", &["ping", "-c", "2", "-W", "5", "c1"]));
     assert!(got.contains("2 packets received"), "{got}");
     // in use on host 2: Docker refuses the removal on host 1
     dockers[0].ok(&["rm", "-f", "c1"]);
@@ -302,23 +231,10 @@ fn docker_overlay_across_two_hosts() {
         "sleep",
         "1000",
     ]);
-    let got = dockers[0].docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "denc",
-        "tn-busybox",
-        "ping",
-        "-c",
-        "2",
-        "-W",
-        "5",
-        "s1",
-    ]);
+    let got = out(dockers[0].run_rm("denc", &["ping", "-c", "2", "-W", "5", "s1"]));
     assert!(
-        String::from_utf8_lossy(&got.stdout).contains("2 packets received"),
-        "{}\nhost 1: {}\nhost 2: {}",
-        String::from_utf8_lossy(&got.stdout),
+        got.contains("2 packets received"),
+        "{got}\nhost 1: {}\nhost 2: {}",
         hosts[0].inspect(&enc)["overlay"],
         hosts[1].inspect(&enc)["overlay"]
     );
