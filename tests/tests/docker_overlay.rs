@@ -183,6 +183,29 @@ fn docker_overlay_across_two_hosts() {
     let got = out(dockers[1].run_rm("dov", &["ping", "-c", "2", "-W", "5", "c1"]));
     assert!(got.contains("2 packets received"), "{got}");
     // in use on host 2: Docker refuses the removal on host 1
+    // tapnet on host 2 killed and restarted while web runs: it finds
+    // web's TAP again in its container and publishes the endpoint anew;
+    // host 1 reaches web again
+    hosts[1].stop_daemon(libc::SIGKILL);
+    hosts[1].start_daemon();
+    let ok = wait_until(Duration::from_secs(20), || {
+        hosts[1].daemon_log().matches("connected as host").count() >= 2
+    });
+    assert!(ok, "{}", hosts[1].daemon_log());
+    assert!(
+        hosts[1].daemon_log().contains("Docker's TAP is eth0 in"),
+        "{}",
+        hosts[1].daemon_log()
+    );
+    let ok = wait_until(Duration::from_secs(20), || {
+        out(dockers[0].run_rm("dov", &["wget", "-q", "-O", "-", "http://web/"])).trim()
+            == "hello from host 2"
+    });
+    assert!(
+        ok,
+        "web after host 2's tapnet restarted: {}",
+        hosts[0].inspect(&name)
+    );
     dockers[0].ok(&["rm", "-f", "c1"]);
     // (Docker counts endpoints on every host in its own store)
     let e = dockers[0].fail(&["network", "rm", "dov"]);
