@@ -211,6 +211,39 @@ fn docker_overlay_across_two_hosts() {
     let e = dockers[0].fail(&["network", "rm", "dov"]);
     assert!(e.contains("dov") && e.contains("active endpoints"), "{e}");
     dockers[1].ok(&["rm", "-f", "web"]);
+    // host 2's dockerd restarted: the network is still there (from
+    // Docker's store), and a new container on it is reached from host 1
+    dockers.pop().expect("two").stop();
+    dockers.push(Dockerd::start_with(
+        &hosts[1],
+        &dirs[1].0,
+        &["--cluster-store", &store, "--cluster-advertise", "ul0:2376"],
+    ));
+    dockers[1].ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "--network",
+        "dov",
+        "tn-busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let ok = wait_until(Duration::from_secs(20), || {
+        out(dockers[0].run_rm("dov", &["wget", "-q", "-O", "-", "http://web2/"])).trim()
+            == "hello from host 2"
+    });
+    assert!(
+        ok,
+        "web2 after host 2's dockerd restarted: {}",
+        hosts[0].inspect(&name)
+    );
+    dockers[1].ok(&["rm", "-f", "web2"]);
     // host 2's endpoint leaves host 1's peers, then the network goes
     let ok = wait_until(Duration::from_secs(15), || {
         !hosts[0].inspect(&name)["overlay"]
