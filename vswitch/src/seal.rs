@@ -96,7 +96,9 @@ impl SeqBounds {
 
     /// Takes `n` numbers after `seq` for one sender, never below the
     /// clock: the first of them, or None when they would pass the
-    /// ceiling (nothing is taken then).
+    /// ceiling (nothing is taken then). One taker at a time (the datapath
+    /// worker that has the VTEP); the control plane only reads `used` and
+    /// raises the ceiling.
     pub fn take(&self, seq: u64, n: u64) -> Option<u64> {
         let first = seq.max(self.used()).max(now_ns()).checked_add(1)?;
         let last = first.checked_add(n.saturating_sub(1))?;
