@@ -715,12 +715,29 @@ fn overlay_dual_stack() {
     // across hosts over IPv6: ping, by name (AAAA from the other host's
     // endpoint), and 32 MiB of TCP (TSO6 super-frames segmented for the
     // tunnel), checksum compared
+    // (host 1 knows b first: its solicitation for b is answered there)
+    assert!(wait_until(Duration::from_secs(10), || h1.inspect("ov6")
+        ["overlay"]["peers"]
+        .to_string()
+        .contains("\"b\"")));
     let ok = wait_until(Duration::from_secs(10), || {
         h1.exec(&a.ns, &["ping", "-6", "-c", "1", "-W", "1", &b6])
             .status
             .success()
     });
     assert!(ok, "a cannot ping6 b across hosts");
+    // proxy neighbour discovery: a learned b's MAC from host 1
+    let s1 = h1.inspect("ov6")["overlay"]["vtep_counters"].clone();
+    assert!(ctr(&s1, "proxy_nd") >= 1, "{s1}");
+    let neigh = h1.exec_ok(&a.ns, &["ip", "-6", "neigh", "show", &b6]);
+    let b_mac = h2.inspect("ov6")["endpoints"]["b"]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !b_mac.is_empty() && neigh.contains(&b_mac),
+        "{neigh} / {b_mac}"
+    );
     let aaaa = h1.exec_ok(&a.ns, &["dig", "+short", "AAAA", "b", "@fd00:ee::1"]);
     assert_eq!(aaaa.trim(), b6, "b's AAAA on host 1");
     let blob = h1.random_file("blob6", 32 << 20);

@@ -25,7 +25,7 @@ pub use wire::vnet;
 
 pub use datapath::{
     open_vtep, Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook,
-    RoutedConfig, Snapshot, TrunkConfig, TunnelSnapshot, UplinkConfig, UplinkSnapshot,
+    RoutedConfig, Snapshot, TrunkConfig, TunnelPeer, TunnelSnapshot, UplinkConfig, UplinkSnapshot,
     VtepSnapshot, VtepStats,
 };
 pub use mac::Mac;

@@ -44,7 +44,8 @@ impl State {
         match d {
             Decision::Drop(_) => self.recycle(slot, b),
             Decision::Flood(net) | Decision::FloodExcept(net, _)
-                if self.vtep.is_some() && self.proxy_arp(slot, net, b, len) =>
+                if self.vtep.is_some()
+                    && (self.proxy_arp(slot, net, b, len) || self.proxy_nd(slot, net, b, len)) =>
             {
                 self.recycle(slot, b)
             }

@@ -34,7 +34,7 @@ pub use capture::{
     Capture, CaptureFilter, CaptureTarget, CapturedFrame, CAPTURE_BYTES, CAPTURE_QUEUE,
 };
 pub use fast::{DirectWriter, FastTable, WorkerSnapshot};
-pub use tunnel::{open_vtep, TunnelSnapshot, VtepSnapshot, VtepStats};
+pub use tunnel::{open_vtep, TunnelPeer, TunnelSnapshot, VtepSnapshot, VtepStats};
 
 use crate::mac::Mac;
 use crate::router;
@@ -263,11 +263,7 @@ enum Cmd {
         id: PortId,
     },
     SetTunnelKeys(NetIdx, Vec<(u32, [u8; 32])>, u32),
-    SetTunnelPeers(
-        NetIdx,
-        Vec<(Ipv4Addr, Mac, std::net::SocketAddrV4)>,
-        Vec<std::net::SocketAddrV4>,
-    ),
+    SetTunnelPeers(NetIdx, Vec<TunnelPeer>, Vec<std::net::SocketAddrV4>),
     /// Frames a helper worker could not switch (see [`fast`]), and its
     /// count of frames waiting.
     Handoff(Vec<(PortId, Vec<u8>)>, Arc<std::sync::atomic::AtomicU32>),
@@ -800,13 +796,13 @@ impl Datapath {
         self.send(Cmd::SetTunnelKeys(net, keys, primary))
     }
 
-    /// Where network `net`'s remote endpoints are (address, MAC, its
+    /// Where network `net`'s remote endpoints are (addresses, MAC, its
     /// host's VTEP) and which VTEPs get its broadcasts (replaces the
     /// previous).
     pub fn set_tunnel_peers(
         &self,
         net: NetIdx,
-        peers: Vec<(Ipv4Addr, Mac, std::net::SocketAddrV4)>,
+        peers: Vec<TunnelPeer>,
         flood: Vec<std::net::SocketAddrV4>,
     ) -> Result<(), DatapathError> {
         self.send(Cmd::SetTunnelPeers(net, peers, flood))

@@ -40,6 +40,8 @@ pub(super) struct Tunnel {
     pub peers: FxHashMap<Mac, SocketAddrV4>,
     /// Remote endpoint address -> its MAC (proxy ARP).
     pub ips: FxHashMap<Ipv4Addr, Mac>,
+    /// Remote endpoint IPv6 address -> its MAC (proxy neighbour discovery).
+    pub ips6: FxHashMap<std::net::Ipv6Addr, Mac>,
     /// Every VTEP with endpoints on the network.
     pub flood: Vec<SocketAddrV4>,
     /// An encrypted network: datagrams are sealed ([`seal`]).
@@ -65,6 +67,7 @@ impl Tunnel {
             hdr: wire::vxlan::emit(vni),
             peers: FxHashMap::default(),
             ips: FxHashMap::default(),
+            ips6: FxHashMap::default(),
             flood: Vec::new(),
             sealed,
             keys: None,
@@ -73,6 +76,16 @@ impl Tunnel {
             windows: FxHashMap::default(),
         }
     }
+}
+
+/// A container on another host, as a tunnel knows it: its addresses,
+/// its MAC, and its host's VTEP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelPeer {
+    pub ip: Ipv4Addr,
+    pub ip6: Option<std::net::Ipv6Addr>,
+    pub mac: Mac,
+    pub vtep: SocketAddrV4,
 }
 
 /// What the VTEP counted.
@@ -93,6 +106,8 @@ pub struct VtepStats {
     pub rx_unknown_src: u64,
     /// ARP requests for another host's container answered here.
     pub proxy_arp: u64,
+    /// Neighbour solicitations for remote containers answered here.
+    pub proxy_nd: u64,
     /// Encrypted networks: plain datagrams for them (or sealed ones for a
     /// plain network), replays, tags that do not match, datagrams with
     /// no key to open (or seal) them.
@@ -961,6 +976,68 @@ impl State {
         true
     }
 
+    /// Proxy neighbour discovery, proxy ARP's IPv6 twin: a neighbour
+    /// solicitation from a local container (in buffer `b` from port `src`)
+    /// for the IPv6 address of a container on another host is answered
+    /// here with a solicited advertisement carrying that container's MAC,
+    /// so solicitations need not cross hosts. True if it was answered (the
+    /// buffer is still the caller's). Duplicate address probes (from `::`)
+    /// are left to flood: they ask all holders.
+    pub(super) fn proxy_nd(&mut self, src: PortIdx, net: NetIdx, b: usize, len: usize) -> bool {
+        use wire::{icmpv6, ipv6};
+        const I: usize = eth::HDR_LEN;
+        const L4: usize = I + ipv6::HDR_LEN;
+        let Some(t) = self.sw.network(net).and_then(|n| n.trunk) else {
+            return false;
+        };
+        let Some(tn) = self.ports[t as usize]
+            .as_ref()
+            .and_then(|p| p.tunnel.as_deref())
+        else {
+            return false;
+        };
+        let f = &self.pool.frame(b, len)[VNET_HDR_LEN..];
+        if tn.ips6.is_empty() || eth::ethertype(f) != Some(eth::ETHERTYPE_IPV6) {
+            return false;
+        }
+        let Some(h) = f.get(I..).and_then(ipv6::Header::new) else {
+            return false;
+        };
+        let end = L4 + h.payload_len();
+        if h.next_header() != ipv6::PROTO_ICMPV6 || f.len() < end {
+            return false;
+        }
+        let Some(ns) = icmpv6::NeighborSolicit::parse(h.src(), h.dst(), h.hop_limit(), &f[L4..end])
+        else {
+            return false;
+        };
+        if ns.src.is_unspecified() {
+            return false;
+        }
+        let Some(&mac) = tn.ips6.get(&ns.target) else {
+            return false;
+        };
+        let mut asker = [0u8; 6];
+        asker.copy_from_slice(&f[6..12]);
+        let n = icmpv6::NA_WITH_TLLA;
+        let mut p = vec![0u8; ipv6::HDR_LEN + n];
+        ipv6::emit(&mut p, n as u16, ipv6::PROTO_ICMPV6, 255, ns.target, ns.src);
+        icmpv6::emit_na(
+            &mut p[ipv6::HDR_LEN..],
+            icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+            ns.target,
+            mac.0,
+            ns.target,
+            ns.src,
+        );
+        let reply = eth::vnet_frame(asker, mac.0, eth::ETHERTYPE_IPV6, &p);
+        self.send_owned(src, reply);
+        if let Some(v) = self.vtep.as_mut() {
+            v.stats.proxy_nd += 1;
+        }
+        true
+    }
+
     /// Network `net`'s tunnel port (one per network), sending on a copy
     /// of the VTEP's socket.
     pub(super) fn add_tunnel(&mut self, net: NetIdx, vni: u32, mtu: u32, sealed: bool, id: PortId) {
@@ -1001,7 +1078,7 @@ impl State {
     pub(super) fn set_tunnel_peers(
         &mut self,
         net: NetIdx,
-        peers: Vec<(Ipv4Addr, Mac, SocketAddrV4)>,
+        peers: Vec<TunnelPeer>,
         flood: Vec<SocketAddrV4>,
     ) {
         let Some(slot) = self.sw.network(net).and_then(|n| n.trunk) else {
@@ -1011,8 +1088,9 @@ impl State {
             .as_mut()
             .and_then(|p| p.tunnel.as_mut())
         {
-            t.peers = peers.iter().map(|&(_, m, a)| (m, a)).collect();
-            t.ips = peers.iter().map(|&(ip, m, _)| (ip, m)).collect();
+            t.peers = peers.iter().map(|p| (p.mac, p.vtep)).collect();
+            t.ips = peers.iter().map(|p| (p.ip, p.mac)).collect();
+            t.ips6 = peers.iter().filter_map(|p| Some((p.ip6?, p.mac))).collect();
             // a replay window per peer host, kept while it stays one
             let hosts: Vec<[u8; 4]> = flood.iter().map(|a| a.ip().octets()).collect();
             t.windows.retain(|h, _| hosts.contains(h));

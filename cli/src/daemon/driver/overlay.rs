@@ -117,7 +117,16 @@ impl NetworkDriver for Overlay {
         if let Err(e) = p.dp.set_trunk_policy(net.idx, TrunkMode::Bridge, hosts) {
             super::super::log(format!("network {}: {e}", net.rec.name));
         }
-        let peers: Vec<_> = net.remote.values().map(|r| (r.ip, r.mac, r.vtep)).collect();
+        let peers: Vec<_> = net
+            .remote
+            .values()
+            .map(|r| vswitch::TunnelPeer {
+                ip: r.ip,
+                ip6: r.ip6,
+                mac: r.mac,
+                vtep: r.vtep,
+            })
+            .collect();
         let mut flood: Vec<_> = net.remote.values().map(|r| r.vtep).collect();
         flood.sort();
         flood.dedup();
