@@ -197,12 +197,14 @@ fn docker_overlay_across_two_hosts() {
         "{}",
         hosts[1].daemon_log()
     );
-    let ok = wait_until(Duration::from_secs(20), || {
-        out(dockers[0].run_rm("dov", &["wget", "-q", "-O", "-", "http://web/"])).trim()
-            == "hello from host 2"
-    });
+    // (host 1 asks until host 2's server answers)
+    let answers = |dk: &Dockerd, url: &str| {
+        wait_until(Duration::from_secs(20), || {
+            out(dk.run_rm("dov", &["wget", "-q", "-O", "-", url])).trim() == "hello from host 2"
+        })
+    };
     assert!(
-        ok,
+        answers(&dockers[0], "http://web/"),
         "web after host 2's tapnet restarted: {}",
         hosts[0].inspect(&name)
     );
@@ -234,12 +236,8 @@ fn docker_overlay_across_two_hosts() {
         "-h",
         "/www",
     ]);
-    let ok = wait_until(Duration::from_secs(20), || {
-        out(dockers[0].run_rm("dov", &["wget", "-q", "-O", "-", "http://web2/"])).trim()
-            == "hello from host 2"
-    });
     assert!(
-        ok,
+        answers(&dockers[0], "http://web2/"),
         "web2 after host 2's dockerd restarted: {}",
         hosts[0].inspect(&name)
     );

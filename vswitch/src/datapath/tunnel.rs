@@ -939,19 +939,19 @@ impl State {
         self.arm(slot);
     }
 
+    /// Network `net`'s tunnel, if it has one (its trunk port).
+    fn tunnel_of(&self, net: NetIdx) -> Option<&Tunnel> {
+        let t = self.sw.network(net)?.trunk?;
+        self.ports[t as usize].as_ref()?.tunnel.as_deref()
+    }
+
     /// Proxy ARP, as Docker's overlay does: an ARP request from a local
     /// container (in buffer `b` from port `src`) for the address of a
     /// container on another host is answered here with that container's
     /// MAC, so most ARP never crosses hosts. True if it was answered (the
     /// buffer is still the caller's).
     pub(super) fn proxy_arp(&mut self, src: PortIdx, net: NetIdx, b: usize, len: usize) -> bool {
-        let Some(t) = self.sw.network(net).and_then(|n| n.trunk) else {
-            return false;
-        };
-        let Some(tn) = self.ports[t as usize]
-            .as_ref()
-            .and_then(|p| p.tunnel.as_deref())
-        else {
+        let Some(tn) = self.tunnel_of(net) else {
             return false;
         };
         let f = &self.pool.frame(b, len)[VNET_HDR_LEN..];
@@ -987,13 +987,7 @@ impl State {
         use wire::{icmpv6, ipv6};
         const I: usize = eth::HDR_LEN;
         const L4: usize = I + ipv6::HDR_LEN;
-        let Some(t) = self.sw.network(net).and_then(|n| n.trunk) else {
-            return false;
-        };
-        let Some(tn) = self.ports[t as usize]
-            .as_ref()
-            .and_then(|p| p.tunnel.as_deref())
-        else {
+        let Some(tn) = self.tunnel_of(net) else {
             return false;
         };
         let f = &self.pool.frame(b, len)[VNET_HDR_LEN..];
