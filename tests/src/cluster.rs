@@ -117,6 +117,16 @@ impl Underlay {
         )
     }
 
+    /// Puts `value` at `key` in the store (no lease).
+    pub fn etcd_put(&self, key: &str, value: &str) {
+        run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &self.etcd_ns, "etcdctl", "--endpoints"])
+                .arg(format!("http://{ETCD}:2379"))
+                .args(["put", key, value]),
+        );
+    }
+
     pub fn stop_etcd(&mut self) {
         if let Some(mut c) = self.etcd.take() {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

@@ -183,6 +183,33 @@ fn docker_overlay_across_two_hosts() {
     let got = out(dockers[1].run_rm("dov", &["ping", "-c", "2", "-W", "5", "c1"]));
     assert!(got.contains("2 packets received"), "{got}");
     // in use on host 2: Docker refuses the removal on host 1
+    // a claim host 1 still holds for an endpoint it no longer has (its
+    // release failed while its lease lived on): when Docker's IPAM hands
+    // that address out again, host 1 takes it over
+    let host1 = std::fs::read_to_string(hosts[0].state_dir().join("cluster-host")).unwrap();
+    u.etcd_put(
+        &format!("/tapnet/v1/ipam/{name}/10.95.0.50"),
+        &format!("{}/docker-000000000000", host1.trim()),
+    );
+    dockers[0].ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c2",
+        "--network",
+        "dov",
+        "--ip",
+        "10.95.0.50",
+        "tn-busybox",
+        "sleep",
+        "1000",
+    ]);
+    let ipam = u.etcd_get_prefix(&format!("/tapnet/v1/ipam/{name}/10.95.0.50"));
+    assert!(
+        !ipam.contains("docker-000000000000") && ipam.contains(host1.trim()),
+        "{ipam}"
+    );
+    dockers[0].ok(&["rm", "-f", "c2"]);
     // tapnet on host 2 killed and restarted while web runs: it finds
     // web's TAP again in its container and publishes the endpoint anew;
     // host 1 reaches web again

@@ -378,6 +378,17 @@ impl Cluster {
         }))
     }
 
+    /// Who holds address `ip` of network `net` (`HOST/CONTAINER`), if
+    /// anyone.
+    pub fn holder(&self, net: &str, ip: std::net::IpAddr) -> ApiResult<Option<String>> {
+        let k = key(&["ipam", net, &ip.to_string()]);
+        let mut c = self.cached()?;
+        let r = self.block(c.get(k, None))?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
     /// Gives address `ip` of network `net` back, if `owner` holds it.
     pub fn release(&self, net: &str, ip: std::net::IpAddr, owner: &str) -> ApiResult<()> {
         let k = key(&["ipam", net, &ip.to_string()]);

@@ -286,9 +286,28 @@ impl Core {
         let cl = self.cluster()?.clone();
         let owner = format!("{}/{container}", cl.host);
         if !cl.claim(net, ip.into(), &owner)? {
-            return Err(ApiError::conflict(format!(
-                "address {ip} is already in use in the cluster"
-            )));
+            // this host's own claim for an endpoint it no longer has (its
+            // release failed while the lease lived on): Docker's IPAM,
+            // which decides, has freed the address, so it is taken over
+            let stale = cl.holder(net, ip.into())?.filter(|h| {
+                h.strip_prefix(&format!("{}/", cl.host))
+                    .is_some_and(|c| !self.nets[net].rec.endpoints.contains_key(c))
+            });
+            let taken = match stale {
+                Some(h) => {
+                    log(format!(
+                        "{net}: {ip} was still claimed by {h} (gone): taken over"
+                    ));
+                    cl.release(net, ip.into(), &h)?;
+                    cl.claim(net, ip.into(), &owner)?
+                }
+                None => false,
+            };
+            if !taken {
+                return Err(ApiError::conflict(format!(
+                    "address {ip} is already in use in the cluster"
+                )));
+            }
         }
         let n = self.nets.get_mut(net).expect("checked");
         // (already marked: another host's, on its way out)
