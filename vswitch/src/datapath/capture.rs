@@ -191,51 +191,49 @@ impl State {
 
 /// Offers a frame of port `id` (network `net`) to every capture.
 fn offer(captures: &mut [WorkerCapture], id: PortId, net: NetIdx, frame: &[u8], out: bool) {
-    {
-        let Some(f) = frame.get(VNET_HDR_LEN..) else {
-            return;
+    let Some(f) = frame.get(VNET_HDR_LEN..) else {
+        return;
+    };
+    let mut time = None;
+    for c in captures.iter_mut().filter(|c| !c.gone) {
+        let ours = match &c.target {
+            CaptureTarget::Network(n) => *n == net,
+            CaptureTarget::Ports(ps) => ps.contains(&id),
         };
-        let mut time = None;
-        for c in captures.iter_mut().filter(|c| !c.gone) {
-            let ours = match &c.target {
-                CaptureTarget::Network(n) => *n == net,
-                CaptureTarget::Ports(ps) => ps.contains(&id),
-            };
-            if !ours || !c.filter.as_mut().is_none_or(|flt| flt(f)) {
-                continue;
-            }
-            let t = *time.get_or_insert_with(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-            });
-            let keep = f.len().min(c.snaplen);
-            if c.queued.load(Ordering::Relaxed) + keep as u64 > CAPTURE_BYTES {
-                c.drops.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let mut vnet = [0u8; VNET_HDR_LEN];
-            vnet.copy_from_slice(&frame[..VNET_HDR_LEN]);
-            let cf = CapturedFrame {
-                port: id,
-                out,
-                time: t,
-                len: f.len() as u32,
-                data: f[..keep].to_vec(),
-                vnet,
-            };
-            // counted before it is sent: the reader may take it at once
-            c.queued.fetch_add(keep as u64, Ordering::Relaxed);
-            match c.sink.try_send(cf) {
-                Ok(()) => {}
-                Err(e) => {
-                    c.queued.fetch_sub(keep as u64, Ordering::Relaxed);
-                    match e {
-                        mpsc::TrySendError::Full(_) => {
-                            c.drops.fetch_add(1, Ordering::Relaxed);
-                        }
-                        mpsc::TrySendError::Disconnected(_) => c.gone = true,
+        if !ours || !c.filter.as_mut().is_none_or(|flt| flt(f)) {
+            continue;
+        }
+        let t = *time.get_or_insert_with(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+        });
+        let keep = f.len().min(c.snaplen);
+        if c.queued.load(Ordering::Relaxed) + keep as u64 > CAPTURE_BYTES {
+            c.drops.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        vnet.copy_from_slice(&frame[..VNET_HDR_LEN]);
+        let cf = CapturedFrame {
+            port: id,
+            out,
+            time: t,
+            len: f.len() as u32,
+            data: f[..keep].to_vec(),
+            vnet,
+        };
+        // counted before it is sent: the reader may take it at once
+        c.queued.fetch_add(keep as u64, Ordering::Relaxed);
+        match c.sink.try_send(cf) {
+            Ok(()) => {}
+            Err(e) => {
+                c.queued.fetch_sub(keep as u64, Ordering::Relaxed);
+                match e {
+                    mpsc::TrySendError::Full(_) => {
+                        c.drops.fetch_add(1, Ordering::Relaxed);
                     }
+                    mpsc::TrySendError::Disconnected(_) => c.gone = true,
                 }
             }
         }
