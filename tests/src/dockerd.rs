@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// busybox's web server on port 80, serving the image's /www (see
+/// [`busybox_rootfs_tar`]).
+pub const HTTPD: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
+
 /// A dockerd (Debian's docker.io) in a test's host namespace, with a
 /// private plugin directory (a mount namespace of its own) and every
 /// iptables/bridge feature off; stopped (its mounts undone) when dropped.
@@ -117,6 +121,16 @@ impl Dockerd {
         let mut args = vec!["run", "--rm", "--network", net, "tn-busybox"];
         args.extend_from_slice(cmd);
         self.docker(&args)
+    }
+
+    /// `docker run -d --name NAME --network NET OPTS... tn-busybox CMD...`:
+    /// a detached container; panics (with Docker's words) if it fails.
+    pub fn run_d(&self, name: &str, net: &str, opts: &[&str], cmd: &[&str]) -> String {
+        let mut args = vec!["run", "-d", "--name", name, "--network", net];
+        args.extend_from_slice(opts);
+        args.push("tn-busybox");
+        args.extend_from_slice(cmd);
+        self.ok(&args)
     }
 
     /// Container `ctr`'s address on network `net`, as Docker has it.

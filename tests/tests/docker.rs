@@ -74,23 +74,7 @@ fn docker_creates_and_removes_tapnet_networks() {
     // daemon's bridge is off)
     let tar = busybox_rootfs_tar(&dk.dir, "hello from docker");
     dk.ok(&["import", &tar.to_string_lossy(), "tn-busybox"]);
-    dk.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "dn",
-        "-p",
-        "18082:80",
-        "tn-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    dk.run_d("web", "dn", &["-p", "18082:80"], HTTPD);
     let a_ip = dk.ok(&[
         "inspect",
         "-f",
@@ -120,27 +104,19 @@ fn docker_creates_and_removes_tapnet_networks() {
         env.daemon_log()
     );
     // --ip, --mac-address (port security admits them) and --network-alias
-    dk.ok(&[
-        "run",
-        "-d",
-        "--name",
+    dk.run_d(
         "pinned",
-        "--network",
         "dn",
-        "--ip",
-        "10.74.0.50",
-        "--mac-address",
-        "02:aa:bb:cc:dd:ee",
-        "--network-alias",
-        "svc",
-        "tn-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+        &[
+            "--ip",
+            "10.74.0.50",
+            "--mac-address",
+            "02:aa:bb:cc:dd:ee",
+            "--network-alias",
+            "svc",
+        ],
+        HTTPD,
+    );
     let link = dk.ok(&["exec", "pinned", "ip", "-o", "link", "show", "eth0"]);
     assert!(link.contains("02:aa:bb:cc:dd:ee"), "{link}");
     let got = dk.ok(&[
@@ -244,23 +220,12 @@ fn docker_creates_and_removes_tapnet_networks() {
     std::fs::create_dir_all(env.dir.join("big")).unwrap();
     let blob = env.random_file("big/blob", 100 << 20);
     let www = env.dir.join("big");
-    dk.ok(&[
-        "run",
-        "-d",
-        "--name",
+    dk.run_d(
         "files",
-        "--network",
         "dn",
-        "-v",
-        &format!("{}:/www:ro", www.display()),
-        "tn-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+        &["-v", &format!("{}:/www:ro", www.display())],
+        HTTPD,
+    );
     let sum = dk.ok(&[
         "run",
         "--rm",
@@ -342,21 +307,7 @@ fn docker_creates_and_removes_tapnet_networks() {
     // new containers on it talk
     dk.stop();
     let dk = Dockerd::start(&env, &plugins);
-    dk.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web2",
-        "--network",
-        "dn",
-        "tn-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    dk.run_d("web2", "dn", &[], HTTPD);
     let got = dk.ok(&[
         "run",
         "--rm",

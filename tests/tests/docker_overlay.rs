@@ -113,21 +113,7 @@ fn docker_overlay_across_two_hosts() {
         assert_eq!(n["Tapnet"]["subnet"], "10.95.0.0/24", "{n}");
     }
     // a web server on host 2, asked by name from host 1
-    dockers[1].ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "dov",
-        "tn-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    dockers[1].run_d("web", "dov", &[], HTTPD);
     let web_ip = dockers[1].ip_on("web", "dov");
     // host 1's tapnet has host 2's endpoint as a peer (from the store)
     let ok = wait_until(Duration::from_secs(15), || {
@@ -154,17 +140,7 @@ fn docker_overlay_across_two_hosts() {
     assert!(ping.contains("3 packets received"), "{ping}");
     // two addresses Docker handed out on two hosts: both claimed in
     // tapnet's store, and distinct
-    dockers[0].ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c1",
-        "--network",
-        "dov",
-        "tn-busybox",
-        "sleep",
-        "1000",
-    ]);
+    dockers[0].run_d("c1", "dov", &[], &["sleep", "1000"]);
     let c1_ip = dockers[0].ip_on("c1", "dov");
     assert_ne!(c1_ip, web_ip);
     // both claimed in tapnet's store, each by its host's endpoint
@@ -191,19 +167,7 @@ fn docker_overlay_across_two_hosts() {
         &format!("/tapnet/v1/ipam/{name}/10.95.0.50"),
         &format!("{}/docker-000000000000", host1.trim()),
     );
-    dockers[0].ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c2",
-        "--network",
-        "dov",
-        "--ip",
-        "10.95.0.50",
-        "tn-busybox",
-        "sleep",
-        "1000",
-    ]);
+    dockers[0].run_d("c2", "dov", &["--ip", "10.95.0.50"], &["sleep", "1000"]);
     let ipam = u.etcd_get_prefix(&format!("/tapnet/v1/ipam/{name}/10.95.0.50"));
     assert!(
         !ipam.contains("docker-000000000000") && ipam.contains(host1.trim()),
@@ -248,21 +212,7 @@ fn docker_overlay_across_two_hosts() {
         &dirs[1].0,
         &["--cluster-store", &store, "--cluster-advertise", "ul0:2376"],
     ));
-    dockers[1].ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web2",
-        "--network",
-        "dov",
-        "tn-busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    dockers[1].run_d("web2", "dov", &[], HTTPD);
     assert!(
         answers(&dockers[0], "http://web2/"),
         "web2 after host 2's dockerd restarted: {}",
@@ -301,17 +251,7 @@ fn docker_overlay_across_two_hosts() {
             .is_some_and(|n| n["overlay"]["encrypted"] == true)
     });
     assert!(ok, "{}", hosts[1].ok(&["network", "ls"]));
-    dockers[1].ok(&[
-        "run",
-        "-d",
-        "--name",
-        "s1",
-        "--network",
-        "denc",
-        "tn-busybox",
-        "sleep",
-        "1000",
-    ]);
+    dockers[1].run_d("s1", "denc", &[], &["sleep", "1000"]);
     let got = out(dockers[0].run_rm("denc", &["ping", "-c", "2", "-W", "5", "s1"]));
     assert!(
         got.contains("2 packets received"),
