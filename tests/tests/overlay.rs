@@ -576,6 +576,11 @@ fn overlay_encrypted() {
         kept > now_ns() + 40_000_000_000,
         "{kept}: not ahead of the clock"
     );
+    // moved along with the clock (stored again every 5 s)
+    assert!(
+        wait_until(Duration::from_secs(12), || read_floor() > kept),
+        "the bound was not moved along"
+    );
     // as if the clock had been set back an hour since the last run
     let floor = now_ns() + 3_600_000_000_000;
     h1.stop_daemon(libc::SIGTERM);

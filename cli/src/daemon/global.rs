@@ -23,9 +23,10 @@ impl Core {
     /// datapath stops sealing at the old bound (counted) rather than risk
     /// a repeated nonce.
     pub fn keep_seal_floor(&mut self) {
-        let Some((bounds, kept)) = self.seal.as_ref() else {
+        let Some(bounds) = self.seal.as_ref() else {
             return;
         };
+        let kept = bounds.ceiling();
         let want = vswitch::seal::now_ns()
             .max(bounds.used())
             .saturating_add(cluster::SEAL_FLOOR_AHEAD_NS);
@@ -34,10 +35,7 @@ impl Core {
             return;
         }
         match self.store.save_seal_floor(want) {
-            Ok(()) => {
-                bounds.raise_ceiling(want);
-                self.seal = Some((bounds.clone(), want));
-            }
+            Ok(()) => bounds.raise_ceiling(want),
             Err(e) => log(format!("keeping the sealing sequence bound: {e:#}")),
         }
     }

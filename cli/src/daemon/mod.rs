@@ -283,10 +283,10 @@ pub struct Core {
     ula6: Ipv6Net,
     /// The cluster store, with `--cluster-store`.
     cluster: Option<Arc<cluster::Cluster>>,
-    /// The sealing sequence numbers' bounds (with a cluster store) and
-    /// the bound last stored in the state directory (see
+    /// The sealing sequence numbers' bounds (with a cluster store); their
+    /// ceiling is the bound last stored in the state directory (see
     /// [`Core::keep_seal_floor`]).
-    seal: Option<(Arc<vswitch::seal::SeqBounds>, u64)>,
+    seal: Option<Arc<vswitch::seal::SeqBounds>>,
 }
 
 fn valid_name(s: &str) -> bool {

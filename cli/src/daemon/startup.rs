@@ -163,7 +163,7 @@ impl Core {
                     .save_seal_floor(kept)
                     .context("keeping the sealing sequence bound")?;
                 let bounds = Arc::new(vswitch::seal::SeqBounds::new(floor, kept));
-                seal = Some((bounds.clone(), kept));
+                seal = Some(bounds.clone());
                 dp.set_vtep(fd, local, bounds)?;
                 let host = store.host_id()?;
                 let cl = cluster::Cluster::new(a, host.clone());
