@@ -824,6 +824,14 @@ fn real_main(cli: Cli) -> Result<i32> {
             };
             let mut reader = tapnet::capture::Reader::default();
             let (mut frames, mut drops, mut failed) = (0u64, 0u64, None);
+            // the stream's head comes once every worker runs the capture:
+            // from then on no frame is missed (said on stderr, as tcpdump
+            // does, so that a script can wait for it)
+            let mut listening = false;
+            let on = match &port {
+                Some(p) => format!("{target} (port {p})"),
+                None => target.clone(),
+            };
             // Ctrl-C (or SIGTERM) ends the capture with its summary, as
             // tcpdump's does
             static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -837,6 +845,9 @@ fn real_main(cli: Cli) -> Result<i32> {
             c.stream_bytes(&path, |b| {
                 if STOP.load(std::sync::atomic::Ordering::Relaxed) {
                     return false;
+                }
+                if !std::mem::replace(&mut listening, true) {
+                    eprintln!("tapnet: listening on {on}, link-type EN10MB (Ethernet)");
                 }
                 if let Some(w) = sink.as_mut() {
                     // a reader that went away (a closed pipe) ends it

@@ -460,19 +460,22 @@ impl Env {
     }
 
     /// Starts `tapnet capture ARGS` in the background (see
-    /// [`Env::spawn_tapnet`]) and waits until the daemon runs it (one more
-    /// capture in `network inspect NET`'s Tapnet.captures).
+    /// [`Env::spawn_tapnet`]) and waits until it says it listens: the
+    /// daemon answers only once every datapath worker runs the capture.
+    /// (`net` is the network it captures on.)
     pub fn spawn_capture(&mut self, net: &str, args: &[&str]) -> usize {
-        let running = |e: &Env| e.inspect(net)["captures"].as_u64().unwrap_or(0);
-        let before = running(self);
         let mut a = vec!["capture"];
         a.extend_from_slice(args);
         let idx = self.spawn_tapnet(&a);
+        let log = self.bg_log(idx);
+        let said = || std::fs::read_to_string(&log).unwrap_or_default();
         assert!(
-            wait_until(Duration::from_secs(5), || running(self) > before),
+            wait_until(Duration::from_secs(10), || said().contains("listening on ")),
             "tapnet capture {args:?} did not start: {}",
-            std::fs::read_to_string(self.bg_log(idx)).unwrap_or_default()
+            said()
         );
+        // and the daemon counts it
+        assert!(self.inspect(net)["captures"].as_u64().unwrap_or(0) > 0);
         idx
     }
 

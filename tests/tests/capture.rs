@@ -11,6 +11,25 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use tapnet_tests::*;
 
+/// Reads `c`'s stderr up to the capture's "listening on" line (what
+/// follows stays in the pipe); panics if stderr ends first.
+fn wait_listening(c: &mut std::process::Child) {
+    let e = c.stderr.as_mut().unwrap();
+    let (mut line, mut b) = (Vec::new(), [0u8; 1]);
+    loop {
+        let n = e.read(&mut b).unwrap_or(0);
+        let s = String::from_utf8_lossy(&line).to_string();
+        assert!(n == 1, "the capture ended before it listened: {s}");
+        if b[0] != b'\n' {
+            line.push(b[0]);
+        } else if s.contains("listening on ") {
+            return;
+        } else {
+            line.clear();
+        }
+    }
+}
+
 fn tapnet(env: &Env) -> Command {
     let mut c = Command::new(&env.bin);
     c.env("TAPNET_SOCKET", &env.sock);
@@ -97,7 +116,7 @@ fn capture_with_tshark() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_listening(&mut cap);
     echo_server(&c2.ns, 7001);
     tcp_roundtrip(&c1.ns, &format!("{}:7001", c2.ip), b"hello".to_vec()).unwrap();
     let _ = env.exec(
@@ -143,7 +162,7 @@ fn capture_with_tshark() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_listening(&mut slow);
     // a TCP transfer (GSO frames, up to 64 KiB each) and a ping flood
     // (small frames): more than the capture's queue holds
     let blob = env.random_file("blob", 64 << 20);

@@ -17,7 +17,7 @@
 //! cut into the frames they stand for, checksums completed
 //! (`wire::gso`, the overlay's segmentation).
 
-use super::{ApiError, ApiResult, Core};
+use super::{ApiError, ApiResult, Core, DP_TIMEOUT};
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
@@ -149,7 +149,7 @@ impl Core {
         let keep = if q.segment { 0 } else { snaplen as usize };
         let cap = self
             .dp
-            .start_capture(target, make, keep)
+            .start_capture(target, make, keep, DP_TIMEOUT)
             .map_err(ApiError::internal)?;
         Ok(Started {
             cap,

@@ -103,17 +103,22 @@ impl Capture {
 impl Datapath {
     /// Starts a capture of `target`: `filter` makes one filter per worker
     /// (None: every frame), `snaplen` bytes of each frame are kept (0: all).
+    /// Returns once every worker runs it (a frame any worker reads after
+    /// that is seen), or Err after `timeout` (the capture is then stopped).
     pub fn start_capture(
         &self,
         target: CaptureTarget,
         mut filter: Option<impl FnMut() -> CaptureFilter>,
         snaplen: usize,
+        timeout: Duration,
     ) -> Result<Capture, DatapathError> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(CAPTURE_QUEUE);
         let drops = Arc::new(AtomicU64::new(0));
         let queued = Arc::new(AtomicU64::new(0));
+        let lanes = 1 + self.helpers.len();
+        let (ack, acks) = mpsc::sync_channel(lanes);
         for lane in std::iter::once(&self.main).chain(self.helpers.iter()) {
             let wc = WorkerCapture {
                 id,
@@ -125,9 +130,9 @@ impl Datapath {
                 queued: queued.clone(),
                 gone: false,
             };
-            lane.send(Cmd::StartCapture(Box::new(wc)))?;
+            lane.send(Cmd::StartCapture(Box::new(wc), ack.clone()))?;
         }
-        Ok(Capture {
+        let cap = Capture {
             id,
             frames: rx,
             drops,
@@ -136,7 +141,17 @@ impl Datapath {
                 .chain(self.helpers.iter())
                 .map(|l| (l.tx.clone(), l.efd.clone()))
                 .collect(),
-        })
+        };
+        // (dropping `cap` on an error stops it where it did start)
+        let until = std::time::Instant::now() + timeout;
+        for _ in 0..lanes {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            acks.recv_timeout(left).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => DatapathError::Timeout(timeout),
+                mpsc::RecvTimeoutError::Disconnected => DatapathError::Stopped,
+            })?;
+        }
+        Ok(cap)
     }
 }
 
@@ -179,9 +194,11 @@ impl State {
             .zip(self.sw.port(slot).map(|p| p.net))
     }
 
-    pub(super) fn capture_cmd_start(&mut self, c: WorkerCapture) {
+    /// Runs capture `c` from now on and tells `ack` so.
+    pub(super) fn capture_cmd_start(&mut self, c: WorkerCapture, ack: mpsc::SyncSender<()>) {
         self.captures.retain(|c| !c.gone);
         self.captures.push(c);
+        let _ = ack.send(());
     }
 
     pub(super) fn capture_cmd_stop(&mut self, id: u64) {

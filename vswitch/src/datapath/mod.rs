@@ -235,8 +235,8 @@ enum Cmd {
     },
     /// With the NAT connection table or without it.
     Snapshot(mpsc::SyncSender<Snapshot>, NatDetail),
-    /// See [`capture`].
-    StartCapture(Box<capture::WorkerCapture>),
+    /// A capture (see [`capture`]), and where to say it runs.
+    StartCapture(Box<capture::WorkerCapture>, mpsc::SyncSender<()>),
     StopCapture(u64),
     SetAging(Duration),
     Inject(NetIdx, Vec<Vec<u8>>),
@@ -1188,7 +1188,7 @@ impl State {
                 Cmd::Snapshot(reply, nat) => {
                     let _ = reply.send(self.snapshot(nat));
                 }
-                Cmd::StartCapture(c) => self.capture_cmd_start(*c),
+                Cmd::StartCapture(c, ack) => self.capture_cmd_start(*c, ack),
                 Cmd::StopCapture(id) => self.capture_cmd_stop(id),
                 Cmd::SetAging(d) => self.sw.table.set_aging_ms(d.as_millis() as u64),
                 Cmd::SetUplink(u, id) => self.set_uplink(*u, id),
