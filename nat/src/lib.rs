@@ -32,9 +32,16 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
-/// IPv6: where the header starts, its length, the fragment header.
+/// IPv6: where the header starts, its length, the fragment header (next
+/// header, reserved, offset and M flag, identification).
 const IP6_LEN: usize = 40;
-const NH_FRAGMENT: u8 = 44;
+const NH_FRAGMENT: u8 = wire::frag6::PROTO;
+const FRAG6: usize = IP + IP6_LEN;
+const FRAG6_LEN: usize = wire::frag6::LEN;
+const FRAG6_OFFSET: usize = FRAG6 + wire::frag6::OFFSET_FLAGS;
+const FRAG6_ID: usize = FRAG6 + wire::frag6::IDENT;
+/// Fragmented datagrams followed at once (see `Nat::note_frag`).
+pub const MAX_FRAGS: usize = 16384;
 
 #[derive(Debug, Clone)]
 pub struct NatConfig {
@@ -180,7 +187,9 @@ struct OutKey {
 }
 
 /// (outbound?, proto, source, destination, IP identification)
-type FragKey = (bool, u8, IpAddr, IpAddr, u16);
+/// (outbound?, protocol, source, destination, IP identification): IPv4's
+/// is 16 bits, IPv6's (in the fragment header) 32.
+type FragKey = (bool, u8, IpAddr, IpAddr, u32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct InKey {
@@ -329,6 +338,10 @@ fn rd16(b: &[u8], o: usize) -> u16 {
     u16::from_be_bytes([b[o], b[o + 1]])
 }
 
+fn rd32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
 fn wr16(b: &mut [u8], o: usize, v: u16) {
     b[o..o + 2].copy_from_slice(&v.to_be_bytes());
 }
@@ -366,6 +379,8 @@ struct Parsed {
     v6: bool,
     /// A first fragment (more follow).
     first_frag: bool,
+    /// Its identification (IPv4 header, or IPv6 fragment header).
+    frag_id: u32,
     proto: u8,
     /// Offset of the L4 header in the buffer.
     l4: usize,
@@ -400,26 +415,39 @@ impl Parsed {
     }
 }
 
-/// An IPv6 packet: its header directly followed by TCP, UDP or ICMPv6
-/// (a fragment header: [`NatDrop::Fragment`], not translated).
+/// An IPv6 packet: its header followed by TCP, UDP or ICMPv6, directly
+/// or after a fragment header at offset 0 (a first fragment, or an atomic
+/// one); a later fragment (no ports) is [`NatDrop::Fragment`] (see
+/// [`Nat::fragment`]). Other extension headers are not translated.
 fn parse6(b: &[u8]) -> Result<Parsed, NatDrop> {
     if b.len() < IP + IP6_LEN || b[IP] >> 4 != 6 {
         return Err(NatDrop::Unsupported);
     }
-    let next = b[IP + 6];
+    let (mut next, mut l4, mut first_frag, mut frag_id) = (b[IP + 6], IP + IP6_LEN, false, 0);
     if next == NH_FRAGMENT {
-        return Err(NatDrop::Fragment);
+        if b.len() < FRAG6 + FRAG6_LEN {
+            return Err(NatDrop::Unsupported);
+        }
+        let off = rd16(b, FRAG6_OFFSET);
+        if off & 0xfff8 != 0 {
+            return Err(NatDrop::Fragment);
+        }
+        next = b[FRAG6];
+        l4 = FRAG6 + FRAG6_LEN;
+        first_frag = off & 1 != 0;
+        frag_id = rd32(b, FRAG6_ID);
     }
-    let l4 = IP + IP6_LEN;
-    // GSO super-frames may be longer than their (per-segment) length
+    // (the payload length counts from the end of the fixed header; GSO
+    // super-frames may be longer than their per-segment length)
     let end = if b[1] != 0 {
         b.len()
     } else {
-        (l4 + rd16(b, IP + 4) as usize).min(b.len())
+        (IP + IP6_LEN + rd16(b, IP + 4) as usize).min(b.len())
     };
     Ok(Parsed {
         v6: true,
-        first_frag: false,
+        first_frag,
+        frag_id,
         proto: next,
         l4,
         l4_len: end.saturating_sub(l4),
@@ -461,6 +489,7 @@ fn parse(b: &[u8]) -> Result<Parsed, NatDrop> {
     Ok(Parsed {
         v6: false,
         first_frag: frag & 0x2000 != 0,
+        frag_id: rd16(b, IP + 4) as u32,
         proto: b[IP + 9],
         l4: IP + ihl,
         l4_len: end.saturating_sub(IP + ihl),
@@ -659,10 +688,7 @@ impl Nat {
         let c = self.conns[id as usize].as_ref().expect("indexed");
         let nport = c.nport;
         if p.first_frag {
-            self.frags.insert(
-                (true, p.proto, key.src, key.dst, rd16(b, IP + 4)),
-                (id, now),
-            );
+            self.note_frag((true, p.proto, key.src, key.dst, p.frag_id), id, now);
         }
         rewrite(b, &p, ext, true, nport);
         Ok(())
@@ -733,12 +759,7 @@ impl Nat {
 
     fn inbound_inner(&mut self, b: &mut [u8], now: u64) -> Result<Inside, NatDrop> {
         let p = match parse(b) {
-            Err(NatDrop::Fragment) => {
-                if b.len() < IP + 20 || ip4(b, IP + 16) != self.cfg.external.octets() {
-                    return Err(NatDrop::NoConnection);
-                }
-                return self.fragment(b, false, now);
-            }
+            Err(NatDrop::Fragment) => return self.fragment(b, false, now),
             r => r?,
         };
         if Some(p.dst) != self.ext_for(p.v6) {
@@ -782,9 +803,7 @@ impl Nat {
             self.stats.state_changes += 1;
         }
         if p.first_frag {
-            let ext = self.cfg.external.into();
-            self.frags
-                .insert((false, p.proto, remote, ext, rd16(b, IP + 4)), (id, now));
+            self.note_frag((false, p.proto, remote, p.dst, p.frag_id), id, now);
         }
         rewrite(b, &p, inside, false, sport);
         Ok(Inside { net, mac })
@@ -904,33 +923,45 @@ impl Nat {
 
     /// A later fragment (no ports): translated like the first fragment of
     /// its datagram, which must have passed first; only the address
-    /// changes (and the IP header checksum; the L4 checksum is in the first).
+    /// changes (and IPv4's header checksum; the L4 checksum is in the
+    /// first). Inbound, only a fragment to the external address.
     fn fragment(&mut self, b: &mut [u8], outbound: bool, now: u64) -> Result<Inside, NatDrop> {
-        // IPv6 fragments are not translated
-        if b.len() < IP + 20 || b[IP] >> 4 != 4 {
+        let v6 = b.len() >= FRAG6 + FRAG6_LEN && b[IP] >> 4 == 6 && b[IP + 6] == NH_FRAGMENT;
+        if !v6 && (b.len() < IP + 20 || b[IP] >> 4 != 4) {
             return Err(NatDrop::Fragment);
         }
-        let src: IpAddr = Ipv4Addr::from(ip4(b, IP + 12)).into();
-        let dst: IpAddr = Ipv4Addr::from(ip4(b, IP + 16)).into();
-        let key = (outbound, b[IP + 9], src, dst, rd16(b, IP + 4));
+        let (so, dso) = addr_offsets(v6);
+        let (src, dst) = (read_addr(b, so, v6), read_addr(b, dso, v6));
+        let ext = self.ext_for(v6).ok_or(NatDrop::Unsupported)?;
+        if !outbound && dst != ext {
+            return Err(NatDrop::NoConnection);
+        }
+        let key = if v6 {
+            (outbound, b[FRAG6], src, dst, rd32(b, FRAG6_ID))
+        } else {
+            (outbound, b[IP + 9], src, dst, rd16(b, IP + 4) as u32)
+        };
         let &(id, _) = self.frags.get(&key).ok_or(NatDrop::Fragment)?;
         let Some(c) = self.conns[id as usize].as_mut() else {
             return Err(NatDrop::Fragment);
         };
         c.last = now;
-        let inside = match c.out.src {
-            IpAddr::V4(a) => a.octets(),
-            IpAddr::V6(_) => return Err(NatDrop::Fragment),
-        };
         let (ao, addr) = if outbound {
-            (IP + 12, self.cfg.external.octets())
+            (so, ext)
         } else {
-            (IP + 16, inside)
+            (dso, c.out.src)
         };
-        let old = ip4(b, ao);
-        b[ao..ao + 4].copy_from_slice(&addr);
-        let hc = csum::update32(rd16(b, IP + 10), old, addr);
-        wr16(b, IP + 10, hc);
+        match addr {
+            IpAddr::V4(a) if !v6 => {
+                let old = ip4(b, ao);
+                b[ao..ao + 4].copy_from_slice(&a.octets());
+                let hc = csum::update32(rd16(b, IP + 10), old, a.octets());
+                wr16(b, IP + 10, hc);
+            }
+            // (IPv6 has no header checksum)
+            IpAddr::V6(a) if v6 => b[ao..ao + 16].copy_from_slice(&a.octets()),
+            _ => return Err(NatDrop::Fragment),
+        }
         Ok(Inside {
             net: c.out.net,
             mac: c.mac,
@@ -1067,6 +1098,21 @@ impl Nat {
 
     /// Fragment state of gone connections, or older than 30 s (a
     /// datagram's fragments arrive together).
+    /// Remembers a first fragment's connection for the fragments after it.
+    /// The table is bounded ([`MAX_FRAGS`], swept of entries older than
+    /// 30 s first): past that the datagram's later fragments are dropped
+    /// (counted as fragments), so a flood of first fragments costs memory
+    /// only up to the bound.
+    fn note_frag(&mut self, key: FragKey, id: u32, now: u64) {
+        if self.frags.len() >= MAX_FRAGS && !self.frags.contains_key(&key) {
+            self.sweep_frags(now);
+            if self.frags.len() >= MAX_FRAGS {
+                return;
+            }
+        }
+        self.frags.insert(key, (id, now));
+    }
+
     fn sweep_frags(&mut self, now: u64) {
         self.frags.retain(|_, (id, t)| {
             now.saturating_sub(*t) < 30_000 && self.conns[*id as usize].is_some()

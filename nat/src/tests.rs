@@ -588,6 +588,103 @@ fn nat66_tcp_udp_echo_full_and_partial_checksums() {
     assert!(n.forget(3, a6(C6).into(), 1005) >= 3);
 }
 
+/// vnet + Ethernet + IPv6 + a fragment header (next header `proto`,
+/// offset `off` bytes, M flag `more`, identification `id`) + `data`.
+fn frag6(src: &str, dst: &str, proto: u8, off: u16, more: bool, id: u32, data: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; VNET];
+    b.extend_from_slice(&[0xaa; 12]);
+    b.extend_from_slice(&[0x86, 0xdd]);
+    let mut h = [0u8; 40];
+    let plen = (8 + data.len()) as u16;
+    wire::ipv6::emit(&mut h, plen, 44, 64, a6(src), a6(dst));
+    b.extend_from_slice(&h);
+    b.extend_from_slice(&[proto, 0]);
+    b.extend_from_slice(&(off | more as u16).to_be_bytes());
+    b.extend_from_slice(&id.to_be_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+/// A UDP datagram in two IPv6 fragments out and two back: the first of
+/// each carries the ports (translated, the checksum over the whole
+/// datagram fixed incrementally), the second follows it by its
+/// identification; the reassembled datagrams' checksums are right.
+#[test]
+fn nat66_fragments_follow_their_first_fragment() {
+    let mut n = nat66();
+    // the whole datagram: UDP header + 40 bytes, checksum complete
+    let udp = |sport: u16, dport: u16, src: &str, dst: &str| {
+        let mut u = vec![0u8; 8];
+        wr16(&mut u, 0, sport);
+        wr16(&mut u, 2, dport);
+        wr16(&mut u, 4, 48);
+        u.extend((0..40u8).map(|i| i.wrapping_mul(7)));
+        let c = wire::ipv6::upper_checksum(a6(src), a6(dst), PROTO_UDP, &u);
+        wr16(&mut u, 6, c);
+        u
+    };
+    let whole = udp(4444, 53, C6, R6);
+    let mut first = frag6(C6, R6, PROTO_UDP, 0, true, 0xdead_beef, &whole[..24]);
+    let mut rest = frag6(C6, R6, PROTO_UDP, 24, false, 0xdead_beef, &whole[24..]);
+    n.outbound(1, MAC, &mut first, 0).unwrap();
+    n.outbound(1, MAC, &mut rest, 1).unwrap();
+    assert_eq!(ip6(&first, IP + 8), a6(EXT6));
+    assert_eq!(ip6(&rest, IP + 8), a6(EXT6), "the later fragment follows");
+    let mut out = first[IP + 48..].to_vec();
+    out.extend_from_slice(&rest[IP + 48..]);
+    assert_eq!(
+        wire::ipv6::upper_checksum(a6(EXT6), a6(R6), PROTO_UDP, &out),
+        0,
+        "the reassembled datagram's checksum"
+    );
+    let nport = rd16(&out, 0);
+    // the answer, fragmented too (another identification)
+    let back = udp(53, nport, R6, EXT6);
+    let mut rfirst = frag6(R6, EXT6, PROTO_UDP, 0, true, 7, &back[..24]);
+    let mut rrest = frag6(R6, EXT6, PROTO_UDP, 24, false, 7, &back[24..]);
+    assert_eq!(n.inbound(&mut rfirst, 2).unwrap().net, 1);
+    assert_eq!(n.inbound(&mut rrest, 3).unwrap().net, 1);
+    assert_eq!(ip6(&rrest, IP + 24), a6(C6));
+    let mut inn = rfirst[IP + 48..].to_vec();
+    inn.extend_from_slice(&rrest[IP + 48..]);
+    assert_eq!(rd16(&inn, 2), 4444, "port restored");
+    assert_eq!(
+        wire::ipv6::upper_checksum(a6(R6), a6(C6), PROTO_UDP, &inn),
+        0
+    );
+    // a later fragment to the external address with an unknown
+    // identification, and one to another address: not translated
+    let mut stray = frag6(R6, EXT6, PROTO_UDP, 24, false, 8, &back[24..]);
+    assert_eq!(n.inbound(&mut stray, 4), Err(NatDrop::Fragment));
+    let mut other = frag6(R6, R6, PROTO_UDP, 24, false, 7, &back[24..]);
+    assert_eq!(n.inbound(&mut other, 4), Err(NatDrop::NoConnection));
+    // and once the connection expires, its fragments are forgotten
+    n.expire(10_000_000);
+    let mut late = frag6(C6, R6, PROTO_UDP, 24, false, 0xdead_beef, &whole[24..]);
+    assert_eq!(
+        n.outbound(1, MAC, &mut late, 10_000_001),
+        Err(NatDrop::Fragment)
+    );
+}
+
+/// A flood of first fragments holds at most MAX_FRAGS entries.
+#[test]
+fn first_fragments_are_bounded() {
+    let mut n = nat66();
+    let mut u = vec![0x11, 0x11, 0, 53, 0, 48, 0, 0];
+    u.extend_from_slice(&[0; 16]);
+    for id in 0..(MAX_FRAGS as u32 + 100) {
+        let mut f = frag6(C6, R6, PROTO_UDP, 0, true, id, &u);
+        n.outbound(1, MAC, &mut f, 5).unwrap();
+    }
+    assert_eq!(n.frags.len(), MAX_FRAGS);
+    // the first ones still follow, one past the bound does not
+    let mut f = frag6(C6, R6, PROTO_UDP, 24, false, 0, &[1; 8]);
+    assert!(n.outbound(1, MAC, &mut f, 6).is_ok());
+    let mut f = frag6(C6, R6, PROTO_UDP, 24, false, MAX_FRAGS as u32 + 50, &[1; 8]);
+    assert_eq!(n.outbound(1, MAC, &mut f, 6), Err(NatDrop::Fragment));
+}
+
 #[test]
 fn nat66_refuses_what_it_cannot_translate() {
     // no external IPv6 address: IPv6 is unsupported, counted
@@ -595,10 +692,18 @@ fn nat66_refuses_what_it_cannot_translate() {
     let mut f = frame6(C6, R6, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0], false);
     assert_eq!(n.outbound(0, MAC, &mut f, 1), Err(NatDrop::Unsupported));
     let mut n = nat66();
-    // a fragment header
-    let mut f = frame6(C6, R6, PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0], false);
-    f[IP + 6] = 44;
+    // a later fragment whose first never passed; a fragment header cut
+    // short; a fragment header followed by another extension header
+    let mut f = frag6(C6, R6, PROTO_UDP, 8, false, 9, &[1; 16]);
     assert_eq!(n.outbound(0, MAC, &mut f, 1), Err(NatDrop::Fragment));
+    let mut f = frag6(C6, R6, PROTO_UDP, 0, true, 9, &[1; 16]);
+    let cut = f.len() - 20;
+    assert_eq!(
+        n.outbound(0, MAC, &mut f[..cut], 1),
+        Err(NatDrop::Unsupported)
+    );
+    let mut f = frag6(C6, R6, 60, 0, true, 9, &[1; 16]);
+    assert_eq!(n.outbound(0, MAC, &mut f, 1), Err(NatDrop::Unsupported));
     // inbound for nobody, and truncated frames at every length
     let mut f = frame6(R6, EXT6, PROTO_UDP, &[0, 53, 0x80, 0, 0, 8, 0, 0], false);
     assert_eq!(n.inbound(&mut f, 1), Err(NatDrop::NoConnection));

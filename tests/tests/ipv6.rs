@@ -415,25 +415,27 @@ fn socket_nat_ipv6() {
     let blob = env.random_file("blob", 64 << 20);
     let peer = download(&mut env, &c.ns, &inet, INET_IP6, 7000, &blob);
     assert_eq!(peer.ip().to_string(), HOST_IP6, "server saw {peer}");
-    // UDP both ways, 1 to 1,400 bytes (IPv6 fragments are not relayed:
-    // a larger datagram is a counted drop)
-    let from = udp6_roundtrips(&c.ns, &inet, 7001);
+    // UDP both ways, 1 byte to 10,000 (datagrams past the link's MTU
+    // leave the container in fragments: put back together before they go
+    // out of a host socket; the answers come back in fragments)
+    let from = udp_roundtrips(&c.ns, &inet, INET_IP6, 7001);
     assert!(from.iter().all(|f| f == HOST_IP6), "{from:?}");
     let nat = env.json(&["nat", "ls", "--format", "json"]);
+    assert!(ctr(&nat["socket_nat"], "reassembled") >= 4, "{nat}");
+    // a fragment that cannot be one (more follow, but 3 bytes of data):
+    // a counted drop
     let dropped = ctr(&nat["socket_nat"], "dropped");
-    let c2 = c.ns.clone();
-    in_ns(&c2, || {
-        let s = std::net::UdpSocket::bind("[::]:0").unwrap();
-        s.send_to(&[7u8; 4000], (INET_IP6, 7001)).unwrap();
-    })
-    .join()
-    .unwrap();
+    let frame = bad_fragment(&env, "app", &c, INET_IP6);
+    let r = in_ns(&c.ns.clone(), move || send_raw("eth0", &[frame]))
+        .join()
+        .unwrap();
+    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
     assert!(
         wait_until(Duration::from_secs(3), || {
             let n = env.json(&["nat", "ls", "--format", "json"]);
             ctr(&n["socket_nat"], "dropped") > dropped
         }),
-        "a fragmented datagram is counted"
+        "a bad fragment is counted"
     );
     // ICMPv6 echo through a datagram socket
     assert!(ping6(&env, &c.ns, INET_IP6), "ping6 through the socket NAT");
@@ -446,6 +448,28 @@ fn socket_nat_ipv6() {
     let blob4 = env.random_file("blob4", 1 << 20);
     let peer = download(&mut env, &c.ns, &inet, INET_IP, 7002, &blob4);
     assert_eq!(peer.ip().to_string(), HOST_IP);
+}
+
+/// An Ethernet frame from container `c` to network `net`'s gateway: an
+/// IPv6 fragment to `dst` that says more follow but holds 3 bytes (not a
+/// multiple of 8).
+fn bad_fragment(env: &Env, net: &str, c: &Ctr, dst: &str) -> Vec<u8> {
+    use wire::{frag6, ipv6};
+    let gw_mac = parse_mac(env.inspect(net)["gateway_mac"].as_str().unwrap());
+    let src: std::net::Ipv6Addr = env.ip6_of(&c.name).parse().unwrap();
+    let mut f = Vec::new();
+    f.extend_from_slice(&gw_mac);
+    f.extend_from_slice(&parse_mac(&c.mac));
+    f.extend_from_slice(&[0x86, 0xdd]);
+    let mut h = [0u8; ipv6::HDR_LEN];
+    let plen = (frag6::LEN + 3) as u16;
+    ipv6::emit(&mut h, plen, frag6::PROTO, 64, src, dst.parse().unwrap());
+    f.extend_from_slice(&h);
+    let mut fh = [0u8; frag6::LEN];
+    frag6::emit(&mut fh, ipv6::PROTO_UDP, 0, true, 77);
+    f.extend_from_slice(&fh);
+    f.extend_from_slice(&[1, 2, 3]);
+    f
 }
 
 /// 30 UDP request/responses over IPv6 from `client` to an echo server
@@ -487,6 +511,12 @@ fn nat66_uplink() {
     // UDP, and ICMPv6 echo (identifier translated)
     let from = udp6_roundtrips(&c.ns, &inet, 7101);
     assert!(from.iter().all(|f| f == UPLINK_IP6), "{from:?}");
+    // datagrams up to 10,000 bytes: fragments both ways, each later
+    // fragment translated like its first (none dropped)
+    let from = udp_roundtrips(&c.ns, &inet, INET_IP6, 7103);
+    assert!(from.iter().all(|f| f == UPLINK_IP6), "{from:?}");
+    let nat = env.json(&["nat", "ls", "--format", "json"]);
+    assert_eq!(ctr(&nat["uplink"]["nat"], "fragments"), 0, "{nat}");
     assert!(ping6(&env, &c.ns, INET_IP6), "ping6 through NAT66");
     // an ICMPv6 error about a translated packet comes back to the
     // container: a closed UDP port in the "internet"

@@ -22,6 +22,7 @@
 pub mod arp;
 pub mod csum;
 pub mod eth;
+pub mod frag6;
 pub mod gso;
 pub mod icmpv6;
 pub mod ipv4;

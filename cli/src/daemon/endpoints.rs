@@ -461,6 +461,7 @@ impl Core {
                 "ping_flows": g(&s.stats.ping_flows),
                 "ping_refused": g(&s.stats.ping_refused),
                 "dropped": g(&s.stats.dropped),
+                "reassembled": g(&s.stats.reassembled),
                 "quota_exceeded": g(&s.stats.quota_exceeded),
             })
         });

@@ -164,6 +164,7 @@ impl Core {
                 ("ping_flows", g(&st.ping_flows)),
                 ("ping_refused", g(&st.ping_refused)),
                 ("dropped", g(&st.dropped)),
+                ("reassembled", g(&st.reassembled)),
                 ("quota_exceeded", g(&st.quota_exceeded)),
             ];
         }

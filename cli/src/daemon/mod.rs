@@ -17,6 +17,7 @@ mod networks;
 pub use networks::plan_network;
 pub mod procs;
 pub mod publish;
+mod reasm6;
 pub mod server;
 pub mod socknat;
 mod startup;

@@ -65,6 +65,8 @@ pub struct Stats {
     /// Echo requests that could not go out (no ICMP socket allowed).
     pub ping_refused: AtomicU64,
     pub dropped: AtomicU64,
+    /// IPv6 datagrams put back together from a container's fragments.
+    pub reassembled: AtomicU64,
     /// New flows refused: the container held its share (`--nat-quota`).
     pub quota_exceeded: AtomicU64,
 }
@@ -115,6 +117,9 @@ struct Conn {
 struct UdpFlow {
     out: mpsc::Sender<Vec<u8>>,
     last: Instant,
+    /// The container's MAC, for answers written without smoltcp (see
+    /// `Net::udp_reply`); None if not seen.
+    mac: Option<[u8; 6]>,
 }
 
 struct Net {
@@ -134,16 +139,17 @@ struct Net {
     /// address: each holds a host socket, so each counts against the quota.
     held: HashMap<IpAddr, u32>,
     /// New UDP flows admitted (and held) whose first datagram smoltcp has
-    /// not handed over yet (see `poll`).
-    udp_pending: std::collections::HashSet<Flow>,
+    /// not handed over yet (see `poll`), with the container's MAC.
+    udp_pending: HashMap<Flow, [u8; 6]>,
+    /// IPv6 datagrams a container sent in fragments (IPv4's smoltcp puts
+    /// back together itself).
+    reasm: super::reasm6::Reassembly,
 }
 
 /// The transport protocol, addresses and transport header offset of an
 /// IPv4 frame, or of an IPv6 frame without extension headers; at least 8
-/// bytes of transport header. (IPv6 fragments are not taken: smoltcp 0.14
-/// reassembles and fragments IPv6 only on 6LoWPAN, so a UDP datagram
-/// larger than the link MTU cannot cross the IPv6 socket NAT; it is
-/// counted as dropped.)
+/// bytes of transport header. (IPv6 fragments are put back together
+/// before: see [`Net::frame`].)
 fn ip_l4(f: &[u8]) -> Option<(u8, IpAddr, IpAddr, usize)> {
     const I: usize = VNET_HDR_LEN + 14;
     let et = wire::eth::ethertype(f.get(VNET_HDR_LEN..)?)?;
@@ -162,6 +168,16 @@ fn ip_l4(f: &[u8]) -> Option<(u8, IpAddr, IpAddr, usize)> {
     let src = Ipv4Addr::new(f[I + 12], f[I + 13], f[I + 14], f[I + 15]);
     let dst = Ipv4Addr::new(f[I + 16], f[I + 17], f[I + 18], f[I + 19]);
     Some((f[I + 9], src.into(), dst.into(), I + ihl))
+}
+
+/// Whether `f` is an IPv4 fragment other than the first.
+fn is_later_fragment4(f: &[u8]) -> bool {
+    const I: usize = VNET_HDR_LEN + 14;
+    f.get(VNET_HDR_LEN..)
+        .and_then(wire::eth::ethertype)
+        .is_some_and(|et| et == wire::eth::ETHERTYPE_IPV4)
+        && f.len() >= I + 20
+        && u16::from_be_bytes([f[I + 6], f[I + 7]]) & 0x1fff != 0
 }
 
 impl Net {
@@ -185,6 +201,7 @@ impl Net {
             ping: HashMap::new(),
             held: HashMap::new(),
             udp_pending: Default::default(),
+            reasm: Default::default(),
         }
     }
 
@@ -212,6 +229,29 @@ impl Net {
 
     /// A routed frame from a container.
     fn frame(&mut self, net: NetIdx, f: Vec<u8>, svc: &Svc) {
+        // an IPv6 fragment: held until its datagram is whole (smoltcp
+        // 0.14 reassembles IPv6 only on 6LoWPAN)
+        let f = if super::reasm6::Reassembly::is_fragment(&f) {
+            match self.reasm.offer(&f, Instant::now()) {
+                Ok(Some(whole)) => {
+                    svc.stats.reassembled.fetch_add(1, Ordering::Relaxed);
+                    whole
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    svc.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        } else {
+            f
+        };
+        // a later IPv4 fragment has no ports: smoltcp puts it back
+        // together with its first, whose ports made the flow
+        if is_later_fragment4(&f) {
+            push_with_arp(&mut self.dev, &self.gw, f);
+            return;
+        }
         let Some((proto, src, dst, l4)) = ip_l4(&f) else {
             svc.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -249,14 +289,17 @@ impl Net {
                 push_with_arp(&mut self.dev, &self.gw, f);
             }
             17 => {
-                if !self.udp.contains_key(&flow) && !self.udp_pending.contains(&flow) {
+                if !self.udp.contains_key(&flow) && !self.udp_pending.contains_key(&flow) {
                     // held from admission: a burst of new flows in one batch
                     // cannot pass the quota before poll makes them
                     if !self.may_open(src, svc) {
                         return;
                     }
                     self.hold(src);
-                    self.udp_pending.insert(flow);
+                    let mac = f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12]
+                        .try_into()
+                        .expect("6");
+                    self.udp_pending.insert(flow, mac);
                 }
                 // a smoltcp socket for the remote endpoint, a host socket for the flow
                 let ep = (dst, dport);
@@ -316,6 +359,7 @@ impl Net {
                         UdpFlow {
                             out: ping_flow(net, key, svc.tx.clone(), svc.stats.clone()),
                             last: Instant::now(),
+                            mac: Some(mac),
                         },
                         mac,
                     )
@@ -488,7 +532,8 @@ impl Net {
                 };
                 let flow = (cip, meta.endpoint.port, rip, rport);
                 let data = d.to_vec();
-                if !self.udp.contains_key(&flow) && !self.udp_pending.remove(&flow) {
+                let pending = self.udp_pending.remove(&flow);
+                if !self.udp.contains_key(&flow) && pending.is_none() {
                     *self.held.entry(cip).or_default() += 1;
                 }
                 let f = self.udp.entry(flow).or_insert_with(|| {
@@ -496,6 +541,7 @@ impl Net {
                     UdpFlow {
                         out: udp_flow(net, flow, svc.tx.clone()),
                         last: Instant::now(),
+                        mac: pending,
                     }
                 });
                 f.last = Instant::now();
@@ -503,7 +549,7 @@ impl Net {
             }
         }
         // admitted datagrams smoltcp dropped: their hold goes
-        for f in std::mem::take(&mut self.udp_pending) {
+        for (f, _) in std::mem::take(&mut self.udp_pending) {
             self.release(f.0);
         }
         // TCP relays
@@ -610,7 +656,17 @@ impl Net {
         }
     }
 
-    fn udp_reply(&mut self, flow: Flow, d: Vec<u8>) {
+    fn udp_reply(&mut self, flow: Flow, d: Vec<u8>, svc: &Svc) {
+        // IPv6 past the link: in fragments, written here (smoltcp 0.14
+        // drops an IPv6 packet longer than the link's MTU)
+        if let (IpAddr::V6(c), IpAddr::V6(r)) = (flow.0, flow.2) {
+            if wire::ipv6::HDR_LEN + UDP_HDR + d.len() > self.gw.mtu as usize {
+                if !self.udp_reply6_in_fragments(flow, c, r, &d) {
+                    svc.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
         if let Some((h, last)) = self.udp_sock.get_mut(&(flow.2, flow.3)) {
             *last = Instant::now();
             let s = self.sockets.get_mut::<udp::Socket>(*h);
@@ -622,6 +678,45 @@ impl Net {
                 },
             );
         }
+    }
+}
+
+/// A UDP header's length and its fields.
+const UDP_HDR: usize = 8;
+const UDP_LEN: usize = 4;
+const UDP_CSUM: usize = 6;
+
+impl Net {
+    /// Writes datagram `d` from remote `r` to container `c` (flow `flow`)
+    /// as IPv6 fragments that fit the link. False (nothing written): the
+    /// flow or its container's MAC is not known, or `d` is too long for
+    /// one datagram.
+    fn udp_reply6_in_fragments(&mut self, flow: Flow, c: Ipv6Addr, r: Ipv6Addr, d: &[u8]) -> bool {
+        use wire::{eth, frag6, ipv6};
+        let Some(mac) = self.udp.get(&flow).and_then(|f| f.mac) else {
+            return false;
+        };
+        let len = UDP_HDR + d.len();
+        let Ok(len16) = u16::try_from(len) else {
+            return false;
+        };
+        let mut p = vec![0u8; ipv6::HDR_LEN + len];
+        ipv6::emit(&mut p, len16, ipv6::PROTO_UDP, 64, r, c);
+        let u = ipv6::HDR_LEN;
+        p[u..u + 2].copy_from_slice(&flow.3.to_be_bytes());
+        p[u + 2..u + 4].copy_from_slice(&flow.1.to_be_bytes());
+        p[u + UDP_LEN..u + UDP_LEN + 2].copy_from_slice(&len16.to_be_bytes());
+        p[u + UDP_HDR..].copy_from_slice(d);
+        let sum = match ipv6::upper_checksum(r, c, ipv6::PROTO_UDP, &p[u..]) {
+            0 => 0xffff,
+            s => s,
+        };
+        p[u + UDP_CSUM..u + UDP_CSUM + 2].copy_from_slice(&sum.to_be_bytes());
+        let (gw_mac, q) = (self.gw.mac.0, &mut self.dev.tx);
+        frag6::fragment(&p, self.gw.mtu as usize, rand::random(), |f| {
+            q.push(eth::vnet_frame(mac, gw_mac, eth::ETHERTYPE_IPV6, f));
+        })
+        .is_ok()
     }
 }
 
@@ -846,7 +941,7 @@ async fn run(
             }
             Event::UdpReply(net, flow, d) => {
                 if let Some(n) = nets.get_mut(&net) {
-                    n.udp_reply(flow, d);
+                    n.udp_reply(flow, d, &svc);
                 }
             }
             Event::PingReply(net, flow, d) => {
