@@ -49,6 +49,7 @@ pub const GW1: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
 pub const EXT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 pub const C0: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 pub const MAC_C0: [u8; 6] = [2, 0x42, 10, 1, 0, 2];
+pub const C0_6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
 pub const GW0_MAC: [u8; 6] = [2, 0x42, 10, 1, 0, 1];
 pub const PARENT_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 
@@ -62,7 +63,8 @@ fn nat() -> nat::Nat {
         8080,
         nat::Forward {
             net: 0,
-            ip: C0,
+            ip: Some(C0),
+            ip6: Some(C0_6),
             port: 80,
             mac: MAC_C0,
         },
@@ -72,7 +74,8 @@ fn nat() -> nat::Nat {
         5353,
         nat::Forward {
             net: 0,
-            ip: C0,
+            ip: Some(C0),
+            ip6: Some(C0_6),
             port: 53,
             mac: MAC_C0,
         },
@@ -136,7 +139,7 @@ pub fn pipeline(data: &[u8]) {
         Some(PortIdentity {
             mac: Mac(MAC_C0),
             ip: C0,
-            ip6: Some("fd00:1::2".parse().expect("valid")),
+            ip6: Some(C0_6),
         }),
     );
     let host_mac = Mac([2, 0x42, 192, 168, 5, 9]);

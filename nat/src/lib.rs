@@ -199,13 +199,27 @@ struct InKey {
     nport: u16,
 }
 
-/// A published port on the external address (destination NAT).
+/// A published port on the external addresses (destination NAT): a
+/// client reaches the container at its address of the client's family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forward {
     pub net: u16,
-    pub ip: Ipv4Addr,
+    /// Where IPv4 clients go (None: not published to them).
+    pub ip: Option<Ipv4Addr>,
+    /// Where IPv6 clients go, by NAT66 (None: not published to them).
+    pub ip6: Option<Ipv6Addr>,
     pub port: u16,
     pub mac: [u8; 6],
+}
+
+impl Forward {
+    /// The container's address a client at `client` reaches, if any.
+    pub fn inside_for(&self, client: IpAddr) -> Option<IpAddr> {
+        match client {
+            IpAddr::V4(_) => self.ip.map(IpAddr::V4),
+            IpAddr::V6(_) => self.ip6.map(IpAddr::V6),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -815,9 +829,8 @@ impl Nat {
         let f = *self
             .forwards
             .get(&(key.proto, key.nport))
-            // published ports are IPv4 (an IPv6 client uses the relay)
-            .filter(|_| key.remote.is_ipv4())
             .ok_or(NatDrop::NoConnection)?;
+        let inside = f.inside_for(key.remote).ok_or(NatDrop::NoConnection)?;
         // TCP: only a SYN opens one
         if key.proto == PROTO_TCP && !wire::tcp::is_syn_only(b[p.l4 + wire::tcp::FLAGS]) {
             return Err(NatDrop::NoConnection);
@@ -828,7 +841,7 @@ impl Nat {
         let out = OutKey {
             proto: key.proto,
             net: f.net,
-            src: f.ip.into(),
+            src: inside,
             sport: f.port,
             dst: key.remote,
             dport: key.rport,
@@ -1018,9 +1031,9 @@ impl Nat {
         };
         let (lo, hi) = self.cfg.ports;
         let port_ok = if r.forwarded {
-            self.forwards
-                .get(&(r.proto, r.nport))
-                .is_some_and(|f| f.net == r.net && IpAddr::V4(f.ip) == r.src && f.port == r.sport)
+            self.forwards.get(&(r.proto, r.nport)).is_some_and(|f| {
+                f.net == r.net && f.inside_for(r.dst) == Some(r.src) && f.port == r.sport
+            })
         } else {
             (lo..=hi).contains(&r.nport) && !self.used[pidx(r.proto)].contains_key(&r.nport)
         };

@@ -225,7 +225,8 @@ fn published_port_keeps_the_client_address() {
     let mut n = nat();
     let to = Forward {
         net: 3,
-        ip: C.into(),
+        ip: Some(C.into()),
+        ip6: None,
         port: 80,
         mac: MAC,
     };
@@ -683,6 +684,54 @@ fn first_fragments_are_bounded() {
     assert!(n.outbound(1, MAC, &mut f, 6).is_ok());
     let mut f = frag6(C6, R6, PROTO_UDP, 24, false, MAX_FRAGS as u32 + 50, &[1; 8]);
     assert_eq!(n.outbound(1, MAC, &mut f, 6), Err(NatDrop::Fragment));
+}
+
+/// A port published to both families: an IPv6 client reaches the
+/// container's IPv6 address (NAT66 destination NAT, the client's address
+/// kept), the answer leaves from the external IPv6 address and port; a
+/// port published to IPv4 clients only refuses IPv6 ones.
+#[test]
+fn nat66_published_port_keeps_the_client_address() {
+    let mut n = nat66();
+    let to = Forward {
+        net: 3,
+        ip: Some(C.into()),
+        ip6: Some(a6(C6)),
+        port: 80,
+        mac: MAC,
+    };
+    n.add_forward(PROTO_TCP, 8080, to);
+    n.add_forward(PROTO_TCP, 8081, Forward { ip6: None, ..to });
+    let mut syn = frame6(
+        R6,
+        EXT6,
+        PROTO_TCP,
+        &tcp(55000, 8080, wire::tcp::SYN),
+        false,
+    );
+    assert_eq!(n.inbound(&mut syn, 0).unwrap(), Inside { net: 3, mac: MAC });
+    assert_eq!(ip6(&syn, IP + 8), a6(R6), "the client's address kept");
+    assert_eq!(ip6(&syn, IP + 24), a6(C6));
+    assert_eq!(rd16(&syn, IP + 42), 80);
+    valid6(&syn, false);
+    let mut ans = frame6(C6, R6, PROTO_TCP, &tcp(80, 55000, 0x12), false);
+    n.outbound(3, MAC, &mut ans, 1).unwrap();
+    assert_eq!(ip6(&ans, IP + 8), a6(EXT6));
+    assert_eq!(rd16(&ans, IP + 40), 8080);
+    valid6(&ans, false);
+    // the IPv4 client still reaches the IPv4 address
+    let mut syn4 = frame(R, EXT, PROTO_TCP, &tcp(55000, 8080, 0x02));
+    n.inbound(&mut syn4, 2).unwrap();
+    assert_eq!(ip4(&syn4, IP + 16), C);
+    // published to IPv4 clients only
+    let mut syn = frame6(
+        R6,
+        EXT6,
+        PROTO_TCP,
+        &tcp(55001, 8081, wire::tcp::SYN),
+        false,
+    );
+    assert_eq!(n.inbound(&mut syn, 3), Err(NatDrop::NoConnection));
 }
 
 #[test]

@@ -552,6 +552,57 @@ fn nat66_uplink() {
     .unwrap()
     .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+
+    // published ports on the uplink's IPv6 address (NAT66 destination
+    // NAT, as Docker's ip6tables rules): the server answers with the
+    // address it sees
+    let web = env.container("app", "web", &["-p", "8080:80", "-p", "[::]:8081:81"]);
+    for port in [80u16, 81] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        in_ns(&web.ns, move || {
+            let l = std::net::TcpListener::bind(("::", port)).unwrap();
+            tx.send(()).unwrap();
+            std::thread::spawn(move || {
+                for s in l.incoming() {
+                    let Ok(mut s) = s else { continue };
+                    let peer = s.peer_addr().unwrap().ip().to_string();
+                    let _ = std::io::Write::write_all(&mut s, peer.as_bytes());
+                }
+            });
+        });
+        rx.recv().unwrap();
+    }
+    let ask = |ns: &str, port: u16| -> std::io::Result<String> {
+        in_ns(ns, move || {
+            let to: std::net::SocketAddr = format!("[{UPLINK_IP6}]:{port}").parse().unwrap();
+            let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut b = String::new();
+            std::io::Read::read_to_string(&mut s, &mut b)?;
+            Ok(b)
+        })
+        .join()
+        .unwrap()
+    };
+    // from the internet over IPv6: the client's own address arrives
+    assert_eq!(ask(&inet, 8080).unwrap(), INET_IP6);
+    // hairpin: a container through the uplink's IPv6 address
+    assert_eq!(ask(&c.ns, 8080).unwrap(), UPLINK_IP6);
+    // published on IPv6 addresses only: IPv6 clients reach it, IPv4
+    // clients of the uplink's address are refused
+    assert_eq!(ask(&inet, 8081).unwrap(), INET_IP6);
+    let e = in_ns(&inet, || {
+        let to: std::net::SocketAddr = format!("{UPLINK_IP}:8081").parse().unwrap();
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).map(|_| ())
+    })
+    .join()
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    // withdrawn with the container
+    env.ok(&["rm", "web"]);
+    let e = ask(&inet, 8080).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
 }
 
 /// A neighbour advertisement from `from_mac` claiming `target` is at

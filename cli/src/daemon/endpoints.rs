@@ -384,17 +384,33 @@ impl Core {
         Ok(())
     }
 
-    /// as destination NAT in the datapath: clients keep their address.
-    /// Publishes (or withdraws) an endpoint's ports on the uplink address,
-    /// as destination NAT in the datapath: clients keep their address.
+    /// Publishes (or withdraws) an endpoint's ports on the uplink's
+    /// addresses, as destination NAT in the datapath: clients keep their
+    /// address. A port published on all addresses reaches IPv4 clients at
+    /// the container's IPv4 address and IPv6 clients (with `--uplink-ip6`
+    /// and a container with IPv6) at its IPv6 one, as Docker's ip6tables
+    /// rules do; one published on the uplink's address of one family (or
+    /// on `[::]`), only that family's clients.
     pub(super) fn uplink_forwards(&self, net: NetIdx, e: &EndpointRecord, add: bool) {
+        use std::net::{IpAddr, Ipv6Addr};
         let Some(u) = &self.cfg.uplink else {
             return;
         };
+        let (u4, u6) = (IpAddr::V4(u.ip.addr()), u.ip6.map(|n| IpAddr::V6(n.addr())));
         for m in &e.ports {
-            if m.host_ip
-                .is_some_and(|ip| ip != std::net::IpAddr::V4(u.ip.addr()))
-            {
+            let (v4, v6) = match m.host_ip {
+                None => (true, true),
+                Some(ip) if ip == u4 => (true, false),
+                Some(ip) if Some(ip) == u6 || ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+                    (false, true)
+                }
+                Some(_) => continue,
+            };
+            let (ip, ip6) = (
+                Some(e.ip).filter(|_| v4),
+                e.ip6.filter(|_| v6 && u6.is_some()),
+            );
+            if ip.is_none() && ip6.is_none() {
                 continue;
             }
             let proto = match m.proto {
@@ -407,7 +423,8 @@ impl Core {
                     m.host_port,
                     nat::Forward {
                         net,
-                        ip: e.ip,
+                        ip,
+                        ip6,
                         port: m.ctr_port,
                         mac: e.mac.0,
                     },
