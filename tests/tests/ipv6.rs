@@ -270,8 +270,17 @@ fn ipv6_defaults_and_bad_input() {
             "overlaps with network auto1",
         ),
         (
-            &["--ipv6", "-d", "ipvlan", "-o", "parent=lo", "x"],
-            "not supported on ipvlan",
+            &[
+                "--ipv6",
+                "-d",
+                "ipvlan",
+                "-o",
+                "parent=lo",
+                "-o",
+                "ipvlan_mode=l3",
+                "x",
+            ],
+            "not supported on ipvlan networks in l3 mode",
         ),
     ];
     for (args, want) in cases {
@@ -727,8 +736,77 @@ fn macvlan_dual_stack() {
     let Some(mut env) = Env::new("macvlan_dual_stack", &[]) else {
         return;
     };
-    // the segment: a "LAN" namespace behind a veth of the daemon's
-    // namespace, with an IPv4 and an IPv6 router address
+    let lan = lan_segment(&env);
+    trunked_network(&env, "macvlan", "mv6");
+    let c = env.container("mv6", "c", &[]);
+    let c6 = env.ip6_of("c");
+    assert_eq!(c6, "fd00:79::2");
+    let r = env.exec_ok(&c.ns, &["ip", "-6", "route"]);
+    assert!(r.contains("default via fd00:79::1"), "{r}");
+    // the router on the segment answers neighbour discovery itself
+    assert!(
+        ping6(&env, &c.ns, "fd00:79::1"),
+        "c -> the LAN's IPv6 router"
+    );
+    let neigh = env.exec_ok(&lan, &["ip", "-6", "neigh", "show", &c6]);
+    assert!(neigh.contains(&c.mac), "the LAN sees c's own MAC: {neigh}");
+    // 16 MiB over IPv6 from the segment, checksum compared
+    let blob = env.random_file("blob", 16 << 20);
+    let peer = download(&mut env, &c.ns, &lan, "fd00:79::1", 7201, &blob);
+    assert_eq!(peer.ip().to_string(), c6);
+    delete_netns(&lan);
+}
+
+/// IPv6 on an ipvlan (l2) network: the segment sees every container at
+/// the parent's MAC (neighbour discovery's link-layer options rewritten),
+/// and reaches each by its own IPv6 address and its link-local one.
+#[test]
+fn ipvlan_dual_stack() {
+    let Some(mut env) = Env::new("ipvlan_dual_stack", &[]) else {
+        return;
+    };
+    let lan = lan_segment(&env);
+    trunked_network(&env, "ipvlan", "iv6");
+    let c = env.container("iv6", "c", &[]);
+    let d = env.container("iv6", "d", &[]);
+    let (c6, d6) = (env.ip6_of("c"), env.ip6_of("d"));
+    let parent = env.exec_ok(&env.host_ns, &["cat", "/sys/class/net/lan0/address"]);
+    let parent = parent.trim();
+    // out and back: the router resolves c at the parent's MAC
+    assert!(ping6(&env, &c.ns, "fd00:79::1"), "c -> the LAN's router");
+    let neigh = env.exec_ok(&lan, &["ip", "-6", "neigh", "show", &c6]);
+    assert!(
+        neigh.contains(parent) && !neigh.contains(&c.mac),
+        "the LAN sees c at the parent's MAC {parent}: {neigh}"
+    );
+    // the segment starts it: its solicitation for d (multicast) is
+    // answered by d, at the parent's MAC; then d's link-local address
+    assert!(ping6(&env, &lan, &d6), "the LAN -> d");
+    let neigh = env.exec_ok(&lan, &["ip", "-6", "neigh", "show", &d6]);
+    assert!(neigh.contains(parent), "{neigh}");
+    let d_ll = env.exec_ok(&d.ns, &["ip", "-6", "-o", "addr", "show", "scope", "link"]);
+    let d_ll = d_ll
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address in d: {d_ll}"))
+        .to_string();
+    assert!(
+        ping6(&env, &lan, &format!("{d_ll}%peer0")),
+        "the LAN -> d's link-local {d_ll}"
+    );
+    // 16 MiB over IPv6 from the segment, checksum compared
+    let blob = env.random_file("blob", 16 << 20);
+    let peer = download(&mut env, &c.ns, &lan, "fd00:79::1", 7202, &blob);
+    assert_eq!(peer.ip().to_string(), c6);
+    delete_netns(&lan);
+}
+
+/// The segment of the trunked tests: a "LAN" namespace behind a veth
+/// (`lan0`) of the daemon's namespace, with the router addresses
+/// 10.79.0.1/24 and fd00:79::1/64 on its end (`peer0`). Returns its name.
+fn lan_segment(env: &Env) -> String {
     let lan = format!("{}lan", env.prefix);
     let host = env.host_ns.clone();
     for a in [
@@ -754,11 +832,16 @@ fn macvlan_dual_stack() {
     ] {
         run_ok(std::process::Command::new("ip").args(a));
     }
+    lan
+}
+
+/// A dual-stack `driver` network `name` on [`lan_segment`]'s lan0.
+fn trunked_network(env: &Env, driver: &str, name: &str) {
     env.ok(&[
         "network",
         "create",
         "-d",
-        "macvlan",
+        driver,
         "-o",
         "parent=lan0",
         "--ipv6",
@@ -770,25 +853,8 @@ fn macvlan_dual_stack() {
         "fd00:79::/64",
         "--gateway",
         "fd00:79::1",
-        "mv6",
+        name,
     ]);
-    let c = env.container("mv6", "c", &[]);
-    let c6 = env.ip6_of("c");
-    assert_eq!(c6, "fd00:79::2");
-    let r = env.exec_ok(&c.ns, &["ip", "-6", "route"]);
-    assert!(r.contains("default via fd00:79::1"), "{r}");
-    // the router on the segment answers neighbour discovery itself
-    assert!(
-        ping6(&env, &c.ns, "fd00:79::1"),
-        "c -> the LAN's IPv6 router"
-    );
-    let neigh = env.exec_ok(&lan, &["ip", "-6", "neigh", "show", &c6]);
-    assert!(neigh.contains(&c.mac), "the LAN sees c's own MAC: {neigh}");
-    // 16 MiB over IPv6 from the segment, checksum compared
-    let blob = env.random_file("blob", 16 << 20);
-    let peer = download(&mut env, &c.ns, &lan, "fd00:79::1", 7201, &blob);
-    assert_eq!(peer.ip().to_string(), c6);
-    delete_netns(&lan);
 }
 
 #[test]

@@ -322,25 +322,7 @@ impl PortIdentity {
     /// The EUI-64 link-local address of its MAC (what Linux gives an
     /// interface by default).
     pub fn link_local(&self) -> Ipv6Addr {
-        let m = self.mac.0;
-        Ipv6Addr::from([
-            0xfe,
-            0x80,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            m[0] ^ 2,
-            m[1],
-            m[2],
-            0xff,
-            0xfe,
-            m[3],
-            m[4],
-            m[5],
-        ])
+        wire::ipv6::link_local(self.mac.0)
     }
 
     /// Whether `frame` (Ethernet) speaks only as this identity: its source

@@ -8,10 +8,12 @@
 //!   only untagged ones), and they arrive untagged. On the way out the tag
 //!   is inserted by [`egress_frame`]. No 8021q module is needed.
 //! - ipvlan: containers share the parent's MAC on the wire. Outbound frames
-//!   get the parent's MAC as source (and as ARP sender); inbound frames for
-//!   the parent's MAC are given back the container's MAC by destination IP
-//!   ([`ipvlan_ingress`]). The containers' own ARP answers, rewritten on
-//!   the way out, answer for their addresses on the parent.
+//!   get the parent's MAC as source (and as ARP sender, and in neighbour
+//!   discovery's link-layer address options); inbound frames for the
+//!   parent's MAC are given back the container's MAC by destination IP,
+//!   IPv4 or IPv6 ([`ipvlan_ingress`]). The containers' own ARP and
+//!   neighbour advertisements, rewritten on the way out, answer for their
+//!   addresses on the parent.
 //!
 //! Frame functions take a vnet header followed by an Ethernet frame and
 //! never panic on short input.
@@ -21,12 +23,12 @@ use crate::switch::ETH_HDR_LEN;
 use crate::vnet::{VnetHdr, F_NEEDS_CSUM, VNET_HDR_LEN};
 use rustc_hash::FxHashMap;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use wire::arp::Arp;
-use wire::eth::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, VLAN_TAG_LEN};
-use wire::ipv4;
+use wire::eth::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, VLAN_TAG_LEN};
+use wire::{csum, icmpv6, ipv4, ipv6};
 
 /// How a trunk changes frames on their way to and from the wire.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +39,29 @@ pub struct TrunkXform {
     pub shared_mac: Option<Mac>,
     /// ipvlan: container address -> its own MAC (inside the switch).
     pub hosts: FxHashMap<Ipv4Addr, Mac>,
+    /// ipvlan: the same for IPv6 (each container's address and its
+    /// link-local one).
+    pub hosts6: FxHashMap<Ipv6Addr, Mac>,
+}
+
+/// A container on a trunked network: its addresses and its own MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrunkHost {
+    pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
+    pub mac: Mac,
+}
+
+impl TrunkXform {
+    /// Takes `hosts` as the network's containers (ipvlan's address maps).
+    pub fn set_hosts(&mut self, hosts: &[TrunkHost]) {
+        self.hosts = hosts.iter().map(|h| (h.ip, h.mac)).collect();
+        self.hosts6 = hosts
+            .iter()
+            .filter_map(|h| h.ip6.map(|a| (a, h.mac)))
+            .flat_map(|(a, m)| [(a, m), (ipv6::link_local(m.0), m)])
+            .collect();
+    }
 }
 
 impl TrunkXform {
@@ -82,14 +107,62 @@ pub fn egress_frame(x: &TrunkXform, frame: &[u8]) -> Option<Vec<u8>> {
                 a.set_sender_mac(mac.0);
             }
         }
+        if v[l3 - 2..l3] == ETHERTYPE_IPV6 {
+            let partial = VnetHdr::parse(&v).flags & F_NEEDS_CSUM != 0;
+            nd_link_options(&mut v[l3..], mac.0, partial);
+        }
     }
     Some(v)
 }
 
+/// The link-layer address options (source, target) of the neighbour
+/// discovery message in IPv6 packet `p` say `mac`, the ICMPv6 checksum
+/// kept right (a `partial` one covers no payload yet: left alone). Any
+/// other packet, or a malformed option list, is left as it is after the
+/// last whole option.
+fn nd_link_options(p: &mut [u8], mac: [u8; 6], partial: bool) {
+    let Some(h) = ipv6::Header::new(p) else {
+        return;
+    };
+    const L4: usize = ipv6::HDR_LEN;
+    let end = (L4 + h.payload_len()).min(p.len());
+    if h.next_header() != ipv6::PROTO_ICMPV6 || end < L4 + 4 {
+        return;
+    }
+    // where the options start (RFC 4861 section 4)
+    let mut o = L4
+        + match p[L4 + icmpv6::TYPE] {
+            icmpv6::ROUTER_SOLICIT => 8,
+            icmpv6::NEIGHBOR_SOLICIT | icmpv6::NEIGHBOR_ADVERT => icmpv6::ND_LEN,
+            _ => return,
+        };
+    let csum_at = L4 + 2;
+    while o + 8 <= end {
+        let len = p[o + 1] as usize * 8;
+        if len == 0 || o + len > end {
+            return;
+        }
+        if matches!(p[o], icmpv6::OPT_SLLA | icmpv6::OPT_TLLA) && len == 8 {
+            let mut c = u16::from_be_bytes([p[csum_at], p[csum_at + 1]]);
+            for k in 0..3 {
+                let at = o + 2 + 2 * k;
+                let old = u16::from_be_bytes([p[at], p[at + 1]]);
+                let new = u16::from_be_bytes([mac[2 * k], mac[2 * k + 1]]);
+                if !partial {
+                    c = csum::update16(c, old, new);
+                }
+                p[at..at + 2].copy_from_slice(&[mac[2 * k], mac[2 * k + 1]]);
+            }
+            p[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        o += len;
+    }
+}
+
 /// ipvlan, in place on a frame from the wire (untagged): a frame for the
 /// shared MAC gets the MAC of the container that owns its destination
-/// address (IPv4 by its destination, ARP by its target, whose hardware
-/// address is replaced too). Other frames are left alone.
+/// address (IPv4 and IPv6 by their destination, ARP by its target, whose
+/// hardware address is replaced too). Other frames are left alone.
 pub fn ipvlan_ingress(x: &TrunkXform, f: &mut [u8]) {
     const E: usize = VNET_HDR_LEN;
     const L3: usize = E + ETH_HDR_LEN;
@@ -100,12 +173,15 @@ pub fn ipvlan_ingress(x: &TrunkXform, f: &mut [u8]) {
         return;
     }
     let ethertype = [f[E + 12], f[E + 13]];
-    let dst = match ethertype {
-        ETHERTYPE_IPV4 => ipv4::dst(&f[L3..]),
-        ETHERTYPE_ARP => Arp::new(&f[L3..]).map(|a| a.target_ip()),
+    let mac = match ethertype {
+        ETHERTYPE_IPV4 => ipv4::dst(&f[L3..]).and_then(|ip| x.hosts.get(&ip)),
+        ETHERTYPE_ARP => Arp::new(&f[L3..])
+            .map(|a| a.target_ip())
+            .and_then(|ip| x.hosts.get(&ip)),
+        ETHERTYPE_IPV6 => ipv6::dst(&f[L3..]).and_then(|ip| x.hosts6.get(&ip)),
         _ => None,
     };
-    let Some(mac) = dst.and_then(|ip| x.hosts.get(&ip)) else {
+    let Some(mac) = mac else {
         return;
     };
     f[E..E + 6].copy_from_slice(&mac.0);
@@ -309,5 +385,67 @@ mod tests {
         let s2 = short.clone();
         ipvlan_ingress(&x, &mut short);
         assert_eq!(short, s2);
+    }
+
+    /// IPv6 on ipvlan: the container's neighbour advertisement and
+    /// solicitation leave with the parent's MAC in their link-layer option
+    /// (checksum still right); frames for its address and its link-local
+    /// one come back to its own MAC.
+    #[test]
+    fn ipvlan_ipv6_neighbour_discovery_both_ways() {
+        let c6: Ipv6Addr = "fd00:79::2".parse().unwrap();
+        let peer6: Ipv6Addr = "fd00:79::1".parse().unwrap();
+        let mut x = TrunkXform {
+            shared_mac: Some(PARENT),
+            ..Default::default()
+        };
+        x.set_hosts(&[TrunkHost {
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            ip6: Some(c6),
+            mac: CTR,
+        }]);
+        let peer = Mac([2, 0xbb, 0, 0, 0, 9]);
+        let e = VNET_HDR_LEN;
+        let l4 = e + 14 + ipv6::HDR_LEN;
+        let packet = |msg: &[u8], src: Ipv6Addr, dst: Ipv6Addr| {
+            let mut p = vec![0u8; ipv6::HDR_LEN];
+            ipv6::emit(&mut p, msg.len() as u16, ipv6::PROTO_ICMPV6, 255, src, dst);
+            p.extend_from_slice(msg);
+            p
+        };
+        let mut na = [0u8; icmpv6::NA_WITH_TLLA];
+        icmpv6::emit_na(&mut na, 0x60, c6, CTR.0, c6, peer6);
+        let mut ns = [0u8; icmpv6::ND_LEN + 8];
+        icmpv6::emit_ns(&mut ns, peer6, CTR.0, c6, peer6);
+        for (msg, dst) in [(&na[..], peer6), (&ns[..], peer6)] {
+            let f = eth(peer, CTR, ETHERTYPE_IPV6, &packet(msg, c6, dst));
+            let out = egress_frame(&x, &f).unwrap();
+            assert_eq!(&out[e + 6..e + 12], &PARENT.0);
+            let m = &out[l4..];
+            assert_eq!(&m[icmpv6::ND_LEN + 2..icmpv6::ND_LEN + 8], &PARENT.0);
+            assert_eq!(ipv6::upper_checksum(c6, dst, ipv6::PROTO_ICMPV6, m), 0);
+        }
+        // in: to the parent's MAC for c's address and its link-local one
+        for dst in [c6, ipv6::link_local(CTR.0)] {
+            let mut f = eth(PARENT, peer, ETHERTYPE_IPV6, &packet(&ns, peer6, dst));
+            ipvlan_ingress(&x, &mut f);
+            assert_eq!(&f[e..e + 6], &CTR.0, "{dst}");
+        }
+        // an unknown address stays; a cut option list or header: no panic
+        let mut f = eth(PARENT, peer, ETHERTYPE_IPV6, &packet(&ns, peer6, peer6));
+        ipvlan_ingress(&x, &mut f);
+        assert_eq!(&f[e..e + 6], &PARENT.0);
+        let full = eth(peer, CTR, ETHERTYPE_IPV6, &packet(&na, c6, peer6));
+        for cut in 0..full.len() {
+            let _ = egress_frame(&x, &full[..cut]);
+        }
+        let mut zero = na;
+        zero[icmpv6::ND_LEN + 1] = 0;
+        let f = eth(peer, CTR, ETHERTYPE_IPV6, &packet(&zero, c6, peer6));
+        let out = egress_frame(&x, &f).unwrap();
+        assert_eq!(
+            &out[l4 + icmpv6::ND_LEN + 2..l4 + icmpv6::ND_LEN + 8],
+            &CTR.0
+        );
     }
 }

@@ -51,6 +51,30 @@ fn addr(b: &[u8]) -> Ipv6Addr {
     Ipv6Addr::from(a)
 }
 
+/// The EUI-64 link-local address of `mac` (what Linux gives an interface
+/// by default, RFC 4291 appendix A).
+pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    let m = mac;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 2,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
+}
+
 /// The destination of the IPv6 header `h`, if it is long enough.
 pub fn dst(h: &[u8]) -> Option<Ipv6Addr> {
     h.get(DST..DST + 16).map(addr)

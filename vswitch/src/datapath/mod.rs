@@ -242,7 +242,7 @@ enum Cmd {
     Inject(NetIdx, Vec<Vec<u8>>),
     SetUplink(Box<UplinkConfig>, PortId),
     AddTrunk(NetIdx, Box<TrunkConfig>, PortId),
-    SetTrunkPolicy(NetIdx, TrunkMode, Vec<(Ipv4Addr, Mac)>),
+    SetTrunkPolicy(NetIdx, TrunkMode, Vec<crate::trunk::TrunkHost>),
     AddForward(u8, u16, nat::Forward),
     RemoveForward(u8, u16),
     ForgetHost(NetIdx, std::net::IpAddr),
@@ -693,7 +693,7 @@ impl Datapath {
         &self,
         net: NetIdx,
         mode: TrunkMode,
-        hosts: Vec<(Ipv4Addr, Mac)>,
+        hosts: Vec<crate::trunk::TrunkHost>,
     ) -> Result<(), DatapathError> {
         self.send(Cmd::SetTrunkPolicy(net, mode, hosts))
     }
@@ -1198,7 +1198,7 @@ impl State {
                     let x = TrunkXform {
                         vlan: t.vlan,
                         shared_mac: t.shared_mac.then_some(t.mac),
-                        hosts: Default::default(),
+                        ..Default::default()
                     };
                     if let Some(p) = self.ports[slot as usize].as_mut() {
                         p.xform = Some(Box::new(x));
@@ -1219,7 +1219,7 @@ impl State {
                     }
                 }
                 Cmd::SetTrunkPolicy(net, mode, hosts) => {
-                    let macs: Vec<Mac> = hosts.iter().map(|h| h.1).collect();
+                    let macs: Vec<Mac> = hosts.iter().map(|h| h.mac).collect();
                     self.sw.set_trunk_policy(net, mode, &macs);
                     let trunk = self.sw.network(net).and_then(|n| n.trunk);
                     if let Some(x) = trunk
@@ -1227,7 +1227,7 @@ impl State {
                         .and_then(|p| p.as_mut())
                         .and_then(|p| p.xform.as_mut())
                     {
-                        x.hosts = hosts.into_iter().collect();
+                        x.set_hosts(&hosts);
                     }
                 }
                 Cmd::AddForward(proto, port, to) => {

@@ -213,7 +213,7 @@ fn create_trunked(
             },
         ));
     }
-    let hosts: Vec<_> = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+    let hosts = super::trunk_hosts(rec);
     p.dp.set_trunk_policy(idx, mode, hosts.clone())?;
     // A parent that is missing (at a restart, say) leaves the network up
     // without its segment: it keeps its name, record and endpoints, and
@@ -287,7 +287,7 @@ fn macvlan_mode(rec: &NetworkRecord) -> TrunkMode {
 }
 
 fn set_policy(p: &Plumbing, net: &Net, mode: TrunkMode) {
-    let hosts = net.rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+    let hosts = super::trunk_hosts(&net.rec);
     if let Err(e) = p.dp.set_trunk_policy(net.idx, mode, hosts) {
         super::super::log(format!("network {}: {e}", net.rec.name));
     }

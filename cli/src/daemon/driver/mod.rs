@@ -158,6 +158,18 @@ pub struct EndpointRequest<'a> {
 }
 
 /// The driver called `name`.
+/// The network's endpoints as its trunk (or tunnel) knows them.
+pub fn trunk_hosts(rec: &NetworkRecord) -> Vec<vswitch::trunk::TrunkHost> {
+    rec.endpoints
+        .values()
+        .map(|e| vswitch::trunk::TrunkHost {
+            ip: e.ip,
+            ip6: e.ip6,
+            mac: e.mac,
+        })
+        .collect()
+}
+
 pub fn lookup(name: &str) -> ApiResult<&'static dyn NetworkDriver> {
     match name {
         "bridge" => Ok(&Bridge),

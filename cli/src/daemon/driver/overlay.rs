@@ -68,8 +68,7 @@ impl NetworkDriver for Overlay {
         // a bridge network on this host (gateway, resolver, NAT), and a
         // tunnel to the others
         Bridge.create(p, idx, rec)?;
-        let hosts: Vec<_> = rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
-        p.dp.set_trunk_policy(idx, TrunkMode::Bridge, hosts)?;
+        p.dp.set_trunk_policy(idx, TrunkMode::Bridge, super::trunk_hosts(rec))?;
         if !p.vtep {
             return Ok(Made {
                 trunk: None,
@@ -113,7 +112,7 @@ impl NetworkDriver for Overlay {
     /// the MACs never sent into it) and the remote ones (where the tunnel
     /// sends their frames; broadcasts go to every host that has one).
     fn endpoints_changed(&self, p: &Plumbing, net: &Net) {
-        let hosts = net.rec.endpoints.values().map(|e| (e.ip, e.mac)).collect();
+        let hosts = super::trunk_hosts(&net.rec);
         if let Err(e) = p.dp.set_trunk_policy(net.idx, TrunkMode::Bridge, hosts) {
             super::super::log(format!("network {}: {e}", net.rec.name));
         }
