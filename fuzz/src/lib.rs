@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 use vswitch::router::{self, GwAction};
 use vswitch::switch::{Decision, PortKind, Switch, TrunkMode};
-use vswitch::trunk::{self, TrunkXform};
+use vswitch::trunk::{self, TrunkHost, TrunkXform};
 use vswitch::vnet::VNET_HDR_LEN;
 use vswitch::{Mac, NetConfig, PortIdentity};
 
@@ -144,13 +144,16 @@ pub fn pipeline(data: &[u8]) {
     );
     let host_mac = Mac([2, 0x42, 192, 168, 5, 9]);
     sw.set_trunk_policy(2, TrunkMode::Bridge, &[host_mac]);
-    let xform = TrunkXform {
+    let mut xform = TrunkXform {
         vlan: Some(12),
         shared_mac: Some(Mac(PARENT_MAC)),
-        hosts: [(Ipv4Addr::new(192, 168, 5, 9), host_mac)]
-            .into_iter()
-            .collect(),
+        ..Default::default()
     };
+    xform.set_hosts(&[TrunkHost {
+        ip: Ipv4Addr::new(192, 168, 5, 9),
+        ip6: Some(std::net::Ipv6Addr::new(0xfd00, 5, 0, 0, 0, 0, 0, 9)),
+        mac: host_mac,
+    }]);
     let mut nat = nat();
     let mut buf = vec![0u8; BUF];
     let mut now = 1_000u64;

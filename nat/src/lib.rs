@@ -186,7 +186,6 @@ struct OutKey {
     dport: u16,
 }
 
-/// (outbound?, proto, source, destination, IP identification)
 /// (outbound?, protocol, source, destination, IP identification): IPv4's
 /// is 16 bits, IPv6's (in the fragment header) 32.
 type FragKey = (bool, u8, IpAddr, IpAddr, u32);
@@ -335,6 +334,8 @@ pub struct Nat {
     /// of a first fragment -> its connection and when it was seen; the
     /// later fragments (no ports) follow it.
     frags: FxHashMap<FragKey, (u32, u64)>,
+    /// When `frags` was last swept (ms).
+    frags_swept: u64,
     /// Outbound connections per container (network, inside address).
     per_src: FxHashMap<(u16, IpAddr), u32>,
     pub stats: NatStats,
@@ -525,6 +526,7 @@ impl Nat {
             cursor: [lo; 3],
             forwards: FxHashMap::default(),
             frags: FxHashMap::default(),
+            frags_swept: 0,
             per_src: FxHashMap::default(),
             stats: NatStats::default(),
         }
@@ -852,6 +854,10 @@ impl Nat {
     /// An ICMP (ICMPv6) error about a packet we sent out: map the
     /// embedded header back, then the outer destination.
     fn icmp_error_in(&mut self, b: &mut [u8], p: &Parsed, now: u64) -> Result<Inside, NatDrop> {
+        // an error is never sent in fragments (its checksum covers it all)
+        if p.first_frag {
+            return Err(NatDrop::Unsupported);
+        }
         let e = p.l4 + 8; // embedded IP header
         let end = p.l4 + p.l4_len;
         let ext = self.ext_for(p.v6).ok_or(NatDrop::Unsupported)?;
@@ -864,7 +870,16 @@ impl Nat {
             if end < e + IP6_LEN + 8 || b[e] >> 4 != 6 {
                 return Err(NatDrop::Unsupported);
             }
-            (e + IP6_LEN, b[e + 6])
+            if b[e + 6] != NH_FRAGMENT {
+                (e + IP6_LEN, b[e + 6])
+            } else {
+                // about a fragment we sent: the first carries the ports
+                let fh = e + IP6_LEN;
+                if rd16(b, fh + wire::frag6::OFFSET_FLAGS) & 0xfff8 != 0 {
+                    return Err(NatDrop::Unsupported);
+                }
+                (fh + FRAG6_LEN, b[fh])
+            }
         } else {
             if end < e + 20 || b[e] >> 4 != 4 {
                 return Err(NatDrop::Unsupported);
@@ -1109,15 +1124,16 @@ impl Nat {
         self.free.push(i as u32);
     }
 
-    /// Fragment state of gone connections, or older than 30 s (a
-    /// datagram's fragments arrive together).
     /// Remembers a first fragment's connection for the fragments after it.
-    /// The table is bounded ([`MAX_FRAGS`], swept of entries older than
-    /// 30 s first): past that the datagram's later fragments are dropped
-    /// (counted as fragments), so a flood of first fragments costs memory
-    /// only up to the bound.
+    /// The table is bounded ([`MAX_FRAGS`]; when full it is swept of
+    /// entries older than 30 s, at most once a second, so a flood costs
+    /// neither memory nor a sweep per fragment): past that the datagram's
+    /// later fragments are dropped (counted as fragments).
     fn note_frag(&mut self, key: FragKey, id: u32, now: u64) {
         if self.frags.len() >= MAX_FRAGS && !self.frags.contains_key(&key) {
+            if now.saturating_sub(self.frags_swept) < 1000 {
+                return;
+            }
             self.sweep_frags(now);
             if self.frags.len() >= MAX_FRAGS {
                 return;
@@ -1126,7 +1142,10 @@ impl Nat {
         self.frags.insert(key, (id, now));
     }
 
+    /// Fragment state of gone connections, or older than 30 s (a
+    /// datagram's fragments arrive together).
     fn sweep_frags(&mut self, now: u64) {
+        self.frags_swept = now;
         self.frags.retain(|_, (id, t)| {
             now.saturating_sub(*t) < 30_000 && self.conns[*id as usize].is_some()
         });

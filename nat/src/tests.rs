@@ -653,6 +653,20 @@ fn nat66_fragments_follow_their_first_fragment() {
         wire::ipv6::upper_checksum(a6(R6), a6(C6), PROTO_UDP, &inn),
         0
     );
+    // a packet-too-big about the first fragment we sent: mapped back to
+    // the container (the embedded fragment header skipped to the ports)
+    let mut ptb = vec![2, 0, 0, 0, 0, 0, 5, 0];
+    ptb.extend_from_slice(&first[IP..]);
+    let mut e = frame6(R6, EXT6, PROTO_ICMPV6, &ptb, false);
+    assert_eq!(n.inbound(&mut e, 2).unwrap().net, 1);
+    assert_eq!(ip6(&e, IP + 48 + 8), a6(C6), "embedded source");
+    assert_eq!(rd16(&e, IP + 48 + 48), 4444, "embedded port");
+    valid6(&e, false);
+    // an error about a later fragment has no ports: not translated
+    let mut ptb = vec![2, 0, 0, 0, 0, 0, 5, 0];
+    ptb.extend_from_slice(&rest[IP..]);
+    let mut e = frame6(R6, EXT6, PROTO_ICMPV6, &ptb, false);
+    assert_eq!(n.inbound(&mut e, 2), Err(NatDrop::Unsupported));
     // a later fragment to the external address with an unknown
     // identification, and one to another address: not translated
     let mut stray = frag6(R6, EXT6, PROTO_UDP, 24, false, 8, &back[24..]);

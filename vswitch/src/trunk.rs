@@ -115,11 +115,12 @@ pub fn egress_frame(x: &TrunkXform, frame: &[u8]) -> Option<Vec<u8>> {
     Some(v)
 }
 
-/// The link-layer address options (source, target) of the neighbour
-/// discovery message in IPv6 packet `p` say `mac`, the ICMPv6 checksum
-/// kept right (a `partial` one covers no payload yet: left alone). Any
-/// other packet, or a malformed option list, is left as it is after the
-/// last whole option.
+/// The link-layer address options (source, target) of the router or
+/// neighbour solicitation or neighbour advertisement in IPv6 packet `p`
+/// say `mac`, the ICMPv6 checksum kept right (a `partial` one covers no
+/// payload yet: left alone). (Router advertisements and redirects never
+/// leave a container: port security drops them.) Any other packet, or a
+/// malformed option list, is left as it is after the last whole option.
 fn nd_link_options(p: &mut [u8], mac: [u8; 6], partial: bool) {
     let Some(h) = ipv6::Header::new(p) else {
         return;

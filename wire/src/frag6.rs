@@ -54,11 +54,12 @@ pub fn emit(b: &mut [u8], next: u8, offset: usize, more: bool, ident: u32) {
     b[IDENT..IDENT + 4].copy_from_slice(&ident.to_be_bytes());
 }
 
-/// Splits `packet` (an IPv6 header directly followed by its payload: no
-/// extension headers) into fragments whose IPv6 packets are at most `mtu`
-/// bytes, each passed to `out` as IPv6 header + fragment header + data.
-/// Err (nothing passed) if the packet is not such a packet, or `mtu`
-/// leaves no room for 8 bytes of data.
+/// Splits `packet` (an IPv6 header directly followed by its payload; the
+/// caller sees to it that no extension header must stay unfragmented)
+/// into fragments whose IPv6 packets are at most `mtu` bytes, each passed
+/// to `out` as IPv6 header + fragment header + data. Err (nothing
+/// passed) if `packet` is not IPv6 or is shorter than its payload length
+/// says, or `mtu` leaves no room for 8 bytes of data.
 pub fn fragment(
     packet: &[u8],
     mtu: usize,

@@ -3,17 +3,23 @@
 //! a container's link reaches the gateway as fragments, which must be
 //! one datagram again before it can leave through a host socket.
 //!
-//! Bounded: at most [`MAX_DATAGRAMS`] datagrams in progress and
-//! [`MAX_BYTES`] bytes held; a datagram not complete within [`TIMEOUT`] is
-//! dropped. Overlapping fragments drop their whole datagram (RFC 5722).
+//! Bounded: at most [`MAX_DATAGRAMS`] datagrams in progress (of them at
+//! most [`MAX_PER_SOURCE`] from one address, so one container cannot take
+//! them all), [`MAX_PIECES`] fragments each and [`MAX_BYTES`] bytes held;
+//! a datagram not complete within [`TIMEOUT`] is dropped when the next
+//! fragment comes (until then the bounds hold its memory). Overlapping
+//! fragments drop their whole datagram (RFC 5722).
 
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 use vswitch::vnet::VNET_HDR_LEN;
-use wire::{frag6, ipv6};
+use wire::{eth, frag6, ipv6};
 
 pub const MAX_DATAGRAMS: usize = 64;
+pub const MAX_PER_SOURCE: usize = 16;
+/// Fragments of one datagram (65,535 bytes in 1,280-byte links: 52).
+pub const MAX_PIECES: usize = 128;
 pub const MAX_BYTES: usize = 2 << 20;
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -59,15 +65,19 @@ pub struct Reassembly {
 impl Reassembly {
     /// Whether frame `f` (vnet header + Ethernet + IPv6) is a fragment.
     pub fn is_fragment(f: &[u8]) -> bool {
-        f.get(I..)
-            .and_then(ipv6::Header::new)
-            .is_some_and(|h| h.next_header() == frag6::PROTO)
+        f.get(VNET_HDR_LEN..).and_then(eth::ethertype) == Some(eth::ETHERTYPE_IPV6)
+            && f.get(I..)
+                .and_then(ipv6::Header::new)
+                .is_some_and(|h| h.next_header() == frag6::PROTO)
     }
 
     /// Takes fragment frame `f`: Ok(Some(frame)) when it completes its
     /// datagram (the frame as if it had never been fragmented), Ok(None)
     /// while fragments are missing.
     pub fn offer(&mut self, f: &[u8], now: Instant) -> Result<Option<Vec<u8>>, Drop> {
+        if !Self::is_fragment(f) {
+            return Err(Drop::Malformed);
+        }
         let h = f
             .get(I..)
             .and_then(ipv6::Header::new)
@@ -78,15 +88,16 @@ impl Reassembly {
         }
         let fh = frag6::Fragment::new(&f[I + ipv6::HDR_LEN..]).ok_or(Drop::Malformed)?;
         let (off, more, chunk) = (fh.offset(), fh.more(), &f[DATA..end]);
-        // all but the last carry a multiple of 8 bytes; the datagram fits
-        // a payload length
-        if (more && chunk.len() % 8 != 0) || off + chunk.len() > 65_535 {
+        // every fragment carries data, all but the last a multiple of 8
+        // bytes; the datagram fits a payload length
+        if chunk.is_empty() || (more && chunk.len() % 8 != 0) || off + chunk.len() > 65_535 {
             return Err(Drop::Malformed);
         }
         self.expire(now);
         let key = (h.src(), h.dst(), fh.ident());
         if !self.parts.contains_key(&key) {
-            if self.parts.len() >= MAX_DATAGRAMS {
+            let mine = self.parts.keys().filter(|k| k.0 == key.0).count();
+            if self.parts.len() >= MAX_DATAGRAMS || mine >= MAX_PER_SOURCE {
                 return Err(Drop::Full);
             }
             let p = Partial {
@@ -108,13 +119,16 @@ impl Reassembly {
             return Err(Drop::Overlap);
         }
         let grow = hi.saturating_sub(p.data.len());
-        if self.bytes + grow > MAX_BYTES {
+        if self.bytes + grow > MAX_BYTES || p.have.len() >= MAX_PIECES {
             self.remove(&key);
             return Err(Drop::Full);
         }
         if grow > 0 {
+            // (what is held is counted as allocated)
+            let before = p.data.capacity();
+            p.data.reserve_exact(grow);
             p.data.resize(hi, 0);
-            self.bytes += grow;
+            self.bytes += p.data.capacity() - before;
         }
         p.data[lo..hi].copy_from_slice(chunk);
         p.have.push((lo, hi));
@@ -147,7 +161,7 @@ impl Reassembly {
 
     fn remove(&mut self, key: &Key) -> Option<Partial> {
         let p = self.parts.remove(key)?;
-        self.bytes -= p.data.len();
+        self.bytes -= p.data.capacity();
         Some(p)
     }
 
@@ -239,6 +253,10 @@ mod tests {
         for cut in 0..fr[1].len() {
             let _ = r.offer(&fr[1][..cut], t);
         }
+        // a fragment without data
+        let mut empty = fr[1][..DATA].to_vec();
+        empty[I + 4..I + 6].copy_from_slice(&(frag6::LEN as u16).to_be_bytes());
+        assert_eq!(r.offer(&empty, t), Err(Drop::Malformed));
         // a last fragment before data already held
         let mut r = Reassembly::default();
         r.offer(&fr[1], t).unwrap();
@@ -252,8 +270,18 @@ mod tests {
         let payload = vec![1u8; 3000];
         let t = Instant::now();
         let mut r = Reassembly::default();
-        for id in 0..MAX_DATAGRAMS as u32 {
+        // one source holds at most its share
+        for id in 0..MAX_PER_SOURCE as u32 {
             r.offer(&frames(&payload, 1500, id)[0], t).unwrap();
+        }
+        let mut other = frames(&payload, 1500, 500)[0].clone();
+        assert_eq!(r.offer(&other, t), Err(Drop::Full));
+        // the rest come from other sources
+        for id in MAX_PER_SOURCE as u32..MAX_DATAGRAMS as u32 {
+            let src = I + ipv6::SRC + 15;
+            other = frames(&payload, 1500, id)[0].clone();
+            other[src] = id as u8;
+            r.offer(&other, t).unwrap();
         }
         let next = frames(&payload, 1500, 999);
         assert_eq!(r.offer(&next[0], t), Err(Drop::Full));
@@ -267,7 +295,9 @@ mod tests {
         let mut full = false;
         for id in 0..MAX_DATAGRAMS as u32 {
             for f in frames(&big, 1500, id).iter().skip(1) {
-                full |= r.offer(f, t) == Err(Drop::Full);
+                let mut f = f.clone();
+                f[I + ipv6::SRC + 15] = id as u8;
+                full |= r.offer(&f, t) == Err(Drop::Full);
             }
         }
         assert!(full && r.bytes <= MAX_BYTES);

@@ -657,6 +657,11 @@ impl Net {
     }
 
     fn udp_reply(&mut self, flow: Flow, d: Vec<u8>, svc: &Svc) {
+        let Some((h, last)) = self.udp_sock.get_mut(&(flow.2, flow.3)) else {
+            return;
+        };
+        *last = Instant::now();
+        let h = *h;
         // IPv6 past the link: in fragments, written here (smoltcp 0.14
         // drops an IPv6 packet longer than the link's MTU)
         if let (IpAddr::V6(c), IpAddr::V6(r)) = (flow.0, flow.2) {
@@ -667,17 +672,14 @@ impl Net {
                 return;
             }
         }
-        if let Some((h, last)) = self.udp_sock.get_mut(&(flow.2, flow.3)) {
-            *last = Instant::now();
-            let s = self.sockets.get_mut::<udp::Socket>(*h);
-            let _ = s.send_slice(
-                &d,
-                IpEndpoint {
-                    addr: IpAddress::from(flow.0),
-                    port: flow.1,
-                },
-            );
-        }
+        let s = self.sockets.get_mut::<udp::Socket>(h);
+        let _ = s.send_slice(
+            &d,
+            IpEndpoint {
+                addr: IpAddress::from(flow.0),
+                port: flow.1,
+            },
+        );
     }
 }
 

@@ -142,7 +142,10 @@ impl Datapath {
                 .map(|l| (l.tx.clone(), l.efd.clone()))
                 .collect(),
         };
-        // (dropping `cap` on an error stops it where it did start)
+        // (only the workers hold a sender now: one that is gone ends the
+        // wait at once; dropping `cap` on an error stops it where it did
+        // start)
+        drop(ack);
         let until = std::time::Instant::now() + timeout;
         for _ in 0..lanes {
             let left = until.saturating_duration_since(std::time::Instant::now());

@@ -157,7 +157,6 @@ pub struct EndpointRequest<'a> {
     pub container: &'a str,
 }
 
-/// The driver called `name`.
 /// The network's endpoints as its trunk (or tunnel) knows them.
 pub fn trunk_hosts(rec: &NetworkRecord) -> Vec<vswitch::trunk::TrunkHost> {
     rec.endpoints
@@ -170,6 +169,7 @@ pub fn trunk_hosts(rec: &NetworkRecord) -> Vec<vswitch::trunk::TrunkHost> {
         .collect()
 }
 
+/// The driver called `name`.
 pub fn lookup(name: &str) -> ApiResult<&'static dyn NetworkDriver> {
     match name {
         "bridge" => Ok(&Bridge),
