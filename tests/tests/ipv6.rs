@@ -269,19 +269,6 @@ fn ipv6_defaults_and_bad_input() {
             &["--ipv6", "--subnet", &s1, "x"],
             "overlaps with network auto1",
         ),
-        (
-            &[
-                "--ipv6",
-                "-d",
-                "ipvlan",
-                "-o",
-                "parent=lo",
-                "-o",
-                "ipvlan_mode=l3",
-                "x",
-            ],
-            "not supported on ipvlan networks in l3 mode",
-        ),
     ];
     for (args, want) in cases {
         let mut a = vec!["network", "create"];
@@ -803,6 +790,81 @@ fn ipvlan_dual_stack() {
     delete_netns(&lan);
 }
 
+/// IPv6 on an ipvlan network in l3 mode: nothing is switched between the
+/// containers and the segment; neighbour discovery is answered on both
+/// sides with the parent's MAC, and IPv6 goes by destination: to another
+/// container directly, to the segment's next hop (the destination inside
+/// the subnet, else the gateway) found by tapnet's own solicitation.
+#[test]
+fn ipvlan_l3_dual_stack() {
+    let Some(mut env) = Env::new("ipvlan_l3_dual_stack", &[]) else {
+        return;
+    };
+    let lan = lan_segment(&env);
+    // an address beyond the subnet, reached through the gateway
+    run_ok(std::process::Command::new("ip").args([
+        "-n",
+        &lan,
+        "addr",
+        "add",
+        "fd00:99::1/128",
+        "dev",
+        "lo",
+    ]));
+    env.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "-o",
+        "parent=lan0",
+        "-o",
+        "ipvlan_mode=l3",
+        "--ipv6",
+        "--subnet",
+        "10.79.0.0/24",
+        "--gateway",
+        "10.79.0.1",
+        "--subnet",
+        "fd00:79::/64",
+        "--gateway",
+        "fd00:79::1",
+        "l3v6",
+    ]);
+    let c = env.container("l3v6", "c", &[]);
+    let _d = env.container("l3v6", "d", &[]);
+    let (c6, d6) = (env.ip6_of("c"), env.ip6_of("d"));
+    let r = env.exec_ok(&c.ns, &["ip", "-6", "route", "show", "default"]);
+    assert!(r.contains("default dev eth0"), "{r}");
+    let parent = env.exec_ok(&env.host_ns, &["cat", "/sys/class/net/lan0/address"]);
+    let parent = parent.trim();
+    // c's neighbour for anything is the parent's MAC (answered here)
+    assert!(
+        ping6(&env, &c.ns, "fd00:79::1"),
+        "c -> the segment's router"
+    );
+    let n = env.exec_ok(&c.ns, &["ip", "-6", "neigh", "show", "fd00:79::1"]);
+    assert!(n.contains(parent), "c's neighbour entry: {n}");
+    // the segment sees c at the parent's MAC
+    let n = env.exec_ok(&lan, &["ip", "-6", "neigh", "show", &c6]);
+    assert!(n.contains(parent) && !n.contains(&c.mac), "{n}");
+    // beyond the subnet: through the gateway
+    assert!(
+        ping6(&env, &c.ns, "fd00:99::1"),
+        "c -> beyond, via the gateway"
+    );
+    // container to container, and the segment to a container
+    assert!(ping6(&env, &c.ns, &d6), "c -> d");
+    assert!(ping6(&env, &lan, &d6), "the segment -> d");
+    // 16 MiB over IPv6 from the segment, checksum compared
+    let blob = env.random_file("blob", 16 << 20);
+    let peer = download(&mut env, &c.ns, &lan, "fd00:79::1", 7203, &blob);
+    assert_eq!(peer.ip().to_string(), c6);
+    // an address nobody has on the network is not claimed on the segment
+    assert!(!ping6(&env, &lan, "fd00:79::77"), "fd00:79::77 answered");
+    delete_netns(&lan);
+}
+
 /// The segment of the trunked tests: a "LAN" namespace behind a veth
 /// (`lan0`) of the daemon's namespace, with the router addresses
 /// 10.79.0.1/24 and fd00:79::1/64 on its end (`peer0`). Returns its name.
@@ -832,6 +894,17 @@ fn lan_segment(env: &Env) -> String {
     ] {
         run_ok(std::process::Command::new("ip").args(a));
     }
+    // the "router" is ready once its link-local address has passed
+    // duplicate address detection: before, its kernel has not joined the
+    // solicited-node groups and leaves solicitations unanswered
+    let ready = wait_until(Duration::from_secs(5), || {
+        let o = env.exec_ok(
+            &lan,
+            &["ip", "-6", "addr", "show", "dev", "peer0", "scope", "link"],
+        );
+        o.contains("inet6") && !o.contains("tentative")
+    });
+    assert!(ready, "the LAN's interface never became ready");
     lan
 }
 

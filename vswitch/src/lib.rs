@@ -25,8 +25,8 @@ pub use wire::vnet;
 
 pub use datapath::{
     open_vtep, Datapath, DatapathConfig, DatapathError, Injector, PortId, PortState, PuntHook,
-    RoutedConfig, Snapshot, TrunkConfig, TunnelPeer, TunnelSnapshot, UplinkConfig, UplinkSnapshot,
-    VtepSnapshot, VtepStats,
+    RoutedConfig, RoutedV6, Snapshot, TrunkConfig, TunnelPeer, TunnelSnapshot, UplinkConfig,
+    UplinkSnapshot, VtepSnapshot, VtepStats,
 };
 pub use mac::Mac;
 pub use switch::{DropCounters, Net6, NetConfig, PortCounters, PortIdentity, PortKind, TrunkMode};

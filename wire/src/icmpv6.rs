@@ -117,6 +117,34 @@ pub fn emit_na(
     m[CHECKSUM..CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// The Ethernet destination and IPv6 packet (header and message) of a
+/// neighbour solicitation for `target` from `src` (link-layer address
+/// `mac`), to `target`'s solicited-node group.
+pub fn solicitation(target: Ipv6Addr, mac: [u8; 6], src: Ipv6Addr) -> ([u8; 6], Vec<u8>) {
+    let dst = ipv6::solicited_node(target);
+    let mut p = vec![0u8; ipv6::HDR_LEN + ND_LEN + 8];
+    let n = (ND_LEN + 8) as u16;
+    ipv6::emit(&mut p, n, ipv6::PROTO_ICMPV6, 255, src, dst);
+    emit_ns(&mut p[ipv6::HDR_LEN..], target, mac, src, dst);
+    (ipv6::multicast_mac(dst), p)
+}
+
+/// The IPv6 packet of a neighbour advertisement (`flags`) "`target` is at
+/// `mac`", from `target` to `to`.
+pub fn advertisement(flags: u8, target: Ipv6Addr, mac: [u8; 6], to: Ipv6Addr) -> Vec<u8> {
+    let mut p = vec![0u8; ipv6::HDR_LEN + NA_WITH_TLLA];
+    ipv6::emit(
+        &mut p,
+        NA_WITH_TLLA as u16,
+        ipv6::PROTO_ICMPV6,
+        255,
+        target,
+        to,
+    );
+    emit_na(&mut p[ipv6::HDR_LEN..], flags, target, mac, target, to);
+    p
+}
+
 /// Writes a neighbour solicitation from `src` (link-layer address `mac`)
 /// for `target` into `msg` (at least 32 bytes), to `dst`.
 pub fn emit_ns(msg: &mut [u8], target: Ipv6Addr, mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr) {

@@ -130,6 +130,8 @@ pub struct IfSpec {
     /// of the IPv6 default route.
     pub ip6: Option<(std::net::Ipv6Addr, u8)>,
     pub default_gw6: Option<std::net::Ipv6Addr>,
+    /// An IPv6 default route through the interface itself (ipvlan L3).
+    pub default_dev6: bool,
 }
 
 /// Opens (creating, or re-attaching to an existing persistent one) the TAP
@@ -484,6 +486,16 @@ async fn configure(h: &rtnetlink::Handle, s: &IfSpec) -> Result<()> {
         if let Err(e) = h.route().add(route).execute().await {
             if !is_eexist(&e) {
                 bail!("adding the route to {dst} on {}: {e}", s.ifname);
+            }
+        }
+    }
+    if s.default_dev6 {
+        let route = rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .output_interface(idx)
+            .build();
+        if let Err(e) = h.route().add(route).execute().await {
+            if !is_eexist(&e) {
+                bail!("adding the IPv6 default route on {}: {e}", s.ifname);
             }
         }
     }

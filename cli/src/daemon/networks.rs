@@ -475,12 +475,6 @@ pub fn plan_network(
     let mtu = check_mtu(req.mtu.unwrap_or(1500))?;
     parse_servers(&req.dns)?;
     let drv = driver::lookup(req.driver.as_deref().unwrap_or("bridge"))?;
-    let l3 = req.options.get("ipvlan_mode").map(|s| s.as_str()) == Some("l3");
-    if subnet6.is_some() && drv.name() == "ipvlan" && l3 {
-        return Err(ApiError::bad_request(
-            "--ipv6 is not supported on ipvlan networks in l3 mode yet (l2, the default, has it)",
-        ));
-    }
     if subnet6.is_some() && !matches!(drv.name(), "bridge" | "overlay" | "macvlan" | "ipvlan") {
         return Err(ApiError::bad_request(format!(
             "--ipv6 is not supported on {} networks yet (bridge, overlay, macvlan and ipvlan networks have it)",

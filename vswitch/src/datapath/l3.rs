@@ -35,19 +35,9 @@ impl Uplink {
     /// A neighbour solicitation for `target` from the uplink's IPv6
     /// address (to its solicited-node group).
     pub(super) fn ns_request(&self, target: std::net::Ipv6Addr) -> Option<Vec<u8>> {
-        use wire::{icmpv6, ipv6};
         let (me, _) = self.ip6?;
-        let dst = ipv6::solicited_node(target);
-        let mut p = [0u8; ipv6::HDR_LEN + icmpv6::ND_LEN + 8];
-        let n = (p.len() - ipv6::HDR_LEN) as u16;
-        ipv6::emit(&mut p, n, ipv6::PROTO_ICMPV6, 255, me, dst);
-        icmpv6::emit_ns(&mut p[ipv6::HDR_LEN..], target, self.mac.0, me, dst);
-        Some(eth::vnet_frame(
-            ipv6::multicast_mac(dst),
-            self.mac.0,
-            eth::ETHERTYPE_IPV6,
-            &p,
-        ))
+        let (to, p) = wire::icmpv6::solicitation(target, self.mac.0, me);
+        Some(eth::vnet_frame(to, self.mac.0, eth::ETHERTYPE_IPV6, &p))
     }
 
     /// An ARP request for `ip` from the uplink address.

@@ -316,6 +316,16 @@ pub struct RoutedConfig {
     pub gateway: Ipv4Addr,
     pub subnet: Ipv4Addr,
     pub prefix: u8,
+    /// The same for IPv6, on a dual-stack network.
+    pub v6: Option<RoutedV6>,
+}
+
+/// A routed segment's IPv6 addressing (see [`RoutedConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RoutedV6 {
+    pub gateway: std::net::Ipv6Addr,
+    pub subnet: std::net::Ipv6Addr,
+    pub prefix: u8,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1212,8 +1222,9 @@ impl State {
                                 gateway: rc.gateway,
                                 subnet: rc.subnet,
                                 prefix: rc.prefix,
-                                neigh: FxHashMap::default(),
-                                pending: FxHashMap::default(),
+                                v6: rc.v6,
+                                n4: Default::default(),
+                                n6: Default::default(),
                             },
                         );
                     }

@@ -18,10 +18,20 @@
 //!   neither make tapnet announce another address on the segment nor
 //!   take another container's traffic.
 //!
+//! IPv6 (a dual-stack network) goes the same way, neighbour discovery in
+//! ARP's place: a container's solicitation for any address but its own
+//! is answered with the parent's MAC; the segment's solicitations for an
+//! endpoint's address (or its link-local one) are answered with the
+//! parent's MAC; an advertisement is believed only from a next hop this
+//! side asked for; link-local and multicast traffic is never routed.
+//!
 //! Frames for the network's resolver (the gateway MAC of its switch
 //! network) take the ordinary path through the switch.
 
 use super::*;
+use std::hash::Hash;
+use std::net::Ipv6Addr;
+use wire::{icmpv6, ipv6};
 
 /// A routed segment's state, one per L3 ipvlan network.
 pub(super) struct Routed {
@@ -31,10 +41,82 @@ pub(super) struct Routed {
     pub(super) gateway: Ipv4Addr,
     pub(super) subnet: Ipv4Addr,
     pub(super) prefix: u8,
-    /// Neighbours on the segment: IP -> (MAC, learned at ms).
-    pub(super) neigh: FxHashMap<Ipv4Addr, (Mac, u64)>,
-    /// Next hops asked for: IP -> when (only their replies are believed).
-    pub(super) pending: FxHashMap<Ipv4Addr, u64>,
+    /// IPv6 addressing (a dual-stack network).
+    pub(super) v6: Option<RoutedV6>,
+    /// Neighbours on the segment, per family.
+    pub(super) n4: Neighbours<Ipv4Addr>,
+    pub(super) n6: Neighbours<Ipv6Addr>,
+}
+
+/// One family's neighbours on the segment and the questions asked.
+pub(super) struct Neighbours<A> {
+    /// IP -> (MAC, learned at ms).
+    known: FxHashMap<A, (Mac, u64)>,
+    /// Next hops asked for: IP -> when (only their answers are believed).
+    pending: FxHashMap<A, u64>,
+}
+
+impl<A> Default for Neighbours<A> {
+    fn default() -> Self {
+        Neighbours {
+            known: FxHashMap::default(),
+            pending: FxHashMap::default(),
+        }
+    }
+}
+
+impl<A: Copy + Eq + Hash> Neighbours<A> {
+    /// Whether a question about `hop` may go out now (and records it).
+    fn may_ask(&mut self, hop: A, now: u64) -> bool {
+        if self
+            .pending
+            .get(&hop)
+            .is_some_and(|t| now.saturating_sub(*t) < REQUEST_GAP_MS)
+        {
+            return false;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending
+                .retain(|_, t| now.saturating_sub(*t) < PENDING_MS);
+            if self.pending.len() >= MAX_PENDING {
+                return false;
+            }
+        }
+        self.pending.insert(hop, now);
+        true
+    }
+
+    fn fresh(&self, hop: A, now: u64) -> Option<Mac> {
+        self.known
+            .get(&hop)
+            .filter(|(_, t)| now.saturating_sub(*t) < NEIGH_TTL_MS)
+            .map(|(m, _)| *m)
+    }
+
+    /// An answer: `ip` is at `mac`. Believed only when asked, and never
+    /// for a group or the parent's own MAC `ours`.
+    fn answered(&mut self, ip: A, mac: Mac, ours: Mac, now: u64) {
+        if !mac.is_multicast()
+            && !mac.is_zero()
+            && mac != ours
+            && self.pending.remove(&ip).is_some()
+            && (self.known.len() < MAX_NEIGH || self.known.contains_key(&ip))
+        {
+            self.known.insert(ip, (mac, now));
+        }
+    }
+
+    /// Forgets neighbours that stopped answering and unanswered
+    /// questions; true when `gateway` is known but due to be asked again.
+    fn tick(&mut self, gateway: A, now: u64) -> bool {
+        self.known
+            .retain(|_, (_, t)| now.saturating_sub(*t) < NEIGH_TTL_MS);
+        self.pending
+            .retain(|_, t| now.saturating_sub(*t) < PENDING_MS);
+        self.known
+            .get(&gateway)
+            .is_some_and(|(_, t)| now.saturating_sub(*t) >= REFRESH_MS)
+    }
 }
 
 /// How long a neighbour is trusted without a new reply.
@@ -58,39 +140,20 @@ impl Routed {
         }
     }
 
+    fn next_hop6(&self, v6: RoutedV6, dst: Ipv6Addr) -> Ipv6Addr {
+        if ipv6::same_subnet(dst, v6.subnet, v6.prefix) {
+            dst
+        } else {
+            v6.gateway
+        }
+    }
+
     /// Multicast, broadcast or the subnet's broadcast: nothing to route.
     fn is_group(&self, dst: Ipv4Addr) -> bool {
         dst.is_multicast()
             || dst.is_broadcast()
             || (self.prefix < 31
                 && u32::from(dst) == u32::from(self.subnet) | !ipv4::mask(self.prefix))
-    }
-
-    /// Whether a request for `hop` may go out now (and records it).
-    fn may_ask(&mut self, hop: Ipv4Addr, now: u64) -> bool {
-        if self
-            .pending
-            .get(&hop)
-            .is_some_and(|t| now.saturating_sub(*t) < REQUEST_GAP_MS)
-        {
-            return false;
-        }
-        if self.pending.len() >= MAX_PENDING {
-            self.pending
-                .retain(|_, t| now.saturating_sub(*t) < PENDING_MS);
-            if self.pending.len() >= MAX_PENDING {
-                return false;
-            }
-        }
-        self.pending.insert(hop, now);
-        true
-    }
-
-    fn fresh(&self, hop: Ipv4Addr, now: u64) -> Option<Mac> {
-        self.neigh
-            .get(&hop)
-            .filter(|(_, t)| now.saturating_sub(*t) < NEIGH_TTL_MS)
-            .map(|(m, _)| *m)
     }
 }
 
@@ -101,9 +164,12 @@ pub(super) enum RoutedOut {
     /// Rewritten in place for an endpoint whose TAP is not known yet (it
     /// has sent nothing): to every TAP of the network but the trunk.
     ToTaps(NetIdx, PortIdx),
-    /// Dropped for now; this ARP request (for its next hop) goes out of
-    /// the trunk.
+    /// Dropped for now; this ARP request or neighbour solicitation (for
+    /// its next hop) goes out of the trunk.
     Request(PortIdx, Vec<u8>),
+    /// Answered: this frame (a neighbour advertisement) goes back out of
+    /// the port the question came in on.
+    Answer(Vec<u8>),
     /// Dropped: counted with this reason, or as `filtered` without one.
     Drop(Option<DropReason>),
 }
@@ -117,6 +183,19 @@ struct Seen {
     arp: Option<(u16, [u8; 6], Ipv4Addr, Ipv4Addr)>,
     /// IPv4: source and destination.
     ip: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// IPv6: source, destination, and the neighbour discovery message it
+    /// carries, if any (ICMPv6 type 133-137 right after the header).
+    ip6: Option<(Ipv6Addr, Ipv6Addr, Option<Nd>)>,
+}
+
+/// A neighbour discovery message: its type, hop limit and where it is.
+#[derive(Clone, Copy)]
+struct Nd {
+    ty: u8,
+    hop: u8,
+    /// The message's bytes in the frame: `from..to`.
+    from: usize,
+    to: usize,
 }
 
 fn seen(f: &[u8]) -> Seen {
@@ -137,12 +216,29 @@ fn seen(f: &[u8]) -> Seen {
         );
         (src, ipv4::dst(h).expect("length checked"))
     });
+    let ip6 = (ethertype == eth::ETHERTYPE_IPV6)
+        .then(|| ipv6::Header::new(&f[L3..]))
+        .flatten()
+        .map(|h| {
+            let (from, to) = (L3 + ipv6::HDR_LEN, L3 + ipv6::HDR_LEN + h.payload_len());
+            let nd = (h.next_header() == ipv6::PROTO_ICMPV6 && to <= f.len() && to >= from + 4)
+                .then(|| f[from])
+                .filter(|t| (icmpv6::ROUTER_SOLICIT..=137).contains(t))
+                .map(|ty| Nd {
+                    ty,
+                    hop: h.hop_limit(),
+                    from,
+                    to,
+                });
+            (h.src(), h.dst(), nd)
+        });
     Seen {
         ethertype,
         dst_mac: Mac::from_slice(&f[E + eth::DST..]),
         src_mac: Mac::from_slice(&f[E + eth::SRC..]),
         arp,
         ip,
+        ip6,
     }
 }
 
@@ -225,12 +321,12 @@ impl State {
                         self.deliver(slot, net, b, len, rmac, mac, trunk, now)
                     } else {
                         let hop = r.next_hop(dst);
-                        match r.fresh(hop, now) {
+                        match r.n4.fresh(hop, now) {
                             Some(mac) => {
                                 self.rewrite(b, len, rmac, mac);
                                 RoutedOut::Write(trunk)
                             }
-                            None if r.may_ask(hop, now) => RoutedOut::Request(
+                            None if r.n4.may_ask(hop, now) => RoutedOut::Request(
                                 trunk,
                                 eth::vnet_frame(
                                     eth::BROADCAST,
@@ -252,17 +348,9 @@ impl State {
                     RoutedOut::Write(slot)
                 }
                 Some((arp::REPLY, sha, spa, _)) => {
-                    let sha = Mac(sha);
                     let r = self.routed.get_mut(&net).expect("looked up");
                     // believed only as the answer to a question of ours
-                    if !sha.is_multicast()
-                        && !sha.is_zero()
-                        && sha != rmac
-                        && r.pending.remove(&spa).is_some()
-                        && (r.neigh.len() < MAX_NEIGH || r.neigh.contains_key(&spa))
-                    {
-                        r.neigh.insert(spa, (sha, now));
-                    }
+                    r.n4.answered(spa, Mac(sha), rmac, now);
                     RoutedOut::Drop(None)
                 }
                 _ => RoutedOut::Drop(None),
@@ -276,11 +364,129 @@ impl State {
                 }
                 _ => RoutedOut::Drop(None),
             },
+            (PortKind::Tap, eth::ETHERTYPE_IPV6) | (PortKind::Trunk, eth::ETHERTYPE_IPV6) => {
+                self.routed_in6(slot, kind, net, b, len, &s, now)
+            }
             // no broadcast, no other protocols: L3 only
             _ => RoutedOut::Drop(None),
         };
         self.routed_done(slot, b, len, out);
         true
+    }
+
+    /// IPv6 on a routed segment (see the module's comment), for
+    /// [`Self::routed_in`]; the frame has passed port security.
+    #[allow(clippy::too_many_arguments)]
+    fn routed_in6(
+        &mut self,
+        slot: PortIdx,
+        kind: PortKind,
+        net: NetIdx,
+        b: usize,
+        len: usize,
+        s: &Seen,
+        now: u64,
+    ) -> RoutedOut {
+        let Some(r) = self.routed.get(&net) else {
+            return RoutedOut::Drop(None);
+        };
+        let (rmac, trunk, v6) = (r.mac, r.trunk, r.v6);
+        let Some((src, dst, nd)) = s.ip6 else {
+            return RoutedOut::Drop(Some(DropReason::Malformed));
+        };
+        let Some(v6) = v6 else {
+            // a network without IPv6: nothing here speaks it
+            return RoutedOut::Drop(None);
+        };
+        let owner = |ip: Ipv6Addr| {
+            self.ports[trunk as usize]
+                .as_ref()
+                .and_then(|t| t.xform.as_deref())
+                .and_then(|x| x.hosts6.get(&ip).copied())
+        };
+        if let Some(nd) = nd {
+            let msg = &self.pool.frame(b, len)[nd.from..nd.to];
+            return match (kind, nd.ty) {
+                // a solicitation: answered with the parent's MAC, from a
+                // container for any address but its own, from the segment
+                // for an endpoint's
+                (_, icmpv6::NEIGHBOR_SOLICIT) => {
+                    let Some(ns) = icmpv6::NeighborSolicit::parse(src, dst, nd.hop, msg) else {
+                        return RoutedOut::Drop(Some(DropReason::Malformed));
+                    };
+                    let answer = match kind {
+                        PortKind::Tap => owner(ns.target) != Some(s.src_mac),
+                        _ => owner(ns.target).is_some() && !s.src_mac.is_multicast(),
+                    };
+                    if !answer || src.is_unspecified() {
+                        return RoutedOut::Drop(None);
+                    }
+                    let flags = icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE;
+                    let p = icmpv6::advertisement(flags, ns.target, rmac.0, src);
+                    RoutedOut::Answer(eth::vnet_frame(
+                        s.src_mac.0,
+                        rmac.0,
+                        eth::ETHERTYPE_IPV6,
+                        &p,
+                    ))
+                }
+                // an advertisement from the segment: believed if asked for
+                (PortKind::Trunk, icmpv6::NEIGHBOR_ADVERT)
+                    if nd.hop == 255
+                        && msg.len() >= icmpv6::ND_LEN
+                        && ipv6::upper_checksum(src, dst, ipv6::PROTO_ICMPV6, msg) == 0 =>
+                {
+                    let mut t = [0u8; 16];
+                    t.copy_from_slice(&msg[icmpv6::ND_TARGET..icmpv6::ND_TARGET + 16]);
+                    let mac = msg
+                        .get(icmpv6::ND_LEN..icmpv6::ND_LEN + 8)
+                        .filter(|o| o[0] == icmpv6::OPT_TLLA && o[1] == 1)
+                        .map_or(s.src_mac, |o| Mac::from_slice(&o[2..8]));
+                    let r = self.routed.get_mut(&net).expect("looked up");
+                    r.n6.answered(Ipv6Addr::from(t), mac, rmac, now);
+                    RoutedOut::Drop(None)
+                }
+                // the rest of neighbour discovery stays on its side
+                _ => RoutedOut::Drop(None),
+            };
+        }
+        if dst.is_multicast() || ipv6::is_link_local(dst) && owner(dst).is_none() {
+            return RoutedOut::Drop(None);
+        }
+        match kind {
+            PortKind::Trunk if s.dst_mac == rmac => match owner(dst) {
+                Some(mac) => self.deliver(slot, net, b, len, rmac, mac, trunk, now),
+                None => RoutedOut::Drop(None),
+            },
+            PortKind::Tap => {
+                // the sender is who it says: its MAC is found on its TAP
+                self.sw.table.learn(net, &s.src_mac, slot, now);
+                if let Some(mac) = owner(dst) {
+                    return self.deliver(slot, net, b, len, rmac, mac, trunk, now);
+                }
+                if ipv6::is_link_local(src) {
+                    // a link-local source never leaves its link
+                    return RoutedOut::Drop(None);
+                }
+                let r = self.routed.get_mut(&net).expect("looked up");
+                let hop = r.next_hop6(v6, dst);
+                match r.n6.fresh(hop, now) {
+                    Some(mac) => {
+                        self.rewrite(b, len, rmac, mac);
+                        RoutedOut::Write(trunk)
+                    }
+                    None if r.n6.may_ask(hop, now) => {
+                        let (to, p) = icmpv6::solicitation(hop, rmac.0, src);
+                        RoutedOut::Request(
+                            trunk,
+                            eth::vnet_frame(to, rmac.0, eth::ETHERTYPE_IPV6, &p),
+                        )
+                    }
+                    None => RoutedOut::Drop(Some(DropReason::NoRoute)),
+                }
+            }
+            _ => RoutedOut::Drop(None),
+        }
     }
 
     /// Rewrites the Ethernet addresses of the frame in buffer `b`.
@@ -349,6 +555,21 @@ impl State {
                 }
             }
             RoutedOut::ToTaps(net, trunk) => self.flood(slot, b, net, trunk),
+            RoutedOut::Answer(frame) => {
+                if let Some(sp) = self.sw.port_mut(slot) {
+                    sp.counters.gateway_replies += 1;
+                }
+                self.recycle(slot, b);
+                if self
+                    .sw
+                    .port(slot)
+                    .is_some_and(|p| p.kind == PortKind::Trunk)
+                {
+                    self.send_on_trunk(slot, &frame);
+                } else {
+                    self.send_owned(slot, frame);
+                }
+            }
             RoutedOut::Request(trunk, req) => {
                 self.sw.count_drop(slot, DropReason::NoRoute);
                 self.recycle(slot, b);
@@ -383,17 +604,15 @@ impl State {
     /// questions nobody answered; ask the gateway again before it expires
     /// (from an endpoint's address: tapnet has none of its own there).
     pub(super) fn routed_tick(&mut self, now: u64) {
-        let mut asks = Vec::new();
+        let (mut asks, mut asks6) = (Vec::new(), Vec::new());
         for r in self.routed.values_mut() {
-            r.neigh
-                .retain(|_, (_, t)| now.saturating_sub(*t) < NEIGH_TTL_MS);
-            r.pending.retain(|_, t| now.saturating_sub(*t) < PENDING_MS);
-            let stale = r
-                .neigh
-                .get(&r.gateway)
-                .is_some_and(|(_, t)| now.saturating_sub(*t) >= REFRESH_MS);
-            if stale && r.may_ask(r.gateway, now) {
+            if r.n4.tick(r.gateway, now) && r.n4.may_ask(r.gateway, now) {
                 asks.push((r.trunk, r.mac, r.gateway));
+            }
+            if let Some(v6) = r.v6 {
+                if r.n6.tick(v6.gateway, now) && r.n6.may_ask(v6.gateway, now) {
+                    asks6.push((r.trunk, r.mac, v6.gateway));
+                }
             }
         }
         for (trunk, mac, gw) in asks {
@@ -409,6 +628,17 @@ impl State {
                     &arp::request(mac.0, ip, gw),
                 );
                 self.send_on_trunk(trunk, &req);
+            }
+        }
+        for (trunk, mac, gw) in asks6 {
+            // from an endpoint's own (not link-local) address
+            let from = self.ports[trunk as usize]
+                .as_ref()
+                .and_then(|t| t.xform.as_deref())
+                .and_then(|x| x.hosts6.keys().find(|a| !ipv6::is_link_local(**a)).copied());
+            if let Some(ip) = from {
+                let (to, p) = icmpv6::solicitation(gw, mac.0, ip);
+                self.send_on_trunk(trunk, &eth::vnet_frame(to, mac.0, eth::ETHERTYPE_IPV6, &p));
             }
         }
     }

@@ -23,7 +23,7 @@
 
 use super::*;
 use std::net::Ipv4Addr;
-use vswitch::{Mac, NetConfig, RoutedConfig, TrunkConfig, TrunkMode};
+use vswitch::{Mac, NetConfig, RoutedConfig, RoutedV6, TrunkConfig, TrunkMode};
 
 /// Where a macvlan or ipvlan network's containers find the resolver that
 /// knows their names. The gateway is an external router, so the resolver
@@ -369,6 +369,11 @@ impl NetworkDriver for Ipvlan {
             gateway: rec.gateway,
             subnet: rec.subnet.network(),
             prefix: rec.subnet.prefix_len(),
+            v6: rec.subnet6.zip(rec.gateway6).map(|(s, g)| RoutedV6 {
+                gateway: g,
+                subnet: s.network(),
+                prefix: s.prefix_len(),
+            }),
         });
         create_trunked(p, idx, rec, true, TrunkMode::Bridge, routed)
     }

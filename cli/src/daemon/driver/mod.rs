@@ -121,6 +121,7 @@ pub trait NetworkDriver: Sync {
                 .rec
                 .gateway6
                 .filter(|_| e.has_default6() && self.default_via_gateway(&net.rec)),
+            default_dev6: e.has_default6() && !self.default_via_gateway(&net.rec),
         };
         let fds = netns::setup_endpoint(&NetnsRef(e.netns.clone()), &spec, p.tun_device)?;
         let identity = port_security(&net.rec).then_some(vswitch::PortIdentity {
