@@ -862,6 +862,25 @@ fn ipvlan_l3_dual_stack() {
     assert_eq!(peer.ip().to_string(), c6);
     // an address nobody has on the network is not claimed on the segment
     assert!(!ping6(&env, &lan, "fd00:79::77"), "fd00:79::77 answered");
+    // a segment host probing for c's address (duplicate address
+    // detection) is told it is taken
+    env.exec_ok(
+        &lan,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{c6}/64"),
+            "dev",
+            "peer0",
+        ],
+    );
+    let taken = wait_until(Duration::from_secs(5), || {
+        env.exec_ok(&lan, &["ip", "-6", "addr", "show", "dev", "peer0"])
+            .contains("dadfailed")
+    });
+    assert!(taken, "the segment's probe for {c6} went unanswered");
     delete_netns(&lan);
 }
 

@@ -20,10 +20,14 @@
 //!
 //! IPv6 (a dual-stack network) goes the same way, neighbour discovery in
 //! ARP's place: a container's solicitation for any address but its own
-//! is answered with the parent's MAC; the segment's solicitations for an
-//! endpoint's address (or its link-local one) are answered with the
-//! parent's MAC; an advertisement is believed only from a next hop this
-//! side asked for; link-local and multicast traffic is never routed.
+//! (and but a link-local one of the segment's) is answered with the
+//! parent's MAC; the segment's solicitations for an endpoint's address
+//! are answered with the parent's MAC, and its duplicate address probes
+//! for one are answered to all nodes, as the owner would; a solicited
+//! advertisement is believed only from a next hop this side asked for.
+//! Link-local addresses stay on their side (containers reach each
+//! other's), multicast is never routed, and a container may only send
+//! from its own addresses (`bad_src_mac`), as for IPv4.
 //!
 //! Frames for the network's resolver (the gateway MAC of its switch
 //! network) take the ordinary path through the switch.
@@ -404,36 +408,58 @@ impl State {
                 .and_then(|t| t.xform.as_deref())
                 .and_then(|x| x.hosts6.get(&ip).copied())
         };
+        // a container sends from its own addresses only (its link-local
+        // one is among them); `::` only probes, which stay unanswered
+        if kind == PortKind::Tap && owner(src) != Some(s.src_mac) {
+            let reason = (!src.is_unspecified()).then_some(DropReason::BadSrcMac);
+            return RoutedOut::Drop(reason);
+        }
         if let Some(nd) = nd {
             let msg = &self.pool.frame(b, len)[nd.from..nd.to];
             return match (kind, nd.ty) {
                 // a solicitation: answered with the parent's MAC, from a
-                // container for any address but its own, from the segment
-                // for an endpoint's
+                // container for any address but its own (and but the
+                // segment's link-local ones: that traffic stays on its
+                // side), from the segment for an endpoint's
                 (_, icmpv6::NEIGHBOR_SOLICIT) => {
                     let Some(ns) = icmpv6::NeighborSolicit::parse(src, dst, nd.hop, msg) else {
                         return RoutedOut::Drop(Some(DropReason::Malformed));
                     };
+                    let t = ns.target;
                     let answer = match kind {
-                        PortKind::Tap => owner(ns.target) != Some(s.src_mac),
-                        _ => owner(ns.target).is_some() && !s.src_mac.is_multicast(),
+                        PortKind::Tap => {
+                            owner(t) != Some(s.src_mac)
+                                && (!ipv6::is_link_local(t) || owner(t).is_some())
+                        }
+                        _ => {
+                            owner(t).is_some()
+                                && !ipv6::is_link_local(t)
+                                && !s.src_mac.is_multicast()
+                        }
                     };
-                    if !answer || src.is_unspecified() {
+                    if !answer {
                         return RoutedOut::Drop(None);
                     }
-                    let flags = icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE;
-                    let p = icmpv6::advertisement(flags, ns.target, rmac.0, src);
-                    RoutedOut::Answer(eth::vnet_frame(
-                        s.src_mac.0,
-                        rmac.0,
-                        eth::ETHERTYPE_IPV6,
-                        &p,
-                    ))
+                    // a duplicate address probe from the segment: the
+                    // address is taken, said to all nodes (RFC 4861 7.2.4)
+                    let (flags, to, to_mac) = if src.is_unspecified() {
+                        let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+                        (icmpv6::NA_OVERRIDE, all, ipv6::multicast_mac(all))
+                    } else {
+                        let f = icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE;
+                        (f, src, s.src_mac.0)
+                    };
+                    let p = icmpv6::advertisement(flags, t, rmac.0, to);
+                    RoutedOut::Answer(eth::vnet_frame(to_mac, rmac.0, eth::ETHERTYPE_IPV6, &p))
                 }
-                // an advertisement from the segment: believed if asked for
+                // a solicited advertisement from the segment, to one of
+                // the endpoints: believed if asked for
                 (PortKind::Trunk, icmpv6::NEIGHBOR_ADVERT)
                     if nd.hop == 255
                         && msg.len() >= icmpv6::ND_LEN
+                        && msg[icmpv6::CODE] == 0
+                        && msg[4] & icmpv6::NA_SOLICITED != 0
+                        && owner(dst).is_some()
                         && ipv6::upper_checksum(src, dst, ipv6::PROTO_ICMPV6, msg) == 0 =>
                 {
                     let mut t = [0u8; 16];
@@ -450,7 +476,10 @@ impl State {
                 _ => RoutedOut::Drop(None),
             };
         }
-        if dst.is_multicast() || ipv6::is_link_local(dst) && owner(dst).is_none() {
+        // (a container's link-local address is reached by the others, not
+        // from the segment)
+        let link_local = ipv6::is_link_local(dst) || ipv6::is_link_local(src);
+        if dst.is_multicast() || link_local && (kind == PortKind::Trunk || owner(dst).is_none()) {
             return RoutedOut::Drop(None);
         }
         match kind {
@@ -463,10 +492,6 @@ impl State {
                 self.sw.table.learn(net, &s.src_mac, slot, now);
                 if let Some(mac) = owner(dst) {
                     return self.deliver(slot, net, b, len, rmac, mac, trunk, now);
-                }
-                if ipv6::is_link_local(src) {
-                    // a link-local source never leaves its link
-                    return RoutedOut::Drop(None);
                 }
                 let r = self.routed.get_mut(&net).expect("looked up");
                 let hop = r.next_hop6(v6, dst);
