@@ -737,10 +737,7 @@ fn macvlan_dual_stack() {
     );
     let neigh = env.exec_ok(&lan, &["ip", "-6", "neigh", "show", &c6]);
     assert!(neigh.contains(&c.mac), "the LAN sees c's own MAC: {neigh}");
-    // 16 MiB over IPv6 from the segment, checksum compared
-    let blob = env.random_file("blob", 16 << 20);
-    let peer = download(&mut env, &c.ns, &lan, "fd00:79::1", 7201, &blob);
-    assert_eq!(peer.ip().to_string(), c6);
+    segment_download(&mut env, &c, &lan, &c6, 7201);
     delete_netns(&lan);
 }
 
@@ -757,8 +754,8 @@ fn ipvlan_dual_stack() {
     let c = env.container("iv6", "c", &[]);
     let d = env.container("iv6", "d", &[]);
     let (c6, d6) = (env.ip6_of("c"), env.ip6_of("d"));
-    let parent = env.exec_ok(&env.host_ns, &["cat", "/sys/class/net/lan0/address"]);
-    let parent = parent.trim();
+    let parent = parent_mac(&env);
+    let parent = parent.as_str();
     // out and back: the router resolves c at the parent's MAC
     assert!(ping6(&env, &c.ns, "fd00:79::1"), "c -> the LAN's router");
     let neigh = env.exec_ok(&lan, &["ip", "-6", "neigh", "show", &c6]);
@@ -783,10 +780,7 @@ fn ipvlan_dual_stack() {
         ping6(&env, &lan, &format!("{d_ll}%peer0")),
         "the LAN -> d's link-local {d_ll}"
     );
-    // 16 MiB over IPv6 from the segment, checksum compared
-    let blob = env.random_file("blob", 16 << 20);
-    let peer = download(&mut env, &c.ns, &lan, "fd00:79::1", 7202, &blob);
-    assert_eq!(peer.ip().to_string(), c6);
+    segment_download(&mut env, &c, &lan, &c6, 7202);
     delete_netns(&lan);
 }
 
@@ -836,8 +830,8 @@ fn ipvlan_l3_dual_stack() {
     let (c6, d6) = (env.ip6_of("c"), env.ip6_of("d"));
     let r = env.exec_ok(&c.ns, &["ip", "-6", "route", "show", "default"]);
     assert!(r.contains("default dev eth0"), "{r}");
-    let parent = env.exec_ok(&env.host_ns, &["cat", "/sys/class/net/lan0/address"]);
-    let parent = parent.trim();
+    let parent = parent_mac(&env);
+    let parent = parent.as_str();
     // c's neighbour for anything is the parent's MAC (answered here)
     assert!(
         ping6(&env, &c.ns, "fd00:79::1"),
@@ -856,10 +850,7 @@ fn ipvlan_l3_dual_stack() {
     // container to container, and the segment to a container
     assert!(ping6(&env, &c.ns, &d6), "c -> d");
     assert!(ping6(&env, &lan, &d6), "the segment -> d");
-    // 16 MiB over IPv6 from the segment, checksum compared
-    let blob = env.random_file("blob", 16 << 20);
-    let peer = download(&mut env, &c.ns, &lan, "fd00:79::1", 7203, &blob);
-    assert_eq!(peer.ip().to_string(), c6);
+    segment_download(&mut env, &c, &lan, &c6, 7203);
     // an address nobody has on the network is not claimed on the segment
     assert!(!ping6(&env, &lan, "fd00:79::77"), "fd00:79::77 answered");
     // a segment host probing for c's address (duplicate address
@@ -882,6 +873,22 @@ fn ipvlan_l3_dual_stack() {
     });
     assert!(taken, "the segment's probe for {c6} went unanswered");
     delete_netns(&lan);
+}
+
+/// 16 MiB over IPv6 from the segment's router (fd00:79::1:`port`) to
+/// container `c`, checksum compared; the router saw `c6`.
+fn segment_download(env: &mut Env, c: &Ctr, lan: &str, c6: &str, port: u16) {
+    let blob = env.random_file("blob", 16 << 20);
+    let peer = download(env, &c.ns, lan, "fd00:79::1", port, &blob);
+    assert_eq!(peer.ip().to_string(), c6);
+}
+
+/// The parent's MAC (`lan0` in the daemon's namespace): every ipvlan
+/// container's on the segment.
+fn parent_mac(env: &Env) -> String {
+    env.exec_ok(&env.host_ns, &["cat", "/sys/class/net/lan0/address"])
+        .trim()
+        .to_string()
 }
 
 /// The segment of the trunked tests: a "LAN" namespace behind a veth
