@@ -91,6 +91,57 @@ impl NeighborSolicit {
     }
 }
 
+/// A neighbour advertisement that passed the checks RFC 4861 section
+/// 7.1.2 asks of one (hop limit 255, code 0, whole, checksum right, the
+/// target not multicast).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighborAdvert {
+    pub target: Ipv6Addr,
+    /// The flags byte ([`NA_ROUTER`], [`NA_SOLICITED`], [`NA_OVERRIDE`]).
+    pub flags: u8,
+    /// The target link-layer address option, when it is the first option.
+    pub tlla: Option<[u8; 6]>,
+}
+
+impl NeighborAdvert {
+    /// Parses the ICMPv6 message `msg` (exactly the IPv6 payload) carried by
+    /// an IPv6 header with these addresses and hop limit.
+    pub fn parse(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        msg: &[u8],
+    ) -> Option<NeighborAdvert> {
+        if hop_limit != 255
+            || msg.len() < ND_LEN
+            || msg[TYPE] != NEIGHBOR_ADVERT
+            || msg[CODE] != 0
+            || ipv6::upper_checksum(src, dst, ipv6::PROTO_ICMPV6, msg) != 0
+        {
+            return None;
+        }
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&msg[ND_TARGET..ND_TARGET + 16]);
+        let target = Ipv6Addr::from(t);
+        if target.is_multicast() {
+            return None;
+        }
+        let tlla = msg
+            .get(ND_LEN..ND_LEN + 8)
+            .filter(|o| o[0] == OPT_TLLA && o[1] == 1)
+            .map(|o| {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(&o[2..8]);
+                m
+            });
+        Some(NeighborAdvert {
+            target,
+            flags: msg[4],
+            tlla,
+        })
+    }
+}
+
 /// Length of the advertisement [`emit_na`] writes.
 pub const NA_WITH_TLLA: usize = ND_LEN + 8;
 
@@ -175,6 +226,36 @@ mod tests {
 
     fn a(s: &str) -> Ipv6Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn advertisements_parse_and_bad_ones_do_not() {
+        let (me, to): (Ipv6Addr, Ipv6Addr) =
+            ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+        let mac = [2, 0, 0, 0, 0, 1];
+        let mut na = [0u8; NA_WITH_TLLA];
+        emit_na(&mut na, NA_SOLICITED | NA_OVERRIDE, me, mac, me, to);
+        let a = NeighborAdvert::parse(me, to, 255, &na).unwrap();
+        assert_eq!(
+            (a.target, a.flags, a.tlla),
+            (me, NA_SOLICITED | NA_OVERRIDE, Some(mac))
+        );
+        // without its option, its target link-layer address is not known
+        let mut bare = na[..ND_LEN].to_vec();
+        fill_checksum(&mut bare, me, to);
+        assert_eq!(
+            NeighborAdvert::parse(me, to, 255, &bare).unwrap().tlla,
+            None
+        );
+        // hop limit, checksum, length, type
+        assert!(NeighborAdvert::parse(me, to, 64, &na).is_none());
+        let mut bad = na;
+        bad[20] ^= 1;
+        assert!(NeighborAdvert::parse(me, to, 255, &bad).is_none());
+        assert!(NeighborAdvert::parse(me, to, 255, &na[..ND_LEN - 1]).is_none());
+        let mut ns = [0u8; ND_LEN + 8];
+        emit_ns(&mut ns, me, mac, to, me);
+        assert!(NeighborAdvert::parse(to, me, 255, &ns).is_none());
     }
 
     #[test]

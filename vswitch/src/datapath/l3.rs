@@ -382,23 +382,15 @@ impl State {
                     }
                     return;
                 }
-                icmpv6::NEIGHBOR_ADVERT if hop == 255 => {
+                icmpv6::NEIGHBOR_ADVERT => {
                     // target and its link-layer option: learned when we
                     // asked (the next hop, or a neighbour already known)
-                    let mut t = [0u8; 16];
-                    t.copy_from_slice(&msg[icmpv6::ND_TARGET..icmpv6::ND_TARGET + 16]);
-                    let target = std::net::Ipv6Addr::from(t);
-                    let tlla = msg
-                        .get(icmpv6::ND_LEN..icmpv6::ND_LEN + 8)
-                        .filter(|o| o[0] == icmpv6::OPT_TLLA && o[1] == 1);
-                    let valid = ipv6::upper_checksum(src, dst, ipv6::PROTO_ICMPV6, msg) == 0;
-                    if let (Some(o), true) = (tlla, valid) {
+                    let na = icmpv6::NeighborAdvert::parse(src, dst, hop, msg);
+                    if let Some((target, m)) = na.and_then(|a| Some((a.target, a.tlla?))) {
                         if Some(target) == u.gateway6
                             || u.nd.contains_key(&target)
                             || u.in_subnet6(target)
                         {
-                            let mut m = [0u8; 6];
-                            m.copy_from_slice(&o[2..8]);
                             u.nd.insert(target, (Mac(m), now));
                         }
                     }

@@ -454,22 +454,14 @@ impl State {
                 }
                 // a solicited advertisement from the segment, to one of
                 // the endpoints: believed if asked for
-                (PortKind::Trunk, icmpv6::NEIGHBOR_ADVERT)
-                    if nd.hop == 255
-                        && msg.len() >= icmpv6::ND_LEN
-                        && msg[icmpv6::CODE] == 0
-                        && msg[4] & icmpv6::NA_SOLICITED != 0
-                        && owner(dst).is_some()
-                        && ipv6::upper_checksum(src, dst, ipv6::PROTO_ICMPV6, msg) == 0 =>
-                {
-                    let mut t = [0u8; 16];
-                    t.copy_from_slice(&msg[icmpv6::ND_TARGET..icmpv6::ND_TARGET + 16]);
-                    let mac = msg
-                        .get(icmpv6::ND_LEN..icmpv6::ND_LEN + 8)
-                        .filter(|o| o[0] == icmpv6::OPT_TLLA && o[1] == 1)
-                        .map_or(s.src_mac, |o| Mac::from_slice(&o[2..8]));
-                    let r = self.routed.get_mut(&net).expect("looked up");
-                    r.n6.answered(Ipv6Addr::from(t), mac, rmac, now);
+                (PortKind::Trunk, icmpv6::NEIGHBOR_ADVERT) if owner(dst).is_some() => {
+                    let na = icmpv6::NeighborAdvert::parse(src, dst, nd.hop, msg)
+                        .filter(|a| a.flags & icmpv6::NA_SOLICITED != 0);
+                    if let Some(a) = na {
+                        let mac = a.tlla.map_or(s.src_mac, Mac);
+                        let r = self.routed.get_mut(&net).expect("looked up");
+                        r.n6.answered(a.target, mac, rmac, now);
+                    }
                     RoutedOut::Drop(None)
                 }
                 // the rest of neighbour discovery stays on its side
